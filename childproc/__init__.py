@@ -1,0 +1,66 @@
+"""childproc: fork child processes from a library, sharing the process with a host that does too.
+
+Quick start::
+
+    import os, childproc
+
+    with childproc.Context() as ctx:          # LIBXL mode by default
+        pid = ctx.child_fork(lambda pid, status: print(pid, childproc.describe_status(status)))
+        if pid == 0:
+            os._exit(3)
+        ctx.wait()                            # prints "<pid> exited with status 3"
+
+See the mode guide (docs/modes.rst) to choose a :class:`SigchldOwner`.
+"""
+
+from __future__ import annotations
+
+from ._context import Context, ForkReplacement, Hooks, ReapedCallback
+from ._errors import (
+    ChildprocError,
+    ChildStolenError,
+    ClosedError,
+    ForkedContextError,
+    ForkError,
+    HandlerReplacedError,
+    InvalidArgumentError,
+    SigchldConflictError,
+    StateError,
+)
+from ._ledger import ChildCallback
+from ._policy import SigchldOwner
+from ._process import postfork_child_noexec
+from ._status import describe_status
+
+__version__ = "0.1.0"
+
+#: Aliases for readers of the libxl documentation (``libxl_sigchld_owner_*``).
+owner_libxl = SigchldOwner.LIBXL
+owner_mainloop = SigchldOwner.MAINLOOP
+owner_libxl_always = SigchldOwner.LIBXL_ALWAYS
+owner_selective_reap = SigchldOwner.SELECTIVE_REAP
+
+__all__ = [
+    "Context",
+    "Hooks",
+    "SigchldOwner",
+    "owner_libxl",
+    "owner_mainloop",
+    "owner_libxl_always",
+    "owner_selective_reap",
+    "ChildCallback",
+    "ForkReplacement",
+    "ReapedCallback",
+    "describe_status",
+    "postfork_child_noexec",
+    "ChildprocError",
+    "InvalidArgumentError",
+    "StateError",
+    "SigchldConflictError",
+    "HandlerReplacedError",
+    "ForkError",
+    "ClosedError",
+    "ForkedContextError",
+    "ChildStolenError",
+    "__version__",
+]

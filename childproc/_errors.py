@@ -1,0 +1,73 @@
+"""The exceptions childproc raises. Every one derives from :class:`ChildprocError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChildprocError",
+    "InvalidArgumentError",
+    "StateError",
+    "SigchldConflictError",
+    "HandlerReplacedError",
+    "ForkError",
+    "ClosedError",
+    "ForkedContextError",
+    "ChildStolenError",
+]
+
+
+class ChildprocError(Exception):
+    """Base class of every error childproc raises."""
+
+
+class InvalidArgumentError(ChildprocError, ValueError):
+    """An argument has the wrong type or value; the message says what is expected."""
+
+
+class StateError(ChildprocError):
+    """The call does not fit the context's mode or state (e.g. ``setmode`` with
+    children outstanding, ``childproc_reaped`` outside MAINLOOP)."""
+
+
+class SigchldConflictError(ChildprocError):
+    """Someone else owns SIGCHLD: childproc will not replace their handler."""
+
+    def __init__(self, message: str, handler: object = None) -> None:
+        super().__init__(message)
+        #: The handler found in place of childproc's.
+        self.handler = handler
+
+
+class HandlerReplacedError(SigchldConflictError):
+    """childproc's SIGCHLD handler was replaced behind its back while in use."""
+
+
+class ForkError(ChildprocError, OSError):
+    """``fork()`` (or the ``fork_replacement`` hook) failed. ``errno`` says why.
+
+    Nothing is left behind: no registry entry, and no handler that was
+    installed only for this child.
+    """
+
+
+class ClosedError(StateError):
+    """The context was closed."""
+
+
+class ForkedContextError(StateError):
+    """The context was inherited through ``fork()``: it belongs to the parent.
+
+    Make a new :class:`~childproc.Context` in the child instead.
+    """
+
+
+class ChildStolenError(ChildprocError):
+    """A child of ours was reaped by someone else, so its exit status is lost.
+
+    This means a host broke its mode's promise (for example it called
+    ``waitpid(-1)`` while childproc was in SELECTIVE_REAP or LIBXL mode).
+    """
+
+    def __init__(self, message: str, pid: int) -> None:
+        super().__init__(message)
+        #: The pid whose status was taken by someone else.
+        self.pid = pid

@@ -1,0 +1,114 @@
+"""One context's bookkeeping: which children run, which events await delivery.
+
+Rules of this file
+------------------
+* Pure: no OS calls, no locks, no threads. The caller holds the process lock
+  (``_process.LOCK``) around every mutating call; this file does not know it.
+* Exactly once is decided here. A child enters with :meth:`Ledger.add`, leaves
+  ``running`` exactly once (:meth:`exited` or :meth:`stolen`), and its event is
+  handed out exactly once by :meth:`pop`. An event popped is delivered, whatever
+  its callback then does; an event not yet popped stays queued.
+* Events are handed out in the order they were recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["EventKind", "Event", "Ledger", "ChildCallback"]
+
+#: ``callback(pid, status)`` as given to ``Context.child_fork``.
+ChildCallback = Callable[[int, int], object]
+
+
+class EventKind(enum.Enum):
+    CHILD_EXIT = "child exit"  # one of ours: run its callback
+    FOREIGN = "foreign"  # made by nobody in childproc: to reaped_callback
+    UNKNOWN = "unknown"  # made by nobody in childproc, no reaped_callback: a warning
+    STOLEN = "stolen"  # one of ours, reaped by someone else: status lost
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    pid: int
+    status: int  # wait status; -1 for STOLEN
+    callback: ChildCallback | None
+
+
+class Ledger:
+    """Running children and undelivered events of one context."""
+
+    __slots__ = ("_queue", "_running")
+
+    def __init__(self) -> None:
+        self._running: dict[int, ChildCallback] = {}
+        self._queue: deque[Event] = deque()
+
+    # -- children -----------------------------------------------------------
+    def add(self, pid: int, callback: ChildCallback) -> None:
+        """Record a new running child. A pid already running is a bug upstream."""
+        if pid in self._running:
+            raise KeyError(f"pid {pid} is already a running child of this context")
+        self._running[pid] = callback
+
+    def is_running(self, pid: int) -> bool:
+        return pid in self._running
+
+    def exited(self, pid: int, status: int) -> bool:
+        """``pid`` was reaped with ``status``. False if it is not a running child."""
+        callback = self._running.pop(pid, None)
+        if callback is None:
+            return False
+        self._queue.append(Event(EventKind.CHILD_EXIT, pid, status, callback))
+        return True
+
+    def stolen(self, pid: int) -> bool:
+        """``pid`` was reaped by someone else. False if it is not a running child."""
+        if self._running.pop(pid, None) is None:
+            return False
+        self._queue.append(Event(EventKind.STOLEN, pid, -1, None))
+        return True
+
+    def foreign(self, pid: int, status: int, kind: EventKind) -> None:
+        """A pid nobody in childproc made was reaped by this context."""
+        if kind not in (EventKind.FOREIGN, EventKind.UNKNOWN):
+            raise ValueError(f"not a foreign event kind: {kind}")
+        self._queue.append(Event(kind, pid, status, None))
+
+    def forget_running(self) -> list[int]:
+        """Stop tracking every running child (context closing); return their pids."""
+        pids = list(self._running)
+        self._running.clear()
+        return pids
+
+    def discard_queue(self) -> int:
+        """Drop undelivered events (context closing); return how many."""
+        n = len(self._queue)
+        self._queue.clear()
+        return n
+
+    # -- delivery -----------------------------------------------------------
+    def pop(self) -> Event | None:
+        """The next event to deliver, removed from the queue, or None."""
+        return self._queue.popleft() if self._queue else None
+
+    # -- views --------------------------------------------------------------
+    @property
+    def unreaped(self) -> int:
+        return len(self._running)
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._queue)
+
+    def running_pids(self) -> list[int]:
+        return list(self._running)
+
+    def outstanding(self) -> frozenset[int]:
+        """Pids made by this context whose exit has not been delivered yet."""
+        queued = (e.pid for e in self._queue if e.callback is not None or e.kind is EventKind.STOLEN)
+        return frozenset(self._running).union(queued)

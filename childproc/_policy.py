@@ -1,0 +1,243 @@
+"""Who owns SIGCHLD, who reaps, and where a reaped pid goes, for each mode.
+
+Rules of this file
+------------------
+* Everything that decides *behaviour per mode* lives here, as tables. Code
+  elsewhere asks these tables; it never tests ``mode is ...`` itself.
+* This file makes no OS calls, holds no state and knows nothing about threads,
+  file descriptors or signals beyond their names. It can be read (and tested)
+  as a specification.
+* The documentation's mode guide is generated from :data:`RULES` and
+  :data:`ROUTE` (see ``docs/conf.py``), so the guide cannot drift from
+  the code.
+
+Theory of operation
+-------------------
+SIGCHLD and ``waitpid(-1)`` are process-wide: whoever reaps with
+``waitpid(-1)`` takes *every* child of the process, including the children of
+``subprocess`` and of the host's event loop. A library that forks therefore
+needs a contract with its host about three things:
+
+1. **The handler**: is the library allowed to install a SIGCHLD handler, and
+   when? (:class:`HandlerPolicy`)
+2. **The reaper**: who calls ``wait*()``, and on which pids? (:class:`Reaper`)
+3. **The route**: when a pid is reaped, who hears about it? Our own children go
+   to the callback given to ``child_fork``; a child of another context in the
+   same process goes to that context; a child nobody in the library made goes
+   to the application's ``reaped_callback`` (or a warning), and only in the
+   modes whose reaper takes every child. (:func:`route`)
+
+The four modes are libxl's (``libxl_sigchld_owner_*``):
+
+``LIBXL``
+    The library installs its handler while it has unreaped children and reaps
+    with ``waitpid(-1, WNOHANG)``. The application promises to have no children
+    of its own and no SIGCHLD handler.
+``MAINLOOP``
+    The library never touches SIGCHLD and never reaps. The application reaps
+    and reports every pid with ``childproc_reaped()``, or reaps only its own
+    children and calls ``sigchld_occurred()`` so the library checks its own.
+``LIBXL_ALWAYS``
+    The library's handler is installed from ``setmode()`` until ``close()``;
+    the library reaps every child of the process and hands the ones it did not
+    make to ``reaped_callback``.
+``SELECTIVE_REAP``
+    The handler is always installed, but the library only ever waits on the
+    pids it made (pidfd where the kernel gives one, else a per-pid check), so
+    ``subprocess``, asyncio and the host's own children keep their statuses.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "SigchldOwner",
+    "HandlerPolicy",
+    "Reaper",
+    "Owner",
+    "Destination",
+    "WatcherKind",
+    "ModeRules",
+    "RULES",
+    "ROUTE",
+    "rules_for",
+    "wants_handler",
+    "route",
+    "choose_watcher",
+]
+
+
+class SigchldOwner(enum.Enum):
+    """Who owns SIGCHLD and reaping (libxl's ``libxl_sigchld_owner``)."""
+
+    LIBXL = "libxl"
+    MAINLOOP = "mainloop"
+    LIBXL_ALWAYS = "libxl_always"
+    SELECTIVE_REAP = "selective_reap"
+
+
+class HandlerPolicy(enum.Enum):
+    """When the library's process-wide SIGCHLD handler is installed for a context."""
+
+    NEVER = "never"
+    WHILE_CHILDREN = "while the context has unreaped children"
+    ALWAYS = "from setmode() until close()"
+
+
+class Reaper(enum.Enum):
+    """Who calls ``wait*()`` and on which pids."""
+
+    APPLICATION = "the application (reports with childproc_reaped)"
+    ANY_CHILD = "the library, waitpid(-1): every child of the process"
+    OWN_CHILDREN = "the library, only the pids it made"
+
+
+class Owner(enum.Enum):
+    """Whose pid a reaped pid is, seen from the context that reaped it."""
+
+    THIS_CONTEXT = "this context"
+    OTHER_CONTEXT = "another childproc context"
+    NOBODY = "no childproc context"
+
+
+class Destination(enum.Enum):
+    """Where a reaped pid goes."""
+
+    CHILD_CALLBACK = "the callback given to child_fork"
+    OTHER_CONTEXT = "handed to the context that forked it"
+    REAPED_CALLBACK = "the application's reaped_callback"
+    WARNING = "a warning on logger 'childproc'"
+    NOT_OURS = "childproc_reaped() returns False"
+
+
+class WatcherKind(enum.Enum):
+    """The mechanism that finds and reaps children (one module each in ``_watchers``)."""
+
+    WAIT_ANY = "waitpid(-1, WNOHANG) loop, woken by the SIGCHLD self-pipe"
+    PIDFD = "waitid(P_PIDFD) on the pidfds that became readable"
+    SCAN = "waitpid(pid, WNOHANG) for each own child, woken by SIGCHLD"
+    NONE = "no library reaping: the application reports"
+
+
+@dataclass(frozen=True)
+class ModeRules:
+    """What one mode promises and demands."""
+
+    handler: HandlerPolicy
+    reaper: Reaper
+    #: ``childproc_reaped()`` and ``sigchld_occurred()`` may be called.
+    app_reports: bool
+    #: ``Hooks.reaped_callback`` is meaningful (only where foreign pids get reaped).
+    takes_reaped_callback: bool
+    #: The context's pidfds are wake-up sources for ``fileno()``/``wait()``.
+    pidfd_wakeups: bool
+    #: What the application must promise, in a sentence (for the docs and errors).
+    app_promise: str
+    #: Which hosts this mode is for, in a sentence (for the docs).
+    use_when: str
+
+
+RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
+    SigchldOwner.LIBXL: ModeRules(
+        handler=HandlerPolicy.WHILE_CHILDREN,
+        reaper=Reaper.ANY_CHILD,
+        app_reports=False,
+        takes_reaped_callback=True,
+        pidfd_wakeups=True,
+        app_promise="no children of its own and no SIGCHLD handler",
+        use_when="a program whose only children are childproc's",
+    ),
+    SigchldOwner.MAINLOOP: ModeRules(
+        handler=HandlerPolicy.NEVER,
+        reaper=Reaper.APPLICATION,
+        app_reports=True,
+        takes_reaped_callback=False,
+        pidfd_wakeups=False,
+        app_promise=(
+            "to reap childproc's children and report each with childproc_reaped(), "
+            "or to call sigchld_occurred() on every SIGCHLD"
+        ),
+        use_when="a host that owns SIGCHLD and reaps (its own loop, Twisted, a C library)",
+    ),
+    SigchldOwner.LIBXL_ALWAYS: ModeRules(
+        handler=HandlerPolicy.ALWAYS,
+        reaper=Reaper.ANY_CHILD,
+        app_reports=False,
+        takes_reaped_callback=True,
+        pidfd_wakeups=True,
+        app_promise="no SIGCHLD handler, and to take its own children's statuses from reaped_callback",
+        use_when="a program that wants childproc to reap all of its children",
+    ),
+    SigchldOwner.SELECTIVE_REAP: ModeRules(
+        handler=HandlerPolicy.ALWAYS,
+        reaper=Reaper.OWN_CHILDREN,
+        app_reports=False,
+        takes_reaped_callback=False,
+        pidfd_wakeups=True,
+        app_promise="no Python-level SIGCHLD handler of its own",
+        use_when="a host with subprocess, asyncio or its own children beside childproc",
+    ),
+}
+
+#: Where a reaped pid goes: by the reaper of the context that reaped it (or was
+#: told about it), whose pid it is, and whether the application gave a
+#: ``reaped_callback``. A missing key is a combination that cannot happen: a
+#: reaper that only waits on its own pids never meets anybody else's.
+ROUTE: Final[Mapping[tuple[Reaper, Owner, bool], Destination]] = {
+    (Reaper.ANY_CHILD, Owner.THIS_CONTEXT, True): Destination.CHILD_CALLBACK,
+    (Reaper.ANY_CHILD, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
+    (Reaper.ANY_CHILD, Owner.OTHER_CONTEXT, True): Destination.OTHER_CONTEXT,
+    (Reaper.ANY_CHILD, Owner.OTHER_CONTEXT, False): Destination.OTHER_CONTEXT,
+    (Reaper.ANY_CHILD, Owner.NOBODY, True): Destination.REAPED_CALLBACK,
+    (Reaper.ANY_CHILD, Owner.NOBODY, False): Destination.WARNING,
+    (Reaper.OWN_CHILDREN, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
+    # childproc_reaped() answers for its own context only, as libxl's does: an
+    # application with several contexts reports a pid to each until one says True.
+    (Reaper.APPLICATION, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
+    (Reaper.APPLICATION, Owner.OTHER_CONTEXT, False): Destination.NOT_OURS,
+    (Reaper.APPLICATION, Owner.NOBODY, False): Destination.NOT_OURS,
+}
+
+_HANDLER_WANTED: Final[Mapping[HandlerPolicy, tuple[bool, bool]]] = {
+    # (wanted with no unreaped children, wanted with some)
+    HandlerPolicy.NEVER: (False, False),
+    HandlerPolicy.WHILE_CHILDREN: (False, True),
+    HandlerPolicy.ALWAYS: (True, True),
+}
+
+_WATCHER: Final[Mapping[tuple[Reaper, bool], WatcherKind]] = {
+    # (reaper, pidfds usable) -> watcher
+    (Reaper.ANY_CHILD, True): WatcherKind.WAIT_ANY,
+    (Reaper.ANY_CHILD, False): WatcherKind.WAIT_ANY,
+    (Reaper.OWN_CHILDREN, True): WatcherKind.PIDFD,
+    (Reaper.OWN_CHILDREN, False): WatcherKind.SCAN,
+    (Reaper.APPLICATION, True): WatcherKind.NONE,
+    (Reaper.APPLICATION, False): WatcherKind.NONE,
+}
+
+
+def rules_for(mode: SigchldOwner) -> ModeRules:
+    """The rules of ``mode``."""
+    return RULES[mode]
+
+
+def wants_handler(mode: SigchldOwner, unreaped_children: int) -> bool:
+    """Whether a context in ``mode`` with that many unreaped children needs the handler."""
+    return _HANDLER_WANTED[RULES[mode].handler][unreaped_children > 0]
+
+
+def route(mode: SigchldOwner, owner: Owner, has_reaped_callback: bool) -> Destination:
+    """Where a pid reaped by (or reported to) a context in ``mode`` goes.
+
+    Raises :class:`KeyError` for a combination that cannot happen.
+    """
+    return ROUTE[(RULES[mode].reaper, owner, has_reaped_callback)]
+
+
+def choose_watcher(mode: SigchldOwner, pidfds_usable: bool) -> WatcherKind:
+    """The watcher a context in ``mode`` reaps with."""
+    return _WATCHER[(RULES[mode].reaper, pidfds_usable)]

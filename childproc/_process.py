@@ -1,0 +1,304 @@
+"""Everything that is process-wide: the SIGCHLD handler, who needs it, who made each pid.
+
+Rules of this file
+------------------
+* There is one SIGCHLD disposition per process, so there is one childproc
+  handler, shared by every context that needs it (libxl's ``sigchld_users``).
+  The handler only pokes each user's self-pipe: one non-blocking ``write`` of
+  one byte each, errors ignored. It takes no lock, allocates nothing that
+  matters and never reaps.
+* ``signal.signal`` works only on the main thread. The handler is installed or
+  restored there; a change wanted on another thread is remembered and carried
+  out by the next childproc call on the main thread (:func:`run_chores`).
+* The prior disposition is saved when the first user arrives and put back when
+  the last one leaves. Only ``SIG_DFL`` and ``SIG_IGN`` are accepted as prior
+  dispositions, as in libxl: a Python handler someone else installed is never
+  replaced (:class:`~childproc.SigchldConflictError`).
+* :data:`LOCK` guards this module's tables *and* every context's ledger, so a
+  pid cannot be reaped between ``fork()`` and its registration. It is never
+  held while user code runs, except ``fork_replacement`` (which must not call
+  back into childproc; doing so raises instead of deadlocking).
+* After ``fork()`` the child starts clean: the handler is put back, every
+  inherited context is disabled and its fds closed, the tables are emptied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import weakref
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ._errors import HandlerReplacedError, SigchldConflictError, StateError
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = [
+    "LOCK",
+    "OWNERS",
+    "postfork_child_noexec",
+    "run_chores",
+    "set_handler_user",
+    "check_handler",
+    "handler_installed",
+    "on_main_thread",
+    "snapshot",
+]
+
+log = logging.getLogger("childproc")
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class _ProcessLock:
+    """A plain lock that refuses re-entry from the thread holding it.
+
+    Re-entry can only come from a signal handler that interrupted childproc on
+    the main thread, or from ``fork_replacement`` calling back in; either way
+    the right answer is a clear error, not a deadlock or a half-registered pid.
+    """
+
+    __slots__ = ("_lock", "holder")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder: int | None = None
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self.holder == me:
+            raise StateError(
+                "childproc was re-entered while busy on this thread: do not call it from a "
+                "signal handler (report from your main loop, e.g. through a self-pipe) or "
+                "from fork_replacement"
+            )
+        self._lock.acquire()
+        self.holder = me
+
+    def __exit__(self, *exc: object) -> None:
+        self.holder = None
+        self._lock.release()
+
+    def held_by_me(self) -> bool:
+        return self.holder == threading.get_ident()
+
+    def _reset_in_child(self) -> None:
+        if self.holder != threading.get_ident():
+            # Another thread of the parent held it at fork time: that thread does
+            # not exist here, so nobody would ever release it.
+            self._lock = threading.Lock()
+            self.holder = None
+
+
+#: Guards the tables below and every context's ledger.
+LOCK = _ProcessLock()
+
+#: pid -> the context that made it (every context, every mode).
+OWNERS: dict[int, Context] = {}
+
+_users: frozenset[Context] = frozenset()  # contexts that need the handler
+_pokers: tuple[Callable[[], None], ...] = ()  # what the handler calls: their wakers' poke
+_installed = False
+_saved: _Handler = None  # disposition before ours
+_pending = False  # the handler's state differs from what _users wants
+_contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+_state_pid = os.getpid()
+
+
+def _sigchld_handler(signum: int, frame: FrameType | None) -> None:
+    # Only pokes self-pipes. Iterates a tuple that is replaced, never mutated,
+    # so it needs no lock; each poke holds a reference to its waker, whose fd
+    # therefore cannot be closed under it.
+    for poke in _pokers:
+        poke()
+
+
+def on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def handler_installed() -> bool:
+    return _installed
+
+
+def _describe(handler: _Handler) -> str:
+    if handler is None:
+        return "a handler installed outside Python (C code)"
+    name = getattr(handler, "__qualname__", None) or repr(handler)
+    module = getattr(handler, "__module__", None)
+    return f"{module}.{name}" if module else name
+
+
+def _conflict_message(current: _Handler) -> str:
+    return (
+        f"SIGCHLD already has a handler: {_describe(current)}. childproc will not replace "
+        "it. If the host reaps children itself, use SigchldOwner.MAINLOOP and report each "
+        "reaped pid with ctx.childproc_reaped(pid, status) (or call ctx.sigchld_occurred()); "
+        "otherwise remove that handler before using childproc."
+    )
+
+
+def _foreign(current: _Handler) -> bool:
+    return current is not _sigchld_handler and current not in (signal.SIG_DFL, signal.SIG_IGN)
+
+
+def check_can_install() -> None:
+    """Raise :class:`SigchldConflictError` now if installing would meet a foreign handler.
+
+    Callable from any thread (``signal.getsignal`` is), so a worker thread learns
+    of the conflict before it forks, not at the next main-thread call.
+    """
+    if not _installed:
+        current = signal.getsignal(signal.SIGCHLD)
+        if _foreign(current):
+            raise SigchldConflictError(_conflict_message(current), current)
+
+
+def _install() -> None:
+    global _installed, _saved
+    current = signal.getsignal(signal.SIGCHLD)
+    if _foreign(current):
+        raise SigchldConflictError(_conflict_message(current), current)
+    signal.signal(signal.SIGCHLD, _sigchld_handler)
+    _saved = current if current is not _sigchld_handler else signal.SIG_DFL
+    _installed = True
+
+
+def _restore() -> None:
+    global _installed, _saved
+    current = signal.getsignal(signal.SIGCHLD)
+    if current is _sigchld_handler:
+        signal.signal(signal.SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
+    else:
+        log.warning(
+            "SIGCHLD handler was replaced by %s while childproc was using it; leaving it in place",
+            _describe(current),
+        )
+    _installed = False
+    _saved = None
+
+
+def _sync_locked() -> None:
+    """Make the handler's state match ``_users`` (main thread), or remember to."""
+    global _pending
+    want = bool(_users)
+    if want == _installed:
+        _pending = False
+        return
+    if not on_main_thread():
+        _pending = True
+        return
+    _pending = False
+    if want:
+        _install()
+    else:
+        _restore()
+
+
+def set_handler_user(ctx: Context, wanted: bool) -> None:
+    """Add ``ctx`` to, or remove it from, the handler's users. Call with LOCK held.
+
+    Raises :class:`SigchldConflictError` when the handler would be installed
+    over a foreign one; ``ctx`` is then not a user.
+    """
+    global _users, _pokers
+    if (ctx in _users) == wanted:
+        return
+    if wanted:
+        check_can_install()
+        _users = _users | {ctx}
+    else:
+        _users = _users - {ctx}
+    _pokers = tuple(c._waker.poke for c in _users)
+    try:
+        _sync_locked()
+    except BaseException:
+        if wanted:
+            _users = _users - {ctx}
+            _pokers = tuple(c._waker.poke for c in _users)
+        raise
+
+
+def run_chores() -> None:
+    """Carry out a handler change that a worker thread could not. Cheap when idle."""
+    if _pending and on_main_thread():
+        with LOCK:
+            _sync_locked()
+
+
+def check_handler() -> None:
+    """Raise if childproc's handler should be in place but was replaced. LOCK held.
+
+    The state is then reset to "not installed", so the next call that needs the
+    handler meets the foreign one and gets a :class:`SigchldConflictError`
+    rather than silently re-installing over it.
+    """
+    global _installed, _saved, _pending
+    if not _installed:
+        return
+    current = signal.getsignal(signal.SIGCHLD)
+    if current is _sigchld_handler:
+        return
+    _installed = False
+    _saved = None
+    _pending = bool(_users)
+    raise HandlerReplacedError(
+        f"childproc's SIGCHLD handler was replaced by {_describe(current)} while childproc "
+        "had children to watch; their deaths would go unseen. Whoever installed it owns "
+        "SIGCHLD now: switch childproc to SigchldOwner.MAINLOOP and report reaped pids with "
+        "ctx.childproc_reaped(), or SELECTIVE_REAP without that handler.",
+        current,
+    )
+
+
+def register_context(ctx: Context) -> None:
+    _contexts.add(ctx)
+
+
+def snapshot() -> dict[str, object]:
+    """The process-wide state, for diagnostics and tests."""
+    return {
+        "handler_installed": _installed,
+        "saved_disposition": _saved,
+        "pending_main_thread_change": _pending,
+        "handler_users": len(_users),
+        "owned_pids": len(OWNERS),
+        "live_contexts": len(_contexts),
+    }
+
+
+def postfork_child_noexec() -> None:
+    """Make a forked child clean: handler restored, inherited contexts disabled.
+
+    Runs automatically after ``os.fork()`` (``os.register_at_fork``). Call it
+    yourself after a fork childproc could not see (a C extension's ``fork()``)
+    if the child goes on running Python without ``exec``. Idempotent.
+    """
+    global _users, _pokers, _installed, _saved, _pending, _state_pid
+    if _state_pid == os.getpid():
+        return
+    _state_pid = os.getpid()
+    LOCK._reset_in_child()
+    if _installed and signal.getsignal(signal.SIGCHLD) is _sigchld_handler:
+        try:
+            signal.signal(signal.SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
+        except ValueError:  # pragma: no cover - not the main thread of the child
+            pass
+    for ctx in list(_contexts):
+        ctx._abandon_after_fork()
+    _contexts.clear()
+    OWNERS.clear()
+    _users = frozenset()
+    _pokers = ()
+    _installed = False
+    _saved = None
+    _pending = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=postfork_child_noexec)

@@ -1,0 +1,59 @@
+"""Watchers: how a context finds out which of its children died, and reaps them.
+
+One interface, one module per mechanism, picked per mode by
+:func:`childproc._policy.choose_watcher`:
+
+``waitany.WaitAnyWatcher``
+    ``waitpid(-1, WNOHANG)`` until nothing is left. Takes every child of the
+    process, ours or not. O(1) in Python per reap (the kernel walks the child
+    list). Used by LIBXL and LIBXL_ALWAYS.
+``pidfd.PidfdWatcher``
+    ``waitid(P_PIDFD, fd, WEXITED | WNOHANG)`` on exactly the pidfds that the
+    context's epoll reported readable. Never touches a pid it did not make.
+    O(ready children). Used by SELECTIVE_REAP where the kernel has pidfds.
+``scan.ScanWatcher``
+    ``waitpid(pid, WNOHANG)`` for every child the context made, on each
+    SIGCHLD. Never touches a pid it did not make, but O(children) per signal:
+    the fallback for SELECTIVE_REAP where pidfds are missing (libxl's own
+    SELECTIVE_REAP strategy, and Twisted's, Tornado's and libuv's).
+
+The contract every watcher keeps
+--------------------------------
+* **Who calls, from where.** Only a :class:`~childproc.Context`, with the
+  process lock (``childproc._process.LOCK``) held, from any thread. Never from
+  a signal handler. The watcher needs no lock of its own.
+* **What it owns.** Nothing but its own sets of pids. The context opens,
+  registers and closes pidfds; a watcher only reads them.
+* :meth:`Watcher.add` is called once per child right after ``fork()`` (in the
+  parent, before anyone can reap it) and :meth:`Watcher.remove` once when the
+  child is gone, whoever reaped it.
+* :meth:`Watcher.reap` never blocks. ``woken`` lists ``(pid, pidfd)`` pairs
+  whose pidfd became readable; ``signalled`` says whether the context's
+  self-pipe was poked (SIGCHLD, or another thread). It returns a
+  :class:`Reaped`: statuses it collected (possibly of pids nobody made, for
+  ``WaitAnyWatcher``) and pids of ours that someone else reaped (``ECHILD``).
+  ``EINTR`` is retried (PEP 475); any other ``OSError`` propagates.
+"""
+
+from __future__ import annotations
+
+from .._policy import WatcherKind
+from ._base import Reaped, Watcher
+from .none import NoWatcher
+from .pidfd import PidfdWatcher
+from .scan import ScanWatcher
+from .waitany import WaitAnyWatcher
+
+__all__ = ["Reaped", "Watcher", "make_watcher"]
+
+_WATCHERS: dict[WatcherKind, type[Watcher]] = {
+    WatcherKind.WAIT_ANY: WaitAnyWatcher,
+    WatcherKind.PIDFD: PidfdWatcher,
+    WatcherKind.SCAN: ScanWatcher,
+    WatcherKind.NONE: NoWatcher,
+}
+
+
+def make_watcher(kind: WatcherKind) -> Watcher:
+    """A new watcher of ``kind``."""
+    return _WATCHERS[kind]()
