@@ -178,10 +178,11 @@ def _validate_pid(pid: object, what: str) -> int:
 def _watch_in_thread(pid: int, waker: _Waker) -> None:
     """Last-resort wake-up: block in waitid(WNOWAIT) on one pid, then poke.
 
-    Used only for a child that has neither a pidfd nor a SIGCHLD handler to
-    announce its death (forked on a worker thread before the main thread could
-    install the handler, with pidfds unavailable). WNOWAIT peeks without
-    reaping, so the mode's own reaper still reaps.
+    Used only for a child with no pidfd (unsupported, or fds exhausted) that was
+    forked on a worker thread: then either no handler is installed yet, or the
+    Python-level handler runs only when the main thread gets to it, which may be
+    blocked in C for seconds. WNOWAIT peeks without reaping, so the mode's own
+    reaper still reaps.
     """
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
@@ -394,7 +395,11 @@ class Context:
             self._pidfds[pid] = pidfd
             self._fd_pid[pidfd] = pid
         self._watcher.add(pid, pidfd)
-        if pidfd is None and self._uses_handler() and not _process.handler_installed():
+        if pidfd is None and self._rules.pidfd_wakeups and not (
+            _process.handler_installed() and _process.on_main_thread()
+        ):
+            # Nothing would announce this death promptly: no pidfd, and either no
+            # handler yet or a handler that waits for a (possibly blocked) main thread.
             threading.Thread(
                 target=_watch_in_thread, args=(pid, self._waker), name=f"childproc-peek-{pid}", daemon=True
             ).start()

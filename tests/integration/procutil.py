@@ -1,0 +1,77 @@
+"""What a test needs to see about this process: fds, children, zombies, SIGCHLD."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def open_fds() -> set[int]:
+    """This process's open fds (without the one listdir itself uses)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the directory fd listdir just closed
+        fds.add(fd)
+    return fds
+
+
+def fd_target(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+def children() -> dict[int, str]:
+    """pid -> state letter for every child of this process (zombies included)."""
+    me = os.getpid()
+    out: dict[int, str] = {}
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        tasks = [str(me)]
+    for tid in tasks:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            out[pid] = stat[stat.rindex(")") + 2]
+    return out
+
+
+def zombies() -> list[int]:
+    return [pid for pid, state in children().items() if state == "Z"]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def sigchld_disposition() -> object:
+    return signal.getsignal(signal.SIGCHLD)

@@ -1,0 +1,301 @@
+"""Misuse gets a clear error; callbacks that raise or re-enter lose nothing."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import threading
+import time
+
+import pytest
+
+import childproc
+from childproc import (
+    ChildprocError,
+    ChildStolenError,
+    ClosedError,
+    Context,
+    ForkError,
+    HandlerReplacedError,
+    Hooks,
+    InvalidArgumentError,
+    SigchldConflictError,
+    SigchldOwner,
+    StateError,
+    _process,
+)
+
+from .kids import Record, child_pause, drain, fork, fork_exit
+from .procutil import is_zombie, wait_until
+
+
+def host_handler(signum: int, frame: object) -> None:
+    pass
+
+
+# -- bad input ------------------------------------------------------------------
+def test_bad_arguments_raise_invalid_argument() -> None:
+    with Context() as ctx:
+        with pytest.raises(InvalidArgumentError, match="callable"):
+            ctx.child_fork("not a function")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="Hooks"):
+            ctx.setmode("MAINLOOP")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="timeout"):
+            ctx.wait(-1)
+        with pytest.raises(InvalidArgumentError, match="SigchldOwner"):
+            Hooks(chldowner="mainloop")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="only used in LIBXL"):
+            Hooks(chldowner=SigchldOwner.SELECTIVE_REAP, reaped_callback=lambda p, s, u: True)
+        ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
+        with pytest.raises(InvalidArgumentError, match="pid"):
+            ctx.childproc_reaped(0, 0)
+        with pytest.raises(InvalidArgumentError, match="status"):
+            ctx.childproc_reaped(123, 1 << 20)
+    assert issubclass(InvalidArgumentError, ValueError)
+
+
+def test_wrong_mode_calls_raise_state_error() -> None:
+    with Context() as ctx:
+        with pytest.raises(StateError, match=r"only for SigchldOwner\.MAINLOOP"):
+            ctx.childproc_reaped(12345, 0)
+        with pytest.raises(StateError, match=r"only for SigchldOwner\.MAINLOOP"):
+            ctx.sigchld_occurred()
+
+
+def test_setmode_with_children_outstanding() -> None:
+    rec = Record()
+    with Context() as ctx:
+        pid = fork_exit(ctx, rec, 0)
+        with pytest.raises(StateError, match="children outstanding"):
+            ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
+        drain(ctx, lambda: pid in rec.calls)
+        ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))  # fine once delivered
+
+
+def test_closed_context_raises() -> None:
+    ctx = Context()
+    ctx.close()
+    ctx.close()  # idempotent
+    for call in (ctx.dispatch, ctx.fileno, lambda: ctx.child_fork(print), lambda: ctx.wait(0), ctx.setmode):
+        with pytest.raises(ClosedError, match="closed"):
+            call()
+    assert issubclass(ClosedError, ChildprocError)
+
+
+# -- SIGCHLD conflicts ------------------------------------------------------------
+@pytest.mark.parametrize("mode", [SigchldOwner.LIBXL_ALWAYS, SigchldOwner.SELECTIVE_REAP])
+def test_foreign_handler_refused_at_setmode(mode: SigchldOwner) -> None:
+    signal.signal(signal.SIGCHLD, host_handler)
+    try:
+        with Context() as ctx:
+            with pytest.raises(SigchldConflictError, match="host_handler") as info:
+                ctx.setmode(Hooks(chldowner=mode))
+            assert "MAINLOOP" in str(info.value)
+            assert info.value.handler is host_handler
+            assert ctx.mode is SigchldOwner.LIBXL  # unchanged
+            assert signal.getsignal(signal.SIGCHLD) is host_handler
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def test_foreign_handler_refused_before_fork_in_libxl_mode() -> None:
+    signal.signal(signal.SIGCHLD, host_handler)
+    try:
+        with Context() as ctx:
+            with pytest.raises(SigchldConflictError):
+                ctx.child_fork(print)  # no child may be forked: nobody would see it die
+            assert ctx.children == frozenset()
+            ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))  # the way out works
+            rec = Record()
+            pid = fork_exit(ctx, rec, 3)
+            _, status = os.waitpid(pid, 0)
+            assert ctx.childproc_reaped(pid, status)
+            assert signal.getsignal(signal.SIGCHLD) is host_handler
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def test_handler_replaced_behind_our_back_is_reported_not_hung() -> None:
+    rec = Record()
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
+        pid = fork(ctx, rec, child_pause)
+        signal.signal(signal.SIGCHLD, host_handler)
+        try:
+            with pytest.raises(HandlerReplacedError, match="host_handler"):
+                ctx.wait(5)
+            with pytest.raises(SigchldConflictError):
+                ctx.child_fork(rec)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            ctx.close()
+
+
+def test_reentry_from_a_signal_handler_is_refused() -> None:
+    """A host handler that calls childproc_reaped while childproc holds its lock on the
+    same thread (it interrupted a childproc call) gets an error, not a deadlock."""
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
+        with _process.LOCK, pytest.raises(StateError, match="signal handler"):
+            ctx.childproc_reaped(12345, 0)
+
+
+# -- fork failure ----------------------------------------------------------------
+@pytest.mark.parametrize("mode", list(SigchldOwner), ids=lambda m: m.name)
+def test_fork_failure_leaves_nothing_behind(mode: SigchldOwner) -> None:
+    def failing_fork(user: object) -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=mode, fork_replacement=failing_fork))
+        before = signal.getsignal(signal.SIGCHLD)
+        with pytest.raises(ForkError) as info:
+            ctx.child_fork(print)
+        assert info.value.errno == errno.EAGAIN
+        assert isinstance(info.value, OSError)
+        assert ctx.children == frozenset()
+        assert _process.snapshot()["owned_pids"] == 0
+        assert signal.getsignal(signal.SIGCHLD) == before  # LIBXL: none installed for nothing
+        if mode is SigchldOwner.LIBXL:
+            assert before == signal.SIG_DFL
+
+
+def test_fork_replacement_is_used_and_sees_user() -> None:
+    calls: list[object] = []
+
+    def my_fork(user: object) -> int:
+        calls.append(user)
+        return os.fork()
+
+    rec = Record()
+    with Context() as ctx:
+        ctx.setmode(Hooks(fork_replacement=my_fork), user="token")
+        pid = fork_exit(ctx, rec, 6)
+        drain(ctx, lambda: pid in rec.calls)
+    assert calls == ["token"] and rec.code(pid) == 6
+
+
+def test_fork_replacement_must_not_reenter() -> None:
+    holder: list[Context] = []
+
+    def bad_fork(user: object) -> int:
+        return holder[0].child_fork(print)
+
+    with Context() as ctx:
+        holder.append(ctx)
+        ctx.setmode(Hooks(fork_replacement=bad_fork))
+        with pytest.raises(StateError, match="re-entered"):
+            ctx.child_fork(print)
+        assert ctx.children == frozenset()
+
+
+def test_fork_replacement_returning_garbage() -> None:
+    with Context() as ctx:
+        ctx.setmode(Hooks(fork_replacement=lambda user: -1))
+        with pytest.raises(InvalidArgumentError, match="fork_replacement"):
+            ctx.child_fork(print)
+        assert ctx.children == frozenset()
+
+
+# -- callbacks ---------------------------------------------------------------------
+def test_raising_callback_loses_nothing_and_delivers_once() -> None:
+    seen: list[int] = []
+
+    def cb(pid: int, status: int) -> None:
+        seen.append(pid)
+        raise RuntimeError(f"boom {pid}")
+
+    with Context() as ctx:
+        pids = [fork_exit(ctx, cb, 1) for _ in range(5)]
+        raised = 0
+        while len(seen) < 5:
+            r, _, _ = select.select([ctx], [], [], 10)
+            assert r, "fileno() must stay readable while events are queued"
+            try:
+                ctx.dispatch()
+            except RuntimeError as e:
+                assert str(e).startswith("boom")
+                raised += 1
+        assert sorted(seen) == sorted(pids) and raised == 5
+        assert ctx.dispatch() == 0
+
+
+def test_callback_may_fork_again_and_close() -> None:
+    rec = Record()
+    chain: list[int] = []
+    with Context() as ctx:
+
+        def again(pid: int, status: int) -> None:
+            chain.append(pid)
+            if len(chain) < 5:
+                fork_exit(ctx, again, len(chain))
+
+        fork_exit(ctx, again, 0)
+        drain(ctx, lambda: len(chain) == 5)
+
+        def closer(pid: int, status: int) -> None:
+            rec(pid, status)
+            ctx.close()
+
+        p1 = fork_exit(ctx, closer, 0)
+        p2 = fork_exit(ctx, closer, 0)
+        assert wait_until(lambda: is_zombie(p1) and is_zombie(p2))
+        drain_until_closed(ctx)
+        # Exactly one callback ran; the other child was reaped by close() (no zombie).
+        assert len(rec.calls) == 1 and set(rec.calls) <= {p1, p2}
+
+
+def drain_until_closed(ctx: Context) -> None:
+    deadline = time.monotonic() + 20
+    while not ctx.closed and time.monotonic() < deadline:
+        try:
+            ctx.wait(1)
+        except ClosedError:
+            break
+
+
+def test_stolen_child_is_reported_loudly() -> None:
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
+        pid = fork_exit(ctx, print, 3)
+        os.waitpid(pid, 0)  # someone breaks the contract
+        with pytest.raises(ChildStolenError) as info:
+            for _ in range(100):
+                ctx.wait(1)
+        assert info.value.pid == pid
+        assert ctx.children == frozenset()
+
+
+def test_errors_form_one_hierarchy() -> None:
+    for name in childproc.__all__:
+        obj = getattr(childproc, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, ChildprocError), name
+
+
+def test_dispatch_thread_logs_callback_errors(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Record()
+    done = threading.Event()
+    bad_ran = threading.Event()
+
+    def bad(pid: int, status: int) -> None:
+        bad_ran.set()
+        raise ValueError("bad callback")
+
+    def good(pid: int, status: int) -> None:
+        rec(pid, status)
+        done.set()
+
+    with Context() as ctx:
+        t = ctx.start_dispatch_thread()
+        with pytest.raises(StateError):
+            ctx.start_dispatch_thread()
+        fork_exit(ctx, bad, 1)
+        fork_exit(ctx, good, 2)
+        assert done.wait(20) and bad_ran.wait(20)
+    assert not t.is_alive()
+    assert any("raised on the dispatch thread" in r.message for r in caplog.records)

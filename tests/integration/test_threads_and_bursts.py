@@ -1,0 +1,196 @@
+"""Exactly once under load: bursts of children, forks from many threads, several contexts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from childproc import Context, Hooks, SigchldOwner, _process
+from childproc._watchers import pidfd as pidfd_mod
+
+from .kids import Record, child_pause, drain, fork, fork_exit
+
+MODES = [SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS, SigchldOwner.SELECTIVE_REAP]
+
+
+def make(mode: SigchldOwner) -> Context:
+    ctx = Context()
+    if mode is not SigchldOwner.LIBXL:
+        ctx.setmode(Hooks(chldowner=mode))
+    return ctx
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_burst_of_2000_children_each_delivered_once(mode: SigchldOwner) -> None:
+    rec = Record()
+    n = 2000
+    with make(mode) as ctx:
+        pids = []
+        for i in range(n):
+            pids.append(fork_exit(ctx, rec, i % 256))
+            if i % 100 == 0:
+                ctx.dispatch()  # reap as we go, as a real loop would
+        drain(ctx, lambda: len(rec.calls) == n, timeout=120)
+        assert not rec.duplicates()
+        assert all(rec.code(p) == i % 256 for i, p in enumerate(pids))
+        assert ctx.children == frozenset()
+
+
+@pytest.mark.timeout(300)
+def test_burst_exiting_together() -> None:
+    """Children that all die at the same moment: SIGCHLDs coalesce, nothing is lost."""
+    rec = Record()
+    gate_r, gate_w = os.pipe()
+    n = 2000
+    with make(SigchldOwner.SELECTIVE_REAP) as ctx:
+        pids = []
+        for i in range(n):
+            pid = ctx.child_fork(rec)
+            if pid == 0:
+                try:
+                    os.close(gate_w)
+                    os.read(gate_r, 1)  # blocks until the parent closes its end
+                finally:
+                    os._exit(i % 200)
+            pids.append(pid)
+        os.close(gate_r)
+        os.close(gate_w)  # everybody exits now
+        drain(ctx, lambda: len(rec.calls) == n, timeout=120)
+        assert not rec.duplicates()
+        assert [rec.code(p) for p in pids] == [i % 200 for i in range(n)]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_8_threads_x_200_forks(mode: SigchldOwner) -> None:
+    rec = Record()
+    threads, per_thread = 8, 200
+    forked: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    with make(mode) as ctx:
+        ctx.start_dispatch_thread()
+
+        def worker(t: int) -> None:
+            try:
+                for i in range(per_thread):
+                    pid = fork_exit(ctx, rec, (t * per_thread + i) % 256)
+                    with lock:
+                        forked.append(pid)
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors
+        deadline = time.monotonic() + 120
+        while len(rec.calls) < threads * per_thread and time.monotonic() < deadline:
+            time.sleep(0.01)
+            _process.run_chores()
+        assert len(rec.calls) == threads * per_thread, len(rec.calls)
+        assert not rec.duplicates()
+        assert set(rec.calls) == set(forked)
+        assert rec.threads == {"childproc-dispatch"}
+
+
+def test_exits_racing_child_fork_from_threads_with_main_dispatching() -> None:
+    rec = Record()
+    stop = threading.Event()
+    with make(SigchldOwner.LIBXL_ALWAYS) as ctx:
+
+        def worker() -> None:
+            for _ in range(150):
+                fork_exit(ctx, rec, 1)
+
+        ts = [threading.Thread(target=worker) for _ in range(4)]
+        for t in ts:
+            t.start()
+        while any(t.is_alive() for t in ts):
+            ctx.wait(0.01)
+        stop.set()
+        drain(ctx, lambda: len(rec.calls) == 600)
+        assert not rec.duplicates()
+
+
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "no-pidfd"])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_worker_fork_while_main_thread_blocked_in_c(
+    mode: SigchldOwner, pidfds: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux sends SIGCHLD to the forking thread; the Python handler waits for the
+    main thread. A waiter on another thread must still hear of the death promptly."""
+    if not pidfds:
+        monkeypatch.setattr(pidfd_mod, "_supported", False)
+    rec = Record()
+    latency: list[float] = []
+    with make(mode) as ctx:
+        keeper = fork(ctx, rec, child_pause)  # handler installed (main thread) where it applies
+        done = threading.Event()
+
+        def worker() -> None:
+            pid = ctx.child_fork(rec)
+            if pid == 0:
+                time.sleep(0.1)
+                os._exit(3)
+            t0 = time.monotonic()
+            while pid not in rec.calls:
+                ctx.wait(5)
+            latency.append(time.monotonic() - t0 - 0.1)
+            done.set()
+
+        t = threading.Thread(target=worker)
+        t.start()
+        time.sleep(1.5)  # the main thread is blocked in C the whole time
+        t.join()
+        assert done.is_set()
+        assert latency[0] < 0.5, f"death reached wait() {latency[0] * 1000:.0f} ms late"
+        os.kill(keeper, signal.SIGKILL)
+        drain(ctx, lambda: keeper in rec.calls)
+
+
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "peek-thread"])
+def test_first_fork_on_worker_thread_without_handler(pidfds: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIBXL, no handler yet, first child forked on a worker thread: signal.signal is
+    impossible there, so the death is seen through the pidfd (or a WNOWAIT peek
+    thread), and the handler is installed and restored by later main-thread calls."""
+    if not pidfds:
+        monkeypatch.setattr(pidfd_mod, "_supported", False)
+    rec = Record()
+    with Context() as ctx:
+        box: list[int] = []
+
+        def worker() -> None:
+            box.append(fork_exit(ctx, rec, 9))
+            while box[0] not in rec.calls:
+                ctx.wait(5)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(20)
+        assert not t.is_alive()
+        assert rec.code(box[0]) == 9
+        # The worker could neither install nor restore; the main thread settles it.
+        ctx.dispatch()
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        assert not _process.snapshot()["pending_main_thread_change"]
+
+
+def test_setmode_on_worker_thread_installs_at_next_main_thread_call() -> None:
+    rec = Record()
+    with Context() as ctx:
+        t = threading.Thread(target=ctx.setmode, args=(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP),))
+        t.start()
+        t.join()
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        assert _process.snapshot()["pending_main_thread_change"]
+        pid = fork_exit(ctx, rec, 4)  # a main-thread call: the handler goes in first
+        assert signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, signal.SIG_IGN)
+        drain(ctx, lambda: pid in rec.calls)

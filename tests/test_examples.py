@@ -1,0 +1,59 @@
+"""Every script in examples/ runs as documented: exit status 0 and the output it promises.
+
+Each example runs in its own interpreter, so its children, fds and SIGCHLD
+handler never touch the test process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# example file -> lines (or parts of lines) its output must contain
+EXPECTED: dict[str, list[str]] = {
+    "libxl_quickstart.py": [
+        "exited with status 0",
+        "exited with status 3",
+        "exited with status 42",
+        "killed by SIGTERM",
+        "all children accounted for",
+    ],
+    "mainloop_selectors.py": [
+        "childproc's, callback ran",
+        "not childproc's, exited with status 42",
+        "childproc's children exited with [0, 5, 7]; the host's with 42",
+    ],
+    "selective_reap_subprocess.py": [
+        "subprocess.run returncode: 5",
+        "subprocess.run returncode: 6",
+        "exit code: 3",
+        "exit code: 4",
+        "both sides got their true exit codes",
+    ],
+}
+
+
+def test_every_example_is_tested() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    assert proc.stderr == "", report
+    for expected in EXPECTED[name]:
+        assert expected in proc.stdout, report
