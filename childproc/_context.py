@@ -238,10 +238,12 @@ class Context:
 
     @property
     def hooks(self) -> Hooks:
+        """The :class:`Hooks` given to :meth:`setmode` (``Hooks()`` until then)."""
         return self._hooks
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (or the context was inherited and closed)."""
         return self._closed
 
     @property
@@ -395,8 +397,10 @@ class Context:
             self._pidfds[pid] = pidfd
             self._fd_pid[pidfd] = pid
         self._watcher.add(pid, pidfd)
-        if pidfd is None and self._rules.pidfd_wakeups and not (
-            _process.handler_installed() and _process.on_main_thread()
+        if (
+            pidfd is None
+            and self._rules.pidfd_wakeups
+            and not (_process.handler_installed() and _process.on_main_thread())
         ):
             # Nothing would announce this death promptly: no pidfd, and either no
             # handler yet or a handler that waits for a (possibly blocked) main thread.
@@ -455,26 +459,26 @@ class Context:
         _process.set_handler_user(self, self._uses_handler())
 
     def _collect(self) -> None:
-        """Reap whatever the epoll says is ready, without blocking."""
-        try:
-            ready = self._epoll.poll(0)
-        except ValueError:  # closed by another thread
-            self._check_usable()
-            raise
-        signalled = False
-        woken: list[int] = []
-        rfd = self._waker.rfd
-        for fd, _ in ready:
-            if fd == rfd:
-                signalled = True
-            else:
-                woken.append(fd)
-        if signalled:
-            self._waker.drain()
+        """Reap whatever the epoll says is ready, without blocking.
+
+        All under the process lock: the handler check comes before the self-pipe
+        is drained, so a raise never swallows a wake-up.
+        """
         with _process.LOCK:
             self._check_usable()
             if self in _process._users:
                 _process.check_handler()
+            ready = self._epoll.poll(0)
+            signalled = False
+            woken: list[int] = []
+            rfd = self._waker.rfd
+            for fd, _ in ready:
+                if fd == rfd:
+                    signalled = True
+                else:
+                    woken.append(fd)
+            if signalled:
+                self._waker.drain()
             if not (signalled or woken):
                 return
             fd_pid = self._fd_pid
@@ -693,26 +697,30 @@ class Context:
             if self._closed:
                 return
             self._closed = True
-            if self._rules.reaper is not Reaper.APPLICATION:
-                scan(self._ledger.running_pids(), Reaped())  # reap our zombies; drop statuses
-            for pid in self._ledger.forget_running():
-                self._child_gone_locked(pid)
-            self._ledger.discard_queue()
-            _process.set_handler_user(self, False)
+            try:
+                if self._rules.reaper is not Reaper.APPLICATION:
+                    scan(self._ledger.running_pids(), Reaped())  # reap our zombies; drop statuses
+            finally:
+                for pid in self._ledger.forget_running():
+                    self._child_gone_locked(pid)
+                self._ledger.discard_queue()
+                _process.set_handler_user(self, False)  # never raises
         waker = self._waker
         waker.poke()
-        me = threading.get_ident()
-        thread = self._thread
-        if thread is not None and thread.ident != me:
-            thread.join()
-        with self._waiters_cv:
-            self._waiters_cv.wait_for(lambda: not (set(self._waiters) - {me}), timeout=5.0)
-        self._epoll.close()
-        waker.close_read()
-        # The write end is never closed explicitly: the SIGCHLD handler or a peek
-        # thread may hold the waker right now and poke it. It closes with the
-        # waker's last reference, which is usually this one.
-        self._waker = _CLOSED_WAKER
+        try:
+            me = threading.get_ident()
+            thread = self._thread
+            if thread is not None and thread.ident != me:
+                thread.join()
+            with self._waiters_cv:
+                self._waiters_cv.wait_for(lambda: not (set(self._waiters) - {me}), timeout=5.0)
+        finally:
+            self._epoll.close()
+            waker.close_read()
+            # The write end is never closed explicitly: the SIGCHLD handler or a
+            # peek thread may hold the waker right now and poke it. It closes with
+            # the waker's last reference, which is usually this one.
+            self._waker = _CLOSED_WAKER
         _process.run_chores()
 
     def __enter__(self) -> Context:

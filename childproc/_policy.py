@@ -178,7 +178,10 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         app_reports=False,
         takes_reaped_callback=False,
         pidfd_wakeups=True,
-        app_promise="no Python-level SIGCHLD handler of its own",
+        app_promise=(
+            "never to reap childproc's children: no waitpid(-1) anywhere in the process, "
+            "and no SIGCHLD handler of its own"
+        ),
         use_when="a host with subprocess, asyncio or its own children beside childproc",
     ),
 }

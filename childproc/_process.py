@@ -183,8 +183,13 @@ def _restore() -> None:
     _saved = None
 
 
-def _sync_locked() -> None:
-    """Make the handler's state match ``_users`` (main thread), or remember to."""
+def _sync_locked(may_raise: bool) -> None:
+    """Make the handler's state match ``_users`` (main thread), or remember to.
+
+    An install that meets a foreign handler raises only if ``may_raise``; otherwise
+    it stays pending, and the contexts that need the handler hear of the conflict
+    from :func:`check_handler` on each of their calls.
+    """
     global _pending
     want = bool(_users)
     if want == _installed:
@@ -193,18 +198,25 @@ def _sync_locked() -> None:
     if not on_main_thread():
         _pending = True
         return
-    _pending = False
-    if want:
-        _install()
-    else:
+    if not want:
         _restore()
+        _pending = False
+        return
+    try:
+        _install()
+    except SigchldConflictError:
+        _pending = True
+        if may_raise:
+            raise
+        return
+    _pending = False
 
 
 def set_handler_user(ctx: Context, wanted: bool) -> None:
     """Add ``ctx`` to, or remove it from, the handler's users. Call with LOCK held.
 
-    Raises :class:`SigchldConflictError` when the handler would be installed
-    over a foreign one; ``ctx`` is then not a user.
+    Adding raises :class:`SigchldConflictError` when the handler would be
+    installed over a foreign one; ``ctx`` is then not a user. Removing never raises.
     """
     global _users, _pokers
     if (ctx in _users) == wanted:
@@ -216,44 +228,52 @@ def set_handler_user(ctx: Context, wanted: bool) -> None:
         _users = _users - {ctx}
     _pokers = tuple(c._waker.poke for c in _users)
     try:
-        _sync_locked()
+        _sync_locked(may_raise=wanted)
     except BaseException:
-        if wanted:
-            _users = _users - {ctx}
-            _pokers = tuple(c._waker.poke for c in _users)
+        _users = _users - {ctx}
+        _pokers = tuple(c._waker.poke for c in _users)
+        _sync_locked(may_raise=False)
         raise
 
 
 def run_chores() -> None:
-    """Carry out a handler change that a worker thread could not. Cheap when idle."""
+    """Carry out a handler change that a worker thread could not. Cheap when idle; never raises."""
     if _pending and on_main_thread():
         with LOCK:
-            _sync_locked()
+            _sync_locked(may_raise=False)
 
 
 def check_handler() -> None:
-    """Raise if childproc's handler should be in place but was replaced. LOCK held.
+    """For a context that needs the handler: raise if it is not in place. LOCK held.
 
-    The state is then reset to "not installed", so the next call that needs the
-    handler meets the foreign one and gets a :class:`SigchldConflictError`
-    rather than silently re-installing over it.
+    * Replaced behind childproc's back: :class:`HandlerReplacedError`. The state
+      is reset to "not installed, wanted", so childproc never silently
+      re-installs over whoever replaced it.
+    * Wanted but blocked by a foreign handler: :class:`SigchldConflictError`, on
+      every call until the foreign handler goes (then the next main-thread call
+      installs childproc's).
+    * Wanted but waiting for the main thread: fine (pidfds and peek threads
+      cover the gap).
     """
     global _installed, _saved, _pending
-    if not _installed:
-        return
     current = signal.getsignal(signal.SIGCHLD)
-    if current is _sigchld_handler:
-        return
-    _installed = False
-    _saved = None
-    _pending = bool(_users)
-    raise HandlerReplacedError(
-        f"childproc's SIGCHLD handler was replaced by {_describe(current)} while childproc "
-        "had children to watch; their deaths would go unseen. Whoever installed it owns "
-        "SIGCHLD now: switch childproc to SigchldOwner.MAINLOOP and report reaped pids with "
-        "ctx.childproc_reaped(), or SELECTIVE_REAP without that handler.",
-        current,
-    )
+    if _installed:
+        if current is _sigchld_handler:
+            return
+        _installed = False
+        _saved = None
+        _pending = bool(_users)
+        raise HandlerReplacedError(
+            f"childproc's SIGCHLD handler was replaced by {_describe(current)} while childproc "
+            "had children to watch; their deaths would go unseen. Whoever installed it owns "
+            "SIGCHLD now: switch childproc to SigchldOwner.MAINLOOP and report reaped pids with "
+            "ctx.childproc_reaped(), or remove that handler.",
+            current,
+        )
+    if _pending and _foreign(current):
+        raise SigchldConflictError(_conflict_message(current), current)
+    if _pending and on_main_thread():
+        _sync_locked(may_raise=True)
 
 
 def register_context(ctx: Context) -> None:

@@ -4,9 +4,10 @@ Only for modes whose contract says the application has no children of its own
 (LIBXL) or wants the library to reap them (LIBXL_ALWAYS): ``waitpid(-1)`` takes
 ``subprocess``'s children too, and ``Popen`` then reports returncode 0.
 
-Each call costs the kernel a walk over the process's live children (about
-0.2 us per child), so with thousands of children alive this is the cost floor
-of the mode, not something a library can avoid while reaping by ``-1``.
+Each call costs the kernel a walk over the process's live children, so with
+thousands of children alive the cost per reap grows with their number. That is
+the cost floor of reaping by ``-1``, not something a library can avoid;
+``benchmarks/`` measures it.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from childproc import (
     StateError,
     _process,
 )
+from childproc._watchers import pidfd as pidfd_mod
 
 from .kids import Record, child_pause, drain, fork, fork_exit
 from .procutil import is_zombie, wait_until
@@ -299,3 +300,65 @@ def test_dispatch_thread_logs_callback_errors(caplog: pytest.LogCaptureFixture) 
         assert done.wait(20) and bad_ran.wait(20)
     assert not t.is_alive()
     assert any("raised on the dispatch thread" in r.message for r in caplog.records)
+
+
+def test_replaced_handler_conflict_stays_with_the_contexts_that_need_it() -> None:
+    """After a replacement, every call of a context that needs the handler keeps
+    raising (not just once); contexts that do not need it are unaffected; once the
+    foreign handler goes, the next main-thread call installs childproc's again."""
+    always = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS)
+    with Context() as a, Context() as m:
+        a.setmode(always)
+        m.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
+        signal.signal(signal.SIGCHLD, host_handler)
+        try:
+            with pytest.raises(HandlerReplacedError):
+                a.dispatch()
+            assert m.sigchld_occurred() == 0  # MAINLOOP does not care
+            assert m.dispatch() == 0
+            for _ in range(3):
+                with pytest.raises(SigchldConflictError, match="host_handler"):
+                    a.dispatch()
+        finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        assert a.dispatch() == 0  # the foreign handler is gone: ours goes back in
+        assert signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+
+
+def test_close_never_raises_and_releases_fds_after_a_replacement() -> None:
+    always = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS)
+    a, b = Context(), Context()
+    a.setmode(always)
+    b.setmode(always)
+    signal.signal(signal.SIGCHLD, host_handler)
+    try:
+        with pytest.raises(HandlerReplacedError):
+            a.dispatch()
+        a.close()  # must not raise although b still wants a handler it cannot have
+        assert a.closed
+        b.close()
+        assert signal.getsignal(signal.SIGCHLD) is host_handler  # never clobbered
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    assert _process.snapshot()["handler_users"] == 0
+
+
+def test_a_raise_from_dispatch_does_not_swallow_the_wakeup(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without pidfds the self-pipe is the only wake-up: a drained poke would be lost.
+    monkeypatch.setattr(pidfd_mod, "_supported", False)
+    rec = Record()
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
+        pid = fork_exit(ctx, rec, 4)
+        assert wait_until(lambda: is_zombie(pid))
+        assert select.select([ctx], [], [], 5)[0]
+        signal.signal(signal.SIGCHLD, host_handler)
+        try:
+            with pytest.raises(HandlerReplacedError):
+                ctx.dispatch()
+        finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        assert select.select([ctx], [], [], 0)[0], "the pending wake-up must survive the raise"
+        drain(ctx, lambda: pid in rec.calls)
+        assert rec.code(pid) == 4
