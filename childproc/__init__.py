@@ -15,8 +15,11 @@ See the mode guide (docs/modes.rst) to choose a :class:`SigchldOwner`.
 
 from __future__ import annotations
 
+from ._child import Child, ChildState, EventCallback
 from ._context import Context, ForkReplacement, Hooks, ReapedCallback
 from ._errors import (
+    AlreadyWatchedError,
+    ChildExitedError,
     ChildprocError,
     ChildStolenError,
     ClosedError,
@@ -24,13 +27,17 @@ from ._errors import (
     ForkError,
     HandlerReplacedError,
     InvalidArgumentError,
+    NotOurChildError,
+    PidfdUnavailableError,
     SigchldConflictError,
+    SpawnError,
     StateError,
+    UnknownChildError,
 )
 from ._ledger import ChildCallback
 from ._policy import SigchldOwner
 from ._process import postfork_child_noexec
-from ._status import describe_status
+from ._status import ChildEvent, EventCode, describe_status
 
 __version__ = "0.1.0"
 
@@ -39,6 +46,7 @@ owner_libxl = SigchldOwner.LIBXL
 owner_mainloop = SigchldOwner.MAINLOOP
 owner_libxl_always = SigchldOwner.LIBXL_ALWAYS
 owner_selective_reap = SigchldOwner.SELECTIVE_REAP
+owner_pidfd = SigchldOwner.PIDFD
 
 __all__ = [
     "Context",
@@ -48,6 +56,12 @@ __all__ = [
     "owner_mainloop",
     "owner_libxl_always",
     "owner_selective_reap",
+    "owner_pidfd",
+    "Child",
+    "ChildState",
+    "ChildEvent",
+    "EventCode",
+    "EventCallback",
     "ChildCallback",
     "ForkReplacement",
     "ReapedCallback",
@@ -62,5 +76,11 @@ __all__ = [
     "ClosedError",
     "ForkedContextError",
     "ChildStolenError",
+    "SpawnError",
+    "ChildExitedError",
+    "UnknownChildError",
+    "AlreadyWatchedError",
+    "NotOurChildError",
+    "PidfdUnavailableError",
     "__version__",
 ]

@@ -1,22 +1,26 @@
-"""The Context: fork children, learn exactly once when each dies.
+"""The Context: make or adopt children, learn exactly once when each dies.
 
 How a death travels
 -------------------
-1. ``child_fork`` forks with the process lock held and registers the pid
-   (ledger, ``OWNERS``, watcher, pidfd in the context's epoll) before the lock
-   is released, so no reaper anywhere in the process can take the pid unseen.
+1. ``child_fork``/``fork``/``spawn``/``adopt`` create or take the child with the
+   process lock held and register it (ledger, ``OWNERS``, watcher, pidfd in the
+   context's epoll) before the lock is released, so no reaper anywhere in the
+   process can take the pid unseen.
 2. The child dies. The kernel makes its pidfd readable and sends SIGCHLD; the
-   process-wide handler pokes the self-pipe of every context that uses it.
-   Either makes the context's epoll (``fileno()``) readable, on any thread,
-   even while the main thread is blocked in C.
+   process-wide handler (where the mode uses one) pokes the self-pipe of every
+   context that uses it. Either makes the context's epoll (``fileno()``)
+   readable, on any thread, even while the main thread is blocked in C.
 3. ``dispatch()`` (or ``wait()``) drains the pipe, asks the watcher to reap,
    and routes every reaped pid through :func:`childproc._policy.route`: ours
    into our ledger, another context's into its ledger (and pokes it), a
-   foreign pid to ``reaped_callback`` or a warning.
+   foreign pid to ``reaped_callback`` or a warning. The child's handle is
+   updated right there (state, final event), under the lock.
 4. Delivery pops one event at a time and runs its callback with no lock held
    but the context's delivery lock (so callbacks run one at a time, in order,
    and may call back into the context). A popped event is delivered; if its
-   callback raises, the rest stay queued and the exception propagates.
+   callback raises, the rest stay queued and the exception propagates. A child
+   whose reaping was deferred (``reap_after_callback``) is reaped right after
+   its exit callback, even if that raised.
 """
 
 from __future__ import annotations
@@ -25,20 +29,28 @@ import errno
 import logging
 import os
 import select
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import _process
+from ._child import Child, ChildState, EventCallback, check_events
 from ._errors import (
+    AlreadyWatchedError,
+    ChildExitedError,
     ChildStolenError,
     ClosedError,
     ForkedContextError,
     ForkError,
     InvalidArgumentError,
+    NotOurChildError,
+    PidfdUnavailableError,
+    SpawnError,
     StateError,
+    UnknownChildError,
 )
 from ._ledger import ChildCallback, Event, EventKind, Ledger
 from ._policy import (
@@ -51,12 +63,15 @@ from ._policy import (
     rules_for,
     wants_handler,
 )
-from ._status import describe_status
+from ._spawn import Argv, spawn_process
+from ._status import ChildEvent, describe_status
+from ._waker import CLOSED_WAKER, Waker
 from ._watchers import Reaped, Watcher, make_watcher
 from ._watchers import pidfd as _pidfd
+from ._watchers._base import check_exit
 from ._watchers.scan import scan
 
-__all__ = ["Hooks", "Context", "ForkReplacement", "ReapedCallback"]
+__all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback"]
 
 log = logging.getLogger("childproc")
 
@@ -66,6 +81,7 @@ ForkReplacement = Callable[[Any], int]
 ReapedCallback = Callable[[int, int, Any], bool | None]
 
 _HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks a handler it relies on
+_fallback_logged = False
 
 
 @dataclass(frozen=True)
@@ -105,83 +121,20 @@ class Hooks:
             )
 
 
-class _Waker:
-    """A context's self-pipe: non-blocking, close-on-exec, a boolean "look at me".
-
-    The write end is closed when the last reference goes (the SIGCHLD handler
-    holds one while it pokes), so a poke can never hit a recycled fd number.
-    """
-
-    __slots__ = ("rfd", "wfd")
-
-    def __init__(self) -> None:
-        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def poke(self) -> None:
-        try:
-            os.write(self.wfd, b"\0")
-        except OSError:
-            pass  # EAGAIN: already readable, which is all a poke means
-
-    def drain(self) -> bool:
-        got = False
-        while True:
-            try:
-                data = os.read(self.rfd, 512)
-            except BlockingIOError:
-                return got
-            except OSError:
-                return got
-            if not data:
-                return got
-            got = True
-            if len(data) < 512:
-                return got
-
-    def close_read(self) -> None:
-        if self.rfd >= 0:
-            os.close(self.rfd)
-            self.rfd = -1
-
-    def close_write(self) -> None:
-        if self.wfd >= 0:
-            os.close(self.wfd)
-            self.wfd = -1
-
-    def __del__(self) -> None:
-        try:
-            self.close_read()
-            self.close_write()
-        except OSError:  # pragma: no cover
-            pass
-
-
-class _ClosedWaker(_Waker):
-    """Stands in for a closed context's waker: no fds, pokes do nothing."""
-
-    def __init__(self) -> None:
-        self.rfd = self.wfd = -1
-
-    def poke(self) -> None:
-        pass
-
-
-_CLOSED_WAKER = _ClosedWaker()
-
-
 def _validate_pid(pid: object, what: str) -> int:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         raise InvalidArgumentError(f"{what} must be a positive int pid, not {pid!r}")
     return pid
 
 
-def _watch_in_thread(pid: int, waker: _Waker) -> None:
+def _watch_in_thread(pid: int, waker: Waker) -> None:
     """Last-resort wake-up: block in waitid(WNOWAIT) on one pid, then poke.
 
-    Used only for a child with no pidfd (unsupported, or fds exhausted) that was
-    forked on a worker thread: then either no handler is installed yet, or the
-    Python-level handler runs only when the main thread gets to it, which may be
-    blocked in C for seconds. WNOWAIT peeks without reaping, so the mode's own
+    Used only for a child with no pidfd (unsupported, or fds exhausted) when
+    nothing else would announce its death promptly: no handler (PIDFD mode,
+    or one not installed yet), or a Python-level handler that runs only when the
+    main thread gets to it, which may be blocked in C for seconds (the child was
+    made on a worker thread). WNOWAIT peeks without reaping, so the mode's own
     reaper still reaps.
     """
     try:
@@ -191,14 +144,33 @@ def _watch_in_thread(pid: int, waker: _Waker) -> None:
     waker.poke()
 
 
+def _pid_of_pidfd(pidfd: int) -> int:
+    """The pid a pidfd refers to (``Pid:`` in /proc/self/fdinfo)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    raise InvalidArgumentError(f"fd {pidfd} is not a pidfd")
+
+
+def _adapt_child_fork_callback(callback: ChildCallback) -> EventCallback:
+    def on_event(child: Child, event: ChildEvent) -> None:
+        callback(event.pid, event.wait_status)
+
+    return on_event
+
+
 class Context:
     """A set of children and the machinery to learn, exactly once, when each dies.
 
-    Thread safety: every method may be called from any thread. ``setmode`` and
-    the first ``child_fork`` of a mode that needs the SIGCHLD handler should be
-    called on the main thread (``signal.signal`` works only there); on another
-    thread the handler is installed by the next childproc call on the main
-    thread, and children forked meanwhile are watched through their pidfds.
+    Thread safety: every method may be called from any thread. In the modes that
+    use the SIGCHLD handler, call ``setmode`` (and the first fork) on the main
+    thread where you can (``signal.signal`` works only there); on another thread
+    the handler is installed by the next childproc call on the main thread, and
+    children made meanwhile are watched through their pidfds.
 
     Callbacks run from :meth:`dispatch`, :meth:`wait`, :meth:`childproc_reaped`
     or :meth:`sigchld_occurred`, or on the dispatch thread if one was started
@@ -212,8 +184,8 @@ class Context:
         self._hooks = Hooks()
         self._user: Any = None
         self._rules = rules_for(self._hooks.chldowner)
-        self._ledger = Ledger()
-        self._waker = _Waker()
+        self._ledger: Ledger[Child] = Ledger()
+        self._waker = Waker()
         try:
             self._epoll = select.epoll()
             self._epoll.register(self._waker.rfd, select.EPOLLIN)
@@ -221,8 +193,9 @@ class Context:
             self._waker.close_read()
             self._waker.close_write()
             raise
-        self._pidfds: dict[int, int] = {}  # pid -> pidfd
-        self._fd_pid: dict[int, int] = {}  # pidfd -> pid
+        self._polled: dict[int, Child] = {}  # pidfd in the epoll -> its child
+        self._zombies: dict[int, Child] = {}  # exit seen, reaping deferred
+        self._stop_watchers = 0
         self._watcher: Watcher = make_watcher(choose_watcher(self.mode, _pidfd.supported()))
         self._delivery = threading.RLock()
         self._waiters_cv = threading.Condition(threading.Lock())
@@ -247,13 +220,26 @@ class Context:
         return self._closed
 
     @property
+    def watcher(self) -> str:
+        """The name of the mechanism that reaps this context's children (see the docs)."""
+        return self._watcher.kind.name
+
+    @property
     def children(self) -> frozenset[int]:
         """Pids this context made whose exit has not been delivered yet (a snapshot)."""
         with _process.LOCK:
             return self._ledger.outstanding()
 
+    def child(self, pid: int) -> Child:
+        """The handle of running child ``pid`` (raises :class:`UnknownChildError`)."""
+        with _process.LOCK:
+            handle = self._ledger.handle(pid)
+        if handle is None:
+            raise UnknownChildError(f"pid {pid!r} is not a running child of this context")
+        return handle
+
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._ledger.running_pids())} running"
+        state = "closed" if self._closed else f"{self._ledger.unreaped} running"
         return f"<childproc.Context {self.mode.name} {state}>"
 
     def _check_usable(self) -> None:
@@ -269,8 +255,16 @@ class Context:
         self._check_usable()
         _process.run_chores()
 
-    def _uses_handler(self) -> bool:
-        return wants_handler(self.mode, self._ledger.unreaped)
+    def _uses_handler(self, extra_children: int = 0, extra_stop_watchers: int = 0) -> bool:
+        return wants_handler(
+            self.mode,
+            self._ledger.unreaped + extra_children,
+            _pidfd.supported(),
+            self._stop_watchers + extra_stop_watchers,
+        )
+
+    def _sync_handler_use_locked(self) -> None:
+        _process.set_handler_user(self, self._uses_handler())
 
     # -- configuration ------------------------------------------------------
     def setmode(self, hooks: Hooks | None = None, user: Any = None) -> None:
@@ -278,53 +272,58 @@ class Context:
 
         ``hooks=None`` means ``Hooks()`` (LIBXL mode). ``user`` is passed to the
         hooks. Allowed only while the context has no outstanding children and no
-        undelivered events. In LIBXL_ALWAYS and SELECTIVE_REAP the SIGCHLD handler
-        is installed now (on the main thread; elsewhere at the next main-thread call).
+        undelivered events. A mode that always needs the SIGCHLD handler installs
+        it now (on the main thread; elsewhere at the next main-thread call).
 
         Raises :class:`StateError` with children outstanding,
         :class:`SigchldConflictError` if the mode needs the handler and a foreign
-        SIGCHLD handler is installed, :class:`InvalidArgumentError` for bad hooks.
+        SIGCHLD handler is installed, :class:`PidfdUnavailableError` for PIDFD
+        without pidfds, :class:`InvalidArgumentError` for bad hooks.
         """
+        global _fallback_logged
         if hooks is None:
             hooks = Hooks()
         if not isinstance(hooks, Hooks):
             raise InvalidArgumentError(f"setmode() takes a childproc.Hooks, not {hooks!r}")
         self._enter()
+        rules = rules_for(hooks.chldowner)
+        if rules.requires_pidfds and not _pidfd.supported():
+            raise PidfdUnavailableError(
+                f"{hooks.chldowner.name} needs pidfds (Linux >= 5.3, not blocked by seccomp) and this "
+                "system has none; use SELECTIVE_REAP, which falls back to SIGCHLD and a per-child check"
+            )
         with _process.LOCK:
             self._check_usable()
-            if self._ledger.unreaped or self._ledger.has_events:
+            if self._ledger.unreaped or self._ledger.has_events or self._zombies:
                 raise StateError(
                     "setmode() while this context has children outstanding or events undelivered; "
-                    "call setmode() before the first child_fork(), or after every child's callback ran"
+                    "call setmode() before the first child, or after every child's callback ran"
                 )
-            old_hooks, old_user, old_rules, old_watcher = (
-                self._hooks,
-                self._user,
-                self._rules,
-                self._watcher,
-            )
-            self._hooks, self._user = hooks, user
-            self._rules = rules_for(hooks.chldowner)
+            old = (self._hooks, self._user, self._rules, self._watcher)
+            self._hooks, self._user, self._rules = hooks, user, rules
             self._watcher = make_watcher(choose_watcher(hooks.chldowner, _pidfd.supported()))
             try:
-                _process.set_handler_user(self, self._uses_handler())
+                self._sync_handler_use_locked()
             except BaseException:
-                self._hooks, self._user, self._rules, self._watcher = (
-                    old_hooks,
-                    old_user,
-                    old_rules,
-                    old_watcher,
-                )
+                self._hooks, self._user, self._rules, self._watcher = old
                 raise
+        if rules.reaper is Reaper.OWN_CHILDREN and not _pidfd.supported() and not _fallback_logged:
+            _fallback_logged = True
+            log.warning(
+                "pidfds are not available here: %s falls back to SIGCHLD and checks every child "
+                "on each signal (O(children)); see `python -m childproc doctor`",
+                hooks.chldowner.name,
+            )
 
-    # -- forking ------------------------------------------------------------
+    # -- making children ----------------------------------------------------
     def child_fork(self, callback: ChildCallback) -> int:
-        """Fork; return the child's pid in the parent and 0 in the child.
+        """Fork; return the child's pid in the parent and 0 in the child (libxl's API).
 
         ``callback(pid, status)`` runs exactly once, after the child was reaped,
         with the wait status (decode with ``os.waitstatus_to_exitcode`` or
         :func:`childproc.describe_status`). It runs from :meth:`dispatch` or
-        :meth:`wait` (in MAINLOOP from :meth:`childproc_reaped` itself).
+        :meth:`wait` (in MAINLOOP from :meth:`childproc_reaped` itself). The
+        child's handle is ``ctx.child(pid)``.
 
         The child should exec or ``os._exit`` soon; it must not use this context
         (it raises :class:`ForkedContextError` there).
@@ -343,27 +342,152 @@ class Context:
             raise InvalidArgumentError(
                 f"child_fork() needs a callable callback(pid, status), not {callback!r}"
             )
-        self._enter()
-        with _process.LOCK:
-            self._check_usable()
-            needs_handler = wants_handler(self.mode, self._ledger.unreaped + 1)
-            if needs_handler:
-                _process.check_handler()
-                _process.set_handler_user(self, True)
-            try:
-                pid = self._fork()
-            except OSError as exc:
-                _process.set_handler_user(self, self._uses_handler())
-                raise ForkError(exc.errno or errno.EAGAIN, f"fork failed: {exc.strerror or exc}") from exc
-            except BaseException:
-                _process.set_handler_user(self, self._uses_handler())
-                raise
-            if pid == 0:
-                # A fork_replacement may have forked behind os.fork's at-fork hooks.
-                _process.postfork_child_noexec()
-                return 0
-            self._register_locked(pid, callback)
-        return pid
+        child = self._make(
+            self._fork,
+            _adapt_child_fork_callback(callback),
+            events=os.WEXITED,
+            oneshot=False,
+            reap_after_callback=False,
+            kill_on_close=False,
+        )
+        return 0 if child is None else child.pid
+
+    def fork(
+        self,
+        on_event: EventCallback | None = None,
+        *,
+        events: int = os.WEXITED,
+        oneshot: bool = False,
+        reap_after_callback: bool = False,
+        kill_on_close: bool = False,
+    ) -> Child | None:
+        """Fork; return the child's :class:`Child` handle in the parent, None in the child.
+
+        ``on_event(child, event)`` runs once per reported :class:`ChildEvent`:
+        always for the exit (exactly once), and for stops and continues if
+        ``events`` includes ``os.WSTOPPED``/``os.WCONTINUED`` (with ``oneshot``,
+        only the first of those). ``reap_after_callback`` runs the exit callback
+        while the child is still a zombie (``/proc/<pid>`` readable) and reaps it
+        right after, even if the callback raised (SELECTIVE_REAP and PIDFD only).
+        ``kill_on_close`` kills and reaps the child when the context closes or the
+        handle is released. Errors as for :meth:`child_fork`.
+        """
+        return self._make(
+            self._fork,
+            on_event,
+            events=events,
+            oneshot=oneshot,
+            reap_after_callback=reap_after_callback,
+            kill_on_close=kill_on_close,
+        )
+
+    def spawn(
+        self,
+        argv: Argv,
+        on_event: EventCallback | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        pass_fds: Sequence[int] = (),
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        events: int = os.WEXITED,
+        oneshot: bool = False,
+        reap_after_callback: bool = False,
+        kill_on_close: bool = False,
+    ) -> Child:
+        """Run a program with ``posix_spawn``, without forking the interpreter.
+
+        Costs the same from a 4 GiB parent as from a small one. ``argv[0]`` is
+        looked up on ``PATH`` unless it contains a ``/``. ``env`` replaces the
+        environment (default: this process's); ``cwd`` is the working directory;
+        ``pass_fds`` stay open in the child at the same numbers; ``stdin``,
+        ``stdout``, ``stderr`` are fds to put at 0, 1, 2. SIGPIPE, SIGXFSZ and
+        SIGCHLD start at their defaults and no signal is blocked, as with
+        ``subprocess``. The child is registered before anyone can reap it, in
+        every mode. Other arguments as for :meth:`fork`.
+
+        Raises :class:`SpawnError` (with ``errno``, e.g. ``ENOENT``) if the
+        program cannot be started.
+        """
+        if not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes)):
+            raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
+
+        def make() -> int:
+            return spawn_process(
+                argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr
+            )
+
+        child = self._make(
+            make,
+            on_event,
+            events=events,
+            oneshot=oneshot,
+            reap_after_callback=reap_after_callback,
+            kill_on_close=kill_on_close,
+            spawn=True,
+        )
+        assert child is not None
+        return child
+
+    def adopt(
+        self,
+        pid: int | None = None,
+        on_event: EventCallback | None = None,
+        *,
+        pidfd: int | None = None,
+        own_pidfd: bool = True,
+        events: int = os.WEXITED,
+        oneshot: bool = False,
+        reap_after_callback: bool = False,
+        kill_on_close: bool = False,
+    ) -> Child:
+        """Watch a child this process made some other way (``os.posix_spawn``, a C extension).
+
+        Give ``pid``, or ``pidfd`` (a pidfd for the child). With ``own_pidfd``
+        (the default) childproc closes that pidfd when done with it; with
+        ``own_pidfd=False`` it works on a duplicate and leaves yours alone. A
+        child that already exited is reported at the next dispatch. Other
+        arguments as for :meth:`fork`.
+
+        Raises :class:`InvalidArgumentError` for a pid <= 1 or a bad pidfd,
+        :class:`AlreadyWatchedError` if a childproc context already watches it,
+        :class:`NotOurChildError` if it is not a child of this process (or was
+        already reaped).
+        """
+        if (pid is None) == (pidfd is None):
+            raise InvalidArgumentError("adopt() takes exactly one of pid= and pidfd=")
+        fd: int | None = None
+        if pidfd is not None:
+            if not isinstance(pidfd, int) or isinstance(pidfd, bool) or pidfd < 0:
+                raise InvalidArgumentError(f"pidfd must be a file descriptor, not {pidfd!r}")
+            pid = _pid_of_pidfd(pidfd)
+            if pid <= 0:
+                raise NotOurChildError(f"the process of pidfd {pidfd} has already exited and been reaped")
+            fd = pidfd if own_pidfd else os.dup(pidfd)
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+            if fd is not None and fd != pidfd:
+                os.close(fd)
+            raise InvalidArgumentError(f"adopt() needs a child's pid (> 1), not {pid!r}")
+        try:
+            child = self._make(
+                lambda: pid,
+                on_event,
+                events=events,
+                oneshot=oneshot,
+                reap_after_callback=reap_after_callback,
+                kill_on_close=kill_on_close,
+                adopt_pidfd=fd,
+                adopting=True,
+            )
+        except BaseException:
+            if fd is not None and fd != pidfd:
+                os.close(fd)
+            raise
+        assert child is not None
+        self._waker.poke()  # it may already be a zombie: look now
+        return child
 
     def _fork(self) -> int:
         replacement = self._hooks.fork_replacement
@@ -376,58 +500,184 @@ class Context:
             )
         return pid
 
-    def _register_locked(self, pid: int, callback: ChildCallback) -> None:
+    def _make(
+        self,
+        make_pid: Callable[[], int],
+        on_event: EventCallback | None,
+        *,
+        events: int,
+        oneshot: bool,
+        reap_after_callback: bool,
+        kill_on_close: bool,
+        spawn: bool = False,
+        adopt_pidfd: int | None = None,
+        adopting: bool = False,
+    ) -> Child | None:
+        """Make (or take) a child and register it, all under the process lock."""
+        if on_event is not None and not callable(on_event):
+            raise InvalidArgumentError(f"on_event must be callable(child, event) or None, not {on_event!r}")
+        events = check_events(events)
+        self._enter()
+        watches_stops = bool(events & (os.WSTOPPED | os.WCONTINUED))
+        if watches_stops and not self._rules.stop_events:
+            raise InvalidArgumentError(
+                f"stop/continue events need SIGCHLD (pidfds only report exits), and {self.mode.name} "
+                "mode never uses it; use SELECTIVE_REAP for them"
+            )
+        if reap_after_callback and not self._rules.deferred_reap:
+            raise InvalidArgumentError(
+                f"reap_after_callback needs a mode that reaps only its own children (SELECTIVE_REAP, "
+                f"PIDFD); {self.mode.name} reaps by waitpid(-1) or leaves reaping to the application"
+            )
+        with _process.LOCK:
+            self._check_usable()
+            if adopting:
+                pid = make_pid()
+                self._check_adoptable_locked(pid, adopt_pidfd)
+            if self._uses_handler(1, watches_stops):
+                _process.check_handler()
+                _process.set_handler_user(self, True)
+            if not adopting:
+                try:
+                    pid = make_pid()
+                except OSError as exc:
+                    self._sync_handler_use_locked()
+                    cls = SpawnError if spawn else ForkError
+                    what = "posix_spawn" if spawn else "fork"
+                    raise cls(exc.errno or errno.EAGAIN, f"{what} failed: {exc.strerror or exc}") from exc
+                except BaseException:
+                    self._sync_handler_use_locked()
+                    raise
+                if pid == 0:
+                    # A fork_replacement may have forked behind os.fork's at-fork hooks.
+                    _process.postfork_child_noexec()
+                    return None
+            child = Child(
+                self,
+                pid,
+                on_event,
+                events=events,
+                oneshot=oneshot,
+                defer_reap=reap_after_callback,
+                kill_on_close=kill_on_close,
+            )
+            self._register_locked(child, adopt_pidfd)
+        return child
+
+    def _check_adoptable_locked(self, pid: int, pidfd: int | None) -> None:
         if pid in _process.OWNERS:
+            raise AlreadyWatchedError(f"pid {pid} is already watched by a childproc context")
+        flags = os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOHANG | os.WNOWAIT
+        try:
+            if pidfd is not None:
+                os.waitid(os.P_PIDFD, pidfd, flags)
+            else:
+                os.waitid(os.P_PID, pid, flags)
+        except ChildProcessError:
+            raise NotOurChildError(
+                f"pid {pid} is not a child of this process (or it was already reaped); only a "
+                "process's own children can be watched and reaped"
+            ) from None
+
+    def _register_locked(self, child: Child, pidfd: int | None) -> None:
+        pid = child.pid
+        other = _process.OWNERS.get(pid)
+        if other is not None:
             # The kernel reused a pid whose death another context has not seen:
-            # impossible unless someone reaped it behind our back.
-            other = _process.OWNERS[pid]
-            if other._ledger.stolen(pid):
-                other._child_gone_locked(pid)
+            # possible only if someone reaped it behind childproc's back.
+            stale = other._ledger.handle(pid)
+            if stale is not None and other._ledger.stolen(pid):
+                other._child_gone_locked(stale)
                 other._waker.poke()
-        self._ledger.add(pid, callback)
+        self._ledger.add(pid, child)
         _process.OWNERS[pid] = self
-        pidfd = _pidfd.open_pidfd(pid) if self._rules.pidfd_wakeups else None
-        if pidfd is not None:
+        if pidfd is None:
+            pidfd = _pidfd.open_pidfd(pid)
+        child._pidfd = pidfd
+        if pidfd is not None and self._rules.pidfd_wakeups:
             try:
                 self._epoll.register(pidfd, select.EPOLLIN)
-            except OSError:  # ENOSPC (max_user_watches), ENOMEM
-                os.close(pidfd)
-                pidfd = None
-        if pidfd is not None:
-            self._pidfds[pid] = pidfd
-            self._fd_pid[pidfd] = pid
-        self._watcher.add(pid, pidfd)
+            except OSError:  # ENOSPC (max_user_watches), ENOMEM: watched without it
+                pass
+            else:
+                child._polled = True
+                self._polled[pidfd] = child
+        if child.watches_stops:
+            self._stop_watchers += 1
+        self._watcher.add(child)
         if (
-            pidfd is None
+            not child._polled
             and self._rules.pidfd_wakeups
             and not (_process.handler_installed() and _process.on_main_thread())
         ):
             # Nothing would announce this death promptly: no pidfd, and either no
-            # handler yet or a handler that waits for a (possibly blocked) main thread.
+            # handler or one that waits for a (possibly blocked) main thread.
             threading.Thread(
                 target=_watch_in_thread, args=(pid, self._waker), name=f"childproc-peek-{pid}", daemon=True
             ).start()
 
-    def _child_gone_locked(self, pid: int) -> None:
-        """``pid`` left ``running`` (reaped by anyone): drop what watched it. LOCK held."""
-        self._watcher.remove(pid)
-        if _process.OWNERS.get(pid) is self:
-            del _process.OWNERS[pid]
-        fd = self._pidfds.pop(pid, None)
-        if fd is not None:
-            del self._fd_pid[fd]
+    def _unpoll_locked(self, child: Child) -> None:
+        if child._polled and child._pidfd is not None:
+            child._polled = False
+            del self._polled[child._pidfd]
             try:
-                self._epoll.unregister(fd)
+                self._epoll.unregister(child._pidfd)
             except (OSError, ValueError):
                 pass
+
+    def _child_gone_locked(self, child: Child) -> None:
+        """``child`` is reaped, stolen or released: drop what watched it. LOCK held."""
+        pid = child.pid
+        self._watcher.remove(pid)
+        self._zombies.pop(pid, None)
+        if _process.OWNERS.get(pid) is self:
+            del _process.OWNERS[pid]
+        if child.watches_stops:
+            child.watches_stops = False
+            self._stop_watchers -= 1
+        self._unpoll_locked(child)
+        fd, child._pidfd = child._pidfd, None
+        if fd is not None:
             os.close(fd)
 
     # -- reaping ------------------------------------------------------------
+    def _child_died_locked(self, child: Child, status: int, uid: int | None, reaped: bool) -> None:
+        """Record ``child``'s death (reaped, or seen with WNOWAIT). LOCK held."""
+        event = ChildEvent.from_wait_status(child.pid, status, uid)
+        child._state = ChildState.EXITED
+        child._final = event
+        if not self._ledger.exited(child.pid, status, uid):
+            return  # released meanwhile: nobody wants the event
+        if reaped:
+            self._child_gone_locked(child)
+        else:
+            child._zombie = True
+            self._zombies[child.pid] = child
+            self._unpoll_locked(child)  # a zombie's pidfd stays readable
+
+    def _child_changed_locked(self, child: Child, status: int, uid: int | None) -> None:
+        """``child`` stopped or continued. LOCK held."""
+        stopped = os.WIFSTOPPED(status)
+        child._state = ChildState.STOPPED if stopped else ChildState.RUNNING
+        wanted = child.events & (os.WSTOPPED if stopped else os.WCONTINUED)
+        if wanted and child.watches_stops and self._ledger.changed(child.pid, status, uid) and child.oneshot:
+            child.watches_stops = False
+            self._stop_watchers -= 1
+            self._watcher.add(child)
+
     def _route_locked(self, reaped: Reaped) -> None:
         """Send each reaped pid where :func:`route` says. LOCK held."""
         mode = self.mode
         has_cb = self._hooks.reaped_callback is not None
-        for pid, status in reaped.exited:
+        for pid, status, uid in reaped.changed:
+            child = self._ledger.handle(pid)
+            if child is None:
+                continue
+            if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
+                self._child_changed_locked(child, status, uid)
+            else:
+                self._child_died_locked(child, status, uid, reaped=False)
+        for pid, status, uid in reaped.exited:
             owner_ctx = _process.OWNERS.get(pid)
             owner = (
                 Owner.THIS_CONTEXT
@@ -437,26 +687,28 @@ class Context:
                 else Owner.OTHER_CONTEXT
             )
             dest = route(mode, owner, has_cb)
-            if dest is Destination.CHILD_CALLBACK:
-                self._ledger.exited(pid, status)
-                self._child_gone_locked(pid)
-            elif dest is Destination.OTHER_CONTEXT:
+            if dest is Destination.CHILD_CALLBACK or dest is Destination.OTHER_CONTEXT:
                 assert owner_ctx is not None
-                owner_ctx._ledger.exited(pid, status)
-                owner_ctx._child_gone_locked(pid)
-                _process.set_handler_user(owner_ctx, owner_ctx._uses_handler())
-                owner_ctx._waker.poke()
+                child = owner_ctx._ledger.handle(pid) or owner_ctx._zombies.get(pid)
+                if child is not None:
+                    owner_ctx._child_died_locked(child, status, uid, reaped=True)
+                    owner_ctx._child_gone_locked(child)
+                if owner_ctx is not self:
+                    owner_ctx._sync_handler_use_locked()
+                    owner_ctx._waker.poke()
             elif dest is Destination.REAPED_CALLBACK:
-                self._ledger.foreign(pid, status, EventKind.FOREIGN)
+                self._ledger.foreign(pid, status, EventKind.FOREIGN, uid)
             else:
-                self._ledger.foreign(pid, status, EventKind.UNKNOWN)
+                self._ledger.foreign(pid, status, EventKind.UNKNOWN, uid)
         if self._rules.reaper is not Reaper.APPLICATION:
             # ECHILD on a pid of ours means someone else reaped it; in MAINLOOP it
             # only means the application got there first and will report it.
             for pid in reaped.gone:
-                if self._ledger.stolen(pid):
-                    self._child_gone_locked(pid)
-        _process.set_handler_user(self, self._uses_handler())
+                child = self._ledger.handle(pid)
+                if child is not None and self._ledger.stolen(pid):
+                    child._state = ChildState.EXITED
+                    self._child_gone_locked(child)
+        self._sync_handler_use_locked()
 
     def _collect(self) -> None:
         """Reap whatever the epoll says is ready, without blocking.
@@ -470,20 +722,21 @@ class Context:
                 _process.check_handler()
             ready = self._epoll.poll(0)
             signalled = False
-            woken: list[int] = []
+            woken: list[Child] = []
             rfd = self._waker.rfd
+            polled = self._polled
             for fd, _ in ready:
                 if fd == rfd:
                     signalled = True
                 else:
-                    woken.append(fd)
+                    child = polled.get(fd)
+                    if child is not None:
+                        woken.append(child)
             if signalled:
                 self._waker.drain()
             if not (signalled or woken):
                 return
-            fd_pid = self._fd_pid
-            pairs = [(fd_pid[fd], fd) for fd in woken if fd in fd_pid]
-            self._route_locked(self._watcher.reap(pairs, signalled))
+            self._route_locked(self._watcher.reap(woken, signalled))
 
     # -- delivery -----------------------------------------------------------
     def _deliver(self) -> int:
@@ -504,10 +757,15 @@ class Context:
                     delivered += 1
         return delivered
 
-    def _invoke(self, event: Event) -> None:
-        if event.kind is EventKind.CHILD_EXIT:
-            assert event.callback is not None
-            event.callback(event.pid, event.status)
+    def _invoke(self, event: Event[Child]) -> None:
+        child = event.callback
+        if child is not None:
+            try:
+                if child._on_event is not None and not child._released:
+                    child._on_event(child, ChildEvent.from_wait_status(event.pid, event.status, event.uid))
+            finally:
+                if event.kind is EventKind.CHILD_EXIT and child._zombie:
+                    self._reap_zombie(child)
         elif event.kind is EventKind.FOREIGN:
             cb = self._hooks.reaped_callback
             known = cb(event.pid, event.status, self._user) if cb is not None else False
@@ -523,13 +781,106 @@ class Context:
                 event.pid,
             )
 
-    def _warn_unknown(self, event: Event) -> None:
+    def _reap_zombie(self, child: Child) -> None:
+        """Reap a child whose exit callback ran while it was a zombie."""
+        with _process.LOCK:
+            if not child._zombie:
+                return
+            child._zombie = False
+            child.defer_reap = False
+            out = Reaped()
+            check_exit(child, out)  # a zombie: never blocks
+            self._child_gone_locked(child)
+            self._sync_handler_use_locked()
+
+    def _warn_unknown(self, event: Event[Child]) -> None:
         log.warning(
             "unknown child [%d] %s (reaped by childproc in %s mode)",
             event.pid,
             describe_status(event.status),
             self.mode.name,
         )
+
+    # -- handles --------------------------------------------------------------
+    def _signal_child(self, child: Child, sig: int) -> None:
+        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
+            raise InvalidArgumentError(f"not a signal number: {sig!r}")
+        with _process.LOCK:
+            if child._state is ChildState.EXITED or child._released:
+                raise ChildExitedError(
+                    f"child {child.pid} has exited (or was released); not signalling a pid that "
+                    "may now name another process"
+                )
+            if child._pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(child._pidfd, sig)
+                except ProcessLookupError:
+                    raise ChildExitedError(f"child {child.pid} has exited") from None
+                return
+            if self._rules.reaper is Reaper.APPLICATION:
+                raise StateError(
+                    f"cannot signal child {child.pid} safely: there is no pidfd for it, and in "
+                    "MAINLOOP the application reaps, so its pid may already name another process"
+                )
+            # Unreaped, and only childproc reaps it (the mode's promise): the pid is still its.
+            os.kill(child.pid, sig)
+
+    def _release_child(self, child: Child) -> None:
+        with _process.LOCK:
+            if child._released:
+                return
+            child._released = True
+            if child._zombie:
+                child._zombie = False
+                check_exit(child, Reaped())  # its exit was seen: reap the zombie
+                self._child_gone_locked(child)
+                self._sync_handler_use_locked()
+                return
+            if child.context is not self or not self._ledger.forget(child.pid):
+                return  # already gone
+            kill = child.kill_on_close
+            if kill:
+                self._kill_locked(child)
+            else:
+                self._child_gone_locked(child)
+                self._sync_handler_use_locked()
+        if kill:
+            self._reap_killed([child])
+
+    def _kill_locked(self, child: Child) -> None:
+        try:
+            if child._pidfd is not None:
+                signal.pidfd_send_signal(child._pidfd, signal.SIGKILL)
+            else:
+                os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _reap_killed(self, children: list[Child]) -> None:
+        """Wait for SIGKILLed children to die and reap them (outside the lock)."""
+        for child in children:
+            try:
+                if child._pidfd is not None:
+                    os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
+                else:
+                    os.waitpid(child.pid, 0)
+            except ChildProcessError:
+                pass  # someone else reaped it meanwhile
+        with _process.LOCK:
+            for child in children:
+                child._state = ChildState.EXITED
+                self._child_gone_locked(child)
+            if not self._closed:
+                self._sync_handler_use_locked()
+
+    def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while child.pid in self.children and not child._released:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self.wait(remaining)
+        return child._final
 
     # -- the event loop interface ------------------------------------------
     def fileno(self) -> int:
@@ -597,7 +948,7 @@ class Context:
         logger ``childproc`` and the thread goes on. The thread ends at
         :meth:`close`. Note that a running thread makes a later ``os.fork()`` in
         this process unsafe in general (Python 3.12+ warns): prefer
-        :meth:`fileno` in a loop you already have.
+        :meth:`fileno` in a loop you already have, or :meth:`spawn`.
         """
         self._enter()
         if self._thread is not None and self._thread.is_alive():
@@ -630,8 +981,9 @@ class Context:
         """MAINLOOP: the application reaped ``pid`` with wait status ``status``.
 
         Returns True if the pid was this context's (its callback has then run,
-        from this call), False otherwise. Do not call it from a signal handler:
-        report from your main loop.
+        from this call), False otherwise. A stop or continue status (from
+        ``waitpid(..., WUNTRACED | WCONTINUED)``) is reported the same way.
+        Do not call it from a signal handler: report from your main loop.
         """
         _validate_pid(pid, "pid")
         if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 0xFFFF:
@@ -648,10 +1000,13 @@ class Context:
                 if owner_ctx is None
                 else Owner.OTHER_CONTEXT
             )
-            if route(self.mode, owner, False) is not Destination.CHILD_CALLBACK:
+            child = self._ledger.handle(pid)
+            if route(self.mode, owner, False) is not Destination.CHILD_CALLBACK or child is None:
                 return False
-            self._ledger.exited(pid, status)
-            self._child_gone_locked(pid)
+            if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
+                self._child_changed_locked(child, status, None)
+            else:
+                self._child_died_locked(child, status, None, reaped=True)
         self._deliver()
         return True
 
@@ -660,23 +1015,24 @@ class Context:
 
         For applications that reap only their own children (``waitpid(pid)``), so
         childproc's stay for childproc. Checks each of this context's children
-        (``waitpid(pid, WNOHANG)``). Returns the number of events delivered.
+        (``waitid(P_PID, pid, WNOHANG)``). Returns the number of events delivered.
         """
         self._enter()
         self._require_app_reports("sigchld_occurred()")
         with _process.LOCK:
             self._check_usable()
-            self._route_locked(scan(self._ledger.running_pids(), Reaped()))
+            self._route_locked(scan(self._ledger.running_handles(), Reaped()))
         return self._deliver()
 
     # -- teardown -----------------------------------------------------------
     def close(self) -> None:
         """Stop managing children; release the handler, fds and registry entries.
 
-        * Children of this context that have exited are reaped (so no zombie of
-          ours is left), except in MAINLOOP, where the application reaps; their
-          undelivered callbacks are dropped: call :meth:`dispatch` first if you
-          want them.
+        * Children with ``kill_on_close`` are killed with SIGKILL and reaped.
+        * Other children of this context that have exited are reaped (so no
+          zombie of ours is left), except in MAINLOOP, where the application
+          reaps; undelivered callbacks are dropped: call :meth:`dispatch` first
+          if you want them.
         * Children still running are left running and are no longer watched:
           the application inherits them, as in libxl. They become zombies when
           they exit unless something reaps them (``os.waitpid(pid, 0)``).
@@ -693,21 +1049,36 @@ class Context:
         if self._forked or self._pid != os.getpid():
             self._closed = True
             return
+        doomed: list[Child] = []
         with _process.LOCK:
             if self._closed:
                 return
             self._closed = True
             try:
+                running = self._ledger.running_handles()
+                for child in running:
+                    if child.kill_on_close:
+                        self._kill_locked(child)
+                        doomed.append(child)
                 if self._rules.reaper is not Reaper.APPLICATION:
-                    scan(self._ledger.running_pids(), Reaped())  # reap our zombies; drop statuses
+                    scan([c for c in running if not c.kill_on_close], Reaped())  # reap our zombies
+                for child in list(self._zombies.values()):
+                    check_exit(child, Reaped())
+                    child.defer_reap = False
             finally:
-                for pid in self._ledger.forget_running():
-                    self._child_gone_locked(pid)
+                self._ledger.forget_running()
+                for child in running:
+                    if not child.kill_on_close:
+                        self._child_gone_locked(child)
+                for child in list(self._zombies.values()):
+                    self._child_gone_locked(child)
                 self._ledger.discard_queue()
                 _process.set_handler_user(self, False)  # never raises
         waker = self._waker
         waker.poke()
         try:
+            if doomed:
+                self._reap_killed(doomed)
             me = threading.get_ident()
             thread = self._thread
             if thread is not None and thread.ident != me:
@@ -720,7 +1091,7 @@ class Context:
             # The write end is never closed explicitly: the SIGCHLD handler or a
             # peek thread may hold the waker right now and poke it. It closes with
             # the waker's last reference, which is usually this one.
-            self._waker = _CLOSED_WAKER
+            self._waker = CLOSED_WAKER
         _process.run_chores()
 
     def __enter__(self) -> Context:
@@ -732,13 +1103,14 @@ class Context:
     def _abandon_after_fork(self) -> None:
         """In a forked child: disable this inherited context and close its fds."""
         self._forked = True
-        for fd in self._pidfds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._pidfds.clear()
-        self._fd_pid.clear()
+        for child in self._ledger.running_handles() + list(self._zombies.values()):
+            fd, child._pidfd = child._pidfd, None
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._polled.clear()
         try:
             self._epoll.close()
         except OSError:  # pragma: no cover

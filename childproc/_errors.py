@@ -12,6 +12,12 @@ __all__ = [
     "ClosedError",
     "ForkedContextError",
     "ChildStolenError",
+    "SpawnError",
+    "ChildExitedError",
+    "UnknownChildError",
+    "AlreadyWatchedError",
+    "NotOurChildError",
+    "PidfdUnavailableError",
 ]
 
 
@@ -71,3 +77,31 @@ class ChildStolenError(ChildprocError):
         super().__init__(message)
         #: The pid whose status was taken by someone else.
         self.pid = pid
+
+
+class SpawnError(ForkError):
+    """``posix_spawn`` failed (for example ``ENOENT``: no such program). ``errno`` says why."""
+
+
+class ChildExitedError(StateError):
+    """The child's exit was already seen: it cannot be signalled any more.
+
+    childproc refuses rather than call ``kill()`` on a pid that may by now name
+    another process.
+    """
+
+
+class UnknownChildError(ChildprocError, LookupError):
+    """No running child of this context has that pid."""
+
+
+class AlreadyWatchedError(StateError):
+    """The pid is already watched by a childproc context (sd-event's ``-EBUSY``)."""
+
+
+class NotOurChildError(InvalidArgumentError):
+    """The pid is not a child of this process, or was already reaped (``-ECHILD``)."""
+
+
+class PidfdUnavailableError(StateError):
+    """The PIDFD mode needs pidfds (Linux >= 5.3, not blocked by seccomp); this system has none."""

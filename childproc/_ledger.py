@@ -5,10 +5,13 @@ Rules of this file
 * Pure: no OS calls, no locks, no threads. The caller holds the process lock
   (``_process.LOCK``) around every mutating call; this file does not know it.
 * Exactly once is decided here. A child enters with :meth:`Ledger.add`, leaves
-  ``running`` exactly once (:meth:`exited` or :meth:`stolen`), and its event is
-  handed out exactly once by :meth:`pop`. An event popped is delivered, whatever
-  its callback then does; an event not yet popped stays queued.
+  ``running`` exactly once (:meth:`exited`, :meth:`stolen` or :meth:`forget`),
+  and each of its events is handed out exactly once by :meth:`pop`. An event
+  popped is delivered, whatever its callback then does; an event not yet popped
+  stays queued.
 * Events are handed out in the order they were recorded.
+* The ledger keeps an opaque handle per child (the context's child record) and
+  hands it back with the child's events; it never looks inside it.
 """
 
 from __future__ import annotations
@@ -17,39 +20,44 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-__all__ = ["EventKind", "Event", "Ledger", "ChildCallback"]
+__all__ = ["ChildCallback", "Event", "EventKind", "Ledger"]
 
 #: ``callback(pid, status)`` as given to ``Context.child_fork``.
 ChildCallback = Callable[[int, int], object]
 
+H = TypeVar("H")
+
 
 class EventKind(enum.Enum):
-    CHILD_EXIT = "child exit"  # one of ours: run its callback
+    CHILD_EXIT = "child exit"  # one of ours died: its last event
+    CHILD_STATE = "child state"  # one of ours stopped or continued: still running
     FOREIGN = "foreign"  # made by nobody in childproc: to reaped_callback
     UNKNOWN = "unknown"  # made by nobody in childproc, no reaped_callback: a warning
     STOLEN = "stolen"  # one of ours, reaped by someone else: status lost
 
 
 @dataclass(frozen=True)
-class Event:
+class Event(Generic[H]):
     kind: EventKind
     pid: int
     status: int  # wait status; -1 for STOLEN
-    callback: ChildCallback | None
+    callback: H | None  # the child's handle; None for FOREIGN, UNKNOWN and STOLEN
+    uid: int | None = None  # the child's uid, where waitid told it
 
 
-class Ledger:
+class Ledger(Generic[H]):
     """Running children and undelivered events of one context."""
 
     __slots__ = ("_queue", "_running")
 
     def __init__(self) -> None:
-        self._running: dict[int, ChildCallback] = {}
-        self._queue: deque[Event] = deque()
+        self._running: dict[int, H] = {}
+        self._queue: deque[Event[H]] = deque()
 
     # -- children -----------------------------------------------------------
-    def add(self, pid: int, callback: ChildCallback) -> None:
+    def add(self, pid: int, callback: H) -> None:
         """Record a new running child. A pid already running is a bug upstream."""
         if pid in self._running:
             raise KeyError(f"pid {pid} is already a running child of this context")
@@ -58,12 +66,24 @@ class Ledger:
     def is_running(self, pid: int) -> bool:
         return pid in self._running
 
-    def exited(self, pid: int, status: int) -> bool:
-        """``pid`` was reaped with ``status``. False if it is not a running child."""
+    def handle(self, pid: int) -> H | None:
+        """The handle of running child ``pid``, or None."""
+        return self._running.get(pid)
+
+    def exited(self, pid: int, status: int, uid: int | None = None) -> bool:
+        """``pid`` died with ``status``. False if it is not a running child."""
         callback = self._running.pop(pid, None)
         if callback is None:
             return False
-        self._queue.append(Event(EventKind.CHILD_EXIT, pid, status, callback))
+        self._queue.append(Event(EventKind.CHILD_EXIT, pid, status, callback, uid))
+        return True
+
+    def changed(self, pid: int, status: int, uid: int | None = None) -> bool:
+        """``pid`` stopped or continued and stays running. False if not a running child."""
+        callback = self._running.get(pid)
+        if callback is None:
+            return False
+        self._queue.append(Event(EventKind.CHILD_STATE, pid, status, callback, uid))
         return True
 
     def stolen(self, pid: int) -> bool:
@@ -73,11 +93,15 @@ class Ledger:
         self._queue.append(Event(EventKind.STOLEN, pid, -1, None))
         return True
 
-    def foreign(self, pid: int, status: int, kind: EventKind) -> None:
+    def forget(self, pid: int) -> bool:
+        """Stop tracking running child ``pid``, with no event (its owner released it)."""
+        return self._running.pop(pid, None) is not None
+
+    def foreign(self, pid: int, status: int, kind: EventKind, uid: int | None = None) -> None:
         """A pid nobody in childproc made was reaped by this context."""
         if kind not in (EventKind.FOREIGN, EventKind.UNKNOWN):
             raise ValueError(f"not a foreign event kind: {kind}")
-        self._queue.append(Event(kind, pid, status, None))
+        self._queue.append(Event(kind, pid, status, None, uid))
 
     def forget_running(self) -> list[int]:
         """Stop tracking every running child (context closing); return their pids."""
@@ -92,7 +116,7 @@ class Ledger:
         return n
 
     # -- delivery -----------------------------------------------------------
-    def pop(self) -> Event | None:
+    def pop(self) -> Event[H] | None:
         """The next event to deliver, removed from the queue, or None."""
         return self._queue.popleft() if self._queue else None
 
@@ -108,7 +132,10 @@ class Ledger:
     def running_pids(self) -> list[int]:
         return list(self._running)
 
+    def running_handles(self) -> list[H]:
+        return list(self._running.values())
+
     def outstanding(self) -> frozenset[int]:
         """Pids made by this context whose exit has not been delivered yet."""
-        queued = (e.pid for e in self._queue if e.callback is not None or e.kind is EventKind.STOLEN)
+        queued = (e.pid for e in self._queue if e.kind in (EventKind.CHILD_EXIT, EventKind.STOLEN))
         return frozenset(self._running).union(queued)

@@ -42,15 +42,21 @@ The four modes are libxl's (``libxl_sigchld_owner_*``):
     the library reaps every child of the process and hands the ones it did not
     make to ``reaped_callback``.
 ``SELECTIVE_REAP``
-    The handler is always installed, but the library only ever waits on the
-    pids it made (pidfd where the kernel gives one, else a per-pid check), so
-    ``subprocess``, asyncio and the host's own children keep their statuses.
+    The library only ever waits on the pids it made, so ``subprocess``,
+    asyncio and the host's own children keep their statuses. With pidfds it
+    needs no handler at all; it installs one only where pidfds fall short
+    (the kernel has none, or a child wants stop/continue events, which pidfds
+    do not report), and then checks its children one by one (libxl's way).
+``PIDFD``
+    Not in libxl: the explicit signal-free choice. The library never touches
+    SIGCHLD and reaps only its own children, through pidfds, from any thread.
+    Needs pidfds (Linux >= 5.3); offers no stop/continue events.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -78,6 +84,7 @@ class SigchldOwner(enum.Enum):
     MAINLOOP = "mainloop"
     LIBXL_ALWAYS = "libxl_always"
     SELECTIVE_REAP = "selective_reap"
+    PIDFD = "pidfd"
 
 
 class HandlerPolicy(enum.Enum):
@@ -86,6 +93,7 @@ class HandlerPolicy(enum.Enum):
     NEVER = "never"
     WHILE_CHILDREN = "while the context has unreaped children"
     ALWAYS = "from setmode() until close()"
+    WHERE_PIDFDS_FALL_SHORT = "only without pidfds, or while a child watches stop/continue"
 
 
 class Reaper(enum.Enum):
@@ -135,6 +143,13 @@ class ModeRules:
     takes_reaped_callback: bool
     #: The context's pidfds are wake-up sources for ``fileno()``/``wait()``.
     pidfd_wakeups: bool
+    #: Children may ask for stop/continue events (these need SIGCHLD).
+    stop_events: bool
+    #: Children may ask to be reaped only after their exit callback (the
+    #: zombie stays readable in /proc meanwhile): only reapers of their own pids.
+    deferred_reap: bool
+    #: The mode cannot work without pidfds (setmode() raises where there are none).
+    requires_pidfds: bool
     #: What the application must promise, in a sentence (for the docs and errors).
     app_promise: str
     #: Which hosts this mode is for, in a sentence (for the docs).
@@ -148,6 +163,9 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         app_reports=False,
         takes_reaped_callback=True,
         pidfd_wakeups=True,
+        stop_events=True,
+        deferred_reap=False,
+        requires_pidfds=False,
         app_promise="no children of its own and no SIGCHLD handler",
         use_when="a program whose only children are childproc's",
     ),
@@ -157,6 +175,9 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         app_reports=True,
         takes_reaped_callback=False,
         pidfd_wakeups=False,
+        stop_events=True,
+        deferred_reap=False,
+        requires_pidfds=False,
         app_promise=(
             "to reap childproc's children and report each with childproc_reaped(), "
             "or to call sigchld_occurred() on every SIGCHLD"
@@ -169,20 +190,41 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         app_reports=False,
         takes_reaped_callback=True,
         pidfd_wakeups=True,
+        stop_events=True,
+        deferred_reap=False,
+        requires_pidfds=False,
         app_promise="no SIGCHLD handler, and to take its own children's statuses from reaped_callback",
         use_when="a program that wants childproc to reap all of its children",
     ),
     SigchldOwner.SELECTIVE_REAP: ModeRules(
-        handler=HandlerPolicy.ALWAYS,
+        handler=HandlerPolicy.WHERE_PIDFDS_FALL_SHORT,
         reaper=Reaper.OWN_CHILDREN,
         app_reports=False,
         takes_reaped_callback=False,
         pidfd_wakeups=True,
+        stop_events=True,
+        deferred_reap=True,
+        requires_pidfds=False,
         app_promise=(
-            "never to reap childproc's children: no waitpid(-1) anywhere in the process, "
-            "and no SIGCHLD handler of its own"
+            "never to reap childproc's children (no waitpid(-1) anywhere in the process); "
+            "where pidfds fall short, no SIGCHLD handler of its own"
         ),
         use_when="a host with subprocess, asyncio or its own children beside childproc",
+    ),
+    SigchldOwner.PIDFD: ModeRules(
+        handler=HandlerPolicy.NEVER,
+        reaper=Reaper.OWN_CHILDREN,
+        app_reports=False,
+        takes_reaped_callback=False,
+        pidfd_wakeups=True,
+        stop_events=False,
+        deferred_reap=True,
+        requires_pidfds=True,
+        app_promise="never to reap childproc's children (no waitpid(-1) anywhere in the process)",
+        use_when=(
+            "any host, from any thread, where SIGCHLD must stay untouched "
+            "(uvloop, a host that owns SIGCHLD but does not report)"
+        ),
     ),
 }
 
@@ -205,11 +247,13 @@ ROUTE: Final[Mapping[tuple[Reaper, Owner, bool], Destination]] = {
     (Reaper.APPLICATION, Owner.NOBODY, False): Destination.NOT_OURS,
 }
 
-_HANDLER_WANTED: Final[Mapping[HandlerPolicy, tuple[bool, bool]]] = {
-    # (wanted with no unreaped children, wanted with some)
-    HandlerPolicy.NEVER: (False, False),
-    HandlerPolicy.WHILE_CHILDREN: (False, True),
-    HandlerPolicy.ALWAYS: (True, True),
+#: Whether the handler is wanted, by policy and by which of these holds:
+#: (the context has unreaped children, pidfds are usable, a child watches stop/continue).
+_HANDLER_WANTED: Final[Mapping[HandlerPolicy, Callable[[bool, bool, bool], bool]]] = {
+    HandlerPolicy.NEVER: lambda children, pidfds, stops: False,
+    HandlerPolicy.WHILE_CHILDREN: lambda children, pidfds, stops: children,
+    HandlerPolicy.ALWAYS: lambda children, pidfds, stops: True,
+    HandlerPolicy.WHERE_PIDFDS_FALL_SHORT: lambda children, pidfds, stops: not pidfds or stops,
 }
 
 _WATCHER: Final[Mapping[tuple[Reaper, bool], WatcherKind]] = {
@@ -228,9 +272,16 @@ def rules_for(mode: SigchldOwner) -> ModeRules:
     return RULES[mode]
 
 
-def wants_handler(mode: SigchldOwner, unreaped_children: int) -> bool:
-    """Whether a context in ``mode`` with that many unreaped children needs the handler."""
-    return _HANDLER_WANTED[RULES[mode].handler][unreaped_children > 0]
+def wants_handler(
+    mode: SigchldOwner, unreaped_children: int, pidfds_usable: bool, stop_watchers: int
+) -> bool:
+    """Whether a context in ``mode`` needs the SIGCHLD handler now.
+
+    ``unreaped_children``: children not reaped yet; ``pidfds_usable``: the kernel
+    gives pidfds; ``stop_watchers``: children that asked for stop/continue events.
+    """
+    wanted = _HANDLER_WANTED[RULES[mode].handler]
+    return wanted(unreaped_children > 0, pidfds_usable, stop_watchers > 0)
 
 
 def route(mode: SigchldOwner, owner: Owner, has_reaped_callback: bool) -> Destination:

@@ -8,12 +8,16 @@ turns into the same integer so every watcher hands callbacks one kind of value.
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
+from dataclasses import dataclass
 
 __all__ = [
     "describe_status",
     "status_from_siginfo",
+    "EventCode",
+    "ChildEvent",
     "CLD_EXITED",
     "CLD_KILLED",
     "CLD_DUMPED",
@@ -69,3 +73,65 @@ def status_from_siginfo(code: int, si_status: int) -> int:
     if code == CLD_CONTINUED:
         return 0xFFFF
     raise ValueError(f"not a SIGCHLD si_code: {code}")
+
+
+class EventCode(enum.IntEnum):
+    """What happened to a child: ``siginfo_t.si_code`` for SIGCHLD."""
+
+    EXITED = CLD_EXITED
+    KILLED = CLD_KILLED
+    DUMPED = CLD_DUMPED
+    TRAPPED = CLD_TRAPPED
+    STOPPED = CLD_STOPPED
+    CONTINUED = CLD_CONTINUED
+
+
+@dataclass(frozen=True)
+class ChildEvent:
+    """One state change of a child, as ``siginfo_t`` describes it.
+
+    ``status`` is the exit code for :attr:`EventCode.EXITED` and the signal
+    number otherwise (0 for CONTINUED). ``uid`` is the child's real user id,
+    or None where the status came from ``waitpid`` or ``childproc_reaped``.
+    """
+
+    pid: int
+    code: EventCode
+    status: int
+    uid: int | None = None
+
+    @classmethod
+    def from_wait_status(cls, pid: int, wait_status: int, uid: int | None = None) -> ChildEvent:
+        """The event a ``waitpid`` wait status describes."""
+        if os.WIFEXITED(wait_status):
+            return cls(pid, EventCode.EXITED, os.WEXITSTATUS(wait_status), uid)
+        if os.WIFSIGNALED(wait_status):
+            code = EventCode.DUMPED if os.WCOREDUMP(wait_status) else EventCode.KILLED
+            return cls(pid, code, os.WTERMSIG(wait_status), uid)
+        if os.WIFSTOPPED(wait_status):
+            return cls(pid, EventCode.STOPPED, os.WSTOPSIG(wait_status), uid)
+        if os.WIFCONTINUED(wait_status):
+            return cls(pid, EventCode.CONTINUED, 0, uid)
+        raise ValueError(f"not a wait status: {wait_status:#x}")
+
+    @property
+    def wait_status(self) -> int:
+        """The same event as the integer ``waitpid`` would have returned."""
+        return status_from_siginfo(int(self.code), self.status)
+
+    @property
+    def terminal(self) -> bool:
+        """True if the child is dead (exited, killed or dumped core)."""
+        return self.code in (EventCode.EXITED, EventCode.KILLED, EventCode.DUMPED)
+
+    @property
+    def returncode(self) -> int | None:
+        """As ``subprocess``: the exit code, ``-signal`` if killed, None if not terminal."""
+        if self.code is EventCode.EXITED:
+            return self.status
+        if self.code in (EventCode.KILLED, EventCode.DUMPED):
+            return -self.status
+        return None
+
+    def __str__(self) -> str:
+        return f"[{self.pid}] {describe_status(self.wait_status)}"

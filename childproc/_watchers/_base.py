@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .._policy import WatcherKind
+from .._status import status_from_siginfo
 
-__all__ = ["Reaped", "Watcher"]
+__all__ = ["Found", "Reaped", "Watched", "Watcher", "found_from_waitid"]
+
+#: ``(pid, wait status, uid or None)``
+Found = tuple[int, int, "int | None"]
+
+
+class Watched(Protocol):
+    """What a watcher reads of a child (the context's child record)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def pidfd(self) -> int | None: ...
+
+    #: The child asked for stop/continue events.
+    watches_stops: bool
+    #: Report the exit without reaping (WNOWAIT); the context reaps after the callback.
+    defer_reap: bool
 
 
 @dataclass
 class Reaped:
     """What one :meth:`Watcher.reap` call found."""
 
-    #: ``(pid, wait status)`` for every child reaped, in the order reaped.
-    exited: list[tuple[int, int]] = field(default_factory=list)
+    #: Children reaped (dead and gone), in the order reaped. May include pids
+    #: nobody in childproc made (``WaitAnyWatcher`` only).
+    exited: list[Found] = field(default_factory=list)
+    #: State changes seen without reaping: stop/continue, and the exits of
+    #: ``defer_reap`` children (still zombies).
+    changed: list[Found] = field(default_factory=list)
     #: pids of ours that were gone (``ECHILD``): someone else reaped them.
     gone: list[int] = field(default_factory=list)
 
@@ -24,11 +48,46 @@ class Reaped:
 class Watcher(Protocol):
     kind: WatcherKind
 
-    def add(self, pid: int, pidfd: int | None) -> None:
-        """Start watching ``pid`` (``pidfd`` is None where none could be opened)."""
+    def add(self, child: Watched) -> None:
+        """Start watching ``child``; also called again after its options changed."""
 
     def remove(self, pid: int) -> None:
         """Stop watching ``pid``; unknown pids are ignored."""
 
-    def reap(self, woken: Sequence[tuple[int, int]], signalled: bool) -> Reaped:
+    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
         """Reap what has exited, without blocking."""
+
+
+STOP_FLAGS = os.WSTOPPED | os.WCONTINUED | os.WNOHANG
+
+
+def found_from_waitid(info: os.waitid_result) -> Found:
+    return (info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid)
+
+
+def check_stops(child: Watched, out: Reaped) -> None:
+    """Collect (and consume) a pending stop/continue of ``child`` into ``out.changed``."""
+    try:
+        if child.pidfd is not None:
+            info = os.waitid(os.P_PIDFD, child.pidfd, STOP_FLAGS)
+        else:
+            info = os.waitid(os.P_PID, child.pid, STOP_FLAGS)
+    except ChildProcessError:
+        return  # gone: the exit check reports it
+    if info is not None:
+        out.changed.append(found_from_waitid(info))
+
+
+def check_exit(child: Watched, out: Reaped) -> None:
+    """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``."""
+    flags = os.WEXITED | os.WNOHANG | (os.WNOWAIT if child.defer_reap else 0)
+    try:
+        if child.pidfd is not None:
+            info = os.waitid(os.P_PIDFD, child.pidfd, flags)
+        else:
+            info = os.waitid(os.P_PID, child.pid, flags)
+    except ChildProcessError:
+        out.gone.append(child.pid)
+        return
+    if info is not None:
+        (out.changed if child.defer_reap else out.exited).append(found_from_waitid(info))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._policy import WatcherKind
-from ._base import Reaped
+from ._base import Reaped, Watched
 
 __all__ = ["NoWatcher"]
 
@@ -16,11 +16,11 @@ class NoWatcher:
     kind = WatcherKind.NONE
     __slots__ = ()
 
-    def add(self, pid: int, pidfd: int | None) -> None:
+    def add(self, child: Watched) -> None:
         pass
 
     def remove(self, pid: int) -> None:
         pass
 
-    def reap(self, woken: Sequence[tuple[int, int]], signalled: bool) -> Reaped:
+    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
         return Reaped()

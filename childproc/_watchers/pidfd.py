@@ -3,8 +3,9 @@
 Linux >= 5.3 gives a pidfd per process (``os.pidfd_open``); it becomes readable
 when the process exits, so the context's epoll tells exactly which children to
 reap and nothing else is looked at. Children the context could not open a
-pidfd for (``EMFILE``) are checked one by one on SIGCHLD, as
-:mod:`~childproc._watchers.scan` does, so nothing is lost when fds run out.
+pidfd for (``EMFILE``) are checked one by one when the context is poked, as
+:mod:`~childproc._watchers.scan` does (a thread peeking with ``WNOWAIT`` pokes
+it), so nothing is lost when fds run out.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import os
 from collections.abc import Sequence
 
 from .._policy import WatcherKind
-from .._status import status_from_siginfo
-from ._base import Reaped
+from ._base import Reaped, Watched, check_exit, check_stops
 from .scan import scan
 
-__all__ = ["PidfdWatcher", "supported", "open_pidfd"]
+__all__ = ["PidfdWatcher", "open_pidfd", "supported"]
 
 _supported: bool | None = None
 
@@ -46,36 +46,37 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
-_WAIT_EXITED = os.WEXITED | os.WNOHANG
-
-
 class PidfdWatcher:
     """See the module docstring; contract in :mod:`childproc._watchers`."""
 
     kind = WatcherKind.PIDFD
-    __slots__ = ("_fdless",)
+    __slots__ = ("_fdless", "_stop_watchers")
 
     def __init__(self) -> None:
-        self._fdless: dict[int, None] = {}  # children with no pidfd: scanned
+        self._fdless: dict[int, Watched] = {}  # children with no pidfd: scanned
+        self._stop_watchers: dict[int, Watched] = {}
 
-    def add(self, pid: int, pidfd: int | None) -> None:
-        if pidfd is None:
-            self._fdless[pid] = None
+    def add(self, child: Watched) -> None:
+        pid = child.pid
+        if child.pidfd is None:
+            self._fdless[pid] = child
+        if child.watches_stops:
+            self._stop_watchers[pid] = child
+        else:
+            self._stop_watchers.pop(pid, None)
 
     def remove(self, pid: int) -> None:
         self._fdless.pop(pid, None)
+        self._stop_watchers.pop(pid, None)
 
-    def reap(self, woken: Sequence[tuple[int, int]], signalled: bool) -> Reaped:
+    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
         out = Reaped()
-        waitid = os.waitid
-        for pid, fd in woken:
-            try:
-                info = waitid(os.P_PIDFD, fd, _WAIT_EXITED)
-            except ChildProcessError:
-                out.gone.append(pid)
-                continue
-            if info is not None:
-                out.exited.append((pid, status_from_siginfo(info.si_code, info.si_status)))
+        if signalled:
+            for child in list(self._stop_watchers.values()):
+                if child.pidfd is not None:
+                    check_stops(child, out)
+        for child in woken:
+            check_exit(child, out)
         if signalled and self._fdless:
-            scan(list(self._fdless), out)
+            scan(list(self._fdless.values()), out)
         return out

@@ -1,33 +1,26 @@
-"""``waitpid(pid, WNOHANG)`` for each child: steal-free, O(children) per signal.
+"""``waitid(P_PID, pid)`` for each child: steal-free, O(children) per signal.
 
-The fallback where pidfds are missing (old kernels, seccomp filters, file
-descriptors exhausted). It is what libxl's SELECTIVE_REAP does, and what
-Twisted, Tornado and libuv do on every SIGCHLD.
+The fallback where pidfds are missing (old kernels, seccomp filters). It is
+what libxl's SELECTIVE_REAP does, and what Twisted, Tornado and libuv do on
+every SIGCHLD.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 from .._policy import WatcherKind
-from ._base import Reaped
+from ._base import Reaped, Watched, check_exit, check_stops
 
 __all__ = ["ScanWatcher", "scan"]
 
 
-def scan(pids: Iterable[int], out: Reaped) -> Reaped:
-    """Reap whichever of ``pids`` have exited, into ``out``."""
-    waitpid = os.waitpid
-    wnohang = os.WNOHANG
-    for pid in pids:
-        try:
-            rpid, status = waitpid(pid, wnohang)
-        except ChildProcessError:
-            out.gone.append(pid)
-            continue
-        if rpid:
-            out.exited.append((rpid, status))
+def scan(children: Iterable[Watched], out: Reaped) -> Reaped:
+    """Check each of ``children`` for stop/continue (if wanted) and exit, into ``out``."""
+    for child in children:
+        if child.watches_stops:
+            check_stops(child, out)
+        check_exit(child, out)
     return out
 
 
@@ -35,19 +28,19 @@ class ScanWatcher:
     """See the module docstring; contract in :mod:`childproc._watchers`."""
 
     kind = WatcherKind.SCAN
-    __slots__ = ("_pids",)
+    __slots__ = ("_children",)
 
     def __init__(self) -> None:
-        self._pids: dict[int, None] = {}  # insertion-ordered set
+        self._children: dict[int, Watched] = {}
 
-    def add(self, pid: int, pidfd: int | None) -> None:
-        self._pids[pid] = None
+    def add(self, child: Watched) -> None:
+        self._children[child.pid] = child
 
     def remove(self, pid: int) -> None:
-        self._pids.pop(pid, None)
+        self._children.pop(pid, None)
 
-    def reap(self, woken: Sequence[tuple[int, int]], signalled: bool) -> Reaped:
+    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
         out = Reaped()
         if signalled or woken:
-            scan(list(self._pids), out)
+            scan(list(self._children.values()), out)
         return out

@@ -1,12 +1,12 @@
-"""``waitpid(-1, WNOHANG)``: reap every child of the process.
+"""``waitid(P_ALL)``: reap every child of the process.
 
 Only for modes whose contract says the application has no children of its own
-(LIBXL) or wants the library to reap them (LIBXL_ALWAYS): ``waitpid(-1)`` takes
-``subprocess``'s children too, and ``Popen`` then reports returncode 0.
+(LIBXL) or wants the library to reap them (LIBXL_ALWAYS): reaping by "any"
+takes ``subprocess``'s children too, and ``Popen`` then reports returncode 0.
 
 Each call costs the kernel a walk over the process's live children, so with
 thousands of children alive the cost per reap grows with their number. That is
-the cost floor of reaping by ``-1``, not something a library can avoid;
+the cost floor of reaping by "any", not something a library can avoid;
 ``benchmarks/`` measures it.
 """
 
@@ -16,11 +16,11 @@ import os
 from collections.abc import Sequence
 
 from .._policy import WatcherKind
-from ._base import Reaped
+from ._base import Reaped, Watched, check_stops, found_from_waitid
 
 __all__ = ["WaitAnyWatcher"]
 
-_WNOHANG = os.WNOHANG
+_ANY_EXITED = os.WEXITED | os.WNOHANG
 _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
 
@@ -28,34 +28,43 @@ class WaitAnyWatcher:
     """See the module docstring; contract in :mod:`childproc._watchers`."""
 
     kind = WatcherKind.WAIT_ANY
-    __slots__ = ()
+    __slots__ = ("_stop_watchers",)
 
-    def add(self, pid: int, pidfd: int | None) -> None:
-        pass  # waitpid(-1) needs no per-child state
+    def __init__(self) -> None:
+        self._stop_watchers: dict[int, Watched] = {}
+
+    def add(self, child: Watched) -> None:
+        if child.watches_stops:
+            self._stop_watchers[child.pid] = child
+        else:
+            self._stop_watchers.pop(child.pid, None)
 
     def remove(self, pid: int) -> None:
-        pass
+        self._stop_watchers.pop(pid, None)
 
-    def reap(self, woken: Sequence[tuple[int, int]], signalled: bool) -> Reaped:
+    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
         out = Reaped()
-        waitpid = os.waitpid
+        if signalled:
+            for child in list(self._stop_watchers.values()):
+                check_stops(child, out)
+        waitid = os.waitid
         while True:
             try:
-                pid, status = waitpid(-1, _WNOHANG)
+                info = waitid(os.P_ALL, 0, _ANY_EXITED)
             except ChildProcessError:
                 break
-            if pid == 0:
+            if info is None:
                 break
-            out.exited.append((pid, status))
+            out.exited.append(found_from_waitid(info))
         if woken:
-            # A pidfd is readable once its process died. If waitpid(-1) did not
+            # A pidfd is readable once its process died. If the loop did not
             # return that pid, somebody else reaped it: confirm with a peek.
-            reaped = {pid for pid, _ in out.exited}
-            for pid, fd in woken:
-                if pid in reaped:
+            reaped = {pid for pid, _, _ in out.exited}
+            for child in woken:
+                if child.pid in reaped or child.pidfd is None:
                     continue
                 try:
-                    os.waitid(os.P_PIDFD, fd, _PEEK)
+                    os.waitid(os.P_PIDFD, child.pidfd, _PEEK)
                 except ChildProcessError:
-                    out.gone.append(pid)
+                    out.gone.append(child.pid)
         return out

@@ -86,8 +86,16 @@ def test_closed_context_raises() -> None:
 
 
 # -- SIGCHLD conflicts ------------------------------------------------------------
-@pytest.mark.parametrize("mode", [SigchldOwner.LIBXL_ALWAYS, SigchldOwner.SELECTIVE_REAP])
-def test_foreign_handler_refused_at_setmode(mode: SigchldOwner) -> None:
+@pytest.mark.parametrize(
+    ("mode", "pidfds"),
+    [(SigchldOwner.LIBXL_ALWAYS, True), (SigchldOwner.SELECTIVE_REAP, False)],
+    ids=["LIBXL_ALWAYS", "SELECTIVE_REAP-without-pidfds"],
+)
+def test_foreign_handler_refused_at_setmode(
+    mode: SigchldOwner, pidfds: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not pidfds:
+        monkeypatch.setattr(pidfd_mod, "_supported", False)
     signal.signal(signal.SIGCHLD, host_handler)
     try:
         with Context() as ctx:
@@ -118,10 +126,37 @@ def test_foreign_handler_refused_before_fork_in_libxl_mode() -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
+@pytest.mark.parametrize("mode", [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD], ids=lambda m: m.name)
+def test_pidfd_modes_live_beside_a_host_sigchld_handler(mode: SigchldOwner) -> None:
+    """With pidfds, SELECTIVE_REAP and PIDFD need no handler: a host's own handler
+    stays in place, untouched, and both sides see their own children."""
+    calls: list[int] = []
+
+    def host(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    signal.signal(signal.SIGCHLD, host)
+    try:
+        rec = Record()
+        with Context() as ctx:
+            ctx.setmode(Hooks(chldowner=mode))
+            mine = fork_exit(ctx, rec, 12)
+            theirs = os.fork()
+            if theirs == 0:
+                os._exit(13)
+            drain(ctx, lambda: mine in rec.calls)
+            _, status = os.waitpid(theirs, 0)
+            assert rec.code(mine) == 12 and os.waitstatus_to_exitcode(status) == 13
+            assert signal.getsignal(signal.SIGCHLD) is host
+        assert calls  # the host's handler kept running
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def test_handler_replaced_behind_our_back_is_reported_not_hung() -> None:
     rec = Record()
     with Context() as ctx:
-        ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
         pid = fork(ctx, rec, child_pause)
         signal.signal(signal.SIGCHLD, host_handler)
         try:

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from childproc import Context, Hooks, SigchldOwner, _process
+from childproc import Context, Hooks, PidfdUnavailableError, SigchldOwner, _process
 from childproc._watchers import pidfd as pidfd_mod
 
 from .kids import Record, child_pause, drain, fork, fork_exit
 
-MODES = [SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS, SigchldOwner.SELECTIVE_REAP]
+MODES = [SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS, SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD]
 
 
 def make(mode: SigchldOwner) -> Context:
@@ -129,6 +129,10 @@ def test_worker_fork_while_main_thread_blocked_in_c(
     main thread. A waiter on another thread must still hear of the death promptly."""
     if not pidfds:
         monkeypatch.setattr(pidfd_mod, "_supported", False)
+        if mode is SigchldOwner.PIDFD:
+            with pytest.raises(PidfdUnavailableError, match="needs pidfds"):
+                make(mode)
+            return
     rec = Record()
     latency: list[float] = []
     with make(mode) as ctx:
@@ -186,7 +190,7 @@ def test_first_fork_on_worker_thread_without_handler(pidfds: bool, monkeypatch: 
 def test_setmode_on_worker_thread_installs_at_next_main_thread_call() -> None:
     rec = Record()
     with Context() as ctx:
-        t = threading.Thread(target=ctx.setmode, args=(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP),))
+        t = threading.Thread(target=ctx.setmode, args=(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS),))
         t.start()
         t.join()
         assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL

@@ -1,0 +1,193 @@
+"""The child handle: one per child a context watches, forked, spawned or adopted.
+
+A :class:`Child` is both the context's record of a child (what the watchers
+read) and the application's handle on it. Its fields change only under the
+process lock, at the moment childproc *observes* a state change (reaping it or
+peeking at it), so ``state`` and ``send_signal`` never lag behind the kernel's
+view by a delivery.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._errors import InvalidArgumentError
+from ._status import ChildEvent
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = ["EVENT_MASK", "Child", "ChildState", "EventCallback", "check_events"]
+
+#: ``on_event(child, event)``: what ``Context.fork``/``spawn``/``adopt`` call.
+EventCallback = Callable[["Child", ChildEvent], object]
+
+#: The state-change bits a child may ask for (as ``waitid`` spells them).
+EVENT_MASK = os.WEXITED | os.WSTOPPED | os.WCONTINUED
+
+
+def check_events(events: object) -> int:
+    """Validate an ``events=`` argument: ``os.WEXITED`` plus optionally the others."""
+    if (
+        not isinstance(events, int)
+        or isinstance(events, bool)
+        or events & ~EVENT_MASK
+        or not (events & os.WEXITED)
+    ):
+        raise InvalidArgumentError(
+            "events must be os.WEXITED, optionally | os.WSTOPPED | os.WCONTINUED "
+            f"(the exit is always reported), not {events!r}"
+        )
+    return events
+
+
+class ChildState(enum.Enum):
+    """Where a child is, as far as childproc has observed."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    EXITED = "exited"
+
+
+class Child:
+    """A child process watched by a :class:`~childproc.Context`.
+
+    Get one from :meth:`Context.fork`, :meth:`Context.spawn`,
+    :meth:`Context.adopt`, or :meth:`Context.child` (for a pid from
+    :meth:`Context.child_fork`). Thread-safe.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_ctx",
+        "_events",
+        "_final",
+        "_on_event",
+        "_owns_pidfd",
+        "_pid",
+        "_pidfd",
+        "_polled",
+        "_released",
+        "_state",
+        "_zombie",
+        "defer_reap",
+        "kill_on_close",
+        "oneshot",
+        "watches_stops",
+    )
+
+    def __init__(
+        self,
+        ctx: Context,
+        pid: int,
+        on_event: EventCallback | None,
+        *,
+        events: int,
+        oneshot: bool,
+        defer_reap: bool,
+        kill_on_close: bool,
+    ) -> None:
+        self._ctx = ctx
+        self._pid = pid
+        self._pidfd: int | None = None
+        self._owns_pidfd = True
+        self._polled = False  # the pidfd is in the context's epoll
+        self._on_event = on_event
+        self._events = events
+        self._state = ChildState.RUNNING
+        self._final: ChildEvent | None = None
+        self._zombie = False  # exit seen with WNOWAIT: reaped after the callback
+        self._released = False
+        #: Asked for stop/continue events (read by the watchers).
+        self.watches_stops = bool(events & (os.WSTOPPED | os.WCONTINUED))
+        #: After the first stop/continue event, stop reporting them.
+        self.oneshot = oneshot
+        #: Run the exit callback while the child is still a zombie, then reap it.
+        self.defer_reap = defer_reap
+        #: SIGKILL and reap this child when the context closes or the handle is released.
+        self.kill_on_close = kill_on_close
+
+    # -- what the application reads -----------------------------------------
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def pidfd(self) -> int | None:
+        """The child's pidfd while childproc holds one (None without pidfds, or once gone)."""
+        return self._pidfd
+
+    @property
+    def context(self) -> Context:
+        return self._ctx
+
+    @property
+    def events(self) -> int:
+        """The state changes reported: ``os.WEXITED`` | maybe ``WSTOPPED``/``WCONTINUED``."""
+        return self._events
+
+    @property
+    def state(self) -> ChildState:
+        return self._state
+
+    @property
+    def final(self) -> ChildEvent | None:
+        """How the child died, once childproc has seen it (None before, or if it was stolen)."""
+        return self._final
+
+    @property
+    def returncode(self) -> int | None:
+        """As ``subprocess``: exit code, ``-signal`` if killed, None while alive."""
+        return self._final.returncode if self._final is not None else None
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    # -- what the application does -------------------------------------------
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the child, never to a recycled pid.
+
+        Uses ``pidfd_send_signal`` when childproc holds a pidfd; otherwise
+        ``kill()``, but only while the child is unreaped and only childproc
+        reaps it (so its pid cannot have been reused). Raises
+        :class:`~childproc.ChildExitedError` once the exit has been seen.
+        """
+        self._ctx._signal_child(self, sig)
+
+    def terminate(self) -> None:
+        """``send_signal(SIGTERM)``."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """``send_signal(SIGKILL)``."""
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> ChildEvent | None:
+        """Run the context's :meth:`~childproc.Context.wait` until this child's exit
+        was delivered; return its final event (None on timeout, or if stolen)."""
+        return self._ctx._wait_child(self, timeout)
+
+    def release(self) -> None:
+        """Stop watching this child: no more callbacks.
+
+        With ``kill_on_close``, the child is killed with SIGKILL and reaped
+        (this waits for it to die). Without, it is left running and the
+        application inherits it, as with :meth:`Context.close`. Idempotent.
+        """
+        self._ctx._release_child(self)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        fd = f" pidfd={self._pidfd}" if self._pidfd is not None else ""
+        final = f" {self._final}" if self._final is not None else ""
+        return f"<childproc.Child pid={self._pid}{fd} {self._state.value}{final}>"
