@@ -64,6 +64,7 @@ class Child:
     __slots__ = (
         "__weakref__",
         "_ctx",
+        "_done",
         "_events",
         "_final",
         "_on_event",
@@ -102,6 +103,7 @@ class Child:
         self._final: ChildEvent | None = None
         self._zombie = False  # exit seen with WNOWAIT: reaped after the callback
         self._released = False
+        self._done = False  # exit delivered (or stolen, or released): nothing more will come
         #: Asked for stop/continue events (read by the watchers).
         self.watches_stops = bool(events & (os.WSTOPPED | os.WCONTINUED))
         #: After the first stop/continue event, stop reporting them.

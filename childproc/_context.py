@@ -707,6 +707,7 @@ class Context:
                 child = self._ledger.handle(pid)
                 if child is not None and self._ledger.stolen(pid):
                     child._state = ChildState.EXITED
+                    child._done = True
                     self._child_gone_locked(child)
         self._sync_handler_use_locked()
 
@@ -760,6 +761,8 @@ class Context:
     def _invoke(self, event: Event[Child]) -> None:
         child = event.callback
         if child is not None:
+            if event.kind is EventKind.CHILD_EXIT:
+                child._done = True
             try:
                 if child._on_event is not None and not child._released:
                     child._on_event(child, ChildEvent.from_wait_status(event.pid, event.status, event.uid))
@@ -830,6 +833,7 @@ class Context:
             if child._released:
                 return
             child._released = True
+            child._done = True
             if child._zombie:
                 child._zombie = False
                 check_exit(child, Reaped())  # its exit was seen: reap the zombie
@@ -875,7 +879,7 @@ class Context:
 
     def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while child.pid in self.children and not child._released:
+        while not child._done:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None

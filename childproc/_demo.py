@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from . import Context, Hooks, SigchldOwner, describe_status
+from . import Context, Hooks, SigchldOwner, _process, describe_status
 
 _CHILD_CODE = "import sys; sys.exit(int(sys.argv[1]))"
 
@@ -40,7 +40,7 @@ def run(out: TextIO = sys.stdout) -> int:
 
         return note
 
-    say("childproc demo: one library, four ways to share SIGCHLD with its host\n")
+    say("childproc demo: one library, five ways to share SIGCHLD with its host\n")
 
     # 1. LIBXL -------------------------------------------------------------
     say("1. LIBXL (the default): childproc owns SIGCHLD while it has children.")
@@ -114,6 +114,19 @@ def run(out: TextIO = sys.stdout) -> int:
             ctx.wait(10)
         check(f"childproc's child {lib_pid}", seen[lib_pid], "exited with status 7")
         check(f"subprocess.Popen child {proc.pid} returncode", str(proc.wait(10)), "8")
+        say(f"   reaped through {ctx.watcher}; SIGCHLD handler needed: {ctx in _process._users}")
+
+    # 5. PIDFD ---------------------------------------------------------------
+    say("\n5. PIDFD: no SIGCHLD at all; pidfds only, from any thread. Here with a child handle:")
+    say("   ctx.spawn() runs a program with posix_spawn (no copy of this interpreter).")
+    events: list[str] = []
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
+        child = ctx.spawn([sys.executable, "-c", _CHILD_CODE, "12"], lambda c, ev: events.append(str(ev)))
+        final = child.wait(10)
+        check(f"spawned child {child.pid}", str(final), f"[{child.pid}] exited with status 12")
+        installed = signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, signal.SIG_IGN)
+        say(f"   SIGCHLD handler installed: {installed}; events delivered: {events}")
 
     say(
         "\nAll statuses arrived exactly as the children set them."

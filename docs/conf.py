@@ -1,15 +1,25 @@
 """Sphinx configuration for the childproc documentation.
 
-The mode tables in ``modes.rst`` and the watcher table in ``design.rst`` are
-not written by hand: :func:`write_generated` renders them from
-``childproc._policy`` into ``docs/_generated/`` every time the site is built,
-and the pages ``.. include::`` them. Change the policy table and the docs follow.
+The mode tables in ``modes.rst`` and the watcher table in ``watchers.rst`` and
+``design.rst`` are not written by hand: :func:`write_generated` renders them
+from ``childproc._policy`` into ``docs/_generated/`` every time the site is
+built, and the pages ``.. include::`` them. Change the policy table and the
+docs follow.
+
+The "Measured cost" table in ``watchers.rst`` is rendered the same way from
+``benchmarks/results/scaling.json`` (written by ``python benchmarks/scaling.py``)
+when that file exists, and is a note saying how to fill it otherwise. Set
+``CHILDPROC_SCALING_JSON`` to build from another results file.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from sphinx.application import Sphinx
@@ -40,13 +50,14 @@ autodoc_preserve_defaults = True
 
 
 def _alias(value: object) -> str:
-    return str(value).replace("collections.abc.", "").replace("typing.", "")
+    """``Callable[[Child, ChildEvent], object]``: the alias without module paths or quotes."""
+    return re.sub(r"\b(?:[a-z_]\w*\.)+(?=[A-Za-z_])", "", str(value)).replace("'", "")
 
 
 # ``|alias-of-ChildCallback|`` and friends, so api.rst shows what the aliases really are.
 rst_epilog = "\n".join(
     f".. |alias-of-{name}| replace:: ``{_alias(getattr(childproc, name))}``"
-    for name in ("ChildCallback", "ForkReplacement", "ReapedCallback")
+    for name in ("ChildCallback", "EventCallback", "ForkReplacement", "ReapedCallback")
 )
 
 # -- HTML ---------------------------------------------------------------------
@@ -60,6 +71,7 @@ html_theme_options = {
 
 # -- generated tables ---------------------------------------------------------
 GENERATED = DOCS / "_generated"
+SCALING_JSON = Path(os.environ.get("CHILDPROC_SCALING_JSON", DOCS.parent / "benchmarks/results/scaling.json"))
 
 
 def _text(value: str) -> str:
@@ -81,6 +93,8 @@ def _yes_no(flag: bool) -> str:
 
 
 def _list_table(title: str, header: Sequence[str], rows: Iterable[Sequence[str]], widths: str) -> str:
+    if len(widths.split()) != len(header):
+        raise ValueError(f"table {title!r}: {len(header)} columns but widths {widths!r}")
     lines = [f".. list-table:: {title}", "   :header-rows: 1", f"   :widths: {widths}", ""]
     for row in [header, *rows]:
         first, *rest = row
@@ -112,10 +126,16 @@ def mode_rules_table() -> str:
         ["Application reports deaths", *(_yes_no(r.app_reports) for r in rules)],
         ["Takes ``Hooks.reaped_callback``", *(_yes_no(r.takes_reaped_callback) for r in rules)],
         ["Each child's pidfd wakes ``fileno()``", *(_yes_no(r.pidfd_wakeups) for r in rules)],
+        ["Stop/continue events (``events=``)", *(_yes_no(r.stop_events) for r in rules)],
+        ["``reap_after_callback``", *(_yes_no(r.deferred_reap) for r in rules)],
+        ["Needs pidfds", *(_yes_no(r.requires_pidfds) for r in rules)],
         ["The application promises", *(_text(r.app_promise) for r in rules)],
     ]
     header = ["Rule", *(_mode(m) for m in modes)]
-    return _list_table("What each mode promises and demands", header, rows, "16 21 21 21 21")
+    first = 15
+    rest = (100 - first) // len(modes)
+    widths = " ".join(str(w) for w in [first, *([rest] * len(modes))])
+    return _list_table("What each mode promises and demands", header, rows, widths)
 
 
 def route_table() -> str:
@@ -162,17 +182,88 @@ def watcher_table() -> str:
     )
 
 
+def _seconds(value: object) -> float | None:
+    """A median from the JSON as seconds, or None if it is missing or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the source tree where it is inside it."""
+    try:
+        return str(path.resolve().relative_to(DOCS.parent))
+    except ValueError:
+        return str(path)
+
+
+def scaling_table(data: Mapping[str, object], source: str = "benchmarks/results/scaling.json") -> str:
+    """The "Measured cost" table from ``benchmarks/scaling.py``'s JSON.
+
+    The format (see ``benchmarks/scaling.py``): ``"ks"`` is the list of K,
+    ``"median"`` maps each strategy to ``{str(K): seconds of CPU per reaped child}``.
+    One row per strategy, one column per K (µs), and the ratio of the last K's
+    cost to the first's.
+    """
+    ks = data.get("ks")
+    medians = data.get("median")
+    if not isinstance(ks, list) or not ks or not all(isinstance(k, int) for k in ks):
+        raise ValueError('"ks" must be a non-empty list of ints')
+    if not isinstance(medians, dict) or not medians:
+        raise ValueError('"median" must map each strategy to {K: seconds}')
+    first, last = ks[0], ks[-1]
+    rows: list[list[str]] = []
+    for strategy, per_k in medians.items():
+        per: Mapping[str, object] = per_k if isinstance(per_k, dict) else {}
+        cells = []
+        for k in ks:
+            value = _seconds(per.get(str(k)))
+            cells.append("n/a" if value is None else f"{value * 1e6:,.1f}")
+        lo, hi = _seconds(per.get(str(first))), _seconds(per.get(str(last)))
+        ratio = "n/a" if lo is None or hi is None or lo <= 0 else f"{hi / lo:.2f}×"
+        rows.append([_text(str(strategy)), *cells, ratio])
+    header = ["Strategy", *(f"K = {k:,}" for k in ks), f"K {last:,} / K {first:,}"]
+    width = 55 // (len(ks) + 1)
+    widths = " ".join(str(w) for w in [100 - width * (len(ks) + 1), *([width] * (len(ks) + 1))])
+    facts = [
+        f"{key} {_text(str(data[key]))}" for key in ("kernel", "python") if isinstance(data.get(key), str)
+    ]
+    if isinstance(data.get("kills_per_run"), int) and isinstance(data.get("rounds"), int):
+        facts.append(f"up to {data['kills_per_run']} kills per run, median of {data['rounds']} rounds")
+    intro = (
+        "CPU time per reaped child, in microseconds, while *K* children stay alive "
+        f"(from ``{source}``{': ' + ', '.join(facts) if facts else ''}).\n\n"
+    )
+    return intro + _list_table("Measured CPU cost per reaped child (µs)", header, rows, widths)
+
+
+def scaling_page(path: Path) -> str:
+    """The text of ``_generated/scaling.rst``: the table, or how to get one."""
+    if not path.is_file():
+        return (
+            ".. note::\n\n"
+            "   No measurements yet: run ``python benchmarks/scaling.py`` to fill this table\n"
+            "   (it writes ``benchmarks/results/scaling.json``; rebuild the docs afterwards).\n"
+        )
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return scaling_table(data, _shown(path))
+
+
 def write_generated(app: Sphinx | None = None) -> None:
     """Write the generated include files, touching only those whose text changed."""
     GENERATED.mkdir(exist_ok=True)
+    source = "childproc._policy"
     pages = {
-        "mode_rules.rst": mode_rules_table(),
-        "route_table.rst": route_table(),
-        "watchers.rst": watcher_table(),
+        "mode_rules.rst": (source, mode_rules_table()),
+        "route_table.rst": (source, route_table()),
+        "watchers.rst": (source, watcher_table()),
+        "scaling.rst": (_shown(SCALING_JSON), scaling_page(SCALING_JSON)),
     }
-    for name, text in pages.items():
+    for name, (origin, text) in pages.items():
         path = GENERATED / name
-        header = f".. generated by docs/conf.py from childproc._policy; do not edit\n\n{text}"
+        header = f".. generated by docs/conf.py from {origin}; do not edit\n\n{text}"
         if not path.exists() or path.read_text(encoding="utf-8") != header:
             path.write_text(header, encoding="utf-8")
 

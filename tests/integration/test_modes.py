@@ -212,7 +212,9 @@ def test_selective_reap_beside_plain_children_that_exit_first() -> None:
 
 # -- several contexts, one handler -------------------------------------------
 @pytest.mark.parametrize(
-    "other", [SigchldOwner.SELECTIVE_REAP, SigchldOwner.LIBXL_ALWAYS, SigchldOwner.PIDFD], ids=lambda m: m.name
+    "other",
+    [SigchldOwner.SELECTIVE_REAP, SigchldOwner.LIBXL_ALWAYS, SigchldOwner.PIDFD],
+    ids=lambda m: m.name,
 )
 def test_one_handler_serves_several_contexts_and_routes_to_the_forker(other: SigchldOwner) -> None:
     """A LIBXL context's waitpid(-1) reaps another context's child: it must still

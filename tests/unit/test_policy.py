@@ -8,6 +8,8 @@ import itertools
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from childproc import _policy
 from childproc._policy import (
@@ -30,6 +32,17 @@ ALL_MODES = list(SigchldOwner)
 ALL_OWNERS = list(Owner)
 BOOLS = (False, True)
 
+
+def test_the_five_modes() -> None:
+    assert [mode.name for mode in SigchldOwner] == [
+        "LIBXL",
+        "MAINLOOP",
+        "LIBXL_ALWAYS",
+        "SELECTIVE_REAP",
+        "PIDFD",
+    ]
+
+
 # -- rules ---------------------------------------------------------------------
 
 
@@ -49,13 +62,54 @@ def test_every_mode_has_rules() -> None:
         (SigchldOwner.LIBXL, HandlerPolicy.WHILE_CHILDREN, Reaper.ANY_CHILD),
         (SigchldOwner.MAINLOOP, HandlerPolicy.NEVER, Reaper.APPLICATION),
         (SigchldOwner.LIBXL_ALWAYS, HandlerPolicy.ALWAYS, Reaper.ANY_CHILD),
-        (SigchldOwner.SELECTIVE_REAP, HandlerPolicy.ALWAYS, Reaper.OWN_CHILDREN),
+        (SigchldOwner.SELECTIVE_REAP, HandlerPolicy.WHERE_PIDFDS_FALL_SHORT, Reaper.OWN_CHILDREN),
+        (SigchldOwner.PIDFD, HandlerPolicy.NEVER, Reaper.OWN_CHILDREN),
     ],
 )
 def test_rules_per_mode(mode: SigchldOwner, handler: HandlerPolicy, reaper: Reaper) -> None:
     rules = rules_for(mode)
     assert rules.handler is handler
     assert rules.reaper is reaper
+
+
+#: (app_reports, takes_reaped_callback, pidfd_wakeups, stop_events, deferred_reap, requires_pidfds)
+EXPECTED_FLAGS: dict[SigchldOwner, tuple[bool, bool, bool, bool, bool, bool]] = {
+    SigchldOwner.LIBXL: (False, True, True, True, False, False),
+    SigchldOwner.MAINLOOP: (True, False, False, True, False, False),
+    SigchldOwner.LIBXL_ALWAYS: (False, True, True, True, False, False),
+    SigchldOwner.SELECTIVE_REAP: (False, False, True, True, True, False),
+    SigchldOwner.PIDFD: (False, False, True, False, True, True),
+}
+
+
+def test_expected_flags_cover_every_mode() -> None:
+    assert set(EXPECTED_FLAGS) == set(SigchldOwner)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_rules_flags_per_mode(mode: SigchldOwner) -> None:
+    rules = rules_for(mode)
+    flags = (
+        rules.app_reports,
+        rules.takes_reaped_callback,
+        rules.pidfd_wakeups,
+        rules.stop_events,
+        rules.deferred_reap,
+        rules.requires_pidfds,
+    )
+    assert flags == EXPECTED_FLAGS[mode]
+
+
+def test_pidfd_mode_is_signal_free() -> None:
+    rules = rules_for(SigchldOwner.PIDFD)
+    assert rules.handler is HandlerPolicy.NEVER
+    assert rules.reaper is Reaper.OWN_CHILDREN
+    assert rules.requires_pidfds
+    assert not rules.stop_events
+    assert rules.deferred_reap
+    assert not rules.app_reports
+    assert not rules.takes_reaped_callback
+    assert rules.pidfd_wakeups
 
 
 def test_rules_are_frozen() -> None:
@@ -71,28 +125,95 @@ def test_rules_are_consistent(mode: SigchldOwner) -> None:
     assert rules.takes_reaped_callback == (rules.reaper is Reaper.ANY_CHILD)
     # Only the application-reaps mode takes childproc_reaped()/sigchld_occurred().
     assert rules.app_reports == (rules.reaper is Reaper.APPLICATION)
-    # The handler is never installed exactly in MAINLOOP.
-    assert (rules.handler is HandlerPolicy.NEVER) == (mode is SigchldOwner.MAINLOOP)
+    # The handler is never installed exactly in MAINLOOP and PIDFD.
+    assert (rules.handler is HandlerPolicy.NEVER) == (mode in (SigchldOwner.MAINLOOP, SigchldOwner.PIDFD))
     # Pidfds wake the context up exactly where the library reaps.
     assert rules.pidfd_wakeups == (rules.reaper is not Reaper.APPLICATION)
+    # Reaping after the exit callback needs a reaper that waits on its own pids.
+    assert rules.deferred_reap == (rules.reaper is Reaper.OWN_CHILDREN)
+    # Only the signal-free mode needs pidfds, and only it has no stop/continue events.
+    assert rules.requires_pidfds == (mode is SigchldOwner.PIDFD)
+    assert rules.stop_events == (mode is not SigchldOwner.PIDFD)
+    # A mode that cannot do without pidfds never needs SIGCHLD.
+    if rules.requires_pidfds:
+        assert rules.handler is HandlerPolicy.NEVER
 
 
 # -- wants_handler -------------------------------------------------------------
 
 
+def expected_wants_handler(
+    mode: SigchldOwner, unreaped: int, pidfds_usable: bool, stop_watchers: int
+) -> bool:
+    """The specification of wants_handler, written out per mode."""
+    if mode is SigchldOwner.LIBXL:
+        return unreaped > 0
+    if mode in (SigchldOwner.MAINLOOP, SigchldOwner.PIDFD):
+        return False
+    if mode is SigchldOwner.LIBXL_ALWAYS:
+        return True
+    assert mode is SigchldOwner.SELECTIVE_REAP
+    return (not pidfds_usable) or stop_watchers > 0
+
+
+COUNTS = (0, 1, 2, 1000)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_wants_handler_full_product(mode: SigchldOwner) -> None:
+    for unreaped, pidfds, stops in itertools.product(COUNTS, BOOLS, COUNTS):
+        got = wants_handler(mode, unreaped, pidfds, stops)
+        assert got is expected_wants_handler(mode, unreaped, pidfds, stops), (unreaped, pidfds, stops)
+
+
+@given(
+    mode=st.sampled_from(ALL_MODES),
+    unreaped=st.integers(min_value=-5, max_value=10**6),
+    pidfds=st.booleans(),
+    stops=st.integers(min_value=-5, max_value=10**6),
+)
+@settings(max_examples=300, deadline=None)
+def test_wants_handler_any_counts(mode: SigchldOwner, unreaped: int, pidfds: bool, stops: int) -> None:
+    got = wants_handler(mode, unreaped, pidfds, stops)
+    assert isinstance(got, bool)
+    assert got is expected_wants_handler(mode, unreaped, pidfds, stops)
+
+
 @pytest.mark.parametrize(
-    ("mode", "with_none", "with_some"),
+    ("unreaped", "pidfds", "stops", "wanted"),
     [
-        (SigchldOwner.LIBXL, False, True),
-        (SigchldOwner.MAINLOOP, False, False),
-        (SigchldOwner.LIBXL_ALWAYS, True, True),
-        (SigchldOwner.SELECTIVE_REAP, True, True),
+        (0, True, 0, False),  # pidfds do everything: no handler
+        (5, True, 0, False),
+        (5, True, 1, True),  # a child watches stop/continue: pidfds cannot report it
+        (0, False, 0, True),  # no pidfds: the SCAN watcher is woken by SIGCHLD
+        (5, False, 0, True),
+        (5, False, 3, True),
     ],
 )
-def test_wants_handler(mode: SigchldOwner, with_none: bool, with_some: bool) -> None:
-    assert wants_handler(mode, 0) is with_none
-    for n in (1, 2, 1000):
-        assert wants_handler(mode, n) is with_some
+def test_wants_handler_selective_reap_examples(unreaped: int, pidfds: bool, stops: int, wanted: bool) -> None:
+    assert wants_handler(SigchldOwner.SELECTIVE_REAP, unreaped, pidfds, stops) is wanted
+
+
+@pytest.mark.parametrize("mode", [SigchldOwner.MAINLOOP, SigchldOwner.PIDFD])
+def test_signal_free_modes_never_want_the_handler(mode: SigchldOwner) -> None:
+    for unreaped, pidfds, stops in itertools.product(COUNTS, BOOLS, COUNTS):
+        assert wants_handler(mode, unreaped, pidfds, stops) is False
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_watchers_woken_by_sigchld_get_the_handler(mode: SigchldOwner) -> None:
+    """Where the library reaps with a SIGCHLD-woken watcher, the handler is wanted
+    while there are children; where stop/continue events are offered and the
+    library reaps, a stop watcher gets the handler (pidfds do not report stops)."""
+    rules = rules_for(mode)
+    for pidfds in BOOLS:
+        if rules.requires_pidfds and not pidfds:
+            continue  # setmode() refuses: cannot happen
+        watcher = choose_watcher(mode, pidfds)
+        if watcher in (WatcherKind.WAIT_ANY, WatcherKind.SCAN):
+            assert wants_handler(mode, 1, pidfds, 0)
+        if rules.stop_events and rules.reaper is not Reaper.APPLICATION:
+            assert wants_handler(mode, 1, pidfds, 1)
 
 
 # -- route ---------------------------------------------------------------------
@@ -113,6 +234,7 @@ for _mode in (SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS):
 EXPECTED_ROUTES.update(
     {
         (SigchldOwner.SELECTIVE_REAP, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
+        (SigchldOwner.PIDFD, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
         (SigchldOwner.MAINLOOP, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
         (SigchldOwner.MAINLOOP, Owner.OTHER_CONTEXT, False): Destination.NOT_OURS,
         (SigchldOwner.MAINLOOP, Owner.NOBODY, False): Destination.NOT_OURS,
@@ -135,15 +257,30 @@ def test_route_impossible_raises_keyerror(mode: SigchldOwner, owner: Owner, has_
 
 def test_route_impossible_list_is_what_the_spec_says() -> None:
     impossible = set(IMPOSSIBLE)
-    # SELECTIVE_REAP only waits on its own pids: it never meets anybody else's.
-    for owner in (Owner.OTHER_CONTEXT, Owner.NOBODY):
-        for has_cb in BOOLS:
-            assert (SigchldOwner.SELECTIVE_REAP, owner, has_cb) in impossible
+    # SELECTIVE_REAP and PIDFD only wait on their own pids: they never meet anybody else's.
+    for mode in (SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD):
+        for owner in (Owner.OTHER_CONTEXT, Owner.NOBODY):
+            for has_cb in BOOLS:
+                assert (mode, owner, has_cb) in impossible
     # Modes without reaped_callback never see has_reaped_callback=True.
-    for mode in (SigchldOwner.SELECTIVE_REAP, SigchldOwner.MAINLOOP):
+    for mode in (SigchldOwner.SELECTIVE_REAP, SigchldOwner.MAINLOOP, SigchldOwner.PIDFD):
         for owner in ALL_OWNERS:
             assert (mode, owner, True) in impossible
     assert len(impossible) + len(EXPECTED_ROUTES) == len(ALL_COMBINATIONS)
+    # 5 modes x 3 owners x 2 = 30 keys: 6 + 6 (LIBXL, LIBXL_ALWAYS) + 3 (MAINLOOP) + 1 + 1 possible.
+    assert len(ALL_COMBINATIONS) == 30
+    assert len(EXPECTED_ROUTES) == 17
+
+
+def test_expected_routes_agree_with_the_rules() -> None:
+    # A mode's possible keys follow from its reaper and takes_reaped_callback alone.
+    for mode in ALL_MODES:
+        rules = rules_for(mode)
+        for owner, has_cb in itertools.product(ALL_OWNERS, BOOLS):
+            possible = (has_cb is False or rules.takes_reaped_callback) and (
+                owner is Owner.THIS_CONTEXT or rules.reaper is not Reaper.OWN_CHILDREN
+            )
+            assert ((mode, owner, has_cb) in EXPECTED_ROUTES) == possible, (mode, owner, has_cb)
 
 
 def test_route_mainloop_never_claims_foreign_pids() -> None:
@@ -193,6 +330,19 @@ def test_choose_watcher(mode: SigchldOwner, with_pidfd: WatcherKind, without_pid
     assert choose_watcher(mode, False) is without_pidfd
 
 
+def test_choose_watcher_pidfd_mode() -> None:
+    # PIDFD requires pidfds, so with them it reaps through them. (Without them
+    # setmode() refuses the mode, so choose_watcher(PIDFD, False) is never asked.)
+    assert choose_watcher(SigchldOwner.PIDFD, True) is WatcherKind.PIDFD
+
+
+def test_choose_watcher_depends_only_on_the_reaper() -> None:
+    for a, b in itertools.product(ALL_MODES, ALL_MODES):
+        if rules_for(a).reaper is rules_for(b).reaper:
+            for usable in BOOLS:
+                assert choose_watcher(a, usable) is choose_watcher(b, usable)
+
+
 def test_every_watcher_kind_is_chosen_somewhere() -> None:
     chosen = {choose_watcher(mode, usable) for mode in ALL_MODES for usable in BOOLS}
     assert chosen == set(WatcherKind)
@@ -201,8 +351,22 @@ def test_every_watcher_kind_is_chosen_somewhere() -> None:
 # -- purity --------------------------------------------------------------------
 
 # The docstring promises no OS calls. collections.abc is imported for the
-# Mapping annotation only; it is as inert as typing.
+# Callable and Mapping annotations only; it is as inert as typing.
 ALLOWED_IMPORTS = {"__future__", "enum", "dataclasses", "typing", "collections.abc"}
+FORBIDDEN_IMPORTS = {
+    "os",
+    "signal",
+    "select",
+    "selectors",
+    "threading",
+    "subprocess",
+    "socket",
+    "ctypes",
+    "multiprocessing",
+    "asyncio",
+    "io",
+    "sys",
+}
 
 
 def _module_tree() -> ast.Module:
@@ -219,6 +383,7 @@ def test_policy_imports_nothing_that_touches_the_os() -> None:
             assert node.module is not None
             imported.add(node.module)
     assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
+    assert {name.split(".")[0] for name in imported}.isdisjoint(FORBIDDEN_IMPORTS)
 
 
 def test_policy_calls_no_io_builtins() -> None:
@@ -226,6 +391,13 @@ def test_policy_calls_no_io_builtins() -> None:
     for node in ast.walk(_module_tree()):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id not in forbidden, f"_policy calls {node.func.id}()"
+
+
+def test_policy_touches_no_os_names() -> None:
+    # No attribute access or bare name reaches a module that does I/O.
+    for node in ast.walk(_module_tree()):
+        if isinstance(node, ast.Name):
+            assert node.id not in FORBIDDEN_IMPORTS, f"_policy uses {node.id}"
 
 
 def test_policy_module_level_names_are_all_pure() -> None:

@@ -1,0 +1,128 @@
+"""``python -m childproc doctor``: what this process and machine mean for child handling."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import signal
+import threading
+from typing import Any
+
+from . import _process
+from ._policy import rules_for
+from ._watchers import pidfd as _pidfd
+
+__all__ = ["format_report", "report"]
+
+
+def _disposition() -> tuple[str, str]:
+    """(what SIGCHLD's disposition is, who owns it)."""
+    current = signal.getsignal(signal.SIGCHLD)
+    if current is _process._sigchld_handler:
+        return "childproc's handler", f"childproc ({_process.snapshot()['handler_users']} context(s) use it)"
+    if current == signal.SIG_DFL:
+        return "SIG_DFL (default)", "nobody"
+    if current == signal.SIG_IGN:
+        return "SIG_IGN (ignored: the kernel reaps children, exit statuses are lost)", "nobody"
+    if current is None:
+        return "a handler installed outside Python (C code)", "the host (C code)"
+    return f"Python handler {_process._describe(current)}", "the host"
+
+
+def _wakeup_fd() -> str:
+    if not _process.on_main_thread():
+        return "unknown (only readable on the main thread)"
+    # The only way to read the slot is to swap it; put it straight back.
+    fd = signal.set_wakeup_fd(-1)
+    if fd != -1:
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        return f"fd {fd} (the host's, e.g. asyncio's; childproc never takes it)"
+    return "none"
+
+
+def report() -> dict[str, Any]:
+    """The facts and warnings, as a dict (what ``doctor --json`` prints)."""
+    disposition, owner = _disposition()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pidfds = _pidfd.supported()
+    contexts = []
+    for ctx in list(_process._contexts):
+        if ctx.closed:
+            continue
+        rules = rules_for(ctx.mode)
+        contexts.append(
+            {
+                "mode": ctx.mode.name,
+                "watcher": ctx.watcher,
+                "outstanding_children": len(ctx.children),
+                "uses_sigchld_handler": ctx in _process._users,
+                "reaper": rules.reaper.value,
+            }
+        )
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    warnings: list[str] = []
+    if disposition.startswith("SIG_IGN"):
+        warnings.append(
+            "SIGCHLD is ignored: children are reaped by the kernel and their statuses lost. "
+            "childproc's handler modes replace SIG_IGN while they run; MAINLOOP and PIDFD cannot "
+            "see exit statuses at all."
+        )
+    if owner.startswith("the host"):
+        warnings.append(
+            "a foreign SIGCHLD handler is installed: LIBXL and LIBXL_ALWAYS will refuse to start. "
+            "Use MAINLOOP (report reaped pids) or, with pidfds, SELECTIVE_REAP or PIDFD."
+        )
+    if not pidfds:
+        warnings.append(
+            "no pidfds: SELECTIVE_REAP falls back to SIGCHLD and checks every child on each signal "
+            "(O(children)); PIDFD mode is unavailable; signalling falls back to kill() on unreaped pids."
+        )
+    if threads:
+        warnings.append(
+            f"{len(threads)} thread(s) already running ({', '.join(threads[:5])}): a fork server "
+            "started now would inherit a multi-threaded state; start it before threads."
+        )
+    if soft < 4096:
+        warnings.append(
+            f"RLIMIT_NOFILE soft limit is {soft}: childproc holds one pidfd per child; beyond the "
+            "limit children are watched without one (slower), raise it if you run thousands."
+        )
+    return {
+        "pid": os.getpid(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sigchld_disposition": disposition,
+        "sigchld_owner": owner,
+        "wakeup_fd": _wakeup_fd(),
+        "pidfds": pidfds,
+        "rlimit_nofile": [soft, hard],
+        "threads": threads,
+        "contexts": contexts,
+        "warnings": warnings,
+    }
+
+
+def format_report(data: dict[str, Any]) -> str:
+    lines = [
+        f"childproc doctor for pid {data['pid']} (Linux {data['kernel']}, Python {data['python']})",
+        f"  SIGCHLD disposition : {data['sigchld_disposition']}",
+        f"  SIGCHLD owner       : {data['sigchld_owner']}",
+        f"  wakeup fd           : {data['wakeup_fd']}",
+        "  pidfds              : "
+        + ("yes (steal-free, O(1) per child, signal-free watching)" if data["pidfds"] else "NO"),
+        f"  RLIMIT_NOFILE       : soft {data['rlimit_nofile'][0]}, hard {data['rlimit_nofile'][1]}",
+        f"  other threads       : {len(data['threads'])}",
+        f"  live contexts       : {len(data['contexts'])}",
+    ]
+    for c in data["contexts"]:
+        lines.append(
+            f"    - {c['mode']}: watcher {c['watcher']}, {c['outstanding_children']} outstanding, "
+            f"{'uses' if c['uses_sigchld_handler'] else 'does not use'} the SIGCHLD handler"
+        )
+    if data["warnings"]:
+        lines.append("warnings:")
+        lines.extend(f"  ! {w}" for w in data["warnings"])
+    else:
+        lines.append("no warnings")
+    return "\n".join(lines)
