@@ -765,7 +765,10 @@ class Context:
                 child._done = True
             try:
                 if child._on_event is not None and not child._released:
-                    child._on_event(child, ChildEvent.from_wait_status(event.pid, event.status, event.uid))
+                    final = child._final if event.kind is EventKind.CHILD_EXIT else None
+                    if final is None:
+                        final = ChildEvent.from_wait_status(event.pid, event.status, event.uid)
+                    child._on_event(child, final)
             finally:
                 if event.kind is EventKind.CHILD_EXIT and child._zombie:
                     self._reap_zombie(child)

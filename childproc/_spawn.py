@@ -64,7 +64,9 @@ def spawn_process(
     return spawn(
         path,
         args,
-        os.environ if env is None else env,
+        # os.environb: the same environment, without decoding and re-encoding
+        # every variable on each spawn (~0.1 ms with a typical environment).
+        os.environb if env is None else env,
         file_actions=actions,
         setsigdef=_SIGDEF,
         setsigmask=(),
