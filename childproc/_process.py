@@ -24,8 +24,10 @@ Rules of this file
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import signal
 import threading
 import weakref
@@ -118,6 +120,51 @@ def _sigchld_handler(signum: int, frame: FrameType | None) -> None:
         poke()
 
 
+# -- the real (C-level) disposition --------------------------------------------------
+# signal.getsignal() only knows handlers installed from Python. libuv (uvloop) and
+# other C code install theirs with sigaction() directly, so childproc also reads the
+# kernel's view, read-only: sigaction(SIGCHLD, NULL, &old). Where ctypes or the
+# struct layout is unavailable, only the Python-level check remains.
+class _SigAction(ctypes.Structure):
+    # glibc's struct sigaction on Linux (x86_64, aarch64): handler, 1024-bit mask,
+    # flags, restorer.
+    _fields_ = (
+        ("sa_handler", ctypes.c_void_p),
+        ("sa_mask", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))),
+        ("sa_flags", ctypes.c_int),
+        ("sa_restorer", ctypes.c_void_p),
+    )
+
+
+_sigaction: Any
+try:
+    _sigaction = ctypes.CDLL(None, use_errno=True).sigaction
+except (OSError, AttributeError):  # pragma: no cover - not glibc-like
+    _sigaction = None
+
+_trampoline: int | None = None  # CPython's C-level handler, learned when ours goes in
+
+
+def real_handler() -> int | None:
+    """The address of SIGCHLD's C-level handler (0: SIG_DFL, 1: SIG_IGN), or None if unknown."""
+    if _sigaction is None or platform.system() != "Linux":
+        return None
+    old = _SigAction()
+    if _sigaction(signal.SIGCHLD, None, ctypes.byref(old)) != 0:
+        return None
+    return int(old.sa_handler or 0)
+
+
+def _c_level_foreign(python_level: _Handler) -> bool:
+    """A handler that C code installed behind Python's back (libuv's, say)."""
+    real = real_handler()
+    if real is None:
+        return False
+    if python_level in (signal.SIG_DFL, signal.SIG_IGN):
+        return real not in (0, 1)
+    return False
+
+
 def on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -127,8 +174,8 @@ def handler_installed() -> bool:
 
 
 def _describe(handler: _Handler) -> str:
-    if handler is None:
-        return "a handler installed outside Python (C code)"
+    if handler is None or (handler in (signal.SIG_DFL, signal.SIG_IGN) and _c_level_foreign(handler)):
+        return "a handler installed outside Python (C code, e.g. libuv under uvloop)"
     name = getattr(handler, "__qualname__", None) or repr(handler)
     module = getattr(handler, "__module__", None)
     return f"{module}.{name}" if module else name
@@ -144,7 +191,9 @@ def _conflict_message(current: _Handler) -> str:
 
 
 def _foreign(current: _Handler) -> bool:
-    return current is not _sigchld_handler and current not in (signal.SIG_DFL, signal.SIG_IGN)
+    if current is _sigchld_handler:
+        return False
+    return current not in (signal.SIG_DFL, signal.SIG_IGN) or _c_level_foreign(current)
 
 
 def check_can_install() -> None:
@@ -160,19 +209,28 @@ def check_can_install() -> None:
 
 
 def _install() -> None:
-    global _installed, _saved
+    global _installed, _saved, _trampoline
     current = signal.getsignal(signal.SIGCHLD)
     if _foreign(current):
         raise SigchldConflictError(_conflict_message(current), current)
     signal.signal(signal.SIGCHLD, _sigchld_handler)
+    _trampoline = real_handler()
     _saved = current if current is not _sigchld_handler else signal.SIG_DFL
     _installed = True
+
+
+def _ours_in_place(current: _Handler) -> bool:
+    """childproc's handler is SIGCHLD's handler, at the Python level and the C level."""
+    if current is not _sigchld_handler:
+        return False
+    real = real_handler()
+    return real is None or _trampoline is None or real == _trampoline
 
 
 def _restore() -> None:
     global _installed, _saved
     current = signal.getsignal(signal.SIGCHLD)
-    if current is _sigchld_handler:
+    if _ours_in_place(current):
         signal.signal(signal.SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
     else:
         log.warning(
@@ -258,13 +316,14 @@ def check_handler() -> None:
     global _installed, _saved, _pending
     current = signal.getsignal(signal.SIGCHLD)
     if _installed:
-        if current is _sigchld_handler:
+        if _ours_in_place(current):
             return
         _installed = False
         _saved = None
         _pending = bool(_users)
+        who = _describe(None) if current is _sigchld_handler else _describe(current)
         raise HandlerReplacedError(
-            f"childproc's SIGCHLD handler was replaced by {_describe(current)} while childproc "
+            f"childproc's SIGCHLD handler was replaced by {who} while childproc "
             "had children to watch; their deaths would go unseen. Whoever installed it owns "
             "SIGCHLD now: switch childproc to SigchldOwner.MAINLOOP and report reaped pids with "
             "ctx.childproc_reaped(), or remove that handler.",

@@ -107,6 +107,20 @@ def _watcher(kind: _policy.WatcherKind) -> str:
     return f"``{kind.name}``: {_text(kind.value)}"
 
 
+def _watcher_of(mode: _policy.SigchldOwner, pidfds_usable: bool) -> _policy.WatcherKind | None:
+    """The watcher ``mode`` uses, or None where the mode refuses to run (no pidfds for PIDFD)."""
+    if not pidfds_usable and _policy.RULES[mode].requires_pidfds:
+        return None
+    return _policy.choose_watcher(mode, pidfds_usable)
+
+
+def _watcher_cell(mode: _policy.SigchldOwner, pidfds_usable: bool) -> str:
+    kind = _watcher_of(mode, pidfds_usable)
+    if kind is None:
+        return "none: ``setmode()`` raises :class:`~childproc.PidfdUnavailableError`"
+    return _watcher(kind)
+
+
 def mode_rules_table() -> str:
     """One column per mode, one row per field of :class:`childproc._policy.ModeRules`."""
     modes = list(_policy.RULES)
@@ -115,14 +129,8 @@ def mode_rules_table() -> str:
         ["Use it for", *(_text(r.use_when) for r in rules)],
         ["SIGCHLD handler installed", *(_text(r.handler.value) for r in rules)],
         ["Who reaps", *(_text(r.reaper.value) for r in rules)],
-        [
-            "Watcher (pidfds available)",
-            *(_watcher(_policy.choose_watcher(m, pidfds_usable=True)) for m in modes),
-        ],
-        [
-            "Watcher (no pidfds)",
-            *(_watcher(_policy.choose_watcher(m, pidfds_usable=False)) for m in modes),
-        ],
+        ["Watcher (pidfds available)", *(_watcher_cell(m, pidfds_usable=True) for m in modes)],
+        ["Watcher (no pidfds)", *(_watcher_cell(m, pidfds_usable=False) for m in modes)],
         ["Application reports deaths", *(_yes_no(r.app_reports) for r in rules)],
         ["Takes ``Hooks.reaped_callback``", *(_yes_no(r.takes_reaped_callback) for r in rules)],
         ["Each child's pidfd wakes ``fileno()``", *(_yes_no(r.pidfd_wakeups) for r in rules)],
@@ -170,10 +178,10 @@ def watcher_table() -> str:
     for kind in _policy.WatcherKind:
         used_by: list[str] = []
         for mode in _policy.RULES:
-            with_fds = _policy.choose_watcher(mode, pidfds_usable=True) is kind
-            without = _policy.choose_watcher(mode, pidfds_usable=False) is kind
-            if with_fds and without:
-                used_by.append(_mode(mode))
+            with_fds = _watcher_of(mode, pidfds_usable=True) is kind
+            without = _watcher_of(mode, pidfds_usable=False) is kind
+            if with_fds and (without or _policy.RULES[mode].requires_pidfds):
+                used_by.append(_mode(mode))  # every setting the mode runs in
             elif with_fds or without:
                 used_by.append(f"{_mode(mode)} ({'with' if with_fds else 'without'} pidfds)")
         rows.append([f"``{kind.name}``", _text(kind.value), ", ".join(used_by) or "(no mode)"])
@@ -220,7 +228,7 @@ def scaling_table(data: Mapping[str, object], source: str = "benchmarks/results/
             value = _seconds(per.get(str(k)))
             cells.append("n/a" if value is None else f"{value * 1e6:,.1f}")
         lo, hi = _seconds(per.get(str(first))), _seconds(per.get(str(last)))
-        ratio = "n/a" if lo is None or hi is None or lo <= 0 else f"{hi / lo:.2f}×"
+        ratio = "n/a" if lo is None or hi is None or lo <= 0 else f"{hi / lo:.2f}\N{MULTIPLICATION SIGN}"
         rows.append([_text(str(strategy)), *cells, ratio])
     header = ["Strategy", *(f"K = {k:,}" for k in ks), f"K {last:,} / K {first:,}"]
     width = 55 // (len(ks) + 1)
@@ -228,8 +236,9 @@ def scaling_table(data: Mapping[str, object], source: str = "benchmarks/results/
     facts = [
         f"{key} {_text(str(data[key]))}" for key in ("kernel", "python") if isinstance(data.get(key), str)
     ]
-    if isinstance(data.get("kills_per_run"), int) and isinstance(data.get("rounds"), int):
-        facts.append(f"up to {data['kills_per_run']} kills per run, median of {data['rounds']} rounds")
+    kills, rounds = data.get("kills_per_run"), data.get("rounds")
+    if isinstance(kills, int) and isinstance(rounds, int):
+        facts.append(f"up to {kills} kills per run, median of {rounds} round{'s' if rounds != 1 else ''}")
     intro = (
         "CPU time per reaped child, in microseconds, while *K* children stay alive "
         f"(from ``{source}``{': ' + ', '.join(facts) if facts else ''}).\n\n"
@@ -259,7 +268,10 @@ def write_generated(app: Sphinx | None = None) -> None:
         "mode_rules.rst": (source, mode_rules_table()),
         "route_table.rst": (source, route_table()),
         "watchers.rst": (source, watcher_table()),
-        "scaling.rst": (_shown(SCALING_JSON), scaling_page(SCALING_JSON)),
+        "scaling.rst": (
+            _shown(SCALING_JSON) + ("" if SCALING_JSON.is_file() else " (absent)"),
+            scaling_page(SCALING_JSON),
+        ),
     }
     for name, (origin, text) in pages.items():
         path = GENERATED / name

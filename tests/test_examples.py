@@ -6,6 +6,7 @@ handler never touch the test process.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # example file -> lines (or parts of lines) its output must contain
 EXPECTED: dict[str, list[str]] = {
+    "child_events.py": [
+        f"code=STOPPED status={int(signal.SIGSTOP)}",
+        "code=CONTINUED status=0",
+        f"code=KILLED status={int(signal.SIGKILL)}",
+        "send_signal after exit: ChildExitedError",
+        "event sequence as expected",
+    ],
     "libxl_quickstart.py": [
         "exited with status 0",
         "exited with status 3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import select
@@ -397,3 +398,42 @@ def test_a_raise_from_dispatch_does_not_swallow_the_wakeup(monkeypatch: pytest.M
         assert select.select([ctx], [], [], 0)[0], "the pending wake-up must survive the raise"
         drain(ctx, lambda: pid in rec.calls)
         assert rec.code(pid) == 4
+
+
+def _install_c_handler() -> None:
+    """A C-level SIGCHLD handler that Python does not know about (libc's getpid:
+    harmless as a handler), as libuv or another C extension would install."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    act = _process._SigAction()
+    act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value
+    assert libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None) == 0
+
+
+def test_c_level_handler_is_seen_and_never_clobbered() -> None:
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    _install_c_handler()
+    try:
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # Python cannot see it
+        with Context() as ctx:
+            with pytest.raises(SigchldConflictError, match="outside Python"):
+                ctx.child_fork(print)
+            assert ctx.children == frozenset()
+            ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))  # the signal-free way works
+            rec = Record()
+            pid = fork_exit(ctx, rec, 5)
+            drain(ctx, lambda: pid in rec.calls)
+            assert rec.code(pid) == 5
+        assert _process.real_handler() not in (0, 1, None)  # still the C handler
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def test_c_level_replacement_is_detected() -> None:
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
+        _install_c_handler()  # C code takes SIGCHLD over behind everybody's back
+        try:
+            with pytest.raises(HandlerReplacedError, match="outside Python"):
+                ctx.dispatch()
+        finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
