@@ -64,6 +64,7 @@ class Child:
     __slots__ = (
         "__weakref__",
         "_ctx",
+        "_defer_reap",
         "_done",
         "_events",
         "_final",
@@ -74,11 +75,10 @@ class Child:
         "_polled",
         "_released",
         "_state",
+        "_watches_stops",
         "_zombie",
-        "defer_reap",
         "kill_on_close",
         "oneshot",
-        "watches_stops",
     )
 
     def __init__(
@@ -104,12 +104,10 @@ class Child:
         self._zombie = False  # exit seen with WNOWAIT: reaped after the callback
         self._released = False
         self._done = False  # exit delivered (or stolen, or released): nothing more will come
-        #: Asked for stop/continue events (read by the watchers).
-        self.watches_stops = bool(events & (os.WSTOPPED | os.WCONTINUED))
+        self._watches_stops = bool(events & (os.WSTOPPED | os.WCONTINUED))
+        self._defer_reap = defer_reap
         #: After the first stop/continue event, stop reporting them.
         self.oneshot = oneshot
-        #: Run the exit callback while the child is still a zombie, then reap it.
-        self.defer_reap = defer_reap
         #: SIGKILL and reap this child when the context closes or the handle is released.
         self.kill_on_close = kill_on_close
 
@@ -131,6 +129,16 @@ class Child:
     def events(self) -> int:
         """The state changes reported: ``os.WEXITED`` | maybe ``WSTOPPED``/``WCONTINUED``."""
         return self._events
+
+    @property
+    def watches_stops(self) -> bool:
+        """Stop/continue events are being watched for (read by the watchers)."""
+        return self._watches_stops
+
+    @property
+    def defer_reap(self) -> bool:
+        """The exit callback runs while the child is a zombie; it is reaped after."""
+        return self._defer_reap
 
     @property
     def state(self) -> ChildState:

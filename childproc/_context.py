@@ -403,13 +403,16 @@ class Context:
         looked up on ``PATH`` unless it contains a ``/``. ``env`` replaces the
         environment (default: this process's); ``cwd`` is the working directory;
         ``pass_fds`` stay open in the child at the same numbers; ``stdin``,
-        ``stdout``, ``stderr`` are fds to put at 0, 1, 2. SIGPIPE, SIGXFSZ and
-        SIGCHLD start at their defaults and no signal is blocked, as with
-        ``subprocess``. The child is registered before anyone can reap it, in
-        every mode. Other arguments as for :meth:`fork`.
+        ``stdout``, ``stderr`` are fds to put at 0, 1, 2. SIGPIPE and SIGXFSZ
+        start at their defaults, as with ``subprocess``; so does SIGCHLD, and no
+        signal is blocked (stricter than ``subprocess``, which passes an ignored
+        SIGCHLD and the signal mask on). ``argv[0]`` without a ``/`` is looked up
+        on the ``PATH`` of ``env`` (or of this process). The child is registered
+        before anyone can reap it, in every mode. Other arguments as for
+        :meth:`fork`.
 
-        Raises :class:`SpawnError` (with ``errno``, e.g. ``ENOENT``) if the
-        program cannot be started.
+        Raises :class:`SpawnError` (with ``errno``: ``ENOENT``, ``EACCES``,
+        ``ENOTDIR``) if the program or ``cwd`` cannot be used.
         """
         if not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes)):
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
@@ -534,6 +537,15 @@ class Context:
             if adopting:
                 pid = make_pid()
                 self._check_adoptable_locked(pid, adopt_pidfd)
+            if self._rules.refuses_foreign_children and not self._ledger.unreaped:
+                foreign = [p for p in _process.foreign_children() if not (adopting and p == pid)]
+                if foreign:
+                    raise StateError(
+                        f"{self.mode.name} mode reaps with waitpid(-1), and this process already has "
+                        f"children childproc did not make (pids {', '.join(map(str, foreign[:10]))}): "
+                        "they would be reaped here and their owners (subprocess, asyncio) would see "
+                        "returncode 0. Use SELECTIVE_REAP (or PIDFD), which only reaps its own."
+                    )
             if self._uses_handler(1, watches_stops):
                 _process.check_handler()
                 _process.set_handler_user(self, True)
@@ -633,7 +645,7 @@ class Context:
         if _process.OWNERS.get(pid) is self:
             del _process.OWNERS[pid]
         if child.watches_stops:
-            child.watches_stops = False
+            child._watches_stops = False
             self._stop_watchers -= 1
         self._unpoll_locked(child)
         fd, child._pidfd = child._pidfd, None
@@ -661,7 +673,7 @@ class Context:
         child._state = ChildState.STOPPED if stopped else ChildState.RUNNING
         wanted = child.events & (os.WSTOPPED if stopped else os.WCONTINUED)
         if wanted and child.watches_stops and self._ledger.changed(child.pid, status, uid) and child.oneshot:
-            child.watches_stops = False
+            child._watches_stops = False
             self._stop_watchers -= 1
             self._watcher.add(child)
 
@@ -793,7 +805,7 @@ class Context:
             if not child._zombie:
                 return
             child._zombie = False
-            child.defer_reap = False
+            child._defer_reap = False
             out = Reaped()
             check_exit(child, out)  # a zombie: never blocks
             self._child_gone_locked(child)
@@ -845,23 +857,30 @@ class Context:
                 return
             if child.context is not self or not self._ledger.forget(child.pid):
                 return  # already gone
-            kill = child.kill_on_close
-            if kill:
-                self._kill_locked(child)
-            else:
+            kill = child.kill_on_close and self._kill_locked(child)
+            if not kill:
                 self._child_gone_locked(child)
                 self._sync_handler_use_locked()
         if kill:
             self._reap_killed([child])
 
-    def _kill_locked(self, child: Child) -> None:
+    def _kill_locked(self, child: Child) -> bool:
+        """SIGKILL an owned child; False where that cannot be done safely. LOCK held."""
         try:
             if child._pidfd is not None:
                 signal.pidfd_send_signal(child._pidfd, signal.SIGKILL)
+            elif self._rules.reaper is Reaper.APPLICATION:
+                log.warning(
+                    "not killing child %d on close: there is no pidfd for it and in MAINLOOP the "
+                    "application reaps, so its pid may already name another process",
+                    child.pid,
+                )
+                return False
             else:
                 os.kill(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        return True
 
     def _reap_killed(self, children: list[Child]) -> None:
         """Wait for SIGKILLed children to die and reap them (outside the lock)."""
@@ -881,13 +900,35 @@ class Context:
                 self._sync_handler_use_locked()
 
     def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
+        """Dispatch until ``child``'s exit was delivered, by this thread or another
+        (in MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not child._done:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            self.wait(remaining)
-        return child._final
+        me = threading.get_ident()
+        with self._waiters_cv:
+            self._waiters[me] = self._waiters.get(me, 0) + 1
+        try:
+            while True:
+                self.dispatch()
+                if child._done:
+                    return child._final
+                remaining = -1.0 if deadline is None else deadline - time.monotonic()
+                if deadline is not None and remaining <= 0:
+                    return None
+                try:
+                    self._epoll.poll(
+                        _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
+                    )
+                except ValueError:
+                    self._check_usable()
+                    raise
+        finally:
+            with self._waiters_cv:
+                depth = self._waiters[me] - 1
+                if depth:
+                    self._waiters[me] = depth
+                else:
+                    del self._waiters[me]
+                self._waiters_cv.notify_all()
 
     # -- the event loop interface ------------------------------------------
     def fileno(self) -> int:
@@ -1015,6 +1056,8 @@ class Context:
             else:
                 self._child_died_locked(child, status, None, reaped=True)
         self._deliver()
+        if self._waiters:
+            self._waker.poke()  # a thread in child.wait() may be waiting for this one
         return True
 
     def sigchld_occurred(self) -> int:
@@ -1029,7 +1072,10 @@ class Context:
         with _process.LOCK:
             self._check_usable()
             self._route_locked(scan(self._ledger.running_handles(), Reaped()))
-        return self._deliver()
+        delivered = self._deliver()
+        if delivered and self._waiters:
+            self._waker.poke()
+        return delivered
 
     # -- teardown -----------------------------------------------------------
     def close(self) -> None:
@@ -1064,18 +1110,22 @@ class Context:
             try:
                 running = self._ledger.running_handles()
                 for child in running:
-                    if child.kill_on_close:
-                        self._kill_locked(child)
+                    child._defer_reap = False  # closing: reap now, no callback will run
+                    if child.kill_on_close and self._kill_locked(child):
                         doomed.append(child)
                 if self._rules.reaper is not Reaper.APPLICATION:
-                    scan([c for c in running if not c.kill_on_close], Reaped())  # reap our zombies
+                    scan([c for c in running if c not in doomed], Reaped())  # reap our zombies
                 for child in list(self._zombies.values()):
                     check_exit(child, Reaped())
-                    child.defer_reap = False
+                    child._defer_reap = False
             finally:
                 self._ledger.forget_running()
                 for child in running:
-                    if not child.kill_on_close:
+                    # No more signals through the handle: childproc no longer
+                    # knows when the pid is reaped, so it may name someone else.
+                    child._released = True
+                    child._done = True
+                    if child not in doomed:
                         self._child_gone_locked(child)
                 for child in list(self._zombies.values()):
                     self._child_gone_locked(child)

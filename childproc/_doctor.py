@@ -19,6 +19,9 @@ __all__ = ["format_report", "report"]
 def _disposition() -> tuple[str, str]:
     """(what SIGCHLD's disposition is, who owns it)."""
     current = signal.getsignal(signal.SIGCHLD)
+    real = _process.real_handler()
+    if current in (signal.SIG_DFL, signal.SIG_IGN) and real not in (None, 0, 1):
+        return f"a handler installed outside Python (C code, at {real:#x})", "the host (C code)"
     if current is _process._sigchld_handler:
         return "childproc's handler", f"childproc ({_process.snapshot()['handler_users']} context(s) use it)"
     if current == signal.SIG_DFL:

@@ -150,6 +150,9 @@ class ModeRules:
     deferred_reap: bool
     #: The mode cannot work without pidfds (setmode() raises where there are none).
     requires_pidfds: bool
+    #: Refuse to start (first child) while the process has children no context
+    #: made: the mode would reap them and their owners would see returncode 0.
+    refuses_foreign_children: bool
     #: What the application must promise, in a sentence (for the docs and errors).
     app_promise: str
     #: Which hosts this mode is for, in a sentence (for the docs).
@@ -166,6 +169,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
+        refuses_foreign_children=True,
         app_promise="no children of its own and no SIGCHLD handler",
         use_when="a program whose only children are childproc's",
     ),
@@ -178,6 +182,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
+        refuses_foreign_children=False,
         app_promise=(
             "to reap childproc's children and report each with childproc_reaped(), "
             "or to call sigchld_occurred() on every SIGCHLD"
@@ -193,6 +198,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
+        refuses_foreign_children=False,
         app_promise="no SIGCHLD handler, and to take its own children's statuses from reaped_callback",
         use_when="a program that wants childproc to reap all of its children",
     ),
@@ -205,6 +211,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=True,
         requires_pidfds=False,
+        refuses_foreign_children=False,
         app_promise=(
             "never to reap childproc's children (no waitpid(-1) anywhere in the process); "
             "where pidfds fall short, no SIGCHLD handler of its own"
@@ -220,6 +227,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=False,
         deferred_reap=True,
         requires_pidfds=True,
+        refuses_foreign_children=False,
         app_promise="never to reap childproc's children (no waitpid(-1) anywhere in the process)",
         use_when=(
             "any host, from any thread, where SIGCHLD must stay untouched "
@@ -293,5 +301,10 @@ def route(mode: SigchldOwner, owner: Owner, has_reaped_callback: bool) -> Destin
 
 
 def choose_watcher(mode: SigchldOwner, pidfds_usable: bool) -> WatcherKind:
-    """The watcher a context in ``mode`` reaps with."""
+    """The watcher a context in ``mode`` reaps with.
+
+    Raises :class:`ValueError` for a mode that needs pidfds when there are none.
+    """
+    if RULES[mode].requires_pidfds and not pidfds_usable:
+        raise ValueError(f"{mode.name} needs pidfds")
     return _WATCHER[(RULES[mode].reaper, pidfds_usable)]

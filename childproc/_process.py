@@ -181,6 +181,15 @@ def _describe(handler: _Handler) -> str:
     return f"{module}.{name}" if module else name
 
 
+def _culprit(current: _Handler) -> object:
+    """What to put in an error's ``handler`` attribute: the foreign handler, or, for
+    one installed by C code, a string naming its address."""
+    real = real_handler()
+    if current is None or current is _sigchld_handler or current in (signal.SIG_DFL, signal.SIG_IGN):
+        return f"C-level handler at {real:#x}" if real not in (None, 0, 1) else current
+    return current
+
+
 def _conflict_message(current: _Handler) -> str:
     return (
         f"SIGCHLD already has a handler: {_describe(current)}. childproc will not replace "
@@ -205,14 +214,14 @@ def check_can_install() -> None:
     if not _installed:
         current = signal.getsignal(signal.SIGCHLD)
         if _foreign(current):
-            raise SigchldConflictError(_conflict_message(current), current)
+            raise SigchldConflictError(_conflict_message(current), _culprit(current))
 
 
 def _install() -> None:
     global _installed, _saved, _trampoline
     current = signal.getsignal(signal.SIGCHLD)
     if _foreign(current):
-        raise SigchldConflictError(_conflict_message(current), current)
+        raise SigchldConflictError(_conflict_message(current), _culprit(current))
     signal.signal(signal.SIGCHLD, _sigchld_handler)
     _trampoline = real_handler()
     _saved = current if current is not _sigchld_handler else signal.SIG_DFL
@@ -327,12 +336,36 @@ def check_handler() -> None:
             "had children to watch; their deaths would go unseen. Whoever installed it owns "
             "SIGCHLD now: switch childproc to SigchldOwner.MAINLOOP and report reaped pids with "
             "ctx.childproc_reaped(), or remove that handler.",
-            current,
+            _culprit(current),
         )
     if _pending and _foreign(current):
-        raise SigchldConflictError(_conflict_message(current), current)
+        raise SigchldConflictError(_conflict_message(current), _culprit(current))
     if _pending and on_main_thread():
         _sync_locked(may_raise=True)
+
+
+def foreign_children() -> list[int]:
+    """Children of this process that no childproc context made. LOCK held.
+
+    One ``waitid`` when there are no children at all (the common case); only
+    otherwise are the ``/proc/self/task/*/children`` lists read.
+    """
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return []
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:  # pragma: no cover - no /proc: cannot tell
+        return []
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return sorted(p for p in set(pids) if p not in OWNERS)
 
 
 def register_context(ctx: Context) -> None:

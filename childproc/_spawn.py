@@ -5,12 +5,16 @@ memory is never copied or even mapped again, so spawning from a 4 GiB parent
 costs what it costs from a small one, where ``os.fork()`` must copy the page
 tables. Python's ``os.posix_spawn`` has no "change directory" action, so a
 ``cwd`` is honoured by exec'ing ``/bin/sh`` first (one more exec, still
-independent of the parent's size).
+independent of the parent's size). The program and ``cwd`` are checked before
+spawning so that the usual mistakes raise; should either vanish in between,
+the shell reports it as exit status 127 (or 2 for ``cd``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -27,6 +31,22 @@ Argv = Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]]
 _SIGDEF = frozenset(s for s in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None), signal.SIGCHLD) if s)
 
 _CD_THEN_EXEC = 'cd -- "$1" && shift && exec "$@"'
+
+
+def _resolve(name: str, env: Mapping[str, str] | None) -> str:
+    """``name`` as a path to an executable: looked up on ``env``'s PATH (as
+    subprocess does) if it has no ``/``. Raises ``OSError`` (ENOENT, EACCES)."""
+    if "/" in name:
+        if not os.path.exists(name):
+            raise OSError(errno.ENOENT, f"{os.strerror(errno.ENOENT)}: {name!r}")
+        if not os.access(name, os.X_OK) or os.path.isdir(name):
+            raise OSError(errno.EACCES, f"{os.strerror(errno.EACCES)}: {name!r}")
+        return name
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise OSError(errno.ENOENT, f"{os.strerror(errno.ENOENT)}: {name!r} (not found on PATH)")
+    return found
 
 
 def _fd(value: object, what: str) -> int:
@@ -57,12 +77,16 @@ def spawn_process(
         # dup2 onto itself clears close-on-exec in the child only (glibc >= 2.29),
         # so the parent's fd keeps its flags and no other thread can race us.
         actions.append((os.POSIX_SPAWN_DUP2, _fd(fd, "each of pass_fds"), fd))
+    program = _resolve(os.fsdecode(args[0]), env)
     if cwd is not None:
-        args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", os.fspath(cwd), *(os.fsdecode(a) for a in args)]
-    path = args[0]
-    spawn = os.posix_spawn if "/" in os.fsdecode(path) else os.posix_spawnp
-    return spawn(
-        path,
+        where = os.fspath(cwd)
+        if not os.path.isdir(where):
+            err = errno.ENOTDIR if os.path.exists(where) else errno.ENOENT
+            raise OSError(err, f"{os.strerror(err)}: cwd {where!r}")
+        args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", where, program, *(os.fsdecode(a) for a in args[1:])]
+        program = "/bin/sh"
+    return os.posix_spawn(
+        program,
         args,
         # os.environb: the same environment, without decoding and re-encoding
         # every variable on each spawn (~0.1 ms with a typical environment).

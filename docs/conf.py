@@ -137,8 +137,13 @@ def mode_rules_table() -> str:
         ["Stop/continue events (``events=``)", *(_yes_no(r.stop_events) for r in rules)],
         ["``reap_after_callback``", *(_yes_no(r.deferred_reap) for r in rules)],
         ["Needs pidfds", *(_yes_no(r.requires_pidfds) for r in rules)],
-        ["The application promises", *(_text(r.app_promise) for r in rules)],
     ]
+    refuses = [getattr(r, "refuses_foreign_children", None) for r in rules]
+    if all(isinstance(flag, bool) for flag in refuses):
+        rows.append(
+            ["Refuses its first child beside children no context made", *(_yes_no(bool(f)) for f in refuses)]
+        )
+    rows.append(["The application promises", *(_text(r.app_promise) for r in rules)])
     header = ["Rule", *(_mode(m) for m in modes)]
     first = 15
     rest = (100 - first) // len(modes)

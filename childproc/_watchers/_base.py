@@ -25,10 +25,13 @@ class Watched(Protocol):
     @property
     def pidfd(self) -> int | None: ...
 
-    #: The child asked for stop/continue events.
-    watches_stops: bool
-    #: Report the exit without reaping (WNOWAIT); the context reaps after the callback.
-    defer_reap: bool
+    @property
+    def watches_stops(self) -> bool:
+        """The child asked for stop/continue events."""
+
+    @property
+    def defer_reap(self) -> bool:
+        """Report the exit without reaping (WNOWAIT); the context reaps after the callback."""
 
 
 @dataclass

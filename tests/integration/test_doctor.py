@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import threading
 
 import pytest
 
-from childproc import Context, Hooks, SigchldOwner
+from childproc import Context, Hooks, SigchldOwner, _process
 from childproc._doctor import format_report, report
 from childproc._watchers import pidfd as pidfd_mod
 
@@ -85,3 +86,16 @@ def test_wakeup_fd_is_seen_and_left_in_place() -> None:
         signal.set_wakeup_fd(old)
         os.close(r)
         os.close(w)
+
+
+def test_sees_a_c_level_handler() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    act = _process._SigAction()
+    act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value
+    assert libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None) == 0
+    try:
+        data = report()
+        assert data["sigchld_owner"] == "the host (C code)"
+        assert any("foreign SIGCHLD handler" in w for w in data["warnings"])
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)

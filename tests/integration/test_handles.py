@@ -521,3 +521,95 @@ def test_spawn_many_short_children_exactly_once() -> None:
         assert sorted(e.pid for e in ev.seen) == sorted(k.pid for k in kids)
         assert all(e.returncode == 0 for e in ev.seen)
     time.sleep(0)
+
+
+# -- regressions found in review --------------------------------------------------------
+def test_handles_left_running_by_close_refuse_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    kills: list[int] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append(pid))
+    ctx = ctx_in(SigchldOwner.SELECTIVE_REAP)
+    child = fork_child(ctx, Events(), pause=True)
+    ctx.close()
+    with pytest.raises(ChildExitedError):
+        child.terminate()  # the app may reap it any time now: the pid is not ours to signal
+    assert kills == []
+    monkeypatch.undo()
+    os.kill(child.pid, signal.SIGKILL)
+    os.waitpid(child.pid, 0)
+
+
+def test_close_reaps_an_unobserved_deferred_zombie() -> None:
+    ctx = ctx_in(SigchldOwner.SELECTIVE_REAP)
+    child = ctx.fork(reap_after_callback=True)
+    if child is None:
+        os._exit(0)
+    assert wait_until(lambda: is_zombie(child.pid))
+    ctx.close()
+    assert child.pid not in children()
+
+
+def test_child_wait_in_mainloop_returns_when_another_thread_reports() -> None:
+    with ctx_in(SigchldOwner.MAINLOOP) as ctx:
+        child = fork_child(ctx, Events(), code=9)
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.append(child.wait(20)))
+        t.start()
+        _, status = os.waitpid(child.pid, 0)
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        assert ctx.childproc_reaped(child.pid, status)
+        t.join(20)
+        assert time.monotonic() - t0 < 2.0
+        assert got and isinstance(got[0], ChildEvent) and got[0].returncode == 9
+
+
+def test_spawn_checks_program_and_cwd_up_front(tmp_path: object) -> None:
+    with ctx_in(SigchldOwner.SELECTIVE_REAP) as ctx:
+        with pytest.raises(SpawnError) as info:
+            ctx.spawn(["no-such-program-here"], cwd=str(tmp_path))
+        assert info.value.errno == 2
+        with pytest.raises(SpawnError) as info:
+            ctx.spawn([TRUE], cwd=f"{tmp_path}/missing")
+        assert info.value.errno == 2
+        with pytest.raises(SpawnError) as info:
+            ctx.spawn([TRUE], cwd=TRUE)
+        assert info.value.errno == 20  # ENOTDIR
+        assert ctx.children == frozenset()
+
+
+def test_spawn_looks_programs_up_on_env_path(tmp_path: object) -> None:
+    prog = os.path.join(str(tmp_path), "only-here")
+    with open(prog, "w") as f:
+        f.write("#!/bin/sh\nexit 37\n")
+    os.chmod(prog, 0o755)
+    with ctx_in(SigchldOwner.SELECTIVE_REAP) as ctx:
+        child = ctx.spawn(["only-here"], env={"PATH": str(tmp_path)})
+        child.wait(20)
+        assert child.returncode == 37
+        with pytest.raises(SpawnError):
+            ctx.spawn(["only-here"])  # not on this process's PATH
+
+
+def test_mainloop_without_pidfd_does_not_kill_on_close(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(pidfd_mod, "_supported", False)
+    ctx = ctx_in(SigchldOwner.MAINLOOP)
+    child = fork_child(ctx, Events(), pause=True, kill_on_close=True)
+    with caplog.at_level(logging.WARNING, logger="childproc"):
+        ctx.close()
+    assert any("not killing child" in m for m in caplog.messages)
+    assert not is_zombie(child.pid) and child.pid in children()
+    os.kill(child.pid, signal.SIGKILL)
+    os.waitpid(child.pid, 0)
+
+
+def test_libxl_refuses_to_start_beside_foreign_children() -> None:
+    proc = subprocess.Popen([PY, "-c", "import sys, time; time.sleep(0.3); sys.exit(5)"])
+    try:
+        with Context() as ctx:
+            with pytest.raises(StateError, match="returncode 0"):
+                ctx.child_fork(print)
+            assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    finally:
+        assert proc.wait(20) == 5  # untouched

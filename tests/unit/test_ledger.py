@@ -750,5 +750,5 @@ class LedgerMachine(RuleBasedStateMachine):
             assert len(child.states_delivered) + child.states_discarded == child.states_recorded
 
 
-LedgerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+LedgerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
 TestLedgerMachine = LedgerMachine.TestCase

@@ -56,20 +56,20 @@ def test_every_mode_has_rules() -> None:
         assert rules.use_when.strip()
 
 
-@pytest.mark.parametrize(
-    ("mode", "handler", "reaper"),
-    [
-        (SigchldOwner.LIBXL, HandlerPolicy.WHILE_CHILDREN, Reaper.ANY_CHILD),
-        (SigchldOwner.MAINLOOP, HandlerPolicy.NEVER, Reaper.APPLICATION),
-        (SigchldOwner.LIBXL_ALWAYS, HandlerPolicy.ALWAYS, Reaper.ANY_CHILD),
-        (SigchldOwner.SELECTIVE_REAP, HandlerPolicy.WHERE_PIDFDS_FALL_SHORT, Reaper.OWN_CHILDREN),
-        (SigchldOwner.PIDFD, HandlerPolicy.NEVER, Reaper.OWN_CHILDREN),
-    ],
-)
-def test_rules_per_mode(mode: SigchldOwner, handler: HandlerPolicy, reaper: Reaper) -> None:
-    rules = rules_for(mode)
-    assert rules.handler is handler
-    assert rules.reaper is reaper
+EXPECTED_HANDLER_AND_REAPER: dict[SigchldOwner, tuple[HandlerPolicy, Reaper]] = {
+    SigchldOwner.LIBXL: (HandlerPolicy.WHILE_CHILDREN, Reaper.ANY_CHILD),
+    SigchldOwner.MAINLOOP: (HandlerPolicy.NEVER, Reaper.APPLICATION),
+    SigchldOwner.LIBXL_ALWAYS: (HandlerPolicy.ALWAYS, Reaper.ANY_CHILD),
+    SigchldOwner.SELECTIVE_REAP: (HandlerPolicy.WHERE_PIDFDS_FALL_SHORT, Reaper.OWN_CHILDREN),
+    SigchldOwner.PIDFD: (HandlerPolicy.NEVER, Reaper.OWN_CHILDREN),
+}
+
+
+def test_rules_per_mode() -> None:
+    assert set(EXPECTED_HANDLER_AND_REAPER) == set(SigchldOwner)
+    for mode, (handler, reaper) in EXPECTED_HANDLER_AND_REAPER.items():
+        rules = rules_for(mode)
+        assert (rules.handler, rules.reaper) == (handler, reaper), mode
 
 
 #: (app_reports, takes_reaped_callback, pidfd_wakeups, stop_events, deferred_reap, requires_pidfds)
@@ -86,18 +86,18 @@ def test_expected_flags_cover_every_mode() -> None:
     assert set(EXPECTED_FLAGS) == set(SigchldOwner)
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_rules_flags_per_mode(mode: SigchldOwner) -> None:
-    rules = rules_for(mode)
-    flags = (
-        rules.app_reports,
-        rules.takes_reaped_callback,
-        rules.pidfd_wakeups,
-        rules.stop_events,
-        rules.deferred_reap,
-        rules.requires_pidfds,
-    )
-    assert flags == EXPECTED_FLAGS[mode]
+def test_rules_flags_per_mode() -> None:
+    for mode in ALL_MODES:
+        rules = rules_for(mode)
+        flags = (
+            rules.app_reports,
+            rules.takes_reaped_callback,
+            rules.pidfd_wakeups,
+            rules.stop_events,
+            rules.deferred_reap,
+            rules.requires_pidfds,
+        )
+        assert flags == EXPECTED_FLAGS[mode], mode
 
 
 def test_pidfd_mode_is_signal_free() -> None:
@@ -118,25 +118,27 @@ def test_rules_are_frozen() -> None:
         rules.handler = HandlerPolicy.NEVER  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_rules_are_consistent(mode: SigchldOwner) -> None:
-    rules = rules_for(mode)
-    # reaped_callback only makes sense where the library reaps pids it did not make.
-    assert rules.takes_reaped_callback == (rules.reaper is Reaper.ANY_CHILD)
-    # Only the application-reaps mode takes childproc_reaped()/sigchld_occurred().
-    assert rules.app_reports == (rules.reaper is Reaper.APPLICATION)
-    # The handler is never installed exactly in MAINLOOP and PIDFD.
-    assert (rules.handler is HandlerPolicy.NEVER) == (mode in (SigchldOwner.MAINLOOP, SigchldOwner.PIDFD))
-    # Pidfds wake the context up exactly where the library reaps.
-    assert rules.pidfd_wakeups == (rules.reaper is not Reaper.APPLICATION)
-    # Reaping after the exit callback needs a reaper that waits on its own pids.
-    assert rules.deferred_reap == (rules.reaper is Reaper.OWN_CHILDREN)
-    # Only the signal-free mode needs pidfds, and only it has no stop/continue events.
-    assert rules.requires_pidfds == (mode is SigchldOwner.PIDFD)
-    assert rules.stop_events == (mode is not SigchldOwner.PIDFD)
-    # A mode that cannot do without pidfds never needs SIGCHLD.
-    if rules.requires_pidfds:
-        assert rules.handler is HandlerPolicy.NEVER
+def test_rules_are_consistent() -> None:
+    for mode in ALL_MODES:
+        rules = rules_for(mode)
+        # reaped_callback only makes sense where the library reaps pids it did not make.
+        assert rules.takes_reaped_callback == (rules.reaper is Reaper.ANY_CHILD), mode
+        # Only the application-reaps mode takes childproc_reaped()/sigchld_occurred().
+        assert rules.app_reports == (rules.reaper is Reaper.APPLICATION), mode
+        # The handler is never installed exactly in MAINLOOP and PIDFD.
+        assert (rules.handler is HandlerPolicy.NEVER) == (
+            mode in (SigchldOwner.MAINLOOP, SigchldOwner.PIDFD)
+        ), mode
+        # Pidfds wake the context up exactly where the library reaps.
+        assert rules.pidfd_wakeups == (rules.reaper is not Reaper.APPLICATION), mode
+        # Reaping after the exit callback needs a reaper that waits on its own pids.
+        assert rules.deferred_reap == (rules.reaper is Reaper.OWN_CHILDREN), mode
+        # Only the signal-free mode needs pidfds, and only it has no stop/continue events.
+        assert rules.requires_pidfds == (mode is SigchldOwner.PIDFD), mode
+        assert rules.stop_events == (mode is not SigchldOwner.PIDFD), mode
+        # A mode that cannot do without pidfds never needs SIGCHLD.
+        if rules.requires_pidfds:
+            assert rules.handler is HandlerPolicy.NEVER, mode
 
 
 # -- wants_handler -------------------------------------------------------------
@@ -159,11 +161,10 @@ def expected_wants_handler(
 COUNTS = (0, 1, 2, 1000)
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_wants_handler_full_product(mode: SigchldOwner) -> None:
-    for unreaped, pidfds, stops in itertools.product(COUNTS, BOOLS, COUNTS):
+def test_wants_handler_full_product() -> None:
+    for mode, unreaped, pidfds, stops in itertools.product(ALL_MODES, COUNTS, BOOLS, COUNTS):
         got = wants_handler(mode, unreaped, pidfds, stops)
-        assert got is expected_wants_handler(mode, unreaped, pidfds, stops), (unreaped, pidfds, stops)
+        assert got is expected_wants_handler(mode, unreaped, pidfds, stops), (mode, unreaped, pidfds, stops)
 
 
 @given(
@@ -179,41 +180,42 @@ def test_wants_handler_any_counts(mode: SigchldOwner, unreaped: int, pidfds: boo
     assert got is expected_wants_handler(mode, unreaped, pidfds, stops)
 
 
-@pytest.mark.parametrize(
-    ("unreaped", "pidfds", "stops", "wanted"),
-    [
-        (0, True, 0, False),  # pidfds do everything: no handler
-        (5, True, 0, False),
-        (5, True, 1, True),  # a child watches stop/continue: pidfds cannot report it
-        (0, False, 0, True),  # no pidfds: the SCAN watcher is woken by SIGCHLD
-        (5, False, 0, True),
-        (5, False, 3, True),
-    ],
-)
-def test_wants_handler_selective_reap_examples(unreaped: int, pidfds: bool, stops: int, wanted: bool) -> None:
-    assert wants_handler(SigchldOwner.SELECTIVE_REAP, unreaped, pidfds, stops) is wanted
+SELECTIVE_REAP_EXAMPLES = [
+    # (unreaped, pidfds usable, stop watchers, handler wanted)
+    (0, True, 0, False),  # pidfds do everything: no handler
+    (5, True, 0, False),
+    (5, True, 1, True),  # a child watches stop/continue: pidfds cannot report it
+    (0, False, 0, True),  # no pidfds: the SCAN watcher is woken by SIGCHLD
+    (5, False, 0, True),
+    (5, False, 3, True),
+]
 
 
-@pytest.mark.parametrize("mode", [SigchldOwner.MAINLOOP, SigchldOwner.PIDFD])
-def test_signal_free_modes_never_want_the_handler(mode: SigchldOwner) -> None:
-    for unreaped, pidfds, stops in itertools.product(COUNTS, BOOLS, COUNTS):
-        assert wants_handler(mode, unreaped, pidfds, stops) is False
+def test_wants_handler_selective_reap_examples() -> None:
+    for unreaped, pidfds, stops, wanted in SELECTIVE_REAP_EXAMPLES:
+        got = wants_handler(SigchldOwner.SELECTIVE_REAP, unreaped, pidfds, stops)
+        assert got is wanted, (unreaped, pidfds, stops)
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_watchers_woken_by_sigchld_get_the_handler(mode: SigchldOwner) -> None:
+def test_signal_free_modes_never_want_the_handler() -> None:
+    for mode in (SigchldOwner.MAINLOOP, SigchldOwner.PIDFD):
+        for unreaped, pidfds, stops in itertools.product(COUNTS, BOOLS, COUNTS):
+            assert wants_handler(mode, unreaped, pidfds, stops) is False, (mode, unreaped, pidfds, stops)
+
+
+def test_watchers_woken_by_sigchld_get_the_handler() -> None:
     """Where the library reaps with a SIGCHLD-woken watcher, the handler is wanted
     while there are children; where stop/continue events are offered and the
     library reaps, a stop watcher gets the handler (pidfds do not report stops)."""
-    rules = rules_for(mode)
-    for pidfds in BOOLS:
-        if rules.requires_pidfds and not pidfds:
+    for mode, pidfds in itertools.product(ALL_MODES, BOOLS):
+        rules = rules_for(mode)
+        if not _possible(mode, pidfds):
             continue  # setmode() refuses: cannot happen
         watcher = choose_watcher(mode, pidfds)
         if watcher in (WatcherKind.WAIT_ANY, WatcherKind.SCAN):
-            assert wants_handler(mode, 1, pidfds, 0)
+            assert wants_handler(mode, 1, pidfds, 0), (mode, pidfds)
         if rules.stop_events and rules.reaper is not Reaper.APPLICATION:
-            assert wants_handler(mode, 1, pidfds, 1)
+            assert wants_handler(mode, 1, pidfds, 1), (mode, pidfds)
 
 
 # -- route ---------------------------------------------------------------------
@@ -244,15 +246,16 @@ ALL_COMBINATIONS = list(itertools.product(ALL_MODES, ALL_OWNERS, BOOLS))
 IMPOSSIBLE = [key for key in ALL_COMBINATIONS if key not in EXPECTED_ROUTES]
 
 
-@pytest.mark.parametrize(("mode", "owner", "has_cb"), sorted(EXPECTED_ROUTES, key=repr))
-def test_route_possible(mode: SigchldOwner, owner: Owner, has_cb: bool) -> None:
-    assert route(mode, owner, has_cb) is EXPECTED_ROUTES[(mode, owner, has_cb)]
+def test_route_possible() -> None:
+    for (mode, owner, has_cb), destination in EXPECTED_ROUTES.items():
+        assert route(mode, owner, has_cb) is destination, (mode, owner, has_cb)
 
 
-@pytest.mark.parametrize(("mode", "owner", "has_cb"), IMPOSSIBLE)
-def test_route_impossible_raises_keyerror(mode: SigchldOwner, owner: Owner, has_cb: bool) -> None:
-    with pytest.raises(KeyError):
-        route(mode, owner, has_cb)
+def test_route_impossible_raises_keyerror() -> None:
+    assert IMPOSSIBLE
+    for mode, owner, has_cb in IMPOSSIBLE:
+        with pytest.raises(KeyError):
+            route(mode, owner, has_cb)
 
 
 def test_route_impossible_list_is_what_the_spec_says() -> None:
@@ -316,35 +319,52 @@ def test_own_children_always_go_to_the_child_callback() -> None:
 # -- choose_watcher ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("mode", "with_pidfd", "without_pidfd"),
-    [
-        (SigchldOwner.LIBXL, WatcherKind.WAIT_ANY, WatcherKind.WAIT_ANY),
-        (SigchldOwner.LIBXL_ALWAYS, WatcherKind.WAIT_ANY, WatcherKind.WAIT_ANY),
-        (SigchldOwner.SELECTIVE_REAP, WatcherKind.PIDFD, WatcherKind.SCAN),
-        (SigchldOwner.MAINLOOP, WatcherKind.NONE, WatcherKind.NONE),
-    ],
-)
-def test_choose_watcher(mode: SigchldOwner, with_pidfd: WatcherKind, without_pidfd: WatcherKind) -> None:
-    assert choose_watcher(mode, True) is with_pidfd
-    assert choose_watcher(mode, False) is without_pidfd
+def test_choose_watcher() -> None:
+    expected = {
+        # mode: (with pidfds, without pidfds)
+        SigchldOwner.LIBXL: (WatcherKind.WAIT_ANY, WatcherKind.WAIT_ANY),
+        SigchldOwner.LIBXL_ALWAYS: (WatcherKind.WAIT_ANY, WatcherKind.WAIT_ANY),
+        SigchldOwner.SELECTIVE_REAP: (WatcherKind.PIDFD, WatcherKind.SCAN),
+        SigchldOwner.MAINLOOP: (WatcherKind.NONE, WatcherKind.NONE),
+    }
+    for mode, (with_pidfd, without_pidfd) in expected.items():
+        assert choose_watcher(mode, True) is with_pidfd, mode
+        assert choose_watcher(mode, False) is without_pidfd, mode
 
 
 def test_choose_watcher_pidfd_mode() -> None:
-    # PIDFD requires pidfds, so with them it reaps through them. (Without them
-    # setmode() refuses the mode, so choose_watcher(PIDFD, False) is never asked.)
+    # PIDFD requires pidfds: with them it reaps through them, without them it has
+    # no watcher at all (setmode() refuses the mode first).
     assert choose_watcher(SigchldOwner.PIDFD, True) is WatcherKind.PIDFD
+    with pytest.raises(ValueError, match="PIDFD needs pidfds"):
+        choose_watcher(SigchldOwner.PIDFD, False)
+
+
+def _possible(mode: SigchldOwner, pidfds_usable: bool) -> bool:
+    return pidfds_usable or not rules_for(mode).requires_pidfds
+
+
+def test_choose_watcher_raises_exactly_where_pidfds_are_required_and_missing() -> None:
+    for mode, usable in itertools.product(ALL_MODES, BOOLS):
+        if _possible(mode, usable):
+            assert isinstance(choose_watcher(mode, usable), WatcherKind), (mode, usable)
+        else:
+            with pytest.raises(ValueError):
+                choose_watcher(mode, usable)
 
 
 def test_choose_watcher_depends_only_on_the_reaper() -> None:
-    for a, b in itertools.product(ALL_MODES, ALL_MODES):
-        if rules_for(a).reaper is rules_for(b).reaper:
-            for usable in BOOLS:
-                assert choose_watcher(a, usable) is choose_watcher(b, usable)
+    for a, b, usable in itertools.product(ALL_MODES, ALL_MODES, BOOLS):
+        if rules_for(a).reaper is rules_for(b).reaper and _possible(a, usable) and _possible(b, usable):
+            assert choose_watcher(a, usable) is choose_watcher(b, usable), (a, b, usable)
 
 
 def test_every_watcher_kind_is_chosen_somewhere() -> None:
-    chosen = {choose_watcher(mode, usable) for mode in ALL_MODES for usable in BOOLS}
+    chosen = {
+        choose_watcher(mode, usable)
+        for mode, usable in itertools.product(ALL_MODES, BOOLS)
+        if _possible(mode, usable)
+    }
     assert chosen == set(WatcherKind)
 
 
