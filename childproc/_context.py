@@ -55,6 +55,7 @@ from ._errors import (
 from ._ledger import ChildCallback, Event, EventKind, Ledger
 from ._policy import (
     Destination,
+    ForeignCheck,
     Owner,
     Reaper,
     SigchldOwner,
@@ -299,6 +300,8 @@ class Context:
                     "setmode() while this context has children outstanding or events undelivered; "
                     "call setmode() before the first child, or after every child's callback ran"
                 )
+            if rules.foreign_children_check is ForeignCheck.SETMODE:
+                self._refuse_foreign_children_locked(hooks.chldowner)
             old = (self._hooks, self._user, self._rules, self._watcher)
             self._hooks, self._user, self._rules = hooks, user, rules
             self._watcher = make_watcher(choose_watcher(hooks.chldowner, _pidfd.supported()))
@@ -537,15 +540,8 @@ class Context:
             if adopting:
                 pid = make_pid()
                 self._check_adoptable_locked(pid, adopt_pidfd)
-            if self._rules.refuses_foreign_children and not self._ledger.unreaped:
-                foreign = [p for p in _process.foreign_children() if not (adopting and p == pid)]
-                if foreign:
-                    raise StateError(
-                        f"{self.mode.name} mode reaps with waitpid(-1), and this process already has "
-                        f"children childproc did not make (pids {', '.join(map(str, foreign[:10]))}): "
-                        "they would be reaped here and their owners (subprocess, asyncio) would see "
-                        "returncode 0. Use SELECTIVE_REAP (or PIDFD), which only reaps its own."
-                    )
+            if self._rules.foreign_children_check is ForeignCheck.FIRST_CHILD and not self._ledger.unreaped:
+                self._refuse_foreign_children_locked(self.mode, pid if adopting else None)
             if self._uses_handler(1, watches_stops):
                 _process.check_handler()
                 _process.set_handler_user(self, True)
@@ -575,6 +571,16 @@ class Context:
             )
             self._register_locked(child, adopt_pidfd)
         return child
+
+    def _refuse_foreign_children_locked(self, mode: SigchldOwner, except_pid: int | None = None) -> None:
+        foreign = [p for p in _process.foreign_children() if p != except_pid]
+        if foreign:
+            raise StateError(
+                f"{mode.name} mode reaps with waitpid(-1), and this process already has "
+                f"children childproc did not make (pids {', '.join(map(str, foreign[:10]))}): "
+                "they would be reaped here and their owners (subprocess, asyncio) would see "
+                "returncode 0. Use SELECTIVE_REAP (or PIDFD), which only reaps its own."
+            )
 
     def _check_adoptable_locked(self, pid: int, pidfd: int | None) -> None:
         if pid in _process.OWNERS:
@@ -1036,6 +1042,12 @@ class Context:
         _validate_pid(pid, "pid")
         if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 0xFFFF:
             raise InvalidArgumentError(f"status must be a wait status (int 0..0xffff), not {status!r}")
+        try:
+            ChildEvent.from_wait_status(pid, status)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"status {status:#x} is not a wait status (exited, killed, stopped or continued)"
+            ) from None
         self._enter()
         self._require_app_reports("childproc_reaped()")
         with _process.LOCK:

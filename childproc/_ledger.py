@@ -72,30 +72,33 @@ class Ledger(Generic[H]):
 
     def exited(self, pid: int, status: int, uid: int | None = None) -> bool:
         """``pid`` died with ``status``. False if it is not a running child."""
-        callback = self._running.pop(pid, None)
-        if callback is None:
+        if pid not in self._running:
             return False
+        callback = self._running.pop(pid)
         self._queue.append(Event(EventKind.CHILD_EXIT, pid, status, callback, uid))
         return True
 
     def changed(self, pid: int, status: int, uid: int | None = None) -> bool:
         """``pid`` stopped or continued and stays running. False if not a running child."""
-        callback = self._running.get(pid)
-        if callback is None:
+        if pid not in self._running:
             return False
-        self._queue.append(Event(EventKind.CHILD_STATE, pid, status, callback, uid))
+        self._queue.append(Event(EventKind.CHILD_STATE, pid, status, self._running[pid], uid))
         return True
 
     def stolen(self, pid: int) -> bool:
         """``pid`` was reaped by someone else. False if it is not a running child."""
-        if self._running.pop(pid, None) is None:
+        if pid not in self._running:
             return False
+        del self._running[pid]
         self._queue.append(Event(EventKind.STOLEN, pid, -1, None))
         return True
 
     def forget(self, pid: int) -> bool:
         """Stop tracking running child ``pid``, with no event (its owner released it)."""
-        return self._running.pop(pid, None) is not None
+        if pid not in self._running:
+            return False
+        del self._running[pid]
+        return True
 
     def foreign(self, pid: int, status: int, kind: EventKind, uid: int | None = None) -> None:
         """A pid nobody in childproc made was reaped by this context."""

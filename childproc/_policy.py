@@ -63,6 +63,7 @@ from typing import Final
 __all__ = [
     "SigchldOwner",
     "HandlerPolicy",
+    "ForeignCheck",
     "Reaper",
     "Owner",
     "Destination",
@@ -131,6 +132,14 @@ class WatcherKind(enum.Enum):
     NONE = "no library reaping: the application reports"
 
 
+class ForeignCheck(enum.Enum):
+    """When a mode that reaps by ``waitpid(-1)`` looks for children it would steal."""
+
+    NEVER = "never (the mode never reaps a pid it did not make)"
+    FIRST_CHILD = "before its first child (each time it goes from none to one)"
+    SETMODE = "at setmode() (children the app makes later are its to report)"
+
+
 @dataclass(frozen=True)
 class ModeRules:
     """What one mode promises and demands."""
@@ -150,9 +159,9 @@ class ModeRules:
     deferred_reap: bool
     #: The mode cannot work without pidfds (setmode() raises where there are none).
     requires_pidfds: bool
-    #: Refuse to start (first child) while the process has children no context
-    #: made: the mode would reap them and their owners would see returncode 0.
-    refuses_foreign_children: bool
+    #: When to refuse to start while the process has children no context made
+    #: (the mode would reap them and their owners would see returncode 0).
+    foreign_children_check: ForeignCheck
     #: What the application must promise, in a sentence (for the docs and errors).
     app_promise: str
     #: Which hosts this mode is for, in a sentence (for the docs).
@@ -169,7 +178,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
-        refuses_foreign_children=True,
+        foreign_children_check=ForeignCheck.FIRST_CHILD,
         app_promise="no children of its own and no SIGCHLD handler",
         use_when="a program whose only children are childproc's",
     ),
@@ -182,7 +191,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
-        refuses_foreign_children=False,
+        foreign_children_check=ForeignCheck.NEVER,
         app_promise=(
             "to reap childproc's children and report each with childproc_reaped(), "
             "or to call sigchld_occurred() on every SIGCHLD"
@@ -198,7 +207,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
-        refuses_foreign_children=False,
+        foreign_children_check=ForeignCheck.SETMODE,
         app_promise="no SIGCHLD handler, and to take its own children's statuses from reaped_callback",
         use_when="a program that wants childproc to reap all of its children",
     ),
@@ -211,7 +220,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=True,
         requires_pidfds=False,
-        refuses_foreign_children=False,
+        foreign_children_check=ForeignCheck.NEVER,
         app_promise=(
             "never to reap childproc's children (no waitpid(-1) anywhere in the process); "
             "where pidfds fall short, no SIGCHLD handler of its own"
@@ -227,7 +236,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=False,
         deferred_reap=True,
         requires_pidfds=True,
-        refuses_foreign_children=False,
+        foreign_children_check=ForeignCheck.NEVER,
         app_promise="never to reap childproc's children (no waitpid(-1) anywhere in the process)",
         use_when=(
             "any host, from any thread, where SIGCHLD must stay untouched "

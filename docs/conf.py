@@ -265,6 +265,44 @@ def scaling_page(path: Path) -> str:
     return scaling_table(data, _shown(path))
 
 
+COEXISTENCE_JSON = DOCS / "coexistence.json"
+_OUTCOME = {"works": "works", "refused": "refused", "broken": "**BROKEN**", "crashed": "**CRASHED**"}
+
+
+def coexistence_table(path: Path) -> str:
+    """The coexistence matrix, from the results the test suite checks (tests/coexistence)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    versions = sorted(data, key=lambda v: tuple(int(x) for x in v.split(".")))
+    modes = [m.name for m in _policy.SigchldOwner]
+    hosts = list(dict.fromkeys(h for v in versions for h in data[v]))
+    rows = []
+    reasons: dict[str, int] = {}
+    for host in hosts:
+        cells = []
+        for mode in modes:
+            seen = {}
+            for v in versions:
+                cell = data[v].get(host, {}).get(mode)
+                if cell is not None:
+                    seen[v] = cell
+            outcomes = {c["outcome"] for c in seen.values()}
+            text = " / ".join(_OUTCOME.get(o, o) for o in sorted(outcomes))
+            details = sorted({c["detail"] for c in seen.values() if c["detail"]})
+            for detail in details:
+                number = reasons.setdefault(detail, len(reasons) + 1)
+                text += f" [{number}]"
+            cells.append(text)
+        present = [v for v in versions if host in data[v]]
+        label = host if present == versions else f"{host} (Python {', '.join(present)})"
+        rows.append([_text(label), *cells])
+    widths = " ".join(["24"] + [str(76 // len(modes))] * len(modes))
+    table = _list_table(
+        f"Host x mode, Python {', '.join(versions)}", ["Host", *(f"``{m}``" for m in modes)], rows, widths
+    )
+    notes = "\n".join(f"{n}. {_text(d)}." for d, n in reasons.items())
+    return f"{table}\n{notes}\n"
+
+
 def write_generated(app: Sphinx | None = None) -> None:
     """Write the generated include files, touching only those whose text changed."""
     GENERATED.mkdir(exist_ok=True)
@@ -276,6 +314,10 @@ def write_generated(app: Sphinx | None = None) -> None:
         "scaling.rst": (
             _shown(SCALING_JSON) + ("" if SCALING_JSON.is_file() else " (absent)"),
             scaling_page(SCALING_JSON),
+        ),
+        "coexistence.rst": (
+            "docs/coexistence.json (checked by tests/coexistence)",
+            coexistence_table(COEXISTENCE_JSON),
         ),
     }
     for name, (origin, text) in pages.items():

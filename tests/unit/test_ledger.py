@@ -319,21 +319,27 @@ def test_pid_reuse_after_forget() -> None:
     assert ledger.pop() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG childproc/_ledger.py:76,84,91,98: exited/changed/stolen/forget test the handle "
-        "with `is None` to mean 'not running', so a child added with the handle None (legal: "
-        "Ledger is Generic[H] with H unbounded) is dropped from running with no event and the "
-        "call returns False; handle() cannot tell it from an unknown pid either"
-    ),
-)
 def test_a_none_handle_is_still_a_child() -> None:
+    # Regression: exited/changed/stolen/forget once tested the handle with `is None`
+    # to mean "not running", so a child whose handle is None was dropped silently.
     ledger = Ledger[object]()
-    ledger.add(1, None)
+    for pid in (1, 2, 3):
+        ledger.add(pid, None)
+    assert ledger.is_running(1)
+    assert ledger.changed(1, STOP) is True
     assert ledger.is_running(1)
     assert ledger.exited(1, 0) is True
-    assert ledger.pop() == Event(EventKind.CHILD_EXIT, 1, 0, None)
+    assert ledger.stolen(2) is True
+    assert ledger.forget(3) is True
+    assert ledger.unreaped == 0
+    assert [ledger.pop() for _ in range(4)] == [
+        Event(EventKind.CHILD_STATE, 1, STOP, None),
+        Event(EventKind.CHILD_EXIT, 1, 0, None),
+        Event(EventKind.STOLEN, 2, -1, None),
+        None,
+    ]
+    for pid in (1, 2, 3):
+        assert ledger.exited(pid, 0) is False
 
 
 # -- foreign, order, views ------------------------------------------------------
