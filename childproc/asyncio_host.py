@@ -107,6 +107,9 @@ class AsyncChild:
             return await asyncio.shield(self._exit)
         except asyncio.CancelledError:
             if kill_on_cancel and not self._exit.done():
+                # Owned from now on: if the context closes before the exit is
+                # collected, close() reaps it rather than leaving a zombie.
+                self.child.kill_on_close = True
                 try:
                     self.child.kill()
                 except StateError:
@@ -233,6 +236,7 @@ class AsyncContext:
         Cancelling this kills the child (``kill_on_cancel``) and never leaves it
         unreaped: its exit is still collected by the context.
         """
+        kwargs.setdefault("kill_on_close", True)
         return await self.spawn(argv, **kwargs).wait(kill_on_cancel=kill_on_cancel)
 
     def close(self) -> None:
@@ -248,6 +252,7 @@ class AsyncContext:
             for fut, _ in list(self._futures.values()):
                 if not fut.done():
                     fut.set_exception(ClosedError("the childproc context was closed before the child exited"))
+                    fut.exception()  # awaiters still get it; nobody else is told it went unread
             self._futures.clear()
 
     async def __aenter__(self) -> AsyncContext:

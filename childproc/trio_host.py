@@ -68,6 +68,7 @@ class TrioChild:
             await self._done.wait()
         except trio.Cancelled:
             if kill_on_cancel and not self._done.is_set():
+                self.child.kill_on_close = True  # close() reaps it if its exit is not collected
                 try:
                     self.child.kill()
                 except StateError:
@@ -151,6 +152,7 @@ class TrioContext:
 
     async def run(self, argv: Argv, *, kill_on_cancel: bool = True, **kwargs: Any) -> ChildEvent:
         """Spawn ``argv`` and wait for its exit (killing it if cancelled)."""
+        kwargs.setdefault("kill_on_close", True)
         return await self.spawn(argv, **kwargs).wait(kill_on_cancel=kill_on_cancel)
 
     async def _serve(self) -> None:

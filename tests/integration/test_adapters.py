@@ -1,0 +1,227 @@
+"""The asyncio, trio and Twisted adapters: awaiting exits, cancellation, close, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from typing import Any
+
+import pytest
+import trio
+import uvloop
+
+from childproc import (
+    ChildEvent,
+    ClosedError,
+    EventCode,
+    Hooks,
+    SigchldOwner,
+    StateError,
+    asyncio_host,
+    trio_host,
+)
+
+SLEEP = ["/bin/sleep", "30"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _libuv_signal_pipe() -> None:
+    """libuv opens a process-wide signal pipe on first use and keeps it: open it
+    before the per-test leak check takes its baseline."""
+
+    async def once() -> None:
+        proc = await asyncio.create_subprocess_exec("/bin/true")
+        await proc.wait()
+
+    uvloop.run(once())
+
+
+def sh(code: int) -> list[str]:
+    return ["/bin/sh", "-c", f"exit {code}"]
+
+
+# -- asyncio ---------------------------------------------------------------------------
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncio_awaits_exits_beside_asyncio_subprocesses(loop: str) -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            assert ctx.mode is SigchldOwner.PIDFD
+            mine = ctx.spawn(sh(3))
+            theirs = await asyncio.create_subprocess_exec(*sh(4))
+            event = await mine
+            assert isinstance(event, ChildEvent) and event.returncode == 3
+            assert await theirs.wait() == 4
+            assert (await ctx.run(sh(5))).returncode == 5
+            assert signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, None) or loop == "asyncio"
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(main())
+
+
+def test_asyncio_cancelled_wait_never_loses_the_exit() -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(SLEEP)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(child.wait(), 0.05)  # cancelled, child untouched
+            assert child.returncode is None
+            child.terminate()
+            event = await child.wait()  # the exit is still there to collect
+            assert event.code is EventCode.KILLED and event.status == signal.SIGTERM
+
+            doomed = ctx.spawn(SLEEP)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(doomed.wait(kill_on_cancel=True), 0.05)
+            assert (await doomed.wait()).status == signal.SIGKILL
+
+            task = asyncio.ensure_future(ctx.run(SLEEP))  # run() kills on cancel by default
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+def test_asyncio_close_fails_pending_waits() -> None:
+    async def main() -> None:
+        ctx = asyncio_host.AsyncContext(hooks=Hooks(chldowner=SigchldOwner.PIDFD))
+        child = ctx.spawn(SLEEP, kill_on_close=True)
+        ctx.close()
+        with pytest.raises(ClosedError):
+            await child.wait()
+
+    asyncio.run(main())
+
+
+def test_asyncio_callback_errors_go_to_the_loop_exception_handler() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: seen.append(context))
+
+        def bad(child: object, event: ChildEvent) -> None:
+            raise ValueError("callback failed")
+
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(sh(1), on_event=bad)
+            assert (await child.wait()).returncode == 1  # the exit still arrives
+
+    asyncio.run(main())
+    assert seen and isinstance(seen[0]["exception"], ValueError)
+
+
+def test_asyncio_under_uvloop_refuses_modes_that_need_a_handler() -> None:
+    async def main() -> None:
+        with pytest.raises(StateError, match="libuv owns SIGCHLD"):
+            asyncio_host.AsyncContext(SigchldOwner.LIBXL_ALWAYS)
+        async with asyncio_host.open_context(SigchldOwner.MAINLOOP) as ctx:
+            child = ctx.spawn(sh(7))
+            while child.returncode is None:
+                ctx.context.sigchld_occurred()
+                await asyncio.sleep(0.01)
+            assert (await child).returncode == 7
+
+    uvloop.run(main())
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="child watchers were removed in 3.12")
+def test_asyncio_fast_child_watcher_is_refused() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        aio: Any = asyncio
+        watcher = aio.FastChildWatcher()
+        aio.set_child_watcher(watcher)
+
+        async def main() -> None:
+            with pytest.raises(StateError, match="FastChildWatcher"):
+                asyncio_host.AsyncContext()
+
+        try:
+            loop = asyncio.new_event_loop()
+            watcher.attach_loop(loop)
+            loop.run_until_complete(main())
+        finally:
+            watcher.close()
+            loop.close()
+            aio.set_child_watcher(None)
+
+
+# -- trio ---------------------------------------------------------------------------------
+def test_trio_awaits_exits_beside_run_process_and_cancellation() -> None:
+    async def main() -> None:
+        async with trio_host.open_context() as ctx:
+            mine = ctx.spawn(sh(3))
+            theirs = await trio.run_process(sh(4), check=False)
+            assert (await mine.wait()).returncode == 3 and theirs.returncode == 4
+            child = ctx.spawn(SLEEP)
+            with trio.move_on_after(0.05):
+                await child.wait()
+            child.kill()
+            assert (await child.wait()).status == signal.SIGKILL
+            doomed = ctx.spawn(SLEEP)
+            with trio.move_on_after(0.05):
+                await doomed.wait(kill_on_cancel=True)
+            assert (await doomed.wait()).status == signal.SIGKILL
+            assert (await ctx.run(sh(6))).returncode == 6
+
+    trio.run(main)
+
+
+def test_trio_close_fails_pending_waits() -> None:
+    async def main() -> None:
+        async with trio_host.open_context() as ctx:
+            child = ctx.spawn(SLEEP, kill_on_close=True)
+        with pytest.raises(ClosedError):
+            await child.wait()
+
+    trio.run(main)
+
+
+# -- Twisted: in a subprocess, because a reactor runs once per process -------------------
+def test_twisted_adapter_beside_spawn_process() -> None:
+    code = r"""
+import sys
+from twisted.internet import reactor, protocol, defer
+from childproc import twisted_host
+out = {}
+class P(protocol.ProcessProtocol):
+    def __init__(self, d): self.d = d
+    def processEnded(self, reason): self.d.callback(reason.value.exitCode)
+@defer.inlineCallbacks
+def main():
+    try:
+        ctx = twisted_host.TwistedContext(reactor)
+        d = defer.Deferred()
+        reactor.spawnProcess(P(d), "/bin/sh", ["/bin/sh", "-c", "exit 11"], env=None)
+        mine = ctx.spawn(["/bin/sh", "-c", "exit 21"])
+        ev = yield mine.deferred
+        out["ours"] = ev.returncode
+        out["theirs"] = yield d
+        pending = ctx.spawn(["/bin/sleep", "30"], kill_on_close=True)
+        ctx.close()
+        try:
+            yield pending.deferred
+        except Exception as e:
+            out["closed"] = type(e).__name__
+    finally:
+        reactor.stop()
+reactor.callWhenRunning(main)
+reactor.run()
+print(out)
+sys.exit(0 if out == {"ours": 21, "theirs": 11, "closed": "ClosedError"} else 1)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_adapter_is_imported_by_the_core() -> None:
+    code = "import sys, childproc; print(sorted(m for m in ('trio','twisted','uvloop') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+    assert os.path.basename(asyncio_host.__file__) == "asyncio_host.py"
