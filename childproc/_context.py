@@ -32,7 +32,8 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -909,10 +910,7 @@ class Context:
         """Dispatch until ``child``'s exit was delivered, by this thread or another
         (in MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        me = threading.get_ident()
-        with self._waiters_cv:
-            self._waiters[me] = self._waiters.get(me, 0) + 1
-        try:
+        with self._waiting():
             while True:
                 self.dispatch()
                 if child._done:
@@ -920,13 +918,16 @@ class Context:
                 remaining = -1.0 if deadline is None else deadline - time.monotonic()
                 if deadline is not None and remaining <= 0:
                     return None
-                try:
-                    self._epoll.poll(
-                        _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
-                    )
-                except ValueError:
-                    self._check_usable()
-                    raise
+                self._sleep(_HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S))
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Count this thread among those blocked in the context (close() waits for them)."""
+        me = threading.get_ident()
+        with self._waiters_cv:
+            self._waiters[me] = self._waiters.get(me, 0) + 1
+        try:
+            yield
         finally:
             with self._waiters_cv:
                 depth = self._waiters[me] - 1
@@ -935,6 +936,14 @@ class Context:
                 else:
                     del self._waiters[me]
                 self._waiters_cv.notify_all()
+
+    def _sleep(self, timeout: float) -> None:
+        """Block until the epoll is readable or ``timeout`` (-1: forever) passed."""
+        try:
+            self._epoll.poll(timeout)
+        except ValueError:  # closed by another thread
+            self._check_usable()
+            raise
 
     # -- the event loop interface ------------------------------------------
     def fileno(self) -> int:
@@ -965,10 +974,7 @@ class Context:
         ):
             raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        me = threading.get_ident()
-        with self._waiters_cv:
-            self._waiters[me] = self._waiters.get(me, 0) + 1
-        try:
+        with self._waiting():
             while True:
                 delivered = self.dispatch()
                 if delivered:
@@ -981,19 +987,7 @@ class Context:
                         return 0
                 if self in _process._users and _process.handler_installed():
                     remaining = _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
-                try:
-                    self._epoll.poll(remaining)
-                except ValueError:
-                    self._check_usable()
-                    raise
-        finally:
-            with self._waiters_cv:
-                depth = self._waiters[me] - 1
-                if depth:
-                    self._waiters[me] = depth
-                else:
-                    del self._waiters[me]
-                self._waiters_cv.notify_all()
+                self._sleep(remaining)
 
     def start_dispatch_thread(self) -> threading.Thread:
         """Run :meth:`wait` forever on a daemon thread, for hosts with no loop.

@@ -25,16 +25,16 @@ wrapped context's ``dispatch``/``wait`` yourself.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ._child import Child, EventCallback
+from ._bridge import Bridge, WaiterBase
+from ._child import Child
 from ._context import Context, Hooks
-from ._errors import ClosedError, StateError
+from ._errors import StateError
 from ._policy import SigchldOwner, wants_handler
 from ._spawn import Argv
 from ._status import ChildEvent
@@ -70,32 +70,14 @@ def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.split(".")[0] == "uvloop"
 
 
-class AsyncChild:
-    """A child whose exit can be awaited. Wraps a :class:`~childproc.Child`."""
+class AsyncChild(WaiterBase):
+    """A child whose exit can be awaited: ``await child`` or ``await child.wait()``."""
 
-    __slots__ = ("_exit", "child")
+    __slots__ = ("_exit",)
 
     def __init__(self, child: Child, exit_future: asyncio.Future[ChildEvent]) -> None:
-        #: The underlying handle (pid, pidfd, state, send_signal, ...).
-        self.child = child
+        super().__init__(child)
         self._exit = exit_future
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.child.returncode
-
-    def send_signal(self, sig: int) -> None:
-        self.child.send_signal(sig)
-
-    def terminate(self) -> None:
-        self.child.terminate()
-
-    def kill(self) -> None:
-        self.child.kill()
 
     async def wait(self, *, kill_on_cancel: bool = False) -> ChildEvent:
         """The child's final :class:`~childproc.ChildEvent`, once it has exited.
@@ -107,23 +89,14 @@ class AsyncChild:
             return await asyncio.shield(self._exit)
         except asyncio.CancelledError:
             if kill_on_cancel and not self._exit.done():
-                # Owned from now on: if the context closes before the exit is
-                # collected, close() reaps it rather than leaving a zombie.
-                self.child.kill_on_close = True
-                try:
-                    self.child.kill()
-                except StateError:
-                    pass  # it exited meanwhile
+                self._kill_on_cancel()
             raise
 
     def __await__(self) -> Any:
         return self.wait().__await__()
 
-    def __repr__(self) -> str:
-        return f"<AsyncChild {self.child!r}>"
 
-
-class AsyncContext:
+class AsyncContext(Bridge[AsyncChild]):
     """A :class:`~childproc.Context` attached to a running asyncio loop."""
 
     def __init__(
@@ -144,9 +117,7 @@ class AsyncContext:
                 f"{hooks.chldowner.name} mode would install a SIGCHLD handler, but under uvloop libuv "
                 "owns SIGCHLD. Use PIDFD (needs pidfds) or MAINLOOP, or SELECTIVE_REAP where pidfds work"
             )
-        # pid -> (the future its exit completes, the application's own on_event)
-        self._futures: dict[int, tuple[asyncio.Future[ChildEvent], EventCallback | None]] = {}
-        self.context = Context()
+        super().__init__(Context())
         try:
             self.context.setmode(hooks)
             self.loop.add_reader(self.context.fileno(), self._readable)
@@ -155,9 +126,17 @@ class AsyncContext:
             raise
         self._closed = False
 
-    @property
-    def mode(self) -> SigchldOwner:
-        return self.context.mode
+    def _new_waiter(self, child: Child) -> AsyncChild:
+        return AsyncChild(child, self.loop.create_future())
+
+    def _finish(self, waiter: AsyncChild, event: ChildEvent) -> None:
+        if not waiter._exit.done():
+            waiter._exit.set_result(event)
+
+    def _fail(self, waiter: AsyncChild, error: BaseException) -> None:
+        if not waiter._exit.done():
+            waiter._exit.set_exception(error)
+            waiter._exit.exception()  # awaiters still get it; nobody else is told it went unread
 
     def _readable(self) -> None:
         try:
@@ -167,74 +146,11 @@ class AsyncContext:
                 {"message": "exception in a childproc callback", "exception": exc, "context": self.context}
             )
 
-    def _wrap(self, child: Child, user_on_event: EventCallback | None) -> AsyncChild:
-        fut: asyncio.Future[ChildEvent] = self.loop.create_future()
-        self._futures[child.pid] = (fut, user_on_event)
-        return AsyncChild(child, fut)
-
-    def _on_event(self, child: Child, event: ChildEvent) -> None:
-        entry = self._futures.get(child.pid)
-        if entry is None:
-            return
-        fut, user = entry
-        if event.terminal:
-            del self._futures[child.pid]
-            if not fut.done():
-                fut.set_result(event)
-        if user is not None:
-            user(child, event)
-
-    def spawn(
-        self,
-        argv: Argv,
-        *,
-        on_event: EventCallback | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        pass_fds: Sequence[int] = (),
-        stdin: int | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
-        events: int = os.WEXITED,
-        kill_on_close: bool = False,
-    ) -> AsyncChild:
-        """:meth:`Context.spawn`, returning an awaitable child."""
-        child = self.context.spawn(
-            argv,
-            self._on_event,
-            env=env,
-            cwd=cwd,
-            pass_fds=pass_fds,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            events=events,
-            kill_on_close=kill_on_close,
-        )
-        return self._wrap(child, on_event)
-
-    def fork(
-        self, *, on_event: EventCallback | None = None, events: int = os.WEXITED, kill_on_close: bool = False
-    ) -> AsyncChild | None:
-        """:meth:`Context.fork`: an awaitable child in the parent, None in the child
-        (which must not touch the loop: exec or ``os._exit``)."""
-        child = self.context.fork(self._on_event, events=events, kill_on_close=kill_on_close)
-        if child is None:
-            return None
-        return self._wrap(child, on_event)
-
-    def adopt(
-        self, pid: int | None = None, *, pidfd: int | None = None, on_event: EventCallback | None = None
-    ) -> AsyncChild:
-        """:meth:`Context.adopt`, returning an awaitable child."""
-        child = self.context.adopt(pid, self._on_event, pidfd=pidfd)
-        return self._wrap(child, on_event)
-
     async def run(self, argv: Argv, *, kill_on_cancel: bool = True, **kwargs: Any) -> ChildEvent:
         """Spawn ``argv`` and wait for it: its final :class:`~childproc.ChildEvent`.
 
         Cancelling this kills the child (``kill_on_cancel``) and never leaves it
-        unreaped: its exit is still collected by the context.
+        unreaped: the child is owned (``kill_on_close``) until its exit is collected.
         """
         kwargs.setdefault("kill_on_close", True)
         return await self.spawn(argv, **kwargs).wait(kill_on_cancel=kill_on_cancel)
@@ -249,11 +165,7 @@ class AsyncContext:
             self.loop.remove_reader(self.context.fileno())
         finally:
             self.context.close()
-            for fut, _ in list(self._futures.values()):
-                if not fut.done():
-                    fut.set_exception(ClosedError("the childproc context was closed before the child exited"))
-                    fut.exception()  # awaiters still get it; nobody else is told it went unread
-            self._futures.clear()
+            self._fail_all()
 
     async def __aenter__(self) -> AsyncContext:
         return self
@@ -263,7 +175,9 @@ class AsyncContext:
 
 
 @asynccontextmanager
-async def open_context(mode: SigchldOwner | None = None, *, hooks: Hooks | None = None) -> Any:
+async def open_context(
+    mode: SigchldOwner | None = None, *, hooks: Hooks | None = None
+) -> AsyncIterator[AsyncContext]:
     """``async with open_context() as ctx``: an :class:`AsyncContext` on the running loop."""
     ctx = AsyncContext(mode, hooks=hooks)
     try:

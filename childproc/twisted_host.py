@@ -17,8 +17,6 @@ extra: ``pip install childproc[twisted]``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -27,11 +25,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._child import Child, EventCallback
+from ._bridge import Bridge, WaiterBase
+from ._child import Child
 from ._context import Context, Hooks
-from ._errors import ClosedError, PidfdUnavailableError
+from ._errors import PidfdUnavailableError
 from ._policy import SigchldOwner
-from ._spawn import Argv
 from ._status import ChildEvent
 from ._watchers import pidfd as _pidfd
 
@@ -40,18 +38,14 @@ __all__ = ["TwistedChild", "TwistedContext"]
 _log = Logger(namespace="childproc")
 
 
-class TwistedChild:
+class TwistedChild(WaiterBase):
     """A child whose exit fires :attr:`deferred` with its final :class:`~childproc.ChildEvent`."""
 
-    __slots__ = ("child", "deferred")
+    __slots__ = ("deferred",)
 
     def __init__(self, child: Child) -> None:
-        self.child = child
+        super().__init__(child)
         self.deferred: Deferred[ChildEvent] = Deferred()
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
 
 
 @implementer(IReadDescriptor)
@@ -75,7 +69,7 @@ class _Reader:
         return "childproc"
 
 
-class TwistedContext:
+class TwistedContext(Bridge[TwistedChild]):
     """A :class:`~childproc.Context` whose fd a Twisted reactor watches."""
 
     def __init__(self, reactor: Any, mode: SigchldOwner | None = None) -> None:
@@ -87,65 +81,28 @@ class TwistedContext:
                 )
             mode = SigchldOwner.PIDFD
         self.reactor: Any = reactor  # IReactorFDSet
-        self.context = Context()
+        context = Context()
         try:
-            self.context.setmode(Hooks(chldowner=mode))
+            context.setmode(Hooks(chldowner=mode))
         except BaseException:
-            self.context.close()
+            context.close()
             raise
-        self._waiters: dict[int, tuple[TwistedChild, EventCallback | None]] = {}
+        super().__init__(context)
         self._reader = _Reader(self)
         self.reactor.addReader(self._reader)
 
-    def _on_event(self, child: Child, event: ChildEvent) -> None:
-        entry = self._waiters.get(child.pid)
-        if entry is None:
-            return
-        waiter, user = entry
-        if event.terminal:
-            del self._waiters[child.pid]
-        if user is not None:
-            user(child, event)
-        if event.terminal:
-            waiter.deferred.callback(event)
+    def _new_waiter(self, child: Child) -> TwistedChild:
+        return TwistedChild(child)
 
-    def _wrap(self, child: Child, on_event: EventCallback | None) -> TwistedChild:
-        waiter = TwistedChild(child)
-        self._waiters[child.pid] = (waiter, on_event)
-        return waiter
+    def _finish(self, waiter: TwistedChild, event: ChildEvent) -> None:
+        waiter.deferred.callback(event)
 
-    def spawn(
-        self,
-        argv: Argv,
-        *,
-        on_event: EventCallback | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        pass_fds: Sequence[int] = (),
-        stdin: int | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
-        kill_on_close: bool = False,
-    ) -> TwistedChild:
-        """:meth:`Context.spawn`; the result's ``deferred`` fires at the exit."""
-        child = self.context.spawn(
-            argv,
-            self._on_event,
-            env=env,
-            cwd=cwd,
-            pass_fds=pass_fds,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            kill_on_close=kill_on_close,
-        )
-        return self._wrap(child, on_event)
+    def _fail(self, waiter: TwistedChild, error: BaseException) -> None:
+        waiter.deferred.errback(error)
 
     def close(self) -> None:
         """Stop watching (``removeReader``) and close the context. Pending deferreds
         errback with :class:`~childproc.ClosedError`."""
         self.reactor.removeReader(self._reader)
         self.context.close()
-        waiters, self._waiters = self._waiters, {}
-        for waiter, _ in waiters.values():
-            waiter.deferred.errback(ClosedError("the childproc context was closed before the child exited"))
+        self._fail_all()

@@ -1,0 +1,156 @@
+"""What the event-loop adapters share: a context, and one awaitable waiter per child.
+
+An adapter subclasses :class:`Bridge` with its own waiter type (an asyncio
+future, a trio event, a Twisted deferred) and says how to make one
+(:meth:`Bridge._new_waiter`), how to complete it (:meth:`Bridge._finish`) and
+how to fail it when the context closes (:meth:`Bridge._fail`). Everything else,
+spawn/fork/adopt and routing exits to waiters, lives here once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from typing import Generic, TypeVar
+
+from ._child import Child, EventCallback
+from ._context import Context
+from ._errors import ClosedError, StateError
+from ._policy import SigchldOwner
+from ._spawn import Argv
+from ._status import ChildEvent
+
+__all__ = ["Bridge", "WaiterBase"]
+
+
+class WaiterBase:
+    """The handle an adapter returns: the :class:`~childproc.Child` plus a way to await it."""
+
+    __slots__ = ("child",)
+
+    def __init__(self, child: Child) -> None:
+        #: The underlying handle (pid, pidfd, state, ...).
+        self.child = child
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.child.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.child.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.child.terminate()
+
+    def kill(self) -> None:
+        self.child.kill()
+
+    def _kill_on_cancel(self) -> None:
+        """A wait was cancelled with ``kill_on_cancel``: kill, and own it so that
+        ``close()`` reaps it if its exit is never collected."""
+        self.child.kill_on_close = True
+        try:
+            self.child.send_signal(signal.SIGKILL)
+        except StateError:
+            pass  # it exited meanwhile
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.child!r}>"
+
+
+W = TypeVar("W", bound=WaiterBase)
+
+
+class Bridge(Generic[W]):
+    """A :class:`~childproc.Context` whose children come back as waiters of type ``W``."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self._waiters: dict[int, tuple[W, EventCallback | None]] = {}
+
+    # -- what an adapter provides --------------------------------------------
+    def _new_waiter(self, child: Child) -> W:
+        raise NotImplementedError
+
+    def _finish(self, waiter: W, event: ChildEvent) -> None:
+        raise NotImplementedError
+
+    def _fail(self, waiter: W, error: BaseException) -> None:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------
+    @property
+    def mode(self) -> SigchldOwner:
+        return self.context.mode
+
+    def _on_event(self, child: Child, event: ChildEvent) -> None:
+        entry = self._waiters.get(child.pid)
+        if entry is None:
+            return
+        waiter, user = entry
+        if event.terminal:
+            del self._waiters[child.pid]
+        try:
+            if user is not None:
+                user(child, event)
+        finally:
+            if event.terminal:
+                self._finish(waiter, event)
+
+    def _wrap(self, child: Child, on_event: EventCallback | None) -> W:
+        waiter = self._new_waiter(child)
+        self._waiters[child.pid] = (waiter, on_event)
+        return waiter
+
+    def _fail_all(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter, _ in waiters.values():
+            self._fail(waiter, ClosedError("the childproc context was closed before the child exited"))
+
+    def spawn(
+        self,
+        argv: Argv,
+        *,
+        on_event: EventCallback | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        pass_fds: Sequence[int] = (),
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        events: int = os.WEXITED,
+        kill_on_close: bool = False,
+    ) -> W:
+        """:meth:`Context.spawn <childproc.Context.spawn>`, returning a waiter."""
+        child = self.context.spawn(
+            argv,
+            self._on_event,
+            env=env,
+            cwd=cwd,
+            pass_fds=pass_fds,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            events=events,
+            kill_on_close=kill_on_close,
+        )
+        return self._wrap(child, on_event)
+
+    def fork(
+        self, *, on_event: EventCallback | None = None, events: int = os.WEXITED, kill_on_close: bool = False
+    ) -> W | None:
+        """:meth:`Context.fork <childproc.Context.fork>`: a waiter in the parent, None in the
+        child (which must exec or ``os._exit``; it must not touch the event loop)."""
+        child = self.context.fork(self._on_event, events=events, kill_on_close=kill_on_close)
+        return None if child is None else self._wrap(child, on_event)
+
+    def adopt(
+        self, pid: int | None = None, *, pidfd: int | None = None, on_event: EventCallback | None = None
+    ) -> W:
+        """:meth:`Context.adopt <childproc.Context.adopt>`, returning a waiter."""
+        return self._wrap(self.context.adopt(pid, self._on_event, pidfd=pidfd), on_event)
