@@ -67,6 +67,7 @@ class Child:
         "_defer_reap",
         "_done",
         "_events",
+        "_exit_fd",
         "_final",
         "_on_event",
         "_owns_pidfd",
@@ -95,6 +96,7 @@ class Child:
         self._ctx = ctx
         self._pid = pid
         self._pidfd: int | None = None
+        self._exit_fd: int | None = None  # a fork server's child: where its exit arrives
         self._owns_pidfd = True
         self._polled = False  # the pidfd is in the context's epoll
         self._on_event = on_event

@@ -25,17 +25,19 @@ How a death travels
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import select
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _process
 from ._child import Child, ChildState, EventCallback, check_events
@@ -75,6 +77,9 @@ from ._watchers.scan import scan
 
 __all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback"]
 
+if TYPE_CHECKING:
+    from .forkserver import ServedChild
+
 log = logging.getLogger("childproc")
 
 #: ``fork_replacement(user) -> pid``: called instead of ``os.fork()``.
@@ -82,6 +87,7 @@ ForkReplacement = Callable[[Any], int]
 #: ``reaped_callback(pid, status, user) -> bool | None`` for pids nobody in childproc made.
 ReapedCallback = Callable[[int, int, Any], bool | None]
 
+_EXIT_RECORD = struct.Struct("=ii")  # a fork server's exit record (forkserver.EXIT_EVENT)
 _HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks a handler it relies on
 _fallback_logged = False
 
@@ -197,6 +203,7 @@ class Context:
             raise
         self._polled: dict[int, Child] = {}  # pidfd in the epoll -> its child
         self._zombies: dict[int, Child] = {}  # exit seen, reaping deferred
+        self._served: dict[int, Child] = {}  # exit fd -> a fork server's child
         self._stop_watchers = 0
         self._watcher: Watcher = make_watcher(choose_watcher(self.mode, _pidfd.supported()))
         self._delivery = threading.RLock()
@@ -260,7 +267,7 @@ class Context:
     def _uses_handler(self, extra_children: int = 0, extra_stop_watchers: int = 0) -> bool:
         return wants_handler(
             self.mode,
-            self._ledger.unreaped + extra_children,
+            self._ledger.unreaped - len(self._served) + extra_children,
             _pidfd.supported(),
             self._stop_watchers + extra_stop_watchers,
         )
@@ -658,6 +665,12 @@ class Context:
         fd, child._pidfd = child._pidfd, None
         if fd is not None:
             os.close(fd)
+        exit_fd, child._exit_fd = child._exit_fd, None
+        if exit_fd is not None:
+            del self._served[exit_fd]
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(exit_fd)
+            os.close(exit_fd)
 
     # -- reaping ------------------------------------------------------------
     def _child_died_locked(self, child: Child, status: int, uid: int | None, reaped: bool) -> None:
@@ -683,6 +696,68 @@ class Context:
             child._watches_stops = False
             self._stop_watchers -= 1
             self._watcher.add(child)
+
+    def _served_exit_locked(self, child: Child, block: bool = False) -> None:
+        """Read a fork server's exit record for ``child`` and record its death. LOCK held."""
+        fd = child._exit_fd
+        if fd is None:
+            return
+        try:
+            os.set_blocking(fd, block)
+            data = os.read(fd, _EXIT_RECORD.size)
+        except BlockingIOError:
+            return
+        if len(data) == _EXIT_RECORD.size:
+            _, status = _EXIT_RECORD.unpack(data)
+            self._child_died_locked(child, status, None, reaped=True)
+        else:  # the server died before the child: its status is lost
+            child._state = ChildState.EXITED
+            child._done = True
+            if self._ledger.stolen(child.pid):
+                self._child_gone_locked(child)
+            return
+        self._child_gone_locked(child)
+
+    def watch_served(
+        self,
+        served: ServedChild,
+        on_event: EventCallback | None = None,
+        *,
+        kill_on_close: bool = False,
+    ) -> Child:
+        """Watch a child a :class:`~childproc.forkserver.ForkServer` made: its exit
+        comes through this context's dispatch like any other child's.
+
+        Takes over the served child's exit fd and pidfd (signals go through the
+        pidfd; there is no safe way without one). The exit is reaped by the server;
+        only exit events are reported (``reap_after_callback`` does not apply).
+        """
+        if served.exit_fd is None:
+            raise InvalidArgumentError("watch_served() needs a child forked with exit_fd=True")
+        if on_event is not None and not callable(on_event):
+            raise InvalidArgumentError(f"on_event must be callable(child, event) or None, not {on_event!r}")
+        self._enter()
+        with _process.LOCK:
+            self._check_usable()
+            if self._ledger.is_running(served.pid):
+                raise AlreadyWatchedError(f"pid {served.pid} is already watched by this context")
+            exit_fd, pidfd = served.detach_fds()
+            assert exit_fd is not None
+            child = Child(
+                self,
+                served.pid,
+                on_event,
+                events=os.WEXITED,
+                oneshot=False,
+                defer_reap=False,
+                kill_on_close=kill_on_close,
+            )
+            child._pidfd = pidfd
+            child._exit_fd = exit_fd
+            self._ledger.add(served.pid, child)
+            self._served[exit_fd] = child
+            self._epoll.register(exit_fd, select.EPOLLIN)
+        return child
 
     def _route_locked(self, reaped: Reaped) -> None:
         """Send each reaped pid where :func:`route` says. LOCK held."""
@@ -745,13 +820,18 @@ class Context:
             woken: list[Child] = []
             rfd = self._waker.rfd
             polled = self._polled
+            served: list[Child] = []
             for fd, _ in ready:
                 if fd == rfd:
                     signalled = True
+                elif fd in self._served:
+                    served.append(self._served[fd])
                 else:
                     child = polled.get(fd)
                     if child is not None:
                         woken.append(child)
+            for child in served:
+                self._served_exit_locked(child)
             if signalled:
                 self._waker.drain()
             if not (signalled or woken):
@@ -842,6 +922,11 @@ class Context:
                 except ProcessLookupError:
                     raise ChildExitedError(f"child {child.pid} has exited") from None
                 return
+            if child._exit_fd is not None:
+                raise StateError(
+                    f"cannot signal child {child.pid} safely: a fork server made it and there is no "
+                    "pidfd for it"
+                )
             if self._rules.reaper is Reaper.APPLICATION:
                 raise StateError(
                     f"cannot signal child {child.pid} safely: there is no pidfd for it, and in "
@@ -876,7 +961,7 @@ class Context:
         try:
             if child._pidfd is not None:
                 signal.pidfd_send_signal(child._pidfd, signal.SIGKILL)
-            elif self._rules.reaper is Reaper.APPLICATION:
+            elif self._rules.reaper is Reaper.APPLICATION or child._exit_fd is not None:
                 log.warning(
                     "not killing child %d on close: there is no pidfd for it and in MAINLOOP the "
                     "application reaps, so its pid may already name another process",
@@ -893,11 +978,14 @@ class Context:
         """Wait for SIGKILLed children to die and reap them (outside the lock)."""
         for child in children:
             try:
-                if child._pidfd is not None:
+                if child._exit_fd is not None:
+                    os.set_blocking(child._exit_fd, True)
+                    os.read(child._exit_fd, _EXIT_RECORD.size)  # the server reaps it
+                elif child._pidfd is not None:
                     os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
                 else:
                     os.waitpid(child.pid, 0)
-            except ChildProcessError:
+            except (ChildProcessError, OSError):
                 pass  # someone else reaped it meanwhile
         with _process.LOCK:
             for child in children:
@@ -1120,7 +1208,7 @@ class Context:
                     if child.kill_on_close and self._kill_locked(child):
                         doomed.append(child)
                 if self._rules.reaper is not Reaper.APPLICATION:
-                    scan([c for c in running if c not in doomed], Reaped())  # reap our zombies
+                    scan([c for c in running if c not in doomed and c._exit_fd is None], Reaped())
                 for child in list(self._zombies.values()):
                     check_exit(child, Reaped())
                     child._defer_reap = False
@@ -1173,6 +1261,10 @@ class Context:
                     os.close(fd)
                 except OSError:
                     pass
+        for fd in list(self._served):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._served.clear()
         self._polled.clear()
         try:
             self._epoll.close()

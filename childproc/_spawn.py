@@ -64,6 +64,7 @@ def spawn_process(
     stdin: int | None,
     stdout: int | None,
     stderr: int | None,
+    fd_map: Mapping[int, int] | None = None,
 ) -> int:
     """``posix_spawn`` ``argv``; return the pid. Raises ``OSError`` (e.g. ENOENT)."""
     if isinstance(argv, (str, bytes)) or not argv:
@@ -77,6 +78,15 @@ def spawn_process(
         # dup2 onto itself clears close-on-exec in the child only (glibc >= 2.29),
         # so the parent's fd keeps its flags and no other thread can race us.
         actions.append((os.POSIX_SPAWN_DUP2, _fd(fd, "each of pass_fds"), fd))
+    if fd_map:
+        # target <- source, where sources and targets may cross (5->6 and 6->5):
+        # go through temporaries above every number involved.
+        base = max([*fd_map, *fd_map.values(), 2]) + 1
+        for i, source in enumerate(fd_map.values()):
+            actions.append((os.POSIX_SPAWN_DUP2, source, base + i))
+        for i, target in enumerate(fd_map):
+            actions.append((os.POSIX_SPAWN_DUP2, base + i, target))
+            actions.append((os.POSIX_SPAWN_CLOSE, base + i))
     program = _resolve(os.fsdecode(args[0]), env)
     if cwd is not None:
         where = os.fspath(cwd)

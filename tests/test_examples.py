@@ -17,12 +17,29 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # example file -> lines (or parts of lines) its output must contain
 EXPECTED: dict[str, list[str]] = {
+    "asyncio_children.py": [
+        "childproc's child: [",
+        "] exited with status 3",
+        "asyncio's child: exit code 4",
+        "the wait was cancelled, so the sleeper was killed",
+        "] killed by SIGKILL",
+        "both sides got their true exit codes",
+    ],
     "child_events.py": [
         f"code=STOPPED status={int(signal.SIGSTOP)}",
         "code=CONTINUED status=0",
         f"code=KILLED status={int(signal.SIGKILL)}",
         "send_signal after exit: ChildExitedError",
         "event sequence as expected",
+    ],
+    "forkserver_workers.py": [
+        "this process now has 2 threads",
+        "results: ['9 threads=1', '16 threads=1', '25 threads=1']",
+        "from the pipe: hello from worker ",
+        "] exited with status 0",
+        "] exited with status 3",
+        "the heartbeat thread ran throughout",
+        "every worker answered and exited as expected",
     ],
     "libxl_quickstart.py": [
         "exited with status 0",
@@ -43,6 +60,16 @@ EXPECTED: dict[str, list[str]] = {
         "exit code: 4",
         "both sides got their true exit codes",
     ],
+    "trio_children.py": [
+        "] exited with status 3",
+        "trio's child: exit code 4",
+        "both sides got their true exit codes",
+    ],
+    "twisted_children.py": [
+        "] exited with status 3",
+        "Twisted's child: exit code 4",
+        "both sides got their true exit codes",
+    ],
 }
 
 
@@ -50,11 +77,25 @@ def test_every_example_is_tested() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
 
 
+# More ways to run an example: (file, arguments...); the output must contain the same lines.
+VARIANTS: list[tuple[str, ...]] = [("asyncio_children.py", "uvloop")]
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_runs(name: str) -> None:
+    check_run(name)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("variant", VARIANTS, ids=" ".join)
+def test_example_variant_runs(variant: tuple[str, ...]) -> None:
+    check_run(*variant)
+
+
+def check_run(name: str, *args: str) -> None:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         timeout=60,
         capture_output=True,
         text=True,

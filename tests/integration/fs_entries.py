@@ -1,0 +1,65 @@
+"""Entry points for fork server tests: module-level, so the server can import them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+
+def echo(server: Any, sock: socket.socket | None, token: str) -> int:
+    """Send back who we are and the token we were given."""
+    assert sock is not None
+    sock.sendall(f"{os.getpid()}:{token}".encode())
+    return 0
+
+
+def exit_with(server: Any, sock: Any, code: int) -> int:
+    return code
+
+
+def sleep_then(server: Any, sock: Any, seconds: float, code: int) -> int:
+    time.sleep(seconds)
+    return code
+
+
+def pause_forever(server: Any, sock: Any) -> int:
+    while True:
+        signal.pause()
+
+
+def write_to_passed_fd(server: Any, sock: socket.socket | None) -> int:
+    """Receive an fd over the socket and write to it."""
+    assert sock is not None
+    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    os.write(fds[0], b"written by a served child")
+    return 0
+
+
+def fork_grandchild(server: Any, sock: socket.socket | None) -> int:
+    """Use the child's own server connection to fork a sibling."""
+    assert server is not None and sock is not None
+    sibling = server.fork("tests.integration.fs_entries:exit_with", 9)
+    event = sibling.wait()
+    sock.sendall(str(event.returncode).encode())
+    return 0
+
+
+def server_pid(*args: Any) -> int:
+    return os.getpid()
+
+
+def raise_error(server: Any, sock: Any) -> int:
+    raise RuntimeError("entry failed on purpose")
+
+
+def break_fork(*args: Any) -> None:
+    """Run in the server by eval: make its next forks fail as if out of processes."""
+    import errno  # noqa: PLC0415
+
+    def failing_fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    os.fork = failing_fork

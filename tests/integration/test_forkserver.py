@@ -1,0 +1,434 @@
+"""The fork server: libforks's API, and each of libforks's faults, not repeated."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from childproc import Context, Hooks, SigchldOwner
+from childproc.forkserver import (
+    MAX_PACKET,
+    ForkServer,
+    ForkServerDied,
+    ForkServerError,
+    read_exit_event,
+)
+
+from . import fs_entries
+from .kids import drain
+
+E = "tests.integration.fs_entries"
+
+
+@pytest.fixture
+def server() -> Iterator[ForkServer]:
+    srv = ForkServer.start()
+    try:
+        yield srv
+    finally:
+        try:
+            srv.stop()
+        except ForkServerDied:
+            srv._finish()
+
+
+def fds_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def gone(pid: int) -> bool:
+    """Not running any more (reaped, or a zombie awaiting its new parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+# -- the API ------------------------------------------------------------------------------
+def test_fork_with_socket_and_exit_fd(server: ForkServer) -> None:
+    assert server.ping() == server.pid != os.getpid()
+    child = server.fork(f"{E}:echo", "tok", socket=True)
+    assert child.socket is not None and child.exit_fd is not None and child.pidfd is not None
+    assert child.socket.recv(100).decode() == f"{child.pid}:tok"
+    r, _, _ = select.select([child.exit_fd], [], [], 10)  # poll-able
+    assert r == [child.exit_fd]
+    event = read_exit_event(child.exit_fd)
+    assert event is not None and event.pid == child.pid and event.returncode == 0
+    child.close()
+
+
+def test_entry_forms_and_exit_codes() -> None:
+    local = lambda server, sock, code: code  # noqa: E731 - a closure: only reachable by name
+    with ForkServer.start(entries={"local": local}) as srv:
+        for entry, code in ((f"{E}:exit_with", 3), (fs_entries.exit_with, 4), ("local", 5), (local, 6)):
+            child = srv.fork(entry, code)
+            assert child.wait().returncode == code
+            child.close()
+        crashed = srv.fork(f"{E}:raise_error")
+        assert crashed.wait().returncode == 1
+        crashed.close()
+        with pytest.raises(ForkServerError) as info:
+            srv.fork("no.such.module:fn")
+        assert info.value.code == "NO_ENTRY"
+        with pytest.raises(Exception, match="cannot be found by the fork server"):
+            srv.fork(lambda s, k: 0)
+
+
+def test_spawn_exec_path_with_fds_env_cwd(server: ForkServer, tmp_path: object) -> None:
+    out_r, out_w = os.pipe()
+    extra_r, extra_w = os.pipe()
+    try:
+        code = f"import os, sys; print(os.getcwd(), os.environ['T']); os.write({extra_w}, b'x'); sys.exit(6)"
+        # The extra fd travels to the server and appears in the child at the number we chose.
+        child = server.spawn(
+            [sys.executable, "-c", code],
+            env={"T": "env-ok", "PATH": os.environ["PATH"]},
+            cwd=str(tmp_path),
+            pass_fds=[extra_w],
+            stdout=out_w,
+        )
+        os.close(out_w)
+        out_w = -1
+        os.close(extra_w)
+        extra_w = -1
+        assert child.wait().returncode == 6
+        assert os.read(out_r, 1000).decode().split() == [str(tmp_path), "env-ok"]
+        assert os.read(extra_r, 10) == b"x"
+        child.close()
+        with pytest.raises(ForkServerError) as info:
+            server.spawn(["/no/such/program"])
+        assert info.value.errno == errno.ENOENT
+    finally:
+        for fd in (out_r, out_w, extra_r, extra_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_passing_an_fd_to_a_served_child(server: ForkServer) -> None:
+    r, w = os.pipe()
+    child = server.fork(f"{E}:write_to_passed_fd", socket=True)
+    assert child.socket is not None
+    socket.send_fds(child.socket, [b"fd"], [w])
+    os.close(w)
+    assert child.wait().returncode == 0
+    assert os.read(r, 100) == b"written by a served child"
+    os.close(r)
+    child.close()
+
+
+def test_child_uses_its_own_server_connection(server: ForkServer) -> None:
+    child = server.fork(f"{E}:fork_grandchild", socket=True, server_conn=True)
+    assert child.socket is not None
+    assert child.socket.recv(10) == b"9"
+    assert child.wait().returncode == 0
+    child.close()
+
+
+def test_kill_all_and_stop_server_only() -> None:
+    srv = ForkServer.start()
+    kids = [srv.fork(f"{E}:pause_forever") for _ in range(3)]
+    assert srv.kill_all(signal.SIGUSR1) == 3
+    assert [k.wait().returncode for k in kids] == [-signal.SIGUSR1] * 3
+    for k in kids:
+        k.close()
+    survivor = srv.fork(f"{E}:pause_forever")
+    srv.stop_server_only()  # the child runs on, reparented
+    assert not gone(survivor.pid) and gone(srv.pid)
+    survivor.send_signal(signal.SIGKILL)  # its pidfd still reaches it safely
+    assert survivor.pidfd is not None
+    assert select.select([survivor.pidfd], [], [], 10)[0]  # it died (no server left to report how)
+    with pytest.raises(ForkServerDied, match="stop_server_only"):
+        survivor.wait()
+    survivor.close()
+
+
+def test_stop_terminates_and_waits_for_children() -> None:
+    srv = ForkServer.start()
+    kids = [srv.fork(f"{E}:pause_forever") for _ in range(3)]
+    srv.stop()
+    assert all(gone(k.pid) for k in kids) and gone(srv.pid)
+    assert [k.wait().returncode for k in kids] == [-signal.SIGTERM] * 3
+    for k in kids:
+        k.close()
+    with pytest.raises(ForkServerDied):
+        srv.ping()
+
+
+def test_eval_runs_in_the_server(server: ForkServer) -> None:
+    assert server.eval(f"{E}:server_pid") == server.pid
+    with pytest.raises(ForkServerError, match="RuntimeError"):
+        server.eval(f"{E}:raise_error", None, None)
+    assert server.ping() == server.pid  # it lives on
+
+
+def test_several_servers_per_process() -> None:
+    with ForkServer.start() as a, ForkServer.start() as b:
+        assert a.pid != b.pid
+        ca, cb = a.fork(f"{E}:exit_with", 1), b.fork(f"{E}:exit_with", 2)
+        assert (ca.wait().returncode, cb.wait().returncode) == (1, 2)
+        ca.close()
+        cb.close()
+
+
+def test_a_context_watches_served_children(server: ForkServer) -> None:
+    got: list[tuple[int, int | None]] = []
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
+        kids = [
+            ctx.watch_served(
+                server.fork(f"{E}:sleep_then", 0.05, i), lambda c, e: got.append((e.pid, e.returncode))
+            )
+            for i in range(5)
+        ]
+        spawned = ctx.watch_served(server.spawn(["/bin/sh", "-c", "exit 7"]))
+        sleeper = ctx.watch_served(server.fork(f"{E}:pause_forever"))
+        owned = ctx.watch_served(server.fork(f"{E}:pause_forever"), kill_on_close=True)
+        drain(ctx, lambda: len(got) == 5 and spawned.returncode is not None)
+        assert sorted(rc for _, rc in got if rc is not None) == [0, 1, 2, 3, 4] and spawned.returncode == 7
+        assert {p for p, _ in got} == {k.pid for k in kids}
+        sleeper.terminate()  # through the pidfd the server sent
+        assert sleeper.wait(10) is not None and sleeper.returncode == -signal.SIGTERM
+    assert gone(owned.pid)  # killed and collected at close
+
+
+# -- libforks's faults, each not repeated -----------------------------------------------------
+def test_concurrent_forks_from_many_threads_never_swap_replies(server: ForkServer) -> None:
+    results: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    def worker(t: int) -> None:
+        for i in range(25):
+            token = f"t{t}-{i}"
+            child = server.fork(f"{E}:echo", token, socket=True)
+            assert child.socket is not None
+            msg = child.socket.recv(100).decode()
+            assert child.wait().returncode == 0
+            child.close()
+            with lock:
+                results.append((token, child.pid, msg))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 300
+    assert all(msg == f"{pid}:{token}" for token, pid, msg in results)
+
+
+@pytest.mark.timeout(300)
+def test_a_burst_of_exits_never_blocks_the_server(server: ForkServer) -> None:
+    kids = [server.fork(f"{E}:exit_with", i % 200) for i in range(2000)]  # nobody reads exit fds yet
+    t0 = time.monotonic()
+    assert server.ping() == server.pid
+    assert time.monotonic() - t0 < 5.0
+    for i, k in enumerate(kids):
+        event = k.wait()
+        assert event.pid == k.pid and event.returncode == i % 200
+        k.close()
+
+
+def test_errors_are_exceptions_and_a_dead_server_is_reported() -> None:
+    srv = ForkServer.start()
+    other = srv.connect()
+    errors: list[BaseException] = []
+
+    def pending() -> None:
+        try:
+            other.eval(f"{E}:sleep_then", None, None, 30, 0)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=pending)
+    t.start()
+    time.sleep(0.2)
+    os.kill(srv.pid, signal.SIGKILL)
+    t.join(10)
+    assert errors and isinstance(errors[0], ForkServerDied)
+    with pytest.raises(ForkServerDied):
+        srv.fork(f"{E}:exit_with", 0)
+    with pytest.raises(ForkServerDied):
+        srv.ping()
+    other.close()
+    srv._finish()
+
+
+def test_fork_failure_in_the_server_is_an_error_reply(server: ForkServer) -> None:
+    server.eval(f"{E}:break_fork")
+    with pytest.raises(ForkServerError) as info:
+        server.fork(f"{E}:exit_with", 0)
+    assert info.value.code == "FORK_ERROR" and info.value.errno == errno.EAGAIN
+    assert server.ping() == server.pid
+
+
+@pytest.mark.parametrize("policy", ["terminate", "keep"])
+def test_the_server_notices_its_starter_died(policy: str) -> None:
+    script = f"""
+import os, sys
+sys.path.insert(0, {os.getcwd()!r})
+from childproc.forkserver import ForkServer
+srv = ForkServer.start(on_parent_death={policy!r})
+child = srv.fork("{E}:pause_forever")
+print(srv.pid, child.pid, flush=True)
+os._exit(0)   # die abruptly: no stop()
+"""
+    # Read just the first line: a surviving child keeps the pipe open ("keep").
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(60) == 0
+    server_pid, child_pid = map(int, line.split())
+    deadline = time.monotonic() + 10
+    while not gone(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone(server_pid)
+    if policy == "terminate":
+        while not gone(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gone(child_pid)
+    else:
+        assert not gone(child_pid)
+        os.kill(child_pid, signal.SIGKILL)
+
+
+def test_only_inherited_socketpairs_reach_the_server(server: ForkServer) -> None:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{server.pid}/fd"):
+        target = os.readlink(f"/proc/{server.pid}/fd/{fd}")
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    assert inodes
+    with open(f"/proc/{server.pid}/net/unix") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    for row in rows:
+        if row[6] in inodes:
+            assert len(row) == 7, f"server socket bound to a name: {row}"  # no path, no @abstract
+            assert int(row[3], 16) & 0x10000 == 0, "server socket listening"
+
+
+def test_client_limit_is_configurable_and_reported() -> None:
+    with ForkServer.start(max_clients=2) as srv:
+        second = srv.connect()
+        with pytest.raises(ForkServerError) as info:
+            srv.connect()
+        assert info.value.code == "TOO_MANY_CLIENTS" and "max_clients" in str(info.value)
+        with pytest.raises(ForkServerError, match="too many clients"):
+            srv.fork(f"{E}:exit_with", 0, server_conn=True)
+        second.close()
+        assert srv.ping() == srv.pid
+        time.sleep(0.1)  # the server notices the closed connection
+        srv.connect().close()  # room again
+
+
+# -- the request decoder is an attack surface: fuzz it --------------------------------------------
+def raw_exchange(sock: socket.socket, data: bytes, fds: list[int]) -> dict[str, object] | None:
+    socket.send_fds(sock, [data], fds)
+    reply, got, _, _ = socket.recv_fds(sock, MAX_PACKET, 16)
+    for fd in got:
+        os.close(fd)
+    return json.loads(reply) if reply else None
+
+
+@pytest.fixture
+def fuzz_server() -> Iterator[ForkServer]:
+    srv = ForkServer.start()
+    yield srv
+    srv.stop()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    payload=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {"id": st.integers(), "op": st.sampled_from(["fork", "spawn", "kill_all", "eval", "ping", "x"])},
+            optional={
+                "entry": st.text(max_size=30),
+                "args": st.lists(st.integers(), max_size=3) | st.text(max_size=5),
+                "argv": st.lists(st.text(max_size=10), max_size=3) | st.integers(),
+                "signal": st.integers(-5, 100) | st.text(max_size=3),
+                "socket": st.booleans() | st.integers(),
+                "pass_fds": st.lists(st.integers(-3, 50), max_size=3),
+                "stdio": st.lists(st.none() | st.integers(0, 5), max_size=4),
+            },
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+    n_fds=st.integers(0, 3),
+)
+def test_malformed_requests_get_error_replies_and_the_server_lives_on(
+    fuzz_server: ForkServer, payload: bytes, n_fds: int
+) -> None:
+    # Never let a fuzz case ask for something real and harmful.
+    text = payload.decode(errors="replace")
+    risky = ('"stop', '"kill_all"', '"eval"', '"fork"', '"spawn"')
+    if b'"op"' in payload and any(word in text for word in risky):
+        return
+    conn = fuzz_server.connect()
+    raw = conn._conn.sock
+    pipes = [os.pipe() for _ in range(n_fds)]
+    try:
+        reply = raw_exchange(raw, payload or b" ", [r for r, _ in pipes])
+        assert reply is None or isinstance(reply, dict)
+        if reply is not None and reply.get("ok") is not True:
+            assert isinstance(reply.get("error"), str) and reply["error"]
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+        conn.close()
+    assert fuzz_server.ping() == fuzz_server.pid
+
+
+def test_specific_malformed_requests(fuzz_server: ForkServer) -> None:
+    conn = fuzz_server.connect()
+    raw = conn._conn.sock
+    before = fds_of(fuzz_server.pid)
+    r, w = os.pipe()
+    try:
+        cases = [
+            (b"\xff\xfe not json", []),
+            (b"[1, 2, 3]", []),
+            (b'{"op": "ping"}', []),  # no id
+            (b'{"id": true, "op": "ping"}', []),
+            (b'{"id": 1, "op": "nonsense"}', []),
+            (b'{"id": 2, "op": "ping"}', [r, w]),  # unexpected fds
+            (
+                b'{"id": 3, "op": "spawn", "argv": ["/bin/true"], "pass_fds": [7], "stdio": [null, null]}',
+                [],
+            ),
+            (b'{"id": 4, "op": "kill_all", "signal": "KILL"}', []),
+            (b'{"id": 5, "op": "fork", "entry": "os:getpid", "socket": "yes"}', []),
+            (b"x" * (MAX_PACKET + 100), []),  # oversized: truncated on receipt
+        ]
+        for data, fds in cases:
+            reply = raw_exchange(raw, data, fds)
+            assert reply is not None and reply["ok"] is False, (data[:40], reply)
+        assert fds_of(fuzz_server.pid) == before  # no fd it was sent is kept
+    finally:
+        os.close(r)
+        os.close(w)
+        conn.close()
+    assert fuzz_server.ping() == fuzz_server.pid
