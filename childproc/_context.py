@@ -204,6 +204,7 @@ class Context:
         self._polled: dict[int, Child] = {}  # pidfd in the epoll -> its child
         self._zombies: dict[int, Child] = {}  # exit seen, reaping deferred
         self._served: dict[int, Child] = {}  # exit fd -> a fork server's child
+        self._lost_why: dict[int, str] = {}  # pid -> why its status is lost, where not "stolen"
         self._stop_watchers = 0
         self._watcher: Watcher = make_watcher(choose_watcher(self.mode, _pidfd.supported()))
         self._delivery = threading.RLock()
@@ -710,10 +711,14 @@ class Context:
         if len(data) == _EXIT_RECORD.size:
             _, status = _EXIT_RECORD.unpack(data)
             self._child_died_locked(child, status, None, reaped=True)
-        else:  # the server died before the child: its status is lost
+        else:  # the server went away before the child: its status is lost
             child._state = ChildState.EXITED
             child._done = True
             if self._ledger.stolen(child.pid):
+                self._lost_why[child.pid] = (
+                    f"the fork server that made child {child.pid} stopped (stop_server_only) or died "
+                    "before the child exited, so nobody can report its exit status"
+                )
                 self._child_gone_locked(child)
             return
         self._child_gone_locked(child)
@@ -879,6 +884,9 @@ class Context:
         elif event.kind is EventKind.UNKNOWN:
             self._warn_unknown(event)
         else:
+            why = self._lost_why.pop(event.pid, None)
+            if why is not None:
+                raise ChildStolenError(why, event.pid)
             raise ChildStolenError(
                 f"child {event.pid} of this context was reaped by someone else, so its exit "
                 f"status is lost: something in this process calls waitpid() on pids it did not "

@@ -492,7 +492,7 @@ class _Server:
         self.children: dict[int, int | None] = {}  # pid -> exit write fd
         self.running = True
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._add_client(sock)
+        self._add_client(sock, parent)
         self.parent_fd: int | None = None
         try:
             self.parent_fd = os.pidfd_open(parent)
@@ -500,9 +500,9 @@ class _Server:
             self.parent_fd = None  # fall back to polling getppid()
         self.parent = parent
 
-    def _add_client(self, sock: socket.socket) -> None:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        peer_pid = struct.unpack("3i", creds)[0]
+    def _add_client(self, sock: socket.socket, peer_pid: int) -> None:
+        # SO_PEERCRED would name whoever created the socketpair (the server, for
+        # the pairs it makes), so the server records the pid it handed the end to.
         self.clients[sock.fileno()] = _Client(sock, peer_pid)
         self.sel.register(sock, selectors.EVENT_READ, "client")
 
@@ -625,7 +625,7 @@ class _Server:
         self._no_fds(fds)
         self._check_room()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._add_client(ours)
+        self._add_client(ours, self.clients[sock.fileno()].peer_pid)
         return {}, [theirs.detach()]
 
     def _check_room(self) -> None:
@@ -750,6 +750,9 @@ class _Server:
                     p[1].close()
             raise _Bad(f"fork failed: {e.strerror}", "FORK_ERROR", e.errno) from None
         if pid == 0:
+            for fd in (exit_r, exit_w):  # the child's own exit pipe is not the child's
+                if fd is not None:
+                    os.close(fd)
             self._become_child(fn, args, pair, conn_pair)
         reply: dict[str, Any] = {"pid": pid}
         out: list[int] = []
@@ -759,7 +762,7 @@ class _Server:
             reply["has_socket"] = True
         if conn_pair is not None:
             conn_pair[1].close()
-            self._add_client(conn_pair[0])
+            self._add_client(conn_pair[0], pid)
         self._register(pid, exit_r, exit_w, out, reply)
         return reply, out
 

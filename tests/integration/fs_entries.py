@@ -63,3 +63,12 @@ def break_fork(*args: Any) -> None:
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
     os.fork = failing_fork
+
+
+def kill_all_then_report(server: Any, sock: socket.socket | None) -> int:
+    """kill_all through the child's own connection must spare the child."""
+    assert server is not None and sock is not None
+    time.sleep(0.2)  # let the test fork a sibling
+    n = server.kill_all(signal.SIGTERM)
+    sock.sendall(f"survived {n}".encode())
+    return 0

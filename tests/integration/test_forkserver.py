@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -29,6 +30,7 @@ from childproc.forkserver import (
 
 from . import fs_entries
 from .kids import drain
+from .procutil import wait_until
 
 E = "tests.integration.fs_entries"
 
@@ -432,3 +434,48 @@ def test_specific_malformed_requests(fuzz_server: ForkServer) -> None:
         os.close(w)
         conn.close()
     assert fuzz_server.ping() == fuzz_server.pid
+
+
+# -- regressions found in review -----------------------------------------------------------
+def test_kill_all_from_a_child_spares_the_child(server: ForkServer) -> None:
+    child = server.fork(f"{E}:kill_all_then_report", socket=True, server_conn=True)
+    sibling = server.fork(f"{E}:pause_forever")
+    assert child.socket is not None
+    assert child.socket.recv(100) == b"survived 1"  # only the sibling was signalled
+    assert child.wait().returncode == 0
+    assert sibling.wait().returncode == -signal.SIGTERM
+    child.close()
+    sibling.close()
+
+
+def test_a_child_does_not_hold_its_own_exit_pipe(server: ForkServer) -> None:
+    child = server.fork(f"{E}:pause_forever")
+    assert child.exit_fd is not None
+    mine = os.fstat(child.exit_fd).st_ino
+
+    def held_by_child() -> bool:
+        for fd in os.listdir(f"/proc/{child.pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{child.pid}/fd/{fd}") == f"pipe:[{mine}]":
+                    return True
+        return False
+
+    # The child closes it first thing after fork; give it the moment to get there.
+    assert wait_until(lambda: not held_by_child(), timeout=5)
+    time.sleep(0.1)
+    assert not held_by_child()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.close()
+
+
+def test_a_vanished_server_is_named_as_the_cause() -> None:
+    srv = ForkServer.start()
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
+        child = ctx.watch_served(srv.fork(f"{E}:pause_forever"))
+        srv.stop_server_only()
+        os.kill(child.pid, signal.SIGKILL)
+        with pytest.raises(Exception, match="fork server that made child"):
+            for _ in range(50):
+                ctx.wait(0.2)
