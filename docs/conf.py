@@ -265,6 +265,36 @@ def scaling_page(path: Path) -> str:
     return scaling_table(data, _shown(path))
 
 
+BIGPARENT_JSON = DOCS.parent / "benchmarks" / "results" / "bigparent.json"
+
+
+def bigparent_page(path: Path) -> str:
+    """The big-parent table (benchmarks/bigparent.py), or how to get one."""
+    if not path.is_file():
+        return ".. note::\n\n   No measurements yet: run ``python benchmarks/bigparent.py``.\n"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    sizes = [int(s) for s in data["sizes_mib"]]
+    rows = []
+    for name, per in data["median"].items():
+        cells = [f"{per[str(s)] * 1e3:.2f}" for s in sizes]
+        rows.append([_text(name), *cells, f"{per[str(sizes[-1])] / per[str(sizes[0])]:.2f}x"])
+    widths = " ".join(["30"] + ["14"] * len(sizes) + ["12"])
+    table = _list_table(
+        f"ms per child (spawn + exit + reap), median of {data['reps']} rounds, "
+        f"Python {data['python']}, Linux {data['kernel']}",
+        ["Strategy", *(f"{s} MiB parent" for s in sizes), "largest / smallest"],
+        rows,
+        widths,
+    )
+    fork, served, spawn = (
+        data["median"][k][str(sizes[-1])] for k in ("os.fork", "forkserver fork", "forkserver spawn")
+    )
+    return (
+        f"{table}\nFrom the {sizes[-1]} MiB parent, the fork server's Python fork is "
+        f"{fork / served:.0f}x and its exec path {fork / spawn:.0f}x faster than ``os.fork()``.\n"
+    )
+
+
 COEXISTENCE_JSON = DOCS / "coexistence.json"
 _OUTCOME = {"works": "works", "refused": "refused", "broken": "**BROKEN**", "crashed": "**CRASHED**"}
 
@@ -315,6 +345,7 @@ def write_generated(app: Sphinx | None = None) -> None:
             _shown(SCALING_JSON) + ("" if SCALING_JSON.is_file() else " (absent)"),
             scaling_page(SCALING_JSON),
         ),
+        "bigparent.rst": (_shown(BIGPARENT_JSON), bigparent_page(BIGPARENT_JSON)),
         "coexistence.rst": (
             "docs/coexistence.json (checked by tests/coexistence)",
             coexistence_table(COEXISTENCE_JSON),
