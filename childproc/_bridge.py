@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 from ._child import Child, EventCallback
 from ._context import Context
-from ._errors import ClosedError, StateError
+from ._errors import ChildStolenError, ClosedError, StateError
 from ._policy import SigchldOwner
 from ._spawn import Argv
 from ._status import ChildEvent
@@ -107,6 +107,20 @@ class Bridge(Generic[W]):
         self._waiters[child.pid] = (waiter, on_event)
         return waiter
 
+    def _dispatch(self) -> None:
+        """Dispatch the context; a child whose status was lost fails its own waiter
+        (rather than leaving it waiting forever). Other callback errors propagate."""
+        try:
+            self.context.dispatch()
+        except ChildStolenError as lost:
+            entry = self._waiters.pop(lost.pid, None)
+            if entry is None:
+                raise
+            self._fail(entry[0], lost)
+
+    def _check_events(self, events: int) -> None:
+        """An adapter may refuse event kinds its host cannot support."""
+
     def _fail_all(self) -> None:
         waiters, self._waiters = self._waiters, {}
         for waiter, _ in waiters.values():
@@ -127,6 +141,7 @@ class Bridge(Generic[W]):
         kill_on_close: bool = False,
     ) -> W:
         """:meth:`Context.spawn <childproc.Context.spawn>`, returning a waiter."""
+        self._check_events(events)
         child = self.context.spawn(
             argv,
             self._on_event,
@@ -146,6 +161,7 @@ class Bridge(Generic[W]):
     ) -> W | None:
         """:meth:`Context.fork <childproc.Context.fork>`: a waiter in the parent, None in the
         child (which must exec or ``os._exit``; it must not touch the event loop)."""
+        self._check_events(events)
         child = self.context.fork(self._on_event, events=events, kill_on_close=kill_on_close)
         return None if child is None else self._wrap(child, on_event)
 

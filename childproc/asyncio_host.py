@@ -25,6 +25,7 @@ wrapped context's ``dispatch``/``wait`` yourself.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import warnings
 from collections.abc import AsyncIterator
@@ -49,8 +50,8 @@ def default_mode() -> SigchldOwner:
 
 
 def _refuse_stealing_watcher() -> None:
-    """asyncio's FastChildWatcher (Python < 3.12) reaps with waitpid(-1): refuse it."""
-    if sys.version_info >= (3, 12):
+    """asyncio's FastChildWatcher (Python < 3.14) reaps with waitpid(-1): refuse it."""
+    if sys.version_info >= (3, 14):
         return  # child watchers are gone: asyncio uses pidfds or a thread per child
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -120,11 +121,19 @@ class AsyncContext(Bridge[AsyncChild]):
         super().__init__(Context())
         try:
             self.context.setmode(hooks)
-            self.loop.add_reader(self.context.fileno(), self._readable)
+            self._fd = self.context.fileno()
+            self.loop.add_reader(self._fd, self._readable)
         except BaseException:
             self.context.close()
             raise
         self._closed = False
+
+    def _check_events(self, events: int) -> None:
+        if _is_uvloop(self.loop) and events & (os.WSTOPPED | os.WCONTINUED):
+            raise StateError(
+                "stop/continue events need childproc's SIGCHLD handler, and under uvloop libuv owns "
+                "SIGCHLD: ask for os.WEXITED only"
+            )
 
     def _new_waiter(self, child: Child) -> AsyncChild:
         return AsyncChild(child, self.loop.create_future())
@@ -140,7 +149,7 @@ class AsyncContext(Bridge[AsyncChild]):
 
     def _readable(self) -> None:
         try:
-            self.context.dispatch()
+            self._dispatch()
         except Exception as exc:  # a callback raised: the loop's handler reports it
             self.loop.call_exception_handler(
                 {"message": "exception in a childproc callback", "exception": exc, "context": self.context}
@@ -162,7 +171,7 @@ class AsyncContext(Bridge[AsyncChild]):
             return
         self._closed = True
         try:
-            self.loop.remove_reader(self.context.fileno())
+            self.loop.remove_reader(self._fd)
         finally:
             self.context.close()
             self._fail_all()

@@ -81,7 +81,7 @@ class TrioContext(Bridge[TrioChild]):
         fd = self.context.fileno()
         while True:
             await trio.lowlevel.wait_readable(fd)
-            self.context.dispatch()
+            self._dispatch()
 
     def _close(self) -> None:
         self.context.close()

@@ -58,7 +58,7 @@ class _Reader:
 
     def doRead(self) -> None:
         try:
-            self._owner.context.dispatch()
+            self._owner._dispatch()
         except Exception:
             _log.failure("a childproc callback raised")
 

@@ -318,7 +318,7 @@ HOSTS: dict[str, Callable[[SigchldOwner], tuple[list[int | None], list[int | Non
 if sys.version_info < (3, 14):  # child watchers: deprecated in 3.12, gone in 3.14
     HOSTS["asyncio ThreadedChildWatcher"] = _asyncio_watcher("ThreadedChildWatcher")
     HOSTS["asyncio PidfdChildWatcher"] = _asyncio_watcher("PidfdChildWatcher")
-if sys.version_info < (3, 12):
+if sys.version_info < (3, 14):
     HOSTS["asyncio SafeChildWatcher"] = _asyncio_watcher("SafeChildWatcher")
     HOSTS["asyncio FastChildWatcher"] = _asyncio_watcher("FastChildWatcher")
 

@@ -16,6 +16,7 @@ import uvloop
 
 from childproc import (
     ChildEvent,
+    ChildStolenError,
     ClosedError,
     EventCode,
     Hooks,
@@ -225,3 +226,42 @@ def test_no_adapter_is_imported_by_the_core() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
     assert os.path.basename(asyncio_host.__file__) == "asyncio_host.py"
+
+
+# -- regressions found in review ----------------------------------------------------------
+def test_a_stolen_child_fails_its_waiter_instead_of_hanging() -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(sh(0))
+            os.waitpid(child.pid, 0)  # someone breaks the contract
+            with pytest.raises(ChildStolenError):
+                await asyncio.wait_for(child.wait(), 10)
+
+    asyncio.run(main())
+
+    async def trio_main() -> None:
+        async with trio_host.open_context() as ctx:
+            child = ctx.spawn(sh(0))
+            os.waitpid(child.pid, 0)
+            with trio.fail_after(10), pytest.raises(ChildStolenError):
+                await child.wait()
+
+    trio.run(trio_main)
+
+
+def test_uvloop_refuses_stop_events() -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            with pytest.raises(StateError, match="stop/continue"):
+                ctx.spawn(SLEEP, events=os.WEXITED | os.WSTOPPED)
+
+    uvloop.run(main())
+
+
+def test_asyncio_close_after_the_context_was_closed() -> None:
+    async def main() -> None:
+        ctx = asyncio_host.AsyncContext()
+        ctx.context.close()
+        ctx.close()  # must not raise, and must detach from the loop
+
+    asyncio.run(main())
