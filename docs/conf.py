@@ -295,6 +295,39 @@ def bigparent_page(path: Path) -> str:
     )
 
 
+TORTURE_JSON = DOCS.parent / "benchmarks" / "results" / "torture.json"
+_TORTURE_COLUMNS = ("children", "lost", "duplicated", "wrong", "zombies", "fd_growth", "sigchld_restored")
+
+
+def torture_page(path: Path) -> str:
+    """The torture suite's figures (tests/torture writes them), one table per run length."""
+    if not path.is_file():
+        return ".. note::\n\n   No figures yet: run ``python -m pytest tests/torture``.\n"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for run in sorted(data):
+        rows = []
+        for case, figures in sorted(data[run].items()):
+            extra = ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in figures.items() if k not in _TORTURE_COLUMNS
+            )
+            cells = [str(figures.get(c, "")) for c in _TORTURE_COLUMNS]
+            rows.append([_text(case.removeprefix("test_").replace("_", " ")), *cells, _text(extra)])
+        header = [
+            "Case",
+            "children",
+            "lost",
+            "dup.",
+            "wrong",
+            "zombies",
+            "fd growth",
+            "SIGCHLD restored",
+            "also",
+        ]
+        out.append(_list_table(f"The {run} run", header, rows, "22 8 6 6 6 7 7 9 29"))
+    return "\n".join(out)
+
+
 COEXISTENCE_JSON = DOCS / "coexistence.json"
 _OUTCOME = {"works": "works", "refused": "refused", "broken": "**BROKEN**", "crashed": "**CRASHED**"}
 
@@ -346,6 +379,7 @@ def write_generated(app: Sphinx | None = None) -> None:
             scaling_page(SCALING_JSON),
         ),
         "bigparent.rst": (_shown(BIGPARENT_JSON), bigparent_page(BIGPARENT_JSON)),
+        "torture.rst": (_shown(TORTURE_JSON), torture_page(TORTURE_JSON)),
         "coexistence.rst": (
             "docs/coexistence.json (checked by tests/coexistence)",
             coexistence_table(COEXISTENCE_JSON),
