@@ -1,0 +1,57 @@
+"""What every benchmark shares: argument parsing, a progress bar, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("benchmarks") / "results"
+
+
+def parser(doc: str | None, name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m childproc bench {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", default=str(RESULTS / f"{name}.json"), help="where to write the results")
+    return p
+
+
+def progress(done: int, total: int, label: str) -> None:
+    bar = "#" * (30 * done // max(total, 1))
+    end = "\n" if done >= total else ""
+    print(f"\r[{bar:<30}] {done}/{total} {label[:50]:<50}", end=end, file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def medians(table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {name: {key: median(values) for key, values in per.items()} for name, per in table.items()}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def rss_mib() -> int:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) // 1024
+
+
+def write(path: str, name: str, data: dict[str, Any]) -> None:
+    out = {"benchmark": name, "python": platform.python_version(), "kernel": platform.release(), **data}
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {target}")
