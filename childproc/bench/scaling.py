@@ -128,67 +128,56 @@ def raw_pidfd(k: int, kills: int) -> float:
     return cost
 
 
-def _sigchld_pipe() -> tuple[int, int, object]:
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old = signal.signal(signal.SIGCHLD, lambda s, f: os.write(w, b"\0"))
-    return r, w, old
+def _sigchld_driven(reap: Callable[[set[int]], None]) -> Callable[[int, int], float]:
+    """A bare SIGCHLD self-pipe loop that reaps with ``reap(alive)`` on each signal."""
 
-
-def _sigchld_restore(r: int, w: int, old: object) -> None:
-    signal.signal(signal.SIGCHLD, old)  # type: ignore[arg-type]
-    os.close(r)
-    os.close(w)
-
-
-def raw_scan(k: int, kills: int) -> float:
-    pids = [spawn_sleeper() for _ in range(k)]
-    alive = set(pids)
-    r, w, old = _sigchld_pipe()
-    victims = random.sample(pids, kills)
-    t0 = time.process_time()
-    for v in victims:
-        os.kill(v, signal.SIGKILL)
-        while v in alive:
-            select.select([r], [], [])
-            try:
-                os.read(r, 512)
-            except BlockingIOError:
-                pass
-            for pid in list(alive):
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    alive.discard(pid)
-    cost = (time.process_time() - t0) / kills
-    _sigchld_restore(r, w, old)
-    _cleanup(list(alive))
-    return cost
-
-
-def raw_waitany(k: int, kills: int) -> float:
-    pids = [spawn_sleeper() for _ in range(k)]
-    alive = set(pids)
-    r, w, old = _sigchld_pipe()
-    victims = random.sample(pids, kills)
-    t0 = time.process_time()
-    for v in victims:
-        os.kill(v, signal.SIGKILL)
-        while v in alive:
-            select.select([r], [], [])
-            try:
-                os.read(r, 512)
-            except BlockingIOError:
-                pass
-            while True:
+    def run(k: int, kills: int) -> float:
+        pids = [spawn_sleeper() for _ in range(k)]
+        alive = set(pids)
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old = signal.signal(signal.SIGCHLD, lambda s, f: os.write(w, b"\0"))
+        victims = random.sample(pids, kills)
+        t0 = time.process_time()
+        for v in victims:
+            os.kill(v, signal.SIGKILL)
+            while v in alive:
+                select.select([r], [], [])
                 try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if not pid:
-                    break
-                alive.discard(pid)
-    cost = (time.process_time() - t0) / kills
-    _sigchld_restore(r, w, old)
-    _cleanup(list(alive))
-    return cost
+                    os.read(r, 512)
+                except BlockingIOError:
+                    pass
+                reap(alive)
+        cost = (time.process_time() - t0) / kills
+        signal.signal(signal.SIGCHLD, old)
+        os.close(r)
+        os.close(w)
+        _cleanup(list(alive))
+        return cost
+
+    return run
+
+
+def _reap_scan(alive: set[int]) -> None:
+    """Twisted, Tornado, libuv: waitpid(pid, WNOHANG) for every child."""
+    for pid in list(alive):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            alive.discard(pid)
+
+
+def _reap_any(alive: set[int]) -> None:
+    """FastChildWatcher, gevent: waitpid(-1, WNOHANG) until nothing is left."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        alive.discard(pid)
+
+
+raw_scan = _sigchld_driven(_reap_scan)
+raw_waitany = _sigchld_driven(_reap_any)
 
 
 STRATEGIES: dict[str, Callable[[int, int], float]] = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
 import time
+from collections.abc import Iterator
 
 
 def open_fds() -> set[int]:
@@ -75,3 +78,25 @@ def is_zombie(pid: int) -> bool:
 
 def sigchld_disposition() -> object:
     return signal.getsignal(signal.SIGCHLD)
+
+
+@contextlib.contextmanager
+def fd_room(extra: int) -> Iterator[None]:
+    """Lower RLIMIT_NOFILE so that only about ``extra`` more fds can be opened.
+
+    The limit bounds fd *numbers*, so the free numbers below the highest open
+    fd are filled first (with /dev/null), or the new fds would land there.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers = []
+    while (fd := os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)) < top:
+        fillers.append(fd)
+    fillers.append(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fd + 1 + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for f in fillers:
+            os.close(f)

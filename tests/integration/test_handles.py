@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from childproc._doctor import report
 from childproc._watchers import pidfd as pidfd_mod
 
 from .kids import child_pause, drain
-from .procutil import children, is_zombie, wait_until
+from .procutil import children, fd_room, is_zombie, wait_until
 
 TRUE = "/bin/true"
 PY = sys.executable
@@ -436,20 +435,9 @@ def test_forced_fallback_is_said_and_still_works(
 @pytest.mark.parametrize("mode", [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD], ids=lambda m: m.name)
 def test_fd_exhaustion_degrades_without_losing_children(mode: SigchldOwner) -> None:
     ev = Events()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with ctx_in(mode) as ctx:
-        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        fillers = []  # fill the holes below the highest fd, so the limit really bites
-        while (fd := os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)) < top:
-            fillers.append(fd)
-        fillers.append(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fd + 6, hard))
-        try:
+        with fd_room(5):
             kids = [fork_child(ctx, ev, code=i % 50) for i in range(40)]
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            for fd in fillers:
-                os.close(fd)
         assert any(k.pidfd is None for k in kids), "the limit should have run out of pidfds"
         drain(ctx, lambda: not ctx.children, timeout=30)
         assert sorted(e.returncode or 0 for e in ev.seen) == sorted(i % 50 for i in range(40))

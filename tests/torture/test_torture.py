@@ -36,7 +36,7 @@ from childproc import (
     _process,
 )
 from childproc._watchers import pidfd as pidfd_mod
-from tests.integration.procutil import children, open_fds
+from tests.integration.procutil import children, fd_room, open_fds
 from tests.torture.conftest import REPORT
 
 SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGSEGV)
@@ -309,34 +309,31 @@ def test_fd_exhaustion_during_pidfd_watching(scale: int, report: Callable[..., N
     fds_before = open_fds()
     tally = Tally()
     rng = random.Random(5)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-    fillers = []
-    while (fd := os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)) < top:
-        fillers.append(fd)
-    fillers.append(fd)
     ctx = Context()
     ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
-    without_pidfd = 0
-    resource.setrlimit(resource.RLIMIT_NOFILE, (fd + 40, hard))
     try:
-        for i in range(scale // 10):
-            argv, code = random_child(rng)
-            argv = ["/bin/sh", "-c", "sleep 0.05; " + argv[2]]
-            child = ctx.spawn(argv, tally.on_event)
-            without_pidfd += child.pidfd is None
-            tally.expect(child.pid, code)
-            if i % 25 == 0:
-                ctx.dispatch()
+        with fd_room(40):
+            without_pidfd = spawn_many(ctx, tally, rng, scale // 10)
         while ctx.children:
             ctx.wait(1)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        for f in fillers:
-            os.close(f)
         ctx.close()
     finish(report, tally, fds_before, children_without_pidfd=without_pidfd)
     assert without_pidfd > 0
+
+
+def spawn_many(ctx: Context, tally: Tally, rng: random.Random, n: int) -> int:
+    """Spawn ``n`` random short-lived children, dispatching now and then;
+    return how many got no pidfd."""
+    without_pidfd = 0
+    for i in range(n):
+        argv, code = random_child(rng)
+        child = ctx.spawn(["/bin/sh", "-c", "sleep 0.05; " + argv[2]], tally.on_event)
+        without_pidfd += child.pidfd is None
+        tally.expect(child.pid, code)
+        if i % 25 == 0:
+            ctx.dispatch()
+    return without_pidfd
 
 
 @pytest.mark.timeout(900)
