@@ -817,7 +817,8 @@ class Context:
         is drained, so a raise never swallows a wake-up.
         """
         with _process.LOCK:
-            self._check_usable()
+            if self._closed:  # closed by another thread since _enter() checked
+                raise ClosedError("this childproc Context is closed; create a new one")
             if self in _process._users:
                 _process.check_handler()
             ready = self._epoll.poll(0)
@@ -1071,19 +1072,25 @@ class Context:
             raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._waiting():
+            self._enter()
+            if self in _process._users:  # report a replaced handler now, not after a sleep
+                with _process.LOCK:
+                    _process.check_handler()
             while True:
+                # Sleep first (anything already ready makes it return at once), then
+                # dispatch: one dispatch per wake-up, not an idle one before each sleep.
+                if not self._ledger.has_events:
+                    remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                    if self in _process._users and _process.handler_installed():
+                        remaining = (
+                            _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
+                        )
+                    self._sleep(remaining)
                 delivered = self.dispatch()
                 if delivered:
                     return delivered
-                if deadline is None:
-                    remaining = -1.0
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return 0
-                if self in _process._users and _process.handler_installed():
-                    remaining = _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
-                self._sleep(remaining)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return 0
 
     def start_dispatch_thread(self) -> threading.Thread:
         """Run :meth:`wait` forever on a daemon thread, for hosts with no loop.

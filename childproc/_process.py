@@ -30,6 +30,7 @@ import os
 import platform
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from types import FrameType
@@ -224,14 +225,26 @@ def _install() -> None:
         raise SigchldConflictError(_conflict_message(current), _culprit(current))
     signal.signal(signal.SIGCHLD, _sigchld_handler)
     _trampoline = real_handler()
+    global _c_checked_at
+    _c_checked_at = 0.0  # the next check reads the C level again
     _saved = current if current is not _sigchld_handler else signal.SIG_DFL
     _installed = True
 
 
-def _ours_in_place(current: _Handler) -> bool:
-    """childproc's handler is SIGCHLD's handler, at the Python level and the C level."""
+_C_RECHECK_S = 0.1  # how often the C-level handler is read back (a ctypes call)
+_c_checked_at = 0.0
+
+
+def _ours_in_place(current: _Handler, force: bool = False) -> bool:
+    """childproc's handler is SIGCHLD's handler, at the Python level (every call)
+    and the C level (read back at most every 100 ms, or when ``force``)."""
+    global _c_checked_at
     if current is not _sigchld_handler:
         return False
+    now = time.monotonic()
+    if not force and now - _c_checked_at < _C_RECHECK_S:
+        return True
+    _c_checked_at = now
     real = real_handler()
     return real is None or _trampoline is None or real == _trampoline
 
@@ -239,7 +252,7 @@ def _ours_in_place(current: _Handler) -> bool:
 def _restore() -> None:
     global _installed, _saved
     current = signal.getsignal(signal.SIGCHLD)
-    if _ours_in_place(current):
+    if _ours_in_place(current, force=True):
         signal.signal(signal.SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
     else:
         log.warning(

@@ -49,6 +49,17 @@ def _resolve(name: str, env: Mapping[str, str] | None) -> str:
     return found
 
 
+def _current_environ() -> Mapping[bytes, bytes]:
+    """This process's environment as posix_spawn wants it, without copying it.
+
+    ``os.environ._data`` is the bytes dict behind ``os.environ`` (kept in step by
+    ``os.environ``'s own setters); a plain dict is read in C, where the
+    ``os.environb`` mapping costs a Python call per variable on every spawn.
+    """
+    data = getattr(os.environ, "_data", None)
+    return data if isinstance(data, dict) else os.environb
+
+
 def _fd(value: object, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidArgumentError(f"{what} must be a file descriptor (int >= 0), not {value!r}")
@@ -87,7 +98,16 @@ def spawn_process(
         for i, target in enumerate(fd_map):
             actions.append((os.POSIX_SPAWN_DUP2, base + i, target))
             actions.append((os.POSIX_SPAWN_CLOSE, base + i))
-    program = _resolve(os.fsdecode(args[0]), env)
+    name = os.fsdecode(args[0])
+    if cwd is None and ("/" in name or env is None):
+        # posix_spawn itself reports ENOENT/EACCES here, and posix_spawnp looks
+        # names up on this process's PATH, which is env's: no pre-checks needed.
+        spawn = os.posix_spawn if "/" in name else os.posix_spawnp
+        # os.environb: the same environment, without decoding and re-encoding
+        # every variable on each spawn (~0.1 ms with a typical environment).
+        environ = _current_environ() if env is None else env
+        return spawn(args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=())
+    program = _resolve(name, env)
     if cwd is not None:
         where = os.fspath(cwd)
         if not os.path.isdir(where):
@@ -98,9 +118,7 @@ def spawn_process(
     return os.posix_spawn(
         program,
         args,
-        # os.environb: the same environment, without decoding and re-encoding
-        # every variable on each spawn (~0.1 ms with a typical environment).
-        os.environb if env is None else env,
+        _current_environ() if env is None else env,
         file_actions=actions,
         setsigdef=_SIGDEF,
         setsigmask=(),

@@ -295,6 +295,42 @@ def bigparent_page(path: Path) -> str:
     )
 
 
+THROUGHPUT_JSON = DOCS.parent / "benchmarks" / "results" / "throughput.json"
+LATENCY_JSON = DOCS.parent / "benchmarks" / "results" / "latency.json"
+
+
+def throughput_page(path: Path) -> str:
+    """Throughput relative to the raw floor (benchmarks/throughput.py)."""
+    if not path.is_file():
+        return ".. note::\n\n   No measurements yet: run ``python -m childproc bench throughput``.\n"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    keys = data["keys"]
+    floor = data["children_per_second"]["raw floor"]
+    rows = [["raw floor (children per second)", *(f"{floor[k]:.0f}/s" for k in keys)]]
+    for name, per in data["ratio_to_floor"].items():
+        rows.append([_text(name), *(f"{per[k]:.3f}" if k in per else "-" for k in keys)])
+    widths = " ".join(["34"] + ["16"] * len(keys))
+    title = (
+        f"Throughput relative to the raw floor (1.000 = no overhead), {data['n']} children per run, "
+        f"median of {data['rounds']} rounds, Python {data['python']}"
+    )
+    return _list_table(title, ["Contender", *keys], rows, widths)
+
+
+def latency_page(path: Path) -> str:
+    """Exit-to-callback latency (benchmarks/latency.py)."""
+    if not path.is_file():
+        return ".. note::\n\n   No measurements yet: run ``python -m childproc bench latency``.\n"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for scenario, s in data["seconds"].items():
+        cells = [f"{s[k] * 1e6:.0f}" for k in ("floor_p50", "floor_p99", "p50", "p99")]
+        rows.append([scenario, *cells, f"{s['p99'] / s['floor_p99']:.2f}x"])
+    header = ["Scenario", "floor p50 (µs)", "floor p99 (µs)", "p50 (µs)", "p99 (µs)", "p99 / floor p99"]
+    title = f"Child exit to callback, {data['mode']}, {data['samples']} samples, Python {data['python']}"
+    return _list_table(title, header, rows, "16 14 14 14 14 16")
+
+
 TORTURE_JSON = DOCS.parent / "benchmarks" / "results" / "torture.json"
 _TORTURE_COLUMNS = ("children", "lost", "duplicated", "wrong", "zombies", "fd_growth", "sigchld_restored")
 
@@ -380,6 +416,8 @@ def write_generated(app: Sphinx | None = None) -> None:
         ),
         "bigparent.rst": (_shown(BIGPARENT_JSON), bigparent_page(BIGPARENT_JSON)),
         "torture.rst": (_shown(TORTURE_JSON), torture_page(TORTURE_JSON)),
+        "throughput.rst": (_shown(THROUGHPUT_JSON), throughput_page(THROUGHPUT_JSON)),
+        "latency.rst": (_shown(LATENCY_JSON), latency_page(LATENCY_JSON)),
         "coexistence.rst": (
             "docs/coexistence.json (checked by tests/coexistence)",
             coexistence_table(COEXISTENCE_JSON),

@@ -34,6 +34,9 @@ from .procutil import wait_until
 
 E = "tests.integration.fs_entries"
 
+# Earlier tests may leave trio's idle worker threads behind: start() rightly warns about threads.
+pytestmark = pytest.mark.filterwarnings("ignore:ForkServer.start.. with threads running:RuntimeWarning")
+
 
 @pytest.fixture
 def server() -> Iterator[ForkServer]:
