@@ -55,6 +55,12 @@ __all__ = [
 
 log = logging.getLogger("childproc")
 
+_raw_getsignal: Callable[[int], Any]
+try:  # what signal.getsignal wraps, without its enum conversion (a hot path)
+    from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found, no-redef, unused-ignore]
+except ImportError:  # pragma: no cover - not CPython
+    _raw_getsignal = signal.getsignal
+
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
@@ -166,6 +172,12 @@ def _c_level_foreign(python_level: _Handler) -> bool:
     return False
 
 
+def _getsignal() -> _Handler:
+    """SIGCHLD's Python-level handler. ``_signal.getsignal`` is what ``signal.getsignal``
+    wraps; it skips the enum conversion (SIG_DFL/SIG_IGN compare equal either way)."""
+    return _raw_getsignal(signal.SIGCHLD)  # type: ignore[no-any-return]
+
+
 def on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -213,18 +225,19 @@ def check_can_install() -> None:
     of the conflict before it forks, not at the next main-thread call.
     """
     if not _installed:
-        current = signal.getsignal(signal.SIGCHLD)
+        current = _getsignal()
         if _foreign(current):
             raise SigchldConflictError(_conflict_message(current), _culprit(current))
 
 
 def _install() -> None:
     global _installed, _saved, _trampoline
-    current = signal.getsignal(signal.SIGCHLD)
+    current = _getsignal()
     if _foreign(current):
         raise SigchldConflictError(_conflict_message(current), _culprit(current))
     signal.signal(signal.SIGCHLD, _sigchld_handler)
-    _trampoline = real_handler()
+    if _trampoline is None:  # CPython's C-level handler: one address for the process
+        _trampoline = real_handler()
     global _c_checked_at
     _c_checked_at = 0.0  # the next check reads the C level again
     _saved = current if current is not _sigchld_handler else signal.SIG_DFL
@@ -251,7 +264,7 @@ def _ours_in_place(current: _Handler, force: bool = False) -> bool:
 
 def _restore() -> None:
     global _installed, _saved
-    current = signal.getsignal(signal.SIGCHLD)
+    current = _getsignal()
     if _ours_in_place(current, force=True):
         signal.signal(signal.SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
     else:
@@ -302,7 +315,8 @@ def set_handler_user(ctx: Context, wanted: bool) -> None:
     if (ctx in _users) == wanted:
         return
     if wanted:
-        check_can_install()
+        if not on_main_thread():  # the install waits for the main thread: check now
+            check_can_install()
         _users = _users | {ctx}
     else:
         _users = _users - {ctx}
@@ -336,7 +350,7 @@ def check_handler() -> None:
       cover the gap).
     """
     global _installed, _saved, _pending
-    current = signal.getsignal(signal.SIGCHLD)
+    current = _getsignal()
     if _installed:
         if _ours_in_place(current):
             return
