@@ -49,6 +49,37 @@ def rss_mib() -> int:
         return int(f.read().split("VmRSS:")[1].split()[0]) // 1024
 
 
+def plot_lines(
+    path: str, title: str, xlabel: str, ylabel: str, series: dict[str, dict[float, float]]
+) -> None:
+    """A log-log line plot of ``series`` (name -> {x: y}) as a PNG. Needs the ``plot``
+    extra (matplotlib); without it, says so and writes nothing."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        print("no plot: install the 'plot' extra (pip install childproc[plot])", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, points in series.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def write(path: str, name: str, data: dict[str, Any]) -> None:
     out = {"benchmark": name, "python": platform.python_version(), "kernel": platform.release(), **data}
     target = Path(path)

@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated substrings of strategy names")
+    parser.add_argument(
+        "--plot", default="", help="also write a PNG of the curves here (needs the plot extra)"
+    )
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -232,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         row = "".join(f"{med[n][k] * 1e6:>11.1f}" for k in ks)
         print(f"{n:<44}{row}{med[n][k1] / med[n][k0]:>10.2f}x")
+    if args.plot:
+        _common.plot_lines(
+            args.plot,
+            "CPU per reaped child with K children alive",
+            "K (children alive)",
+            "µs of CPU per reaped child",
+            {n: {k: v * 1e6 for k, v in per.items()} for n, per in med.items()},
+        )
     _common.write(
         args.json,
         "scaling",
