@@ -43,20 +43,21 @@ SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGSEGV)
 
 
 class Tally:
-    """What each child should report and what it did report."""
+    """What each child should report and what it did report, per child handle
+    (not per pid: with 100,000 children the kernel reuses pids many times)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.expected: dict[int, int] = {}
-        self.got: dict[int, list[int | None]] = {}
+        self.expected: dict[Child, int] = {}
+        self.got: dict[Child, list[int | None]] = {}
 
-    def expect(self, pid: int, returncode: int) -> None:
+    def expect(self, child: Child, returncode: int) -> None:
         with self.lock:
-            self.expected[pid] = returncode
+            self.expected[child] = returncode
 
     def on_event(self, child: Child, event: ChildEvent) -> None:
         with self.lock:
-            self.got.setdefault(event.pid, []).append(event.returncode)
+            self.got.setdefault(child, []).append(event.returncode)
 
     def figures(self) -> dict[str, int]:
         with self.lock:
@@ -93,7 +94,7 @@ def fork_random(ctx: Context, tally: Tally, rng: random.Random, **kw: Any) -> Ch
                 os.kill(os.getpid(), -code)
         finally:
             os._exit(code if code >= 0 else 0)
-    tally.expect(child.pid, code)
+    tally.expect(child, code)
     return child
 
 
@@ -170,10 +171,10 @@ def test_many_children_from_threads_and_contexts(scale: int, report: Callable[..
                 child = ctx.fork(released)
                 if child is None:
                     os._exit(code)
-                tally.expect(child.pid, code)
+                tally.expect(child, code)
             else:
                 argv, code = random_child(rng)
-                tally.expect(ctx.spawn(argv, released).pid, code)
+                tally.expect(ctx.spawn(argv, released), code)
 
     threads = [threading.Thread(target=worker, args=(s, scale // 4)) for s in range(4)]
     with Host(count=max(20, scale // 100)) as host:
@@ -213,7 +214,7 @@ def test_sigchld_storm_while_spawning(
         rng = random.Random(1)
         for i in range(scale // 5):
             argv, code = random_child(rng)
-            tally.expect(ctx.spawn(argv, tally.on_event).pid, code)
+            tally.expect(ctx.spawn(argv, tally.on_event), code)
             if i % 50 == 0:
                 ctx.dispatch()
         while ctx.children:
@@ -240,13 +241,13 @@ def test_callbacks_that_raise_reenter_and_close(scale: int, report: Callable[...
         delivered = len(tally.got)
         if delivered < n and delivered % 7 == 0:  # re-enter: make another child from the callback
             argv, code = random_child(rng)
-            tally.expect(ctx.spawn(argv, on_event).pid, code)
+            tally.expect(ctx.spawn(argv, on_event), code)
         if delivered % 3 == 0:
             raise RuntimeError("callback failed on purpose")
 
     for _ in range(n // 2):
         argv, code = random_child(rng)
-        tally.expect(ctx.spawn(argv, on_event).pid, code)
+        tally.expect(ctx.spawn(argv, on_event), code)
     while ctx.children:
         try:
             ctx.wait(1)
@@ -330,7 +331,7 @@ def spawn_many(ctx: Context, tally: Tally, rng: random.Random, n: int) -> int:
         argv, code = random_child(rng)
         child = ctx.spawn(["/bin/sh", "-c", "sleep 0.05; " + argv[2]], tally.on_event)
         without_pidfd += child.pidfd is None
-        tally.expect(child.pid, code)
+        tally.expect(child, code)
         if i % 25 == 0:
             ctx.dispatch()
     return without_pidfd
@@ -349,7 +350,7 @@ def test_forking_while_another_thread_dispatches(scale: int, report: Callable[..
     def churn() -> None:  # keeps the dispatch thread busy delivering
         while not stop.is_set():
             argv, code = random_child(rng)
-            tally.expect(ctx.spawn(argv, tally.on_event).pid, code)
+            tally.expect(ctx.spawn(argv, tally.on_event), code)
             time.sleep(0.001)
 
     churner = threading.Thread(target=churn)
