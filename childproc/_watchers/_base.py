@@ -68,13 +68,18 @@ def found_from_waitid(info: os.waitid_result) -> Found:
     return (info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid)
 
 
+def waitid_child(child: Watched, flags: int) -> os.waitid_result | None:
+    """``waitid`` on ``child``: through its pidfd where there is one (never a recycled
+    pid), else by pid. Raises ``ChildProcessError`` if it is gone."""
+    if child.pidfd is not None:
+        return os.waitid(os.P_PIDFD, child.pidfd, flags)
+    return os.waitid(os.P_PID, child.pid, flags)
+
+
 def check_stops(child: Watched, out: Reaped) -> None:
     """Collect (and consume) a pending stop/continue of ``child`` into ``out.changed``."""
     try:
-        if child.pidfd is not None:
-            info = os.waitid(os.P_PIDFD, child.pidfd, STOP_FLAGS)
-        else:
-            info = os.waitid(os.P_PID, child.pid, STOP_FLAGS)
+        info = waitid_child(child, STOP_FLAGS)
     except ChildProcessError:
         return  # gone: the exit check reports it
     if info is not None:
@@ -85,10 +90,7 @@ def check_exit(child: Watched, out: Reaped) -> None:
     """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``."""
     flags = os.WEXITED | os.WNOHANG | (os.WNOWAIT if child.defer_reap else 0)
     try:
-        if child.pidfd is not None:
-            info = os.waitid(os.P_PIDFD, child.pidfd, flags)
-        else:
-            info = os.waitid(os.P_PID, child.pid, flags)
+        info = waitid_child(child, flags)
     except ChildProcessError:
         out.gone.append(child.pid)
         return
