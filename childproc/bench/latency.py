@@ -68,7 +68,7 @@ def childproc_once(ctx: Context, dispatch_here: bool) -> float:
     os.close(w)
     if dispatch_here:
         while not seen:
-            ctx.wait()
+            ctx.wait(5)
     else:
         while not seen:
             time.sleep(0.0001)

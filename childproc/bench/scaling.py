@@ -62,7 +62,7 @@ def childproc_strategy(mode: SigchldOwner, pidfds: bool = True) -> Callable[[int
                 for v in victims:
                     v.kill()
                     while v.returncode is None:
-                        ctx.wait()
+                        ctx.wait(5)
                 cost = (time.process_time() - t0) / kills
             return cost
         finally:
@@ -141,7 +141,9 @@ def _sigchld_driven(reap: Callable[[set[int]], None]) -> Callable[[int, int], fl
         for v in victims:
             os.kill(v, signal.SIGKILL)
             while v in alive:
-                select.select([r], [], [])
+                # A tick, as real SIGCHLD loops have: the signal may land on another
+                # thread, leaving this select() uninterrupted until the next tick.
+                select.select([r], [], [], 1.0)
                 try:
                     os.read(r, 512)
                 except BlockingIOError:

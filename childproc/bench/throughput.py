@@ -87,7 +87,7 @@ def childproc_run(mode: SigchldOwner, kind: str) -> Callable[[int, int], None]:
                     pid, status = os.waitpid(-1, 0)
                     ctx.childproc_reaped(pid, status)
                 else:
-                    ctx.wait()
+                    ctx.wait(5)
 
     return run
 
