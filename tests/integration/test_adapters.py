@@ -129,7 +129,7 @@ def test_asyncio_under_uvloop_refuses_modes_that_need_a_handler() -> None:
     uvloop.run(main())
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="child watchers were removed in 3.12")
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="child watchers were removed in 3.14")
 def test_asyncio_fast_child_watcher_is_refused() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
