@@ -9,6 +9,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .bench import NAMES
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m childproc", description=__doc__)
@@ -17,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doctor = sub.add_parser("doctor", help="SIGCHLD owner, wakeup fd, pidfd support, known traps")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     bench = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
-    bench.add_argument("name", choices=("throughput", "scaling", "latency", "bigparent"))
+    bench.add_argument("name", choices=NAMES)
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     args = parser.parse_args(argv)
     if args.command == "bench":

@@ -70,7 +70,6 @@ class Child:
         "_exit_fd",
         "_final",
         "_on_event",
-        "_owns_pidfd",
         "_pid",
         "_pidfd",
         "_polled",
@@ -97,7 +96,6 @@ class Child:
         self._pid = pid
         self._pidfd: int | None = None
         self._exit_fd: int | None = None  # a fork server's child: where its exit arrives
-        self._owns_pidfd = True
         self._polled = False  # the pidfd is in the context's epoll
         self._on_event = on_event
         self._events = events

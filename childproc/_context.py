@@ -31,13 +31,12 @@ import logging
 import os
 import select
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _process
 from ._child import Child, ChildState, EventCallback, check_events
@@ -72,13 +71,12 @@ from ._status import ChildEvent, describe_status
 from ._waker import CLOSED_WAKER, Waker
 from ._watchers import Reaped, Watcher, make_watcher
 from ._watchers import pidfd as _pidfd
-from ._watchers._base import check_exit
+from ._watchers._base import reap_zombie
 from ._watchers.scan import scan
+from .forkserver import EXIT_EVENT, ServedChild
 
 __all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback"]
 
-if TYPE_CHECKING:
-    from .forkserver import ServedChild
 
 log = logging.getLogger("childproc")
 
@@ -87,7 +85,6 @@ ForkReplacement = Callable[[Any], int]
 #: ``reaped_callback(pid, status, user) -> bool | None`` for pids nobody in childproc made.
 ReapedCallback = Callable[[int, int, Any], bool | None]
 
-_EXIT_RECORD = struct.Struct("=ii")  # a fork server's exit record (forkserver.EXIT_EVENT)
 _HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks a handler it relies on
 _fallback_logged = False
 
@@ -705,11 +702,11 @@ class Context:
             return
         try:
             os.set_blocking(fd, block)
-            data = os.read(fd, _EXIT_RECORD.size)
+            data = os.read(fd, EXIT_EVENT.size)
         except BlockingIOError:
             return
-        if len(data) == _EXIT_RECORD.size:
-            _, status = _EXIT_RECORD.unpack(data)
+        if len(data) == EXIT_EVENT.size:
+            _, status = EXIT_EVENT.unpack(data)
             self._child_died_locked(child, status, None, reaped=True)
         else:  # the server went away before the child: its status is lost
             child._state = ChildState.EXITED
@@ -901,9 +898,7 @@ class Context:
             if not child._zombie:
                 return
             child._zombie = False
-            child._defer_reap = False
-            out = Reaped()
-            check_exit(child, out)  # a zombie: never blocks
+            reap_zombie(child)
             self._child_gone_locked(child)
             self._sync_handler_use_locked()
 
@@ -952,7 +947,7 @@ class Context:
             child._done = True
             if child._zombie:
                 child._zombie = False
-                check_exit(child, Reaped())  # its exit was seen: reap the zombie
+                reap_zombie(child)  # its exit was seen
                 self._child_gone_locked(child)
                 self._sync_handler_use_locked()
                 return
@@ -989,7 +984,7 @@ class Context:
             try:
                 if child._exit_fd is not None:
                     os.set_blocking(child._exit_fd, True)
-                    os.read(child._exit_fd, _EXIT_RECORD.size)  # the server reaps it
+                    os.read(child._exit_fd, EXIT_EVENT.size)  # the server reaps it
                 elif child._pidfd is not None:
                     os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
                 else:
@@ -1225,8 +1220,7 @@ class Context:
                 if self._rules.reaper is not Reaper.APPLICATION:
                     scan([c for c in running if c not in doomed and c._exit_fd is None], Reaped())
                 for child in list(self._zombies.values()):
-                    check_exit(child, Reaped())
-                    child._defer_reap = False
+                    reap_zombie(child)
             finally:
                 self._ledger.forget_running()
                 for child in running:

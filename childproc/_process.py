@@ -93,9 +93,6 @@ class _ProcessLock:
         self.holder = None
         self._lock.release()
 
-    def held_by_me(self) -> bool:
-        return self.holder == threading.get_ident()
-
     def _reset_in_child(self) -> None:
         if self.holder != threading.get_ident():
             # Another thread of the parent held it at fork time: that thread does

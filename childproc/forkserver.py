@@ -539,12 +539,16 @@ class _Server:
                 return
             if pid == 0:
                 return
-            wfd = self.children.pop(pid, None)
-            if wfd is not None:
-                # One record on its own pipe: never blocks, whatever the caller does.
-                with contextlib.suppress(OSError):
-                    os.write(wfd, EXIT_EVENT.pack(pid, status))
-                os.close(wfd)
+            self._report_exit(pid, status)
+
+    def _report_exit(self, pid: int, status: int) -> None:
+        """Write ``pid``'s exit record to its exit fd, if it has one, and close it."""
+        wfd = self.children.pop(pid, None)
+        if wfd is not None:
+            # One record on its own pipe: never blocks, whatever the caller does.
+            with contextlib.suppress(OSError):
+                os.write(wfd, EXIT_EVENT.pack(pid, status))
+            os.close(wfd)
 
     def _parent_died(self) -> None:
         if self.on_parent_death == "terminate":
@@ -664,11 +668,7 @@ class _Server:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            wfd = self.children.pop(pid, None)
-            if wfd is not None:
-                with contextlib.suppress(OSError):
-                    os.write(wfd, EXIT_EVENT.pack(pid, status))
-                os.close(wfd)
+            self._report_exit(pid, status)
         self.running = False
         return {}, []
 

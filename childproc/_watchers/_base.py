@@ -76,6 +76,14 @@ def waitid_child(child: Watched, flags: int) -> os.waitid_result | None:
     return os.waitid(os.P_PID, child.pid, flags)
 
 
+def reap_zombie(child: Watched) -> None:
+    """Reap ``child``, whose exit was already seen (never blocks); gone already is fine."""
+    try:
+        waitid_child(child, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
 def check_stops(child: Watched, out: Reaped) -> None:
     """Collect (and consume) a pending stop/continue of ``child`` into ``out.changed``."""
     try:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 
 from .._policy import WatcherKind
-from ._base import Reaped, Watched, check_stops, found_from_waitid
+from ._base import Reaped, Watched, check_stops, found_from_waitid, waitid_child
 
 __all__ = ["WaitAnyWatcher"]
 
@@ -64,7 +64,7 @@ class WaitAnyWatcher:
                 if child.pid in reaped or child.pidfd is None:
                     continue
                 try:
-                    os.waitid(os.P_PIDFD, child.pidfd, _PEEK)
+                    waitid_child(child, _PEEK)
                 except ChildProcessError:
                     out.gone.append(child.pid)
         return out

@@ -601,3 +601,15 @@ def test_libxl_refuses_to_start_beside_foreign_children() -> None:
             assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
     finally:
         assert proc.wait(20) == 5  # untouched
+
+
+def test_close_reaps_an_observed_but_undelivered_deferred_zombie() -> None:
+    ctx = ctx_in(SigchldOwner.SELECTIVE_REAP)
+    child = ctx.fork(reap_after_callback=True)
+    if child is None:
+        os._exit(0)
+    assert wait_until(lambda: is_zombie(child.pid))
+    ctx._collect()  # its exit is seen (kept a zombie for the callback), not delivered
+    assert child.state is ChildState.EXITED and is_zombie(child.pid)
+    ctx.close()
+    assert child.pid not in children()
