@@ -33,8 +33,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,13 +55,14 @@ from ._errors import (
 )
 from ._ledger import ChildCallback, Event, EventKind, Ledger
 from ._policy import (
+    ROUTE,
+    RULES,
     Destination,
     ForeignCheck,
     Owner,
     Reaper,
     SigchldOwner,
     choose_watcher,
-    route,
     rules_for,
     wants_handler,
 )
@@ -168,6 +168,24 @@ def _adapt_child_fork_callback(callback: ChildCallback) -> EventCallback:
     return on_event
 
 
+class _Plan:
+    """What the policy tables say for one :class:`Hooks`, looked up once at
+    ``setmode()`` rather than on every child (the hot path reads these)."""
+
+    __slots__ = ("route_nobody", "route_other", "route_ours", "wants_handler")
+
+    def __init__(self, hooks: Hooks) -> None:
+        mode, has_cb, pidfds = hooks.chldowner, hooks.reaped_callback is not None, _pidfd.supported()
+        #: indexed by 2 * (has unreaped children) + (has stop/continue watchers)
+        self.wants_handler = tuple(
+            wants_handler(mode, children, pidfds, stops) for children in (0, 1) for stops in (0, 1)
+        )
+        routes = {owner: ROUTE.get((RULES[mode].reaper, owner, has_cb)) for owner in Owner}
+        self.route_ours = routes[Owner.THIS_CONTEXT]
+        self.route_other = routes[Owner.OTHER_CONTEXT]
+        self.route_nobody = routes[Owner.NOBODY]
+
+
 class Context:
     """A set of children and the machinery to learn, exactly once, when each dies.
 
@@ -189,6 +207,7 @@ class Context:
         self._hooks = Hooks()
         self._user: Any = None
         self._rules = rules_for(self._hooks.chldowner)
+        self._plan = _Plan(self._hooks)
         self._ledger: Ledger[Child] = Ledger()
         self._waker = Waker()
         try:
@@ -205,7 +224,8 @@ class Context:
         self._stop_watchers = 0
         self._watcher: Watcher = make_watcher(choose_watcher(self.mode, _pidfd.supported()))
         self._delivery = threading.RLock()
-        self._waiters_cv = threading.Condition(threading.Lock())
+        self._waiters_lock = threading.Lock()
+        self._waiters_cv = threading.Condition(self._waiters_lock)
         self._waiters: dict[int, int] = {}  # thread ident -> nesting depth in wait()
         self._thread: threading.Thread | None = None
         _process.register_context(self)
@@ -263,12 +283,8 @@ class Context:
         _process.run_chores()
 
     def _uses_handler(self, extra_children: int = 0, extra_stop_watchers: int = 0) -> bool:
-        return wants_handler(
-            self.mode,
-            self._ledger.unreaped - len(self._served) + extra_children,
-            _pidfd.supported(),
-            self._stop_watchers + extra_stop_watchers,
-        )
+        children = self._ledger.unreaped - len(self._served) + extra_children
+        return self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers + extra_stop_watchers > 0)]
 
     def _sync_handler_use_locked(self) -> None:
         _process.set_handler_user(self, self._uses_handler())
@@ -308,13 +324,13 @@ class Context:
                 )
             if rules.foreign_children_check is ForeignCheck.SETMODE:
                 self._refuse_foreign_children_locked(hooks.chldowner)
-            old = (self._hooks, self._user, self._rules, self._watcher)
-            self._hooks, self._user, self._rules = hooks, user, rules
+            old = (self._hooks, self._user, self._rules, self._plan, self._watcher)
+            self._hooks, self._user, self._rules, self._plan = hooks, user, rules, _Plan(hooks)
             self._watcher = make_watcher(choose_watcher(hooks.chldowner, _pidfd.supported()))
             try:
                 self._sync_handler_use_locked()
             except BaseException:
-                self._hooks, self._user, self._rules, self._watcher = old
+                self._hooks, self._user, self._rules, self._plan, self._watcher = old
                 raise
         if rules.reaper is Reaper.OWN_CHILDREN and not _pidfd.supported() and not _fallback_logged:
             _fallback_logged = True
@@ -423,7 +439,9 @@ class Context:
         Raises :class:`SpawnError` (with ``errno``: ``ENOENT``, ``EACCES``,
         ``ENOTDIR``) if the program or ``cwd`` cannot be used.
         """
-        if not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes)):
+        if type(pass_fds) is not tuple and (  # the common case skips the ABC check
+            not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
+        ):
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
 
         def make() -> int:
@@ -528,9 +546,10 @@ class Context:
         """Make (or take) a child and register it, all under the process lock."""
         if on_event is not None and not callable(on_event):
             raise InvalidArgumentError(f"on_event must be callable(child, event) or None, not {on_event!r}")
-        events = check_events(events)
+        if events != os.WEXITED or type(events) is not int:
+            events = check_events(events)
         self._enter()
-        watches_stops = bool(events & (os.WSTOPPED | os.WCONTINUED))
+        watches_stops = events != os.WEXITED
         if watches_stops and not self._rules.stop_events:
             raise InvalidArgumentError(
                 f"stop/continue events need SIGCHLD (pidfds only report exits), and {self.mode.name} "
@@ -676,11 +695,10 @@ class Context:
         event = ChildEvent.from_wait_status(child.pid, status, uid)
         child._state = ChildState.EXITED
         child._final = event
-        if not self._ledger.exited(child.pid, status, uid):
-            return  # released meanwhile: nobody wants the event
+        recorded = self._ledger.exited(child.pid, status, uid)  # False: released meanwhile
         if reaped:
             self._child_gone_locked(child)
-        else:
+        elif recorded:
             child._zombie = True
             self._zombies[child.pid] = child
             self._unpoll_locked(child)  # a zombie's pidfd stays readable
@@ -717,8 +735,6 @@ class Context:
                     "before the child exited, so nobody can report its exit status"
                 )
                 self._child_gone_locked(child)
-            return
-        self._child_gone_locked(child)
 
     def watch_served(
         self,
@@ -763,8 +779,8 @@ class Context:
 
     def _route_locked(self, reaped: Reaped) -> None:
         """Send each reaped pid where :func:`route` says. LOCK held."""
-        mode = self.mode
-        has_cb = self._hooks.reaped_callback is not None
+        plan = self._plan
+        owners = _process.OWNERS
         for pid, status, uid in reaped.changed:
             child = self._ledger.handle(pid)
             if child is None:
@@ -774,28 +790,28 @@ class Context:
             else:
                 self._child_died_locked(child, status, uid, reaped=False)
         for pid, status, uid in reaped.exited:
-            owner_ctx = _process.OWNERS.get(pid)
-            owner = (
-                Owner.THIS_CONTEXT
+            owner_ctx = owners.get(pid)
+            dest = (
+                plan.route_ours
                 if owner_ctx is self
-                else Owner.NOBODY
+                else plan.route_nobody
                 if owner_ctx is None
-                else Owner.OTHER_CONTEXT
+                else plan.route_other
             )
-            dest = route(mode, owner, has_cb)
             if dest is Destination.CHILD_CALLBACK or dest is Destination.OTHER_CONTEXT:
                 assert owner_ctx is not None
                 child = owner_ctx._ledger.handle(pid) or owner_ctx._zombies.get(pid)
                 if child is not None:
                     owner_ctx._child_died_locked(child, status, uid, reaped=True)
-                    owner_ctx._child_gone_locked(child)
                 if owner_ctx is not self:
                     owner_ctx._sync_handler_use_locked()
                     owner_ctx._waker.poke()
             elif dest is Destination.REAPED_CALLBACK:
                 self._ledger.foreign(pid, status, EventKind.FOREIGN, uid)
-            else:
+            elif dest is Destination.WARNING:
                 self._ledger.foreign(pid, status, EventKind.UNKNOWN, uid)
+            else:  # the watcher reaped what this mode never reaps: a bug upstream
+                raise AssertionError(f"{self.mode.name} reaped pid {pid}, which it cannot route ({dest})")
         if self._rules.reaper is not Reaper.APPLICATION:
             # ECHILD on a pid of ours means someone else reaped it; in MAINLOOP it
             # only means the application got there first and will report it.
@@ -844,8 +860,9 @@ class Context:
     # -- delivery -----------------------------------------------------------
     def _deliver(self) -> int:
         delivered = 0
+        ledger = self._ledger
         with self._delivery:
-            while not self._closed:
+            while not self._closed and ledger.has_events:  # (re-checked under the lock)
                 with _process.LOCK:
                     event = self._ledger.pop()
                 if event is None:
@@ -1002,7 +1019,8 @@ class Context:
         """Dispatch until ``child``'s exit was delivered, by this thread or another
         (in MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._waiting():
+        me = self._waiting_begin()
+        try:
             while True:
                 self.dispatch()
                 if child._done:
@@ -1011,22 +1029,26 @@ class Context:
                 if deadline is not None and remaining <= 0:
                     return None
                 self._sleep(_HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S))
-
-    @contextmanager
-    def _waiting(self) -> Iterator[None]:
-        """Count this thread among those blocked in the context (close() waits for them)."""
-        me = threading.get_ident()
-        with self._waiters_cv:
-            self._waiters[me] = self._waiters.get(me, 0) + 1
-        try:
-            yield
         finally:
-            with self._waiters_cv:
-                depth = self._waiters[me] - 1
-                if depth:
-                    self._waiters[me] = depth
-                else:
-                    del self._waiters[me]
+            self._waiting_end(me)
+
+    # Threads blocked in the context are counted, so that close() can wait for
+    # them to leave. Plain methods around a try/finally, not a context manager:
+    # wait() is on every child's path.
+    def _waiting_begin(self) -> int:
+        me = threading.get_ident()
+        with self._waiters_lock:
+            self._waiters[me] = self._waiters.get(me, 0) + 1
+        return me
+
+    def _waiting_end(self, me: int) -> None:
+        with self._waiters_lock:
+            depth = self._waiters[me] - 1
+            if depth:
+                self._waiters[me] = depth
+            else:
+                del self._waiters[me]
+            if self._closed:  # close() may be waiting for us (it set _closed first)
                 self._waiters_cv.notify_all()
 
     def _sleep(self, timeout: float) -> None:
@@ -1061,12 +1083,14 @@ class Context:
 
         Raises :class:`ClosedError` if the context is closed meanwhile.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
+        if timeout is None:
+            deadline = None
+        elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout >= 0:
+            deadline = time.monotonic() + timeout
+        else:
             raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._waiting():
+        me = self._waiting_begin()
+        try:
             self._enter()
             if self in _process._users:  # report a replaced handler now, not after a sleep
                 with _process.LOCK:
@@ -1081,11 +1105,15 @@ class Context:
                             _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
                         )
                     self._sleep(remaining)
-                delivered = self.dispatch()
+                _process.run_chores()
+                self._collect()
+                delivered = self._deliver()
                 if delivered:
                     return delivered
                 if deadline is not None and time.monotonic() >= deadline:
                     return 0
+        finally:
+            self._waiting_end(me)
 
     def start_dispatch_thread(self) -> threading.Thread:
         """Run :meth:`wait` forever on a daemon thread, for hosts with no loop.
@@ -1145,15 +1173,16 @@ class Context:
         with _process.LOCK:
             self._check_usable()
             owner_ctx = _process.OWNERS.get(pid)
-            owner = (
-                Owner.THIS_CONTEXT
+            plan = self._plan
+            dest = (
+                plan.route_ours
                 if owner_ctx is self
-                else Owner.NOBODY
+                else plan.route_nobody
                 if owner_ctx is None
-                else Owner.OTHER_CONTEXT
+                else plan.route_other
             )
             child = self._ledger.handle(pid)
-            if route(self.mode, owner, False) is not Destination.CHILD_CALLBACK or child is None:
+            if dest is not Destination.CHILD_CALLBACK or child is None:
                 return False
             if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
                 self._child_changed_locked(child, status, None)

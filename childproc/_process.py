@@ -56,10 +56,13 @@ __all__ = [
 log = logging.getLogger("childproc")
 
 _raw_getsignal: Callable[[int], Any]
-try:  # what signal.getsignal wraps, without its enum conversion (a hot path)
+_raw_signal: Callable[[int, Any], Any]
+try:  # what signal.getsignal/signal wrap, without their enum conversions (a hot path)
     from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found, no-redef, unused-ignore]
+    from _signal import signal as _raw_signal  # type: ignore[import-not-found, no-redef, unused-ignore]
 except ImportError:  # pragma: no cover - not CPython
     _raw_getsignal = signal.getsignal
+    _raw_signal = signal.signal
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -147,14 +150,16 @@ except (OSError, AttributeError):  # pragma: no cover - not glibc-like
     _sigaction = None
 
 _trampoline: int | None = None  # CPython's C-level handler, learned when ours goes in
+_READABLE = _sigaction is not None and platform.system() == "Linux"  # the struct layout above
+_SIGCHLD = int(signal.SIGCHLD)
 
 
 def real_handler() -> int | None:
     """The address of SIGCHLD's C-level handler (0: SIG_DFL, 1: SIG_IGN), or None if unknown."""
-    if _sigaction is None or platform.system() != "Linux":
+    if not _READABLE:
         return None
     old = _SigAction()
-    if _sigaction(signal.SIGCHLD, None, ctypes.byref(old)) != 0:
+    if _sigaction(_SIGCHLD, None, ctypes.byref(old)) != 0:
         return None
     return int(old.sa_handler or 0)
 
@@ -172,11 +177,15 @@ def _c_level_foreign(python_level: _Handler) -> bool:
 def _getsignal() -> _Handler:
     """SIGCHLD's Python-level handler. ``_signal.getsignal`` is what ``signal.getsignal``
     wraps; it skips the enum conversion (SIG_DFL/SIG_IGN compare equal either way)."""
-    return _raw_getsignal(signal.SIGCHLD)  # type: ignore[no-any-return]
+    return _raw_getsignal(_SIGCHLD)  # type: ignore[no-any-return]
+
+
+_main_ident = threading.main_thread().ident  # the forking thread's, in a forked child
 
 
 def on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+    """Whether the caller may use ``signal.signal`` (the interpreter's main thread)."""
+    return threading.get_ident() == _main_ident
 
 
 def handler_installed() -> bool:
@@ -232,7 +241,7 @@ def _install() -> None:
     current = _getsignal()
     if _foreign(current):
         raise SigchldConflictError(_conflict_message(current), _culprit(current))
-    signal.signal(signal.SIGCHLD, _sigchld_handler)
+    _raw_signal(_SIGCHLD, _sigchld_handler)
     if _trampoline is None:  # CPython's C-level handler: one address for the process
         _trampoline = real_handler()
     global _c_checked_at
@@ -263,7 +272,7 @@ def _restore() -> None:
     global _installed, _saved
     current = _getsignal()
     if _ours_in_place(current, force=True):
-        signal.signal(signal.SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
+        _raw_signal(_SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
     else:
         log.warning(
             "SIGCHLD handler was replaced by %s while childproc was using it; leaving it in place",
@@ -415,9 +424,10 @@ def postfork_child_noexec() -> None:
     yourself after a fork childproc could not see (a C extension's ``fork()``)
     if the child goes on running Python without ``exec``. Idempotent.
     """
-    global _users, _pokers, _installed, _saved, _pending, _state_pid
+    global _users, _pokers, _installed, _saved, _pending, _state_pid, _main_ident
     if _state_pid == os.getpid():
         return
+    _main_ident = threading.get_ident()  # the thread that forked is the child's main thread
     _state_pid = os.getpid()
     LOCK._reset_in_child()
     if _installed and signal.getsignal(signal.SIGCHLD) is _sigchld_handler:

@@ -306,15 +306,39 @@ def throughput_page(path: Path) -> str:
     data = json.loads(path.read_text(encoding="utf-8"))
     keys = data["keys"]
     floor = data["children_per_second"]["raw floor"]
+    quartiles = data.get("ratio_quartiles", {})
     rows = [["raw floor (children per second)", *(f"{floor[k]:.0f}/s" for k in keys)]]
+    cpu_rows = []
     for name, per in data["ratio_to_floor"].items():
-        rows.append([_text(name), *(f"{per[k]:.3f}" if k in per else "-" for k in keys)])
-    widths = " ".join(["34"] + ["16"] * len(keys))
+        q = quartiles.get(name, {})
+        rows.append(
+            [
+                _text(name),
+                *(
+                    (f"{per[k]:.3f} ({q[k][0]:.2f}-{q[k][1]:.2f})" if k in q else f"{per[k]:.3f}")
+                    if k in per
+                    else "-"
+                    for k in keys
+                ),
+            ]
+        )
+        cpu = data.get("cpu_ratio_to_floor", {}).get(name, {})
+        if cpu:
+            cpu_rows.append([_text(name), *(f"{cpu[k]:.3f}" if k in cpu else "-" for k in keys)])
+    widths = " ".join(["30"] + ["17"] * len(keys))
     title = (
         f"Throughput relative to the raw floor (1.000 = no overhead), {data['n']} children per run, "
-        f"median of {data['rounds']} rounds, Python {data['python']}"
+        f"median (quartiles) of {data['rounds']} rounds, Python {data['python']}"
     )
-    return _list_table(title, ["Contender", *keys], rows, widths)
+    page = _list_table(title, ["Contender", *keys], rows, widths)
+    if cpu_rows:
+        page += "\n" + _list_table(
+            "CPU per child (process and children), the floor's relative to the contender's",
+            ["Contender", *keys],
+            cpu_rows,
+            widths,
+        )
+    return page
 
 
 def latency_page(path: Path) -> str:

@@ -4,9 +4,23 @@ Two kinds of child: ``/bin/true`` through the fastest exec path each contender
 has (childproc: ``Context.spawn``, i.e. ``posix_spawn``), and a bare
 ``fork()`` whose child ``_exit``\\ s at once. Every contender runs interleaved
 with the raw floor (no library: ``os.posix_spawn``/``os.fork`` and
-``os.waitpid``) in each round; results are reported as throughput relative to
-the floor of the same round (1.00 = as fast as no library at all), median of
-the rounds.
+``os.waitpid``) in each round, in the order floor, contender, contender, floor
+(so a drift of the machine's speed cancels out); results are reported as
+throughput relative to the floor of the same round (1.00 = as fast as no
+library at all): the median of the rounds, with the quartiles in the JSON.
+
+Two reference rows bound what a library can reach:
+
+* ``raw floor (A/A)``: the floor measured against itself, the same way. Its
+  spread is the machine's noise; no ratio is meaningful closer than that.
+* ``pidfd floor (no library)``: the least any watcher that never steals
+  children can do: a dozen lines of ``pidfd_open``, ``epoll`` and
+  ``waitid(P_PIDFD)`` with a dict of callbacks, no checks, no locks. What
+  childproc's pidfd modes cost beyond this is the library; what this costs
+  beyond the raw floor is the kernel's pidfd path and Python itself.
+
+A second table gives CPU time per child (this process and its children)
+relative to the floor's, which is steadier than wall time on a shared machine.
 
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
@@ -19,6 +33,8 @@ Usage: python -m childproc bench throughput [--n 400] [--rounds 5]
 from __future__ import annotations
 
 import os
+import resource
+import select
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +71,45 @@ def floor_fork(n: int, conc: int) -> None:
         inflight += 1
     for _ in range(inflight):
         os.waitpid(-1, 0)
+
+
+def pidfd_floor(kind: str) -> Callable[[int, int], None]:
+    """The least a steal-free watcher does: pidfd + epoll + waitid(P_PIDFD), no library."""
+
+    def run(n: int, conc: int) -> None:
+        ep = select.epoll()
+        callbacks: dict[int, tuple[int, Callable[[int, int], None]]] = {}
+        pending = [0]
+
+        def done(pid: int, status: int) -> None:
+            pending[0] -= 1
+
+        started = 0
+        try:
+            while started < n or pending[0]:
+                while started < n and pending[0] < conc:
+                    if kind == "spawn":
+                        pid = os.posix_spawn(TRUE, ARGV, ENVB)
+                    else:
+                        pid = os.fork()
+                        if pid == 0:
+                            os._exit(0)
+                    fd = os.pidfd_open(pid)
+                    ep.register(fd, select.EPOLLIN)
+                    callbacks[fd] = (pid, done)
+                    pending[0] += 1
+                    started += 1
+                for fd, _ in ep.poll():
+                    pid, callback = callbacks.pop(fd)
+                    info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                    ep.unregister(fd)
+                    os.close(fd)
+                    assert info is not None
+                    callback(pid, info.si_status)
+        finally:
+            ep.close()
+
+    return run
 
 
 # -- childproc -------------------------------------------------------------------------------
@@ -131,7 +186,7 @@ def twisted_run(n: int, conc: int) -> None:
     import subprocess  # noqa: PLC0415
 
     code = f"""
-import time
+import resource, time
 from twisted.internet import reactor, protocol
 n, conc, state = {n}, {conc}, {{"started": 0, "done": 0}}
 class P(protocol.ProcessProtocol):
@@ -143,13 +198,17 @@ def more():
     while state["started"] < n and state["started"] - state["done"] < conc:
         state["started"] += 1
         reactor.spawnProcess(P(), "{TRUE}", ["{TRUE}"], env=None)
-t0 = time.perf_counter()
+def cpu():
+    return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+c0, t0 = cpu(), time.perf_counter()
 reactor.callWhenRunning(more)
 reactor.run()
-print(time.perf_counter() - t0)
+print(time.perf_counter() - t0, cpu() - c0)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    _timings["twisted"] = float(out.stdout.strip().splitlines()[-1])
+    wall, cpu = out.stdout.strip().splitlines()[-1].split()
+    _timings["twisted"] = (float(wall), float(cpu))
 
 
 def tornado_run(n: int, conc: int) -> None:
@@ -173,7 +232,7 @@ def tornado_run(n: int, conc: int) -> None:
     asyncio.run(main())
 
 
-_timings: dict[str, float] = {}  # contenders that time themselves (in another process)
+_timings: dict[str, tuple[float, float]] = {}  # contenders that time themselves elsewhere
 
 
 def _available(module: str) -> bool:
@@ -184,8 +243,15 @@ def _available(module: str) -> bool:
     return True
 
 
+AA = "raw floor (A/A)"
+PIDFD_FLOOR = "pidfd floor (no library)"
+
+
 def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
-    table: dict[str, Callable[[int, int], None]] = {}
+    floors = {"spawn": floor_spawn, "fork": floor_fork}
+    table: dict[str, Callable[[int, int], None]] = {AA: floors[kind]}
+    if hasattr(os, "pidfd_open"):
+        table[PIDFD_FLOOR] = pidfd_floor(kind)
     modes = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
     for mode in [*modes, SigchldOwner.MAINLOOP]:
         table[f"childproc {mode.name}"] = childproc_run(mode, kind)
@@ -200,60 +266,103 @@ def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
     return table
 
 
-def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> float:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run."""
+    c0, t0 = _cpu(), time.perf_counter()
     fn(n, conc)
-    elapsed = time.perf_counter() - t0
-    return _timings.pop("twisted", elapsed) if name.startswith("Twisted") else elapsed
+    elapsed, cpu = time.perf_counter() - t0, _cpu() - c0
+    return _timings.pop("twisted", (elapsed, cpu)) if name.startswith("Twisted") else (elapsed, cpu)
+
+
+def _table(title: str, keys: list[str], rows: dict[str, dict[str, list[float]]], first: str) -> None:
+    print(f"\n{title}")
+    header = f"{'contender':<34}" + "".join(f"{k:>18}" for k in keys)
+    print(header)
+    print("-" * len(header))
+    if first:
+        print(first)
+    for name, per in rows.items():
+        cells = []
+        for k in keys:
+            if k not in per:
+                cells.append(f"{'-':>18}")
+                continue
+            q1, q3 = _common.percentile(per[k], 25), _common.percentile(per[k], 75)
+            cells.append(f"{_common.median(per[k]):>7.3f} [{q1:.2f}-{q3:.2f}]")
+        print(f"{name:<34}" + "".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _common.parser(__doc__, "throughput")
     parser.add_argument("--n", type=int, default=400, help="children per run")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--conc", default="1,64")
+    parser.add_argument("--kinds", default="spawn,fork")
     args = parser.parse_args(argv)
     concs = [int(c) for c in args.conc.split(",")]
     floors = {"spawn": floor_spawn, "fork": floor_fork}
     ratios: dict[str, dict[str, list[float]]] = {}
+    cpu_ratios: dict[str, dict[str, list[float]]] = {}
     rates: dict[str, dict[str, list[float]]] = {}
-    plan = [(kind, conc) for kind in ("spawn", "fork") for conc in concs]
+    plan = [(kind, conc) for kind in args.kinds.split(",") for conc in concs]
     total = sum(len(contenders(kind)) for kind, _ in plan) * args.rounds
     done = 0
     for kind, conc in plan:
+        key = f"{kind} c={conc}"
         for _ in range(args.rounds):
             for name, fn in contenders(kind).items():
-                floor = timed(floors[kind], args.n, conc, "floor")  # A/B: the floor right beside it
-                t = timed(fn, args.n, conc, name)
-                key = f"{kind} c={conc}"
-                ratios.setdefault(name, {}).setdefault(key, []).append(floor / t)
-                rates.setdefault("raw floor", {}).setdefault(key, []).append(args.n / floor)
-                rates.setdefault(name, {}).setdefault(key, []).append(args.n / t)
+                # A/B/B/A: the floor right before and right after, so drift cancels.
+                f1 = timed(floors[kind], args.n, conc, "floor")
+                c1 = timed(fn, args.n, conc, name)
+                c2 = timed(fn, args.n, conc, name)
+                f2 = timed(floors[kind], args.n, conc, "floor")
+                ratios.setdefault(name, {}).setdefault(key, []).append((f1[0] + f2[0]) / (c1[0] + c2[0]))
+                cpu_ratios.setdefault(name, {}).setdefault(key, []).append((f1[1] + f2[1]) / (c1[1] + c2[1]))
+                rates.setdefault("raw floor", {}).setdefault(key, []).append(2 * args.n / (f1[0] + f2[0]))
+                rates.setdefault(name, {}).setdefault(key, []).append(2 * args.n / (c1[0] + c2[0]))
                 done += 1
                 _common.progress(done, total, f"{key} {name}")
     keys = [f"{kind} c={conc}" for kind, conc in plan]
-    print("\nThroughput relative to the raw floor in the same round (1.00 = no overhead; median)")
-    header = f"{'contender':<34}" + "".join(f"{k:>14}" for k in keys)
-    print(header)
-    print("-" * len(header))
-    floor_row = "".join(f"{_common.median(rates['raw floor'][k]):>10.0f}/s  " for k in keys)
-    print(f"{'raw floor (children/s)':<34}{floor_row}")
-    for name, per in ratios.items():
-        row = "".join(f"{_common.median(per[k]):>14.3f}" if k in per else f"{'-':>14}" for k in keys)
-        print(f"{name:<34}{row}")
+    floor_row = f"{'raw floor (children/s)':<34}" + "".join(
+        f"{_common.median(rates['raw floor'][k]):>16.0f}/s" for k in keys
+    )
+    _table(
+        "Throughput relative to the raw floor in the same round (1.000 = no overhead; median [quartiles])",
+        keys,
+        ratios,
+        floor_row,
+    )
+    _table(
+        "CPU per child (this process + children), the floor's relative to the contender's (same rounds)",
+        keys,
+        cpu_ratios,
+        "",
+    )
+
+    def quartiles(table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+        return {
+            n: {k: [_common.percentile(v, 25), _common.percentile(v, 75)] for k, v in per.items()}
+            for n, per in table.items()
+        }
+
     _common.write(
         args.json,
         "throughput",
         {
             "n": args.n,
             "rounds": args.rounds,
+            "order": "floor, contender, contender, floor in each round",
             "keys": keys,
-            "ratio_to_floor": {
-                n: {k: _common.median(v) for k, v in per.items()} for n, per in ratios.items()
-            },
-            "children_per_second": {
-                n: {k: _common.median(v) for k, v in per.items()} for n, per in rates.items()
-            },
+            "ratio_to_floor": _common.medians(ratios),
+            "ratio_quartiles": quartiles(ratios),
+            "cpu_ratio_to_floor": _common.medians(cpu_ratios),
+            "children_per_second": _common.medians(rates),
         },
     )
     return 0
