@@ -70,6 +70,7 @@ class Child:
         "_exit_fd",
         "_final",
         "_on_event",
+        "_on_exit_status",
         "_pid",
         "_pidfd",
         "_polled",
@@ -98,6 +99,8 @@ class Child:
         self._exit_fd: int | None = None  # a fork server's child: where its exit arrives
         self._polled = False  # the pidfd is in the context's epoll
         self._on_event = on_event
+        #: ``child_fork``'s ``callback(pid, wait_status)``, called in place of ``_on_event``.
+        self._on_exit_status: Callable[[int, int], object] | None = None
         self._events = events
         self._state = ChildState.RUNNING
         self._final: ChildEvent | None = None

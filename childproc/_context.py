@@ -161,13 +161,6 @@ def _pid_of_pidfd(pidfd: int) -> int:
     raise InvalidArgumentError(f"fd {pidfd} is not a pidfd")
 
 
-def _adapt_child_fork_callback(callback: ChildCallback) -> EventCallback:
-    def on_event(child: Child, event: ChildEvent) -> None:
-        callback(event.pid, event.wait_status)
-
-    return on_event
-
-
 class _Plan:
     """What the policy tables say for one :class:`Hooks`, looked up once at
     ``setmode()`` rather than on every child (the hot path reads these)."""
@@ -369,13 +362,14 @@ class Context:
             )
         child = self._make(
             self._fork,
-            _adapt_child_fork_callback(callback),
+            None,
             events=os.WEXITED,
             oneshot=False,
             reap_after_callback=False,
             kill_on_close=False,
+            on_exit_status=callback,
         )
-        return 0 if child is None else child.pid
+        return 0 if child is None else child._pid
 
     def fork(
         self,
@@ -542,6 +536,7 @@ class Context:
         spawn: bool = False,
         adopt_pidfd: int | None = None,
         adopting: bool = False,
+        on_exit_status: ChildCallback | None = None,
     ) -> Child | None:
         """Make (or take) a child and register it, all under the process lock."""
         if on_event is not None and not callable(on_event):
@@ -594,6 +589,7 @@ class Context:
                 defer_reap=reap_after_callback,
                 kill_on_close=kill_on_close,
             )
+            child._on_exit_status = on_exit_status
             self._register_locked(child, adopt_pidfd)
         return child
 
@@ -623,7 +619,7 @@ class Context:
             ) from None
 
     def _register_locked(self, child: Child, pidfd: int | None) -> None:
-        pid = child.pid
+        pid = child._pid
         other = _process.OWNERS.get(pid)
         if other is not None:
             # The kernel reused a pid whose death another context has not seen:
@@ -645,7 +641,7 @@ class Context:
             else:
                 child._polled = True
                 self._polled[pidfd] = child
-        if child.watches_stops:
+        if child._watches_stops:
             self._stop_watchers += 1
         self._watcher.add(child)
         if (
@@ -670,12 +666,12 @@ class Context:
 
     def _child_gone_locked(self, child: Child) -> None:
         """``child`` is reaped, stolen or released: drop what watched it. LOCK held."""
-        pid = child.pid
+        pid = child._pid
         self._watcher.remove(pid)
         self._zombies.pop(pid, None)
         if _process.OWNERS.get(pid) is self:
             del _process.OWNERS[pid]
-        if child.watches_stops:
+        if child._watches_stops:
             child._watches_stops = False
             self._stop_watchers -= 1
         self._unpoll_locked(child)
@@ -692,15 +688,15 @@ class Context:
     # -- reaping ------------------------------------------------------------
     def _child_died_locked(self, child: Child, status: int, uid: int | None, reaped: bool) -> None:
         """Record ``child``'s death (reaped, or seen with WNOWAIT). LOCK held."""
-        event = ChildEvent.from_wait_status(child.pid, status, uid)
+        event = ChildEvent.from_wait_status(child._pid, status, uid)
         child._state = ChildState.EXITED
         child._final = event
-        recorded = self._ledger.exited(child.pid, status, uid)  # False: released meanwhile
+        recorded = self._ledger.exited(child._pid, status, uid)  # False: released meanwhile
         if reaped:
             self._child_gone_locked(child)
         elif recorded:
             child._zombie = True
-            self._zombies[child.pid] = child
+            self._zombies[child._pid] = child
             self._unpoll_locked(child)  # a zombie's pidfd stays readable
 
     def _child_changed_locked(self, child: Child, status: int, uid: int | None) -> None:
@@ -708,7 +704,12 @@ class Context:
         stopped = os.WIFSTOPPED(status)
         child._state = ChildState.STOPPED if stopped else ChildState.RUNNING
         wanted = child.events & (os.WSTOPPED if stopped else os.WCONTINUED)
-        if wanted and child.watches_stops and self._ledger.changed(child.pid, status, uid) and child.oneshot:
+        if (
+            wanted
+            and child._watches_stops
+            and self._ledger.changed(child._pid, status, uid)
+            and child.oneshot
+        ):
             child._watches_stops = False
             self._stop_watchers -= 1
             self._watcher.add(child)
@@ -729,9 +730,9 @@ class Context:
         else:  # the server went away before the child: its status is lost
             child._state = ChildState.EXITED
             child._done = True
-            if self._ledger.stolen(child.pid):
-                self._lost_why[child.pid] = (
-                    f"the fork server that made child {child.pid} stopped (stop_server_only) or died "
+            if self._ledger.stolen(child._pid):
+                self._lost_why[child._pid] = (
+                    f"the fork server that made child {child._pid} stopped (stop_server_only) or died "
                     "before the child exited, so nobody can report its exit status"
                 )
                 self._child_gone_locked(child)
@@ -883,7 +884,9 @@ class Context:
             if event.kind is EventKind.CHILD_EXIT:
                 child._done = True
             try:
-                if child._on_event is not None and not child._released:
+                if child._on_exit_status is not None and not child._released:
+                    child._on_exit_status(event.pid, event.status)  # child_fork: exits only
+                elif child._on_event is not None and not child._released:
                     final = child._final if event.kind is EventKind.CHILD_EXIT else None
                     if final is None:
                         final = ChildEvent.from_wait_status(event.pid, event.status, event.uid)
@@ -934,27 +937,27 @@ class Context:
         with _process.LOCK:
             if child._state is ChildState.EXITED or child._released:
                 raise ChildExitedError(
-                    f"child {child.pid} has exited (or was released); not signalling a pid that "
+                    f"child {child._pid} has exited (or was released); not signalling a pid that "
                     "may now name another process"
                 )
             if child._pidfd is not None:
                 try:
                     signal.pidfd_send_signal(child._pidfd, sig)
                 except ProcessLookupError:
-                    raise ChildExitedError(f"child {child.pid} has exited") from None
+                    raise ChildExitedError(f"child {child._pid} has exited") from None
                 return
             if child._exit_fd is not None:
                 raise StateError(
-                    f"cannot signal child {child.pid} safely: a fork server made it and there is no "
+                    f"cannot signal child {child._pid} safely: a fork server made it and there is no "
                     "pidfd for it"
                 )
             if self._rules.reaper is Reaper.APPLICATION:
                 raise StateError(
-                    f"cannot signal child {child.pid} safely: there is no pidfd for it, and in "
+                    f"cannot signal child {child._pid} safely: there is no pidfd for it, and in "
                     "MAINLOOP the application reaps, so its pid may already name another process"
                 )
             # Unreaped, and only childproc reaps it (the mode's promise): the pid is still its.
-            os.kill(child.pid, sig)
+            os.kill(child._pid, sig)
 
     def _release_child(self, child: Child) -> None:
         with _process.LOCK:
@@ -968,7 +971,7 @@ class Context:
                 self._child_gone_locked(child)
                 self._sync_handler_use_locked()
                 return
-            if child.context is not self or not self._ledger.forget(child.pid):
+            if child.context is not self or not self._ledger.forget(child._pid):
                 return  # already gone
             kill = child.kill_on_close and self._kill_locked(child)
             if not kill:
@@ -986,11 +989,11 @@ class Context:
                 log.warning(
                     "not killing child %d on close: there is no pidfd for it and in MAINLOOP the "
                     "application reaps, so its pid may already name another process",
-                    child.pid,
+                    child._pid,
                 )
                 return False
             else:
-                os.kill(child.pid, signal.SIGKILL)
+                os.kill(child._pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         return True
@@ -1005,7 +1008,7 @@ class Context:
                 elif child._pidfd is not None:
                     os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
                 else:
-                    os.waitpid(child.pid, 0)
+                    os.waitpid(child._pid, 0)
             except (ChildProcessError, OSError):
                 pass  # someone else reaped it meanwhile
         with _process.LOCK:

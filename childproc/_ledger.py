@@ -38,7 +38,7 @@ class EventKind(enum.Enum):
     STOLEN = "stolen"  # one of ours, reaped by someone else: status lost
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a call per field
 class Event(Generic[H]):
     kind: EventKind
     pid: int

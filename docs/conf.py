@@ -280,7 +280,8 @@ def bigparent_page(path: Path) -> str:
         rows.append([_text(name), *cells, f"{per[str(sizes[-1])] / per[str(sizes[0])]:.2f}x"])
     widths = " ".join(["30"] + ["14"] * len(sizes) + ["12"])
     table = _list_table(
-        f"ms per child (spawn + exit + reap), median of {data['reps']} rounds, "
+        f"ms per child (spawn + exit + reap), median of {data['reps']} rounds"
+        f"{' of ' + str(data['batch']) + ' children each' if 'batch' in data else ''}, "
         f"Python {data['python']}, Linux {data['kernel']}",
         ["Strategy", *(f"{s} MiB parent" for s in sizes), "largest / smallest"],
         rows,
@@ -289,10 +290,17 @@ def bigparent_page(path: Path) -> str:
     fork, served, spawn = (
         data["median"][k][str(sizes[-1])] for k in ("os.fork", "forkserver fork", "forkserver spawn")
     )
-    return (
+    text = (
         f"{table}\nFrom the {sizes[-1]} MiB parent, the fork server's Python fork is "
-        f"{fork / served:.0f}x and its exec path {fork / spawn:.0f}x faster than ``os.fork()``.\n"
+        f"{fork / served:.0f}x and its exec path {fork / spawn:.0f}x faster than ``os.fork()``."
     )
+    minimal = data["median"].get("minimal fork server (reference)")
+    if minimal:
+        text += (
+            f" The reference, the least any fork server written in Python costs here, is "
+            f"{fork / minimal[str(sizes[-1])]:.0f}x."
+        )
+    return text + "\n"
 
 
 THROUGHPUT_JSON = DOCS.parent / "benchmarks" / "results" / "throughput.json"

@@ -13,7 +13,7 @@ RUNS = {
     "throughput": ["--n", "10", "--rounds", "1"],
     "scaling": ["--ks", "5,10", "--kills", "3", "--rounds", "1"],
     "latency": ["--samples", "4"],
-    "bigparent": ["--sizes-mib", "12,40", "--reps", "2"],
+    "bigparent": ["--sizes-mib", "12,40", "--reps", "2", "--batch", "2"],
 }
 
 

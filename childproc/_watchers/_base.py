@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from .._policy import WatcherKind
@@ -34,18 +33,20 @@ class Watched(Protocol):
         """Report the exit without reaping (WNOWAIT); the context reaps after the callback."""
 
 
-@dataclass
 class Reaped:
-    """What one :meth:`Watcher.reap` call found."""
+    """What one :meth:`Watcher.reap` call found (a plain class: one is made per wake-up)."""
 
-    #: Children reaped (dead and gone), in the order reaped. May include pids
-    #: nobody in childproc made (``WaitAnyWatcher`` only).
-    exited: list[Found] = field(default_factory=list)
-    #: State changes seen without reaping: stop/continue, and the exits of
-    #: ``defer_reap`` children (still zombies).
-    changed: list[Found] = field(default_factory=list)
-    #: pids of ours that were gone (``ECHILD``): someone else reaped them.
-    gone: list[int] = field(default_factory=list)
+    __slots__ = ("changed", "exited", "gone")
+
+    def __init__(self) -> None:
+        #: Children reaped (dead and gone), in the order reaped. May include pids
+        #: nobody in childproc made (``WaitAnyWatcher`` only).
+        self.exited: list[Found] = []
+        #: State changes seen without reaping: stop/continue, and the exits of
+        #: ``defer_reap`` children (still zombies).
+        self.changed: list[Found] = []
+        #: pids of ours that were gone (``ECHILD``): someone else reaped them.
+        self.gone: list[int] = []
 
 
 class Watcher(Protocol):
