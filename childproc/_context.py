@@ -1158,7 +1158,8 @@ class Context:
         """MAINLOOP: the application reaped ``pid`` with wait status ``status``.
 
         Returns True if the pid was this context's (its callback has then run,
-        from this call), False otherwise. A stop or continue status (from
+        from this call, and a ``child_fork`` callback gets ``status`` exactly as
+        given), False otherwise. A stop or continue status (from
         ``waitpid(..., WUNTRACED | WCONTINUED)``) is reported the same way.
         Do not call it from a signal handler: report from your main loop.
         """

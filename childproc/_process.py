@@ -272,7 +272,9 @@ def _restore() -> None:
     global _installed, _saved
     current = _getsignal()
     if _ours_in_place(current, force=True):
-        _raw_signal(_SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)
+        # _signal.signal takes SIG_DFL/SIG_IGN as plain ints only, not signal.Handlers.
+        saved = _saved if _saved is not None else signal.SIG_DFL
+        _raw_signal(_SIGCHLD, int(saved) if isinstance(saved, int) else saved)
     else:
         log.warning(
             "SIGCHLD handler was replaced by %s while childproc was using it; leaving it in place",
@@ -427,7 +429,10 @@ def postfork_child_noexec() -> None:
     global _users, _pokers, _installed, _saved, _pending, _state_pid, _main_ident
     if _state_pid == os.getpid():
         return
-    _main_ident = threading.get_ident()  # the thread that forked is the child's main thread
+    # After os.fork(), threading's own at-fork hook (registered before ours) made the
+    # forking thread the main one; after a fork that ran no hooks, CPython's view
+    # of the main thread is unchanged, and so is threading's: follow it either way.
+    _main_ident = threading.main_thread().ident
     _state_pid = os.getpid()
     LOCK._reset_in_child()
     if _installed and signal.getsignal(signal.SIGCHLD) is _sigchld_handler:

@@ -323,7 +323,7 @@ def throughput_page(path: Path) -> str:
             [
                 _text(name),
                 *(
-                    (f"{per[k]:.3f} ({q[k][0]:.2f}-{q[k][1]:.2f})" if k in q else f"{per[k]:.3f}")
+                    (f"{per[k]:.3f} ({q[k][0]:.3f}-{q[k][1]:.3f})" if k in q else f"{per[k]:.3f}")
                     if k in per
                     else "-"
                     for k in keys

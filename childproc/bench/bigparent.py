@@ -69,7 +69,13 @@ class MinimalForkServer:
 
     def fork_and_wait(self) -> int:
         self.sock.send(b"x")
-        return int.from_bytes(self.sock.recv(4), "little")
+        data = b""
+        while len(data) < 4:
+            more = self.sock.recv(4 - len(data))
+            if not more:
+                raise RuntimeError("the minimal fork server died")
+            data += more
+        return int.from_bytes(data, "little")
 
     def close(self) -> None:
         self.sock.close()
@@ -140,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     minimal.close()
 
     med = {n: {s: statistics.median(v) for s, v in per.items()} for n, per in results.items()}
-    header = f"{'strategy':<26}" + "".join(f"{str(s) + ' MiB':>12}" for s in sizes) + f"{'big/small':>11}"
+    header = f"{'strategy':<34}" + "".join(f"{str(s) + ' MiB':>12}" for s in sizes) + f"{'big/small':>11}"
     print("\nTime per child, spawn + exit + reap (ms, median)")
     print(header)
     print("-" * len(header))
     for n in strategies:
         row = "".join(f"{med[n][s] * 1e3:>12.3f}" for s in sizes)
-        print(f"{n:<26}{row}{med[n][sizes[-1]] / med[n][sizes[0]]:>10.2f}x")
+        print(f"{n:<34}{row}{med[n][sizes[-1]] / med[n][sizes[0]]:>10.2f}x")
     big = sizes[-1]
     speedup = med["os.fork"][big] / med["forkserver fork"][big]
     speedup_exec = med["os.fork"][big] / med["forkserver spawn"][big]

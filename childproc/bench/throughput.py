@@ -19,8 +19,10 @@ Two reference rows bound what a library can reach:
   childproc's pidfd modes cost beyond this is the library; what this costs
   beyond the raw floor is the kernel's pidfd path and Python itself.
 
-A second table gives CPU time per child (this process and its children)
-relative to the floor's, which is steadier than wall time on a shared machine.
+A second table gives the floor's CPU time per child (this process and its
+children) divided by the contender's, so that there too 1.00 means no
+overhead and lower is worse; CPU time is steadier than wall time on a shared
+machine.
 
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
@@ -40,6 +42,7 @@ import time
 from collections.abc import Callable
 
 from childproc import Child, ChildEvent, Context, Hooks, SigchldOwner
+from childproc._watchers.pidfd import supported as _pidfd_supported
 from childproc.bench import _common
 
 TRUE = "/bin/true"
@@ -99,7 +102,7 @@ def pidfd_floor(kind: str) -> Callable[[int, int], None]:
                     callbacks[fd] = (pid, done)
                     pending[0] += 1
                     started += 1
-                for fd, _ in ep.poll():
+                for fd, _ in ep.poll(1.0):  # never unbounded: a lost wake-up shows as slowness
                     pid, callback = callbacks.pop(fd)
                     info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
                     ep.unregister(fd)
@@ -250,7 +253,7 @@ PIDFD_FLOOR = "pidfd floor (no library)"
 def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
     floors = {"spawn": floor_spawn, "fork": floor_fork}
     table: dict[str, Callable[[int, int], None]] = {AA: floors[kind]}
-    if hasattr(os, "pidfd_open"):
+    if _pidfd_supported():
         table[PIDFD_FLOOR] = pidfd_floor(kind)
     modes = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
     for mode in [*modes, SigchldOwner.MAINLOOP]:
@@ -282,7 +285,7 @@ def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> tuple
 
 def _table(title: str, keys: list[str], rows: dict[str, dict[str, list[float]]], first: str) -> None:
     print(f"\n{title}")
-    header = f"{'contender':<34}" + "".join(f"{k:>18}" for k in keys)
+    header = f"{'contender':<34}" + "".join(f"{k:>22}" for k in keys)
     print(header)
     print("-" * len(header))
     if first:
@@ -291,10 +294,10 @@ def _table(title: str, keys: list[str], rows: dict[str, dict[str, list[float]]],
         cells = []
         for k in keys:
             if k not in per:
-                cells.append(f"{'-':>18}")
+                cells.append(f"{'-':>22}")
                 continue
             q1, q3 = _common.percentile(per[k], 25), _common.percentile(per[k], 75)
-            cells.append(f"{_common.median(per[k]):>7.3f} [{q1:.2f}-{q3:.2f}]")
+            cells.append(f"{_common.median(per[k]):>8.3f} [{q1:.3f}-{q3:.3f}]")
         print(f"{name:<34}" + "".join(cells))
 
 
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 _common.progress(done, total, f"{key} {name}")
     keys = [f"{kind} c={conc}" for kind, conc in plan]
     floor_row = f"{'raw floor (children/s)':<34}" + "".join(
-        f"{_common.median(rates['raw floor'][k]):>16.0f}/s" for k in keys
+        f"{_common.median(rates['raw floor'][k]):>20.0f}/s" for k in keys
     )
     _table(
         "Throughput relative to the raw floor in the same round (1.000 = no overhead; median [quartiles])",

@@ -249,3 +249,14 @@ def test_full_lifecycle_leaks_no_fds() -> None:
                 pending = set(pids)
                 drain(ctx, lambda pending=pending, rec=rec: pending <= rec.calls.keys())  # type: ignore[misc]
     assert open_fds() == before
+
+
+def test_restoring_a_saved_default_given_as_the_signal_module_enum() -> None:
+    # The saved disposition may be signal.SIG_DFL (a signal.Handlers member, as
+    # signal.getsignal returns it); the restore must hand _signal.signal a plain int.
+    with Context() as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
+        assert signal.getsignal(signal.SIGCHLD) is _process._sigchld_handler
+        _process._saved = signal.SIG_DFL
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    assert not _process.snapshot()["handler_installed"]
