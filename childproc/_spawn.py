@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -42,6 +41,8 @@ def _resolve(name: str, env: Mapping[str, str] | None) -> str:
         if not os.access(name, os.X_OK) or os.path.isdir(name):
             raise OSError(errno.EACCES, f"{os.strerror(errno.EACCES)}: {name!r}")
         return name
+    import shutil  # noqa: PLC0415 - here, not at the top: it imports bz2, and so threading
+
     path = (env if env is not None else os.environ).get("PATH", os.defpath)
     found = shutil.which(name, path=path)
     if found is None:

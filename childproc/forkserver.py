@@ -43,7 +43,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,10 +140,9 @@ class ServedChild:
 
 
 def _entry_ref(entry: object, names: Mapping[int, str]) -> str:
-    """How the server will find ``entry``: a name given at start, or ``module:qualname``."""
+    """How the server will find ``entry``: a name given at start, or ``module:qualname``.
+    A string goes as it is: the server knows its names, and says NO_ENTRY otherwise."""
     if isinstance(entry, str):
-        if ":" not in entry and entry not in names.values():
-            raise InvalidArgumentError(f"entry {entry!r}: give 'module:function' or a name passed to start()")
         return entry
     if id(entry) in names:
         return names[id(entry)]
@@ -178,6 +176,8 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        import threading  # noqa: PLC0415 - the client's; a fresh server must not load it
+
         self._send_lock = threading.Lock()
         self._cv = threading.Condition()
         self._replies: dict[int, tuple[dict[str, Any], list[int]]] = {}
@@ -286,10 +286,9 @@ class ForkServer:
         children, then exit) or ``"keep"`` (just exit; the children run on).
         Several servers per process are allowed.
         """
-        if on_parent_death not in ("terminate", "keep"):
-            raise InvalidArgumentError('on_parent_death must be "terminate" or "keep"')
-        if not isinstance(max_clients, int) or max_clients < 1:
-            raise InvalidArgumentError("max_clients must be an int >= 1")
+        cls._check_start_args(max_clients, on_parent_death)
+        import threading  # noqa: PLC0415
+
         if threading.active_count() > 1:
             import warnings  # noqa: PLC0415
 
@@ -315,6 +314,103 @@ class ForkServer:
                 os._exit(code)
         theirs.close()
         return cls(_Connection(ours), pid, {id(fn): name for name, fn in table.items()}, owner=True)
+
+    @classmethod
+    def start_fresh(
+        cls,
+        *,
+        entries: Mapping[str, Callable[..., Any] | str] | None = None,
+        preload: Sequence[str] = (),
+        max_clients: int = 64,
+        on_parent_death: str = "terminate",
+    ) -> ForkServer:
+        """Start the server as a fresh interpreter, not as a copy of this process.
+
+        The server is ``python -I`` started with ``posix_spawn``: it holds only
+        the standard library's start-up modules, childproc's server and what it
+        imports for you, so every fork it makes is as cheap as a fork of a bare
+        interpreter. A copy made by :meth:`start` carries every module this
+        process had imported, and the at-fork hooks of some of them
+        (``threading``, ``logging``, ``random``) make each of its forks cost
+        several times more. The price: entries must be importable, because
+        nothing of this process is in the server.
+
+        ``entries``: name -> a module-level function, or a ``"module:function"``
+        string; they are imported in the server when it starts. ``preload``:
+        modules to import in the server at start, so that the children do not
+        each import them. The server's ``sys.path`` is this process's.
+        ``max_clients`` and ``on_parent_death`` as for :meth:`start`.
+
+        Raises :class:`~childproc.InvalidArgumentError` for an entry that a
+        fresh interpreter cannot import (a lambda, a closure, a function of
+        ``__main__``), and :class:`ForkServerError` if the server cannot start
+        (an entry or a preloaded module fails to import; its traceback goes to
+        the server's stderr, which is this process's).
+        """
+        cls._check_start_args(max_clients, on_parent_death)
+        refs: dict[str, str] = {}
+        names: dict[int, str] = {}
+        for name, entry in (entries or {}).items():
+            try:
+                ref = _entry_ref(entry, {})
+            except InvalidArgumentError:
+                raise InvalidArgumentError(
+                    f"entry {name!r}: {entry!r} cannot be imported by a fresh interpreter; use a "
+                    "module-level function or a 'module:function' string, or ForkServer.start()"
+                ) from None
+            if ref.partition(":")[0] == "__main__":
+                raise InvalidArgumentError(
+                    f"entry {name!r} ({ref}) lives in __main__, which a fresh interpreter does not have: "
+                    "move it to a module, or use ForkServer.start()"
+                )
+            refs[name] = ref
+            if not isinstance(entry, str):
+                names[id(entry)] = name
+        if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
+            raise InvalidArgumentError(f"preload must be a sequence of module names, not {preload!r}")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = {
+            "fd": theirs.fileno(),
+            "parent": os.getpid(),
+            "entries": refs,
+            "preload": list(preload),
+            "max_clients": max_clients,
+            "on_parent_death": on_parent_death,
+            "path": [package_root, *sys.path],
+        }
+        try:
+            pid = spawn_process(
+                [sys.executable, "-I", "-c", _FRESH_MAIN, json.dumps(config)],
+                env=None,
+                cwd=None,
+                pass_fds=[theirs.fileno()],
+                stdin=None,
+                stdout=None,
+                stderr=None,
+            )
+        except OSError as e:
+            ours.close()
+            raise ForkServerError(f"cannot start a fresh fork server: {e}", "START_ERROR", e.errno) from e
+        finally:
+            theirs.close()
+        server = cls(_Connection(ours), pid, names, owner=True)
+        try:
+            server.ping()  # the server answers once its entries and preloads are imported
+        except ForkServerError as e:
+            server._finish()
+            raise ForkServerError(
+                f"the fresh fork server did not start ({e}); its traceback, if any, is on stderr",
+                "START_ERROR",
+            ) from e
+        return server
+
+    @staticmethod
+    def _check_start_args(max_clients: int, on_parent_death: str) -> None:
+        if on_parent_death not in ("terminate", "keep"):
+            raise InvalidArgumentError('on_parent_death must be "terminate" or "keep"')
+        if not isinstance(max_clients, int) or isinstance(max_clients, bool) or max_clients < 1:
+            raise InvalidArgumentError("max_clients must be an int >= 1")
 
     @property
     def pid(self) -> int:
@@ -853,6 +949,30 @@ class _Server:
         if exit_w is None:
             self.children[pid] = None
         return reply, out
+
+
+#: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): find childproc on
+#: the starter's path, then serve. -I: no PYTHON* variables, no user site, no cwd.
+_FRESH_MAIN = (
+    "import json, sys; config = json.loads(sys.argv[1]); sys.path[:0] = config['path']; "
+    "from childproc.forkserver import _serve_fresh; _serve_fresh(config)"
+)
+
+
+def _serve_fresh(config: dict[str, Any]) -> None:
+    """The body of a server made by :meth:`ForkServer.start_fresh` (in that interpreter)."""
+    sock = socket.socket(fileno=config["fd"])
+    code = 0
+    try:
+        for module in config["preload"]:
+            importlib.import_module(module)
+        entries = {name: _resolve(ref, {}) for name, ref in config["entries"].items()}
+        _Server(sock, config["parent"], entries, config["max_clients"], config["on_parent_death"]).serve()
+    except BaseException:
+        traceback.print_exc()
+        code = 70
+    finally:
+        os._exit(code)
 
 
 def _spawn_with_fd_map(

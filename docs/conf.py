@@ -294,6 +294,9 @@ def bigparent_page(path: Path) -> str:
         f"{table}\nFrom the {sizes[-1]} MiB parent, the fork server's Python fork is "
         f"{fork / served:.0f}x and its exec path {fork / spawn:.0f}x faster than ``os.fork()``."
     )
+    fresh = data["median"].get("fresh forkserver fork")
+    if fresh:
+        text += f" A fresh server's Python fork is {fork / fresh[str(sizes[-1])]:.0f}x faster."
     minimal = data["median"].get("minimal fork server (reference)")
     if minimal:
         text += (

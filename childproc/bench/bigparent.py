@@ -14,6 +14,9 @@ the first child pays them, and the median leaves it out:
 * ``ctx.spawn``        - childproc's posix_spawn (CLONE_VM|CLONE_VFORK), /bin/true
 * ``forkserver fork``  - the server forks a Python entry that returns at once
 * ``forkserver spawn`` - the server posix_spawns /bin/true
+* ``fresh forkserver fork`` - the same entry through ``ForkServer.start_fresh``:
+  a server that is a fresh interpreter, so its children carry no at-fork hooks
+  of modules this process imported
 * ``minimal fork server (reference)`` - not childproc: the least a fork server
   written in Python can cost here. A bare interpreter (``python -I -S``, no
   imports, no at-fork hooks) that forks on one byte, ``waitpid``\\ s, and
@@ -32,16 +35,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from childproc import Context, Hooks, SigchldOwner
 from childproc.bench import _common
+from childproc.bench._entries import quick_exit
 from childproc.forkserver import ForkServer
-
-
-def quick_exit(server: Any, sock: Any) -> int:
-    return 0
-
 
 _MINIMAL_SERVER = """
 import os, sys
@@ -91,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes_mib.split(",")]
 
     server = ForkServer.start(entries={"quick_exit": quick_exit})  # while small
+    fresh = ForkServer.start_fresh(entries={"quick_exit": quick_exit})
     minimal = MinimalForkServer()
     ctx = Context()
     ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
@@ -109,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         child.wait()
         child.close()
 
+    def do_fresh_fork() -> None:
+        child = fresh.fork("quick_exit")
+        child.wait()
+        child.close()
+
     def do_server_spawn() -> None:
         child = server.spawn(["/bin/true"])
         child.wait()
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "ctx.spawn (posix_spawn)": do_spawn,
         "forkserver fork": do_server_fork,
         "forkserver spawn": do_server_spawn,
+        "fresh forkserver fork": do_fresh_fork,
         "minimal fork server (reference)": minimal.fork_and_wait,
     }
     results: dict[str, dict[int, list[float]]] = {n: {s: [] for s in sizes} for n in strategies}
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     rss = _common.rss_mib()
     ctx.close()
     server.stop()
+    fresh.stop()
     minimal.close()
 
     med = {n: {s: statistics.median(v) for s, v in per.items()} for n, per in results.items()}
@@ -156,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     big = sizes[-1]
     speedup = med["os.fork"][big] / med["forkserver fork"][big]
     speedup_exec = med["os.fork"][big] / med["forkserver spawn"][big]
+    speedup_fresh = med["os.fork"][big] / med["fresh forkserver fork"][big]
     print(
         f"\nAt {big} MiB, os.fork() takes {speedup:.0f}x as long as the fork server's Python fork, "
         f"{speedup_exec:.0f}x as long as its exec path, "
+        f"{speedup_fresh:.0f}x as long as a fresh server's Python fork, "
         f"{med['os.fork'][big] / med['ctx.spawn (posix_spawn)'][big]:.0f}x as long as ctx.spawn"
     )
     _common.write(
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "median": {n: {str(s): v for s, v in per.items()} for n, per in med.items()},
             "speedup_fork_vs_forkserver_at_largest": speedup,
             "speedup_fork_vs_forkserver_spawn_at_largest": speedup_exec,
+            "speedup_fork_vs_fresh_forkserver_at_largest": speedup_fresh,
         },
     )
     return 0

@@ -72,3 +72,10 @@ def kill_all_then_report(server: Any, sock: socket.socket | None) -> int:
     n = server.kill_all(signal.SIGTERM)
     sock.sendall(f"survived {n}".encode())
     return 0
+
+
+def loaded_modules(names: list[str]) -> list[str]:
+    """Run in the server by eval: which of these modules it has imported."""
+    import sys  # noqa: PLC0415
+
+    return [name for name in names if name in sys.modules]

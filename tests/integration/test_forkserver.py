@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from childproc import Context, Hooks, SigchldOwner
+from childproc import Context, Hooks, InvalidArgumentError, SigchldOwner
 from childproc.forkserver import (
     MAX_PACKET,
     ForkServer,
@@ -38,9 +38,11 @@ E = "tests.integration.fs_entries"
 pytestmark = pytest.mark.filterwarnings("ignore:ForkServer.start.. with threads running:RuntimeWarning")
 
 
-@pytest.fixture
-def server() -> Iterator[ForkServer]:
-    srv = ForkServer.start()
+@pytest.fixture(params=["start", "start_fresh"])
+def server(request: pytest.FixtureRequest) -> Iterator[ForkServer]:
+    """Each test that takes it runs against both kinds of server: a copy of this
+    process (start) and a fresh interpreter (start_fresh)."""
+    srv = ForkServer.start() if request.param == "start" else ForkServer.start_fresh()
     try:
         yield srv
     finally:
@@ -87,9 +89,10 @@ def test_entry_forms_and_exit_codes() -> None:
         crashed = srv.fork(f"{E}:raise_error")
         assert crashed.wait().returncode == 1
         crashed.close()
-        with pytest.raises(ForkServerError) as info:
-            srv.fork("no.such.module:fn")
-        assert info.value.code == "NO_ENTRY"
+        for unknown in ("no.such.module:fn", "no_such_name"):
+            with pytest.raises(ForkServerError) as info:
+                srv.fork(unknown)
+            assert info.value.code == "NO_ENTRY"
         with pytest.raises(Exception, match="cannot be found by the fork server"):
             srv.fork(lambda s, k: 0)
 
@@ -281,13 +284,14 @@ def test_fork_failure_in_the_server_is_an_error_reply(server: ForkServer) -> Non
     assert server.ping() == server.pid
 
 
+@pytest.mark.parametrize("start", ["start", "start_fresh"])
 @pytest.mark.parametrize("policy", ["terminate", "keep"])
-def test_the_server_notices_its_starter_died(policy: str) -> None:
+def test_the_server_notices_its_starter_died(policy: str, start: str) -> None:
     script = f"""
 import os, sys
 sys.path.insert(0, {os.getcwd()!r})
 from childproc.forkserver import ForkServer
-srv = ForkServer.start(on_parent_death={policy!r})
+srv = ForkServer.{start}(on_parent_death={policy!r})
 child = srv.fork("{E}:pause_forever")
 print(srv.pid, child.pid, flush=True)
 os._exit(0)   # die abruptly: no stop()
@@ -482,3 +486,44 @@ def test_a_vanished_server_is_named_as_the_cause() -> None:
         with pytest.raises(Exception, match="fork server that made child"):
             for _ in range(50):
                 ctx.wait(0.2)
+
+
+# -- fresh servers --------------------------------------------------------------------------
+
+
+def test_a_fresh_server_runs_importable_entries_and_loads_no_at_fork_hooks() -> None:
+    with ForkServer.start_fresh(
+        entries={"exit_with": fs_entries.exit_with, "pid": f"{E}:server_pid"}, preload=["json"]
+    ) as srv:
+        for entry in ("exit_with", fs_entries.exit_with, f"{E}:exit_with"):
+            child = srv.fork(entry, 5)
+            assert child.wait().returncode == 5
+            child.close()
+        assert srv.eval("pid") == srv.pid
+        # The point of a fresh server: none of the modules whose at-fork hooks
+        # would run in every child it forks.
+        loaded = srv.eval(f"{E}:loaded_modules", ["threading", "logging", "random", "json"])
+        assert loaded == ["json"]
+        child = srv.spawn(["/bin/sh", "-c", "exit 4"])
+        assert child.wait().returncode == 4
+        child.close()
+
+
+def main_entry(server: object, sock: object) -> int:
+    return 0
+
+
+def test_a_fresh_server_refuses_what_it_cannot_import() -> None:
+    with pytest.raises(InvalidArgumentError, match="cannot be imported by a fresh interpreter"):
+        ForkServer.start_fresh(entries={"x": lambda server, sock: 0})
+    main_entry.__module__ = "__main__"
+    try:
+        with pytest.raises(InvalidArgumentError, match="__main__"):
+            ForkServer.start_fresh(entries={"m": main_entry})
+    finally:
+        main_entry.__module__ = __name__
+    with pytest.raises(InvalidArgumentError, match="preload"):
+        ForkServer.start_fresh(preload="json")
+    # A module that fails to import in the server: a clear error, and the server reaped.
+    with pytest.raises(ForkServerError, match="did not start"):
+        ForkServer.start_fresh(preload=["tests.integration.no_such_module"])
