@@ -42,6 +42,12 @@ if _typing.TYPE_CHECKING:  # for type checkers and readers; at run time see __ge
     from ._process import postfork_child_noexec
     from ._status import ChildEvent, EventCode, describe_status
 
+    owner_libxl = SigchldOwner.LIBXL
+    owner_mainloop = SigchldOwner.MAINLOOP
+    owner_libxl_always = SigchldOwner.LIBXL_ALWAYS
+    owner_selective_reap = SigchldOwner.SELECTIVE_REAP
+    owner_pidfd = SigchldOwner.PIDFD
+
 # Names are imported on first use (PEP 562), so that ``import childproc.forkserver``
 # in a fresh fork server loads neither threading nor logging: their at-fork hooks
 # would run in every child the server forks (see ForkServer.start_fresh).
@@ -83,17 +89,19 @@ _OWNER_ALIASES = {
 }
 
 
-def __getattr__(name: str) -> _typing.Any:
-    import importlib  # noqa: PLC0415
+if not _typing.TYPE_CHECKING:  # type checkers see the imports above; a typo stays an error
 
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    elif name in _OWNER_ALIASES:
-        value = importlib.import_module(f"{__name__}._policy").SigchldOwner[_OWNER_ALIASES[name]]
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # once is enough
-    return value
+    def __getattr__(name: str) -> _typing.Any:
+        import importlib  # noqa: PLC0415
+
+        if name in _WHERE:
+            value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        elif name in _OWNER_ALIASES:
+            value = importlib.import_module(f"{__name__}._policy").SigchldOwner[_OWNER_ALIASES[name]]
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value  # once is enough
+        return value
 
 
 def __dir__() -> list[str]:

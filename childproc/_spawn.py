@@ -41,10 +41,17 @@ def _resolve(name: str, env: Mapping[str, str] | None) -> str:
         if not os.access(name, os.X_OK) or os.path.isdir(name):
             raise OSError(errno.EACCES, f"{os.strerror(errno.EACCES)}: {name!r}")
         return name
-    import shutil  # noqa: PLC0415 - here, not at the top: it imports bz2, and so threading
-
+    # By hand, not shutil.which: shutil imports bz2, and bz2 threading, whose at-fork
+    # hook would then run in every child of a fresh fork server.
     path = (env if env is not None else os.environ).get("PATH", os.defpath)
-    found = shutil.which(name, path=path)
+    found = next(
+        (
+            candidate
+            for candidate in (os.path.join(d, name) for d in path.split(os.pathsep))
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK)
+        ),
+        None,
+    )
     if found is None:
         raise OSError(errno.ENOENT, f"{os.strerror(errno.ENOENT)}: {name!r} (not found on PATH)")
     return found

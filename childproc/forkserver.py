@@ -5,6 +5,8 @@ while the process is single-threaded and small). Later, from any thread, the
 process asks the server to fork on its behalf: the child is a copy of the
 process as it was at ``start()``, so forking costs the same whatever the
 caller's size, and no thread of the caller's is ever in a forked child.
+:meth:`ForkServer.start_fresh` starts the server as a fresh interpreter
+instead, whose children are cheaper still but run only importable entries.
 
 What libforks does, in Python (and what it gets wrong, done right):
 
@@ -147,7 +149,7 @@ def _entry_ref(entry: object, names: Mapping[int, str]) -> str:
     if id(entry) in names:
         return names[id(entry)]
     module, qualname = getattr(entry, "__module__", None), getattr(entry, "__qualname__", "")
-    if not callable(entry) or module is None or "<" in qualname:
+    if not callable(entry) or not module or not qualname or "<" in qualname:
         raise InvalidArgumentError(
             f"{entry!r} cannot be found by the fork server: use a module-level function, a "
             "'module:function' string, or pass it to ForkServer.start(entries={...})"
@@ -159,6 +161,8 @@ def _resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[..
     if ref in entries:
         return entries[ref]
     module, _, qualname = ref.partition(":")
+    if not module or not qualname:  # not a known name: import nothing
+        raise LookupError(f"no entry named {ref!r} (give a name from start() or 'module:function')")
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -328,8 +332,9 @@ class ForkServer:
 
         The server is ``python -I`` started with ``posix_spawn``: it holds only
         the standard library's start-up modules, childproc's server and what it
-        imports for you, so every fork it makes is as cheap as a fork of a bare
-        interpreter. A copy made by :meth:`start` carries every module this
+        imports for you, so its forks are cheaper than a copying server's
+        (about two thirds of the time in ``bench bigparent``; a bare interpreter
+        forks faster still). A copy made by :meth:`start` carries every module this
         process had imported, and the at-fork hooks of some of them
         (``threading``, ``logging``, ``random``) make each of its forks cost
         several times more. The price: entries must be importable, because
@@ -358,7 +363,12 @@ class ForkServer:
                     f"entry {name!r}: {entry!r} cannot be imported by a fresh interpreter; use a "
                     "module-level function or a 'module:function' string, or ForkServer.start()"
                 ) from None
-            if ref.partition(":")[0] == "__main__":
+            module, _, qualname = ref.partition(":")
+            if not module or not qualname:
+                raise InvalidArgumentError(
+                    f"entry {name!r}: {ref!r} is not 'module:function' (a fresh server imports its entries)"
+                )
+            if module == "__main__":
                 raise InvalidArgumentError(
                     f"entry {name!r} ({ref}) lives in __main__, which a fresh interpreter does not have: "
                     "move it to a module, or use ForkServer.start()"
@@ -368,26 +378,32 @@ class ForkServer:
                 names[id(entry)] = name
         if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
             raise InvalidArgumentError(f"preload must be a sequence of module names, not {preload!r}")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The server's sys.path is ours (str entries; '' stays "the current directory"),
+        # with childproc's own location added last if it is not on it already.
+        path = [p for p in sys.path if isinstance(p, str)]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        config = {
-            "fd": theirs.fileno(),
-            "parent": os.getpid(),
-            "entries": refs,
-            "preload": list(preload),
-            "max_clients": max_clients,
-            "on_parent_death": on_parent_death,
-            "path": [package_root, *sys.path],
-        }
+        config = json.dumps(
+            {
+                "fd": _FRESH_FD,
+                "parent": os.getpid(),
+                "entries": refs,
+                "preload": list(preload),
+                "max_clients": max_clients,
+                "on_parent_death": on_parent_death,
+                "path": path if package_root in path else [*path, package_root],
+            }
+        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = spawn_process(
-                [sys.executable, "-I", "-c", _FRESH_MAIN, json.dumps(config)],
+                [sys.executable, "-I", "-c", _FRESH_MAIN, config],
                 env=None,
                 cwd=None,
-                pass_fds=[theirs.fileno()],
+                pass_fds=(),
                 stdin=None,
                 stdout=None,
                 stderr=None,
+                fd_map={_FRESH_FD: theirs.fileno()},
             )
         except OSError as e:
             ours.close()
@@ -396,9 +412,19 @@ class ForkServer:
             theirs.close()
         server = cls(_Connection(ours), pid, names, owner=True)
         try:
-            server.ping()  # the server answers once its entries and preloads are imported
-        except ForkServerError as e:
-            server._finish()
+            # The server answers once its entries and preloads are imported; an
+            # import that hangs must not hang us.
+            ours.settimeout(_FRESH_START_TIMEOUT_S)
+            try:
+                server.ping()
+            finally:
+                ours.settimeout(None)
+        except BaseException as e:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # whatever it was doing: it is not starting
+            server._finish()  # closes our end, reaps the server
+            if not isinstance(e, ForkServerError):
+                raise
             raise ForkServerError(
                 f"the fresh fork server did not start ({e}); its traceback, if any, is on stderr",
                 "START_ERROR",
@@ -463,7 +489,8 @@ class ForkServer:
         or a module-level function. ``args`` must be JSON values. ``server`` is a
         :class:`ForkServer` connection for the child (``server_conn=True``) or
         None; ``sock`` is the child's end of a socket pair (``socket=True``) or None.
-        The child is a copy of the process as it was at :meth:`start`.
+        The child is a copy of the server: of this process as it was at
+        :meth:`start`, or of a fresh interpreter (:meth:`start_fresh`).
         """
         reply, fds = self._conn.request(
             "fork",
@@ -951,12 +978,14 @@ class _Server:
         return reply, out
 
 
-#: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): find childproc on
-#: the starter's path, then serve. -I: no PYTHON* variables, no user site, no cwd.
+#: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): take the starter's
+#: sys.path, then serve. -I: no PYTHON* variables and no user site of its own.
 _FRESH_MAIN = (
-    "import json, sys; config = json.loads(sys.argv[1]); sys.path[:0] = config['path']; "
+    "import json, sys; config = json.loads(sys.argv[1]); sys.path[:] = config['path']; "
     "from childproc.forkserver import _serve_fresh; _serve_fresh(config)"
 )
+_FRESH_FD = 3  # where the server finds its end of the socket pair
+_FRESH_START_TIMEOUT_S = 120.0  # for the server's imports (entries, preloads)
 
 
 def _serve_fresh(config: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import select
@@ -504,6 +505,15 @@ def test_a_fresh_server_runs_importable_entries_and_loads_no_at_fork_hooks() -> 
         # would run in every child it forks.
         loaded = srv.eval(f"{E}:loaded_modules", ["threading", "logging", "random", "json"])
         assert loaded == ["json"]
+        # A bare name the server does not know is refused without importing anything,
+        # and a spawn that searches PATH does not import shutil (and so threading).
+        with pytest.raises(ForkServerError) as info:
+            srv.fork("threading")
+        assert info.value.code == "NO_ENTRY"
+        child = srv.spawn(["sh", "-c", "exit 0"], env={"PATH": os.defpath})
+        assert child.wait().returncode == 0
+        child.close()
+        assert srv.eval(f"{E}:loaded_modules", ["threading", "shutil"]) == []
         child = srv.spawn(["/bin/sh", "-c", "exit 4"])
         assert child.wait().returncode == 4
         child.close()
@@ -522,6 +532,10 @@ def test_a_fresh_server_refuses_what_it_cannot_import() -> None:
             ForkServer.start_fresh(entries={"m": main_entry})
     finally:
         main_entry.__module__ = __name__
+    with pytest.raises(InvalidArgumentError, match="not 'module:function'"):
+        ForkServer.start_fresh(entries={"w": "tests.integration.fs_entries.exit_with"})
+    with pytest.raises(InvalidArgumentError, match="cannot be imported"):
+        ForkServer.start_fresh(entries={"p": functools.partial(fs_entries.exit_with, code=1)})
     with pytest.raises(InvalidArgumentError, match="preload"):
         ForkServer.start_fresh(preload="json")
     # A module that fails to import in the server: a clear error, and the server reaped.
