@@ -92,6 +92,7 @@ class Child:
         oneshot: bool,
         defer_reap: bool,
         kill_on_close: bool,
+        on_exit_status: Callable[[int, int], object] | None = None,
     ) -> None:
         self._ctx = ctx
         self._pid = pid
@@ -100,7 +101,7 @@ class Child:
         self._polled = False  # the pidfd is in the context's epoll
         self._on_event = on_event
         #: ``child_fork``'s ``callback(pid, wait_status)``, called in place of ``_on_event``.
-        self._on_exit_status: Callable[[int, int], object] | None = None
+        self._on_exit_status = on_exit_status
         self._events = events
         self._state = ChildState.RUNNING
         self._final: ChildEvent | None = None

@@ -588,8 +588,8 @@ class Context:
                 oneshot=oneshot,
                 defer_reap=reap_after_callback,
                 kill_on_close=kill_on_close,
+                on_exit_status=on_exit_status,
             )
-            child._on_exit_status = on_exit_status
             self._register_locked(child, adopt_pidfd)
         return child
 
@@ -884,9 +884,11 @@ class Context:
             if event.kind is EventKind.CHILD_EXIT:
                 child._done = True
             try:
-                if child._on_exit_status is not None and not child._released:
+                if child._released:
+                    return  # (the finally below still reaps a zombie)
+                if child._on_exit_status is not None:
                     child._on_exit_status(event.pid, event.status)  # child_fork: exits only
-                elif child._on_event is not None and not child._released:
+                elif child._on_event is not None:
                     final = child._final if event.kind is EventKind.CHILD_EXIT else None
                     if final is None:
                         final = ChildEvent.from_wait_status(event.pid, event.status, event.uid)

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from childproc import Context, Hooks, SigchldOwner
 from childproc.bench import _common
 from childproc.bench._entries import quick_exit
-from childproc.forkserver import ForkServer
+from childproc.forkserver import ForkServer, ServedChild
 
 _MINIMAL_SERVER = """
 import os, sys
@@ -103,27 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     def do_spawn() -> None:
         ctx.spawn(["/bin/true"]).wait()
 
-    def do_server_fork() -> None:
-        child = server.fork("quick_exit")
-        child.wait()
-        child.close()
+    def served(make: Callable[[], ServedChild]) -> Callable[[], None]:
+        def run() -> None:
+            child = make()
+            child.wait()
+            child.close()
 
-    def do_fresh_fork() -> None:
-        child = fresh.fork("quick_exit")
-        child.wait()
-        child.close()
-
-    def do_server_spawn() -> None:
-        child = server.spawn(["/bin/true"])
-        child.wait()
-        child.close()
+        return run
 
     strategies: dict[str, Callable[[], object]] = {
         "os.fork": do_fork,
         "ctx.spawn (posix_spawn)": do_spawn,
-        "forkserver fork": do_server_fork,
-        "forkserver spawn": do_server_spawn,
-        "fresh forkserver fork": do_fresh_fork,
+        "forkserver fork": served(lambda: server.fork("quick_exit")),
+        "forkserver spawn": served(lambda: server.spawn(["/bin/true"])),
+        "fresh forkserver fork": served(lambda: fresh.fork("quick_exit")),
         "minimal fork server (reference)": minimal.fork_and_wait,
     }
     results: dict[str, dict[int, list[float]]] = {n: {s: [] for s in sizes} for n in strategies}

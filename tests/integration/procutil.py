@@ -30,6 +30,16 @@ def fd_target(fd: int) -> str:
         return "?"
 
 
+def proc_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (R, S, T, Z, ...), or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
 def children() -> dict[int, str]:
     """pid -> state letter for every child of this process (zombies included)."""
     me = os.getpid()
@@ -45,12 +55,9 @@ def children() -> dict[int, str]:
         except OSError:
             continue
         for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            out[pid] = stat[stat.rindex(")") + 2]
+            state = proc_state(pid)
+            if state is not None:
+                out[pid] = state
     return out
 
 
@@ -68,12 +75,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) -> boo
 
 
 def is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] == "Z"
+    return proc_state(pid) == "Z"
 
 
 def sigchld_disposition() -> object:

@@ -31,7 +31,7 @@ from childproc.forkserver import (
 
 from . import fs_entries
 from .kids import drain
-from .procutil import wait_until
+from .procutil import proc_state, wait_until
 
 E = "tests.integration.fs_entries"
 
@@ -59,12 +59,8 @@ def fds_of(pid: int) -> int:
 
 def gone(pid: int) -> bool:
     """Not running any more (reaped, or a zombie awaiting its new parent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
+    state = proc_state(pid)
+    return state is None or state in "ZX"
 
 
 # -- the API ------------------------------------------------------------------------------

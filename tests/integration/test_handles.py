@@ -34,7 +34,7 @@ from childproc._doctor import report
 from childproc._watchers import pidfd as pidfd_mod
 
 from .kids import child_pause, drain
-from .procutil import children, fd_room, is_zombie, wait_until
+from .procutil import children, fd_room, is_zombie, proc_state, wait_until
 
 TRUE = "/bin/true"
 PY = sys.executable
@@ -157,16 +157,10 @@ def test_oneshot_reports_only_the_first_stop_or_continue() -> None:
         # No more stop/continue interest: the handler is no longer needed (pidfds suffice).
         assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
         child.send_signal(signal.SIGCONT)
-        assert wait_until(lambda: _stat_state(child.pid) != "T")
+        assert wait_until(lambda: proc_state(child.pid) != "T")
         child.kill()
         child.wait(20)
         assert ev.codes(child.pid) == [EventCode.STOPPED, EventCode.KILLED]
-
-
-def _stat_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2]
 
 
 def test_only_the_asked_for_kind() -> None:
@@ -174,7 +168,7 @@ def test_only_the_asked_for_kind() -> None:
     with ctx_in(SigchldOwner.SELECTIVE_REAP) as ctx:
         child = fork_child(ctx, ev, pause=True, events=os.WEXITED | os.WCONTINUED)
         child.send_signal(signal.SIGSTOP)
-        assert wait_until(lambda: _stat_state(child.pid) == "T")
+        assert wait_until(lambda: proc_state(child.pid) == "T")
         ctx.dispatch()
         assert child.state is ChildState.STOPPED and ev.seen == []
         child.send_signal(signal.SIGCONT)
@@ -200,7 +194,7 @@ def test_exit_callback_sees_the_zombie_then_it_is_reaped(mode: SigchldOwner, rai
     seen: dict[str, object] = {}
 
     def on_event(child: Child, event: ChildEvent) -> None:
-        seen["state"] = _stat_state(child.pid)  # /proc/<pid> still there
+        seen["state"] = proc_state(child.pid)  # /proc/<pid> still there
         with open(f"/proc/{child.pid}/stat") as f:
             seen["comm"] = f.read().split()[1]
         seen["status"] = event.returncode
