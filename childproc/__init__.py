@@ -15,60 +15,93 @@ See the mode guide (docs/modes.rst) to choose a :class:`SigchldOwner`.
 
 from __future__ import annotations
 
-import typing as _typing
-
-from ._child import Child, ChildState, EventCallback
-from ._errors import (
-    AlreadyWatchedError,
-    ChildExitedError,
-    ChildprocError,
-    ChildStolenError,
-    ClosedError,
-    ForkedContextError,
-    ForkError,
-    HandlerReplacedError,
-    InvalidArgumentError,
-    NotOurChildError,
-    PidfdUnavailableError,
-    SigchldConflictError,
-    SpawnError,
-    StateError,
-    UnknownChildError,
-)
-from ._ledger import ChildCallback
-from ._policy import SigchldOwner
-from ._status import ChildEvent, EventCode, describe_status
-
-if _typing.TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._child import Child, ChildState, EventCallback
     from ._context import Context, ForkReplacement, Hooks, ReapedCallback
+    from ._errors import (
+        AlreadyWatchedError,
+        ChildExitedError,
+        ChildprocError,
+        ChildStolenError,
+        ClosedError,
+        ForkedContextError,
+        ForkError,
+        HandlerReplacedError,
+        InvalidArgumentError,
+        NotOurChildError,
+        PidfdUnavailableError,
+        SigchldConflictError,
+        SpawnError,
+        StateError,
+        UnknownChildError,
+    )
+    from ._ledger import ChildCallback
+    from ._policy import SigchldOwner
     from ._process import postfork_child_noexec
+    from ._status import ChildEvent, EventCode, describe_status
+
+    owner_libxl = SigchldOwner.LIBXL
+    owner_mainloop = SigchldOwner.MAINLOOP
+    owner_libxl_always = SigchldOwner.LIBXL_ALWAYS
+    owner_selective_reap = SigchldOwner.SELECTIVE_REAP
+    owner_pidfd = SigchldOwner.PIDFD
 
 __version__ = "0.1.0"
 
-#: Aliases for readers of the libxl documentation (``libxl_sigchld_owner_*``).
-owner_libxl = SigchldOwner.LIBXL
-owner_mainloop = SigchldOwner.MAINLOOP
-owner_libxl_always = SigchldOwner.LIBXL_ALWAYS
-owner_selective_reap = SigchldOwner.SELECTIVE_REAP
-owner_pidfd = SigchldOwner.PIDFD
-
-# The context and the process-wide state are imported on first use (PEP 562): they
-# load threading and logging, whose at-fork hooks would otherwise run in every
-# child of a fresh fork server, which imports childproc.forkserver (and so this
-# file) but never makes a Context. Everything imported above loads neither.
+# Every public name is imported on first use (PEP 562). A fresh fork server
+# imports childproc._fork_server, and so this file: whatever this file imported
+# would be in the server's heap, mapped again by every fork and unmapped by every
+# child's exit, and the context's modules load threading and logging, whose
+# at-fork hooks would run in every child.
 _LAZY = {
+    **dict.fromkeys(("Child", "ChildState", "EventCallback"), "_child"),
     **dict.fromkeys(("Context", "ForkReplacement", "Hooks", "ReapedCallback"), "_context"),
+    **dict.fromkeys(
+        (
+            "AlreadyWatchedError",
+            "ChildExitedError",
+            "ChildprocError",
+            "ChildStolenError",
+            "ClosedError",
+            "ForkedContextError",
+            "ForkError",
+            "HandlerReplacedError",
+            "InvalidArgumentError",
+            "NotOurChildError",
+            "PidfdUnavailableError",
+            "SigchldConflictError",
+            "SpawnError",
+            "StateError",
+            "UnknownChildError",
+        ),
+        "_errors",
+    ),
+    "ChildCallback": "_ledger",
+    "SigchldOwner": "_policy",
     "postfork_child_noexec": "_process",
+    **dict.fromkeys(("ChildEvent", "EventCode", "describe_status"), "_status"),
+}
+#: Aliases for readers of the libxl documentation (``libxl_sigchld_owner_*``).
+_OWNER_ALIASES = {
+    "owner_libxl": "LIBXL",
+    "owner_mainloop": "MAINLOOP",
+    "owner_libxl_always": "LIBXL_ALWAYS",
+    "owner_selective_reap": "SELECTIVE_REAP",
+    "owner_pidfd": "PIDFD",
 }
 
-if not _typing.TYPE_CHECKING:  # type checkers see the imports above; a typo stays an error
+if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an error
 
-    def __getattr__(name: str) -> _typing.Any:
-        if name not in _LAZY:
+    def __getattr__(name):
+        if name in _OWNER_ALIASES:
+            value = getattr(__getattr__("SigchldOwner"), _OWNER_ALIASES[name])
+        elif name in _LAZY:
+            from importlib import import_module  # noqa: PLC0415
+
+            value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        else:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        import importlib  # noqa: PLC0415
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
         globals()[name] = value  # once is enough
         return value
 

@@ -16,13 +16,16 @@ import errno
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
 
 from ._errors import InvalidArgumentError
 
+TYPE_CHECKING = False  # not typing's: a fresh fork server loads this module, and typing is big
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["Argv", "spawn_process"]
 
-Argv = Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]]
+Argv = Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]]
 
 # Python ignores these; a program started by subprocess gets them back at their
 # defaults, and so does one started here. SIGCHLD too: an ignored SIGCHLD would

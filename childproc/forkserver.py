@@ -31,35 +31,42 @@ What libforks does, in Python (and what it gets wrong, done right):
 
 Protocol: one ``SOCK_SEQPACKET`` packet per message, a JSON object, with fds
 as ``SCM_RIGHTS`` (``socket.send_fds``/``recv_fds``). Exit fds carry one
-``struct "=ii"`` record: (pid, wait status).
+``struct "=ii"`` record: (pid, wait status). The server's side is
+``childproc._fork_server``, which imports nothing else of childproc.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
-import selectors
 import signal
 import socket
-import struct
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import _fork_server
 from ._errors import ChildprocError, InvalidArgumentError
-from ._spawn import Argv, spawn_process
+from ._fork_server import EXIT_EVENT, MAX_FDS, MAX_PACKET, Server
+from ._spawn import spawn_process
 from ._status import ChildEvent
 
-__all__ = ["EXIT_EVENT", "ForkServer", "ForkServerDied", "ForkServerError", "ServedChild", "read_exit_event"]
+if TYPE_CHECKING:
+    from ._spawn import Argv
 
-MAX_PACKET = 64 * 1024  # largest request or reply
-MAX_FDS = 16  # most fds one request may carry
-#: One exit record on an exit fd: (pid, wait status).
-EXIT_EVENT = struct.Struct("=ii")
+__all__ = [
+    "EXIT_EVENT",
+    "MAX_FDS",
+    "MAX_PACKET",
+    "ForkServer",
+    "ForkServerDied",
+    "ForkServerError",
+    "ServedChild",
+    "read_exit_event",
+]
 
 
 class ForkServerError(ChildprocError):
@@ -155,20 +162,6 @@ def _entry_ref(entry: object, names: Mapping[int, str]) -> str:
             "'module:function' string, or pass it to ForkServer.start(entries={...})"
         )
     return f"{module}:{qualname}"
-
-
-def _resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
-    if ref in entries:
-        return entries[ref]
-    module, _, qualname = ref.partition(":")
-    if not module or not qualname:  # not a known name: import nothing
-        raise LookupError(f"no entry named {ref!r} (give a name from start() or 'module:function')")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"{ref} is not callable")
-    return obj  # type: ignore[no-any-return]
 
 
 # ==================================================================================
@@ -310,7 +303,7 @@ class ForkServer:
             code = 0
             try:
                 ours.close()
-                _Server(theirs, parent, table, max_clients, on_parent_death).serve()
+                Server(theirs, parent, table, max_clients, on_parent_death).serve()
             except BaseException:
                 traceback.print_exc()
                 code = 70
@@ -390,6 +383,7 @@ class ForkServer:
                 "preload": list(preload),
                 "max_clients": max_clients,
                 "on_parent_death": on_parent_death,
+                "use_pidfds": _fork_server.USE_PIDFDS,
                 "path": path if package_root in path else [*path, package_root],
             }
         )
@@ -579,437 +573,17 @@ class ForkServer:
         reply, _ = self._conn.request("ping")
         return int(reply["pid"])
 
-
-# ==================================================================================
-# The server (runs in the forked copy)
-# ==================================================================================
-class _Bad(Exception):
-    """A request the server refuses; becomes an error reply."""
-
-    def __init__(self, message: str, code: str = "BAD_REQUEST", err: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.errno = err
-
-
-@dataclass
-class _Client:
-    sock: socket.socket
-    peer_pid: int
-
-
-class _Server:
-    def __init__(
-        self,
-        sock: socket.socket,
-        parent: int,
-        entries: Mapping[str, Callable[..., Any]],
-        max_clients: int,
-        on_parent_death: str,
-    ) -> None:
-        self.entries = entries
-        self.max_clients = max_clients
-        self.on_parent_death = on_parent_death
-        self.sel = selectors.DefaultSelector()
-        self.clients: dict[int, _Client] = {}
-        self.children: dict[int, int | None] = {}  # pid -> exit write fd
-        self.running = True
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._add_client(sock, parent)
-        self.parent_fd: int | None = None
-        try:
-            self.parent_fd = os.pidfd_open(parent)
-        except (OSError, AttributeError):
-            self.parent_fd = None  # fall back to polling getppid()
-        self.parent = parent
-
-    def _add_client(self, sock: socket.socket, peer_pid: int) -> None:
-        # SO_PEERCRED would name whoever created the socketpair (the server, for
-        # the pairs it makes), so the server records the pid it handed the end to.
-        self.clients[sock.fileno()] = _Client(sock, peer_pid)
-        self.sel.register(sock, selectors.EVENT_READ, "client")
-
-    def serve(self) -> None:
-        # The server is this process's only thread; make it deaf to the caller's
-        # terminal signals (the caller stops it) and hear its own children.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, lambda s, f: None)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
-        if self.parent_fd is not None:
-            self.sel.register(self.parent_fd, selectors.EVENT_READ, "parent")
-        while self.running:
-            timeout = None if self.parent_fd is not None else 1.0
-            for key, _ in self.sel.select(timeout):
-                if key.data == "sigchld":
-                    with contextlib.suppress(OSError):
-                        while os.read(self.wake_r, 512):
-                            pass
-                    self._reap()
-                elif key.data == "parent":
-                    self._parent_died()
-                else:
-                    assert isinstance(key.fileobj, socket.socket)
-                    self._client_readable(key.fileobj)
-            if self.parent_fd is None and os.getppid() != self.parent:
-                self._parent_died()
-
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self._report_exit(pid, status)
-
-    def _report_exit(self, pid: int, status: int) -> None:
-        """Write ``pid``'s exit record to its exit fd, if it has one, and close it."""
-        wfd = self.children.pop(pid, None)
-        if wfd is not None:
-            # One record on its own pipe: never blocks, whatever the caller does.
-            with contextlib.suppress(OSError):
-                os.write(wfd, EXIT_EVENT.pack(pid, status))
-            os.close(wfd)
-
-    def _parent_died(self) -> None:
-        if self.on_parent_death == "terminate":
-            for pid in list(self.children):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        self.running = False
-
-    def _drop(self, sock: socket.socket) -> None:
-        self.clients.pop(sock.fileno(), None)
-        with contextlib.suppress(KeyError, ValueError):
-            self.sel.unregister(sock)
-        sock.close()
-
-    def _client_readable(self, sock: socket.socket) -> None:
-        try:
-            data, fds, flags, _ = socket.recv_fds(sock, MAX_PACKET + 1, MAX_FDS)
-        except OSError:
-            self._drop(sock)
-            return
-        if not data and not fds:
-            self._drop(sock)  # the peer closed its end
-            return
-        rid: Any = None
-        try:
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_PACKET:
-                raise _Bad(f"request larger than {MAX_PACKET} bytes or carrying more than {MAX_FDS} fds")
-            try:
-                req = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise _Bad(f"not a JSON request: {e}") from None
-            if not isinstance(req, dict):
-                raise _Bad("a request is a JSON object")
-            rid = req.get("id")
-            if not isinstance(rid, int) or isinstance(rid, bool):
-                raise _Bad("a request needs an integer id")
-            handler = getattr(self, f"_op_{req.get('op')}", None) if isinstance(req.get("op"), str) else None
-            if handler is None:
-                raise _Bad(f"unknown operation {req.get('op')!r}")
-            reply, out_fds = handler(req, fds, sock)
-            fds = []  # the handler took ownership of what it was sent
-            self._send(sock, {"id": rid, "ok": True, **reply}, out_fds)
-        except _Bad as e:
-            self._send(sock, {"id": rid, "ok": False, "error": str(e), "code": e.code, "errno": e.errno}, [])
-        except Exception as e:  # a bug or an entry's failure: an error reply, never an abort
-            self._send(
-                sock, {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}", "code": "ERROR"}, []
-            )
-        finally:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def _send(self, sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> None:
-        try:
-            socket.send_fds(sock, [json.dumps(reply).encode()], fds)
-        except OSError:
-            self._drop(sock)
-        finally:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    # -- operations ----------------------------------------------------------------------
-    def _no_fds(self, fds: list[int]) -> None:
-        if fds:
-            raise _Bad("this request carries fds it has no use for")
-
-    def _op_ping(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        self._no_fds(fds)
-        return {"pid": os.getpid()}, []
-
-    def _op_connect(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        self._no_fds(fds)
-        self._check_room()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._add_client(ours, self.clients[sock.fileno()].peer_pid)
-        return {}, [theirs.detach()]
-
-    def _check_room(self) -> None:
-        if len(self.clients) >= self.max_clients:
-            raise _Bad(
-                f"too many clients: the server accepts {self.max_clients} connections at once "
-                "(raise ForkServer.start(max_clients=...))",
-                "TOO_MANY_CLIENTS",
-            )
-
-    def _op_kill_all(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        self._no_fds(fds)
-        sig = req.get("signal")
-        if not isinstance(sig, int) or not 0 < sig < signal.NSIG:
-            raise _Bad(f"not a signal number: {sig!r}")
-        caller = self.clients[sock.fileno()].peer_pid
-        count = 0
-        for pid in list(self.children):
-            if pid != caller:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-                    count += 1
-        return {"count": count}, []
-
-    def _op_stop(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        self._no_fds(fds)
-        for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        while self.children:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            self._report_exit(pid, status)
-        self.running = False
-        return {}, []
-
-    def _op_stop_server_only(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        self._no_fds(fds)
-        self.running = False
-        return {}, []
-
-    def _op_eval(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        self._no_fds(fds)
-        fn = self._entry(req)
-        return {"result": fn(*self._args(req))}, []
-
-    def _entry(self, req: dict[str, Any]) -> Callable[..., Any]:
-        ref = req.get("entry")
-        if not isinstance(ref, str) or len(ref) > 512:
-            raise _Bad("entry must be a name or 'module:function'")
-        try:
-            return _resolve(ref, self.entries)
-        except Exception as e:
-            raise _Bad(f"cannot find entry {ref!r}: {type(e).__name__}: {e}", "NO_ENTRY") from None
-
-    def _args(self, req: dict[str, Any]) -> list[Any]:
-        args = req.get("args", [])
-        if not isinstance(args, list):
-            raise _Bad("args must be a list")
-        return args
-
-    def _flag(self, req: dict[str, Any], name: str) -> bool:
-        value = req.get(name, False)
-        if not isinstance(value, bool):
-            raise _Bad(f"{name} must be true or false")
-        return value
-
-    def _new_child_fds(self, want_exit: bool) -> tuple[int | None, int | None]:
-        if not want_exit:
-            return None, None
-        r, w = os.pipe2(os.O_CLOEXEC)
-        return r, w
-
-    def _register(
-        self, pid: int, exit_r: int | None, exit_w: int | None, out: list[int], reply: dict[str, Any]
-    ) -> None:
-        self.children[pid] = exit_w
-        if exit_r is not None:
-            out.append(exit_r)
-            reply["has_exit_fd"] = True
-        try:
-            out.append(os.pidfd_open(pid))
-            reply["has_pidfd"] = True
-        except (OSError, AttributeError):
-            pass
-
-    def _op_fork(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        self._no_fds(fds)
-        fn = self._entry(req)
-        args = self._args(req)
-        want_sock, want_exit, want_conn = (self._flag(req, n) for n in ("socket", "exit_fd", "server_conn"))
-        if want_conn:
-            self._check_room()
-        pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if want_sock else None
-        conn_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if want_conn else None
-        exit_r, exit_w = self._new_child_fds(want_exit)
-        try:
-            pid = os.fork()
-        except OSError as e:
-            for fd in (exit_r, exit_w):
-                if fd is not None:
-                    os.close(fd)
-            for p in (pair, conn_pair):
-                if p is not None:
-                    p[0].close()
-                    p[1].close()
-            raise _Bad(f"fork failed: {e.strerror}", "FORK_ERROR", e.errno) from None
-        if pid == 0:
-            for fd in (exit_r, exit_w):  # the child's own exit pipe is not the child's
-                if fd is not None:
-                    os.close(fd)
-            self._become_child(fn, args, pair, conn_pair)
-        reply: dict[str, Any] = {"pid": pid}
-        out: list[int] = []
-        if pair is not None:
-            pair[1].close()
-            out.append(pair[0].detach())
-            reply["has_socket"] = True
-        if conn_pair is not None:
-            conn_pair[1].close()
-            self._add_client(conn_pair[0], pid)
-        self._register(pid, exit_r, exit_w, out, reply)
-        return reply, out
-
-    def _become_child(
-        self,
-        fn: Callable[..., Any],
-        args: list[Any],
-        pair: tuple[socket.socket, socket.socket] | None,
-        conn_pair: tuple[socket.socket, socket.socket] | None,
-    ) -> None:
-        code = 0
-        try:
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
-            self.sel.close()
-            for client in self.clients.values():
-                client.sock.close()
-            for wfd in self.children.values():
-                if wfd is not None:
-                    os.close(wfd)
-            for fd in (self.wake_r, self.wake_w, self.parent_fd):
-                if fd is not None:
-                    os.close(fd)
-            sock = None
-            if pair is not None:
-                pair[0].close()
-                sock = pair[1]
-            server = None
-            if conn_pair is not None:
-                conn_pair[0].close()
-                server = ForkServer(_Connection(conn_pair[1]), os.getppid(), {}, owner=False)
-            result = fn(server, sock, *args)
-            if isinstance(result, int) and not isinstance(result, bool):
-                code = result
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-
-    def _op_spawn(
-        self, req: dict[str, Any], fds: list[int], sock: socket.socket
-    ) -> tuple[dict[str, Any], list[int]]:
-        try:
-            argv = req.get("argv")
-            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-                raise _Bad("argv must be a non-empty list of strings")
-            env = req.get("env")
-            if env is not None and not (
-                isinstance(env, dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-            ):
-                raise _Bad("env must map strings to strings")
-            cwd = req.get("cwd")
-            if cwd is not None and not isinstance(cwd, str):
-                raise _Bad("cwd must be a string")
-            pass_fds, stdio = req.get("pass_fds", []), req.get("stdio", [None, None, None])
-            if not (isinstance(pass_fds, list) and isinstance(stdio, list) and len(stdio) == 3):
-                raise _Bad("pass_fds must be a list and stdio three fds or nulls")
-            wanted = len(pass_fds) + sum(fd is not None for fd in stdio)
-            if wanted != len(fds):
-                raise _Bad(f"the request names {wanted} fds but carries {len(fds)}")
-            # Our copies of the caller's fds arrived at new numbers: map them to the
-            # numbers the caller gave (they appear there in the child).
-            it = iter(fds)
-            received = {target: next(it) for target in pass_fds}
-            std = [next(it) if fd is not None else None for fd in stdio]
-            want_exit = self._flag(req, "exit_fd")
-            try:
-                pid = _spawn_with_fd_map(argv, env, cwd, received, std)
-            except OSError as e:
-                raise _Bad(f"posix_spawn failed: {e.strerror}: {argv[0]!r}", "SPAWN_ERROR", e.errno) from None
-        finally:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        fds.clear()
-        exit_r, exit_w = self._new_child_fds(want_exit)
-        reply: dict[str, Any] = {"pid": pid}
-        out: list[int] = []
-        self._register(pid, exit_r, exit_w, out, reply)
-        if exit_w is None:
-            self.children[pid] = None
-        return reply, out
+    @classmethod
+    def _for_child(cls, sock: socket.socket, server_pid: int) -> ForkServer:
+        """A served child's own connection to its server (``fork(server_conn=True)``)."""
+        return cls(_Connection(sock), server_pid, {}, owner=False)
 
 
 #: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): take the starter's
 #: sys.path, then serve. -I: no PYTHON* variables and no user site of its own.
 _FRESH_MAIN = (
     "import json, sys; config = json.loads(sys.argv[1]); sys.path[:] = config['path']; "
-    "from childproc.forkserver import _serve_fresh; _serve_fresh(config)"
+    "from childproc._fork_server import serve_fresh; serve_fresh(config)"
 )
 _FRESH_FD = 3  # where the server finds its end of the socket pair
 _FRESH_START_TIMEOUT_S = 120.0  # for the server's imports (entries, preloads)
-
-
-def _serve_fresh(config: dict[str, Any]) -> None:
-    """The body of a server made by :meth:`ForkServer.start_fresh` (in that interpreter)."""
-    sock = socket.socket(fileno=config["fd"])
-    code = 0
-    try:
-        for module in config["preload"]:
-            importlib.import_module(module)
-        entries = {name: _resolve(ref, {}) for name, ref in config["entries"].items()}
-        _Server(sock, config["parent"], entries, config["max_clients"], config["on_parent_death"]).serve()
-    except BaseException:
-        traceback.print_exc()
-        code = 70
-    finally:
-        os._exit(code)
-
-
-def _spawn_with_fd_map(
-    argv: list[str], env: dict[str, str] | None, cwd: str | None, fds: dict[int, int], std: list[int | None]
-) -> int:
-    """posix_spawn with fds[target] (server's numbers) appearing at ``target`` in the child."""
-    if any(target in (0, 1, 2) for target in fds):
-        raise _Bad("pass_fds cannot name 0, 1 or 2: use stdin/stdout/stderr")
-    return spawn_process(
-        argv, env=env, cwd=cwd, pass_fds=(), stdin=std[0], stdout=std[1], stderr=std[2], fd_map=fds
-    )

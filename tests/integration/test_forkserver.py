@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from childproc import Context, Hooks, InvalidArgumentError, SigchldOwner
+from childproc import Context, Hooks, InvalidArgumentError, SigchldOwner, _fork_server
 from childproc.forkserver import (
     MAX_PACKET,
     ForkServer,
@@ -485,6 +485,46 @@ def test_a_vanished_server_is_named_as_the_cause() -> None:
                 ctx.wait(0.2)
 
 
+def signal_masks(pid: int) -> dict[str, int]:
+    """A process's caught and ignored signals, from /proc (bit n-1 is signal n)."""
+    with open(f"/proc/{pid}/status") as f:
+        return {k: int(v, 16) for k, v in (line.split(":") for line in f) if k in ("SigCgt", "SigIgn")}
+
+
+def bit(sig: int) -> int:
+    return 1 << (sig - 1)
+
+
+@pytest.mark.parametrize("start", ["start", "start_fresh"])
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfds", "sigchld"])
+def test_how_the_server_hears_its_children(start: str, pidfds: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pidfds (the default) no signal handler runs in the server; without them
+    (kernels before 5.3) it catches SIGCHLD and reaps with waitpid(-1). Either way
+    every exit is reported with its status, and a child starts with SIGCHLD and
+    SIGINT at their defaults."""
+    monkeypatch.setattr(_fork_server, "USE_PIDFDS", pidfds)
+    srv = ForkServer.start() if start == "start" else ForkServer.start_fresh()
+    try:
+        assert srv.ping() == srv.pid  # serving: its signal dispositions are set
+        caught = signal_masks(srv.pid)["SigCgt"] & bit(signal.SIGCHLD)
+        assert bool(caught) is not pidfds
+        kids = [srv.fork(f"{E}:exit_with", i) for i in range(40)]
+        spawned = srv.spawn(["/bin/sh", "-c", "exit 7"])
+        sleeper = srv.fork(f"{E}:pause_forever")
+        assert wait_until(lambda: proc_state(sleeper.pid) == "S", timeout=10)
+        masks = signal_masks(sleeper.pid)
+        assert masks["SigCgt"] & bit(signal.SIGCHLD) == 0
+        assert (masks["SigCgt"] | masks["SigIgn"]) & bit(signal.SIGINT) == 0
+        assert [k.wait().returncode for k in kids] == list(range(40))
+        assert spawned.wait().returncode == 7
+        assert srv.kill_all(signal.SIGTERM) == 1
+        assert sleeper.wait().returncode == -signal.SIGTERM
+        for child in [*kids, spawned, sleeper]:
+            child.close()
+    finally:
+        srv.stop()
+
+
 # -- fresh servers --------------------------------------------------------------------------
 
 
@@ -513,6 +553,16 @@ def test_a_fresh_server_runs_importable_entries_and_loads_no_at_fork_hooks() -> 
         child = srv.spawn(["/bin/sh", "-c", "exit 4"])
         assert child.wait().returncode == 4
         child.close()
+
+
+def test_a_fresh_server_holds_only_what_its_loop_uses() -> None:
+    """Every module in the server is mapped again by each fork and unmapped by each
+    child's exit: a fresh server loads childproc's server module and nothing else of
+    childproc (nor typing or dataclasses, which the rest of childproc uses)."""
+    with ForkServer.start_fresh() as srv:
+        heavy = ["threading", "logging", "typing", "dataclasses", "inspect"]
+        ours = ["childproc._fork_server", "childproc._context", "childproc._process", "childproc.forkserver"]
+        assert srv.eval("tests.integration.fs_lean:loaded", heavy + ours) == ["childproc._fork_server"]
 
 
 def main_entry(server: object, sock: object) -> int:

@@ -1,0 +1,656 @@
+"""The fork server's own process: everything that runs inside a fork server.
+
+:mod:`childproc.forkserver` is the caller's side (the API, the connection);
+this module is the other end. Its rules:
+
+* **It imports only what the server's loop uses**, all of it from the
+  standard library (``os``, ``select``, ``signal``, ``socket``, ``struct``,
+  ``json``, ``importlib``). A fresh server (``ForkServer.start_fresh``)
+  imports this module and no other part of childproc. Every module in the
+  server is memory that each ``fork()`` maps again and each exit unmaps:
+  ``bench bigparent`` shows a child of a bare interpreter costing about two
+  thirds of one in an interpreter that holds the rest of childproc.
+* **Between two forks the server touches as little as it can.** After
+  ``fork()`` each page the server writes faults and is copied while the child
+  shares it, and in Python every reference count is a write. So the loop is
+  one ``epoll`` and a dict from fd to handler, children are watched through
+  pidfds (no signal handler runs in the server), resolved entries are kept,
+  and a new child closes what it inherited of the server's with plain
+  ``os.close`` before it runs its entry.
+
+Theory of operation. One thread and one ``epoll``. Registered in it: each
+client socket (a request is readable), each child's pidfd (it exited), and
+the starter's pidfd (it died). A request is one ``SOCK_SEQPACKET`` packet:
+a JSON object with an ``id`` and an ``op``, fds as ``SCM_RIGHTS``; the reply
+names the same ``id``. A fork makes, before forking, every fd the child and
+the caller will need (so "out of fds" fails before there is a child), and
+keeps one fd slot free for the child's pidfd. An exit is written as one
+``EXIT_EVENT`` record to the child's own exit pipe, which nobody else
+writes: a burst of exits never blocks the server. Where the kernel has no
+pidfds (Linux before 5.3), the server hears SIGCHLD through a wakeup pipe and
+reaps with ``waitpid(-1)``: its children are the only children it has.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+TYPE_CHECKING = False  # typing is not imported at run time (it is a megabyte in every child)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+MAX_PACKET = 64 * 1024  # largest request or reply
+MAX_FDS = 16  # most fds one request may carry
+#: One exit record on an exit fd: (pid, wait status).
+EXIT_EVENT = struct.Struct("=ii")
+
+try:  # what signal.signal wraps, without its enum conversions: fewer objects touched in a child
+    from _signal import signal as _set_handler  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # pragma: no cover - not CPython
+    _set_handler = signal.signal
+_SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(signal.SIGINT), int(signal.SIGCHLD), 0, 1
+_MAX_CACHED_ENTRIES = 256
+#: Whether children are watched through pidfds. Tests set it False (before the
+#: server starts) to run the fallback for kernels without pidfds.
+USE_PIDFDS = hasattr(os, "pidfd_open")
+
+
+class Bad(Exception):
+    """A request the server refuses; becomes an error reply."""
+
+    def __init__(self, message: str, code: str = "BAD_REQUEST", err: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.errno = err
+
+
+def resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
+    """The callable ``ref`` names: a name in ``entries``, or ``module:qualname`` (imported).
+    A bare name not in ``entries`` raises LookupError and imports nothing."""
+    if ref in entries:
+        return entries[ref]
+    module, _, qualname = ref.partition(":")
+    if not module or not qualname:
+        raise LookupError(f"no entry named {ref!r} (give a name from start() or 'module:function')")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{ref} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def pidfd_of(pid: int) -> int | None:
+    """A pidfd for ``pid``, or None where the kernel (or the fd table) has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+
+
+class Server:
+    """The loop of one fork server. Runs in the server process, in its only thread."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        parent: int,
+        entries: Mapping[str, Callable[..., Any]],
+        max_clients: int,
+        on_parent_death: str,
+    ) -> None:
+        self.entries = entries
+        self.resolved: dict[str, Callable[..., Any]] = {}
+        self.max_clients = max_clients
+        self.on_parent_death = on_parent_death
+        self.use_pidfds = USE_PIDFDS
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.clients: dict[int, tuple[socket.socket, int]] = {}  # fd -> (socket, peer pid)
+        self.children: dict[int, tuple[int | None, int | None]] = {}  # pid -> (exit write fd, pidfd)
+        self.watched: dict[int, int] = {}  # pidfd -> pid
+        #: Every fd the server holds for itself, which no child may keep (see _child_main).
+        self.owned: dict[int, None] = {self.epoll.fileno(): None}
+        self.ops: dict[str, Callable[[dict[str, Any], list[int], int], tuple[dict[str, Any], list[int]]]] = {
+            "ping": self._op_ping,
+            "fork": self._op_fork,
+            "spawn": self._op_spawn,
+            "connect": self._op_connect,
+            "kill_all": self._op_kill_all,
+            "eval": self._op_eval,
+            "stop": self._op_stop,
+            "stop_server_only": self._op_stop_server_only,
+        }
+        self.running = True
+        self.wake_r = self.wake_w = -1
+        self.parent = parent
+        self.parent_fd = pidfd_of(parent)  # None: poll getppid() instead
+        if self.parent_fd is not None:
+            self.owned[self.parent_fd] = None
+        self._add_client(sock, parent)
+
+    def _watch(self, fd: int, handler: Callable[[int], None]) -> None:
+        self.handlers[fd] = handler
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def _unwatch(self, fd: int) -> None:
+        del self.handlers[fd]
+        try:
+            self.epoll.unregister(fd)
+        except OSError:
+            pass
+
+    def _add_client(self, sock: socket.socket, peer_pid: int) -> None:
+        # SO_PEERCRED would name whoever created the socketpair (the server, for
+        # the pairs it makes), so the server records the pid it handed the end to.
+        self.clients[sock.fileno()] = (sock, peer_pid)
+        self.owned[sock.fileno()] = None
+        self._watch(sock.fileno(), self._client_readable)
+
+    def serve(self) -> None:
+        # The server is this process's only thread. Deaf to the caller's terminal
+        # signals (the caller stops it); no wakeup fd of the caller's.
+        _set_handler(_SIGINT, _SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        if self.use_pidfds:
+            _set_handler(_SIGCHLD, _SIG_DFL)  # children are heard through their pidfds
+        else:
+            self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.owned[self.wake_r] = self.owned[self.wake_w] = None
+            _set_handler(_SIGCHLD, _ignore)
+            signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+            self._watch(self.wake_r, self._sigchld)
+        if self.parent_fd is not None:
+            self._watch(self.parent_fd, self._parent_died)
+        gc.freeze()
+        timeout = -1.0 if self.parent_fd is not None else 1.0
+        poll, handlers = self.epoll.poll, self.handlers
+        while self.running:
+            for fd, _ in poll(timeout):
+                handler = handlers.get(fd)
+                if handler is not None:  # unregistered by an earlier handler of this round
+                    handler(fd)
+            if self.parent_fd is None and os.getppid() != self.parent:
+                self._parent_died(-1)
+
+    # -- children's exits ----------------------------------------------------------------
+    def _child_exited(self, pidfd: int) -> None:
+        pid = self.watched[pidfd]
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # never expected: only the server reaps its children
+            got, status = pid, 0
+        if got:
+            self._report_exit(pid, status)
+
+    def _sigchld(self, fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except OSError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._report_exit(pid, status)
+
+    def _report_exit(self, pid: int, status: int) -> None:
+        """Write ``pid``'s exit record to its exit fd, if it has one; forget the child."""
+        wfd, pidfd = self.children.pop(pid, (None, None))
+        if pidfd is not None:
+            del self.watched[pidfd]
+            del self.owned[pidfd]
+            self._unwatch(pidfd)
+            os.close(pidfd)
+        if wfd is not None:
+            del self.owned[wfd]
+            # One record on its own pipe: never blocks, whatever the caller does.
+            try:
+                os.write(wfd, EXIT_EVENT.pack(pid, status))
+            except OSError:
+                pass
+            os.close(wfd)
+
+    def _parent_died(self, fd: int) -> None:
+        if self.on_parent_death == "terminate":
+            self._signal_children(signal.SIGTERM, spare=None)
+        self.running = False
+
+    def _signal_children(self, sig: int, spare: int | None) -> int:
+        count = 0
+        for pid in list(self.children):
+            if pid != spare:
+                try:
+                    os.kill(pid, sig)  # not reaped yet, so this pid is still ours
+                    count += 1
+                except ProcessLookupError:
+                    pass
+        return count
+
+    # -- requests ------------------------------------------------------------------------
+    def _drop(self, fd: int) -> None:
+        entry = self.clients.pop(fd, None)
+        if entry is not None:
+            self._unwatch(fd)
+            del self.owned[fd]
+            entry[0].close()
+
+    def _client_readable(self, fd: int) -> None:
+        sock = self.clients[fd][0]
+        try:
+            data, fds, flags, _ = socket.recv_fds(sock, MAX_PACKET + 1, MAX_FDS)
+        except OSError:
+            self._drop(fd)
+            return
+        if not data and not fds:
+            self._drop(fd)  # the peer closed its end
+            return
+        rid: Any = None
+        try:
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_PACKET:
+                raise Bad(f"request larger than {MAX_PACKET} bytes or carrying more than {MAX_FDS} fds")
+            try:
+                req = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise Bad(f"not a JSON request: {e}") from None
+            if not isinstance(req, dict):
+                raise Bad("a request is a JSON object")
+            rid = req.get("id")
+            if not isinstance(rid, int) or isinstance(rid, bool):
+                raise Bad("a request needs an integer id")
+            op = req.get("op")
+            handler = self.ops.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise Bad(f"unknown operation {op!r}")
+            reply, out_fds = handler(req, fds, fd)
+            fds = []  # the handler took ownership of what it was sent
+            reply["id"] = rid
+            reply["ok"] = True
+            self._send(fd, reply, out_fds)
+        except Bad as e:
+            self._send(fd, {"id": rid, "ok": False, "error": str(e), "code": e.code, "errno": e.errno}, [])
+        except Exception as e:  # a bug or an entry's failure: an error reply, never an abort
+            self._send(fd, {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}", "code": "ERROR"}, [])
+        finally:
+            for extra in fds:
+                _close_quietly(extra)
+
+    def _send(self, fd: int, reply: dict[str, Any], fds: list[int]) -> None:
+        entry = self.clients.get(fd)
+        try:
+            if entry is not None:
+                socket.send_fds(entry[0], [json.dumps(reply).encode()], fds)
+        except OSError:
+            self._drop(fd)
+        finally:
+            watched = self.watched
+            for sent in fds:
+                if sent not in watched:  # a pidfd the server watches was sent as a copy
+                    _close_quietly(sent)
+
+    # -- operations ----------------------------------------------------------------------
+    def _no_fds(self, fds: list[int]) -> None:
+        if fds:
+            raise Bad("this request carries fds it has no use for")
+
+    def _op_ping(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+        self._no_fds(fds)
+        return {"pid": os.getpid()}, []
+
+    def _op_connect(
+        self, req: dict[str, Any], fds: list[int], client: int
+    ) -> tuple[dict[str, Any], list[int]]:
+        self._no_fds(fds)
+        self._check_room()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._add_client(ours, self.clients[client][1])
+        return {}, [theirs.detach()]
+
+    def _check_room(self) -> None:
+        if len(self.clients) >= self.max_clients:
+            raise Bad(
+                f"too many clients: the server accepts {self.max_clients} connections at once "
+                "(raise ForkServer.start(max_clients=...))",
+                "TOO_MANY_CLIENTS",
+            )
+
+    def _op_kill_all(
+        self, req: dict[str, Any], fds: list[int], client: int
+    ) -> tuple[dict[str, Any], list[int]]:
+        self._no_fds(fds)
+        sig = req.get("signal")
+        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 < sig < signal.NSIG:
+            raise Bad(f"not a signal number: {sig!r}")
+        return {"count": self._signal_children(sig, spare=self.clients[client][1])}, []
+
+    def _op_stop(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+        self._no_fds(fds)
+        self._signal_children(signal.SIGTERM, spare=None)
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self._report_exit(pid, status)
+        self.running = False
+        return {}, []
+
+    def _op_stop_server_only(
+        self, req: dict[str, Any], fds: list[int], client: int
+    ) -> tuple[dict[str, Any], list[int]]:
+        self._no_fds(fds)
+        self.running = False
+        return {}, []
+
+    def _op_eval(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+        self._no_fds(fds)
+        fn = self._entry(req)
+        return {"result": fn(*self._args(req))}, []
+
+    def _entry(self, req: dict[str, Any]) -> Callable[..., Any]:
+        ref = req.get("entry")
+        if not isinstance(ref, str) or len(ref) > 512:
+            raise Bad("entry must be a name or 'module:function'")
+        fn = self.resolved.get(ref)
+        if fn is not None:
+            return fn
+        try:
+            fn = resolve(ref, self.entries)
+        except Exception as e:
+            raise Bad(f"cannot find entry {ref!r}: {type(e).__name__}: {e}", "NO_ENTRY") from None
+        if len(self.resolved) < _MAX_CACHED_ENTRIES:
+            self.resolved[ref] = fn
+        return fn
+
+    def _args(self, req: dict[str, Any]) -> list[Any]:
+        args = req.get("args", [])
+        if not isinstance(args, list):
+            raise Bad("args must be a list")
+        return args
+
+    def _flag(self, req: dict[str, Any], name: str) -> bool:
+        value = req.get(name, False)
+        if not isinstance(value, bool):
+            raise Bad(f"{name} must be true or false")
+        return value
+
+    def _watch_child(self, pid: int, slot: int) -> int | None:
+        """Watch the new child ``pid``: its pidfd (None on kernels without them).
+
+        ``slot`` is an fd kept open across the fork or spawn so that the pidfd
+        has a place in the fd table. A child the server could not watch would
+        have its exit lost, so if even then there is no pidfd, the child is
+        killed and the request fails.
+        """
+        os.close(slot)
+        if not self.use_pidfds:
+            return None
+        pidfd = pidfd_of(pid)
+        if pidfd is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise Bad("the server cannot open a pidfd to watch the child (killed it)", "FORK_ERROR")
+        self.watched[pidfd] = pid
+        self._watch(pidfd, self._child_exited)
+        self.owned[pidfd] = None
+        return pidfd
+
+    def _hand_over(
+        self,
+        pid: int,
+        pidfd: int | None,
+        exit_pipe: tuple[int, int] | None,
+        reply: dict[str, Any],
+        out: list[int],
+    ) -> None:
+        """``pid`` is now a child the caller knows: its exit fd and a pidfd go in ``out``."""
+        exit_w = None
+        if exit_pipe is not None:
+            out.append(exit_pipe[0])
+            exit_w = exit_pipe[1]
+            self.owned[exit_w] = None
+            reply["has_exit_fd"] = True
+        caller_pidfd = pidfd if pidfd is not None else pidfd_of(pid)  # a copy is sent, see _send
+        if caller_pidfd is not None:
+            out.append(caller_pidfd)
+            reply["has_pidfd"] = True
+        self.children[pid] = (exit_w, pidfd)
+
+    def _op_fork(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+        self._no_fds(fds)
+        fn = self._entry(req)
+        args = self._args(req)
+        want_sock = self._flag(req, "socket")
+        want_exit = self._flag(req, "exit_fd")
+        want_conn = self._flag(req, "server_conn")
+        if want_conn:
+            self._check_room()
+        made: list[int] = []  # fds made for this fork: the child closes them all
+        pair: tuple[socket.socket, socket.socket] | None = None
+        conn_pair: tuple[socket.socket, socket.socket] | None = None
+        try:
+            if want_sock:
+                pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                made.append(pair[0].fileno())
+            if want_conn:
+                conn_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                made.append(conn_pair[0].fileno())
+            exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
+            made += exit_pipe or ()
+            slot = os.dup(self.epoll.fileno())  # room for the pidfd, see _watch_child
+            made.append(slot)
+            pid = os.fork()
+        except OSError as e:
+            for p in (pair, conn_pair):
+                if p is not None:
+                    made.remove(p[0].fileno())
+                    p[0].close()
+                    p[1].close()
+            for fd in made:
+                _close_quietly(fd)
+            raise Bad(f"fork failed: {e.strerror}", "FORK_ERROR", e.errno) from None
+        if pid == 0:
+            _child_main(
+                self.owned,
+                made,
+                use_pidfds=self.use_pidfds,
+                fn=fn,
+                args=args,
+                sock=pair[1] if pair is not None else None,
+                server_sock=conn_pair[1] if conn_pair is not None else None,
+            )
+        reply: dict[str, Any] = {"pid": pid}
+        out: list[int] = []
+        try:
+            pidfd = self._watch_child(pid, slot)
+        except Bad:
+            for p in (pair, conn_pair):
+                if p is not None:
+                    p[0].close()
+                    p[1].close()
+            for fd in exit_pipe or ():
+                os.close(fd)
+            raise
+        if pair is not None:
+            pair[1].close()
+            out.append(pair[0].detach())
+            reply["has_socket"] = True
+        if conn_pair is not None:
+            conn_pair[1].close()
+            self._add_client(conn_pair[0], pid)
+        self._hand_over(pid, pidfd, exit_pipe, reply, out)
+        return reply, out
+
+    def _op_spawn(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+        try:
+            argv = req.get("argv")
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+                raise Bad("argv must be a non-empty list of strings")
+            env = req.get("env")
+            if env is not None and not (
+                isinstance(env, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+            ):
+                raise Bad("env must map strings to strings")
+            cwd = req.get("cwd")
+            if cwd is not None and not isinstance(cwd, str):
+                raise Bad("cwd must be a string")
+            pass_fds, stdio = req.get("pass_fds", []), req.get("stdio", [None, None, None])
+            if not (isinstance(pass_fds, list) and isinstance(stdio, list) and len(stdio) == 3):
+                raise Bad("pass_fds must be a list and stdio three fds or nulls")
+            wanted = len(pass_fds) + sum(fd is not None for fd in stdio)
+            if wanted != len(fds):
+                raise Bad(f"the request names {wanted} fds but carries {len(fds)}")
+            # Our copies of the caller's fds arrived at new numbers: map them to the
+            # numbers the caller gave (they appear there in the child).
+            it = iter(fds)
+            received = {target: next(it) for target in pass_fds}
+            std = [next(it) if fd is not None else None for fd in stdio]
+            want_exit = self._flag(req, "exit_fd")
+            made: list[int] = []  # fds made for this child, closed if the spawn fails
+            try:
+                exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
+                made += exit_pipe or ()
+                slot = os.dup(self.epoll.fileno())  # room for the pidfd, see _watch_child
+                made.append(slot)
+            except OSError as e:
+                for fd in made:
+                    _close_quietly(fd)
+                raise Bad(f"no fds for the child: {e.strerror}", "SPAWN_ERROR", e.errno) from None
+            try:
+                pid = _spawn_with_fd_map(argv, env, cwd, received, std)
+            except BaseException as e:
+                for fd in made:
+                    _close_quietly(fd)
+                if isinstance(e, OSError):
+                    raise Bad(
+                        f"posix_spawn failed: {e.strerror}: {argv[0]!r}", "SPAWN_ERROR", e.errno
+                    ) from None
+                raise
+        finally:
+            for fd in fds:
+                _close_quietly(fd)
+        fds.clear()
+        reply: dict[str, Any] = {"pid": pid}
+        out: list[int] = []
+        try:
+            pidfd = self._watch_child(pid, slot)
+        except Bad:
+            for fd in exit_pipe or ():
+                os.close(fd)
+            raise
+        self._hand_over(pid, pidfd, exit_pipe, reply, out)
+        return reply, out
+
+
+def _child_main(
+    owned: Mapping[int, None],
+    made: list[int],
+    *,
+    use_pidfds: bool,
+    fn: Callable[..., Any],
+    args: list[Any],
+    sock: socket.socket | None,
+    server_sock: socket.socket | None,
+) -> None:
+    """A forked child, from its first line to its ``os._exit``.
+
+    Every page the child writes is copied (3 to 4 µs each on a small VM), and in
+    Python every object touched is a page written: so the child closes the
+    server's fds from one dict of numbers (``owned``: the epoll, the clients'
+    sockets, other children's exit pipes and pidfds, the starter's pidfd) and
+    the list of fds made for this fork, then runs its entry. The server's
+    objects around those numbers are never used again in the child, nor
+    finalized: it leaves by ``os._exit``.
+    """
+    code = 0
+    try:
+        for fd in owned:
+            os.close(fd)
+        for fd in made:
+            os.close(fd)
+        if not use_pidfds:
+            signal.set_wakeup_fd(-1)
+            _set_handler(_SIGCHLD, _SIG_DFL)
+        _set_handler(_SIGINT, _SIG_DFL)
+        server = None
+        if server_sock is not None:
+            from .forkserver import ForkServer  # noqa: PLC0415 - only children that ask for it
+
+            server = ForkServer._for_child(server_sock, os.getppid())
+        result = fn(server, sock, *args)
+        if isinstance(result, int) and not isinstance(result, bool):
+            code = result
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        import traceback  # noqa: PLC0415 - only a failing child pays for it
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # closed or broken stdio: nothing to tell
+            pass
+        os._exit(code)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """SIGCHLD's handler where there are no pidfds: the wakeup fd does the work."""
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _spawn_with_fd_map(
+    argv: list[str], env: dict[str, str] | None, cwd: str | None, fds: dict[int, int], std: list[int | None]
+) -> int:
+    """posix_spawn with fds[target] (server's numbers) appearing at ``target`` in the child."""
+    if any(target in (0, 1, 2) for target in fds):
+        raise Bad("pass_fds cannot name 0, 1 or 2: use stdin/stdout/stderr")
+    from ._spawn import spawn_process  # noqa: PLC0415 - imported when the server starts, see serve_fresh
+
+    return spawn_process(
+        argv, env=env, cwd=cwd, pass_fds=(), stdin=std[0], stdout=std[1], stderr=std[2], fd_map=fds
+    )
+
+
+def serve_fresh(config: dict[str, Any]) -> None:
+    """The body of a server made by ``ForkServer.start_fresh`` (in that interpreter)."""
+    global USE_PIDFDS  # the starter's choice (tests turn pidfds off)
+    USE_PIDFDS = config["use_pidfds"]
+    code = 0
+    try:
+        sock = socket.socket(fileno=config["fd"])
+        from . import _spawn  # noqa: F401, PLC0415 - the exec path's, loaded before any child
+
+        for module in config["preload"]:
+            importlib.import_module(module)
+        entries = {name: resolve(ref, {}) for name, ref in config["entries"].items()}
+        Server(sock, config["parent"], entries, config["max_clients"], config["on_parent_death"]).serve()
+    except BaseException:
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exc()
+        code = 70
+    finally:
+        os._exit(code)
