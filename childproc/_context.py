@@ -565,6 +565,19 @@ class Context:
             if self._uses_handler(1, watches_stops):
                 _process.check_handler()
                 _process.set_handler_user(self, True)
+            # Made before the fork, its pid filled in after: after fork() every page
+            # the parent writes is copied while the child shares it (3-4 us each),
+            # so the parent does as little as it can between fork() and its next wait.
+            child = Child(
+                self,
+                0,
+                on_event,
+                events=events,
+                oneshot=oneshot,
+                defer_reap=reap_after_callback,
+                kill_on_close=kill_on_close,
+                on_exit_status=on_exit_status,
+            )
             if not adopting:
                 try:
                     pid = make_pid()
@@ -580,16 +593,7 @@ class Context:
                     # A fork_replacement may have forked behind os.fork's at-fork hooks.
                     _process.postfork_child_noexec()
                     return None
-            child = Child(
-                self,
-                pid,
-                on_event,
-                events=events,
-                oneshot=oneshot,
-                defer_reap=reap_after_callback,
-                kill_on_close=kill_on_close,
-                on_exit_status=on_exit_status,
-            )
+            child._pid = pid
             self._register_locked(child, adopt_pidfd)
         return child
 

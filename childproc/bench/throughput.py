@@ -22,7 +22,10 @@ Two reference rows bound what a library can reach:
 A second table gives the floor's CPU time per child (this process and its
 children) divided by the contender's, so that there too 1.00 means no
 overhead and lower is worse; CPU time is steadier than wall time on a shared
-machine.
+machine. A third gives this process's minor page faults per child: after a
+``fork()`` every page the parent writes faults, and is copied while a child
+still shares it, so for the fork rows this column is where the time beyond
+the floor goes (each page a Python object lives on, once per fork).
 
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
@@ -275,12 +278,17 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one run."""
+def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> tuple[float, float, float | None]:
+    """(wall seconds, CPU seconds, this process's minor faults per child or None) of one run."""
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     c0, t0 = _cpu(), time.perf_counter()
     fn(n, conc)
     elapsed, cpu = time.perf_counter() - t0, _cpu() - c0
-    return _timings.pop("twisted", (elapsed, cpu)) if name.startswith("Twisted") else (elapsed, cpu)
+    faults: float | None = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n
+    if name.startswith("Twisted"):  # ran in a child interpreter, which timed itself
+        elapsed, cpu = _timings.pop("twisted", (elapsed, cpu))
+        faults = None
+    return elapsed, cpu, faults
 
 
 def _table(title: str, keys: list[str], rows: dict[str, dict[str, list[float]]], first: str) -> None:
@@ -313,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict[str, dict[str, list[float]]] = {}
     cpu_ratios: dict[str, dict[str, list[float]]] = {}
     rates: dict[str, dict[str, list[float]]] = {}
+    faults: dict[str, dict[str, list[float]]] = {}
     plan = [(kind, conc) for kind in args.kinds.split(",") for conc in concs]
     total = sum(len(contenders(kind)) for kind, _ in plan) * args.rounds
     done = 0
@@ -329,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_ratios.setdefault(name, {}).setdefault(key, []).append((f1[1] + f2[1]) / (c1[1] + c2[1]))
                 rates.setdefault("raw floor", {}).setdefault(key, []).append(2 * args.n / (f1[0] + f2[0]))
                 rates.setdefault(name, {}).setdefault(key, []).append(2 * args.n / (c1[0] + c2[0]))
+                for who, pair in (("raw floor", (f1[2], f2[2])), (name, (c1[2], c2[2]))):
+                    faults.setdefault(who, {}).setdefault(key, []).extend(x for x in pair if x is not None)
                 done += 1
                 _common.progress(done, total, f"{key} {name}")
     keys = [f"{kind} c={conc}" for kind, conc in plan]
@@ -348,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         "",
     )
 
+    print("\nPage faults per child in this process (minor; median)")
+    header = f"{'contender':<34}" + "".join(f"{k:>22}" for k in keys)
+    print(header)
+    print("-" * len(header))
+    for name, per in faults.items():
+        cells = (f"{_common.median(per[k]):>22.0f}" if per.get(k) else f"{'-':>22}" for k in keys)
+        print(f"{name:<34}" + "".join(cells))
+
     def quartiles(table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
         return {
             n: {k: [_common.percentile(v, 25), _common.percentile(v, 75)] for k, v in per.items()}
@@ -366,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_quartiles": quartiles(ratios),
             "cpu_ratio_to_floor": _common.medians(cpu_ratios),
             "children_per_second": _common.medians(rates),
+            "parent_minor_faults_per_child": _common.medians(faults),
         },
     )
     return 0
