@@ -171,7 +171,7 @@ class Server:
             self._watch(self.wake_r, self._sigchld)
         if self.parent_fd is not None:
             self._watch(self.parent_fd, self._parent_died)
-        gc.freeze()
+        gc.freeze()  # a full collection would write to every start-up object's page
         timeout = -1.0 if self.parent_fd is not None else 1.0
         poll, handlers = self.epoll.poll, self.handlers
         while self.running:
@@ -187,8 +187,9 @@ class Server:
         pid = self.watched[pidfd]
         try:
             got, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # never expected: only the server reaps its children
-            got, status = pid, 0
+        except ChildProcessError:  # reaped behind the server's back (by eval'd code)
+            self._report_exit(pid, None)  # no record: a made-up status would be a lie
+            return
         if got:
             self._report_exit(pid, status)
 
@@ -207,8 +208,9 @@ class Server:
                 return
             self._report_exit(pid, status)
 
-    def _report_exit(self, pid: int, status: int) -> None:
-        """Write ``pid``'s exit record to its exit fd, if it has one; forget the child."""
+    def _report_exit(self, pid: int, status: int | None) -> None:
+        """Write ``pid``'s exit record to its exit fd, if it has one; forget the child.
+        With no ``status`` the exit fd is closed without a record."""
         wfd, pidfd = self.children.pop(pid, (None, None))
         if pidfd is not None:
             del self.watched[pidfd]
@@ -219,20 +221,22 @@ class Server:
             del self.owned[wfd]
             # One record on its own pipe: never blocks, whatever the caller does.
             try:
-                os.write(wfd, EXIT_EVENT.pack(pid, status))
+                if status is not None:
+                    os.write(wfd, EXIT_EVENT.pack(pid, status))
             except OSError:
                 pass
             os.close(wfd)
 
     def _parent_died(self, fd: int) -> None:
         if self.on_parent_death == "terminate":
-            self._signal_children(signal.SIGTERM, spare=None)
+            self._signal_children(signal.SIGTERM, sparing=None)
         self.running = False
 
-    def _signal_children(self, sig: int, spare: int | None) -> int:
+    def _signal_children(self, sig: int, sparing: int | None) -> int:
+        """Send ``sig`` to every unreaped child but ``sparing``; how many got it."""
         count = 0
         for pid in list(self.children):
-            if pid != spare:
+            if pid != sparing:
                 try:
                     os.kill(pid, sig)  # not reaped yet, so this pid is still ours
                     count += 1
@@ -334,11 +338,11 @@ class Server:
         sig = req.get("signal")
         if not isinstance(sig, int) or isinstance(sig, bool) or not 0 < sig < signal.NSIG:
             raise Bad(f"not a signal number: {sig!r}")
-        return {"count": self._signal_children(sig, spare=self.clients[client][1])}, []
+        return {"count": self._signal_children(sig, sparing=self.clients[client][1])}, []
 
     def _op_stop(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
         self._no_fds(fds)
-        self._signal_children(signal.SIGTERM, spare=None)
+        self._signal_children(signal.SIGTERM, sparing=None)
         while self.children:
             try:
                 pid, status = os.waitpid(-1, 0)

@@ -16,9 +16,9 @@ What libforks does, in Python (and what it gets wrong, done right):
   :meth:`~ForkServer.stop_server_only` / :meth:`~ForkServer.eval`.
 * Every request carries an id and replies are matched by id, so many threads
   may share one server without ever getting each other's replies.
-* The server reaps its children in its own loop (not in a signal handler) and
-  writes each exit to that child's own non-blocking pipe: a burst of exits
-  never blocks it.
+* The server watches its children through pidfds in its own loop (no signal
+  handler runs in it), reaps them there and writes each exit to that child's
+  own pipe: a burst of exits never blocks it.
 * Errors are exceptions in the caller (:class:`ForkServerError`); the server
   never aborts. A server that died is reported by every pending and later
   call (:class:`ForkServerDied`).
@@ -93,7 +93,8 @@ def read_exit_event(fd: int) -> ChildEvent | None:
     if len(data) != EXIT_EVENT.size:
         raise ForkServerDied(
             "exit fd closed without an exit record: the fork server stopped (stop_server_only) "
-            "or died before this child exited, so nobody can report its status"
+            "or died before this child exited, or code run in the server (eval) reaped the "
+            "child first, so nobody can report its status"
         )
     pid, status = EXIT_EVENT.unpack(data)
     return ChildEvent.from_wait_status(pid, status)

@@ -349,6 +349,17 @@ def throughput_page(path: Path) -> str:
             cpu_rows,
             widths,
         )
+    faults = data.get("parent_minor_faults_per_child", {})
+    if faults:
+        fault_rows = []
+        for name, per in faults.items():
+            fault_rows.append([_text(name), *(f"{per[k]:.0f}" if k in per else "-" for k in keys)])
+        page += "\n" + _list_table(
+            "Page faults per child in the benchmark's process (minor, median)",
+            ["Contender", *keys],
+            fault_rows,
+            widths,
+        )
     return page
 
 
