@@ -3,13 +3,14 @@
 :mod:`childproc.forkserver` is the caller's side (the API, the connection);
 this module is the other end. Its rules:
 
-* **It imports only what the server's loop uses**, all of it from the
-  standard library (``os``, ``select``, ``signal``, ``socket``, ``struct``,
-  ``json``, ``importlib``). A fresh server (``ForkServer.start_fresh``)
-  imports this module and no other part of childproc. Every module in the
-  server is memory that each ``fork()`` maps again and each exit unmaps:
-  ``bench bigparent`` shows a child of a bare interpreter costing about two
-  thirds of one in an interpreter that holds the rest of childproc.
+* **It imports only what the server's loop uses**: from the standard library
+  ``os``, ``select``, ``signal``, ``socket``, ``struct``, ``json``, ``array``,
+  ``gc`` and ``importlib``, and of childproc only ``_spawn`` (the exec path,
+  loaded when a fresh server starts) and the ``_errors`` it raises. A fresh
+  server (``ForkServer.start_fresh``) holds nothing else of childproc: not
+  ``typing``, ``dataclasses``, ``threading`` or ``logging``, which the rest
+  uses. Every module in the server is memory that each ``fork()`` maps again
+  and each child's exit unmaps.
 * **Between two forks the server touches as little as it can.** After
   ``fork()`` each page the server writes faults and is copied while the child
   shares it, and in Python every reference count is a write. So the loop is
@@ -33,6 +34,7 @@ reaps with ``waitpid(-1)``: its children are the only children it has.
 
 from __future__ import annotations
 
+import array
 import gc
 import importlib
 import json
@@ -59,6 +61,7 @@ except ImportError:  # pragma: no cover - not CPython
     _set_handler = signal.signal
 _SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(signal.SIGINT), int(signal.SIGCHLD), 0, 1
 _MAX_CACHED_ENTRIES = 256
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 #: Whether children are watched through pidfds. Tests set it False (before the
 #: server starts) to run the fallback for kernels without pidfds.
 USE_PIDFDS = hasattr(os, "pidfd_open")
@@ -87,6 +90,22 @@ def resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[...
     if not callable(obj):
         raise TypeError(f"{ref} is not callable")
     return obj  # type: ignore[no-any-return]
+
+
+def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int], int]:
+    """``socket.recv_fds``, with the fds received close-on-exec: (data, fds, msg flags).
+
+    The standard library's ``recv_fds`` drops its ``flags`` argument (CPython
+    gh-107898, up to 3.13 at least), so it cannot ask for ``MSG_CMSG_CLOEXEC``,
+    and fds received without it would leak into every program spawned until
+    they are closed. This is the same dozen lines with that one flag.
+    """
+    fds = array.array("i")
+    data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), _CLOEXEC)
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    return data, list(fds), flags
 
 
 def pidfd_of(pid: int) -> int | None:
@@ -131,6 +150,9 @@ class Server:
             "stop_server_only": self._op_stop_server_only,
         }
         self.running = True
+        #: fds unwatched during the current round of events: a later event of the
+        #: round may name the same number, closed and perhaps reused since.
+        self.stale: set[int] = set()
         self.wake_r = self.wake_w = -1
         self.parent = parent
         self.parent_fd = pidfd_of(parent)  # None: poll getppid() instead
@@ -139,11 +161,12 @@ class Server:
         self._add_client(sock, parent)
 
     def _watch(self, fd: int, handler: Callable[[int], None]) -> None:
+        self.epoll.register(fd, select.EPOLLIN)  # first: if it fails, nothing to undo
         self.handlers[fd] = handler
-        self.epoll.register(fd, select.EPOLLIN)
 
     def _unwatch(self, fd: int) -> None:
         del self.handlers[fd]
+        self.stale.add(fd)
         try:
             self.epoll.unregister(fd)
         except OSError:
@@ -152,9 +175,12 @@ class Server:
     def _add_client(self, sock: socket.socket, peer_pid: int) -> None:
         # SO_PEERCRED would name whoever created the socketpair (the server, for
         # the pairs it makes), so the server records the pid it handed the end to.
+        # Non-blocking: a client that sends what it does not read (or a wrong
+        # wake-up) makes a send or receive fail, never the server wait.
+        sock.setblocking(False)
+        self._watch(sock.fileno(), self._client_readable)
         self.clients[sock.fileno()] = (sock, peer_pid)
         self.owned[sock.fileno()] = None
-        self._watch(sock.fileno(), self._client_readable)
 
     def serve(self) -> None:
         # The server is this process's only thread. Deaf to the caller's terminal
@@ -172,13 +198,18 @@ class Server:
         if self.parent_fd is not None:
             self._watch(self.parent_fd, self._parent_died)
         gc.freeze()  # a full collection would write to every start-up object's page
+        if os.getppid() != self.parent:  # died before the server got here (the pidfd may name a new process)
+            self._parent_died(-1)
         timeout = -1.0 if self.parent_fd is not None else 1.0
-        poll, handlers = self.epoll.poll, self.handlers
+        poll, handlers, stale = self.epoll.poll, self.handlers, self.stale
         while self.running:
             for fd, _ in poll(timeout):
                 handler = handlers.get(fd)
-                if handler is not None:  # unregistered by an earlier handler of this round
+                if handler is not None and fd not in stale:
                     handler(fd)
+                if not self.running:  # stopped: nothing more is served, not even this round
+                    break
+            stale.clear()
             if self.parent_fd is None and os.getppid() != self.parent:
                 self._parent_died(-1)
 
@@ -255,7 +286,10 @@ class Server:
     def _client_readable(self, fd: int) -> None:
         sock = self.clients[fd][0]
         try:
-            data, fds, flags, _ = socket.recv_fds(sock, MAX_PACKET + 1, MAX_FDS)
+            # Client sockets are non-blocking: a wrong wake-up never blocks the server.
+            data, fds, flags = recv_fds(sock, MAX_PACKET + 1, MAX_FDS)
+        except BlockingIOError:
+            return  # nothing there after all
         except OSError:
             self._drop(fd)
             return
@@ -293,10 +327,19 @@ class Server:
                 _close_quietly(extra)
 
     def _send(self, fd: int, reply: dict[str, Any], fds: list[int]) -> None:
+        """Send ``reply`` and ``fds`` to client ``fd``, then close our copies of the fds.
+
+        Never blocks: a client that does not read its replies until its socket
+        is full is disconnected, so that it cannot stall the others."""
         entry = self.clients.get(fd)
         try:
             if entry is not None:
-                socket.send_fds(entry[0], [json.dumps(reply).encode()], fds)
+                data = json.dumps(reply).encode()
+                if len(data) > MAX_PACKET:  # only an eval's result can be (the caller could not read it)
+                    error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
+                    refusal = {"id": reply.get("id"), "ok": False, "error": error, "code": "TOO_LARGE"}
+                    data, fds = json.dumps(refusal).encode(), []
+                socket.send_fds(entry[0], [data], fds)  # non-blocking: see _add_client
         except OSError:
             self._drop(fd)
         finally:
@@ -391,7 +434,7 @@ class Server:
             raise Bad(f"{name} must be true or false")
         return value
 
-    def _watch_child(self, pid: int, slot: int) -> int | None:
+    def _watch_child(self, pid: int, slot: int, code: str = "FORK_ERROR") -> int | None:
         """Watch the new child ``pid``: its pidfd (None on kernels without them).
 
         ``slot`` is an fd kept open across the fork or spawn so that the pidfd
@@ -403,12 +446,17 @@ class Server:
         if not self.use_pidfds:
             return None
         pidfd = pidfd_of(pid)
-        if pidfd is None:
+        try:
+            if pidfd is None:
+                raise OSError("no pidfd")
+            self._watch(pidfd, self._child_exited)
+        except OSError as e:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise Bad("the server cannot open a pidfd to watch the child (killed it)", "FORK_ERROR")
+            if pidfd is not None:
+                os.close(pidfd)
+            raise Bad(f"the server cannot watch the child (killed it): {e}", code) from None
         self.watched[pidfd] = pid
-        self._watch(pidfd, self._child_exited)
         self.owned[pidfd] = None
         return pidfd
 
@@ -421,6 +469,8 @@ class Server:
         out: list[int],
     ) -> None:
         """``pid`` is now a child the caller knows: its exit fd and a pidfd go in ``out``."""
+        if pid in self.children:  # reaped behind the server's back (eval), and the pid reused
+            self._report_exit(pid, None)
         exit_w = None
         if exit_pipe is not None:
             out.append(exit_pipe[0])
@@ -547,11 +597,11 @@ class Server:
         finally:
             for fd in fds:
                 _close_quietly(fd)
-        fds.clear()
+            fds.clear()  # closed here, on every path: the caller must not close them again
         reply: dict[str, Any] = {"pid": pid}
         out: list[int] = []
         try:
-            pidfd = self._watch_child(pid, slot)
+            pidfd = self._watch_child(pid, slot, "SPAWN_ERROR")
         except Bad:
             for fd in exit_pipe or ():
                 os.close(fd)
@@ -644,6 +694,7 @@ def serve_fresh(config: dict[str, Any]) -> None:
     USE_PIDFDS = config["use_pidfds"]
     code = 0
     try:
+        os.set_inheritable(config["fd"], False)  # spawned programs must not get it
         sock = socket.socket(fileno=config["fd"])
         from . import _spawn  # noqa: F401, PLC0415 - the exec path's, loaded before any child
 

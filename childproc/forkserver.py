@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fork_server
 from ._errors import ChildprocError, InvalidArgumentError
-from ._fork_server import EXIT_EVENT, MAX_FDS, MAX_PACKET, Server
+from ._fork_server import EXIT_EVENT, MAX_FDS, MAX_PACKET, Server, recv_fds
 from ._spawn import spawn_process
 from ._status import ChildEvent
 
@@ -239,7 +239,8 @@ class _Connection:
 
     def _read_one(self) -> tuple[int, tuple[dict[str, Any], list[int]]] | None:
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_PACKET, MAX_FDS)
+            # Close-on-exec: the fds we are sent must not leak into programs spawned later.
+            data, fds, _ = recv_fds(self.sock, MAX_PACKET, MAX_FDS)
         except OSError as e:
             self._die(f"the fork server connection failed ({e.strerror})")
             return None
@@ -299,6 +300,10 @@ class ForkServer:
         table = dict(entries or {})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
+        for stream in (sys.stdout, sys.stderr):  # or what is buffered now is printed by every child
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
         pid = os.fork()
         if pid == 0:
             code = 0

@@ -26,6 +26,7 @@ from childproc.forkserver import (
     ForkServer,
     ForkServerDied,
     ForkServerError,
+    ServedChild,
     read_exit_event,
 )
 
@@ -480,6 +481,91 @@ def test_a_child_reaped_behind_the_servers_back_gets_no_made_up_status(server: F
         child.wait()  # no record rather than a wrong one
     child.close()
     assert server.ping() == server.pid
+
+
+def test_nothing_is_served_after_stop_in_the_same_round(server: ForkServer) -> None:
+    """Requests queued behind ``stop`` are not served, and a child's pidfd that stop
+    closed is not mistaken for the socket that reused its number (the server would
+    block reading it)."""
+    stopper, forker, busy = server.connect(), server.connect(), server.connect()
+    doomed = server.fork(f"{E}:pause_forever", exit_fd=False)
+    got: dict[str, object] = {}
+
+    def call(name: str, fn: object) -> None:
+        try:
+            got[name] = fn()  # type: ignore[operator]
+        except ForkServerError as e:
+            got[name] = e
+
+    # The server sleeps in an eval while the others queue up: they arrive in one round.
+    threads = [threading.Thread(target=call, args=("busy", lambda: busy.eval("time:sleep", 0.6)))]
+    threads[0].start()
+    time.sleep(0.2)
+    for name, fn in (
+        ("stop", stopper.stop),
+        ("fork", lambda: forker.fork(f"{E}:pause_forever", server_conn=True)),
+    ):
+        threads.append(threading.Thread(target=call, args=(name, fn)))
+        threads[-1].start()
+        time.sleep(0.1)
+    os.kill(doomed.pid, signal.SIGKILL)  # its pidfd is ready in the same round
+    for t in threads:
+        t.join(10)
+    served = got.get("fork")
+    if isinstance(served, ServedChild):  # the bug: kill it, or it outlives the test
+        served.send_signal(signal.SIGKILL)
+        served.close()
+    assert got["stop"] is None
+    assert isinstance(served, ForkServerDied)  # not served: no child outlives the server
+    assert wait_until(lambda: gone(server.pid), timeout=5)
+    for conn in (stopper, forker, busy):
+        conn.close()
+    doomed.close()
+
+
+def test_no_server_fd_leaks_into_spawned_programs(server: ForkServer) -> None:
+    """A spawned program gets 0, 1, 2 and what it was passed, at the number it was
+    passed at: not the server's socket, not the server's copy of a passed fd. (And
+    whatever this process itself lets every program inherit.)"""
+    ours = {int(n) for n in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{n}")}
+    inherited = sorted(fd for fd in ours if fd > 2 and os.get_inheritable(fd))
+    out_r, out_w = os.pipe()
+    extra_r, extra_w = os.pipe()
+    code = (  # listdir's own fd is gone by the time it is looked at: skip it
+        "import os\n"
+        "print(sorted(int(n) for n in os.listdir('/proc/self/fd') if os.path.exists(f'/proc/self/fd/{n}')))"
+    )
+    with os.fdopen(out_r) as reader:
+        try:
+            child = server.spawn([sys.executable, "-c", code], pass_fds=[extra_w], stdout=out_w)
+        finally:
+            for fd in (out_w, extra_r, extra_w):
+                os.close(fd)
+        try:
+            assert child.wait().returncode == 0
+            assert json.loads(reader.read()) == sorted([0, 1, 2, extra_w, *inherited])
+            # The caller's fds for the child do not leak into its own spawns either.
+            assert child.pidfd is not None and not os.get_inheritable(child.pidfd)
+        finally:
+            child.close()
+
+
+def test_start_flushes_stdio_so_children_do_not_repeat_it() -> None:
+    script = f"""
+import sys
+sys.path.insert(0, {os.getcwd()!r})
+from childproc.forkserver import ForkServer
+print("said once", end="")  # still in the buffer: stdout is a pipe
+srv = ForkServer.start()
+for _ in range(3):
+    srv.fork("{E}:exit_with", 0).wait()
+srv.stop()
+"""
+    argv = [sys.executable, "-c", script]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as by default
+    out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "said once"
 
 
 def test_a_vanished_server_is_named_as_the_cause() -> None:
