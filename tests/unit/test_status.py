@@ -414,17 +414,27 @@ def test_status_from_siginfo_matches_waitpid_for_real_children() -> None:
             assert describe_status(status) == text
 
         # Stopped, then continued, then exited: one child through three state changes.
+        # It exits only when told: an exit between the peek and the reap of
+        # "continued" would make waitpid report the exit instead.
+        go_r, go_w = os.pipe()
+
         def stop_then_exit() -> None:
             os.kill(os.getpid(), signal.SIGSTOP)
+            os.read(go_r, 1)
             os._exit(5)
 
-        pid = _fork(stop_then_exit)
-        pids.append(pid)
-        from_siginfo, status = _peek_then_reap(pid, os.WSTOPPED, os.WUNTRACED)
-        assert from_siginfo == status == stopped(signal.SIGSTOP)
-        os.kill(pid, signal.SIGCONT)
-        from_siginfo, status = _peek_then_reap(pid, os.WCONTINUED, os.WCONTINUED)
-        assert from_siginfo == status == CONTINUED
+        try:
+            pid = _fork(stop_then_exit)
+            pids.append(pid)
+            from_siginfo, status = _peek_then_reap(pid, os.WSTOPPED, os.WUNTRACED)
+            assert from_siginfo == status == stopped(signal.SIGSTOP)
+            os.kill(pid, signal.SIGCONT)
+            from_siginfo, status = _peek_then_reap(pid, os.WCONTINUED, os.WCONTINUED)
+            assert from_siginfo == status == CONTINUED
+            os.write(go_w, b"x")
+        finally:
+            os.close(go_r)
+            os.close(go_w)
         from_siginfo, status = _peek_then_reap(pid, os.WEXITED, 0)
         pids.remove(pid)
         assert from_siginfo == status == exited(5)
