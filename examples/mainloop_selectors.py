@@ -1,10 +1,14 @@
 """MAINLOOP mode: a host with its own selectors loop that owns SIGCHLD.
 
-The host installs its own SIGCHLD handler, which only writes a byte to the
-host's self-pipe. The loop reaps every child with waitpid(-1, WNOHANG) and
-offers each pid to childproc with ctx.childproc_reaped(). childproc never
-touches SIGCHLD in this mode. The host also forks a child of its own, which
-childproc answers "not mine" for.
+The host installs its own SIGCHLD handler and wakes its loop through
+signal.set_wakeup_fd: the interpreter's C-level handler writes a byte to the
+host's self-pipe the moment the signal arrives. (A Python-level handler that
+wrote the byte itself would run only at the next bytecode, so a signal landing
+just before the loop blocks in select() would sleep until the timeout.) The
+loop reaps every child with waitpid(-1, WNOHANG) and offers each pid to
+childproc with ctx.childproc_reaped(). childproc never touches SIGCHLD in
+this mode. The host also forks a child of its own, which childproc answers
+"not mine" for.
 
 Run it with ``python examples/mainloop_selectors.py``.
 """
@@ -35,12 +39,10 @@ def main() -> int:
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # the host's self-pipe
 
     def on_sigchld(signum: int, frame: FrameType | None) -> None:
-        try:
-            os.write(wfd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full, so it is readable already
+        """Nothing to do here: the wake-up fd has been written already."""
 
     previous = signal.signal(signal.SIGCHLD, on_sigchld)
+    previous_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
     sel = selectors.DefaultSelector()
     ctx = childproc.Context()
     try:
@@ -86,6 +88,7 @@ def main() -> int:
     finally:
         sel.close()
         ctx.close()
+        signal.set_wakeup_fd(previous_wakeup)
         signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
         os.close(rfd)
         os.close(wfd)
