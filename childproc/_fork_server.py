@@ -329,8 +329,9 @@ class Server:
     def _send(self, fd: int, reply: dict[str, Any], fds: list[int]) -> None:
         """Send ``reply`` and ``fds`` to client ``fd``, then close our copies of the fds.
 
-        Never blocks: a client that does not read its replies until its socket
-        is full is disconnected, so that it cannot stall the others."""
+        Never blocks: a client that leaves so many replies unread that its
+        socket is full (a few hundred) is disconnected, so that it cannot stall
+        the others."""
         entry = self.clients.get(fd)
         try:
             if entry is not None:

@@ -237,6 +237,28 @@ def test_concurrent_forks_from_many_threads_never_swap_replies(server: ForkServe
     assert all(msg == f"{pid}:{token}" for token, pid, msg in results)
 
 
+def test_many_threads_waiting_on_one_connection_are_all_answered(server: ForkServer) -> None:
+    """The server never blocks on a client: a reply that finds the client's socket
+    full drops the client. Replies to many threads of one connection (each with
+    one request outstanding) fit in its queue, a few hundred packets, and the
+    connection is kept."""
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(20):
+            pid = server.ping()
+            with lock:
+                answers.append(pid)
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answers == [server.pid] * (32 * 20)
+
+
 @pytest.mark.timeout(300)
 def test_a_burst_of_exits_never_blocks_the_server(server: ForkServer) -> None:
     kids = [server.fork(f"{E}:exit_with", i % 200) for i in range(2000)]  # nobody reads exit fds yet
