@@ -109,7 +109,10 @@ def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, lis
 
 
 def pidfd_of(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None where the kernel (or the fd table) has none."""
+    """A pidfd for ``pid``, or None where the kernel (or the fd table) has none.
+
+    Not ``childproc._watchers.pidfd.open_pidfd``: importing that package would
+    load ``typing`` and ``dataclasses`` into a fresh server."""
     try:
         return os.pidfd_open(pid)
     except (OSError, AttributeError):
@@ -435,6 +438,18 @@ class Server:
             raise Bad(f"{name} must be true or false")
         return value
 
+    def _new_child_fds(self, want_exit: bool) -> tuple[tuple[int, int] | None, int]:
+        """What every new child needs before it exists: its exit pipe (if wanted)
+        and a free slot for its pidfd (see _watch_child). Raises OSError, leaving
+        nothing open."""
+        exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
+        try:
+            return exit_pipe, os.dup(self.epoll.fileno())
+        except OSError:
+            for fd in exit_pipe or ():
+                os.close(fd)
+            raise
+
     def _watch_child(self, pid: int, slot: int, code: str = "FORK_ERROR") -> int | None:
         """Watch the new child ``pid``: its pidfd (None on kernels without them).
 
@@ -493,29 +508,27 @@ class Server:
         want_conn = self._flag(req, "server_conn")
         if want_conn:
             self._check_room()
-        made: list[int] = []  # fds made for this fork: the child closes them all
         pair: tuple[socket.socket, socket.socket] | None = None
         conn_pair: tuple[socket.socket, socket.socket] | None = None
+        exit_pipe: tuple[int, int] | None = None
+        slot = -1
         try:
             if want_sock:
                 pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                made.append(pair[0].fileno())
             if want_conn:
                 conn_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                made.append(conn_pair[0].fileno())
-            exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
-            made += exit_pipe or ()
-            slot = os.dup(self.epoll.fileno())  # room for the pidfd, see _watch_child
-            made.append(slot)
+            exit_pipe, slot = self._new_child_fds(want_exit)
+            # Made for this fork and not the child's: it closes them all first thing.
+            made = [p[0].fileno() for p in (pair, conn_pair) if p is not None] + [*(exit_pipe or ()), slot]
             pid = os.fork()
         except OSError as e:
             for p in (pair, conn_pair):
                 if p is not None:
-                    made.remove(p[0].fileno())
                     p[0].close()
                     p[1].close()
-            for fd in made:
-                _close_quietly(fd)
+            for fd in (*(exit_pipe or ()), slot):
+                if fd >= 0:
+                    _close_quietly(fd)
             raise Bad(f"fork failed: {e.strerror}", "FORK_ERROR", e.errno) from None
         if pid == 0:
             _child_main(
@@ -575,16 +588,11 @@ class Server:
             received = {target: next(it) for target in pass_fds}
             std = [next(it) if fd is not None else None for fd in stdio]
             want_exit = self._flag(req, "exit_fd")
-            made: list[int] = []  # fds made for this child, closed if the spawn fails
             try:
-                exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
-                made += exit_pipe or ()
-                slot = os.dup(self.epoll.fileno())  # room for the pidfd, see _watch_child
-                made.append(slot)
+                exit_pipe, slot = self._new_child_fds(want_exit)
             except OSError as e:
-                for fd in made:
-                    _close_quietly(fd)
                 raise Bad(f"no fds for the child: {e.strerror}", "SPAWN_ERROR", e.errno) from None
+            made = [*(exit_pipe or ()), slot]  # closed if the spawn fails
             try:
                 pid = _spawn_with_fd_map(argv, env, cwd, received, std)
             except BaseException as e:
