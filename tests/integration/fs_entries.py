@@ -81,6 +81,8 @@ def loaded_modules(names: list[str]) -> list[str]:
     return [name for name in names if name in sys.modules]
 
 
-def reap(pid: int) -> int:
-    """Run in the server by eval: reap one of its children behind its back."""
+def kill_and_reap(pid: int) -> int:
+    """Run in the server by eval: kill one of its children and reap it behind its back
+    (in one request, so the server's loop cannot reap it first)."""
+    os.kill(pid, signal.SIGKILL)
     return os.waitpid(pid, 0)[1]

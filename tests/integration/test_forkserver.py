@@ -497,8 +497,8 @@ def test_a_child_does_not_hold_its_own_exit_pipe(server: ForkServer) -> None:
 
 
 def test_a_child_reaped_behind_the_servers_back_gets_no_made_up_status(server: ForkServer) -> None:
-    child = server.fork(f"{E}:exit_with", 3)
-    assert server.eval(f"{E}:reap", child.pid) == 3 << 8  # eval'd code took the status
+    child = server.fork(f"{E}:pause_forever")
+    assert server.eval(f"{E}:kill_and_reap", child.pid) == signal.SIGKILL  # eval'd code took the status
     with pytest.raises(ForkServerDied, match="eval"):
         child.wait()  # no record rather than a wrong one
     child.close()
