@@ -4,13 +4,15 @@
 this module is the other end. Its rules:
 
 * **It imports only what the server's loop uses**: from the standard library
-  ``os``, ``select``, ``signal``, ``socket``, ``struct``, ``json``, ``array``,
-  ``gc`` and ``importlib``, and of childproc only ``_spawn`` (the exec path,
-  loaded when a fresh server starts) and the ``_errors`` it raises. A fresh
-  server (``ForkServer.start_fresh``) holds nothing else of childproc: not
-  ``typing``, ``dataclasses``, ``threading`` or ``logging``, which the rest
-  uses. Every module in the server is memory that each ``fork()`` maps again
-  and each child's exit unmaps.
+  ``os``, ``select``, ``signal``, ``socket``, ``struct``, ``array``, ``gc``
+  and ``importlib``, and of childproc only ``_spawn`` (the exec path, loaded
+  when a fresh server starts) and the ``_errors`` it raises. ``json`` (and the
+  ``re`` it brings) only once a request or reply needs it: forks never do. A
+  fresh server (``ForkServer.start_fresh``) holds nothing else of childproc:
+  not ``typing``, ``dataclasses``, ``threading`` or ``logging``, which the
+  rest uses. Every module in the server is memory that each ``fork()`` maps
+  again and each child's exit unmaps: ``json`` alone made a bare
+  interpreter's fork 15 % slower.
 * **Between two forks the server touches as little as it can.** After
   ``fork()`` each page the server writes faults and is copied while the child
   shares it, and in Python every reference count is a write. So the loop is
@@ -21,9 +23,12 @@ this module is the other end. Its rules:
 
 Theory of operation. One thread and one ``epoll``. Registered in it: each
 client socket (a request is readable), each child's pidfd (it exited), and
-the starter's pidfd (it died). A request is one ``SOCK_SEQPACKET`` packet:
-a JSON object with an ``id`` and an ``op``, fds as ``SCM_RIGHTS``; the reply
-names the same ``id``. A fork makes, before forking, every fd the child and
+the starter's pidfd (it died). A request is one ``SOCK_SEQPACKET`` packet, fds
+as ``SCM_RIGHTS``: a ``REQUEST`` header (id, op, flags), then the op's body;
+the reply is a ``REPLY`` header naming the same id (ok, which fds follow, the
+pid), then a JSON object or nothing. A fork's request and reply are binary
+end to end: JSON touches some fifty pages in the server each time, which a
+fork would make it copy. A fork makes, before forking, every fd the child and
 the caller will need (so "out of fds" fails before there is a child), and
 keeps one fd slot free for the child's pidfd. An exit is written as one
 ``EXIT_EVENT`` record to the child's own exit pipe, which nobody else
@@ -37,7 +42,6 @@ from __future__ import annotations
 import array
 import gc
 import importlib
-import json
 import os
 import select
 import signal
@@ -48,12 +52,29 @@ import sys
 TYPE_CHECKING = False  # typing is not imported at run time (it is a megabyte in every child)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import Any
+    from typing import Any, TypeAlias
+
+    #: What an op returns: (HAS_* of the fds, pid or 0, result or None, fds to send).
+    Result: TypeAlias = "tuple[int, int, dict[str, Any] | None, list[int]]"
+    #: An op: (WANT_* flags, body, fds received, client fd) -> Result.
+    Op: TypeAlias = "Callable[[int, bytes, list[int], int], Result]"
 
 MAX_PACKET = 64 * 1024  # largest request or reply
 MAX_FDS = 16  # most fds one request may carry
 #: One exit record on an exit fd: (pid, wait status).
 EXIT_EVENT = struct.Struct("=ii")
+
+# -- the protocol ---------------------------------------------------------------------------
+#: A request: this header, then the op's body. ``flags`` are WANT_* (fork, spawn) or 0.
+REQUEST = struct.Struct("=QBB")  # id, op, flags
+#: A reply: this header, then a JSON object (an op's result, or the error) or nothing.
+REPLY = struct.Struct("=QBBi")  # id, ok (1) or failed (0), HAS_* (the fds that came along), pid or 0
+# Ops, and their bodies: FORK and EVAL, the entry's name (UTF-8), then optionally a NUL and
+# the JSON list of arguments; SPAWN and KILL_ALL, a JSON object; the others, nothing.
+PING, FORK, SPAWN, CONNECT, KILL_ALL, EVAL, STOP, STOP_SERVER_ONLY = range(1, 9)
+WANT_SOCKET, WANT_EXIT_FD, WANT_SERVER_CONN = 1, 2, 4
+#: The fds a reply carries, in this order.
+HAS_SOCKET, HAS_EXIT_FD, HAS_PIDFD = 1, 2, 4
 
 try:  # what signal.signal wraps, without its enum conversions: fewer objects touched in a child
     from _signal import signal as _set_handler  # type: ignore[import-not-found, unused-ignore]
@@ -90,6 +111,29 @@ def resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[...
     if not callable(obj):
         raise TypeError(f"{ref} is not callable")
     return obj  # type: ignore[no-any-return]
+
+
+def _json(raw: bytes) -> Any:
+    import json  # noqa: PLC0415 - not for forks: see the module's rules
+
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Bad(f"not JSON: {e}") from None
+
+
+def _to_json(result: dict[str, Any]) -> bytes:
+    import json  # noqa: PLC0415 - not for forks: see the module's rules
+
+    return json.dumps(result).encode()
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object a SPAWN or KILL_ALL body holds."""
+    obj = _json(body)
+    if not isinstance(obj, dict):
+        raise Bad("this op's body is a JSON object")
+    return obj
 
 
 def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int], int]:
@@ -131,7 +175,7 @@ class Server:
         on_parent_death: str,
     ) -> None:
         self.entries = entries
-        self.resolved: dict[str, Callable[..., Any]] = {}
+        self.resolved: dict[bytes, Callable[..., Any]] = {}  # entry name -> callable
         self.max_clients = max_clients
         self.on_parent_death = on_parent_death
         self.use_pidfds = USE_PIDFDS
@@ -142,15 +186,15 @@ class Server:
         self.watched: dict[int, int] = {}  # pidfd -> pid
         #: Every fd the server holds for itself, which no child may keep (see _child_main).
         self.owned: dict[int, None] = {self.epoll.fileno(): None}
-        self.ops: dict[str, Callable[[dict[str, Any], list[int], int], tuple[dict[str, Any], list[int]]]] = {
-            "ping": self._op_ping,
-            "fork": self._op_fork,
-            "spawn": self._op_spawn,
-            "connect": self._op_connect,
-            "kill_all": self._op_kill_all,
-            "eval": self._op_eval,
-            "stop": self._op_stop,
-            "stop_server_only": self._op_stop_server_only,
+        self.ops: dict[int, Op] = {
+            PING: self._op_ping,
+            FORK: self._op_fork,
+            SPAWN: self._op_spawn,
+            CONNECT: self._op_connect,
+            KILL_ALL: self._op_kill_all,
+            EVAL: self._op_eval,
+            STOP: self._op_stop,
+            STOP_SERVER_ONLY: self._op_stop_server_only,
         }
         self.running = True
         #: fds unwatched during the current round of events: a later event of the
@@ -299,38 +343,31 @@ class Server:
         if not data and not fds:
             self._drop(fd)  # the peer closed its end
             return
-        rid: Any = None
+        rid = 0  # until the header is read: what a reply to a request without one names
         try:
+            if len(data) < REQUEST.size:
+                raise Bad(f"a request starts with a {REQUEST.size}-byte header (id, op, flags)")
+            rid, op, want = REQUEST.unpack_from(data)
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_PACKET:
                 raise Bad(f"request larger than {MAX_PACKET} bytes or carrying more than {MAX_FDS} fds")
-            try:
-                req = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise Bad(f"not a JSON request: {e}") from None
-            if not isinstance(req, dict):
-                raise Bad("a request is a JSON object")
-            rid = req.get("id")
-            if not isinstance(rid, int) or isinstance(rid, bool):
-                raise Bad("a request needs an integer id")
-            op = req.get("op")
-            handler = self.ops.get(op) if isinstance(op, str) else None
+            handler = self.ops.get(op)
             if handler is None:
-                raise Bad(f"unknown operation {op!r}")
-            reply, out_fds = handler(req, fds, fd)
+                raise Bad(f"unknown operation {op}")
+            has, pid, result, out_fds = handler(want, data[REQUEST.size :], fds, fd)
             fds = []  # the handler took ownership of what it was sent
-            reply["id"] = rid
-            reply["ok"] = True
-            self._send(fd, reply, out_fds)
+            self._send(fd, REPLY.pack(rid, 1, has, pid), result, out_fds)
         except Bad as e:
-            self._send(fd, {"id": rid, "ok": False, "error": str(e), "code": e.code, "errno": e.errno}, [])
+            self._send(fd, REPLY.pack(rid, 0, 0, 0), {"error": str(e), "code": e.code, "errno": e.errno}, [])
         except Exception as e:  # a bug or an entry's failure: an error reply, never an abort
-            self._send(fd, {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}", "code": "ERROR"}, [])
+            error = {"error": f"{type(e).__name__}: {e}", "code": "ERROR"}
+            self._send(fd, REPLY.pack(rid, 0, 0, 0), error, [])
         finally:
             for extra in fds:
                 _close_quietly(extra)
 
-    def _send(self, fd: int, reply: dict[str, Any], fds: list[int]) -> None:
-        """Send ``reply`` and ``fds`` to client ``fd``, then close our copies of the fds.
+    def _send(self, fd: int, head: bytes, result: dict[str, Any] | None, fds: list[int]) -> None:
+        """Send a reply (``head``, then ``result`` as JSON) and ``fds`` to client ``fd``,
+        then close our copies of the fds.
 
         Never blocks: a client that leaves so many replies unread that its
         socket is full (a few hundred) is disconnected, so that it cannot stall
@@ -338,12 +375,15 @@ class Server:
         entry = self.clients.get(fd)
         try:
             if entry is not None:
-                data = json.dumps(reply).encode()
+                data = head if result is None else head + _to_json(result)
+                # What socket.send_fds does, with fewer objects. Non-blocking: see _add_client.
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
                 if len(data) > MAX_PACKET:  # only an eval's result can be (the caller could not read it)
-                    error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
-                    refusal = {"id": reply.get("id"), "ok": False, "error": error, "code": "TOO_LARGE"}
-                    data, fds = json.dumps(refusal).encode(), []
-                socket.send_fds(entry[0], [data], fds)  # non-blocking: see _add_client
+                    error = {"error": f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"}
+                    error["code"] = "TOO_LARGE"
+                    data = REPLY.pack(REPLY.unpack_from(head)[0], 0, 0, 0) + _to_json(error)
+                    rights = []
+                entry[0].sendmsg([data], rights)
         except OSError:
             self._drop(fd)
         finally:
@@ -353,22 +393,21 @@ class Server:
                     _close_quietly(sent)
 
     # -- operations ----------------------------------------------------------------------
+    # Each op: (want, body, fds, client fd) -> (HAS_* of the fds, pid or 0, result or None, fds).
     def _no_fds(self, fds: list[int]) -> None:
         if fds:
             raise Bad("this request carries fds it has no use for")
 
-    def _op_ping(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+    def _op_ping(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
-        return {"pid": os.getpid()}, []
+        return 0, os.getpid(), None, []
 
-    def _op_connect(
-        self, req: dict[str, Any], fds: list[int], client: int
-    ) -> tuple[dict[str, Any], list[int]]:
+    def _op_connect(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
         self._check_room()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._add_client(ours, self.clients[client][1])
-        return {}, [theirs.detach()]
+        return HAS_SOCKET, 0, None, [theirs.detach()]
 
     def _check_room(self) -> None:
         if len(self.clients) >= self.max_clients:
@@ -378,16 +417,14 @@ class Server:
                 "TOO_MANY_CLIENTS",
             )
 
-    def _op_kill_all(
-        self, req: dict[str, Any], fds: list[int], client: int
-    ) -> tuple[dict[str, Any], list[int]]:
+    def _op_kill_all(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
-        sig = req.get("signal")
+        sig = _json_object(body).get("signal")
         if not isinstance(sig, int) or isinstance(sig, bool) or not 0 < sig < signal.NSIG:
             raise Bad(f"not a signal number: {sig!r}")
-        return {"count": self._signal_children(sig, sparing=self.clients[client][1])}, []
+        return 0, 0, {"count": self._signal_children(sig, sparing=self.clients[client][1])}, []
 
-    def _op_stop(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+    def _op_stop(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
         self._signal_children(signal.SIGTERM, sparing=None)
         while self.children:
@@ -397,48 +434,43 @@ class Server:
                 break
             self._report_exit(pid, status)
         self.running = False
-        return {}, []
+        return 0, 0, None, []
 
-    def _op_stop_server_only(
-        self, req: dict[str, Any], fds: list[int], client: int
-    ) -> tuple[dict[str, Any], list[int]]:
+    def _op_stop_server_only(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
         self.running = False
-        return {}, []
+        return 0, 0, None, []
 
-    def _op_eval(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+    def _op_eval(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
-        fn = self._entry(req)
-        return {"result": fn(*self._args(req))}, []
+        fn, args = self._call(body)
+        return 0, 0, {"result": fn(*args)}, []
 
-    def _entry(self, req: dict[str, Any]) -> Callable[..., Any]:
-        ref = req.get("entry")
-        if not isinstance(ref, str) or len(ref) > 512:
-            raise Bad("entry must be a name or 'module:function'")
+    def _call(self, body: bytes) -> tuple[Callable[..., Any], list[Any]]:
+        """The entry and arguments a fork's or an eval's body names (see FORK)."""
+        ref, _, raw_args = body.partition(b"\0")
         fn = self.resolved.get(ref)
-        if fn is not None:
-            return fn
-        try:
-            fn = resolve(ref, self.entries)
-        except Exception as e:
-            raise Bad(f"cannot find entry {ref!r}: {type(e).__name__}: {e}", "NO_ENTRY") from None
-        if len(self.resolved) < _MAX_CACHED_ENTRIES:
-            self.resolved[ref] = fn
-        return fn
-
-    def _args(self, req: dict[str, Any]) -> list[Any]:
-        args = req.get("args", [])
+        if fn is None:
+            try:
+                name = ref.decode()
+            except UnicodeDecodeError:
+                raise Bad("the entry's name is not UTF-8") from None
+            if not name or len(name) > 512:
+                raise Bad("entry must be a name or 'module:function' (at most 512 characters)")
+            try:
+                fn = resolve(name, self.entries)
+            except Exception as e:
+                raise Bad(f"cannot find entry {name!r}: {type(e).__name__}: {e}", "NO_ENTRY") from None
+            if len(self.resolved) < _MAX_CACHED_ENTRIES:
+                self.resolved[ref] = fn
+        if not raw_args:
+            return fn, []
+        args = _json(raw_args)
         if not isinstance(args, list):
-            raise Bad("args must be a list")
-        return args
+            raise Bad("args must be a JSON list")
+        return fn, args
 
-    def _flag(self, req: dict[str, Any], name: str) -> bool:
-        value = req.get(name, False)
-        if not isinstance(value, bool):
-            raise Bad(f"{name} must be true or false")
-        return value
-
-    def _new_child_fds(self, want_exit: bool) -> tuple[tuple[int, int] | None, int]:
+    def _new_child_fds(self, want_exit: int) -> tuple[tuple[int, int] | None, int]:
         """What every new child needs before it exists: its exit pipe (if wanted)
         and a free slot for its pidfd (see _watch_child). Raises OSError, leaving
         nothing open."""
@@ -477,13 +509,8 @@ class Server:
         return pidfd
 
     def _hand_over(
-        self,
-        pid: int,
-        pidfd: int | None,
-        exit_pipe: tuple[int, int] | None,
-        reply: dict[str, Any],
-        out: list[int],
-    ) -> None:
+        self, pid: int, pidfd: int | None, exit_pipe: tuple[int, int] | None, has: int, out: list[int]
+    ) -> Result:
         """``pid`` is now a child the caller knows: its exit fd and a pidfd go in ``out``."""
         if pid in self.children:  # reaped behind the server's back (eval), and the pid reused
             self._report_exit(pid, None)
@@ -492,20 +519,20 @@ class Server:
             out.append(exit_pipe[0])
             exit_w = exit_pipe[1]
             self.owned[exit_w] = None
-            reply["has_exit_fd"] = True
+            has |= HAS_EXIT_FD
         caller_pidfd = pidfd if pidfd is not None else pidfd_of(pid)  # a copy is sent, see _send
         if caller_pidfd is not None:
             out.append(caller_pidfd)
-            reply["has_pidfd"] = True
+            has |= HAS_PIDFD
         self.children[pid] = (exit_w, pidfd)
+        return has, pid, None, out
 
-    def _op_fork(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+    def _op_fork(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
-        fn = self._entry(req)
-        args = self._args(req)
-        want_sock = self._flag(req, "socket")
-        want_exit = self._flag(req, "exit_fd")
-        want_conn = self._flag(req, "server_conn")
+        if want & ~(WANT_SOCKET | WANT_EXIT_FD | WANT_SERVER_CONN):
+            raise Bad(f"unknown fork flags {want:#x}")
+        fn, args = self._call(body)
+        want_sock, want_exit, want_conn = want & WANT_SOCKET, want & WANT_EXIT_FD, want & WANT_SERVER_CONN
         if want_conn:
             self._check_room()
         pair: tuple[socket.socket, socket.socket] | None = None
@@ -540,7 +567,7 @@ class Server:
                 sock=pair[1] if pair is not None else None,
                 server_sock=conn_pair[1] if conn_pair is not None else None,
             )
-        reply: dict[str, Any] = {"pid": pid}
+        has = 0
         out: list[int] = []
         try:
             pidfd = self._watch_child(pid, slot)
@@ -555,15 +582,17 @@ class Server:
         if pair is not None:
             pair[1].close()
             out.append(pair[0].detach())
-            reply["has_socket"] = True
+            has = HAS_SOCKET
         if conn_pair is not None:
             conn_pair[1].close()
             self._add_client(conn_pair[0], pid)
-        self._hand_over(pid, pidfd, exit_pipe, reply, out)
-        return reply, out
+        return self._hand_over(pid, pidfd, exit_pipe, has, out)
 
-    def _op_spawn(self, req: dict[str, Any], fds: list[int], client: int) -> tuple[dict[str, Any], list[int]]:
+    def _op_spawn(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         try:
+            if want & ~WANT_EXIT_FD:
+                raise Bad(f"unknown spawn flags {want:#x}")
+            req = _json_object(body)
             argv = req.get("argv")
             if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
                 raise Bad("argv must be a non-empty list of strings")
@@ -587,9 +616,8 @@ class Server:
             it = iter(fds)
             received = {target: next(it) for target in pass_fds}
             std = [next(it) if fd is not None else None for fd in stdio]
-            want_exit = self._flag(req, "exit_fd")
             try:
-                exit_pipe, slot = self._new_child_fds(want_exit)
+                exit_pipe, slot = self._new_child_fds(bool(want & WANT_EXIT_FD))
             except OSError as e:
                 raise Bad(f"no fds for the child: {e.strerror}", "SPAWN_ERROR", e.errno) from None
             made = [*(exit_pipe or ()), slot]  # closed if the spawn fails
@@ -607,16 +635,18 @@ class Server:
             for fd in fds:
                 _close_quietly(fd)
             fds.clear()  # closed here, on every path: the caller must not close them again
-        reply: dict[str, Any] = {"pid": pid}
-        out: list[int] = []
         try:
             pidfd = self._watch_child(pid, slot, "SPAWN_ERROR")
         except Bad:
             for fd in exit_pipe or ():
                 os.close(fd)
             raise
-        self._hand_over(pid, pidfd, exit_pipe, reply, out)
-        return reply, out
+        return self._hand_over(pid, pidfd, exit_pipe, 0, [])
+
+
+#: A fresh server's stdout and stderr, which write through (it runs as ``python -u``):
+#: while a child still has these, nothing waits in a buffer and it need not flush.
+_UNBUFFERED_STDIO: tuple[object, object] | None = None
 
 
 def _child_main(
@@ -635,16 +665,18 @@ def _child_main(
     Python every object touched is a page written: so the child closes the
     server's fds from one dict of numbers (``owned``: the epoll, the clients'
     sockets, other children's exit pipes and pidfds, the starter's pidfd) and
-    the list of fds made for this fork, then runs its entry. The server's
-    objects around those numbers are never used again in the child, nor
-    finalized: it leaves by ``os._exit``.
+    the list of fds made for this fork, then runs its entry, and flushes stdio
+    only if it may hold something (a flush touches some twenty pages). The
+    server's objects around those numbers are never used again in the child,
+    nor finalized: it leaves by ``os._exit``.
     """
     code = 0
     try:
+        close = os.close
         for fd in owned:
-            os.close(fd)
+            close(fd)
         for fd in made:
-            os.close(fd)
+            close(fd)
         if not use_pidfds:
             signal.set_wakeup_fd(-1)
             _set_handler(_SIGCHLD, _SIG_DFL)
@@ -655,7 +687,7 @@ def _child_main(
 
             server = ForkServer._for_child(server_sock, os.getppid())
         result = fn(server, sock, *args)
-        if isinstance(result, int) and not isinstance(result, bool):
+        if type(result) is int:
             code = result
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -665,11 +697,13 @@ def _child_main(
         traceback.print_exc()
         code = 1
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:  # closed or broken stdio: nothing to tell
-            pass
+        unbuffered = _UNBUFFERED_STDIO
+        if unbuffered is None or sys.stdout is not unbuffered[0] or sys.stderr is not unbuffered[1]:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:  # closed or broken stdio: nothing to tell
+                pass
         os._exit(code)
 
 
@@ -699,8 +733,15 @@ def _spawn_with_fd_map(
 
 def serve_fresh(config: dict[str, Any]) -> None:
     """The body of a server made by ``ForkServer.start_fresh`` (in that interpreter)."""
-    global USE_PIDFDS  # the starter's choice (tests turn pidfds off)
-    USE_PIDFDS = config["use_pidfds"]
+    global USE_PIDFDS, _UNBUFFERED_STDIO
+    USE_PIDFDS = config["use_pidfds"]  # the starter's choice (tests turn pidfds off)
+    import io  # noqa: PLC0415 - loaded at start-up in every interpreter
+
+    if all(
+        getattr(s, "write_through", False) and isinstance(getattr(s, "buffer", None), io.FileIO)
+        for s in (sys.stdout, sys.stderr)
+    ):
+        _UNBUFFERED_STDIO = (sys.stdout, sys.stderr)  # python -u: see _child_main
     code = 0
     try:
         os.set_inheritable(config["fd"], False)  # spawned programs must not get it

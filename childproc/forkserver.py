@@ -25,12 +25,16 @@ What libforks does, in Python (and what it gets wrong, done right):
 * The server watches the starting process (a pidfd): when it dies, the server
   SIGTERMs its children and exits (or leaves them, ``on_parent_death="keep"``).
 * Reachable only through inherited socketpairs: no path, no abstract socket.
-* Requests are JSON (never pickle) in bounded packets; a malformed, truncated
-  or oversized request, or one carrying unexpected fds, gets an error reply
-  and the server serves on.
+* Requests are a binary header and a body of bytes or JSON (never pickle) in
+  bounded packets; a malformed, truncated or oversized request, or one
+  carrying unexpected fds, gets an error reply and the server serves on.
 
-Protocol: one ``SOCK_SEQPACKET`` packet per message, a JSON object, with fds
-as ``SCM_RIGHTS`` (``socket.send_fds``/``recv_fds``). Exit fds carry one
+Protocol: one ``SOCK_SEQPACKET`` packet per message, with fds as
+``SCM_RIGHTS``: a request is a binary header (id, op, flags) and the op's body,
+a reply a header (id, ok, which fds came, pid) and a JSON object or nothing
+(``childproc._fork_server`` defines them). A fork's request and reply hold no
+JSON at all: decoding and encoding it touches some fifty pages in the server,
+each one copied while a new child shares it. Exit fds carry one
 ``struct "=ii"`` record: (pid, wait status). The server's side is
 ``childproc._fork_server``, which imports nothing else of childproc.
 """
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
 import signal
 import socket
@@ -46,11 +51,33 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _fork_server
 from ._errors import ChildprocError, InvalidArgumentError
-from ._fork_server import EXIT_EVENT, MAX_FDS, MAX_PACKET, Server, recv_fds
+from ._fork_server import (
+    CONNECT,
+    EVAL,
+    EXIT_EVENT,
+    FORK,
+    HAS_EXIT_FD,
+    HAS_PIDFD,
+    HAS_SOCKET,
+    KILL_ALL,
+    MAX_FDS,
+    MAX_PACKET,
+    PING,
+    REPLY,
+    REQUEST,
+    SPAWN,
+    STOP,
+    STOP_SERVER_ONLY,
+    WANT_EXIT_FD,
+    WANT_SERVER_CONN,
+    WANT_SOCKET,
+    Server,
+    recv_fds,
+)
 from ._spawn import spawn_process
 from ._status import ChildEvent
 
@@ -165,9 +192,25 @@ def _entry_ref(entry: object, names: Mapping[int, str]) -> str:
     return f"{module}:{qualname}"
 
 
+def _call_body(entry: object, args: Sequence[Any], names: Mapping[int, str]) -> bytes:
+    """A FORK or EVAL body: the entry's name, then a NUL and the JSON arguments (if any)."""
+    ref = _entry_ref(entry, names)
+    if "\0" in ref:
+        raise InvalidArgumentError(f"an entry's name cannot hold a NUL: {ref!r}")
+    return ref.encode() + b"\0" + json.dumps(list(args)).encode() if args else ref.encode()
+
+
 # ==================================================================================
 # The client
 # ==================================================================================
+class _Reply(NamedTuple):
+    ok: bool
+    has: int  # HAS_* of the fds that came with it (in this order: socket, exit fd, pidfd)
+    pid: int  # of the child a fork or spawn made, or the server's (ping); else 0
+    result: dict[str, Any]  # the op's result, or the error; {} for none
+    fds: list[int]
+
+
 class _Connection:
     """One socket to the server, shared by threads: requests carry ids, replies are
     matched by id; one thread at a time reads and hands others their replies."""
@@ -178,20 +221,18 @@ class _Connection:
 
         self._send_lock = threading.Lock()
         self._cv = threading.Condition()
-        self._replies: dict[int, tuple[dict[str, Any], list[int]]] = {}
+        self._replies: dict[int, _Reply] = {}
         self._reading = False
         self._next_id = 1
         self._dead: str | None = None
 
-    def request(
-        self, op: str, body: dict[str, Any] | None = None, fds: Sequence[int] = ()
-    ) -> tuple[dict[str, Any], list[int]]:
+    def request(self, op: int, body: bytes = b"", fds: Sequence[int] = (), want: int = 0) -> _Reply:
         with self._cv:
             if self._dead:
                 raise ForkServerDied(self._dead)
             rid = self._next_id
             self._next_id += 1
-        data = json.dumps({"id": rid, "op": op, **(body or {})}).encode()
+        data = REQUEST.pack(rid, op, want) + body
         if len(data) > MAX_PACKET:
             raise InvalidArgumentError(f"request too large ({len(data)} bytes > {MAX_PACKET})")
         try:
@@ -208,11 +249,11 @@ class _Connection:
                 self._dead = why
             self._cv.notify_all()
 
-    def _await(self, rid: int) -> tuple[dict[str, Any], list[int]]:
+    def _await(self, rid: int) -> _Reply:
         with self._cv:
             while True:
                 if rid in self._replies:
-                    reply, fds = self._replies.pop(rid)
+                    reply = self._replies.pop(rid)
                     break
                 if self._dead:
                     raise ForkServerDied(self._dead)
@@ -229,15 +270,18 @@ class _Connection:
                 if got is not None:
                     self._replies[got[0]] = got[1]
                 self._cv.notify_all()
-        if not reply.get("ok"):
-            for fd in fds:
+        if not reply.ok:
+            for fd in reply.fds:
                 os.close(fd)
+            result = reply.result
             raise ForkServerError(
-                reply.get("error", "the fork server failed"), reply.get("code", "ERROR"), reply.get("errno")
+                result.get("error", "the fork server failed"),
+                result.get("code", "ERROR"),
+                result.get("errno"),
             )
-        return reply, fds
+        return reply
 
-    def _read_one(self) -> tuple[int, tuple[dict[str, Any], list[int]]] | None:
+    def _read_one(self) -> tuple[int, _Reply] | None:
         try:
             # Close-on-exec: the fds we are sent must not leak into programs spawned later.
             data, fds, _ = recv_fds(self.sock, MAX_PACKET, MAX_FDS)
@@ -249,8 +293,9 @@ class _Connection:
                 os.close(fd)
             self._die("the fork server died (its socket closed)")
             return None
-        reply = json.loads(data)
-        return int(reply["id"]), (reply, fds)
+        rid, ok, has, pid = REPLY.unpack_from(data)
+        result = json.loads(data[REPLY.size :]) if len(data) > REPLY.size else {}
+        return rid, _Reply(bool(ok), has, pid, result, fds)
 
     def close(self) -> None:
         self._die("this fork server connection was closed")
@@ -329,15 +374,18 @@ class ForkServer:
     ) -> ForkServer:
         """Start the server as a fresh interpreter, not as a copy of this process.
 
-        The server is ``python -I`` started with ``posix_spawn``: it holds only
+        The server is ``python -I -u`` started with ``posix_spawn``: it holds only
         the standard library's start-up modules, childproc's server and what it
         imports for you, so its forks are cheaper than a copying server's
-        (about two thirds of the time in ``bench bigparent``; a bare interpreter
-        forks faster still). A copy made by :meth:`start` carries every module this
-        process had imported, and the at-fork hooks of some of them
-        (``threading``, ``logging``, ``random``) make each of its forks cost
-        several times more. The price: entries must be importable, because
-        nothing of this process is in the server.
+        (about a third of the time in ``bench bigparent``; a bare interpreter
+        forks faster still). Its children's stdout and stderr write through
+        (``-u``): nothing waits in a buffer, so a child leaves without a flush.
+        An entry that prints a great deal should buffer its own output. A copy
+        made by :meth:`start` carries every module this process had imported,
+        and the at-fork hooks of some of them (``threading``, ``logging``,
+        ``random``) make each of its forks cost several times more. The price:
+        entries must be importable, because nothing of this process is in the
+        server.
 
         ``entries``: name -> a module-level function, or a ``"module:function"``
         string; they are imported in the server when it starts. ``preload``:
@@ -379,24 +427,26 @@ class ForkServer:
             raise InvalidArgumentError(f"preload must be a sequence of module names, not {preload!r}")
         # The server's sys.path is ours (str entries; '' stays "the current directory"),
         # with childproc's own location added last if it is not on it already.
-        path = [p for p in sys.path if isinstance(p, str)]
+        path = [str(p) for p in sys.path if isinstance(p, str)]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        config = json.dumps(
+        # marshal, not json: the server must not import json (see _fork_server), and this
+        # is our own data for the same interpreter (never a request off the socket).
+        config = marshal.dumps(
             {
                 "fd": _FRESH_FD,
                 "parent": os.getpid(),
-                "entries": refs,
-                "preload": list(preload),
-                "max_clients": max_clients,
-                "on_parent_death": on_parent_death,
-                "use_pidfds": _fork_server.USE_PIDFDS,
+                "entries": {str(name): str(ref) for name, ref in refs.items()},
+                "preload": [str(m) for m in preload],
+                "max_clients": int(max_clients),
+                "on_parent_death": str(on_parent_death),
+                "use_pidfds": bool(_fork_server.USE_PIDFDS),
                 "path": path if package_root in path else [*path, package_root],
             }
-        )
+        ).hex()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = spawn_process(
-                [sys.executable, "-I", "-c", _FRESH_MAIN, config],
+                [sys.executable, "-I", "-u", "-c", _FRESH_MAIN, config],
                 env=None,
                 cwd=None,
                 pass_fds=(),
@@ -445,12 +495,12 @@ class ForkServer:
 
     def stop(self) -> None:
         """SIGTERM every child, wait until all have exited, stop the server (libforks_stop)."""
-        self._conn.request("stop")
+        self._conn.request(STOP)
         self._finish()
 
     def stop_server_only(self) -> None:
         """Stop the server and leave its children running (libforks_stop_server_only)."""
-        self._conn.request("stop_server_only")
+        self._conn.request(STOP_SERVER_ONLY)
         self._finish()
 
     def _finish(self) -> None:
@@ -492,17 +542,9 @@ class ForkServer:
         The child is a copy of the server: of this process as it was at
         :meth:`start`, or of a fresh interpreter (:meth:`start_fresh`).
         """
-        reply, fds = self._conn.request(
-            "fork",
-            {
-                "entry": _entry_ref(entry, self._names),
-                "args": list(args),
-                "socket": socket,
-                "exit_fd": exit_fd,
-                "server_conn": server_conn,
-            },
-        )
-        return self._served(reply, fds)
+        want = (WANT_SOCKET if socket else 0) | (WANT_EXIT_FD if exit_fd else 0)
+        want |= WANT_SERVER_CONN if server_conn else 0
+        return self._served(self._conn.request(FORK, _call_body(entry, args, self._names), want=want))
 
     def spawn(
         self,
@@ -526,29 +568,25 @@ class ForkServer:
         send = list(pass_fds) + [fd for fd in (stdin, stdout, stderr) if fd is not None]
         if len(send) > MAX_FDS:
             raise InvalidArgumentError(f"at most {MAX_FDS} fds per spawn")
-        reply, fds = self._conn.request(
-            "spawn",
-            {
-                "argv": [os.fsdecode(a) for a in argv],
-                "env": dict(env) if env is not None else None,
-                "cwd": cwd,
-                "pass_fds": list(pass_fds),
-                "stdio": [fd for fd in (stdin, stdout, stderr)],
-                "exit_fd": exit_fd,
-            },
-            send,
-        )
-        return self._served(reply, fds)
+        body = {
+            "argv": [os.fsdecode(a) for a in argv],
+            "env": dict(env) if env is not None else None,
+            "cwd": cwd,
+            "pass_fds": list(pass_fds),
+            "stdio": [fd for fd in (stdin, stdout, stderr)],
+        }
+        reply = self._conn.request(SPAWN, json.dumps(body).encode(), send, WANT_EXIT_FD if exit_fd else 0)
+        return self._served(reply)
 
-    def _served(self, reply: dict[str, Any], fds: list[int]) -> ServedChild:
-        it = iter(fds)
-        child = ServedChild(pid=int(reply["pid"]))
-        if reply.get("has_socket"):
+    def _served(self, reply: _Reply) -> ServedChild:
+        it = iter(reply.fds)
+        child = ServedChild(pid=reply.pid)
+        if reply.has & HAS_SOCKET:
             child.socket = socket.socket(fileno=next(it))
-        if reply.get("has_exit_fd"):
+        if reply.has & HAS_EXIT_FD:
             child.exit_fd = next(it)
             os.set_blocking(child.exit_fd, False)
-        if reply.get("has_pidfd"):
+        if reply.has & HAS_PIDFD:
             child.pidfd = next(it)
         for extra in it:  # never expected; never leaked
             os.close(extra)
@@ -557,8 +595,8 @@ class ForkServer:
     def kill_all(self, sig: int = signal.SIGTERM) -> int:
         """Send ``sig`` to every child of the server except the caller (libforks_kill_all);
         returns how many were signalled."""
-        reply, _ = self._conn.request("kill_all", {"signal": int(sig)})
-        return int(reply["count"])
+        reply = self._conn.request(KILL_ALL, json.dumps({"signal": int(sig)}).encode())
+        return int(reply.result["count"])
 
     def eval(self, fn: Callable[..., Any] | str, *args: Any) -> Any:
         """Run ``fn(*args)`` in the server and return its (JSON) result (libforks_eval).
@@ -566,18 +604,16 @@ class ForkServer:
         Powerful and dangerous: the server is single-threaded and serves everyone;
         a function that blocks or crashes takes it down.
         """
-        reply, _ = self._conn.request("eval", {"entry": _entry_ref(fn, self._names), "args": list(args)})
-        return reply.get("result")
+        return self._conn.request(EVAL, _call_body(fn, args, self._names)).result.get("result")
 
     def connect(self) -> ForkServer:
         """A new, independent connection to the same server (counts toward ``max_clients``)."""
-        _, fds = self._conn.request("connect")
+        fds = self._conn.request(CONNECT).fds
         return ForkServer(_Connection(socket.socket(fileno=fds[0])), self._pid, self._names, owner=False)
 
     def ping(self) -> int:
         """Round-trip to the server; returns its pid."""
-        reply, _ = self._conn.request("ping")
-        return int(reply["pid"])
+        return self._conn.request(PING).pid
 
     @classmethod
     def _for_child(cls, sock: socket.socket, server_pid: int) -> ForkServer:
@@ -585,10 +621,12 @@ class ForkServer:
         return cls(_Connection(sock), server_pid, {}, owner=False)
 
 
-#: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): take the starter's
-#: sys.path, then serve. -I: no PYTHON* variables and no user site of its own.
+#: What a fresh server runs (``python -I -u -c _FRESH_MAIN CONFIG``): take the starter's
+#: sys.path, then serve. -I: no PYTHON* variables and no user site of its own. -u: stdout
+#: and stderr write through, so a child has nothing to flush when it leaves.
 _FRESH_MAIN = (
-    "import json, sys; config = json.loads(sys.argv[1]); sys.path[:] = config['path']; "
+    "import marshal, sys; config = marshal.loads(bytes.fromhex(sys.argv[1])); "
+    "sys.path[:] = config['path']; "
     "from childproc._fork_server import serve_fresh; serve_fresh(config)"
 )
 _FRESH_FD = 3  # where the server finds its end of the socket pair

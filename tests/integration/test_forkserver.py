@@ -367,11 +367,48 @@ def test_client_limit_is_configurable_and_reported() -> None:
 
 # -- the request decoder is an attack surface: fuzz it --------------------------------------------
 def raw_exchange(sock: socket.socket, data: bytes, fds: list[int]) -> dict[str, object] | None:
+    """Send one raw request; the reply as a dict (its header's fields, then its JSON)."""
     socket.send_fds(sock, [data], fds)
     reply, got, _, _ = socket.recv_fds(sock, MAX_PACKET, 16)
     for fd in got:
         os.close(fd)
-    return json.loads(reply) if reply else None
+    if not reply:
+        return None
+    rid, ok, has, pid = _fork_server.REPLY.unpack_from(reply)
+    rest = reply[_fork_server.REPLY.size :]
+    return {"id": rid, "ok": bool(ok), "has": has, "pid": pid, **(json.loads(rest) if rest else {})}
+
+
+def request(rid: int, op: int, body: bytes = b"", want: int = 0) -> bytes:
+    return _fork_server.REQUEST.pack(rid, op, want) + body
+
+
+#: Ops a fuzz case may name: none of them can stop the server, signal or run anything.
+HARMLESS_OPS = [0, _fork_server.PING, _fork_server.CONNECT, 9, 200, 255]
+
+
+def could_do_harm(payload: bytes) -> bool:
+    """Whether a fuzz case asks for something real: to stop the server, signal its
+    children, run a program, or import and call a function."""
+    fs = _fork_server
+    if len(payload) < fs.REQUEST.size:
+        return False
+    op, body = fs.REQUEST.unpack_from(payload)[1], payload[fs.REQUEST.size :]
+    if op in (fs.STOP, fs.STOP_SERVER_ONLY):
+        return True
+    if op in (fs.FORK, fs.EVAL):
+        return b":" in body.partition(b"\0")[0]
+    if op in (fs.KILL_ALL, fs.SPAWN):
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return False
+        if not isinstance(obj, dict):
+            return False
+        if op == fs.KILL_ALL:
+            return isinstance(obj.get("signal"), int) and not isinstance(obj.get("signal"), bool)
+        return isinstance(obj.get("argv"), list) and bool(obj["argv"])
+    return False
 
 
 @pytest.fixture
@@ -381,39 +418,63 @@ def fuzz_server() -> Iterator[ForkServer]:
     srv.stop()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+).map(lambda v: json.dumps(v).encode())
+_IDS = st.integers(0, 2**64 - 1)
+_NOT_AN_ENTRY = st.binary(max_size=40).filter(lambda b: b":" not in b)  # never imports a module
+_SPAWN_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "argv": st.lists(st.text(max_size=10), max_size=3) | st.integers(),
+        "env": st.dictionaries(st.text(max_size=5), st.text(max_size=5) | st.integers(), max_size=2),
+        "cwd": st.text(max_size=5) | st.integers(),
+        "pass_fds": st.lists(st.integers(-3, 50), max_size=3) | st.text(max_size=3),
+        "stdio": st.lists(st.none() | st.integers(0, 5), max_size=4),
+    },
+).map(lambda v: json.dumps(v).encode())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     payload=st.one_of(
-        st.binary(max_size=300),
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-            lambda inner: (
-                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-            ),
-            max_leaves=12,
-        ).map(lambda v: json.dumps(v).encode()),
-        st.fixed_dictionaries(
-            {"id": st.integers(), "op": st.sampled_from(["fork", "spawn", "kill_all", "eval", "ping", "x"])},
-            optional={
-                "entry": st.text(max_size=30),
-                "args": st.lists(st.integers(), max_size=3) | st.text(max_size=5),
-                "argv": st.lists(st.text(max_size=10), max_size=3) | st.integers(),
-                "signal": st.integers(-5, 100) | st.text(max_size=3),
-                "socket": st.booleans() | st.integers(),
-                "pass_fds": st.lists(st.integers(-3, 50), max_size=3),
-                "stdio": st.lists(st.none() | st.integers(0, 5), max_size=4),
-            },
-        ).map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=300),  # anything, header or not
+        st.builds(request, _IDS, st.sampled_from(HARMLESS_OPS), st.binary(max_size=200), st.integers(0, 255)),
+        st.builds(request, _IDS, st.sampled_from(HARMLESS_OPS), _JSON_VALUES, st.integers(0, 255)),
+        # fork and eval of names the server does not have, with any arguments and flags
+        st.builds(
+            lambda rid, op, name, args, want: request(rid, op, name + args, want),
+            _IDS,
+            st.sampled_from([_fork_server.FORK, _fork_server.EVAL]),
+            _NOT_AN_ENTRY,
+            st.just(b"")
+            | st.binary(max_size=30).map(lambda b: b"\0" + b)
+            | _JSON_VALUES.map(lambda b: b"\0" + b),
+            st.integers(0, 255),
+        ),
+        # spawn and kill_all with bodies of every shape (none is a valid request: see below)
+        st.builds(
+            request, _IDS, st.just(_fork_server.SPAWN), _SPAWN_BODIES | _JSON_VALUES, st.integers(0, 255)
+        ),
+        st.builds(
+            request,
+            _IDS,
+            st.just(_fork_server.KILL_ALL),
+            st.fixed_dictionaries({"signal": st.text(max_size=3) | st.none() | st.integers(-5, 0)}).map(
+                lambda v: json.dumps(v).encode()
+            )
+            | _JSON_VALUES,
+            st.integers(0, 255),
+        ),
     ),
     n_fds=st.integers(0, 3),
 )
 def test_malformed_requests_get_error_replies_and_the_server_lives_on(
     fuzz_server: ForkServer, payload: bytes, n_fds: int
 ) -> None:
-    # Never let a fuzz case ask for something real and harmful.
-    text = payload.decode(errors="replace")
-    risky = ('"stop', '"kill_all"', '"eval"', '"fork"', '"spawn"')
-    if b'"op"' in payload and any(word in text for word in risky):
+    if could_do_harm(payload):
         return
     conn = fuzz_server.connect()
     raw = conn._conn.sock
@@ -437,24 +498,33 @@ def test_specific_malformed_requests(fuzz_server: ForkServer) -> None:
     before = fds_of(fuzz_server.pid)
     r, w = os.pipe()
     try:
+        fs = _fork_server
         cases = [
-            (b"\xff\xfe not json", []),
-            (b"[1, 2, 3]", []),
-            (b'{"op": "ping"}', []),  # no id
-            (b'{"id": true, "op": "ping"}', []),
-            (b'{"id": 1, "op": "nonsense"}', []),
-            (b'{"id": 2, "op": "ping"}', [r, w]),  # unexpected fds
-            (
-                b'{"id": 3, "op": "spawn", "argv": ["/bin/true"], "pass_fds": [7], "stdio": [null, null]}',
-                [],
-            ),
-            (b'{"id": 4, "op": "kill_all", "signal": "KILL"}', []),
-            (b'{"id": 5, "op": "fork", "entry": "os:getpid", "socket": "yes"}', []),
-            (b"x" * (MAX_PACKET + 100), []),  # oversized: truncated on receipt
+            (b"\xff\xfe not a header", []),  # too short for one
+            (b"", [r]),  # only fds
+            (request(1, 99), []),  # no such op
+            (request(2, fs.PING), [r, w]),  # unexpected fds
+            (request(3, fs.SPAWN, b"not json"), []),
+            (request(4, fs.SPAWN, b"[1, 2, 3]"), []),  # not an object
+            (request(5, fs.SPAWN, b'{"argv": ["/bin/true"], "pass_fds": [7], "stdio": [null, null]}'), []),
+            (request(6, fs.SPAWN, b'{"argv": ["/bin/true"]}', want=fs.WANT_SOCKET), []),  # a fork's flag
+            (request(7, fs.KILL_ALL, b'{"signal": "KILL"}'), []),
+            (request(8, fs.FORK, b"os:getpid", want=0x80), []),  # unknown flag
+            (request(9, fs.FORK, b"\xff\xfe"), []),  # a name that is not UTF-8
+            (request(10, fs.FORK, b""), []),  # no name
+            (request(11, fs.FORK, b"os:getpid\0{not json"), []),
+            (request(12, fs.FORK, b'os:getpid\0{"a": 1}'), []),  # arguments that are not a list
+            (request(13, fs.EVAL, b"no_such_entry"), []),
+            (request(14, fs.FORK, b"x" * (MAX_PACKET + 100)), []),  # oversized: truncated on receipt
         ]
         for data, fds in cases:
             reply = raw_exchange(raw, data, fds)
             assert reply is not None and reply["ok"] is False, (data[:40], reply)
+            assert isinstance(reply["error"], str) and reply["error"], reply
+            expected = (
+                _fork_server.REQUEST.unpack_from(data)[0] if len(data) >= _fork_server.REQUEST.size else 0
+            )
+            assert reply["id"] == expected  # even an error names the request it answers
         assert fds_of(fuzz_server.pid) == before  # no fd it was sent is kept
     finally:
         os.close(r)
@@ -676,7 +746,16 @@ def test_a_fresh_server_holds_only_what_its_loop_uses() -> None:
     """Every module in the server is mapped again by each fork and unmapped by each
     child's exit: a fresh server loads childproc's server module and nothing else of
     childproc (nor typing or dataclasses, which the rest of childproc uses)."""
-    with ForkServer.start_fresh() as srv:
+    with ForkServer.start_fresh(entries={"child": "tests.integration.fs_lean:child_returns"}) as srv:
+        # json (and re) only once a request needs it, and a fork never does: seen from outside,
+        # as the _json extension mapped into the server, because asking the server would load it.
+        for _ in range(3):
+            child = srv.fork("child")
+            assert child.wait().returncode == 0
+            child.close()
+        if "_json" not in sys.builtin_module_names:
+            with open(f"/proc/{srv.pid}/maps") as maps:
+                assert "/_json." not in maps.read()
         heavy = ["threading", "logging", "typing", "dataclasses", "inspect"]
         ours = ["childproc._fork_server", "childproc._context", "childproc._process", "childproc.forkserver"]
         assert srv.eval("tests.integration.fs_lean:loaded", heavy + ours) == ["childproc._fork_server"]
