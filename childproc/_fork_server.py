@@ -128,6 +128,17 @@ def _to_json(result: dict[str, Any]) -> bytes:
     return json.dumps(result).encode()
 
 
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
+
+
+def error_reply(rid: int, message: str, code: str, err: int | None = None) -> bytes:
+    """An error reply, its JSON written by hand: the error path must never need
+    ``json``, whose first import can fail (out of fds is one of the errors it reports)."""
+    errno_text = "null" if err is None else str(int(err))
+    body = f'{{"error": "{message.translate(_JSON_ESCAPES)}", "code": "{code}", "errno": {errno_text}}}'
+    return REPLY.pack(rid, 0, 0, 0) + body.encode("utf-8", "replace")
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     """The JSON object a SPAWN or KILL_ALL body holds."""
     obj = _json(body)
@@ -355,19 +366,20 @@ class Server:
                 raise Bad(f"unknown operation {op}")
             has, pid, result, out_fds = handler(want, data[REQUEST.size :], fds, fd)
             fds = []  # the handler took ownership of what it was sent
-            self._send(fd, REPLY.pack(rid, 1, has, pid), result, out_fds)
+            reply = REPLY.pack(rid, 1, has, pid)
+            if result is not None:  # (ops with a result send no fds)
+                reply += _to_json(result)
+            self._send(fd, reply, out_fds)
         except Bad as e:
-            self._send(fd, REPLY.pack(rid, 0, 0, 0), {"error": str(e), "code": e.code, "errno": e.errno}, [])
+            self._send(fd, error_reply(rid, str(e), e.code, e.errno), [])
         except Exception as e:  # a bug or an entry's failure: an error reply, never an abort
-            error = {"error": f"{type(e).__name__}: {e}", "code": "ERROR"}
-            self._send(fd, REPLY.pack(rid, 0, 0, 0), error, [])
+            self._send(fd, error_reply(rid, f"{type(e).__name__}: {e}", "ERROR"), [])
         finally:
             for extra in fds:
                 _close_quietly(extra)
 
-    def _send(self, fd: int, head: bytes, result: dict[str, Any] | None, fds: list[int]) -> None:
-        """Send a reply (``head``, then ``result`` as JSON) and ``fds`` to client ``fd``,
-        then close our copies of the fds.
+    def _send(self, fd: int, data: bytes, fds: list[int]) -> None:
+        """Send a reply and ``fds`` to client ``fd``, then close our copies of the fds.
 
         Never blocks: a client that leaves so many replies unread that its
         socket is full (a few hundred) is disconnected, so that it cannot stall
@@ -375,14 +387,11 @@ class Server:
         entry = self.clients.get(fd)
         try:
             if entry is not None:
-                data = head if result is None else head + _to_json(result)
                 # What socket.send_fds does, with fewer objects. Non-blocking: see _add_client.
                 rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
                 if len(data) > MAX_PACKET:  # only an eval's result can be (the caller could not read it)
-                    error = {"error": f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"}
-                    error["code"] = "TOO_LARGE"
-                    data = REPLY.pack(REPLY.unpack_from(head)[0], 0, 0, 0) + _to_json(error)
-                    rights = []
+                    error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
+                    data, rights = error_reply(REPLY.unpack_from(data)[0], error, "TOO_LARGE"), []
                 entry[0].sendmsg([data], rights)
         except OSError:
             self._drop(fd)
