@@ -387,11 +387,11 @@ class Server:
         entry = self.clients.get(fd)
         try:
             if entry is not None:
+                if len(data) > MAX_PACKET:  # only an eval's result can be (it has no fds)
+                    error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
+                    data = error_reply(REPLY.unpack_from(data)[0], error, "TOO_LARGE")
                 # What socket.send_fds does, with fewer objects. Non-blocking: see _add_client.
                 rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-                if len(data) > MAX_PACKET:  # only an eval's result can be (the caller could not read it)
-                    error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
-                    data, rights = error_reply(REPLY.unpack_from(data)[0], error, "TOO_LARGE"), []
                 entry[0].sendmsg([data], rights)
         except OSError:
             self._drop(fd)
@@ -479,7 +479,7 @@ class Server:
             raise Bad("args must be a JSON list")
         return fn, args
 
-    def _new_child_fds(self, want_exit: int) -> tuple[tuple[int, int] | None, int]:
+    def _new_child_fds(self, want_exit: bool) -> tuple[tuple[int, int] | None, int]:
         """What every new child needs before it exists: its exit pipe (if wanted)
         and a free slot for its pidfd (see _watch_child). Raises OSError, leaving
         nothing open."""
@@ -541,7 +541,9 @@ class Server:
         if want & ~(WANT_SOCKET | WANT_EXIT_FD | WANT_SERVER_CONN):
             raise Bad(f"unknown fork flags {want:#x}")
         fn, args = self._call(body)
-        want_sock, want_exit, want_conn = want & WANT_SOCKET, want & WANT_EXIT_FD, want & WANT_SERVER_CONN
+        want_sock, want_exit, want_conn = (
+            bool(want & flag) for flag in (WANT_SOCKET, WANT_EXIT_FD, WANT_SERVER_CONN)
+        )
         if want_conn:
             self._check_room()
         pair: tuple[socket.socket, socket.socket] | None = None
