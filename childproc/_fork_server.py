@@ -4,8 +4,8 @@
 this module is the other end. Its rules:
 
 * **It imports only what the server's loop uses**: from the standard library
-  ``os``, ``select``, ``signal``, ``socket``, ``struct``, ``array``, ``gc``
-  and ``importlib``, and of childproc only ``_spawn`` (the exec path, loaded
+  ``os``, ``select``, ``signal``, ``socket``, ``struct``, ``array``, ``gc``,
+  ``importlib`` and ``io``, and of childproc only ``_spawn`` (the exec path, loaded
   when a fresh server starts) and the ``_errors`` it raises. ``json`` (and the
   ``re`` it brings) only once a request or reply needs it: forks never do. A
   fresh server (``ForkServer.start_fresh``) holds nothing else of childproc:
@@ -42,6 +42,7 @@ from __future__ import annotations
 import array
 import gc
 import importlib
+import io
 import os
 import select
 import signal
@@ -53,6 +54,8 @@ TYPE_CHECKING = False  # typing is not imported at run time (it is a megabyte in
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any, TypeAlias
+
+    from typing_extensions import Buffer
 
     #: What an op returns: (HAS_* of the fds, pid or 0, result or None, fds to send).
     Result: TypeAlias = "tuple[int, int, dict[str, Any] | None, list[int]]"
@@ -596,7 +599,10 @@ class Server:
             has = HAS_SOCKET
         if conn_pair is not None:
             conn_pair[1].close()
-            self._add_client(conn_pair[0], pid)
+            try:
+                self._add_client(conn_pair[0], pid)
+            except OSError:  # epoll is full: the child's connection is closed, and it is told so
+                conn_pair[0].close()  # when it uses it; the child itself is watched and handed over
         return self._hand_over(pid, pidfd, exit_pipe, has, out)
 
     def _op_spawn(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
@@ -655,9 +661,45 @@ class Server:
         return self._hand_over(pid, pidfd, exit_pipe, 0, [])
 
 
-#: A fresh server's stdout and stderr, which write through (it runs as ``python -u``):
-#: while a child still has these, nothing waits in a buffer and it need not flush.
-_UNBUFFERED_STDIO: tuple[object, object] | None = None
+class _WholeWrites(io.FileIO):
+    """A fresh server's raw stdout or stderr: a file whose ``write`` writes everything.
+
+    ``FileIO.write`` may write only part of what it is given (a signal handler
+    interrupts a write blocked on a full pipe) and returns the count; a
+    ``TextIOWrapper`` that writes through to it ignores that count and would drop
+    the rest, which is what ``python -u`` does. Raises ``BlockingIOError`` (with
+    ``characters_written``) if the fd is non-blocking and full.
+    """
+
+    def write(self, data: Buffer, /) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            n = super().write(view[done:])
+            if n is None:
+                raise BlockingIOError(11, "stdout or stderr is non-blocking and full", done)
+            done += n
+        return done
+
+
+class _WriteThroughText(io.TextIOWrapper):
+    """A fresh server's ``sys.stdout`` or ``sys.stderr``: text that writes through to
+    ``_WholeWrites``, and that tells ``_child_main`` to flush again if it is ever
+    reconfigured not to write through (by a preload or an entry)."""
+
+    def reconfigure(self, *args: Any, **kwargs: Any) -> None:
+        global _WRITE_THROUGH_STDIO
+        super().reconfigure(*args, **kwargs)
+        if not self.write_through:
+            _WRITE_THROUGH_STDIO = None
+
+
+#: A fresh server's stdout and stderr, made by serve_fresh (None: not made, or one of them
+#: no longer writes through). While a child's streams are these, nothing can wait in a
+#: buffer, and it leaves without a flush.
+_WRITE_THROUGH_STDIO: tuple[_WriteThroughText, _WriteThroughText] | None = None
+#: The streams the interpreter started with, kept so that they never close fds 1 and 2.
+_STARTUP_STDIO: list[object] = []
 
 
 def _child_main(
@@ -708,13 +750,13 @@ def _child_main(
         traceback.print_exc()
         code = 1
     finally:
-        unbuffered = _UNBUFFERED_STDIO
-        if unbuffered is None or sys.stdout is not unbuffered[0] or sys.stderr is not unbuffered[1]:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except Exception:  # closed or broken stdio: nothing to tell
-                pass
+        ours = _WRITE_THROUGH_STDIO
+        if ours is None or sys.stdout is not ours[0] or sys.stderr is not ours[1]:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # closed, broken or no stdio: nothing to tell
+                    pass
         os._exit(code)
 
 
@@ -742,17 +784,38 @@ def _spawn_with_fd_map(
     )
 
 
+def _write_through_stdio() -> None:
+    """Make a fresh server's stdout and stderr (``sys.__stdout__`` and
+    ``sys.__stderr__`` too) text that writes through to ``_WholeWrites``: its
+    children then leave without a flush, which would touch some twenty shared
+    pages, and lose nothing. Streams without an fd are left as they are."""
+    global _WRITE_THROUGH_STDIO
+    made = []
+    for name in ("stdout", "stderr"):
+        old = getattr(sys, name)
+        try:
+            fd = old.fileno()
+        except Exception:  # None, or not a file: left alone, and flushed by each child
+            return
+        made.append(
+            _WriteThroughText(
+                _WholeWrites(fd, "w", closefd=False),
+                encoding=old.encoding,
+                errors=old.errors,
+                write_through=True,
+            )
+        )
+    _STARTUP_STDIO.extend((sys.stdout, sys.stderr))
+    sys.stdout = sys.__stdout__ = made[0]  # type: ignore[misc]
+    sys.stderr = sys.__stderr__ = made[1]  # type: ignore[misc]
+    _WRITE_THROUGH_STDIO = (made[0], made[1])
+
+
 def serve_fresh(config: dict[str, Any]) -> None:
     """The body of a server made by ``ForkServer.start_fresh`` (in that interpreter)."""
-    global USE_PIDFDS, _UNBUFFERED_STDIO
+    global USE_PIDFDS
     USE_PIDFDS = config["use_pidfds"]  # the starter's choice (tests turn pidfds off)
-    import io  # noqa: PLC0415 - loaded at start-up in every interpreter
-
-    if all(
-        getattr(s, "write_through", False) and isinstance(getattr(s, "buffer", None), io.FileIO)
-        for s in (sys.stdout, sys.stderr)
-    ):
-        _UNBUFFERED_STDIO = (sys.stdout, sys.stderr)  # python -u: see _child_main
+    _write_through_stdio()
     code = 0
     try:
         os.set_inheritable(config["fd"], False)  # spawned programs must not get it

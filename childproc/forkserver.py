@@ -197,7 +197,18 @@ def _call_body(entry: object, args: Sequence[Any], names: Mapping[int, str]) -> 
     ref = _entry_ref(entry, names)
     if "\0" in ref:
         raise InvalidArgumentError(f"an entry's name cannot hold a NUL: {ref!r}")
-    return ref.encode() + b"\0" + json.dumps(list(args)).encode() if args else ref.encode()
+    try:
+        name = ref.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"an entry's name must be valid Unicode (no lone surrogates): {ref!r}") from None
+    if not args:
+        return name
+    try:
+        return name + b"\0" + json.dumps(list(args)).encode()
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(
+            f"the arguments must be JSON values (str, int, float, bool, None, lists, dicts with str keys): {e}"
+        ) from None
 
 
 # ==================================================================================
@@ -211,6 +222,33 @@ class _Reply(NamedTuple):
     fds: list[int]
 
 
+def _parse_reply(data: bytes, fds: list[int], flags: int) -> tuple[int, _Reply]:
+    """(request id, reply) from a reply packet. Raises ValueError if it is malformed.
+
+    A reply whose fds this process could not take (``MSG_CTRUNC``: out of fds)
+    becomes an error reply for its request; the connection lives on."""
+    if len(data) < REPLY.size:
+        raise ValueError(f"{len(data)} bytes, shorter than a reply's header")
+    if flags & socket.MSG_TRUNC:
+        raise ValueError("longer than the largest reply")
+    rid, ok, has, pid = REPLY.unpack_from(data)
+    result = json.loads(data[REPLY.size :]) if len(data) > REPLY.size else {}  # ValueErrors
+    if not isinstance(result, dict):
+        raise ValueError("its body is not a JSON object")
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        made = f"made child {pid}, which runs on, but " if pid and ok else ""
+        error = (
+            f"the fork server {made}the fds of its reply did not arrive: this process may be out "
+            "of fds (RLIMIT_NOFILE)"
+        )
+        return rid, _Reply(False, 0, pid, {"error": error, "code": "FDS_LOST"}, [])
+    if has & ~(HAS_SOCKET | HAS_EXIT_FD | HAS_PIDFD) or len(fds) != bin(has).count("1"):
+        raise ValueError(f"it names fds {has:#x} but carries {len(fds)}")
+    return rid, _Reply(bool(ok), has, pid, result, fds)
+
+
 class _Connection:
     """One socket to the server, shared by threads: requests carry ids, replies are
     matched by id; one thread at a time reads and hands others their replies."""
@@ -222,6 +260,7 @@ class _Connection:
         self._send_lock = threading.Lock()
         self._cv = threading.Condition()
         self._replies: dict[int, _Reply] = {}
+        self._abandoned: set[int] = set()  # ids whose caller left (an exception) before the reply
         self._reading = False
         self._next_id = 1
         self._dead: str | None = None
@@ -251,28 +290,13 @@ class _Connection:
 
     def _await(self, rid: int) -> _Reply:
         with self._cv:
-            while True:
-                if rid in self._replies:
-                    reply = self._replies.pop(rid)
-                    break
-                if self._dead:
-                    raise ForkServerDied(self._dead)
-                if self._reading:
-                    self._cv.wait()
-                    continue
-                self._reading = True
-                self._cv.release()
-                try:
-                    got = self._read_one()
-                finally:
-                    self._cv.acquire()
-                    self._reading = False
-                if got is not None:
-                    self._replies[got[0]] = got[1]
-                self._cv.notify_all()
+            try:
+                reply = self._wait_for(rid)
+            except BaseException:  # ForkServerDied, or KeyboardInterrupt while waiting
+                self._abandon(rid)
+                raise
         if not reply.ok:
-            for fd in reply.fds:
-                os.close(fd)
+            self._close_fds(reply)
             result = reply.result
             raise ForkServerError(
                 result.get("error", "the fork server failed"),
@@ -281,10 +305,48 @@ class _Connection:
             )
         return reply
 
+    def _wait_for(self, rid: int) -> _Reply:
+        """Reply ``rid``, read by this thread or by another; called holding ``_cv``."""
+        while True:
+            if rid in self._replies:
+                return self._replies.pop(rid)
+            if self._dead:
+                raise ForkServerDied(self._dead)
+            if self._reading:
+                self._cv.wait()
+                continue
+            self._reading = True
+            self._cv.release()
+            try:
+                got = self._read_one()
+            finally:
+                self._cv.acquire()
+                self._reading = False
+                self._cv.notify_all()  # whatever happened, someone else may read now
+            if got is not None:
+                if got[0] in self._abandoned:
+                    self._abandoned.discard(got[0])
+                    self._close_fds(got[1])
+                else:
+                    self._replies[got[0]] = got[1]
+
+    def _abandon(self, rid: int) -> None:
+        """The caller of ``rid`` is leaving without its reply: close its fds when it comes."""
+        if rid in self._replies:
+            self._close_fds(self._replies.pop(rid))
+        elif not self._dead:
+            self._abandoned.add(rid)
+
+    @staticmethod
+    def _close_fds(reply: _Reply) -> None:
+        for fd in reply.fds:
+            os.close(fd)
+
     def _read_one(self) -> tuple[int, _Reply] | None:
+        """Read one reply, or None if the connection is now dead (``_die`` says why)."""
         try:
             # Close-on-exec: the fds we are sent must not leak into programs spawned later.
-            data, fds, _ = recv_fds(self.sock, MAX_PACKET, MAX_FDS)
+            data, fds, flags = recv_fds(self.sock, MAX_PACKET, MAX_FDS)
         except OSError as e:
             self._die(f"the fork server connection failed ({e.strerror})")
             return None
@@ -293,9 +355,16 @@ class _Connection:
                 os.close(fd)
             self._die("the fork server died (its socket closed)")
             return None
-        rid, ok, has, pid = REPLY.unpack_from(data)
-        result = json.loads(data[REPLY.size :]) if len(data) > REPLY.size else {}
-        return rid, _Reply(bool(ok), has, pid, result, fds)
+        try:
+            return _parse_reply(data, fds, flags)
+        except ValueError as e:
+            for fd in fds:
+                os.close(fd)
+            self._die(
+                f"the fork server sent a reply this client cannot read ({e}), so no later reply can "
+                "be trusted: stop this server and start another"
+            )
+            return None
 
     def close(self) -> None:
         self._die("this fork server connection was closed")
@@ -374,12 +443,13 @@ class ForkServer:
     ) -> ForkServer:
         """Start the server as a fresh interpreter, not as a copy of this process.
 
-        The server is ``python -I -u`` started with ``posix_spawn``: it holds only
+        The server is ``python -I`` started with ``posix_spawn``: it holds only
         the standard library's start-up modules, childproc's server and what it
         imports for you, so its forks are cheaper than a copying server's
         (about a third of the time in ``bench bigparent``; a bare interpreter
-        forks faster still). Its children's stdout and stderr write through
-        (``-u``): nothing waits in a buffer, so a child leaves without a flush.
+        forks faster still). Its children's stdout and stderr write through, to a
+        file that writes all it is given: nothing waits in a buffer, so a child
+        leaves without a flush (unless it reconfigured or replaced them).
         An entry that prints a great deal should buffer its own output. A copy
         made by :meth:`start` carries every module this process had imported,
         and the at-fork hooks of some of them (``threading``, ``logging``,
@@ -446,7 +516,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = spawn_process(
-                [sys.executable, "-I", "-u", "-c", _FRESH_MAIN, config],
+                [sys.executable, "-I", "-c", _FRESH_MAIN, config],
                 env=None,
                 cwd=None,
                 pass_fds=(),
@@ -621,9 +691,8 @@ class ForkServer:
         return cls(_Connection(sock), server_pid, {}, owner=False)
 
 
-#: What a fresh server runs (``python -I -u -c _FRESH_MAIN CONFIG``): take the starter's
-#: sys.path, then serve. -I: no PYTHON* variables and no user site of its own. -u: stdout
-#: and stderr write through, so a child has nothing to flush when it leaves.
+#: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): take the starter's
+#: sys.path, then serve. -I: no PYTHON* variables and no user site of its own.
 _FRESH_MAIN = (
     "import marshal, sys; config = marshal.loads(bytes.fromhex(sys.argv[1])); "
     "sys.path[:] = config['path']; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -86,3 +87,21 @@ def kill_and_reap(pid: int) -> int:
     (in one request, so the server's loop cannot reap it first)."""
     os.kill(pid, signal.SIGKILL)
     return os.waitpid(pid, 0)[1]
+
+
+def flood_stdout(server: Any, sock: socket.socket | None, size: int, via: str) -> int:
+    """Put the passed pipe on fd 1 and print ``size`` bytes to it while a timer's
+    Python-level handler keeps interrupting the blocked write (a short write)."""
+    assert sock is not None
+    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    os.dup2(fds[0], 1)
+    os.close(fds[0])
+    signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+    stream = sys.__stdout__ if via == "__stdout__" else sys.stdout
+    assert stream is not None
+    if via == "reconfigured":  # buffered from here on: this child must flush as it leaves
+        stream.reconfigure(write_through=False)  # type: ignore[union-attr]
+    print("x" * size, file=stream)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    return 0

@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -14,19 +15,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from childproc import Context, Hooks, InvalidArgumentError, SigchldOwner, _fork_server
+from childproc._fork_server import FORK, HAS_EXIT_FD, HAS_PIDFD, PING, REPLY, REQUEST
 from childproc.forkserver import (
     MAX_PACKET,
     ForkServer,
     ForkServerDied,
     ForkServerError,
     ServedChild,
+    _Connection,
     read_exit_event,
 )
 
@@ -270,6 +273,15 @@ def test_a_burst_of_exits_never_blocks_the_server(server: ForkServer) -> None:
         assert event.pid == k.pid and event.returncode == i % 200
         k.close()
 
+
+def test_what_cannot_be_sent_is_refused_before_the_server_sees_it(server: ForkServer) -> None:
+    with pytest.raises(InvalidArgumentError, match="JSON values"):
+        server.fork(f"{E}:exit_with", object())
+    with pytest.raises(InvalidArgumentError, match="lone surrogates"):
+        server.fork("tests.integration.fs_entries:exit\udc80with", 0)
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        server.eval("tests.integration.fs_entries:exit\0with", 0)
+    assert server.ping() == server.pid
 
 def test_errors_are_exceptions_and_a_dead_server_is_reported() -> None:
     srv = ForkServer.start()
@@ -648,6 +660,129 @@ def test_no_server_fd_leaks_into_spawned_programs(server: ForkServer) -> None:
             child.close()
 
 
+# -- the client against a server that misbehaves (a socketpair plays the server) --------------
+
+
+def _fake_server(
+    answer: Callable[[int], tuple[bytes, list[int]]], close_sent: bool = True
+) -> tuple[_Connection, threading.Thread]:
+    """A connection whose server answers each request id with ``answer(id)``'s packet and fds
+    (which it then closes, unless told not to)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def serve() -> None:
+        with theirs, contextlib.suppress(ConnectionResetError):  # the client left replies unread
+            while packet := theirs.recv(MAX_PACKET):
+                data, fds = answer(REQUEST.unpack_from(packet)[0])
+                socket.send_fds(theirs, [data], fds)
+                for fd in fds if close_sent else ():
+                    os.close(fd)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return _Connection(ours), thread
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"\1\2\3",
+        REPLY.pack(1, 1, 0, 0) + b"{not json",
+        REPLY.pack(1, 1, 0, 0) + b"[1]",
+        REPLY.pack(1, 1, HAS_EXIT_FD | HAS_PIDFD, 9),
+    ],
+    ids=["short", "bad-json", "not-an-object", "fds-missing"],
+)
+def test_a_malformed_reply_kills_the_connection_for_every_waiter(packet: bytes) -> None:
+    conn, thread = _fake_server(lambda rid: (packet, []))
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            conn.request(PING)
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        callers = [threading.Thread(target=call) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+        assert len(errors) == 8  # every concurrent caller is told, none hangs
+        assert all(isinstance(e, ForkServerDied) and "cannot read" in str(e) for e in errors), errors
+        with pytest.raises(ForkServerDied, match="cannot read"):  # and every later call
+            conn.request(PING)
+    finally:
+        conn.close()
+        thread.join(10)
+
+
+def test_fds_that_do_not_fit_fail_one_request_and_the_connection_lives_on() -> None:
+    """Out of fds here, the kernel drops the fds of a reply (MSG_CTRUNC): that request
+    fails naming the child the server made, and the next one is served."""
+    # Made now, and closed only at the end: the fake server's thread shares our fds and
+    # their limit, and closing these would free room for the reply's.
+    sent = list(os.pipe())
+
+    def answer(rid: int) -> tuple[bytes, list[int]]:
+        if rid == 1:
+            return REPLY.pack(rid, 1, HAS_EXIT_FD | HAS_PIDFD, 4242), sent
+        return REPLY.pack(rid, 1, 0, 777), []
+
+    conn, thread = _fake_server(answer, close_sent=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # so no fd can be made
+        try:
+            with pytest.raises(ForkServerError) as info:
+                conn.request(FORK)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert info.value.code == "FDS_LOST"
+        assert "made child 4242" in str(info.value)
+        assert conn.request(PING).pid == 777
+    finally:
+        conn.close()
+        thread.join(10)
+        for fd in sent:
+            os.close(fd)
+
+
+def test_a_reply_whose_caller_left_has_its_fds_closed() -> None:
+    """A caller interrupted while it waits (KeyboardInterrupt) never takes its reply:
+    the fds that reply brings are closed when it comes, not leaked."""
+    release = threading.Event()
+
+    def answer(rid: int) -> tuple[bytes, list[int]]:
+        if rid == 1:
+            release.wait(10)
+            r, w = os.pipe()
+            return REPLY.pack(rid, 1, HAS_EXIT_FD | HAS_PIDFD, 4242), [r, w]
+        return REPLY.pack(rid, 1, 0, 777), []
+
+    conn, thread = _fake_server(answer)
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        conn._reading = True  # another thread is reading: request 1 will wait on the condition
+        main = threading.main_thread().ident or 0
+        timer = threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            conn.request(FORK)
+        timer.join()
+        with conn._cv:
+            conn._reading = False
+        release.set()
+        assert conn.request(PING).pid == 777  # reads reply 1 on the way, and closes its fds
+        assert set(os.listdir("/proc/self/fd")) <= before
+    finally:
+        conn.close()
+        thread.join(10)
+
+
 def test_start_flushes_stdio_so_children_do_not_repeat_it() -> None:
     script = f"""
 import sys
@@ -664,6 +799,27 @@ srv.stop()
     out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "said once"
+
+
+@pytest.mark.parametrize("via", ["stdout", "__stdout__", "reconfigured"])
+def test_a_fresh_servers_child_loses_no_output(via: str) -> None:
+    """A fresh server's children write through to stdout, and a write that a signal
+    handler cuts short (a full pipe) is finished, not dropped; nothing waits in a buffer
+    either, so the child's exit without a flush loses nothing, unless the entry made
+    stdout buffered, and then it is flushed."""
+    size = 200_000  # three pipe buffers
+    with ForkServer.start_fresh() as srv:
+        r, w = os.pipe()
+        child = srv.fork(f"{E}:flood_stdout", size, via, socket=True)
+        assert child.socket is not None
+        socket.send_fds(child.socket, [b"fd"], [w])
+        os.close(w)
+        time.sleep(0.3)  # the pipe fills, and the timer interrupts the blocked write
+        with os.fdopen(r, "rb") as reader:
+            out = reader.read()
+        assert child.wait().returncode == 0
+        child.close()
+    assert len(out) == size + 1
 
 
 def test_a_vanished_server_is_named_as_the_cause() -> None:
@@ -769,6 +925,29 @@ def test_a_fresh_server_holds_only_what_its_loop_uses() -> None:
 
 def main_entry(server: object, sock: object) -> int:
     return 0
+
+
+def test_a_fresh_server_out_of_fds_refuses_a_fork_and_serves_on() -> None:
+    """The error path needs no new fd (its reply is written without json, which the
+    server has not loaded): running out of fds is a FORK_ERROR reply naming EMFILE,
+    not a dropped client, and the server serves the next request."""
+    with ForkServer.start_fresh(
+        entries={"pause": f"{E}:pause_forever"}, preload=["tests.integration.fs_lowfd"]
+    ) as srv:
+        kids: list[ServedChild] = []
+        with pytest.raises(ForkServerError) as info:
+            for _ in range(64):
+                kids.append(srv.fork("pause", exit_fd=False))
+        assert (info.value.code, info.value.errno) == ("FORK_ERROR", errno.EMFILE)
+        assert not isinstance(info.value, ForkServerDied)
+        assert 0 < len(kids) < 64
+        assert srv.ping() == srv.pid
+        if "_json" not in sys.builtin_module_names:
+            with open(f"/proc/{srv.pid}/maps") as maps:
+                assert "/_json." not in maps.read()
+        for child in kids:
+            child.close()
+    # stop() (the with block's end) terminated and reaped the children
 
 
 def test_a_fresh_server_refuses_what_it_cannot_import() -> None:
