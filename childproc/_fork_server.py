@@ -85,7 +85,11 @@ except ImportError:  # pragma: no cover - not CPython
     _set_handler = signal.signal
 _SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(signal.SIGINT), int(signal.SIGCHLD), 0, 1
 _MAX_CACHED_ENTRIES = 256
-_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+# Plain ints: socket's MSG_* are enum.IntFlag members, and an | or & of two of them runs
+# enum's Python code, which wrote some twenty-five pages of the server per request.
+_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+_FD_SIZE = array.array("i").itemsize
 #: Whether children are watched through pidfds. Tests set it False (before the
 #: server starts) to run the fallback for kernels without pidfds.
 USE_PIDFDS = hasattr(os, "pidfd_open")
@@ -158,8 +162,10 @@ def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, lis
     and fds received without it would leak into every program spawned until
     they are closed. This is the same dozen lines with that one flag.
     """
+    data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * _FD_SIZE), _CLOEXEC)
+    if not ancdata:
+        return data, [], flags
     fds = array.array("i")
-    data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), _CLOEXEC)
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
@@ -210,6 +216,7 @@ class Server:
             STOP: self._op_stop,
             STOP_SERVER_ONLY: self._op_stop_server_only,
         }
+        self._on_child_exit = self._child_exited  # bound once: not a new object per child
         self.running = True
         #: fds unwatched during the current round of events: a later event of the
         #: round may name the same number, closed and perhaps reused since.
@@ -264,7 +271,9 @@ class Server:
         timeout = -1.0 if self.parent_fd is not None else 1.0
         poll, handlers, stale = self.epoll.poll, self.handlers, self.stale
         while self.running:
-            for fd, _ in poll(timeout):
+            # At most 64 events a round: poll() with no limit mallocs a buffer for 1,023,
+            # and the allocator's bookkeeping for it wrote some five pages a round.
+            for fd, _ in poll(timeout, 64):
                 handler = handlers.get(fd)
                 if handler is not None and fd not in stale:
                     handler(fd)
@@ -362,7 +371,7 @@ class Server:
             if len(data) < REQUEST.size:
                 raise Bad(f"a request starts with a {REQUEST.size}-byte header (id, op, flags)")
             rid, op, want = REQUEST.unpack_from(data)
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_PACKET:
+            if flags & _TRUNCATED or len(data) > MAX_PACKET:
                 raise Bad(f"request larger than {MAX_PACKET} bytes or carrying more than {MAX_FDS} fds")
             handler = self.ops.get(op)
             if handler is None:
@@ -482,7 +491,7 @@ class Server:
             raise Bad("args must be a JSON list")
         return fn, args
 
-    def _new_child_fds(self, want_exit: bool) -> tuple[tuple[int, int] | None, int]:
+    def _new_child_fds(self, want_exit: int) -> tuple[tuple[int, int] | None, int]:
         """What every new child needs before it exists: its exit pipe (if wanted)
         and a free slot for its pidfd (see _watch_child). Raises OSError, leaving
         nothing open."""
@@ -509,7 +518,7 @@ class Server:
         try:
             if pidfd is None:
                 raise OSError("no pidfd")
-            self._watch(pidfd, self._child_exited)
+            self._watch(pidfd, self._on_child_exit)
         except OSError as e:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -544,9 +553,9 @@ class Server:
         if want & ~(WANT_SOCKET | WANT_EXIT_FD | WANT_SERVER_CONN):
             raise Bad(f"unknown fork flags {want:#x}")
         fn, args = self._call(body)
-        want_sock, want_exit, want_conn = (
-            bool(want & flag) for flag in (WANT_SOCKET, WANT_EXIT_FD, WANT_SERVER_CONN)
-        )
+        want_sock = want & WANT_SOCKET
+        want_exit = want & WANT_EXIT_FD
+        want_conn = want & WANT_SERVER_CONN
         if want_conn:
             self._check_room()
         pair: tuple[socket.socket, socket.socket] | None = None
@@ -560,7 +569,13 @@ class Server:
                 conn_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             exit_pipe, slot = self._new_child_fds(want_exit)
             # Made for this fork and not the child's: it closes them all first thing.
-            made = [p[0].fileno() for p in (pair, conn_pair) if p is not None] + [*(exit_pipe or ()), slot]
+            made = [slot]
+            if exit_pipe is not None:
+                made += exit_pipe
+            if pair is not None:
+                made.append(pair[0].fileno())
+            if conn_pair is not None:
+                made.append(conn_pair[0].fileno())
             pid = os.fork()
         except OSError as e:
             for p in (pair, conn_pair):
@@ -634,7 +649,7 @@ class Server:
             received = {target: next(it) for target in pass_fds}
             std = [next(it) if fd is not None else None for fd in stdio]
             try:
-                exit_pipe, slot = self._new_child_fds(bool(want & WANT_EXIT_FD))
+                exit_pipe, slot = self._new_child_fds(want & WANT_EXIT_FD)
             except OSError as e:
                 raise Bad(f"no fds for the child: {e.strerror}", "SPAWN_ERROR", e.errno) from None
             made = [*(exit_pipe or ()), slot]  # closed if the spawn fails
@@ -815,6 +830,8 @@ def serve_fresh(config: dict[str, Any]) -> None:
     """The body of a server made by ``ForkServer.start_fresh`` (in that interpreter)."""
     global USE_PIDFDS
     USE_PIDFDS = config["use_pidfds"]  # the starter's choice (tests turn pidfds off)
+    if config["unset_bind_now"]:  # ours (see ForkServer.start_fresh), not for what the server runs
+        del os.environ["LD_BIND_NOW"]
     _write_through_stdio()
     code = 0
     try:

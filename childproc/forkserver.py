@@ -200,14 +200,17 @@ def _call_body(entry: object, args: Sequence[Any], names: Mapping[int, str]) -> 
     try:
         name = ref.encode()
     except UnicodeEncodeError:
-        raise InvalidArgumentError(f"an entry's name must be valid Unicode (no lone surrogates): {ref!r}") from None
+        raise InvalidArgumentError(
+            f"an entry's name must be valid Unicode (no lone surrogates): {ref!r}"
+        ) from None
     if not args:
         return name
     try:
         return name + b"\0" + json.dumps(list(args)).encode()
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(
-            f"the arguments must be JSON values (str, int, float, bool, None, lists, dicts with str keys): {e}"
+            "the arguments must be JSON values (str, int, float, bool, None, lists, dicts "
+            f"with str keys): {e}"
         ) from None
 
 
@@ -222,6 +225,9 @@ class _Reply(NamedTuple):
     fds: list[int]
 
 
+_MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)  # not enum members: see _fork_server
+
+
 def _parse_reply(data: bytes, fds: list[int], flags: int) -> tuple[int, _Reply]:
     """(request id, reply) from a reply packet. Raises ValueError if it is malformed.
 
@@ -229,13 +235,13 @@ def _parse_reply(data: bytes, fds: list[int], flags: int) -> tuple[int, _Reply]:
     becomes an error reply for its request; the connection lives on."""
     if len(data) < REPLY.size:
         raise ValueError(f"{len(data)} bytes, shorter than a reply's header")
-    if flags & socket.MSG_TRUNC:
+    if flags & _MSG_TRUNC:
         raise ValueError("longer than the largest reply")
     rid, ok, has, pid = REPLY.unpack_from(data)
     result = json.loads(data[REPLY.size :]) if len(data) > REPLY.size else {}  # ValueErrors
     if not isinstance(result, dict):
         raise ValueError("its body is not a JSON object")
-    if flags & socket.MSG_CTRUNC:
+    if flags & _MSG_CTRUNC:
         for fd in fds:
             os.close(fd)
         made = f"made child {pid}, which runs on, but " if pid and ok else ""
@@ -499,6 +505,11 @@ class ForkServer:
         # with childproc's own location added last if it is not on it already.
         path = [str(p) for p in sys.path if isinstance(p, str)]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # The dynamic linker is to bind every symbol at once, in the server: else each child
+        # binds the functions only a child calls (the after-fork ones), and so writes (copies)
+        # the pages it fixes up, some fifteen a fork. The server then unsets the variable, so
+        # that what it runs has this process's environment (which may set it itself).
+        bind_now = "LD_BIND_NOW" not in os.environ
         # marshal, not json: the server must not import json (see _fork_server), and this
         # is our own data for the same interpreter (never a request off the socket).
         config = marshal.dumps(
@@ -510,6 +521,7 @@ class ForkServer:
                 "max_clients": int(max_clients),
                 "on_parent_death": str(on_parent_death),
                 "use_pidfds": bool(_fork_server.USE_PIDFDS),
+                "unset_bind_now": bind_now,
                 "path": path if package_root in path else [*path, package_root],
             }
         ).hex()
@@ -517,7 +529,7 @@ class ForkServer:
         try:
             pid = spawn_process(
                 [sys.executable, "-I", "-c", _FRESH_MAIN, config],
-                env=None,
+                env={**os.environ, "LD_BIND_NOW": "1"} if bind_now else None,
                 cwd=None,
                 pass_fds=(),
                 stdin=None,

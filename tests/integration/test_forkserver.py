@@ -283,6 +283,7 @@ def test_what_cannot_be_sent_is_refused_before_the_server_sees_it(server: ForkSe
         server.eval("tests.integration.fs_entries:exit\0with", 0)
     assert server.ping() == server.pid
 
+
 def test_errors_are_exceptions_and_a_dead_server_is_reported() -> None:
     srv = ForkServer.start()
     other = srv.connect()
@@ -901,6 +902,13 @@ def test_a_fresh_server_runs_importable_entries_and_loads_no_at_fork_hooks() -> 
         assert srv.eval(f"{E}:loaded_modules", ["threading", "shutil"]) == []
         child = srv.spawn(["/bin/sh", "-c", "exit 4"])
         assert child.wait().returncode == 4
+        child.close()
+        # The server is started with LD_BIND_NOW (see start_fresh) and drops it at once:
+        # what it runs has this process's environment, which does not set it.
+        assert "LD_BIND_NOW" not in os.environ
+        assert srv.eval("os:getenv", "LD_BIND_NOW") is None
+        child = srv.spawn(["/bin/sh", "-c", 'test -z "${LD_BIND_NOW+set}"'])
+        assert child.wait().returncode == 0
         child.close()
 
 
