@@ -90,6 +90,7 @@ _MAX_CACHED_ENTRIES = 256
 _CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _FD_SIZE = array.array("i").itemsize
+_ANCDATA_SIZE = socket.CMSG_LEN(MAX_FDS * _FD_SIZE)  # room for the most fds a request may carry
 #: Whether children are watched through pidfds. Tests set it False (before the
 #: server starts) to run the fallback for kernels without pidfds.
 USE_PIDFDS = hasattr(os, "pidfd_open")
@@ -163,13 +164,16 @@ def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, lis
     they are closed. This is the same dozen lines with that one flag.
     """
     data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * _FD_SIZE), _CLOEXEC)
-    if not ancdata:
-        return data, [], flags
+    return data, _fds_in(ancdata), flags
+
+
+def _fds_in(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds that ``SCM_RIGHTS`` messages in ``recvmsg``'s ancillary data carry."""
     fds = array.array("i")
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-    return data, list(fds), flags
+    return list(fds)
 
 
 def pidfd_of(pid: int) -> int | None:
@@ -357,7 +361,9 @@ class Server:
         sock = self.clients[fd][0]
         try:
             # Client sockets are non-blocking: a wrong wake-up never blocks the server.
-            data, fds, flags = recv_fds(sock, MAX_PACKET + 1, MAX_FDS)
+            # recv_fds, inline: the fewer functions a request runs, the fewer pages it writes
+            data, ancdata, flags, _ = sock.recvmsg(MAX_PACKET + 1, _ANCDATA_SIZE, _CLOEXEC)
+            fds = _fds_in(ancdata) if ancdata else []
         except BlockingIOError:
             return  # nothing there after all
         except OSError:
@@ -411,7 +417,10 @@ class Server:
             watched = self.watched
             for sent in fds:
                 if sent not in watched:  # a pidfd the server watches was sent as a copy
-                    _close_quietly(sent)
+                    try:
+                        os.close(sent)
+                    except OSError:
+                        pass
 
     # -- operations ----------------------------------------------------------------------
     # Each op: (want, body, fds, client fd) -> (HAS_* of the fds, pid or 0, result or None, fds).
@@ -493,7 +502,7 @@ class Server:
 
     def _new_child_fds(self, want_exit: int) -> tuple[tuple[int, int] | None, int]:
         """What every new child needs before it exists: its exit pipe (if wanted)
-        and a free slot for its pidfd (see _watch_child). Raises OSError, leaving
+        and a free slot for its pidfd (see _adopt). Raises OSError, leaving
         nothing open."""
         exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
         try:
@@ -503,36 +512,37 @@ class Server:
                 os.close(fd)
             raise
 
-    def _watch_child(self, pid: int, slot: int, code: str = "FORK_ERROR") -> int | None:
-        """Watch the new child ``pid``: its pidfd (None on kernels without them).
+    def _adopt(
+        self, pid: int, slot: int, exit_pipe: tuple[int, int] | None, has: int, out: list[int], *, code: str
+    ) -> Result:
+        """Watch the new child ``pid`` and hand it to the caller: its exit fd and a
+        pidfd are added to ``out`` (and ``has``), and the op's Result returned.
 
         ``slot`` is an fd kept open across the fork or spawn so that the pidfd
         has a place in the fd table. A child the server could not watch would
         have its exit lost, so if even then there is no pidfd, the child is
-        killed and the request fails.
+        killed, its exit pipe closed, and ``Bad(code)`` raised.
+
+        One function where there could be three: after a fork, every page the
+        server writes is copied, and each Python function called writes to its
+        code object's page (so does pidfd_of, a module function).
         """
         os.close(slot)
-        if not self.use_pidfds:
-            return None
-        pidfd = pidfd_of(pid)
-        try:
-            if pidfd is None:
-                raise OSError("no pidfd")
-            self._watch(pidfd, self._on_child_exit)
-        except OSError as e:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            if pidfd is not None:
-                os.close(pidfd)
-            raise Bad(f"the server cannot watch the child (killed it): {e}", code) from None
-        self.watched[pidfd] = pid
-        self.owned[pidfd] = None
-        return pidfd
-
-    def _hand_over(
-        self, pid: int, pidfd: int | None, exit_pipe: tuple[int, int] | None, has: int, out: list[int]
-    ) -> Result:
-        """``pid`` is now a child the caller knows: its exit fd and a pidfd go in ``out``."""
+        pidfd = None
+        if self.use_pidfds:
+            try:
+                pidfd = os.pidfd_open(pid)
+                self.epoll.register(pidfd, select.EPOLLIN)
+            except OSError as e:
+                os.kill(pid, signal.SIGKILL)  # not reaped yet: still ours
+                os.waitpid(pid, 0)
+                for fd in (pidfd, *(exit_pipe or ())):
+                    if fd is not None:
+                        os.close(fd)
+                raise Bad(f"the server cannot watch the child (killed it): {e}", code) from None
+            self.handlers[pidfd] = self._on_child_exit
+            self.watched[pidfd] = pid
+            self.owned[pidfd] = None
         if pid in self.children:  # reaped behind the server's back (eval), and the pid reused
             self._report_exit(pid, None)
         exit_w = None
@@ -549,7 +559,8 @@ class Server:
         return has, pid, None, out
 
     def _op_fork(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
-        self._no_fds(fds)
+        if fds:
+            self._no_fds(fds)
         if want & ~(WANT_SOCKET | WANT_EXIT_FD | WANT_SERVER_CONN):
             raise Bad(f"unknown fork flags {want:#x}")
         fn, args = self._call(body)
@@ -598,27 +609,26 @@ class Server:
             )
         has = 0
         out: list[int] = []
-        try:
-            pidfd = self._watch_child(pid, slot)
-        except Bad:
-            for p in (pair, conn_pair):
-                if p is not None:
-                    p[0].close()
-                    p[1].close()
-            for fd in exit_pipe or ():
-                os.close(fd)
-            raise
         if pair is not None:
             pair[1].close()
             out.append(pair[0].detach())
             has = HAS_SOCKET
+        try:
+            result = self._adopt(pid, slot, exit_pipe, has, out, code="FORK_ERROR")
+        except Bad:
+            for fd in out:
+                os.close(fd)
+            if conn_pair is not None:
+                conn_pair[0].close()
+                conn_pair[1].close()
+            raise
         if conn_pair is not None:
             conn_pair[1].close()
             try:
                 self._add_client(conn_pair[0], pid)
             except OSError:  # epoll is full: the child's connection is closed, and it is told so
                 conn_pair[0].close()  # when it uses it; the child itself is watched and handed over
-        return self._hand_over(pid, pidfd, exit_pipe, has, out)
+        return result
 
     def _op_spawn(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         try:
@@ -667,13 +677,7 @@ class Server:
             for fd in fds:
                 _close_quietly(fd)
             fds.clear()  # closed here, on every path: the caller must not close them again
-        try:
-            pidfd = self._watch_child(pid, slot, "SPAWN_ERROR")
-        except Bad:
-            for fd in exit_pipe or ():
-                os.close(fd)
-            raise
-        return self._hand_over(pid, pidfd, exit_pipe, 0, [])
+        return self._adopt(pid, slot, exit_pipe, 0, [], code="SPAWN_ERROR")
 
 
 class _WholeWrites(io.FileIO):

@@ -282,7 +282,10 @@ class _Connection:
             raise InvalidArgumentError(f"request too large ({len(data)} bytes > {MAX_PACKET})")
         try:
             with self._send_lock:
-                socket.send_fds(self.sock, [data], list(fds))
+                if fds:
+                    socket.send_fds(self.sock, [data], list(fds))
+                else:
+                    self.sock.send(data)
         except OSError as e:
             self._die(f"the fork server is gone ({e.strerror})")
             raise ForkServerDied(self._dead or "the fork server is gone") from e

@@ -296,7 +296,11 @@ def bigparent_page(path: Path) -> str:
     )
     fresh = data["median"].get("fresh forkserver fork")
     if fresh:
-        text += f" A fresh server's Python fork is {fork / fresh[str(sizes[-1])]:.0f}x faster."
+        text += f" A fresh server's Python fork is {fork / fresh[str(sizes[-1])]:.0f}x faster"
+        fresh_spawn = data["median"].get("fresh forkserver spawn")
+        if fresh_spawn:
+            text += f", its exec path {fork / fresh_spawn[str(sizes[-1])]:.0f}x"
+        text += "."
     minimal = data["median"].get("minimal fork server (reference)")
     if minimal:
         text += (

@@ -17,13 +17,14 @@ the first child pays them, and the median leaves it out:
 * ``fresh forkserver fork`` - the same entry through ``ForkServer.start_fresh``:
   a server that is a fresh interpreter, so its children carry no at-fork hooks
   of modules this process imported
+* ``fresh forkserver spawn`` - /bin/true through that fresh server's exec path
 * ``minimal fork server (reference)`` - not childproc: the least a fork server
   written in Python can cost here. A bare interpreter (``python -I -S``, no
   imports, no at-fork hooks) that forks on one byte, ``waitpid``\\ s, and
   writes the status back. No requests, no entries, no exit fds, no error
   handling. Its time is the floor of any Python fork server on this machine.
 
-Usage: python -m childproc bench bigparent [--sizes-mib 12,100,1024,4096] [--reps 5] [--batch 6]
+Usage: python -m childproc bench bigparent [--sizes-mib 12,100,1024,4096] [--reps 10] [--batch 6]
        [--json benchmarks/results/bigparent.json]
 """
 
@@ -83,7 +84,7 @@ class MinimalForkServer:
 def main(argv: list[str] | None = None) -> int:
     parser = _common.parser(__doc__, "bigparent")
     parser.add_argument("--sizes-mib", default="12,100,1024,4096")
-    parser.add_argument("--reps", type=int, default=5, help="rounds per size")
+    parser.add_argument("--reps", type=int, default=10, help="rounds per size")
     parser.add_argument("--batch", type=int, default=6, help="children per strategy per round")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes_mib.split(",")]
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "forkserver fork": served(lambda: server.fork("quick_exit")),
         "forkserver spawn": served(lambda: server.spawn(["/bin/true"])),
         "fresh forkserver fork": served(lambda: fresh.fork("quick_exit")),
+        "fresh forkserver spawn": served(lambda: fresh.spawn(["/bin/true"])),
         "minimal fork server (reference)": minimal.fork_and_wait,
     }
     results: dict[str, dict[int, list[float]]] = {n: {s: [] for s in sizes} for n in strategies}
@@ -156,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     speedup = med["os.fork"][big] / med["forkserver fork"][big]
     speedup_exec = med["os.fork"][big] / med["forkserver spawn"][big]
     speedup_fresh = med["os.fork"][big] / med["fresh forkserver fork"][big]
+    speedup_fresh_exec = med["os.fork"][big] / med["fresh forkserver spawn"][big]
     print(
         f"\nAt {big} MiB, os.fork() takes {speedup:.0f}x as long as the fork server's Python fork, "
         f"{speedup_exec:.0f}x as long as its exec path, "
         f"{speedup_fresh:.0f}x as long as a fresh server's Python fork, "
+        f"{speedup_fresh_exec:.0f}x as long as a fresh server's exec path, "
         f"{med['os.fork'][big] / med['ctx.spawn (posix_spawn)'][big]:.0f}x as long as ctx.spawn"
     )
     _common.write(
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_fork_vs_forkserver_at_largest": speedup,
             "speedup_fork_vs_forkserver_spawn_at_largest": speedup_exec,
             "speedup_fork_vs_fresh_forkserver_at_largest": speedup_fresh,
+            "speedup_fork_vs_fresh_forkserver_spawn_at_largest": speedup_fresh_exec,
         },
     )
     return 0

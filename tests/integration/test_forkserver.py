@@ -284,6 +284,34 @@ def test_what_cannot_be_sent_is_refused_before_the_server_sees_it(server: ForkSe
     assert server.ping() == server.pid
 
 
+def test_a_child_the_server_cannot_watch_is_killed_and_the_request_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a pidfd the server could not report the child's exit: it kills and reaps
+    the child, closes what it made for it, and fails the request; it serves on."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, "no pidfd (a test)")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    srv = ForkServer.start()  # a copy of this process: it has the failing pidfd_open
+    monkeypatch.undo()
+    try:
+        fds_before = len(os.listdir(f"/proc/{srv.pid}/fd"))
+        with pytest.raises(ForkServerError, match="cannot watch the child") as info:
+            srv.fork(f"{E}:pause_forever", socket=True, server_conn=True)
+        assert info.value.code == "FORK_ERROR"
+        with pytest.raises(ForkServerError, match="cannot watch the child") as info:
+            srv.spawn(["/bin/sleep", "60"])
+        assert info.value.code == "SPAWN_ERROR"
+        assert srv.ping() == srv.pid
+        with open(f"/proc/{srv.pid}/task/{srv.pid}/children") as children:
+            assert children.read().split() == []
+        assert len(os.listdir(f"/proc/{srv.pid}/fd")) == fds_before
+    finally:
+        srv.stop()
+
+
 def test_errors_are_exceptions_and_a_dead_server_is_reported() -> None:
     srv = ForkServer.start()
     other = srv.connect()
