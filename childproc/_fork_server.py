@@ -563,7 +563,13 @@ class Server:
             self._no_fds(fds)
         if want & ~(WANT_SOCKET | WANT_EXIT_FD | WANT_SERVER_CONN):
             raise Bad(f"unknown fork flags {want:#x}")
-        fn, args = self._call(body)
+        # An entry named before and given no arguments (the body is its name alone): no
+        # parsing, no _call (every function a fork runs is a page the server writes).
+        fn = self.resolved.get(body)
+        if fn is None:
+            fn, args = self._call(body)
+        else:
+            args = []
         want_sock = want & WANT_SOCKET
         want_exit = want & WANT_EXIT_FD
         want_conn = want & WANT_SERVER_CONN
@@ -578,7 +584,8 @@ class Server:
                 pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             if want_conn:
                 conn_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            exit_pipe, slot = self._new_child_fds(want_exit)
+            exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
+            slot = os.dup(self.epoll.fileno())  # room for the child's pidfd: see _adopt
             # Made for this fork and not the child's: it closes them all first thing.
             made = [slot]
             if exit_pipe is not None:

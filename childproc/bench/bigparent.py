@@ -2,13 +2,17 @@
 
 The fork server is started first, while this process is small (that is the
 point of a fork server); then the process grows to each size in turn (every
-page written, so it is really resident), and at each size the strategies run
-interleaved: in each round, every strategy makes a batch of children in a row.
-Medians over all the children are reported. Batches, because each
-``os.fork`` leaves the parent's whole memory write-protected: the parent then
-takes a page fault on the first write to each page, and a strategy timed right
-after an ``os.fork`` would be charged for those faults; within a batch only
-the first child pays them, and the median leaves it out:
+page written, so it is really resident) and shrinks back through them (half
+the rounds on the way up, half on the way down, so that a drift in the
+machine's speed does not look like a cost that grows with the parent), and at
+each size the strategies run interleaved: in each round, every strategy makes
+a batch of children in a row.
+Medians over all the children are reported. Batches, each after one untimed
+child, because each ``os.fork`` leaves the parent's whole memory
+write-protected: the parent then takes a page fault on the first write to each
+page, and a strategy timed right after an ``os.fork`` would be charged for
+those faults (the fork server's client, some 140 of them: the untimed child
+takes them all):
 
 * ``os.fork``          - fork + _exit + waitpid: copies the page tables
 * ``ctx.spawn``        - childproc's posix_spawn (CLONE_VM|CLONE_VFORK), /bin/true
@@ -84,7 +88,7 @@ class MinimalForkServer:
 def main(argv: list[str] | None = None) -> int:
     parser = _common.parser(__doc__, "bigparent")
     parser.add_argument("--sizes-mib", default="12,100,1024,4096")
-    parser.add_argument("--reps", type=int, default=10, help="rounds per size")
+    parser.add_argument("--reps", type=int, default=10, help="rounds per size (half up, half down)")
     parser.add_argument("--batch", type=int, default=6, help="children per strategy per round")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes_mib.split(",")]
@@ -122,18 +126,28 @@ def main(argv: list[str] | None = None) -> int:
         "minimal fork server (reference)": minimal.fork_and_wait,
     }
     results: dict[str, dict[int, list[float]]] = {n: {s: [] for s in sizes} for n in strategies}
+    # There and back (12, 100, 1024, 4096, 4096, 1024, 100, 12 MiB), half the rounds each
+    # way: the machine's speed drifts over a run, and a drift would otherwise show as a
+    # cost that grows with the parent.
+    order = sizes + sizes[::-1]
+    visits = max(1, (args.reps + 1) // 2)
+    # One block, as before (a fork's cost depends on the layout too: the same 4 GiB in
+    # four blocks forked 15-25 % slower here); shrunk in place on the way back (unmapped).
     ballast = bytearray()
-    total = len(sizes) * args.reps
+    total = len(order) * visits
     done = 0
-    for size in sizes:
+    for size in order:
         grow = size * 1024 * 1024 - len(ballast)
         if grow > 0:
             chunk = bytearray(grow)
             chunk[::4096] = b"\x01" * len(range(0, grow, 4096))  # touch every page
             ballast += chunk
             del chunk
-        for _ in range(args.reps):
+        elif grow < 0:
+            del ballast[grow:]
+        for _ in range(visits):
             for name, fn in strategies.items():  # interleaved, every round
+                fn()  # untimed: it takes the faults the last os.fork left (see above)
                 for _ in range(args.batch):
                     t0 = time.perf_counter()
                     fn()
@@ -172,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         {
             "unit": "seconds per child (spawn + exit + reap)",
             "sizes_mib": sizes,
-            "reps": args.reps,
+            "reps": 2 * visits,
+            "order": "sizes up, then down again, half the rounds each way",
             "batch": args.batch,
             "final_rss_mib": rss,
             "median": {n: {str(s): v for s, v in per.items()} for n, per in med.items()},
