@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ballast = bytearray()
     total = len(order) * visits
     done = 0
+    peak_rss = 0
     for size in order:
         grow = size * 1024 * 1024 - len(ballast)
         if grow > 0:
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             del chunk
         elif grow < 0:
             del ballast[grow:]
+        peak_rss = max(peak_rss, _common.rss_mib())
         for _ in range(visits):
             for name, fn in strategies.items():  # interleaved, every round
                 fn()  # untimed: it takes the faults the last os.fork left (see above)
@@ -154,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
                     results[name][size].append(time.perf_counter() - t0)
             done += 1
             _common.progress(done, total, f"parent {size} MiB")
-    rss = _common.rss_mib()
     ctx.close()
     server.stop()
     fresh.stop()
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": 2 * visits,
             "order": "sizes up, then down again, half the rounds each way",
             "batch": args.batch,
-            "final_rss_mib": rss,
+            "peak_rss_mib": peak_rss,
             "median": {n: {str(s): v for s, v in per.items()} for n, per in med.items()},
             "speedup_fork_vs_forkserver_at_largest": speedup,
             "speedup_fork_vs_forkserver_spawn_at_largest": speedup_exec,
