@@ -5,7 +5,7 @@ this module is the other end. Its rules:
 
 * **It imports only what the server's loop uses**: from the standard library
   ``os``, ``select``, ``signal``, ``socket``, ``struct``, ``array``, ``gc``,
-  ``importlib`` and ``io``, and of childproc only ``_spawn`` (the exec path, loaded
+  ``importlib``, ``io`` and ``errno`` (built in), and of childproc only ``_spawn`` (the exec path, loaded
   when a fresh server starts) and the ``_errors`` it raises. ``json`` (and the
   ``re`` it brings) only once a request or reply needs it: forks never do. A
   fresh server (``ForkServer.start_fresh``) holds nothing else of childproc:
@@ -40,6 +40,7 @@ reaps with ``waitpid(-1)``: its children are the only children it has.
 from __future__ import annotations
 
 import array
+import errno
 import gc
 import importlib
 import io
@@ -703,7 +704,7 @@ class _WholeWrites(io.FileIO):
         while done < len(view):
             n = super().write(view[done:])
             if n is None:
-                raise BlockingIOError(11, "stdout or stderr is non-blocking and full", done)
+                raise BlockingIOError(errno.EAGAIN, "stdout or stderr is non-blocking and full", done)
             done += n
         return done
 

@@ -105,3 +105,19 @@ def flood_stdout(server: Any, sock: socket.socket | None, size: int, via: str) -
     print("x" * size, file=stream)
     signal.setitimer(signal.ITIMER_REAL, 0)
     return 0
+
+
+def flood_nonblocking_stdout(server: Any, sock: socket.socket | None, size: int) -> int:
+    """Print ``size`` bytes to a non-blocking pipe nobody reads: report (over the socket)
+    what the BlockingIOError says was written."""
+    assert sock is not None
+    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    os.dup2(fds[0], 1)
+    os.close(fds[0])
+    os.set_blocking(1, False)
+    try:
+        print("x" * size, end="")
+    except BlockingIOError as e:
+        sock.sendall(str(e.characters_written).encode())
+        return 0
+    return 1

@@ -851,6 +851,25 @@ def test_a_fresh_servers_child_loses_no_output(via: str) -> None:
     assert len(out) == size + 1
 
 
+def test_a_fresh_servers_child_is_told_when_a_non_blocking_stdout_is_full() -> None:
+    """A short write on a non-blocking stdout is an error that says how much was
+    written (and that much is in the pipe), not data dropped in silence."""
+    size = 200_000
+    with ForkServer.start_fresh() as srv:
+        r, w = os.pipe()
+        child = srv.fork(f"{E}:flood_nonblocking_stdout", size, socket=True)
+        assert child.socket is not None
+        socket.send_fds(child.socket, [b"fd"], [w])
+        os.close(w)
+        assert child.wait().returncode == 0
+        written = int(child.socket.recv(32))
+        child.close()
+        with os.fdopen(r, "rb") as reader:
+            out = reader.read()
+    assert 0 < written < size
+    assert len(out) == written
+
+
 def test_a_vanished_server_is_named_as_the_cause() -> None:
     srv = ForkServer.start()
     with Context() as ctx:
