@@ -1,6 +1,6 @@
 """``python -m childproc COMMAND``: ``demo`` (each mode on real children), ``doctor`` (this
 process and machine: SIGCHLD owner, pidfds, traps), ``bench NAME`` (a benchmark: throughput,
-scaling, latency, bigparent; ``bench NAME --help`` for its options)."""
+scaling, latency, bigparent, forkfaults; ``bench NAME --help`` for its options)."""
 
 from __future__ import annotations
 

@@ -310,6 +310,33 @@ def bigparent_page(path: Path) -> str:
     return text + "\n"
 
 
+FORKFAULTS_JSON = DOCS.parent / "benchmarks" / "results" / "forkfaults.json"
+
+
+def forkfaults_page(path: Path) -> str:
+    """Page faults per fork through each fork server (benchmarks/forkfaults.py)."""
+    if not path.is_file():
+        return ".. note::\n\n   No measurements yet: run ``python -m childproc bench forkfaults``.\n"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = [
+        [
+            _text(name),
+            f"{s['server_faults_per_child']:.0f}",
+            f"{s['child_faults_per_child']:.0f}",
+            f"{s['seconds_per_child'] * 1e3:.3f}",
+            f"{s['ratio_to_reference']:.2f}x",
+        ]
+        for name, s in data["servers"].items()
+    ]
+    return _list_table(
+        f"Per child, {data['rounds']} rounds of {data['batch']} children through each server, "
+        f"Python {data['python']}, Linux {data['kernel']}",
+        ["Server", "faults in the server", "faults in the child", "ms per child", "time / reference"],
+        rows,
+        "30 14 14 12 14",
+    )
+
+
 THROUGHPUT_JSON = DOCS.parent / "benchmarks" / "results" / "throughput.json"
 LATENCY_JSON = DOCS.parent / "benchmarks" / "results" / "latency.json"
 
@@ -465,6 +492,7 @@ def write_generated(app: Sphinx | None = None) -> None:
             scaling_page(SCALING_JSON),
         ),
         "bigparent.rst": (_shown(BIGPARENT_JSON), bigparent_page(BIGPARENT_JSON)),
+        "forkfaults.rst": (_shown(FORKFAULTS_JSON), forkfaults_page(FORKFAULTS_JSON)),
         "torture.rst": (_shown(TORTURE_JSON), torture_page(TORTURE_JSON)),
         "throughput.rst": (_shown(THROUGHPUT_JSON), throughput_page(THROUGHPUT_JSON)),
         "latency.rst": (_shown(LATENCY_JSON), latency_page(LATENCY_JSON)),

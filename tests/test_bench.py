@@ -14,6 +14,7 @@ RUNS = {
     "scaling": ["--ks", "5,10", "--kills", "3", "--rounds", "1"],
     "latency": ["--samples", "4"],
     "bigparent": ["--sizes-mib", "12,40", "--reps", "2", "--batch", "2"],
+    "forkfaults": ["--rounds", "1", "--batch", "5"],
 }
 
 

@@ -10,6 +10,7 @@ their at-fork hooks on every ``os.fork()``.
 * ``scaling``    - CPU per reaped child with K children alive
 * ``latency``    - child exit to callback, p50/p99, idle / busy / blocked main thread
 * ``bigparent``  - one child from 12 MiB .. 4 GiB parents: os.fork, posix_spawn, fork server
+* ``forkfaults`` - page faults per fork in a fork server and its child, against a bare one
 """
 
-NAMES = ("throughput", "scaling", "latency", "bigparent")
+NAMES = ("throughput", "scaling", "latency", "bigparent", "forkfaults")
