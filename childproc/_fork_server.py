@@ -88,10 +88,9 @@ _SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(signal.SIGINT), int(signal.SIGCHLD),
 _MAX_CACHED_ENTRIES = 256
 # Plain ints: socket's MSG_* are enum.IntFlag members, and an | or & of two of them runs
 # enum's Python code, which wrote some twenty-five pages of the server per request.
-_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
-_FD_SIZE = array.array("i").itemsize
-_ANCDATA_SIZE = socket.CMSG_LEN(MAX_FDS * _FD_SIZE)  # room for the most fds a request may carry
+ANCDATA_SIZE = socket.CMSG_LEN(MAX_FDS * array.array("i").itemsize)  # room for the most fds a packet carries
 #: Whether children are watched through pidfds. Tests set it False (before the
 #: server starts) to run the fallback for kernels without pidfds.
 USE_PIDFDS = hasattr(os, "pidfd_open")
@@ -156,20 +155,15 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return obj
 
 
-def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int], int]:
-    """``socket.recv_fds``, with the fds received close-on-exec: (data, fds, msg flags).
+def fds_in_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds that ``SCM_RIGHTS`` messages in ``recvmsg``'s ancillary data carry.
 
-    The standard library's ``recv_fds`` drops its ``flags`` argument (CPython
-    gh-107898, up to 3.13 at least), so it cannot ask for ``MSG_CMSG_CLOEXEC``,
-    and fds received without it would leak into every program spawned until
-    they are closed. This is the same dozen lines with that one flag.
+    Both ends call ``recvmsg(..., ANCDATA_SIZE, MSG_CMSG_CLOEXEC)`` themselves, and
+    this takes the fds out: the standard library's ``socket.recv_fds`` drops its
+    ``flags`` argument (CPython gh-107898, up to 3.13 at least), so it cannot ask
+    for ``MSG_CMSG_CLOEXEC``, and fds received without it would leak into every
+    program spawned until they are closed.
     """
-    data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * _FD_SIZE), _CLOEXEC)
-    return data, _fds_in(ancdata), flags
-
-
-def _fds_in(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """The fds that ``SCM_RIGHTS`` messages in ``recvmsg``'s ancillary data carry."""
     fds = array.array("i")
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -256,6 +250,7 @@ class Server:
         self.owned[sock.fileno()] = None
 
     def serve(self) -> None:
+        _flush_stdio()  # what start-up (a preload, an entry's module) printed, before any fork
         # The server is this process's only thread. Deaf to the caller's terminal
         # signals (the caller stops it); no wakeup fd of the caller's.
         _set_handler(_SIGINT, _SIG_IGN)
@@ -362,9 +357,9 @@ class Server:
         sock = self.clients[fd][0]
         try:
             # Client sockets are non-blocking: a wrong wake-up never blocks the server.
-            # recv_fds, inline: the fewer functions a request runs, the fewer pages it writes
-            data, ancdata, flags, _ = sock.recvmsg(MAX_PACKET + 1, _ANCDATA_SIZE, _CLOEXEC)
-            fds = _fds_in(ancdata) if ancdata else []
+            # Close-on-exec (see fds_in_ancdata); inline: each function a request runs is a page
+            data, ancdata, flags, _ = sock.recvmsg(MAX_PACKET + 1, ANCDATA_SIZE, MSG_CMSG_CLOEXEC)
+            fds = fds_in_ancdata(ancdata) if ancdata else []
         except BlockingIOError:
             return  # nothing there after all
         except OSError:
@@ -475,7 +470,10 @@ class Server:
     def _op_eval(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
         fn, args = self._call(body)
-        return 0, 0, {"result": fn(*args)}, []
+        try:
+            return 0, 0, {"result": fn(*args)}, []
+        finally:
+            _flush_stdio()  # what it printed, before the next fork
 
     def _call(self, body: bytes) -> tuple[Callable[..., Any], list[Any]]:
         """The entry and arguments a fork's or an eval's body names (see FORK)."""
@@ -724,7 +722,7 @@ class _WriteThroughText(io.TextIOWrapper):
 #: A fresh server's stdout and stderr, made by serve_fresh (None: not made, or one of them
 #: no longer writes through). While a child's streams are these, nothing can wait in a
 #: buffer, and it leaves without a flush.
-_WRITE_THROUGH_STDIO: tuple[_WriteThroughText, _WriteThroughText] | None = None
+_WRITE_THROUGH_STDIO: tuple[_WriteThroughText | None, _WriteThroughText | None] | None = None
 #: The streams the interpreter started with, kept so that they never close fds 1 and 2.
 _STARTUP_STDIO: list[object] = []
 
@@ -772,19 +770,33 @@ def _child_main(
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
-        import traceback  # noqa: PLC0415 - only a failing child pays for it
-
-        traceback.print_exc()
-        code = 1
+        code = 1  # first: printing the traceback can fail too (stderr closed, full, a broken pipe)
+        _print_exc_quietly()
     finally:
         ours = _WRITE_THROUGH_STDIO
         if ours is None or sys.stdout is not ours[0] or sys.stderr is not ours[1]:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:  # closed, broken or no stdio: nothing to tell
-                    pass
+            _flush_stdio()
         os._exit(code)
+
+
+def _print_exc_quietly() -> None:
+    """The current exception's traceback on stderr, if stderr takes it."""
+    try:
+        import traceback  # noqa: PLC0415 - only a failing child pays for it
+
+        traceback.print_exc()
+    except BaseException:  # stderr closed or broken: nowhere left to tell
+        pass
+
+
+def _flush_stdio() -> None:
+    """Flush the server's own stdout and stderr: whatever is buffered when it forks
+    would be printed once by every child that flushes."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # closed, broken or no stdio: nothing to tell
+            pass
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -817,24 +829,22 @@ def _write_through_stdio() -> None:
     children then leave without a flush, which would touch some twenty shared
     pages, and lose nothing. Streams without an fd are left as they are."""
     global _WRITE_THROUGH_STDIO
-    made = []
+    made: list[_WriteThroughText | None] = []
     for name in ("stdout", "stderr"):
         old = getattr(sys, name)
         try:
             fd = old.fileno()
-        except Exception:  # None, or not a file: left alone, and flushed by each child
-            return
-        made.append(
-            _WriteThroughText(
-                _WholeWrites(fd, "w", closefd=False),
-                encoding=old.encoding,
-                errors=old.errors,
-                write_through=True,
-            )
-        )
-    _STARTUP_STDIO.extend((sys.stdout, sys.stderr))
-    sys.stdout = sys.__stdout__ = made[0]  # type: ignore[misc]
-    sys.stderr = sys.__stderr__ = made[1]  # type: ignore[misc]
+        except Exception:  # None (no fd 1 or 2 at start), or not a file: left as it is
+            made.append(old)
+            continue
+        raw = _WholeWrites(fd, "w", closefd=False)
+        raw.name = f"<{name}>"  # as the interpreter names its own  # type: ignore[misc]
+        text = _WriteThroughText(raw, encoding=old.encoding, errors=old.errors, write_through=True)
+        text.mode = "w"  # type: ignore[misc]
+        _STARTUP_STDIO.append(old)
+        setattr(sys, name, text)
+        setattr(sys, f"__{name}__", text)
+        made.append(text)
     _WRITE_THROUGH_STDIO = (made[0], made[1])
 
 
@@ -843,7 +853,11 @@ def serve_fresh(config: dict[str, Any]) -> None:
     global USE_PIDFDS
     USE_PIDFDS = config["use_pidfds"]  # the starter's choice (tests turn pidfds off)
     if config["unset_bind_now"]:  # ours (see ForkServer.start_fresh), not for what the server runs
-        del os.environ["LD_BIND_NOW"]
+        # (environ only: /proc/<pid>/environ still shows the variable the server started with)
+        os.environ.pop("LD_BIND_NOW", None)
+    # Only 0, 1, 2 and the socket are the server's: posix_spawn passed every inheritable
+    # fd of the starter, which every child would hold open (a pipe would never see EOF).
+    os.closerange(config["fd"] + 1, os.sysconf("SC_OPEN_MAX"))
     _write_through_stdio()
     code = 0
     try:
@@ -856,9 +870,7 @@ def serve_fresh(config: dict[str, Any]) -> None:
         entries = {name: resolve(ref, {}) for name, ref in config["entries"].items()}
         Server(sock, config["parent"], entries, config["max_clients"], config["on_parent_death"]).serve()
     except BaseException:
-        import traceback  # noqa: PLC0415
-
-        traceback.print_exc()
         code = 70
+        _print_exc_quietly()
     finally:
         os._exit(code)

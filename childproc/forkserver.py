@@ -42,6 +42,7 @@ each one copied while a new child shares it. Exit fds carry one
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import marshal
 import os
@@ -56,6 +57,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import _fork_server
 from ._errors import ChildprocError, InvalidArgumentError
 from ._fork_server import (
+    ANCDATA_SIZE,
     CONNECT,
     EVAL,
     EXIT_EVENT,
@@ -66,6 +68,7 @@ from ._fork_server import (
     KILL_ALL,
     MAX_FDS,
     MAX_PACKET,
+    MSG_CMSG_CLOEXEC,
     PING,
     REPLY,
     REQUEST,
@@ -76,7 +79,7 @@ from ._fork_server import (
     WANT_SERVER_CONN,
     WANT_SOCKET,
     Server,
-    recv_fds,
+    fds_in_ancdata,
 )
 from ._spawn import spawn_process
 from ._status import ChildEvent
@@ -226,6 +229,8 @@ class _Reply(NamedTuple):
 
 
 _MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)  # not enum members: see _fork_server
+#: A send that fails with one of these lost the connection; others are the request's fault.
+_CONNECTION_LOST = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
 
 
 def _parse_reply(data: bytes, fds: list[int], flags: int) -> tuple[int, _Reply]:
@@ -287,6 +292,11 @@ class _Connection:
                 else:
                     self.sock.send(data)
         except OSError as e:
+            if e.errno not in _CONNECTION_LOST and not self._dead:
+                # Nothing was sent (a SEQPACKET send is whole or nothing): the request's
+                # fault, not the connection's. EBADF: an fd to pass is not open.
+                what = "an fd to pass is not open" if e.errno == errno.EBADF else e.strerror
+                raise InvalidArgumentError(f"cannot send the request to the fork server: {what}") from e
             self._die(f"the fork server is gone ({e.strerror})")
             raise ForkServerDied(self._dead or "the fork server is gone") from e
         return self._await(rid)
@@ -352,13 +362,29 @@ class _Connection:
             os.close(fd)
 
     def _read_one(self) -> tuple[int, _Reply] | None:
-        """Read one reply, or None if the connection is now dead (``_die`` says why)."""
+        """Read one reply, or None if the connection is now dead (``_die`` says why).
+
+        A reply read is the reader's to hand over, maybe to another thread: if an
+        exception (KeyboardInterrupt) cuts in once it has arrived, it is lost, and
+        so is the connection, or its owner would wait for ever."""
+        arrived = False
         try:
             # Close-on-exec: the fds we are sent must not leak into programs spawned later.
-            data, fds, flags = recv_fds(self.sock, MAX_PACKET, MAX_FDS)
+            data, ancdata, flags, _ = self.sock.recvmsg(MAX_PACKET, ANCDATA_SIZE, MSG_CMSG_CLOEXEC)
+            arrived = True
+            fds = fds_in_ancdata(ancdata) if ancdata else []
         except OSError as e:
+            if arrived:
+                raise
             self._die(f"the fork server connection failed ({e.strerror})")
             return None
+        except BaseException:
+            if arrived:
+                self._die(
+                    "a reply from the fork server was lost (the thread reading it was interrupted, "
+                    "and it may have been another thread's): stop this server and start another"
+                )
+            raise
         if not data:
             for fd in fds:
                 os.close(fd)
@@ -434,8 +460,9 @@ class ForkServer:
                 ours.close()
                 Server(theirs, parent, table, max_clients, on_parent_death).serve()
             except BaseException:
-                traceback.print_exc()
                 code = 70
+                with contextlib.suppress(BaseException):  # stderr may be closed or broken
+                    traceback.print_exc()
             finally:
                 os._exit(code)
         theirs.close()
@@ -579,8 +606,39 @@ class ForkServer:
         return self._pid
 
     def stop(self) -> None:
-        """SIGTERM every child, wait until all have exited, stop the server (libforks_stop)."""
-        self._conn.request(STOP)
+        """SIGTERM every child, wait until all have exited, stop the server (libforks_stop).
+
+        If the server cannot be reached (:class:`ForkServerDied`) but still runs, the
+        process that started it stops it from outside: SIGTERM to each of its
+        children, then SIGKILL to the server (the children are not waited for), and
+        the ForkServerDied is raised all the same.
+        """
+        try:
+            self._conn.request(STOP)
+        except ForkServerDied:
+            self._stop_from_outside()
+            raise
+        self._finish()
+
+    def _stop_from_outside(self) -> None:
+        """The connection is unusable: end the server (ours, unreaped, so its pid is safe)."""
+        if not self._owner or self._reaped:
+            return
+        pid = self._pid
+        try:
+            # Stopped, it reaps nothing, so each of its children keeps its pid until killed.
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    children = [int(p) for p in f.read().split()]
+            except OSError:
+                children = []
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self._finish()
 
     def stop_server_only(self) -> None:
@@ -604,10 +662,8 @@ class ForkServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(ForkServerDied):  # stopped from outside, then (see stop)
             self.stop()
-        except ForkServerDied:
-            self._finish()
 
     # -- requests -----------------------------------------------------------------
     def fork(

@@ -49,6 +49,12 @@ def rss_mib() -> int:
         return int(f.read().split("VmRSS:")[1].split()[0]) // 1024
 
 
+def peak_rss_mib() -> int:
+    """This process's resident high-water mark."""
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0]) // 1024
+
+
 def plot_lines(
     path: str, title: str, xlabel: str, ylabel: str, series: dict[str, dict[float, float]]
 ) -> None:

@@ -132,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     order = sizes + sizes[::-1]
     visits = max(1, (args.reps + 1) // 2)
     # One block, as before (a fork's cost depends on the layout too: the same 4 GiB in
-    # four blocks forked 15-25 % slower here); shrunk in place on the way back (unmapped).
+    # four blocks forked 15-25 % slower here); on the way back, a smaller copy of it (an
+    # in-place shrink by less than half keeps the memory), the old one freed (unmapped).
     ballast = bytearray()
     total = len(order) * visits
     done = 0
-    peak_rss = 0
     for size in order:
         grow = size * 1024 * 1024 - len(ballast)
         if grow > 0:
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             ballast += chunk
             del chunk
         elif grow < 0:
-            del ballast[grow:]
-        peak_rss = max(peak_rss, _common.rss_mib())
+            ballast = ballast[:grow]
         for _ in range(visits):
             for name, fn in strategies.items():  # interleaved, every round
                 fn()  # untimed: it takes the faults the last os.fork left (see above)
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": 2 * visits,
             "order": "sizes up, then down again, half the rounds each way",
             "batch": args.batch,
-            "peak_rss_mib": peak_rss,
+            "peak_rss_mib": _common.peak_rss_mib(),
             "median": {n: {str(s): v for s, v in per.items()} for n, per in med.items()},
             "speedup_fork_vs_forkserver_at_largest": speedup,
             "speedup_fork_vs_forkserver_spawn_at_largest": speedup_exec,

@@ -121,3 +121,9 @@ def flood_nonblocking_stdout(server: Any, sock: socket.socket | None, size: int)
         sock.sendall(str(e.characters_written).encode())
         return 0
     return 1
+
+
+def close_stderr_and_fail(server: Any, sock: Any) -> int:
+    """Fail where the traceback cannot be printed."""
+    os.close(2)
+    raise RuntimeError("nobody will read this")

@@ -662,12 +662,15 @@ def test_nothing_is_served_after_stop_in_the_same_round(server: ForkServer) -> N
     doomed.close()
 
 
-def test_no_server_fd_leaks_into_spawned_programs(server: ForkServer) -> None:
+def test_no_server_fd_leaks_into_spawned_programs(server: ForkServer, request: pytest.FixtureRequest) -> None:
     """A spawned program gets 0, 1, 2 and what it was passed, at the number it was
-    passed at: not the server's socket, not the server's copy of a passed fd. (And
-    whatever this process itself lets every program inherit.)"""
+    passed at: not the server's socket, not the server's copy of a passed fd. (And,
+    from a copying server, whatever this process itself lets every program inherit;
+    a fresh server closed those when it started.)"""
     ours = {int(n) for n in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{n}")}
     inherited = sorted(fd for fd in ours if fd > 2 and os.get_inheritable(fd))
+    if request.node.callspec.params["server"] == "start_fresh":
+        inherited = []
     out_r, out_w = os.pipe()
     extra_r, extra_w = os.pipe()
     code = (  # listdir's own fd is gone by the time it is looked at: skip it
@@ -693,15 +696,17 @@ def test_no_server_fd_leaks_into_spawned_programs(server: ForkServer) -> None:
 
 
 def _fake_server(
-    answer: Callable[[int], tuple[bytes, list[int]]], close_sent: bool = True
+    answer: Callable[[int], tuple[bytes, list[int]]], close_sent: bool = True, hold: int = 1
 ) -> tuple[_Connection, threading.Thread]:
     """A connection whose server answers each request id with ``answer(id)``'s packet and fds
-    (which it then closes, unless told not to)."""
+    (which it then closes, unless told not to); it answers nothing until ``hold`` requests
+    have arrived (so that as many callers are waiting)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
     def serve() -> None:
         with theirs, contextlib.suppress(ConnectionResetError):  # the client left replies unread
-            while packet := theirs.recv(MAX_PACKET):
+            held = [theirs.recv(MAX_PACKET) for _ in range(hold - 1)]
+            while packet := (held.pop(0) if held else theirs.recv(MAX_PACKET)):
                 data, fds = answer(REQUEST.unpack_from(packet)[0])
                 socket.send_fds(theirs, [data], fds)
                 for fd in fds if close_sent else ():
@@ -723,7 +728,7 @@ def _fake_server(
     ids=["short", "bad-json", "not-an-object", "fds-missing"],
 )
 def test_a_malformed_reply_kills_the_connection_for_every_waiter(packet: bytes) -> None:
-    conn, thread = _fake_server(lambda rid: (packet, []))
+    conn, thread = _fake_server(lambda rid: (packet, []), hold=8)  # all 8 wait for it
     errors: list[BaseException] = []
 
     def call() -> None:
@@ -738,7 +743,7 @@ def test_a_malformed_reply_kills_the_connection_for_every_waiter(packet: bytes) 
             caller.start()
         for caller in callers:
             caller.join(10)
-        assert len(errors) == 8  # every concurrent caller is told, none hangs
+        assert len(errors) == 8  # every caller waiting is told, none hangs
         assert all(isinstance(e, ForkServerDied) and "cannot read" in str(e) for e in errors), errors
         with pytest.raises(ForkServerDied, match="cannot read"):  # and every later call
             conn.request(PING)
@@ -950,13 +955,91 @@ def test_a_fresh_server_runs_importable_entries_and_loads_no_at_fork_hooks() -> 
         child = srv.spawn(["/bin/sh", "-c", "exit 4"])
         assert child.wait().returncode == 4
         child.close()
-        # The server is started with LD_BIND_NOW (see start_fresh) and drops it at once:
-        # what it runs has this process's environment, which does not set it.
-        assert "LD_BIND_NOW" not in os.environ
-        assert srv.eval("os:getenv", "LD_BIND_NOW") is None
-        child = srv.spawn(["/bin/sh", "-c", 'test -z "${LD_BIND_NOW+set}"'])
+
+
+@pytest.mark.parametrize("ours", [None, "1", ""], ids=["unset", "set", "empty"])
+def test_a_fresh_server_gives_what_it_runs_the_starters_environment(
+    ours: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server starts with LD_BIND_NOW (see start_fresh) and drops it at once, unless
+    the starter set it itself: its entries and programs see the starter's environment."""
+    if ours is None:
+        monkeypatch.delenv("LD_BIND_NOW", raising=False)
+    else:
+        monkeypatch.setenv("LD_BIND_NOW", ours)
+    with ForkServer.start_fresh() as srv:
+        assert srv.eval("os:getenv", "LD_BIND_NOW") == ours
+        check = 'test -z "${LD_BIND_NOW+set}"' if ours is None else f'test "$LD_BIND_NOW" = "{ours}"'
+        child = srv.spawn(["/bin/sh", "-c", check])
         assert child.wait().returncode == 0
         child.close()
+
+
+def test_the_starters_inheritable_fds_do_not_reach_a_fresh_server() -> None:
+    """posix_spawn passes every inheritable fd; the server closes all but its own, or it
+    and every child would hold them (a pipe's reader would never see EOF)."""
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        with ForkServer.start_fresh() as srv:
+            pipe = os.readlink(f"/proc/self/fd/{w}")
+            held = {os.readlink(f"/proc/{srv.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{srv.pid}/fd")}
+            assert pipe not in held
+            assert sorted(int(fd) for fd in os.listdir(f"/proc/{srv.pid}/fd"))[:4] == [0, 1, 2, 3]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_output_buffered_while_a_fresh_server_starts_is_printed_once(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A preload that makes stdout buffered and prints: the server flushes before its
+    first fork, or each child would print it again."""
+    with ForkServer.start_fresh(preload=["tests.integration.fs_buffered_banner"]) as srv:
+        for _ in range(3):
+            child = srv.fork(f"{E}:exit_with", 0)
+            assert child.wait().returncode == 0
+            child.close()
+    assert capfd.readouterr().out.count("banner from a preload") == 1
+
+
+@pytest.mark.parametrize("start", ["start", "start_fresh"])
+def test_a_failing_entry_exits_1_even_when_its_traceback_cannot_be_printed(start: str) -> None:
+    srv = ForkServer.start() if start == "start" else ForkServer.start_fresh()
+    with srv:
+        child = srv.fork(f"{E}:close_stderr_and_fail")
+        assert child.wait().returncode == 1
+        child.close()
+
+
+def test_a_request_with_a_closed_fd_is_refused_and_the_connection_lives_on() -> None:
+    with ForkServer.start_fresh() as srv:
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+        with pytest.raises(InvalidArgumentError, match="not open"):
+            srv.spawn(["/bin/true"], stdout=w)
+        assert srv.ping() == srv.pid
+
+
+@pytest.mark.parametrize("start", ["start", "start_fresh"])
+def test_a_server_that_cannot_be_reached_is_stopped_from_outside(start: str) -> None:
+    """If the connection is lost while the server runs (here: declared dead, as after a
+    reply it cannot read), stop() does not wait for ever: it SIGTERMs the server's
+    children and kills and reaps the server, then raises ForkServerDied."""
+    srv = ForkServer.start() if start == "start" else ForkServer.start_fresh()
+    child = srv.fork(f"{E}:pause_forever")
+    assert child.pidfd is not None
+    srv._conn._die("declared dead by a test")
+    with pytest.raises(ForkServerDied, match="declared dead"):
+        srv.stop()
+    assert select.select([child.pidfd], [], [], 10)[0]  # the child is gone
+    with pytest.raises(ChildProcessError):  # and the server reaped
+        os.waitpid(srv.pid, os.WNOHANG)
+    child.close()
+    with srv:  # a with block around a stopped server is fine
+        pass
 
 
 def test_a_fresh_server_holds_only_what_its_loop_uses() -> None:
