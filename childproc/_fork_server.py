@@ -790,8 +790,13 @@ def _print_exc_quietly() -> None:
 
 
 def _flush_stdio() -> None:
-    """Flush the server's own stdout and stderr: whatever is buffered when it forks
-    would be printed once by every child that flushes."""
+    """Flush stdout and stderr unless they are the fresh server's write-through ones
+    (nothing can wait in those, and a flush is memory written: after start-up it
+    measurably cost every later child a few more pages). In the server, what is
+    buffered when it forks would be printed again by every child that flushes."""
+    ours = _WRITE_THROUGH_STDIO
+    if ours is not None and sys.stdout is ours[0] and sys.stderr is ours[1]:
+        return
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
