@@ -89,7 +89,8 @@ _MAX_CACHED_ENTRIES = 256
 # Plain ints: socket's MSG_* are enum.IntFlag members, and an | or & of two of them runs
 # enum's Python code, which wrote some twenty-five pages of the server per request.
 MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
-_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+MSG_TRUNC, MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
+_TRUNCATED = MSG_TRUNC | MSG_CTRUNC
 ANCDATA_SIZE = socket.CMSG_LEN(MAX_FDS * array.array("i").itemsize)  # room for the most fds a packet carries
 #: Whether children are watched through pidfds. Tests set it False (before the
 #: server starts) to run the fallback for kernels without pidfds.
@@ -413,10 +414,7 @@ class Server:
             watched = self.watched
             for sent in fds:
                 if sent not in watched:  # a pidfd the server watches was sent as a copy
-                    try:
-                        os.close(sent)
-                    except OSError:
-                        pass
+                    _close_quietly(sent)
 
     # -- operations ----------------------------------------------------------------------
     # Each op: (want, body, fds, client fd) -> (HAS_* of the fds, pid or 0, result or None, fds).
@@ -583,8 +581,7 @@ class Server:
                 pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             if want_conn:
                 conn_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            exit_pipe = os.pipe2(os.O_CLOEXEC) if want_exit else None
-            slot = os.dup(self.epoll.fileno())  # room for the child's pidfd: see _adopt
+            exit_pipe, slot = self._new_child_fds(want_exit)
             # Made for this fork and not the child's: it closes them all first thing.
             made = [slot]
             if exit_pipe is not None:
@@ -773,9 +770,7 @@ def _child_main(
         code = 1  # first: printing the traceback can fail too (stderr closed, full, a broken pipe)
         _print_exc_quietly()
     finally:
-        ours = _WRITE_THROUGH_STDIO
-        if ours is None or sys.stdout is not ours[0] or sys.stderr is not ours[1]:
-            _flush_stdio()
+        _flush_stdio()
         os._exit(code)
 
 

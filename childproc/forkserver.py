@@ -49,7 +49,6 @@ import os
 import signal
 import socket
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -69,6 +68,8 @@ from ._fork_server import (
     MAX_FDS,
     MAX_PACKET,
     MSG_CMSG_CLOEXEC,
+    MSG_CTRUNC,
+    MSG_TRUNC,
     PING,
     REPLY,
     REQUEST,
@@ -228,7 +229,6 @@ class _Reply(NamedTuple):
     fds: list[int]
 
 
-_MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)  # not enum members: see _fork_server
 #: A send that fails with one of these lost the connection; others are the request's fault.
 _CONNECTION_LOST = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
 
@@ -240,13 +240,13 @@ def _parse_reply(data: bytes, fds: list[int], flags: int) -> tuple[int, _Reply]:
     becomes an error reply for its request; the connection lives on."""
     if len(data) < REPLY.size:
         raise ValueError(f"{len(data)} bytes, shorter than a reply's header")
-    if flags & _MSG_TRUNC:
+    if flags & MSG_TRUNC:
         raise ValueError("longer than the largest reply")
     rid, ok, has, pid = REPLY.unpack_from(data)
     result = json.loads(data[REPLY.size :]) if len(data) > REPLY.size else {}  # ValueErrors
     if not isinstance(result, dict):
         raise ValueError("its body is not a JSON object")
-    if flags & _MSG_CTRUNC:
+    if flags & MSG_CTRUNC:
         for fd in fds:
             os.close(fd)
         made = f"made child {pid}, which runs on, but " if pid and ok else ""
@@ -449,10 +449,7 @@ class ForkServer:
         table = dict(entries or {})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
-        for stream in (sys.stdout, sys.stderr):  # or what is buffered now is printed by every child
-            with contextlib.suppress(Exception):
-                if stream is not None:
-                    stream.flush()
+        _fork_server._flush_stdio()  # or what is buffered now is printed by every child
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -461,8 +458,7 @@ class ForkServer:
                 Server(theirs, parent, table, max_clients, on_parent_death).serve()
             except BaseException:
                 code = 70
-                with contextlib.suppress(BaseException):  # stderr may be closed or broken
-                    traceback.print_exc()
+                _fork_server._print_exc_quietly()
             finally:
                 os._exit(code)
         theirs.close()

@@ -44,11 +44,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def rss_mib() -> int:
-    with open("/proc/self/status") as f:
-        return int(f.read().split("VmRSS:")[1].split()[0]) // 1024
-
-
 def peak_rss_mib() -> int:
     """This process's resident high-water mark."""
     with open("/proc/self/status") as f:

@@ -89,13 +89,19 @@ def kill_and_reap(pid: int) -> int:
     return os.waitpid(pid, 0)[1]
 
 
-def flood_stdout(server: Any, sock: socket.socket | None, size: int, via: str) -> int:
-    """Put the passed pipe on fd 1 and print ``size`` bytes to it while a timer's
-    Python-level handler keeps interrupting the blocked write (a short write)."""
+def _stdout_to_passed_fd(sock: socket.socket | None) -> socket.socket:
+    """Receive an fd over the socket and make it fd 1 (what sys.stdout writes to)."""
     assert sock is not None
     _, fds, _, _ = socket.recv_fds(sock, 16, 1)
     os.dup2(fds[0], 1)
     os.close(fds[0])
+    return sock
+
+
+def flood_stdout(server: Any, sock: socket.socket | None, size: int, via: str) -> int:
+    """Put the passed pipe on fd 1 and print ``size`` bytes to it while a timer's
+    Python-level handler keeps interrupting the blocked write (a short write)."""
+    _stdout_to_passed_fd(sock)
     signal.signal(signal.SIGALRM, lambda signum, frame: None)
     signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
     stream = sys.__stdout__ if via == "__stdout__" else sys.stdout
@@ -110,10 +116,7 @@ def flood_stdout(server: Any, sock: socket.socket | None, size: int, via: str) -
 def flood_nonblocking_stdout(server: Any, sock: socket.socket | None, size: int) -> int:
     """Print ``size`` bytes to a non-blocking pipe nobody reads: report (over the socket)
     what the BlockingIOError says was written."""
-    assert sock is not None
-    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    os.dup2(fds[0], 1)
-    os.close(fds[0])
+    sock = _stdout_to_passed_fd(sock)
     os.set_blocking(1, False)
     try:
         print("x" * size, end="")
