@@ -53,6 +53,11 @@ class ChildState(enum.Enum):
     EXITED = "exited"
 
 
+_RUNNING = ChildState.RUNNING
+#: ``events`` of a child that asked for its exit only (no stop/continue events).
+_EXIT_ONLY = os.WEXITED
+
+
 class Child:
     """A child process watched by a :class:`~childproc.Context`.
 
@@ -76,6 +81,8 @@ class Child:
         "_polled",
         "_released",
         "_state",
+        "_status",
+        "_uid",
         "_watches_stops",
         "_zombie",
         "kill_on_close",
@@ -103,12 +110,16 @@ class Child:
         #: ``child_fork``'s ``callback(pid, wait_status)``, called in place of ``_on_event``.
         self._on_exit_status = on_exit_status
         self._events = events
-        self._state = ChildState.RUNNING
+        self._state = _RUNNING
+        # The exit: wait status and uid as childproc saw them (the ChildEvent is made
+        # from them when first asked for: a child_fork callback never needs one).
+        self._status: int | None = None
+        self._uid: int | None = None
         self._final: ChildEvent | None = None
         self._zombie = False  # exit seen with WNOWAIT: reaped after the callback
         self._released = False
         self._done = False  # exit delivered (or stolen, or released): nothing more will come
-        self._watches_stops = bool(events & (os.WSTOPPED | os.WCONTINUED))
+        self._watches_stops = events != _EXIT_ONLY
         self._defer_reap = defer_reap
         #: After the first stop/continue event, stop reporting them.
         self.oneshot = oneshot
@@ -151,12 +162,15 @@ class Child:
     @property
     def final(self) -> ChildEvent | None:
         """How the child died, once childproc has seen it (None before, or if it was stolen)."""
+        if self._final is None and self._status is not None:
+            self._final = ChildEvent.from_wait_status(self._pid, self._status, self._uid)
         return self._final
 
     @property
     def returncode(self) -> int | None:
         """As ``subprocess``: exit code, ``-signal`` if killed, None while alive."""
-        return self._final.returncode if self._final is not None else None
+        final = self.final
+        return final.returncode if final is not None else None
 
     @property
     def released(self) -> bool:
@@ -203,5 +217,5 @@ class Child:
 
     def __repr__(self) -> str:
         fd = f" pidfd={self._pidfd}" if self._pidfd is not None else ""
-        final = f" {self._final}" if self._final is not None else ""
+        final = f" {self.final}" if self._status is not None else ""
         return f"<childproc.Child pid={self._pid}{fd} {self._state.value}{final}>"

@@ -86,6 +86,18 @@ ForkReplacement = Callable[[Any], int]
 ReapedCallback = Callable[[int, int, Any], bool | None]
 
 _HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks a handler it relies on
+_EXIT_ONLY = os.WEXITED  # a child's ``events`` when it asked for its exit only
+_EXITED = ChildState.EXITED
+_CHILD_EXIT = EventKind.CHILD_EXIT
+# (an Enum class's attributes go through EnumType.__getattr__: two more pages per fork)
+_TO_CHILD_CALLBACK = Destination.CHILD_CALLBACK
+_TO_OTHER_CONTEXT = Destination.OTHER_CONTEXT
+_TO_REAPED_CALLBACK = Destination.REAPED_CALLBACK
+_TO_WARNING = Destination.WARNING
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+_getpid = os.getpid
+_pidfd_open: Callable[[int], int] = getattr(os, "pidfd_open", None) or _pidfd.open_unsupported
 _fallback_logged = False
 
 
@@ -163,20 +175,46 @@ def _pid_of_pidfd(pidfd: int) -> int:
 
 class _Plan:
     """What the policy tables say for one :class:`Hooks`, looked up once at
-    ``setmode()`` rather than on every child (the hot path reads these)."""
+    ``setmode()`` rather than on every child.
 
-    __slots__ = ("route_nobody", "route_other", "route_ours", "wants_handler")
+    Every child's path reads its decisions here, as plain attributes of one
+    object: after a ``fork()`` each object the parent touches costs it a page
+    copy, so the hot path does not walk ``Hooks``, ``ModeRules`` and enums.
+    """
+
+    __slots__ = (
+        "echild_means_stolen",
+        "first_child_check",
+        "fork_replacement",
+        "pidfd_wakeups",
+        "pidfds",
+        "route_nobody",
+        "route_other",
+        "route_ours",
+        "wants_handler",
+    )
 
     def __init__(self, hooks: Hooks) -> None:
         mode, has_cb, pidfds = hooks.chldowner, hooks.reaped_callback is not None, _pidfd.supported()
+        rules = RULES[mode]
         #: indexed by 2 * (has unreaped children) + (has stop/continue watchers)
         self.wants_handler = tuple(
             wants_handler(mode, children, pidfds, stops) for children in (0, 1) for stops in (0, 1)
         )
-        routes = {owner: ROUTE.get((RULES[mode].reaper, owner, has_cb)) for owner in Owner}
+        routes = {owner: ROUTE.get((rules.reaper, owner, has_cb)) for owner in Owner}
         self.route_ours = routes[Owner.THIS_CONTEXT]
         self.route_other = routes[Owner.OTHER_CONTEXT]
         self.route_nobody = routes[Owner.NOBODY]
+        #: pidfds work here: each child gets one.
+        self.pidfds = pidfds
+        #: ...and they wake the context (see ``ModeRules.pidfd_wakeups``).
+        self.pidfd_wakeups = rules.pidfd_wakeups
+        #: Refuse the first child while the process has children nobody here made.
+        self.first_child_check = rules.foreign_children_check is ForeignCheck.FIRST_CHILD
+        self.fork_replacement = hooks.fork_replacement
+        #: ECHILD on a pid of ours means someone else reaped it; in MAINLOOP it only
+        #: means the application got there first and will report it.
+        self.echild_means_stolen = rules.reaper is not Reaper.APPLICATION
 
 
 class Context:
@@ -275,12 +313,14 @@ class Context:
         self._check_usable()
         _process.run_chores()
 
-    def _uses_handler(self, extra_children: int = 0, extra_stop_watchers: int = 0) -> bool:
-        children = self._ledger.unreaped - len(self._served) + extra_children
-        return self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers + extra_stop_watchers > 0)]
-
     def _sync_handler_use_locked(self) -> None:
-        _process.set_handler_user(self, self._uses_handler())
+        """Make this context a user of the SIGCHLD handler, or not, as its plan says
+        for its children now (those of a fork server do not count: their exits
+        come on exit fds)."""
+        children = len(self._ledger.running) - len(self._served)
+        wanted = self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers > 0)]
+        if wanted is not (self in _process._users):
+            _process.set_handler_user(self, wanted)
 
     # -- configuration ------------------------------------------------------
     def setmode(self, hooks: Hooks | None = None, user: Any = None) -> None:
@@ -361,9 +401,9 @@ class Context:
                 f"child_fork() needs a callable callback(pid, status), not {callback!r}"
             )
         child = self._make(
-            self._fork,
             None,
-            events=os.WEXITED,
+            None,
+            events=_EXIT_ONLY,
             oneshot=False,
             reap_after_callback=False,
             kill_on_close=False,
@@ -392,9 +432,9 @@ class Context:
         handle is released. Errors as for :meth:`child_fork`.
         """
         return self._make(
-            self._fork,
+            None,
             on_event,
-            events=events,
+            events=events if events is _EXIT_ONLY else check_events(events),
             oneshot=oneshot,
             reap_after_callback=reap_after_callback,
             kill_on_close=kill_on_close,
@@ -446,7 +486,7 @@ class Context:
         child = self._make(
             make,
             on_event,
-            events=events,
+            events=events if events is _EXIT_ONLY else check_events(events),
             oneshot=oneshot,
             reap_after_callback=reap_after_callback,
             kill_on_close=kill_on_close,
@@ -498,7 +538,7 @@ class Context:
             child = self._make(
                 lambda: pid,
                 on_event,
-                events=events,
+                events=check_events(events),
                 oneshot=oneshot,
                 reap_after_callback=reap_after_callback,
                 kill_on_close=kill_on_close,
@@ -513,10 +553,7 @@ class Context:
         self._waker.poke()  # it may already be a zombie: look now
         return child
 
-    def _fork(self) -> int:
-        replacement = self._hooks.fork_replacement
-        if replacement is None:
-            return os.fork()
+    def _fork_by_replacement(self, replacement: Callable[[Any], int]) -> int:
         pid = replacement(self._user)
         if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
             raise InvalidArgumentError(
@@ -526,7 +563,7 @@ class Context:
 
     def _make(
         self,
-        make_pid: Callable[[], int],
+        make_pid: Callable[[], int] | None,
         on_event: EventCallback | None,
         *,
         events: int,
@@ -538,13 +575,17 @@ class Context:
         adopting: bool = False,
         on_exit_status: ChildCallback | None = None,
     ) -> Child | None:
-        """Make (or take) a child and register it, all under the process lock."""
+        """Make (or take) a child and register it, all under the process lock.
+
+        ``make_pid`` None means fork (through ``fork_replacement`` if there is
+        one). ``events`` comes checked. Every child passes here: see ``_Plan``.
+        """
         if on_event is not None and not callable(on_event):
             raise InvalidArgumentError(f"on_event must be callable(child, event) or None, not {on_event!r}")
-        if events != os.WEXITED or type(events) is not int:
-            events = check_events(events)
-        self._enter()
-        watches_stops = events != os.WEXITED
+        if _process._pending:
+            _process.run_chores()
+        plan = self._plan
+        watches_stops = events != _EXIT_ONLY
         if watches_stops and not self._rules.stop_events:
             raise InvalidArgumentError(
                 f"stop/continue events need SIGCHLD (pidfds only report exits), and {self.mode.name} "
@@ -556,15 +597,19 @@ class Context:
                 f"PIDFD); {self.mode.name} reaps by waitpid(-1) or leaves reaping to the application"
             )
         with _process.LOCK:
-            self._check_usable()
+            if self._closed or self._forked or self._pid != _getpid():
+                self._check_usable()
             if adopting:
+                assert make_pid is not None
                 pid = make_pid()
                 self._check_adoptable_locked(pid, adopt_pidfd)
-            if self._rules.foreign_children_check is ForeignCheck.FIRST_CHILD and not self._ledger.unreaped:
+            if plan.first_child_check and not self._ledger.running:
                 self._refuse_foreign_children_locked(self.mode, pid if adopting else None)
-            if self._uses_handler(1, watches_stops):
+            # (as in _sync_handler_use_locked, counting this child)
+            if plan.wants_handler[2 + (watches_stops or self._stop_watchers > 0)]:
                 _process.check_handler()
-                _process.set_handler_user(self, True)
+                if self not in _process._users:
+                    _process.set_handler_user(self, True)
             # Made before the fork, its pid filled in after: after fork() every page
             # the parent writes is copied while the child shares it (3-4 us each),
             # so the parent does as little as it can between fork() and its next wait.
@@ -580,7 +625,12 @@ class Context:
             )
             if not adopting:
                 try:
-                    pid = make_pid()
+                    if make_pid is not None:
+                        pid = make_pid()
+                    elif plan.fork_replacement is None:
+                        pid = os.fork()  # (looked up each time: gevent and tests patch it)
+                    else:
+                        pid = self._fork_by_replacement(plan.fork_replacement)
                 except OSError as exc:
                     self._sync_handler_use_locked()
                     cls = SpawnError if spawn else ForkError
@@ -634,10 +684,14 @@ class Context:
                 other._waker.poke()
         self._ledger.add(pid, child)
         _process.OWNERS[pid] = self
-        if pidfd is None:
-            pidfd = _pidfd.open_pidfd(pid)
+        plan = self._plan
+        if pidfd is None and plan.pidfds:
+            try:
+                pidfd = _pidfd_open(pid)
+            except OSError:  # EMFILE/ENFILE: out of fds; ESRCH: already reaped by someone
+                pidfd = None
         child._pidfd = pidfd
-        if pidfd is not None and self._rules.pidfd_wakeups:
+        if pidfd is not None and plan.pidfd_wakeups:
             try:
                 self._epoll.register(pidfd, select.EPOLLIN)
             except OSError:  # ENOSPC (max_user_watches), ENOMEM: watched without it
@@ -650,7 +704,7 @@ class Context:
         self._watcher.add(child)
         if (
             not child._polled
-            and self._rules.pidfd_wakeups
+            and plan.pidfd_wakeups
             and not (_process.handler_installed() and _process.on_main_thread())
         ):
             # Nothing would announce this death promptly: no pidfd, and either no
@@ -672,15 +726,23 @@ class Context:
         """``child`` is reaped, stolen or released: drop what watched it. LOCK held."""
         pid = child._pid
         self._watcher.remove(pid)
-        self._zombies.pop(pid, None)
-        if _process.OWNERS.get(pid) is self:
-            del _process.OWNERS[pid]
+        if self._zombies:
+            self._zombies.pop(pid, None)
+        owners = _process.OWNERS
+        if owners.get(pid) is self:
+            del owners[pid]
         if child._watches_stops:
             child._watches_stops = False
             self._stop_watchers -= 1
-        self._unpoll_locked(child)
         fd, child._pidfd = child._pidfd, None
         if fd is not None:
+            if child._polled:  # (_unpoll_locked, inline: every child passes here)
+                child._polled = False
+                del self._polled[fd]
+                try:
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass
             os.close(fd)
         exit_fd, child._exit_fd = child._exit_fd, None
         if exit_fd is not None:
@@ -692,9 +754,8 @@ class Context:
     # -- reaping ------------------------------------------------------------
     def _child_died_locked(self, child: Child, status: int, uid: int | None, reaped: bool) -> None:
         """Record ``child``'s death (reaped, or seen with WNOWAIT). LOCK held."""
-        event = ChildEvent.from_wait_status(child._pid, status, uid)
-        child._state = ChildState.EXITED
-        child._final = event
+        child._state = _EXITED
+        child._status, child._uid = status, uid  # (Child.final makes the ChildEvent when asked)
         recorded = self._ledger.exited(child._pid, status, uid)  # False: released meanwhile
         if reaped:
             self._child_gone_locked(child)
@@ -803,23 +864,21 @@ class Context:
                 if owner_ctx is None
                 else plan.route_other
             )
-            if dest is Destination.CHILD_CALLBACK or dest is Destination.OTHER_CONTEXT:
+            if dest is _TO_CHILD_CALLBACK or dest is _TO_OTHER_CONTEXT:
                 assert owner_ctx is not None
-                child = owner_ctx._ledger.handle(pid) or owner_ctx._zombies.get(pid)
+                child = owner_ctx._ledger.running.get(pid) or owner_ctx._zombies.get(pid)
                 if child is not None:
                     owner_ctx._child_died_locked(child, status, uid, reaped=True)
                 if owner_ctx is not self:
                     owner_ctx._sync_handler_use_locked()
                     owner_ctx._waker.poke()
-            elif dest is Destination.REAPED_CALLBACK:
+            elif dest is _TO_REAPED_CALLBACK:
                 self._ledger.foreign(pid, status, EventKind.FOREIGN, uid)
-            elif dest is Destination.WARNING:
+            elif dest is _TO_WARNING:
                 self._ledger.foreign(pid, status, EventKind.UNKNOWN, uid)
             else:  # the watcher reaped what this mode never reaps: a bug upstream
                 raise AssertionError(f"{self.mode.name} reaped pid {pid}, which it cannot route ({dest})")
-        if self._rules.reaper is not Reaper.APPLICATION:
-            # ECHILD on a pid of ours means someone else reaped it; in MAINLOOP it
-            # only means the application got there first and will report it.
+        if reaped.gone and plan.echild_means_stolen:
             for pid in reaped.gone:
                 child = self._ledger.handle(pid)
                 if child is not None and self._ledger.stolen(pid):
@@ -828,18 +887,26 @@ class Context:
                     self._child_gone_locked(child)
         self._sync_handler_use_locked()
 
-    def _collect(self) -> None:
+    def _collect(self, ready: list[tuple[int, int]] | None = None) -> None:
         """Reap whatever the epoll says is ready, without blocking.
 
+        ``ready``: what a ``poll`` of the epoll just returned (``wait()`` passes
+        its own, saving a second poll); None polls now. A readiness that another
+        thread handled meanwhile is harmless: every check below is non-blocking.
+        With the SIGCHLD handler in use it polls again all the same: the handler
+        pokes the self-pipe just after the poll that saw a child's pidfd (it runs
+        between bytecodes), and taking both now saves a whole empty round later.
         All under the process lock: the handler check comes before the self-pipe
         is drained, so a raise never swallows a wake-up.
         """
         with _process.LOCK:
             if self._closed:  # closed by another thread since _enter() checked
                 raise ClosedError("this childproc Context is closed; create a new one")
-            if self in _process._users:
+            uses_handler = self in _process._users
+            if uses_handler:
                 _process.check_handler()
-            ready = self._epoll.poll(0)
+            if ready is None or uses_handler:
+                ready = self._epoll.poll(0)
             signalled = False
             woken: list[Child] = []
             rfd = self._waker.rfd
@@ -867,7 +934,7 @@ class Context:
         delivered = 0
         ledger = self._ledger
         with self._delivery:
-            while not self._closed and ledger.has_events:  # (re-checked under the lock)
+            while not self._closed and ledger.queue:  # (re-checked under the lock)
                 with _process.LOCK:
                     event = self._ledger.pop()
                 if event is None:
@@ -875,7 +942,7 @@ class Context:
                 try:
                     self._invoke(event)
                 except BaseException:
-                    if self._ledger.has_events and not self._closed:
+                    if ledger.queue and not self._closed:
                         self._waker.poke()  # keep fileno() readable for the rest
                     raise
                 finally:
@@ -885,7 +952,8 @@ class Context:
     def _invoke(self, event: Event[Child]) -> None:
         child = event.callback
         if child is not None:
-            if event.kind is EventKind.CHILD_EXIT:
+            is_exit = event.kind is _CHILD_EXIT
+            if is_exit:
                 child._done = True
             try:
                 if child._released:
@@ -893,12 +961,12 @@ class Context:
                 if child._on_exit_status is not None:
                     child._on_exit_status(event.pid, event.status)  # child_fork: exits only
                 elif child._on_event is not None:
-                    final = child._final if event.kind is EventKind.CHILD_EXIT else None
+                    final = child.final if is_exit else None
                     if final is None:
                         final = ChildEvent.from_wait_status(event.pid, event.status, event.uid)
                     child._on_event(child, final)
             finally:
-                if event.kind is EventKind.CHILD_EXIT and child._zombie:
+                if is_exit and child._zombie:
                     self._reap_zombie(child)
         elif event.kind is EventKind.FOREIGN:
             cb = self._hooks.reaped_callback
@@ -1033,7 +1101,7 @@ class Context:
             while True:
                 self.dispatch()
                 if child._done:
-                    return child._final
+                    return child.final
                 remaining = -1.0 if deadline is None else deadline - time.monotonic()
                 if deadline is not None and remaining <= 0:
                     return None
@@ -1045,7 +1113,7 @@ class Context:
     # them to leave. Plain methods around a try/finally, not a context manager:
     # wait() is on every child's path.
     def _waiting_begin(self) -> int:
-        me = threading.get_ident()
+        me = _get_ident()
         with self._waiters_lock:
             self._waiters[me] = self._waiters.get(me, 0) + 1
         return me
@@ -1092,34 +1160,49 @@ class Context:
 
         Raises :class:`ClosedError` if the context is closed meanwhile.
         """
-        if timeout is None:
-            deadline = None
-        elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout >= 0:
-            deadline = time.monotonic() + timeout
-        else:
-            raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
+        deadline = None
+        if timeout is not None:
+            try:
+                ok = timeout >= 0 and timeout is not True and timeout is not False
+                deadline = _monotonic() + timeout
+            except TypeError:
+                ok = False
+            if not ok:
+                raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
         me = self._waiting_begin()
         try:
-            self._enter()
+            if self._closed or self._forked or self._pid != _getpid():
+                self._check_usable()
+            if _process._pending:
+                _process.run_chores()
             if self in _process._users:  # report a replaced handler now, not after a sleep
                 with _process.LOCK:
                     _process.check_handler()
+            queue = self._ledger.queue
             while True:
                 # Sleep first (anything already ready makes it return at once), then
                 # dispatch: one dispatch per wake-up, not an idle one before each sleep.
-                if not self._ledger.has_events:
-                    remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                    if self in _process._users and _process.handler_installed():
+                ready = None
+                if not queue:
+                    remaining = -1.0 if deadline is None else deadline - _monotonic()
+                    if remaining < 0 and deadline is not None:
+                        remaining = 0.0
+                    if self in _process._users and _process._installed:
                         remaining = (
                             _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
                         )
-                    self._sleep(remaining)
-                _process.run_chores()
-                self._collect()
+                    try:  # (_sleep, inline: this is every child's path)
+                        ready = self._epoll.poll(remaining)
+                    except ValueError:
+                        self._check_usable()
+                        raise
+                if _process._pending:
+                    _process.run_chores()
+                self._collect(ready)
                 delivered = self._deliver()
                 if delivered:
                     return delivered
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and _monotonic() >= deadline:
                     return 0
         finally:
             self._waiting_end(me)

@@ -175,7 +175,7 @@ def fds_in_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 def pidfd_of(pid: int) -> int | None:
     """A pidfd for ``pid``, or None where the kernel (or the fd table) has none.
 
-    Not ``childproc._watchers.pidfd.open_pidfd``: importing that package would
+    Not the context's (``childproc._context``): importing that would
     load ``typing`` and ``dataclasses`` into a fresh server."""
     try:
         return os.pidfd_open(pid)

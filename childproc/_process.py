@@ -67,6 +67,10 @@ except ImportError:  # pragma: no cover - not CPython
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+
+
 class _ProcessLock:
     """A plain lock that refuses re-entry from the thread holding it.
 
@@ -82,7 +86,7 @@ class _ProcessLock:
         self.holder: int | None = None
 
     def __enter__(self) -> None:
-        me = threading.get_ident()
+        me = _get_ident()
         if self.holder == me:
             raise StateError(
                 "childproc was re-entered while busy on this thread: do not call it from a "
@@ -358,8 +362,10 @@ def check_handler() -> None:
       cover the gap).
     """
     global _installed, _saved, _pending
-    current = _getsignal()
-    if _installed:
+    current = _raw_getsignal(_SIGCHLD)  # (_getsignal and, below, _ours_in_place's
+    if _installed:  # common case inline: this runs for every child in the handler modes)
+        if current is _sigchld_handler and _monotonic() - _c_checked_at < _C_RECHECK_S:
+            return
         if _ours_in_place(current):
             return
         _installed = False

@@ -16,21 +16,18 @@ Found = tuple[int, int, "int | None"]
 
 
 class Watched(Protocol):
-    """What a watcher reads of a child (the context's child record)."""
+    """What a watcher reads of a child (the context's child record; read-only here).
 
-    @property
-    def pid(self) -> int: ...
+    Plain attributes, not properties: they are read for every child reaped, and
+    after a ``fork()`` each object a call touches costs the parent a page copy.
+    """
 
-    @property
-    def pidfd(self) -> int | None: ...
-
-    @property
-    def watches_stops(self) -> bool:
-        """The child asked for stop/continue events."""
-
-    @property
-    def defer_reap(self) -> bool:
-        """Report the exit without reaping (WNOWAIT); the context reaps after the callback."""
+    _pid: int
+    _pidfd: int | None
+    #: The child asked for stop/continue events.
+    _watches_stops: bool
+    #: Report the exit without reaping (WNOWAIT); the context reaps after the callback.
+    _defer_reap: bool
 
 
 class Reaped:
@@ -63,6 +60,11 @@ class Watcher(Protocol):
 
 
 STOP_FLAGS = os.WSTOPPED | os.WCONTINUED | os.WNOHANG
+EXIT_FLAGS = os.WEXITED | os.WNOHANG
+PEEK_FLAGS = EXIT_FLAGS | os.WNOWAIT
+_P_PIDFD = getattr(os, "P_PIDFD", -1)  # -1: never used without pidfds
+_P_PID = os.P_PID
+_waitid = os.waitid
 
 
 def found_from_waitid(info: os.waitid_result) -> Found:
@@ -72,9 +74,10 @@ def found_from_waitid(info: os.waitid_result) -> Found:
 def waitid_child(child: Watched, flags: int) -> os.waitid_result | None:
     """``waitid`` on ``child``: through its pidfd where there is one (never a recycled
     pid), else by pid. Raises ``ChildProcessError`` if it is gone."""
-    if child.pidfd is not None:
-        return os.waitid(os.P_PIDFD, child.pidfd, flags)
-    return os.waitid(os.P_PID, child.pid, flags)
+    pidfd = child._pidfd
+    if pidfd is not None:
+        return _waitid(_P_PIDFD, pidfd, flags)
+    return _waitid(_P_PID, child._pid, flags)
 
 
 def reap_zombie(child: Watched) -> None:
@@ -96,12 +99,20 @@ def check_stops(child: Watched, out: Reaped) -> None:
 
 
 def check_exit(child: Watched, out: Reaped) -> None:
-    """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``."""
-    flags = os.WEXITED | os.WNOHANG | (os.WNOWAIT if child.defer_reap else 0)
+    """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``.
+
+    Called for every child reaped, so it calls nothing of childproc's but the
+    status conversion: ``waitid_child`` and ``found_from_waitid`` are inlined.
+    """
+    defer, pidfd = child._defer_reap, child._pidfd
     try:
-        info = waitid_child(child, flags)
+        if pidfd is not None:
+            info = _waitid(_P_PIDFD, pidfd, PEEK_FLAGS if defer else EXIT_FLAGS)
+        else:
+            info = _waitid(_P_PID, child._pid, PEEK_FLAGS if defer else EXIT_FLAGS)
     except ChildProcessError:
-        out.gone.append(child.pid)
+        out.gone.append(child._pid)
         return
     if info is not None:
-        (out.changed if child.defer_reap else out.exited).append(found_from_waitid(info))
+        found = (info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid)
+        (out.changed if defer else out.exited).append(found)

@@ -10,6 +10,7 @@ it), so nothing is lost when fds run out.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ from .._policy import WatcherKind
 from ._base import Reaped, Watched, check_exit, check_stops
 from .scan import scan
 
-__all__ = ["PidfdWatcher", "open_pidfd", "supported"]
+__all__ = ["PidfdWatcher", "open_unsupported", "supported"]
 
 _supported: bool | None = None
 
@@ -36,14 +37,9 @@ def supported() -> bool:
     return _supported
 
 
-def open_pidfd(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None if pidfds are unsupported or none can be had now."""
-    if not supported():
-        return None
-    try:
-        return os.pidfd_open(pid)
-    except OSError:  # EMFILE/ENFILE: out of fds; ESRCH: already reaped by someone
-        return None
+def open_unsupported(pid: int) -> int:
+    """Stands in for ``os.pidfd_open`` where Python has none: always ENOSYS."""
+    raise OSError(errno.ENOSYS, "pidfd_open is not available in this Python")
 
 
 class PidfdWatcher:
@@ -57,23 +53,25 @@ class PidfdWatcher:
         self._stop_watchers: dict[int, Watched] = {}
 
     def add(self, child: Watched) -> None:
-        pid = child.pid
-        if child.pidfd is None:
+        pid = child._pid
+        if child._pidfd is None:
             self._fdless[pid] = child
-        if child.watches_stops:
+        if child._watches_stops:
             self._stop_watchers[pid] = child
-        else:
+        elif self._stop_watchers:
             self._stop_watchers.pop(pid, None)
 
     def remove(self, pid: int) -> None:
-        self._fdless.pop(pid, None)
-        self._stop_watchers.pop(pid, None)
+        if self._fdless:
+            self._fdless.pop(pid, None)
+        if self._stop_watchers:
+            self._stop_watchers.pop(pid, None)
 
     def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
         out = Reaped()
         if signalled:
             for child in list(self._stop_watchers.values()):
-                if child.pidfd is not None:
+                if child._pidfd is not None:
                     check_stops(child, out)
         for child in woken:
             check_exit(child, out)

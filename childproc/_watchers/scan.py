@@ -18,7 +18,7 @@ __all__ = ["ScanWatcher", "scan"]
 def scan(children: Iterable[Watched], out: Reaped) -> Reaped:
     """Check each of ``children`` for stop/continue (if wanted) and exit, into ``out``."""
     for child in children:
-        if child.watches_stops:
+        if child._watches_stops:
             check_stops(child, out)
         check_exit(child, out)
     return out
@@ -34,7 +34,7 @@ class ScanWatcher:
         self._children: dict[int, Watched] = {}
 
     def add(self, child: Watched) -> None:
-        self._children[child.pid] = child
+        self._children[child._pid] = child
 
     def remove(self, pid: int) -> None:
         self._children.pop(pid, None)

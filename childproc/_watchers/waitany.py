@@ -16,7 +16,8 @@ import os
 from collections.abc import Sequence
 
 from .._policy import WatcherKind
-from ._base import Reaped, Watched, check_stops, found_from_waitid, waitid_child
+from .._status import status_from_siginfo
+from ._base import Reaped, Watched, check_stops, waitid_child
 
 __all__ = ["WaitAnyWatcher"]
 
@@ -34,10 +35,10 @@ class WaitAnyWatcher:
         self._stop_watchers: dict[int, Watched] = {}
 
     def add(self, child: Watched) -> None:
-        if child.watches_stops:
-            self._stop_watchers[child.pid] = child
+        if child._watches_stops:
+            self._stop_watchers[child._pid] = child
         else:
-            self._stop_watchers.pop(child.pid, None)
+            self._stop_watchers.pop(child._pid, None)
 
     def remove(self, pid: int) -> None:
         self._stop_watchers.pop(pid, None)
@@ -55,16 +56,18 @@ class WaitAnyWatcher:
                 break
             if info is None:
                 break
-            out.exited.append(found_from_waitid(info))
+            out.exited.append((info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid))
         if woken:
             # A pidfd is readable once its process died. If the loop did not
             # return that pid, somebody else reaped it: confirm with a peek.
-            reaped = {pid for pid, _, _ in out.exited}
+            reaped: set[int] = set()
+            for found in out.exited:  # (a loop, not a set comprehension: one object fewer per fork)
+                reaped.add(found[0])
             for child in woken:
-                if child.pid in reaped or child.pidfd is None:
+                if child._pid in reaped or child._pidfd is None:
                     continue
                 try:
                     waitid_child(child, _PEEK)
                 except ChildProcessError:
-                    out.gone.append(child.pid)
+                    out.gone.append(child._pid)
         return out

@@ -9,7 +9,7 @@ with the raw floor (no library: ``os.posix_spawn``/``os.fork`` and
 throughput relative to the floor of the same round (1.00 = as fast as no
 library at all): the median of the rounds, with the quartiles in the JSON.
 
-Two reference rows bound what a library can reach:
+Three reference rows bound what a library can reach:
 
 * ``raw floor (A/A)``: the floor measured against itself, the same way. Its
   spread is the machine's noise; no ratio is meaningful closer than that.
@@ -18,6 +18,10 @@ Two reference rows bound what a library can reach:
   ``waitid(P_PIDFD)`` with a dict of callbacks, no checks, no locks. What
   childproc's pidfd modes cost beyond this is the library; what this costs
   beyond the raw floor is the kernel's pidfd path and Python itself.
+* ``SIGCHLD floor (no library)``: the same for the signal-driven reapers
+  (LIBXL, LIBXL_ALWAYS): a Python SIGCHLD handler writing to a self-pipe,
+  ``select`` and ``waitpid(-1, WNOHANG)``. A Python-level handler runs in the
+  main thread between bytecodes, once per signal, whatever the library does.
 
 A second table gives the floor's CPU time per child (this process and its
 children) divided by the contender's, so that there too 1.00 means no
@@ -40,6 +44,7 @@ from __future__ import annotations
 import os
 import resource
 import select
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -114,6 +119,51 @@ def pidfd_floor(kind: str) -> Callable[[int, int], None]:
                     callback(pid, info.si_status)
         finally:
             ep.close()
+
+    return run
+
+
+def sigchld_floor(kind: str) -> Callable[[int, int], None]:
+    """The least a SIGCHLD-driven reaper does (LIBXL's mechanism, no library): a
+    Python-level handler that writes to a self-pipe, a ``select`` on it, and
+    ``waitpid(-1, WNOHANG)`` until nothing is left."""
+
+    def run(n: int, conc: int) -> None:
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+
+        def handler(signum: int, frame: object) -> None:
+            try:
+                os.write(wfd, b"\0")
+            except BlockingIOError:
+                pass
+
+        old = signal.signal(signal.SIGCHLD, handler)
+        try:
+            inflight = started = 0
+            while started < n or inflight:
+                while started < n and inflight < conc:
+                    if kind == "spawn":
+                        os.posix_spawn(TRUE, ARGV, ENVB)
+                    elif os.fork() == 0:
+                        os._exit(0)
+                    inflight += 1
+                    started += 1
+                select.select([rfd], [], [], 1.0)  # never unbounded, as above
+                try:
+                    os.read(rfd, 4096)
+                except BlockingIOError:
+                    pass
+                while inflight:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                    if pid == 0:
+                        break
+                    inflight -= 1
+        finally:
+            signal.signal(signal.SIGCHLD, old)
+            os.close(rfd)
+            os.close(wfd)
 
     return run
 
@@ -251,6 +301,7 @@ def _available(module: str) -> bool:
 
 AA = "raw floor (A/A)"
 PIDFD_FLOOR = "pidfd floor (no library)"
+SIGCHLD_FLOOR = "SIGCHLD floor (no library)"
 
 
 def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
@@ -258,6 +309,7 @@ def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
     table: dict[str, Callable[[int, int], None]] = {AA: floors[kind]}
     if _pidfd_supported():
         table[PIDFD_FLOOR] = pidfd_floor(kind)
+    table[SIGCHLD_FLOOR] = sigchld_floor(kind)
     modes = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
     for mode in [*modes, SigchldOwner.MAINLOOP]:
         table[f"childproc {mode.name}"] = childproc_run(mode, kind)

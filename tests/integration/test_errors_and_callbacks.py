@@ -9,6 +9,8 @@ import select
 import signal
 import threading
 import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -44,8 +46,14 @@ def test_bad_arguments_raise_invalid_argument() -> None:
             ctx.child_fork("not a function")  # type: ignore[arg-type]
         with pytest.raises(InvalidArgumentError, match="Hooks"):
             ctx.setmode("MAINLOOP")  # type: ignore[arg-type]
-        with pytest.raises(InvalidArgumentError, match="timeout"):
-            ctx.wait(-1)
+        for bad in (-1, -0.5, float("nan"), True, False, "1", b"1", [1], Decimal(1)):
+            with pytest.raises(InvalidArgumentError, match="timeout"):
+                ctx.wait(bad)  # type: ignore[arg-type]
+        assert ctx.wait(0) == 0 and ctx.wait(0.0) == 0 and ctx.wait(Fraction(1, 1000)) == 0  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="events"):
+            ctx.fork(events=os.WSTOPPED)  # the exit is always reported
+        with pytest.raises(InvalidArgumentError, match="events"):
+            ctx.spawn(["true"], events=True)
         with pytest.raises(InvalidArgumentError, match="SigchldOwner"):
             Hooks(chldowner="mainloop")  # type: ignore[arg-type]
         with pytest.raises(InvalidArgumentError, match="only used in LIBXL"):
