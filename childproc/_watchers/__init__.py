@@ -21,7 +21,7 @@ One interface, one module per mechanism, picked per mode by
     Reaps nothing: in MAINLOOP the application reaps and reports.
 
 Stop and continue events never make a pidfd readable, so every watcher checks
-the children that asked for them (``watches_stops``) one by one when SIGCHLD
+the children that asked for them (``_watches_stops``) one by one when SIGCHLD
 pokes the context: O(such children), whatever the watcher.
 
 The contract every watcher keeps
@@ -30,7 +30,10 @@ The contract every watcher keeps
   process lock (``childproc._process.LOCK``) held, from any thread. Never from
   a signal handler. The watcher needs no lock of its own.
 * **What it owns.** Nothing but its own sets of children. The context opens,
-  registers and closes pidfds; a watcher only reads them.
+  registers and closes pidfds; a watcher only reads them, and reads a child
+  through the :class:`Watched` attributes only (plain slots, never written
+  here: they are read for every child, and after a ``fork()`` every object the
+  parent touches costs it a page).
 * :meth:`Watcher.add` is called once per child right after it was made (in the
   parent, before anyone can reap it), and again when its options change;
   :meth:`Watcher.remove` once when the child is gone, whoever reaped it.
