@@ -97,7 +97,6 @@ _TO_WARNING = Destination.WARNING
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 _getpid = os.getpid
-_pidfd_open: Callable[[int], int] = getattr(os, "pidfd_open", None) or _pidfd.open_unsupported
 _fallback_logged = False
 
 
@@ -310,17 +309,21 @@ class Context:
             raise ClosedError("this childproc Context is closed; create a new one")
 
     def _enter(self) -> None:
-        self._check_usable()
-        _process.run_chores()
+        """Raise if this context cannot be used here; carry out pending handler chores.
+        One call and no more on the common path: every child passes here."""
+        if self._closed or self._forked or self._pid != _getpid():
+            self._check_usable()
+        if _process._pending:
+            _process.run_chores()
 
     def _sync_handler_use_locked(self) -> None:
         """Make this context a user of the SIGCHLD handler, or not, as its plan says
         for its children now (those of a fork server do not count: their exits
         come on exit fds)."""
         children = len(self._ledger.running) - len(self._served)
-        wanted = self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers > 0)]
-        if wanted is not (self in _process._users):
-            _process.set_handler_user(self, wanted)
+        _process.set_handler_user(
+            self, self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers > 0)]
+        )
 
     # -- configuration ------------------------------------------------------
     def setmode(self, hooks: Hooks | None = None, user: Any = None) -> None:
@@ -582,8 +585,7 @@ class Context:
         """
         if on_event is not None and not callable(on_event):
             raise InvalidArgumentError(f"on_event must be callable(child, event) or None, not {on_event!r}")
-        if _process._pending:
-            _process.run_chores()
+        self._enter()
         plan = self._plan
         watches_stops = events != _EXIT_ONLY
         if watches_stops and not self._rules.stop_events:
@@ -597,7 +599,7 @@ class Context:
                 f"PIDFD); {self.mode.name} reaps by waitpid(-1) or leaves reaping to the application"
             )
         with _process.LOCK:
-            if self._closed or self._forked or self._pid != _getpid():
+            if self._closed:  # closed by another thread since _enter() checked
                 self._check_usable()
             if adopting:
                 assert make_pid is not None
@@ -608,8 +610,7 @@ class Context:
             # (as in _sync_handler_use_locked, counting this child)
             if plan.wants_handler[2 + (watches_stops or self._stop_watchers > 0)]:
                 _process.check_handler()
-                if self not in _process._users:
-                    _process.set_handler_user(self, True)
+                _process.set_handler_user(self, True)
             # Made before the fork, its pid filled in after: after fork() every page
             # the parent writes is copied while the child shares it (3-4 us each),
             # so the parent does as little as it can between fork() and its next wait.
@@ -686,10 +687,7 @@ class Context:
         _process.OWNERS[pid] = self
         plan = self._plan
         if pidfd is None and plan.pidfds:
-            try:
-                pidfd = _pidfd_open(pid)
-            except OSError:  # EMFILE/ENFILE: out of fds; ESRCH: already reaped by someone
-                pidfd = None
+            pidfd = _pidfd.open_pidfd(pid)
         child._pidfd = pidfd
         if pidfd is not None and plan.pidfd_wakeups:
             try:
@@ -734,15 +732,9 @@ class Context:
         if child._watches_stops:
             child._watches_stops = False
             self._stop_watchers -= 1
+        self._unpoll_locked(child)
         fd, child._pidfd = child._pidfd, None
         if fd is not None:
-            if child._polled:  # (_unpoll_locked, inline: every child passes here)
-                child._polled = False
-                del self._polled[fd]
-                try:
-                    self._epoll.unregister(fd)
-                except (OSError, ValueError):
-                    pass
             os.close(fd)
         exit_fd, child._exit_fd = child._exit_fd, None
         if exit_fd is not None:
@@ -1128,10 +1120,11 @@ class Context:
             if self._closed:  # close() may be waiting for us (it set _closed first)
                 self._waiters_cv.notify_all()
 
-    def _sleep(self, timeout: float) -> None:
-        """Block until the epoll is readable or ``timeout`` (-1: forever) passed."""
+    def _sleep(self, timeout: float) -> list[tuple[int, int]]:
+        """Block until the epoll is readable or ``timeout`` (-1: forever) passed;
+        return what the poll saw."""
         try:
-            self._epoll.poll(timeout)
+            return self._epoll.poll(timeout)
         except ValueError:  # closed by another thread
             self._check_usable()
             raise
@@ -1171,10 +1164,7 @@ class Context:
                 raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
         me = self._waiting_begin()
         try:
-            if self._closed or self._forked or self._pid != _getpid():
-                self._check_usable()
-            if _process._pending:
-                _process.run_chores()
+            self._enter()
             if self in _process._users:  # report a replaced handler now, not after a sleep
                 with _process.LOCK:
                     _process.check_handler()
@@ -1191,11 +1181,7 @@ class Context:
                         remaining = (
                             _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
                         )
-                    try:  # (_sleep, inline: this is every child's path)
-                        ready = self._epoll.poll(remaining)
-                    except ValueError:
-                        self._check_usable()
-                        raise
+                    ready = self._sleep(remaining)
                 if _process._pending:
                     _process.run_chores()
                 self._collect(ready)

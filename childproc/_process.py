@@ -68,7 +68,6 @@ _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 _get_ident = threading.get_ident
-_monotonic = time.monotonic
 
 
 class _ProcessLock:
@@ -362,10 +361,8 @@ def check_handler() -> None:
       cover the gap).
     """
     global _installed, _saved, _pending
-    current = _raw_getsignal(_SIGCHLD)  # (_getsignal and, below, _ours_in_place's
-    if _installed:  # common case inline: this runs for every child in the handler modes)
-        if current is _sigchld_handler and _monotonic() - _c_checked_at < _C_RECHECK_S:
-            return
+    current = _getsignal()
+    if _installed:
         if _ours_in_place(current):
             return
         _installed = False

@@ -83,7 +83,7 @@ def waitid_child(child: Watched, flags: int) -> os.waitid_result | None:
 def reap_zombie(child: Watched) -> None:
     """Reap ``child``, whose exit was already seen (never blocks); gone already is fine."""
     try:
-        waitid_child(child, os.WEXITED | os.WNOHANG)
+        waitid_child(child, EXIT_FLAGS)
     except ChildProcessError:
         pass
 
@@ -99,20 +99,12 @@ def check_stops(child: Watched, out: Reaped) -> None:
 
 
 def check_exit(child: Watched, out: Reaped) -> None:
-    """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``.
-
-    Called for every child reaped, so it calls nothing of childproc's but the
-    status conversion: ``waitid_child`` and ``found_from_waitid`` are inlined.
-    """
-    defer, pidfd = child._defer_reap, child._pidfd
+    """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``."""
+    defer = child._defer_reap
     try:
-        if pidfd is not None:
-            info = _waitid(_P_PIDFD, pidfd, PEEK_FLAGS if defer else EXIT_FLAGS)
-        else:
-            info = _waitid(_P_PID, child._pid, PEEK_FLAGS if defer else EXIT_FLAGS)
+        info = waitid_child(child, PEEK_FLAGS if defer else EXIT_FLAGS)
     except ChildProcessError:
         out.gone.append(child._pid)
         return
     if info is not None:
-        found = (info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid)
-        (out.changed if defer else out.exited).append(found)
+        (out.changed if defer else out.exited).append(found_from_waitid(info))

@@ -10,7 +10,6 @@ it), so nothing is lost when fds run out.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Sequence
 
@@ -18,7 +17,7 @@ from .._policy import WatcherKind
 from ._base import Reaped, Watched, check_exit, check_stops
 from .scan import scan
 
-__all__ = ["PidfdWatcher", "open_unsupported", "supported"]
+__all__ = ["PidfdWatcher", "open_pidfd", "supported"]
 
 _supported: bool | None = None
 
@@ -37,9 +36,13 @@ def supported() -> bool:
     return _supported
 
 
-def open_unsupported(pid: int) -> int:
-    """Stands in for ``os.pidfd_open`` where Python has none: always ENOSYS."""
-    raise OSError(errno.ENOSYS, "pidfd_open is not available in this Python")
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid``, or None if none can be had now. Call only where
+    :func:`supported` said yes (the context asks once, at ``setmode()``)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # EMFILE/ENFILE: out of fds; ESRCH: already reaped by someone
+        return None
 
 
 class PidfdWatcher:

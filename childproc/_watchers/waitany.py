@@ -16,8 +16,7 @@ import os
 from collections.abc import Sequence
 
 from .._policy import WatcherKind
-from .._status import status_from_siginfo
-from ._base import Reaped, Watched, check_stops, waitid_child
+from ._base import Reaped, Watched, check_stops, found_from_waitid, waitid_child
 
 __all__ = ["WaitAnyWatcher"]
 
@@ -56,7 +55,7 @@ class WaitAnyWatcher:
                 break
             if info is None:
                 break
-            out.exited.append((info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid))
+            out.exited.append(found_from_waitid(info))
         if woken:
             # A pidfd is readable once its process died. If the loop did not
             # return that pid, somebody else reaped it: confirm with a peek.
