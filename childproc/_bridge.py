@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._child import Child, EventCallback
 from ._context import Context
 from ._errors import ChildStolenError, ClosedError, StateError
 from ._policy import SigchldOwner
-from ._spawn import Argv
 from ._status import ChildEvent
+
+if TYPE_CHECKING:
+    from ._spawn import Argv
 
 __all__ = ["Bridge", "WaiterBase"]
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _process
 from ._child import Child, ChildState, EventCallback, check_events
@@ -66,7 +66,7 @@ from ._policy import (
     rules_for,
     wants_handler,
 )
-from ._spawn import Argv, spawn_process
+from ._spawn import spawn_process
 from ._status import ChildEvent, describe_status
 from ._waker import CLOSED_WAKER, Waker
 from ._watchers import Reaped, Watcher, make_watcher
@@ -74,6 +74,9 @@ from ._watchers import pidfd as _pidfd
 from ._watchers._base import reap_zombie
 from ._watchers.scan import scan
 from .forkserver import EXIT_EVENT, ServedChild
+
+if TYPE_CHECKING:
+    from ._spawn import Argv
 
 __all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback"]
 

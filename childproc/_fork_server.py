@@ -4,10 +4,15 @@
 this module is the other end. Its rules:
 
 * **It imports only what the server's loop uses**: from the standard library
-  ``os``, ``select``, ``signal``, ``socket``, ``struct``, ``array``, ``gc``,
-  ``importlib``, ``io`` and ``errno`` (built in), and of childproc only ``_spawn`` (the exec path, loaded
-  when a fresh server starts) and the ``_errors`` it raises. ``json`` (and the
-  ``re`` it brings) only once a request or reply needs it: forks never do. A
+  ``os``, ``select``, ``gc``, ``io`` and ``errno``, and the C halves
+  ``_signal``, ``_socket`` and ``_struct`` (``signal.py`` and ``socket.py``
+  bring ``enum``, ``functools``, ``collections`` and ``selectors``, and
+  ``array`` brings ``collections``: in a fresh server they made every fork
+  some 15 % dearer), and of childproc only
+  ``_spawn`` (the exec path, loaded when a fresh server starts) and the
+  ``_errors`` it raises. ``json`` (and the ``re`` it brings) only once a
+  request or reply needs it, ``socket`` once a child asks for a socket,
+  ``importlib`` once an entry is named by module: forks never need them. A
   fresh server (``ForkServer.start_fresh``) holds nothing else of childproc:
   not ``typing``, ``dataclasses``, ``threading`` or ``logging``, which the
   rest uses. Every module in the server is memory that each ``fork()`` maps
@@ -39,20 +44,19 @@ reaps with ``waitpid(-1)``: its children are the only children it has.
 
 from __future__ import annotations
 
-import array
+import _socket
+import _struct
 import errno
 import gc
-import importlib
 import io
 import os
 import select
-import signal
-import socket
-import struct
 import sys
 
 TYPE_CHECKING = False  # typing is not imported at run time (it is a megabyte in every child)
 if TYPE_CHECKING:
+    import signal as _signal
+    import socket
     from collections.abc import Callable, Mapping
     from typing import Any, TypeAlias
 
@@ -62,17 +66,23 @@ if TYPE_CHECKING:
     Result: TypeAlias = "tuple[int, int, dict[str, Any] | None, list[int]]"
     #: An op: (WANT_* flags, body, fds received, client fd) -> Result.
     Op: TypeAlias = "Callable[[int, bytes, list[int], int], Result]"
+else:
+    try:
+        import _signal  # what signal.py wraps: plain ints, no enum conversions
+    except ImportError:  # pragma: no cover - not CPython
+        import signal as _signal
 
 MAX_PACKET = 64 * 1024  # largest request or reply
 MAX_FDS = 16  # most fds one request may carry
 #: One exit record on an exit fd: (pid, wait status).
-EXIT_EVENT = struct.Struct("=ii")
+EXIT_EVENT = _struct.Struct("=ii")
 
 # -- the protocol ---------------------------------------------------------------------------
 #: A request: this header, then the op's body. ``flags`` are WANT_* (fork, spawn) or 0.
-REQUEST = struct.Struct("=QBB")  # id, op, flags
+REQUEST = _struct.Struct("=QBB")  # id, op, flags
+REQUEST_SIZE = REQUEST.size  # a plain int: reading ``.size`` on every request wrote another page
 #: A reply: this header, then a JSON object (an op's result, or the error) or nothing.
-REPLY = struct.Struct("=QBBi")  # id, ok (1) or failed (0), HAS_* (the fds that came along), pid or 0
+REPLY = _struct.Struct("=QBBi")  # id, ok (1) or failed (0), HAS_* (the fds that came along), pid or 0
 # Ops, and their bodies: FORK and EVAL, the entry's name (UTF-8), then optionally a NUL and
 # the JSON list of arguments; SPAWN and KILL_ALL, a JSON object; the others, nothing.
 PING, FORK, SPAWN, CONNECT, KILL_ALL, EVAL, STOP, STOP_SERVER_ONLY = range(1, 9)
@@ -80,18 +90,17 @@ WANT_SOCKET, WANT_EXIT_FD, WANT_SERVER_CONN = 1, 2, 4
 #: The fds a reply carries, in this order.
 HAS_SOCKET, HAS_EXIT_FD, HAS_PIDFD = 1, 2, 4
 
-try:  # what signal.signal wraps, without its enum conversions: fewer objects touched in a child
-    from _signal import signal as _set_handler  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # pragma: no cover - not CPython
-    _set_handler = signal.signal
-_SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(signal.SIGINT), int(signal.SIGCHLD), 0, 1
+_set_handler = _signal.signal
+_SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(_signal.SIGINT), int(_signal.SIGCHLD), 0, 1
 _MAX_CACHED_ENTRIES = 256
-# Plain ints: socket's MSG_* are enum.IntFlag members, and an | or & of two of them runs
-# enum's Python code, which wrote some twenty-five pages of the server per request.
-MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
-MSG_TRUNC, MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
+# Plain ints, as _socket has them (socket's are enum.IntFlag members, and an | or & of
+# two of them runs enum's Python code, which wrote some twenty-five pages a request).
+MSG_CMSG_CLOEXEC = int(getattr(_socket, "MSG_CMSG_CLOEXEC", 0))
+MSG_TRUNC, MSG_CTRUNC = int(_socket.MSG_TRUNC), int(_socket.MSG_CTRUNC)
 _TRUNCATED = MSG_TRUNC | MSG_CTRUNC
-ANCDATA_SIZE = socket.CMSG_LEN(MAX_FDS * array.array("i").itemsize)  # room for the most fds a packet carries
+#: One fd in an ``SCM_RIGHTS`` message (a C int).
+FD = _struct.Struct("i")
+ANCDATA_SIZE = _socket.CMSG_LEN(MAX_FDS * FD.size)  # room for the most fds a packet carries
 #: Whether children are watched through pidfds. Tests set it False (before the
 #: server starts) to run the fallback for kernels without pidfds.
 USE_PIDFDS = hasattr(os, "pidfd_open")
@@ -114,6 +123,8 @@ def resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[...
     module, _, qualname = ref.partition(":")
     if not module or not qualname:
         raise LookupError(f"no entry named {ref!r} (give a name from start() or 'module:function')")
+    import importlib  # noqa: PLC0415 - not for forks: see the module's rules
+
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -165,11 +176,21 @@ def fds_in_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     for ``MSG_CMSG_CLOEXEC``, and fds received without it would leak into every
     program spawned until they are closed.
     """
-    fds = array.array("i")
+    fds: list[int] = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-    return list(fds)
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            count = len(payload) // FD.size  # whole fds only
+            fds += _struct.unpack(f"{count}i", payload[: count * FD.size])
+    return fds
+
+
+def _socket_pair_for_child() -> tuple[socket.socket, socket.socket]:
+    """A stream socket pair, the child's end as documented for an entry: a
+    ``socket.socket``. The server imports ``socket`` the first time it needs
+    one (see the module's rules)."""
+    import socket  # noqa: PLC0415 - not for forks without one: see the module's rules
+
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
 def pidfd_of(pid: int) -> int | None:
@@ -188,7 +209,7 @@ class Server:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: _socket.socket,
         parent: int,
         entries: Mapping[str, Callable[..., Any]],
         max_clients: int,
@@ -201,7 +222,7 @@ class Server:
         self.use_pidfds = USE_PIDFDS
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
-        self.clients: dict[int, tuple[socket.socket, int]] = {}  # fd -> (socket, peer pid)
+        self.clients: dict[int, tuple[_socket.socket, int]] = {}  # fd -> (socket, peer pid)
         self.children: dict[int, tuple[int | None, int | None]] = {}  # pid -> (exit write fd, pidfd)
         self.watched: dict[int, int] = {}  # pidfd -> pid
         #: Every fd the server holds for itself, which no child may keep (see _child_main).
@@ -240,7 +261,7 @@ class Server:
         except OSError:
             pass
 
-    def _add_client(self, sock: socket.socket, peer_pid: int) -> None:
+    def _add_client(self, sock: _socket.socket, peer_pid: int) -> None:
         # SO_PEERCRED would name whoever created the socketpair (the server, for
         # the pairs it makes), so the server records the pid it handed the end to.
         # Non-blocking: a client that sends what it does not read (or a wrong
@@ -255,14 +276,14 @@ class Server:
         # The server is this process's only thread. Deaf to the caller's terminal
         # signals (the caller stops it); no wakeup fd of the caller's.
         _set_handler(_SIGINT, _SIG_IGN)
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
         if self.use_pidfds:
             _set_handler(_SIGCHLD, _SIG_DFL)  # children are heard through their pidfds
         else:
             self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self.owned[self.wake_r] = self.owned[self.wake_w] = None
             _set_handler(_SIGCHLD, _ignore)
-            signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+            _signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
             self._watch(self.wake_r, self._sigchld)
         if self.parent_fd is not None:
             self._watch(self.parent_fd, self._parent_died)
@@ -331,7 +352,7 @@ class Server:
 
     def _parent_died(self, fd: int) -> None:
         if self.on_parent_death == "terminate":
-            self._signal_children(signal.SIGTERM, sparing=None)
+            self._signal_children(_signal.SIGTERM, sparing=None)
         self.running = False
 
     def _signal_children(self, sig: int, sparing: int | None) -> int:
@@ -371,15 +392,15 @@ class Server:
             return
         rid = 0  # until the header is read: what a reply to a request without one names
         try:
-            if len(data) < REQUEST.size:
-                raise Bad(f"a request starts with a {REQUEST.size}-byte header (id, op, flags)")
+            if len(data) < REQUEST_SIZE:
+                raise Bad(f"a request starts with a {REQUEST_SIZE}-byte header (id, op, flags)")
             rid, op, want = REQUEST.unpack_from(data)
             if flags & _TRUNCATED or len(data) > MAX_PACKET:
                 raise Bad(f"request larger than {MAX_PACKET} bytes or carrying more than {MAX_FDS} fds")
             handler = self.ops.get(op)
             if handler is None:
                 raise Bad(f"unknown operation {op}")
-            has, pid, result, out_fds = handler(want, data[REQUEST.size :], fds, fd)
+            has, pid, result, out_fds = handler(want, data[REQUEST_SIZE:], fds, fd)
             fds = []  # the handler took ownership of what it was sent
             reply = REPLY.pack(rid, 1, has, pid)
             if result is not None:  # (ops with a result send no fds)
@@ -406,7 +427,8 @@ class Server:
                     error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
                     data = error_reply(REPLY.unpack_from(data)[0], error, "TOO_LARGE")
                 # What socket.send_fds does, with fewer objects. Non-blocking: see _add_client.
-                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+                payload = _struct.pack(f"{len(fds)}i", *fds)
+                rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, payload)] if fds else []
                 entry[0].sendmsg([data], rights)
         except OSError:
             self._drop(fd)
@@ -429,7 +451,7 @@ class Server:
     def _op_connect(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
         self._check_room()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         self._add_client(ours, self.clients[client][1])
         return HAS_SOCKET, 0, None, [theirs.detach()]
 
@@ -444,13 +466,13 @@ class Server:
     def _op_kill_all(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
         sig = _json_object(body).get("signal")
-        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 < sig < signal.NSIG:
+        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 < sig < _signal.NSIG:
             raise Bad(f"not a signal number: {sig!r}")
         return 0, 0, {"count": self._signal_children(sig, sparing=self.clients[client][1])}, []
 
     def _op_stop(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         self._no_fds(fds)
-        self._signal_children(signal.SIGTERM, sparing=None)
+        self._signal_children(_signal.SIGTERM, sparing=None)
         while self.children:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -531,7 +553,7 @@ class Server:
                 pidfd = os.pidfd_open(pid)
                 self.epoll.register(pidfd, select.EPOLLIN)
             except OSError as e:
-                os.kill(pid, signal.SIGKILL)  # not reaped yet: still ours
+                os.kill(pid, _signal.SIGKILL)  # not reaped yet: still ours
                 os.waitpid(pid, 0)
                 for fd in (pidfd, *(exit_pipe or ())):
                     if fd is not None:
@@ -573,14 +595,14 @@ class Server:
         if want_conn:
             self._check_room()
         pair: tuple[socket.socket, socket.socket] | None = None
-        conn_pair: tuple[socket.socket, socket.socket] | None = None
+        conn_pair: tuple[_socket.socket, _socket.socket] | None = None
         exit_pipe: tuple[int, int] | None = None
         slot = -1
         try:
             if want_sock:
-                pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                pair = _socket_pair_for_child()
             if want_conn:
-                conn_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                conn_pair = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
             exit_pipe, slot = self._new_child_fds(want_exit)
             # Made for this fork and not the child's: it closes them all first thing.
             made = [slot]
@@ -732,7 +754,7 @@ def _child_main(
     fn: Callable[..., Any],
     args: list[Any],
     sock: socket.socket | None,
-    server_sock: socket.socket | None,
+    server_sock: _socket.socket | None,
 ) -> None:
     """A forked child, from its first line to its ``os._exit``.
 
@@ -753,7 +775,7 @@ def _child_main(
         for fd in made:
             close(fd)
         if not use_pidfds:
-            signal.set_wakeup_fd(-1)
+            _signal.set_wakeup_fd(-1)
             _set_handler(_SIGCHLD, _SIG_DFL)
         _set_handler(_SIGINT, _SIG_DFL)
         server = None
@@ -862,11 +884,11 @@ def serve_fresh(config: dict[str, Any]) -> None:
     code = 0
     try:
         os.set_inheritable(config["fd"], False)  # spawned programs must not get it
-        sock = socket.socket(fileno=config["fd"])
+        sock = _socket.socket(fileno=config["fd"])
         from . import _spawn  # noqa: F401, PLC0415 - the exec path's, loaded before any child
 
         for module in config["preload"]:
-            importlib.import_module(module)
+            __import__(module)  # not importlib's: see the module's rules
         entries = {name: resolve(ref, {}) for name, ref in config["entries"].items()}
         Server(sock, config["parent"], entries, config["max_clients"], config["on_parent_death"]).serve()
     except BaseException:

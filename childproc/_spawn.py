@@ -14,23 +14,30 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-from collections.abc import Mapping, Sequence
 
 from ._errors import InvalidArgumentError
 
-TYPE_CHECKING = False  # not typing's: a fresh fork server loads this module, and typing is big
+# Not typing's TYPE_CHECKING, nor signal.py or collections at run time: a fresh fork
+# server loads this module, and each of those is memory that every fork copies.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    import signal as _signal
+    from collections.abc import Mapping, Sequence
+    from typing import Any, TypeAlias
 
-__all__ = ["Argv", "spawn_process"]
+    Argv: TypeAlias = Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]]
+else:
+    try:
+        import _signal  # what signal.py wraps
+    except ImportError:  # pragma: no cover - not CPython
+        import signal as _signal
 
-Argv = Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]]
+__all__ = ["spawn_process"]  # and, for type checkers only, Argv
 
 # Python ignores these; a program started by subprocess gets them back at their
 # defaults, and so does one started here. SIGCHLD too: an ignored SIGCHLD would
 # survive exec and make the program's own children vanish.
-_SIGDEF = frozenset(s for s in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None), signal.SIGCHLD) if s)
+_SIGDEF = frozenset(s for s in (_signal.SIGPIPE, getattr(_signal, "SIGXFSZ", None), _signal.SIGCHLD) if s)
 
 _CD_THEN_EXEC = 'cd -- "$1" && shift && exec "$@"'
 

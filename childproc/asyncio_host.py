@@ -30,16 +30,18 @@ import sys
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._bridge import Bridge, WaiterBase
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import StateError
 from ._policy import SigchldOwner, wants_handler
-from ._spawn import Argv
 from ._status import ChildEvent
 from ._watchers import pidfd as _pidfd
+
+if TYPE_CHECKING:
+    from ._spawn import Argv
 
 __all__ = ["AsyncChild", "AsyncContext", "default_mode", "open_context"]
 

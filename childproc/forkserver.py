@@ -86,6 +86,8 @@ from ._spawn import spawn_process
 from ._status import ChildEvent
 
 if TYPE_CHECKING:
+    import _socket
+
     from ._spawn import Argv
 
 __all__ = [
@@ -753,9 +755,10 @@ class ForkServer:
         return self._conn.request(PING).pid
 
     @classmethod
-    def _for_child(cls, sock: socket.socket, server_pid: int) -> ForkServer:
-        """A served child's own connection to its server (``fork(server_conn=True)``)."""
-        return cls(_Connection(sock), server_pid, {}, owner=False)
+    def _for_child(cls, sock: _socket.socket, server_pid: int) -> ForkServer:
+        """A served child's own connection to its server (``fork(server_conn=True)``), over
+        ``sock``: the server makes it with ``_socket`` (see ``_fork_server``)."""
+        return cls(_Connection(socket.socket(fileno=sock.detach())), server_pid, {}, owner=False)
 
 
 #: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): take the starter's

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -26,9 +26,11 @@ from ._bridge import Bridge, WaiterBase
 from ._child import Child
 from ._context import Context, Hooks
 from ._policy import SigchldOwner
-from ._spawn import Argv
 from ._status import ChildEvent
 from .asyncio_host import default_mode
+
+if TYPE_CHECKING:
+    from ._spawn import Argv
 
 __all__ = ["TrioChild", "TrioContext", "open_context"]
 
