@@ -704,7 +704,8 @@ def _fake_server(
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
     def serve() -> None:
-        with theirs, contextlib.suppress(ConnectionResetError):  # the client left replies unread
+        # The client left replies unread (reset), or closed its end before all were sent (EPIPE).
+        with theirs, contextlib.suppress(ConnectionResetError, BrokenPipeError):
             held = [theirs.recv(MAX_PACKET) for _ in range(hold - 1)]
             while packet := (held.pop(0) if held else theirs.recv(MAX_PACKET)):
                 data, fds = answer(REQUEST.unpack_from(packet)[0])
