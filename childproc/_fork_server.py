@@ -95,8 +95,8 @@ _SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(_signal.SIGINT), int(_signal.SIGCHLD
 _MAX_CACHED_ENTRIES = 256
 # Plain ints, as _socket has them (socket's are enum.IntFlag members, and an | or & of
 # two of them runs enum's Python code, which wrote some twenty-five pages a request).
-MSG_CMSG_CLOEXEC = int(getattr(_socket, "MSG_CMSG_CLOEXEC", 0))
-MSG_TRUNC, MSG_CTRUNC = int(_socket.MSG_TRUNC), int(_socket.MSG_CTRUNC)
+MSG_CMSG_CLOEXEC = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+MSG_TRUNC, MSG_CTRUNC = _socket.MSG_TRUNC, _socket.MSG_CTRUNC
 _TRUNCATED = MSG_TRUNC | MSG_CTRUNC
 #: One fd in an ``SCM_RIGHTS`` message (a C int).
 FD = _struct.Struct("i")
@@ -427,8 +427,9 @@ class Server:
                     error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
                     data = error_reply(REPLY.unpack_from(data)[0], error, "TOO_LARGE")
                 # What socket.send_fds does, with fewer objects. Non-blocking: see _add_client.
-                payload = _struct.pack(f"{len(fds)}i", *fds)
-                rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, payload)] if fds else []
+                rights = []
+                if fds:
+                    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _struct.pack(f"{len(fds)}i", *fds))]
                 entry[0].sendmsg([data], rights)
         except OSError:
             self._drop(fd)

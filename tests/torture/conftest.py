@@ -1,4 +1,6 @@
-"""``pytest tests/torture`` runs a short torture in CI; ``--torture-long`` the long run."""
+"""``pytest tests/torture`` runs a short torture in CI; ``--torture-long`` the long run;
+``--torture-report`` writes the figures to benchmarks/results/torture.json (the docs render
+it), which a plain test run leaves alone."""
 
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="the long torture run (100,000 children) instead of the short CI one",
     )
+    parser.addoption(
+        "--torture-report",
+        action="store_true",
+        help="record the torture figures in benchmarks/results/torture.json (the docs render it)",
+    )
 
 
 @pytest.fixture
@@ -28,9 +35,12 @@ def scale(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Any:
-    """Record a case's figures into benchmarks/results/torture.json (the docs render it)."""
+    """Record a case's figures into benchmarks/results/torture.json (the docs render it),
+    with ``--torture-report`` only: a plain test run leaves the checkout as it was."""
 
     def record(**figures: object) -> None:
+        if not request.config.getoption("--torture-report"):
+            return
         data: dict[str, Any] = json.loads(REPORT.read_text()) if REPORT.exists() else {}
         run = "long" if request.config.getoption("--torture-long") else "short"
         data.setdefault(run, {})[request.node.name] = figures

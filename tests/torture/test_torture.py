@@ -3,7 +3,7 @@
 Every case checks the same things at the end: each child's exit delivered
 exactly once with its true status, no zombie, no fd growth, no stray SIGCHLD
 disposition, and the host's own children kept their true returncodes. The
-figures go to ``benchmarks/results/torture.json``, which the docs render.
+figures go to ``benchmarks/results/torture.json`` with ``--torture-report``; the docs render it.
 A short run is part of the suite; ``--torture-long`` runs 100,000 children.
 """
 
