@@ -31,17 +31,14 @@ def _cleanup_children() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    if request.node.get_closest_marker("allow_leaks"):
-        yield
-        return
+def no_leaks() -> Iterator[None]:
     before_fds = open_fds()
     before_sig = signal.getsignal(signal.SIGCHLD)
     before_threads = set(threading.enumerate())
     yield
     problems: list[str] = []
-    # Threads the test started (dispatch threads, peek threads) must be gone.
-    # Threads the test started must be gone; trio's idle worker-thread cache is trio's.
+    # Threads the test started (dispatch threads, peek threads) must be gone; trio's idle
+    # worker-thread cache is trio's.
     extra = [
         t
         for t in threading.enumerate()
@@ -74,9 +71,3 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         problems.append(f"process-wide state left: {snap}")
     if problems:
         pytest.fail("test left a mess:\n  " + "\n  ".join(problems), pytrace=False)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "allow_leaks: skip the leak check (for tests that check it themselves)"
-    )
