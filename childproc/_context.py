@@ -100,6 +100,7 @@ _TO_WARNING = Destination.WARNING
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 _getpid = os.getpid
+_held_here = _process._held_here
 _fallback_logged = False
 
 
@@ -287,11 +288,13 @@ class Context:
     @property
     def children(self) -> frozenset[int]:
         """Pids this context made whose exit has not been delivered yet (a snapshot)."""
+        _process.refuse_reentry()
         with _process.LOCK:
             return self._ledger.outstanding()
 
     def child(self, pid: int) -> Child:
         """The handle of running child ``pid`` (raises :class:`UnknownChildError`)."""
+        _process.refuse_reentry()
         with _process.LOCK:
             handle = self._ledger.handle(pid)
         if handle is None:
@@ -316,6 +319,8 @@ class Context:
         One call and no more on the common path: every child passes here."""
         if self._closed or self._forked or self._pid != _getpid():
             self._check_usable()
+        if _held_here():
+            raise _process.reentry_error()
         if _process._pending:
             _process.run_chores()
 
@@ -324,9 +329,9 @@ class Context:
         for its children now (those of a fork server do not count: their exits
         come on exit fds)."""
         children = len(self._ledger.running) - len(self._served)
-        _process.set_handler_user(
-            self, self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers > 0)]
-        )
+        wanted = self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers > 0)]
+        if (self in _process._users) != wanted:
+            _process.set_handler_user(self, wanted)
 
     # -- configuration ------------------------------------------------------
     def setmode(self, hooks: Hooks | None = None, user: Any = None) -> None:
@@ -613,7 +618,8 @@ class Context:
             # (as in _sync_handler_use_locked, counting this child)
             if plan.wants_handler[2 + (watches_stops or self._stop_watchers > 0)]:
                 _process.check_handler()
-                _process.set_handler_user(self, True)
+                if self not in _process._users:
+                    _process.set_handler_user(self, True)
             # Made before the fork, its pid filled in after: after fork() every page
             # the parent writes is copied while the child shares it (3-4 us each),
             # so the parent does as little as it can between fork() and its next wait.
@@ -735,9 +741,15 @@ class Context:
         if child._watches_stops:
             child._watches_stops = False
             self._stop_watchers -= 1
-        self._unpoll_locked(child)
         fd, child._pidfd = child._pidfd, None
         if fd is not None:
+            if child._polled:  # (_unpoll_locked, inline: every child passes here)
+                child._polled = False
+                del self._polled[fd]
+                try:
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass
             os.close(fd)
         exit_fd, child._exit_fd = child._exit_fd, None
         if exit_fd is not None:
@@ -1003,6 +1015,7 @@ class Context:
     def _signal_child(self, child: Child, sig: int) -> None:
         if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
             raise InvalidArgumentError(f"not a signal number: {sig!r}")
+        _process.refuse_reentry()
         with _process.LOCK:
             if child._state is ChildState.EXITED or child._released:
                 raise ChildExitedError(
@@ -1029,6 +1042,7 @@ class Context:
             os.kill(child._pid, sig)
 
     def _release_child(self, child: Child) -> None:
+        _process.refuse_reentry()
         with _process.LOCK:
             if child._released:
                 return
@@ -1165,7 +1179,9 @@ class Context:
                 ok = False
             if not ok:
                 raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
-        me = self._waiting_begin()
+        me = _get_ident()
+        with self._waiters_lock:  # (_waiting_begin, inline: every child passes here)
+            self._waiters[me] = self._waiters.get(me, 0) + 1
         try:
             self._enter()
             if self in _process._users:  # report a replaced handler now, not after a sleep
@@ -1184,7 +1200,11 @@ class Context:
                         remaining = (
                             _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
                         )
-                    ready = self._sleep(remaining)
+                    try:  # (_sleep, inline)
+                        ready = self._epoll.poll(remaining)
+                    except ValueError:  # closed by another thread
+                        self._check_usable()
+                        raise
                 if _process._pending:
                     _process.run_chores()
                 self._collect(ready)
@@ -1318,6 +1338,7 @@ class Context:
             self._closed = True
             return
         doomed: list[Child] = []
+        _process.refuse_reentry()
         with _process.LOCK:
             if self._closed:
                 return

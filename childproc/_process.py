@@ -17,7 +17,10 @@ Rules of this file
 * :data:`LOCK` guards this module's tables *and* every context's ledger, so a
   pid cannot be reaped between ``fork()`` and its registration. It is never
   held while user code runs, except ``fork_replacement`` (which must not call
-  back into childproc; doing so raises instead of deadlocking).
+  back into childproc). Every public entry point calls :func:`refuse_reentry`
+  before it takes the lock, so a call from a signal handler that interrupted
+  childproc, or from ``fork_replacement``, raises instead of deadlocking or
+  working on half-changed tables.
 * After ``fork()`` the child starts clean: the handler is put back, every
   inherited context is disabled and its fds closed, the tables are emptied.
 """
@@ -67,48 +70,29 @@ except ImportError:  # pragma: no cover - not CPython
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
-_get_ident = threading.get_ident
+#: Guards the tables below and every context's ledger. A C-level re-entrant lock,
+#: so that ``with LOCK`` runs no Python code (it is taken several times on every
+#: child's path) and the thread holding it can be asked for; it is never actually
+#: taken twice, because :func:`refuse_reentry` comes first at every entry point.
+LOCK = threading.RLock()
+_held_here = LOCK._is_owned  # type: ignore[attr-defined]
 
 
-class _ProcessLock:
-    """A plain lock that refuses re-entry from the thread holding it.
-
-    Re-entry can only come from a signal handler that interrupted childproc on
-    the main thread, or from ``fork_replacement`` calling back in; either way
-    the right answer is a clear error, not a deadlock or a half-registered pid.
-    """
-
-    __slots__ = ("_lock", "holder")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.holder: int | None = None
-
-    def __enter__(self) -> None:
-        me = _get_ident()
-        if self.holder == me:
-            raise StateError(
-                "childproc was re-entered while busy on this thread: do not call it from a "
-                "signal handler (report from your main loop, e.g. through a self-pipe) or "
-                "from fork_replacement"
-            )
-        self._lock.acquire()
-        self.holder = me
-
-    def __exit__(self, *exc: object) -> None:
-        self.holder = None
-        self._lock.release()
-
-    def _reset_in_child(self) -> None:
-        if self.holder != threading.get_ident():
-            # Another thread of the parent held it at fork time: that thread does
-            # not exist here, so nobody would ever release it.
-            self._lock = threading.Lock()
-            self.holder = None
+def reentry_error() -> StateError:
+    return StateError(
+        "childproc was re-entered while busy on this thread: do not call it from a "
+        "signal handler (report from your main loop, e.g. through a self-pipe) or "
+        "from fork_replacement"
+    )
 
 
-#: Guards the tables below and every context's ledger.
-LOCK = _ProcessLock()
+def refuse_reentry() -> None:
+    """Raise :class:`StateError` if this thread already holds :data:`LOCK`: it is
+    a signal handler that interrupted childproc, or ``fork_replacement`` calling
+    back. Call before taking the lock at every public entry point."""
+    if _held_here():
+        raise reentry_error()
+
 
 #: pid -> the context that made it (every context, every mode).
 OWNERS: dict[int, Context] = {}
@@ -255,6 +239,7 @@ def _install() -> None:
 
 _C_RECHECK_S = 0.1  # how often the C-level handler is read back (a ctypes call)
 _c_checked_at = 0.0
+_monotonic = time.monotonic
 
 
 def _ours_in_place(current: _Handler, force: bool = False) -> bool:
@@ -263,7 +248,7 @@ def _ours_in_place(current: _Handler, force: bool = False) -> bool:
     global _c_checked_at
     if current is not _sigchld_handler:
         return False
-    now = time.monotonic()
+    now = _monotonic()
     if not force and now - _c_checked_at < _C_RECHECK_S:
         return True
     _c_checked_at = now
@@ -361,8 +346,11 @@ def check_handler() -> None:
       cover the gap).
     """
     global _installed, _saved, _pending
-    current = _getsignal()
+    current = _raw_getsignal(_SIGCHLD)
     if _installed:
+        # (_ours_in_place's fast path inline: this runs several times per child)
+        if current is _sigchld_handler and _monotonic() - _c_checked_at < _C_RECHECK_S:
+            return
         if _ours_in_place(current):
             return
         _installed = False
@@ -437,7 +425,11 @@ def postfork_child_noexec() -> None:
     # of the main thread is unchanged, and so is threading's: follow it either way.
     _main_ident = threading.main_thread().ident
     _state_pid = os.getpid()
-    LOCK._reset_in_child()
+    if not _held_here():
+        # Another thread of the parent held it at fork time: that thread does not
+        # exist here, so nobody would ever release it. (Held here: the fork ran
+        # under it, as child_fork's does, and the forking thread releases it.)
+        LOCK._at_fork_reinit()  # type: ignore[attr-defined]
     if _installed and signal.getsignal(signal.SIGCHLD) is _sigchld_handler:
         try:
             signal.signal(signal.SIGCHLD, _saved if _saved is not None else signal.SIG_DFL)

@@ -101,10 +101,15 @@ def check_stops(child: Watched, out: Reaped) -> None:
 def check_exit(child: Watched, out: Reaped) -> None:
     """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``."""
     defer = child._defer_reap
-    try:
-        info = waitid_child(child, PEEK_FLAGS if defer else EXIT_FLAGS)
+    pidfd = child._pidfd
+    try:  # (waitid_child and found_from_waitid, inline: every child passes here)
+        if pidfd is not None:
+            info = _waitid(_P_PIDFD, pidfd, PEEK_FLAGS if defer else EXIT_FLAGS)
+        else:
+            info = _waitid(_P_PID, child._pid, PEEK_FLAGS if defer else EXIT_FLAGS)
     except ChildProcessError:
         out.gone.append(child._pid)
         return
     if info is not None:
-        (out.changed if defer else out.exited).append(found_from_waitid(info))
+        found = (info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid)
+        (out.changed if defer else out.exited).append(found)

@@ -9,6 +9,7 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 
@@ -224,11 +225,25 @@ def test_fork_replacement_is_used_and_sees_user() -> None:
     assert calls == ["token"] and rec.code(pid) == 6
 
 
-def test_fork_replacement_must_not_reenter() -> None:
+REENTRIES: dict[str, Callable[[Context], object]] = {
+    "child_fork": lambda ctx: ctx.child_fork(print),
+    "spawn": lambda ctx: ctx.spawn(["/bin/true"]),
+    "dispatch": lambda ctx: ctx.dispatch(),
+    "wait": lambda ctx: ctx.wait(0),
+    "children": lambda ctx: ctx.children,
+    "child": lambda ctx: ctx.child(1),
+    "close": lambda ctx: ctx.close(),
+}
+
+
+@pytest.mark.parametrize("call", list(REENTRIES))
+def test_fork_replacement_must_not_reenter(call: str) -> None:
+    """Every entry point refuses a call from the thread that holds the process lock."""
     holder: list[Context] = []
 
     def bad_fork(user: object) -> int:
-        return holder[0].child_fork(print)
+        REENTRIES[call](holder[0])
+        raise AssertionError("re-entry was not refused")
 
     with Context() as ctx:
         holder.append(ctx)
