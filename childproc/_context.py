@@ -741,15 +741,9 @@ class Context:
         if child._watches_stops:
             child._watches_stops = False
             self._stop_watchers -= 1
+        self._unpoll_locked(child)
         fd, child._pidfd = child._pidfd, None
         if fd is not None:
-            if child._polled:  # (_unpoll_locked, inline: every child passes here)
-                child._polled = False
-                del self._polled[fd]
-                try:
-                    self._epoll.unregister(fd)
-                except (OSError, ValueError):
-                    pass
             os.close(fd)
         exit_fd, child._exit_fd = child._exit_fd, None
         if exit_fd is not None:
@@ -1179,9 +1173,7 @@ class Context:
                 ok = False
             if not ok:
                 raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
-        me = _get_ident()
-        with self._waiters_lock:  # (_waiting_begin, inline: every child passes here)
-            self._waiters[me] = self._waiters.get(me, 0) + 1
+        me = self._waiting_begin()
         try:
             self._enter()
             if self in _process._users:  # report a replaced handler now, not after a sleep
@@ -1200,11 +1192,7 @@ class Context:
                         remaining = (
                             _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
                         )
-                    try:  # (_sleep, inline)
-                        ready = self._epoll.poll(remaining)
-                    except ValueError:  # closed by another thread
-                        self._check_usable()
-                        raise
+                    ready = self._sleep(remaining)
                 if _process._pending:
                     _process.run_chores()
                 self._collect(ready)
