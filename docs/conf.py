@@ -391,6 +391,19 @@ def throughput_page(path: Path) -> str:
             fault_rows,
             widths,
         )
+    on_cpu = data.get("main_thread_on_cpu_us_per_child", {})
+    waiting = data.get("main_thread_waiting_for_cpu_us_per_child", {})
+    if on_cpu:
+        thread_rows = [
+            [_text(name), *(f"{per[k]:.0f} / {waiting[name][k]:.0f}" if k in per else "-" for k in keys)]
+            for name, per in on_cpu.items()
+        ]
+        page += "\n" + _list_table(
+            "The main thread per child, µs (median): on a CPU / runnable but waiting for one",
+            ["Contender", *keys],
+            thread_rows,
+            widths,
+        )
     return page
 
 

@@ -19,9 +19,13 @@ Three reference rows bound what a library can reach:
   childproc's pidfd modes cost beyond this is the library; what this costs
   beyond the raw floor is the kernel's pidfd path and Python itself.
 * ``SIGCHLD floor (no library)``: the same for the signal-driven reapers
-  (LIBXL, LIBXL_ALWAYS): a Python SIGCHLD handler writing to a self-pipe,
-  ``select`` and ``waitpid(-1, WNOHANG)``. A Python-level handler runs in the
-  main thread between bytecodes, once per signal, whatever the library does.
+  (LIBXL, LIBXL_ALWAYS): ``SIGCHLD`` caught, :func:`signal.set_wakeup_fd` on a
+  pipe, ``select`` on it and ``waitpid(-1, WNOHANG)``. The wake-up fd is what
+  makes it correct: the interpreter writes it the moment the signal arrives,
+  whereas a Python handler writing the pipe itself runs only at the next
+  bytecode, so a signal landing just before ``select()`` blocks would wait for
+  its timeout (one child in a thousand did, here). childproc, a guest, may not
+  take the wake-up fd; its pidfds close that window instead.
 
 A second table gives the floor's CPU time per child (this process and its
 children) divided by the contender's, so that there too 1.00 means no
@@ -29,7 +33,12 @@ overhead and lower is worse; CPU time is steadier than wall time on a shared
 machine. A third gives this process's minor page faults per child: after a
 ``fork()`` every page the parent writes faults, and is copied while a child
 still shares it, so for the fork rows this column is where the time beyond
-the floor goes (each page a Python object lives on, once per fork).
+the floor goes (each page a Python object lives on, once per fork). A fourth
+splits the main thread's wall time per child, from ``/proc/self/schedstat``:
+on a CPU, and runnable but waiting for one. The rest is asleep. On a machine
+whose CPUs the children keep busy (spawn at concurrency 64 on two CPUs) the
+wall clock can differ from the CPU ratio by where the scheduler puts the
+parent, and this table shows when it did.
 
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
@@ -48,6 +57,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from childproc import Child, ChildEvent, Context, Hooks, SigchldOwner
 from childproc._watchers.pidfd import supported as _pidfd_supported
@@ -124,9 +134,9 @@ def pidfd_floor(kind: str) -> Callable[[int, int], None]:
 
 
 def sigchld_floor(kind: str) -> Callable[[int, int], None]:
-    """The least a SIGCHLD-driven reaper does (LIBXL's mechanism, no library): a
-    Python-level handler that writes to a self-pipe, a ``select`` on it, and
-    ``waitpid(-1, WNOHANG)`` until nothing is left."""
+    """The least a correct SIGCHLD-driven reaper does (LIBXL's mechanism, no
+    library): ``SIGCHLD`` caught with the wake-up fd on a pipe, a ``select`` on
+    it, and ``waitpid(-1, WNOHANG)`` until nothing is left."""
 
     def run(n: int, conc: int) -> None:
         rfd, wfd = os.pipe()
@@ -134,12 +144,10 @@ def sigchld_floor(kind: str) -> Callable[[int, int], None]:
         os.set_blocking(wfd, False)
 
         def handler(signum: int, frame: object) -> None:
-            try:
-                os.write(wfd, b"\0")
-            except BlockingIOError:
-                pass
+            pass  # the interpreter already wrote the wake-up fd
 
         old = signal.signal(signal.SIGCHLD, handler)
+        old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         try:
             inflight = started = 0
             while started < n or inflight:
@@ -161,6 +169,7 @@ def sigchld_floor(kind: str) -> Callable[[int, int], None]:
                         break
                     inflight -= 1
         finally:
+            signal.set_wakeup_fd(old_fd)
             signal.signal(signal.SIGCHLD, old)
             os.close(rfd)
             os.close(wfd)
@@ -330,17 +339,43 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> tuple[float, float, float | None]:
-    """(wall seconds, CPU seconds, this process's minor faults per child or None) of one run."""
+def _main_thread() -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable but waiting for one) of the main thread, from
+    ``/proc/self/schedstat`` (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/schedstat", "rb") as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu), int(waiting)
+
+
+class Timing(NamedTuple):
+    """One run: seconds, and per child where the figure exists (None where not)."""
+
+    wall: float
+    cpu: float  # this process and its reaped children, seconds
+    faults: float | None  # this process's minor page faults per child
+    on_cpu_us: float | None  # the main thread on a CPU, µs per child
+    waiting_us: float | None  # the main thread runnable but waiting for a CPU, µs per child
+
+
+def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> Timing:
+    """Time one run of ``fn(n, conc)``."""
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    s0 = _main_thread()
     c0, t0 = _cpu(), time.perf_counter()
     fn(n, conc)
     elapsed, cpu = time.perf_counter() - t0, _cpu() - c0
+    s1 = _main_thread()
     faults: float | None = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n
+    on_cpu = waiting = None
+    if s0 is not None and s1 is not None:
+        on_cpu, waiting = (s1[0] - s0[0]) / n / 1e3, (s1[1] - s0[1]) / n / 1e3
     if name.startswith("Twisted"):  # ran in a child interpreter, which timed itself
         elapsed, cpu = _timings.pop("twisted", (elapsed, cpu))
-        faults = None
-    return elapsed, cpu, faults
+        faults = on_cpu = waiting = None
+    return Timing(elapsed, cpu, faults, on_cpu, waiting)
 
 
 def _table(title: str, keys: list[str], rows: dict[str, dict[str, list[float]]], first: str) -> None:
@@ -374,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ratios: dict[str, dict[str, list[float]]] = {}
     rates: dict[str, dict[str, list[float]]] = {}
     faults: dict[str, dict[str, list[float]]] = {}
+    on_cpu: dict[str, dict[str, list[float]]] = {}
+    waiting: dict[str, dict[str, list[float]]] = {}
     plan = [(kind, conc) for kind in args.kinds.split(",") for conc in concs]
     total = sum(len(contenders(kind)) for kind, _ in plan) * args.rounds
     done = 0
@@ -386,12 +423,17 @@ def main(argv: list[str] | None = None) -> int:
                 c1 = timed(fn, args.n, conc, name)
                 c2 = timed(fn, args.n, conc, name)
                 f2 = timed(floors[kind], args.n, conc, "floor")
-                ratios.setdefault(name, {}).setdefault(key, []).append((f1[0] + f2[0]) / (c1[0] + c2[0]))
-                cpu_ratios.setdefault(name, {}).setdefault(key, []).append((f1[1] + f2[1]) / (c1[1] + c2[1]))
-                rates.setdefault("raw floor", {}).setdefault(key, []).append(2 * args.n / (f1[0] + f2[0]))
-                rates.setdefault(name, {}).setdefault(key, []).append(2 * args.n / (c1[0] + c2[0]))
-                for who, pair in (("raw floor", (f1[2], f2[2])), (name, (c1[2], c2[2]))):
-                    faults.setdefault(who, {}).setdefault(key, []).extend(x for x in pair if x is not None)
+                ratio = (f1.wall + f2.wall) / (c1.wall + c2.wall)
+                cpu_ratio = (f1.cpu + f2.cpu) / (c1.cpu + c2.cpu)
+                ratios.setdefault(name, {}).setdefault(key, []).append(ratio)
+                cpu_ratios.setdefault(name, {}).setdefault(key, []).append(cpu_ratio)
+                rates.setdefault("raw floor", {}).setdefault(key, []).append(2 * args.n / (f1.wall + f2.wall))
+                rates.setdefault(name, {}).setdefault(key, []).append(2 * args.n / (c1.wall + c2.wall))
+                for who, pair in (("raw floor", (f1, f2)), (name, (c1, c2))):
+                    for table, field in ((faults, "faults"), (on_cpu, "on_cpu_us"), (waiting, "waiting_us")):
+                        values = [x for x in (getattr(t, field) for t in pair) if x is not None]
+                        if values:  # (none for a contender timed in another process: no row, no NaN)
+                            table.setdefault(who, {}).setdefault(key, []).extend(values)
                 done += 1
                 _common.progress(done, total, f"{key} {name}")
     keys = [f"{kind} c={conc}" for kind, conc in plan]
@@ -419,6 +461,18 @@ def main(argv: list[str] | None = None) -> int:
         cells = (f"{_common.median(per[k]):>22.0f}" if per.get(k) else f"{'-':>22}" for k in keys)
         print(f"{name:<34}" + "".join(cells))
 
+    print("\nThe main thread per child, µs (median): on a CPU / runnable but waiting for one")
+    print(header)
+    print("-" * len(header))
+    for name, per in on_cpu.items():
+        cells = (
+            f"{_common.median(per[k]):>14.0f} / {_common.median(waiting[name][k]):>5.0f}"
+            if per.get(k)
+            else f"{'-':>22}"
+            for k in keys
+        )
+        print(f"{name:<34}" + "".join(cells))
+
     def quartiles(table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
         return {
             n: {k: [_common.percentile(v, 25), _common.percentile(v, 75)] for k, v in per.items()}
@@ -438,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ratio_to_floor": _common.medians(cpu_ratios),
             "children_per_second": _common.medians(rates),
             "parent_minor_faults_per_child": _common.medians(faults),
+            "main_thread_on_cpu_us_per_child": _common.medians(on_cpu),
+            "main_thread_waiting_for_cpu_us_per_child": _common.medians(waiting),
         },
     )
     return 0
