@@ -146,9 +146,11 @@ def sigchld_floor(kind: str) -> Callable[[int, int], None]:
         def handler(signum: int, frame: object) -> None:
             pass  # the interpreter already wrote the wake-up fd
 
-        old = signal.signal(signal.SIGCHLD, handler)
-        old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        old = signal.getsignal(signal.SIGCHLD)
+        old_fd: int | None = None
         try:
+            signal.signal(signal.SIGCHLD, handler)
+            old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
             inflight = started = 0
             while started < n or inflight:
                 while started < n and inflight < conc:
@@ -169,7 +171,8 @@ def sigchld_floor(kind: str) -> Callable[[int, int], None]:
                         break
                     inflight -= 1
         finally:
-            signal.set_wakeup_fd(old_fd)
+            if old_fd is not None:
+                signal.set_wakeup_fd(old_fd)
             signal.signal(signal.SIGCHLD, old)
             os.close(rfd)
             os.close(wfd)

@@ -800,20 +800,39 @@ def test_a_reply_whose_caller_left_has_its_fds_closed() -> None:
 
     conn, thread = _fake_server(answer)
     before = set(os.listdir("/proc/self/fd"))
+    interrupted = threading.Event()
+
+    def interrupt_once(signum: int, frame: object) -> None:
+        if not interrupted.is_set():
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    def interrupter() -> None:
+        # Once the caller waits on the condition, SIGINT it until its handler ran: a
+        # signal that lands just before the caller blocks in the lock's futex is only
+        # handled at the next one (one run in CI hung for the timeout on a single signal).
+        deadline = time.monotonic() + 30
+        while not conn._cv._waiters and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        while not interrupted.wait(0.05) and time.monotonic() < deadline:
+            signal.pthread_kill(main, signal.SIGINT)
+
+    main = threading.main_thread().ident or 0
+    old = signal.signal(signal.SIGINT, interrupt_once)
     try:
         conn._reading = True  # another thread is reading: request 1 will wait on the condition
-        main = threading.main_thread().ident or 0
-        timer = threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT))
-        timer.start()
+        sender = threading.Thread(target=interrupter, daemon=True)
+        sender.start()
         with pytest.raises(KeyboardInterrupt):
             conn.request(FORK)
-        timer.join()
+        sender.join(10)
         with conn._cv:
             conn._reading = False
         release.set()
         assert conn.request(PING).pid == 777  # reads reply 1 on the way, and closes its fds
         assert set(os.listdir("/proc/self/fd")) <= before
     finally:
+        signal.signal(signal.SIGINT, old)
         conn.close()
         thread.join(10)
 
