@@ -381,7 +381,20 @@ def timed(fn: Callable[[int, int], None], n: int, conc: int, name: str) -> Timin
     return Timing(elapsed, cpu, faults, on_cpu, waiting)
 
 
-def _table(title: str, keys: list[str], rows: dict[str, dict[str, list[float]]], first: str) -> None:
+def _with_quartiles(values: list[float]) -> str:
+    q1, q3 = _common.percentile(values, 25), _common.percentile(values, 75)
+    return f"{_common.median(values):.3f} [{q1:.3f}-{q3:.3f}]"
+
+
+def _table(
+    title: str,
+    keys: list[str],
+    rows: dict[str, dict[str, list[float]]],
+    cell: Callable[[str, str], str],
+    first: str = "",
+) -> None:
+    """Print one row per contender in ``rows``; ``cell(name, key)`` is the text of a
+    cell that has values ("-" where it has none)."""
     print(f"\n{title}")
     header = f"{'contender':<34}" + "".join(f"{k:>22}" for k in keys)
     print(header)
@@ -389,14 +402,7 @@ def _table(title: str, keys: list[str], rows: dict[str, dict[str, list[float]]],
     if first:
         print(first)
     for name, per in rows.items():
-        cells = []
-        for k in keys:
-            if k not in per:
-                cells.append(f"{'-':>22}")
-                continue
-            q1, q3 = _common.percentile(per[k], 25), _common.percentile(per[k], 75)
-            cells.append(f"{_common.median(per[k]):>8.3f} [{q1:.3f}-{q3:.3f}]")
-        print(f"{name:<34}" + "".join(cells))
+        print(f"{name:<34}" + "".join(f"{cell(name, k) if per.get(k) else '-':>22}" for k in keys))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,34 +453,27 @@ def main(argv: list[str] | None = None) -> int:
         "Throughput relative to the raw floor in the same round (1.000 = no overhead; median [quartiles])",
         keys,
         ratios,
+        lambda name, k: _with_quartiles(ratios[name][k]),
         floor_row,
     )
     _table(
         "CPU per child (this process + children), the floor's relative to the contender's (same rounds)",
         keys,
         cpu_ratios,
-        "",
+        lambda name, k: _with_quartiles(cpu_ratios[name][k]),
     )
-
-    print("\nPage faults per child in this process (minor; median)")
-    header = f"{'contender':<34}" + "".join(f"{k:>22}" for k in keys)
-    print(header)
-    print("-" * len(header))
-    for name, per in faults.items():
-        cells = (f"{_common.median(per[k]):>22.0f}" if per.get(k) else f"{'-':>22}" for k in keys)
-        print(f"{name:<34}" + "".join(cells))
-
-    print("\nThe main thread per child, µs (median): on a CPU / runnable but waiting for one")
-    print(header)
-    print("-" * len(header))
-    for name, per in on_cpu.items():
-        cells = (
-            f"{_common.median(per[k]):>14.0f} / {_common.median(waiting[name][k]):>5.0f}"
-            if per.get(k)
-            else f"{'-':>22}"
-            for k in keys
-        )
-        print(f"{name:<34}" + "".join(cells))
+    _table(
+        "Page faults per child in this process (minor; median)",
+        keys,
+        faults,
+        lambda name, k: f"{_common.median(faults[name][k]):.0f}",
+    )
+    _table(
+        "The main thread per child, µs (median): on a CPU / runnable but waiting for one",
+        keys,
+        on_cpu,
+        lambda name, k: f"{_common.median(on_cpu[name][k]):.0f} / {_common.median(waiting[name][k]):.0f}",
+    )
 
     def quartiles(table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
         return {
