@@ -9,7 +9,7 @@ with the raw floor (no library: ``os.posix_spawn``/``os.fork`` and
 throughput relative to the floor of the same round (1.00 = as fast as no
 library at all): the median of the rounds, with the quartiles in the JSON.
 
-Three reference rows bound what a library can reach:
+Four reference rows bound what a library can reach:
 
 * ``raw floor (A/A)``: the floor measured against itself, the same way. Its
   spread is the machine's noise; no ratio is meaningful closer than that.
@@ -26,6 +26,12 @@ Three reference rows bound what a library can reach:
   bytecode, so a signal landing just before ``select()`` blocks would wait for
   its timeout (one child in a thousand did, here). childproc, a guest, may not
   take the wake-up fd; its pidfds close that window instead.
+* ``SIGCHLD+pidfd floor (no library)``: what LIBXL and LIBXL_ALWAYS do, as a
+  guest must, with nothing else: a Python handler that writes a self-pipe,
+  a pidfd per child beside it in ``epoll`` (the pidfd closes the handler's
+  window), and ``waitpid(-1, WNOHANG)`` until nothing is left on each
+  wake-up. What those modes cost beyond this is the library; what this costs
+  beyond the SIGCHLD floor is the price of not taking the wake-up fd.
 
 A second table gives the floor's CPU time per child (this process and its
 children) divided by the contender's, so that there too 1.00 means no
@@ -180,6 +186,62 @@ def sigchld_floor(kind: str) -> Callable[[int, int], None]:
     return run
 
 
+def sigchld_pidfd_floor(kind: str) -> Callable[[int, int], None]:
+    """LIBXL's mechanism with no library: a self-pipe written by a Python
+    handler, pidfds as wake-ups beside it, ``waitpid(-1, WNOHANG)`` to reap."""
+
+    def run(n: int, conc: int) -> None:
+        ep = select.epoll()
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        ep.register(rfd, select.EPOLLIN)
+
+        def handler(signum: int, frame: object) -> None:
+            try:
+                os.write(wfd, b"\0")
+            except BlockingIOError:
+                pass
+
+        pidfds: dict[int, int] = {}  # pid -> pidfd
+        old = signal.getsignal(signal.SIGCHLD)
+        try:
+            signal.signal(signal.SIGCHLD, handler)
+            started = 0
+            while started < n or pidfds:
+                while started < n and len(pidfds) < conc:
+                    if kind == "spawn":
+                        pid = os.posix_spawn(TRUE, ARGV, ENVB)
+                    else:
+                        pid = os.fork()
+                        if pid == 0:
+                            os._exit(0)
+                    fd = os.pidfd_open(pid)
+                    ep.register(fd, select.EPOLLIN)
+                    pidfds[pid] = fd
+                    started += 1
+                for fd, _ in ep.poll(1.0):  # never unbounded, as above
+                    if fd == rfd:
+                        try:
+                            os.read(rfd, 4096)
+                        except BlockingIOError:
+                            pass
+                while pidfds:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                    if pid == 0:
+                        break
+                    fd = pidfds.pop(pid)
+                    ep.unregister(fd)
+                    os.close(fd)
+        finally:
+            signal.signal(signal.SIGCHLD, old)
+            ep.close()
+            os.close(rfd)
+            os.close(wfd)
+
+    return run
+
+
 # -- childproc -------------------------------------------------------------------------------
 def childproc_run(mode: SigchldOwner, kind: str) -> Callable[[int, int], None]:
     def run(n: int, conc: int) -> None:
@@ -314,6 +376,7 @@ def _available(module: str) -> bool:
 AA = "raw floor (A/A)"
 PIDFD_FLOOR = "pidfd floor (no library)"
 SIGCHLD_FLOOR = "SIGCHLD floor (no library)"
+SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
 
 
 def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
@@ -322,6 +385,8 @@ def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
     if _pidfd_supported():
         table[PIDFD_FLOOR] = pidfd_floor(kind)
     table[SIGCHLD_FLOOR] = sigchld_floor(kind)
+    if _pidfd_supported():
+        table[SIGCHLD_PIDFD_FLOOR] = sigchld_pidfd_floor(kind)
     modes = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
     for mode in [*modes, SigchldOwner.MAINLOOP]:
         table[f"childproc {mode.name}"] = childproc_run(mode, kind)
