@@ -26,12 +26,17 @@ Four reference rows bound what a library can reach:
   bytecode, so a signal landing just before ``select()`` blocks would wait for
   its timeout (one child in a thousand did, here). childproc, a guest, may not
   take the wake-up fd; its pidfds close that window instead.
-* ``SIGCHLD+pidfd floor (no library)``: what LIBXL and LIBXL_ALWAYS do, as a
-  guest must, with nothing else: a Python handler that writes a self-pipe,
+* ``SIGCHLD+pidfd floor (no library)``: what LIBXL_ALWAYS does (and LIBXL, but
+  for putting its handler in and taking it out for every child), as a guest
+  must, with nothing else: a Python handler that writes a self-pipe,
   a pidfd per child beside it in ``epoll`` (the pidfd closes the handler's
   window), and ``waitpid(-1, WNOHANG)`` until nothing is left on each
   wake-up. What those modes cost beyond this is the library; what this costs
   beyond the SIGCHLD floor is the price of not taking the wake-up fd.
+
+The floors run only in a process whose children are all their own (this
+benchmark runs one contender at a time), and the two SIGCHLD floors only where
+SIGCHLD's handler is one Python can put back (not one installed from C).
 
 A second table gives the floor's CPU time per child (this process and its
 children) divided by the contender's, so that there too 1.00 means no
@@ -187,8 +192,11 @@ def sigchld_floor(kind: str) -> Callable[[int, int], None]:
 
 
 def sigchld_pidfd_floor(kind: str) -> Callable[[int, int], None]:
-    """LIBXL's mechanism with no library: a self-pipe written by a Python
-    handler, pidfds as wake-ups beside it, ``waitpid(-1, WNOHANG)`` to reap."""
+    """LIBXL_ALWAYS's mechanism with no library: a self-pipe written by a Python
+    handler, pidfds as wake-ups beside it, ``waitpid(-1, WNOHANG)`` to reap.
+
+    Written out in full, as each floor is (the start of a child repeats the
+    pidfd floor's): a floor makes no call per child beyond its mechanism's."""
 
     def run(n: int, conc: int) -> None:
         ep = select.epoll()
@@ -382,10 +390,13 @@ SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
 def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
     floors = {"spawn": floor_spawn, "fork": floor_fork}
     table: dict[str, Callable[[int, int], None]] = {AA: floors[kind]}
-    if _pidfd_supported():
+    pidfds = _pidfd_supported()
+    python_level = signal.getsignal(signal.SIGCHLD) is not None  # the SIGCHLD floors can put it back
+    if pidfds:
         table[PIDFD_FLOOR] = pidfd_floor(kind)
-    table[SIGCHLD_FLOOR] = sigchld_floor(kind)
-    if _pidfd_supported():
+    if python_level:
+        table[SIGCHLD_FLOOR] = sigchld_floor(kind)
+    if pidfds and python_level:
         table[SIGCHLD_PIDFD_FLOOR] = sigchld_pidfd_floor(kind)
     modes = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
     for mode in [*modes, SigchldOwner.MAINLOOP]:
