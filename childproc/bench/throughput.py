@@ -387,9 +387,11 @@ SIGCHLD_FLOOR = "SIGCHLD floor (no library)"
 SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
 
 
+FLOORS: dict[str, Callable[[int, int], None]] = {"spawn": floor_spawn, "fork": floor_fork}
+
+
 def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
-    floors = {"spawn": floor_spawn, "fork": floor_fork}
-    table: dict[str, Callable[[int, int], None]] = {AA: floors[kind]}
+    table: dict[str, Callable[[int, int], None]] = {AA: FLOORS[kind]}
     pidfds = _pidfd_supported()
     python_level = signal.getsignal(signal.SIGCHLD) is not None  # the SIGCHLD floors can put it back
     if pidfds:
@@ -489,7 +491,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default="spawn,fork")
     args = parser.parse_args(argv)
     concs = [int(c) for c in args.conc.split(",")]
-    floors = {"spawn": floor_spawn, "fork": floor_fork}
     ratios: dict[str, dict[str, list[float]]] = {}
     cpu_ratios: dict[str, dict[str, list[float]]] = {}
     rates: dict[str, dict[str, list[float]]] = {}
@@ -504,10 +505,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name, fn in contenders(kind).items():
                 # A/B/B/A: the floor right before and right after, so drift cancels.
-                f1 = timed(floors[kind], args.n, conc, "floor")
+                f1 = timed(FLOORS[kind], args.n, conc, "floor")
                 c1 = timed(fn, args.n, conc, name)
                 c2 = timed(fn, args.n, conc, name)
-                f2 = timed(floors[kind], args.n, conc, "floor")
+                f2 = timed(FLOORS[kind], args.n, conc, "floor")
                 ratio = (f1.wall + f2.wall) / (c1.wall + c2.wall)
                 cpu_ratio = (f1.cpu + f2.cpu) / (c1.cpu + c2.cpu)
                 ratios.setdefault(name, {}).setdefault(key, []).append(ratio)
