@@ -338,13 +338,14 @@ def forkfaults_page(path: Path) -> str:
 
 
 THROUGHPUT_JSON = DOCS.parent / "benchmarks" / "results" / "throughput.json"
+THROUGHPUT_REALTIME_JSON = DOCS.parent / "benchmarks" / "results" / "throughput-realtime.json"
 LATENCY_JSON = DOCS.parent / "benchmarks" / "results" / "latency.json"
 
 
-def throughput_page(path: Path) -> str:
+def throughput_page(path: Path, command: str = "python -m childproc bench throughput") -> str:
     """Throughput relative to the raw floor (benchmarks/throughput.py)."""
     if not path.is_file():
-        return ".. note::\n\n   No measurements yet: run ``python -m childproc bench throughput``.\n"
+        return f".. note::\n\n   No measurements yet: run ``{command}``.\n"
     data = json.loads(path.read_text(encoding="utf-8"))
     keys = data["keys"]
     floor = data["children_per_second"]["raw floor"]
@@ -371,6 +372,7 @@ def throughput_page(path: Path) -> str:
     title = (
         f"Throughput relative to the raw floor (1.000 = no overhead), {data['n']} children per run, "
         f"median (quartiles) of {data['rounds']} rounds, Python {data['python']}"
+        + (", main thread at real-time priority (SCHED_RR)" if data.get("main_thread") == "SCHED_RR" else "")
     )
     page = _list_table(title, ["Contender", *keys], rows, widths)
     if cpu_rows:
@@ -508,6 +510,14 @@ def write_generated(app: Sphinx | None = None) -> None:
         "forkfaults.rst": (_shown(FORKFAULTS_JSON), forkfaults_page(FORKFAULTS_JSON)),
         "torture.rst": (_shown(TORTURE_JSON), torture_page(TORTURE_JSON)),
         "throughput.rst": (_shown(THROUGHPUT_JSON), throughput_page(THROUGHPUT_JSON)),
+        "throughput_realtime.rst": (
+            _shown(THROUGHPUT_REALTIME_JSON),
+            throughput_page(
+                THROUGHPUT_REALTIME_JSON,
+                "python -m childproc bench throughput --realtime "
+                "--json benchmarks/results/throughput-realtime.json",
+            ),
+        ),
         "latency.rst": (_shown(LATENCY_JSON), latency_page(LATENCY_JSON)),
         "coexistence.rst": (
             "docs/coexistence.json (checked by tests/coexistence)",

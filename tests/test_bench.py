@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +39,49 @@ def test_benchmark_runs_and_writes_json(name: str, tmp_path: Path) -> None:
     data = json.loads(out.read_text(), parse_constant=_refuse)  # strict JSON: no NaN or Infinity
     assert data["benchmark"] == name and data["python"]
     assert "wrote" in proc.stdout
+
+
+def _may_run_realtime() -> bool:
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60, check=False)
+    return proc.returncode == 0
+
+
+@pytest.mark.timeout(300)
+def test_throughput_realtime_measures_floors_and_modes_at_sched_rr(tmp_path: Path) -> None:
+    out = tmp_path / "throughput-realtime.json"
+    args = ["--n", "10", "--rounds", "1", "--kinds", "spawn", "--realtime", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "childproc", "bench", "throughput", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    if not _may_run_realtime():  # no CAP_SYS_NICE here: the refusal must say what is needed
+        assert proc.returncode == 2 and "CAP_SYS_NICE" in proc.stderr, proc.stderr[-3000:]
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text(), parse_constant=_refuse)
+    assert data["main_thread"] == "SCHED_RR"
+    names = set(data["ratio_to_floor"])
+    assert "childproc SELECTIVE_REAP" in names and "raw floor (A/A)" in names
+    assert not any(n.startswith(("asyncio", "trio", "Twisted", "Tornado")) for n in names), names
+    assert "main thread SCHED_RR" in proc.stdout
+
+
+def test_throughput_realtime_refused_says_what_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from childproc.bench import throughput  # noqa: PLC0415
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    with pytest.raises(SystemExit) as exit_:
+        throughput.main(["--realtime", "--n", "1", "--rounds", "1", "--json", str(tmp_path / "x.json")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--realtime" in err and "CAP_SYS_NICE" in err and "ulimit -r" in err
+    assert not (tmp_path / "x.json").exists()

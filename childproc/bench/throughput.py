@@ -51,16 +51,27 @@ whose CPUs the children keep busy (spawn at concurrency 64 on two CPUs) the
 wall clock can differ from the CPU ratio by where the scheduler puts the
 parent, and this table shows when it did.
 
+``--realtime`` takes that out: the measuring thread runs at real-time priority
+(``SCHED_RR``, with ``SCHED_RESET_ON_FORK`` so that its children start as
+ordinary tasks), and a real-time thread that wakes up takes a CPU from an
+ordinary task at once, so the main thread never waits for one. What is left in
+the wall clock is the work each loop does, the kernel's and the children's.
+It needs ``CAP_SYS_NICE`` (or ``ulimit -r`` of 1 or more), and it runs only
+the floors and childproc's modes: the peers' threads and their child
+interpreters would start as ordinary tasks, so they would not be measured
+alike.
+
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
 ``run_process``, Twisted ``spawnProcess`` and Tornado ``Subprocess`` where
 installed.
 
-Usage: python -m childproc bench throughput [--n 400] [--rounds 5]
+Usage: python -m childproc bench throughput [--n 400] [--rounds 7] [--realtime]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import select
@@ -390,7 +401,9 @@ SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
 FLOORS: dict[str, Callable[[int, int], None]] = {"spawn": floor_spawn, "fork": floor_fork}
 
 
-def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
+def contenders(kind: str, peers: bool = True) -> dict[str, Callable[[int, int], None]]:
+    """What runs for ``kind`` ("spawn" or "fork"): the floors, childproc's modes, and
+    (for spawn, with ``peers``) the other libraries that are installed."""
     table: dict[str, Callable[[int, int], None]] = {AA: FLOORS[kind]}
     pidfds = _pidfd_supported()
     python_level = signal.getsignal(signal.SIGCHLD) is not None  # the SIGCHLD floors can put it back
@@ -403,7 +416,7 @@ def contenders(kind: str) -> dict[str, Callable[[int, int], None]]:
     modes = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
     for mode in [*modes, SigchldOwner.MAINLOOP]:
         table[f"childproc {mode.name}"] = childproc_run(mode, kind)
-    if kind == "spawn":
+    if kind == "spawn" and peers:
         table["asyncio create_subprocess_exec"] = asyncio_run
         if _available("trio"):
             table["trio run_process"] = trio_run
@@ -489,7 +502,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--conc", default="1,64")
     parser.add_argument("--kinds", default="spawn,fork")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run the measuring thread SCHED_RR (its children start as ordinary tasks), "
+        "so that it never waits for a CPU; the floors and childproc's modes only",
+    )
     args = parser.parse_args(argv)
+    if args.realtime:
+        previous = os.sched_getscheduler(0), os.sched_getparam(0)
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+        except OSError as e:
+            parser.error(
+                f"--realtime: this thread may not run SCHED_RR ({e.strerror}); "
+                "it needs CAP_SYS_NICE or a real-time priority limit (ulimit -r) of 1 or more"
+            )
+        try:
+            return _run(args)
+        finally:
+            os.sched_setscheduler(0, *previous)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     concs = [int(c) for c in args.conc.split(",")]
     ratios: dict[str, dict[str, list[float]]] = {}
     cpu_ratios: dict[str, dict[str, list[float]]] = {}
@@ -498,12 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     on_cpu: dict[str, dict[str, list[float]]] = {}
     waiting: dict[str, dict[str, list[float]]] = {}
     plan = [(kind, conc) for kind in args.kinds.split(",") for conc in concs]
-    total = sum(len(contenders(kind)) for kind, _ in plan) * args.rounds
+    peers = not args.realtime
+    total = sum(len(contenders(kind, peers)) for kind, _ in plan) * args.rounds
     done = 0
     for kind, conc in plan:
         key = f"{kind} c={conc}"
         for _ in range(args.rounds):
-            for name, fn in contenders(kind).items():
+            for name, fn in contenders(kind, peers).items():
                 # A/B/B/A: the floor right before and right after, so drift cancels.
                 f1 = timed(FLOORS[kind], args.n, conc, "floor")
                 c1 = timed(fn, args.n, conc, name)
@@ -526,8 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     floor_row = f"{'raw floor (children/s)':<34}" + "".join(
         f"{_common.median(rates['raw floor'][k]):>20.0f}/s" for k in keys
     )
+    title = "Throughput relative to the raw floor in the same round (1.000 = no overhead; median [quartiles])"
     _table(
-        "Throughput relative to the raw floor in the same round (1.000 = no overhead; median [quartiles])",
+        title + ("; main thread SCHED_RR" if args.realtime else ""),
         keys,
         ratios,
         lambda name, k: _with_quartiles(ratios[name][k]),
@@ -565,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             "n": args.n,
             "rounds": args.rounds,
             "order": "floor, contender, contender, floor in each round",
+            "main_thread": "SCHED_RR" if args.realtime else "ordinary",
             "keys": keys,
             "ratio_to_floor": _common.medians(ratios),
             "ratio_quartiles": quartiles(ratios),
