@@ -514,8 +514,7 @@ def write_generated(app: Sphinx | None = None) -> None:
             _shown(THROUGHPUT_REALTIME_JSON),
             throughput_page(
                 THROUGHPUT_REALTIME_JSON,
-                "python -m childproc bench throughput --realtime "
-                "--json benchmarks/results/throughput-realtime.json",
+                "python -m childproc bench throughput --realtime",
             ),
         ),
         "latency.rst": (_shown(LATENCY_JSON), latency_page(LATENCY_JSON)),

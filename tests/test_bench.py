@@ -49,15 +49,16 @@ def _may_run_realtime() -> bool:
 
 @pytest.mark.timeout(300)
 def test_throughput_realtime_measures_floors_and_modes_at_sched_rr(tmp_path: Path) -> None:
-    out = tmp_path / "throughput-realtime.json"
-    args = ["--n", "10", "--rounds", "1", "--kinds", "spawn", "--realtime", "--json", str(out)]
+    args = ["--n", "10", "--rounds", "1", "--kinds", "spawn", "--realtime"]  # default --json
     proc = subprocess.run(
         [sys.executable, "-m", "childproc", "bench", "throughput", *args],
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
+        cwd=tmp_path,
     )
+    out = tmp_path / "benchmarks" / "results" / "throughput-realtime.json"
     if not _may_run_realtime():  # no CAP_SYS_NICE here: the refusal must say what is needed
         assert proc.returncode == 2 and "CAP_SYS_NICE" in proc.stderr, proc.stderr[-3000:]
         return
@@ -68,6 +69,41 @@ def test_throughput_realtime_measures_floors_and_modes_at_sched_rr(tmp_path: Pat
     assert "childproc SELECTIVE_REAP" in names and "raw floor (A/A)" in names
     assert not any(n.startswith(("asyncio", "trio", "Twisted", "Tornado")) for n in names), names
     assert "main thread SCHED_RR" in proc.stdout
+    assert not (tmp_path / "benchmarks" / "results" / "throughput.json").exists()  # the ordinary run's
+
+
+@pytest.mark.timeout(120)
+def test_throughput_realtime_puts_the_threads_policy_back(tmp_path: Path) -> None:
+    from childproc.bench import throughput  # noqa: PLC0415
+
+    if not _may_run_realtime():
+        pytest.skip("this process may not run SCHED_RR (no CAP_SYS_NICE, ulimit -r 0)")
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    args = ["--realtime", "--n", "2", "--rounds", "1", "--kinds", "spawn", "--conc", "1"]
+    assert throughput.main([*args, "--json", str(tmp_path / "x.json")]) == 0
+    assert json.loads((tmp_path / "x.json").read_text())["main_thread"] == "SCHED_RR"
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+
+
+def test_realtime_thread_keeps_reset_on_fork_where_it_may_not_clear_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without CAP_SYS_NICE (ulimit -r), a thread may set SCHED_RESET_ON_FORK but not clear it.
+    from childproc.bench import throughput  # noqa: PLC0415
+
+    asked: list[int] = []
+
+    def setscheduler(pid: int, policy: int, param: object) -> None:
+        asked.append(policy)
+        if len(asked) == 2:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_OTHER)
+    monkeypatch.setattr(os, "sched_getparam", lambda pid: os.sched_param(0))
+    monkeypatch.setattr(os, "sched_setscheduler", setscheduler)
+    throughput.realtime_thread()()
+    reset = os.SCHED_RESET_ON_FORK
+    assert asked == [os.SCHED_RR | reset, os.SCHED_OTHER, os.SCHED_OTHER | reset]
 
 
 def test_throughput_realtime_refused_says_what_it_needs(

@@ -59,7 +59,10 @@ the wall clock is the work each loop does, the kernel's and the children's.
 It needs ``CAP_SYS_NICE`` (or ``ulimit -r`` of 1 or more), and it runs only
 the floors and childproc's modes: the peers' threads and their child
 interpreters would start as ordinary tasks, so they would not be measured
-alike.
+alike. For the same reason it means something only where pidfds exist
+(without them childproc watches a child from a thread of its own). It writes
+``benchmarks/results/throughput-realtime.json`` unless ``--json`` says
+otherwise.
 
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
@@ -508,21 +511,46 @@ def main(argv: list[str] | None = None) -> int:
         help="run the measuring thread SCHED_RR (its children start as ordinary tasks), "
         "so that it never waits for a CPU; the floors and childproc's modes only",
     )
+    parser.set_defaults(json=None)
     args = parser.parse_args(argv)
-    if args.realtime:
-        previous = os.sched_getscheduler(0), os.sched_getparam(0)
+    if args.json is None:
+        name = "throughput-realtime.json" if args.realtime else "throughput.json"
+        args.json = str(_common.RESULTS / name)
+    if not args.realtime:
+        return _run(args)
+    try:
+        restore = realtime_thread()
+    except OSError as e:
+        parser.error(
+            f"--realtime: this thread may not run SCHED_RR ({e.strerror}); it needs CAP_SYS_NICE, "
+            "or a real-time priority limit (ulimit -r) of 1 or more and, where the cgroup has one, "
+            "a real-time CPU budget (cpu.rt_runtime_us)"
+        )
+    try:
+        return _run(args)
+    finally:
+        restore()
+
+
+def realtime_thread() -> Callable[[], None]:
+    """Make the calling thread ``SCHED_RR`` (priority 1), the tasks it makes
+    (children, threads) starting as ordinary ones; return the function that puts
+    its policy back. Raises ``OSError`` (EPERM) where the thread may not."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+
+    def restore() -> None:
         try:
-            os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
-        except OSError as e:
-            parser.error(
-                f"--realtime: this thread may not run SCHED_RR ({e.strerror}); "
-                "it needs CAP_SYS_NICE or a real-time priority limit (ulimit -r) of 1 or more"
-            )
-        try:
-            return _run(args)
-        finally:
-            os.sched_setscheduler(0, *previous)
-    return _run(args)
+            os.sched_setscheduler(0, policy, param)
+        except PermissionError:  # without CAP_SYS_NICE, SCHED_RESET_ON_FORK may be set, not cleared
+            os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, param)
+
+    return restore
+
+
+def _main_thread_policy() -> str:
+    rr = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
+    return "SCHED_RR" if rr else "ordinary"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -535,6 +563,7 @@ def _run(args: argparse.Namespace) -> int:
     waiting: dict[str, dict[str, list[float]]] = {}
     plan = [(kind, conc) for kind in args.kinds.split(",") for conc in concs]
     peers = not args.realtime
+    policy = _main_thread_policy()  # what the scheduler says, not what was asked
     total = sum(len(contenders(kind, peers)) for kind, _ in plan) * args.rounds
     done = 0
     for kind, conc in plan:
@@ -565,7 +594,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     title = "Throughput relative to the raw floor in the same round (1.000 = no overhead; median [quartiles])"
     _table(
-        title + ("; main thread SCHED_RR" if args.realtime else ""),
+        title + ("; main thread SCHED_RR" if policy == "SCHED_RR" else ""),
         keys,
         ratios,
         lambda name, k: _with_quartiles(ratios[name][k]),
@@ -603,7 +632,7 @@ def _run(args: argparse.Namespace) -> int:
             "n": args.n,
             "rounds": args.rounds,
             "order": "floor, contender, contender, floor in each round",
-            "main_thread": "SCHED_RR" if args.realtime else "ordinary",
+            "main_thread": policy,
             "keys": keys,
             "ratio_to_floor": _common.medians(ratios),
             "ratio_quartiles": quartiles(ratios),
