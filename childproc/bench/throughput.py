@@ -56,7 +56,8 @@ parent, and this table shows when it did.
 ordinary tasks), and a real-time thread that wakes up takes a CPU from an
 ordinary task at once, so the main thread never waits for one. What is left in
 the wall clock is the work each loop does, the kernel's and the children's.
-It needs ``CAP_SYS_NICE`` (or ``ulimit -r`` of 1 or more), and it runs only
+It needs ``CAP_SYS_NICE`` (or ``ulimit -r`` of 1 or more) and, in a cgroup
+with real-time group scheduling, a real-time CPU budget; and it runs only
 the floors and childproc's modes: the peers' threads and their child
 interpreters would start as ordinary tasks, so they would not be measured
 alike. For the same reason it means something only where pidfds exist
@@ -522,9 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         restore = realtime_thread()
     except OSError as e:
         parser.error(
-            f"--realtime: this thread may not run SCHED_RR ({e.strerror}); it needs CAP_SYS_NICE, "
-            "or a real-time priority limit (ulimit -r) of 1 or more and, where the cgroup has one, "
-            "a real-time CPU budget (cpu.rt_runtime_us)"
+            f"--realtime: this thread may not run SCHED_RR ({e.strerror}); it needs CAP_SYS_NICE "
+            "or a real-time priority limit (ulimit -r) of 1 or more, and, in a cgroup with "
+            "real-time group scheduling, a real-time CPU budget (cpu.rt_runtime_us)"
         )
     try:
         return _run(args)
@@ -549,8 +550,10 @@ def realtime_thread() -> Callable[[], None]:
 
 
 def _main_thread_policy() -> str:
-    rr = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
-    return "SCHED_RR" if rr else "ordinary"
+    """The calling thread's scheduling policy as the kernel reports it ("SCHED_OTHER", ...)."""
+    policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+    names = ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE", "SCHED_FIFO", "SCHED_RR")
+    return next((n for n in names if getattr(os, n, None) == policy), f"policy {policy}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -594,7 +597,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     title = "Throughput relative to the raw floor in the same round (1.000 = no overhead; median [quartiles])"
     _table(
-        title + ("; main thread SCHED_RR" if policy == "SCHED_RR" else ""),
+        title + ("" if policy == "SCHED_OTHER" else f"; main thread {policy}"),
         keys,
         ratios,
         lambda name, k: _with_quartiles(ratios[name][k]),
