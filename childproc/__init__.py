@@ -4,7 +4,7 @@ Quick start::
 
     import os, childproc
 
-    with childproc.Context() as ctx:          # LIBXL mode by default
+    with childproc.Context() as ctx:          # SELECTIVE_REAP by default
         pid = ctx.child_fork(lambda pid, status: print(pid, childproc.describe_status(status)))
         if pid == 0:
             os._exit(3)
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         ChildprocError,
         ChildStolenError,
         ClosedError,
+        FdLostError,
         ForkedContextError,
         ForkError,
         HandlerReplacedError,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         NotOurChildError,
         PidfdUnavailableError,
         SigchldConflictError,
+        SigchldIgnoredError,
         SpawnError,
         StateError,
         UnknownChildError,
@@ -69,8 +71,10 @@ _LAZY = {
             "HandlerReplacedError",
             "InvalidArgumentError",
             "NotOurChildError",
+            "FdLostError",
             "PidfdUnavailableError",
             "SigchldConflictError",
+            "SigchldIgnoredError",
             "SpawnError",
             "StateError",
             "UnknownChildError",
@@ -144,5 +148,7 @@ __all__ = [
     "AlreadyWatchedError",
     "NotOurChildError",
     "PidfdUnavailableError",
+    "SigchldIgnoredError",
+    "FdLostError",
     "__version__",
 ]

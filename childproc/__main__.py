@@ -1,6 +1,6 @@
 """``python -m childproc COMMAND``: ``demo`` (each mode on real children), ``doctor`` (this
-process and machine: SIGCHLD owner, pidfds, traps), ``bench NAME`` (a benchmark: throughput,
-scaling, latency, bigparent, forkfaults; ``bench NAME --help`` for its options)."""
+process and machine: SIGCHLD owner, pidfds, traps). The benchmarks are not part of the
+package: they live in the repository's ``benchmarks/`` (``python benchmarks/NAME.py``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .bench import NAMES
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m childproc", description=__doc__)
@@ -18,15 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("demo", help="spawn children under each mode and show what happened")
     doctor = sub.add_parser("doctor", help="SIGCHLD owner, wakeup fd, pidfd support, known traps")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
-    bench = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
-    bench.add_argument("name", choices=NAMES)
-    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        import importlib  # noqa: PLC0415
-
-        module = importlib.import_module(f"childproc.bench.{args.name}")
-        return int(module.main(args.options))
     if args.command == "demo":
         from ._demo import run  # noqa: PLC0415 - only the command run is imported
 

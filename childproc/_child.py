@@ -1,10 +1,11 @@
 """The child handle: one per child a context watches, forked, spawned or adopted.
 
 A :class:`Child` is both the context's record of a child (what the watchers
-read) and the application's handle on it. Its fields change only under the
-process lock, at the moment childproc *observes* a state change (reaping it or
-peeking at it), so ``state`` and ``send_signal`` never lag behind the kernel's
-view by a delivery.
+and the ledger read) and the application's handle on it. Its ``phase`` (a
+:class:`~childproc._lifecycle.Phase`) changes only under the process lock,
+through the ledger and the lifecycle table, at the moment childproc
+*observes* a state change (reaping it or peeking at it), so ``state`` and
+``send_signal`` never lag behind the kernel's view by a delivery.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ import enum
 import os
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._errors import InvalidArgumentError
+from ._lifecycle import FINISHED, Phase
 from ._status import ChildEvent
 
-if TYPE_CHECKING:
-    from ._context import Context
+
+class ChildOwner(Protocol):
+    """What a handle asks of the context that watches it (a :class:`~childproc.Context`)."""
+
+    def _signal_child(self, child: Child, sig: int) -> None: ...
+    def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None: ...
+    def _release_child(self, child: Child) -> None: ...
+
 
 __all__ = ["EVENT_MASK", "Child", "ChildState", "EventCallback", "check_events"]
 
@@ -53,9 +61,13 @@ class ChildState(enum.Enum):
     EXITED = "exited"
 
 
-_RUNNING = ChildState.RUNNING
 #: ``events`` of a child that asked for its exit only (no stop/continue events).
 _EXIT_ONLY = os.WEXITED
+_PUBLIC_STATE = {
+    Phase.RUNNING: ChildState.RUNNING,
+    Phase.STOPPED: ChildState.STOPPED,
+    Phase.ORPHANED: ChildState.RUNNING,  # last seen running
+}
 
 
 class Child:
@@ -70,7 +82,6 @@ class Child:
         "__weakref__",
         "_ctx",
         "_defer_reap",
-        "_done",
         "_events",
         "_exit_fd",
         "_final",
@@ -79,19 +90,17 @@ class Child:
         "_pid",
         "_pidfd",
         "_polled",
-        "_released",
-        "_state",
         "_status",
         "_uid",
         "_watches_stops",
-        "_zombie",
         "kill_on_close",
         "oneshot",
+        "phase",
     )
 
     def __init__(
         self,
-        ctx: Context,
+        ctx: ChildOwner,
         pid: int,
         on_event: EventCallback | None,
         *,
@@ -110,15 +119,13 @@ class Child:
         #: ``child_fork``'s ``callback(pid, wait_status)``, called in place of ``_on_event``.
         self._on_exit_status = on_exit_status
         self._events = events
-        self._state = _RUNNING
+        #: Where the child is in its life (see childproc._lifecycle); changed by the ledger.
+        self.phase = Phase.RUNNING
         # The exit: wait status and uid as childproc saw them (the ChildEvent is made
         # from them when first asked for: a child_fork callback never needs one).
         self._status: int | None = None
         self._uid: int | None = None
         self._final: ChildEvent | None = None
-        self._zombie = False  # exit seen with WNOWAIT: reaped after the callback
-        self._released = False
-        self._done = False  # exit delivered (or stolen, or released): nothing more will come
         self._watches_stops = events != _EXIT_ONLY
         self._defer_reap = defer_reap
         #: After the first stop/continue event, stop reporting them.
@@ -137,7 +144,8 @@ class Child:
         return self._pidfd
 
     @property
-    def context(self) -> Context:
+    def context(self) -> ChildOwner:
+        """The :class:`~childproc.Context` watching this child."""
         return self._ctx
 
     @property
@@ -157,7 +165,15 @@ class Child:
 
     @property
     def state(self) -> ChildState:
-        return self._state
+        phase = self.phase
+        if phase is Phase.RELEASED and self._status is None:
+            return ChildState.RUNNING  # released before its exit was seen
+        return _PUBLIC_STATE.get(phase, ChildState.EXITED)
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will be reported for this child (exit delivered, or released)."""
+        return self.phase in FINISHED
 
     @property
     def final(self) -> ChildEvent | None:
@@ -174,7 +190,7 @@ class Child:
 
     @property
     def released(self) -> bool:
-        return self._released
+        return self.phase is Phase.RELEASED or self.phase is Phase.ORPHANED
 
     # -- what the application does -------------------------------------------
     def send_signal(self, sig: int) -> None:
@@ -218,4 +234,4 @@ class Child:
     def __repr__(self) -> str:
         fd = f" pidfd={self._pidfd}" if self._pidfd is not None else ""
         final = f" {self.final}" if self._status is not None else ""
-        return f"<childproc.Child pid={self._pid}{fd} {self._state.value}{final}>"
+        return f"<childproc.Child pid={self._pid}{fd} {self.state.value}{final}>"

@@ -1,144 +1,106 @@
 """The Context: make or adopt children, learn exactly once when each dies.
 
+The façade over parts with one job each:
+
+* :mod:`childproc._creators`: how a child comes to be (fork, spawn, adopt);
+* :mod:`childproc._wakeups`: the context's fds (epoll, self-pipe, pidfds, exit fds);
+* :mod:`childproc._reaping`: from "ready" to the right ledger, through the watcher
+  and :func:`childproc._policy.route`;
+* :mod:`childproc._ledger` and :mod:`childproc._lifecycle`: each child's state and
+  the exactly-once event queue;
+* :mod:`childproc._delivery`: running callbacks;
+* :mod:`childproc._sigchld` and :mod:`childproc._process`: what is process-wide.
+
 How a death travels
 -------------------
-1. ``child_fork``/``fork``/``spawn``/``adopt`` create or take the child with the
-   process lock held and register it (ledger, ``OWNERS``, watcher, pidfd in the
-   context's epoll) before the lock is released, so no reaper anywhere in the
-   process can take the pid unseen.
-2. The child dies. The kernel makes its pidfd readable and sends SIGCHLD; the
-   process-wide handler (where the mode uses one) pokes the self-pipe of every
-   context that uses it. Either makes the context's epoll (``fileno()``)
-   readable, on any thread, even while the main thread is blocked in C.
-3. ``dispatch()`` (or ``wait()``) drains the pipe, asks the watcher to reap,
-   and routes every reaped pid through :func:`childproc._policy.route`: ours
-   into our ledger, another context's into its ledger (and pokes it), a
-   foreign pid to ``reaped_callback`` or a warning. The child's handle is
-   updated right there (state, final event), under the lock.
-4. Delivery pops one event at a time and runs its callback with no lock held
-   but the context's delivery lock (so callbacks run one at a time, in order,
-   and may call back into the context). A popped event is delivered; if its
-   callback raises, the rest stay queued and the exception propagates. A child
-   whose reaping was deferred (``reap_after_callback``) is reaped right after
-   its exit callback, even if that raised.
+1. ``child_fork``/``fork``/``spawn``/``adopt`` make or take the child with the
+   process lock held; its pid reaches the context's record from C, and the
+   child is registered (ledger, ``OWNERS``, watcher, pidfd in the epoll)
+   before the lock is released, so no reaper anywhere in the process can take
+   the pid unseen.
+2. The child dies. Its pidfd becomes readable; SIGCHLD pokes the self-pipe of
+   every context that uses the handler. Either makes ``fileno()`` readable.
+3. ``dispatch()`` (or ``wait()``) reaps into the journal and applies it: the
+   child's state moves (:mod:`childproc._lifecycle`) and its event is queued.
+4. Delivery runs the event's callback, exactly once; then the child's fds are
+   closed (after the callback: each close releases the GIL, and a callback
+   should not wait for other threads' turns to run).
+
+Interruptions
+-------------
+A ``KeyboardInterrupt`` (or any exception a signal handler raises) may land
+between any two bytecodes of the main thread. Every step above keeps what it
+changed in the kernel in a record the next call finds (a start in
+``_starting``, a reap in the journal, a teardown in the process's chores), and
+replaying a record changes nothing twice; :meth:`Context._enter` replays what
+an interruption left.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import itertools
 import logging
 import os
-import select
 import signal
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _process
-from ._child import Child, ChildState, EventCallback, check_events
+from ._child import Child, EventCallback, check_events
+from ._creators import Adopt, Creator, Fork, Spawn
+from ._delivery import Delivery
 from ._errors import (
     AlreadyWatchedError,
     ChildExitedError,
-    ChildStolenError,
     ClosedError,
+    FdLostError,
     ForkedContextError,
-    ForkError,
     InvalidArgumentError,
     NotOurChildError,
     PidfdUnavailableError,
-    SpawnError,
+    SigchldIgnoredError,
     StateError,
     UnknownChildError,
 )
-from ._ledger import ChildCallback, Event, EventKind, Ledger
-from ._policy import (
-    ROUTE,
-    RULES,
-    Destination,
-    ForeignCheck,
-    Owner,
-    Reaper,
-    SigchldOwner,
-    choose_watcher,
-    rules_for,
-    wants_handler,
-)
-from ._spawn import spawn_process
-from ._status import ChildEvent, describe_status
-from ._waker import CLOSED_WAKER, Waker
-from ._watchers import Reaped, Watcher, make_watcher
+from ._fds import pid_of_pidfd
+from ._ledger import ChildCallback, Ledger
+from ._lifecycle import SIGNALLABLE, Move, Phase
+from ._orphans import ORPHANAGE
+from ._plan import ForkReplacement, Hooks, Plan, ReapedCallback
+from ._policy import Destination, Owner, Reaper, SigchldOwner, choose_watcher
+from ._reaping import Reaping
+from ._sigchld import HANDLER, on_main_thread
+from ._signature import check_callback
+from ._status import ChildEvent
+from ._watchers import Watcher, make_watcher
 from ._watchers import pidfd as _pidfd
-from ._watchers._base import reap_zombie
+from ._watchers._base import found_from_waitid, reap_zombie
 from ._watchers.scan import scan
-from .forkserver import EXIT_EVENT, ServedChild
 
 if TYPE_CHECKING:
     from ._spawn import Argv
 
-__all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback"]
-
+__all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback", "ServedLike"]
 
 log = logging.getLogger("childproc")
 
-#: ``fork_replacement(user) -> pid``: called instead of ``os.fork()``.
-ForkReplacement = Callable[[Any], int]
-#: ``reaped_callback(pid, status, user) -> bool | None`` for pids nobody in childproc made.
-ReapedCallback = Callable[[int, int, Any], bool | None]
-
-_HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks a handler it relies on
-_EXIT_ONLY = os.WEXITED  # a child's ``events`` when it asked for its exit only
-_EXITED = ChildState.EXITED
-_CHILD_EXIT = EventKind.CHILD_EXIT
-# (an Enum class's attributes go through EnumType.__getattr__: two more pages per fork)
-_TO_CHILD_CALLBACK = Destination.CHILD_CALLBACK
-_TO_OTHER_CONTEXT = Destination.OTHER_CONTEXT
-_TO_REAPED_CALLBACK = Destination.REAPED_CALLBACK
-_TO_WARNING = Destination.WARNING
-_get_ident = threading.get_ident
-_monotonic = time.monotonic
-_getpid = os.getpid
-_held_here = _process._held_here
+_HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks what it relies on
+_EXIT_ONLY = os.WEXITED
 _fallback_logged = False
 
 
-@dataclass(frozen=True)
-class Hooks:
-    """How a context shares child processes with its host (libxl's ``libxl_childproc_hooks``).
+class ServedLike(Protocol):
+    """What :meth:`Context.watch_served` needs of a fork server's child."""
 
-    ``chldowner``
-        Who owns SIGCHLD and reaping: a :class:`SigchldOwner`.
-    ``fork_replacement``
-        Called as ``fork_replacement(user)`` instead of ``os.fork()``; must behave
-        like it (pid in the parent, 0 in the child, ``OSError`` on failure) and
-        must not call back into childproc.
-    ``reaped_callback``
-        LIBXL and LIBXL_ALWAYS only: called as ``reaped_callback(pid, status, user)``
-        for each reaped pid that no childproc context made. Return True or None
-        if the application knows the pid, False if not (then a warning is logged).
-        Runs from ``dispatch()``/``wait()``, never from a signal handler.
-    """
-
-    chldowner: SigchldOwner = SigchldOwner.LIBXL
-    fork_replacement: ForkReplacement | None = None
-    reaped_callback: ReapedCallback | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.chldowner, SigchldOwner):
-            raise InvalidArgumentError(
-                f"Hooks.chldowner must be a SigchldOwner (e.g. SigchldOwner.MAINLOOP), not {self.chldowner!r}"
-            )
-        for name in ("fork_replacement", "reaped_callback"):
-            value = getattr(self, name)
-            if value is not None and not callable(value):
-                raise InvalidArgumentError(f"Hooks.{name} must be callable or None, not {value!r}")
-        if self.reaped_callback is not None and not rules_for(self.chldowner).takes_reaped_callback:
-            raise InvalidArgumentError(
-                f"Hooks.reaped_callback is only used in LIBXL and LIBXL_ALWAYS, where the library "
-                f"reaps children it did not make; {self.chldowner.name} never does"
-            )
+    @property
+    def pid(self) -> int: ...
+    @property
+    def exit_fd(self) -> int | None: ...
+    def detach_fds(self) -> tuple[int | None, int | None]: ...
 
 
 def _validate_pid(pid: object, what: str) -> int:
@@ -147,81 +109,22 @@ def _validate_pid(pid: object, what: str) -> int:
     return pid
 
 
-def _watch_in_thread(pid: int, waker: Waker) -> None:
-    """Last-resort wake-up: block in waitid(WNOWAIT) on one pid, then poke.
-
-    Used only for a child with no pidfd (unsupported, or fds exhausted) when
-    nothing else would announce its death promptly: no handler (PIDFD mode,
-    or one not installed yet), or a Python-level handler that runs only when the
-    main thread gets to it, which may be blocked in C for seconds (the child was
-    made on a worker thread). WNOWAIT peeks without reaping, so the mode's own
-    reaper still reaps.
-    """
+def _watch_in_thread(pid: int, poke: Callable[[], None]) -> None:
+    """Last-resort wake-up for a child with no pidfd when nothing else would announce
+    its death promptly: block in ``waitid(WNOWAIT)`` (peeks, never reaps), then poke."""
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
     except ChildProcessError:
         pass
-    waker.poke()
-
-
-def _pid_of_pidfd(pidfd: int) -> int:
-    """The pid a pidfd refers to (``Pid:`` in /proc/self/fdinfo)."""
-    try:
-        with open(f"/proc/self/fdinfo/{pidfd}") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    raise InvalidArgumentError(f"fd {pidfd} is not a pidfd")
-
-
-class _Plan:
-    """What the policy tables say for one :class:`Hooks`, looked up once at
-    ``setmode()`` rather than on every child.
-
-    Every child's path reads its decisions here, as plain attributes of one
-    object: after a ``fork()`` each object the parent touches costs it a page
-    copy, so the hot path does not walk ``Hooks``, ``ModeRules`` and enums.
-    """
-
-    __slots__ = (
-        "echild_means_stolen",
-        "first_child_check",
-        "fork_replacement",
-        "pidfd_wakeups",
-        "pidfds",
-        "route_nobody",
-        "route_other",
-        "route_ours",
-        "wants_handler",
-    )
-
-    def __init__(self, hooks: Hooks) -> None:
-        mode, has_cb, pidfds = hooks.chldowner, hooks.reaped_callback is not None, _pidfd.supported()
-        rules = RULES[mode]
-        #: indexed by 2 * (has unreaped children) + (has stop/continue watchers)
-        self.wants_handler = tuple(
-            wants_handler(mode, children, pidfds, stops) for children in (0, 1) for stops in (0, 1)
-        )
-        routes = {owner: ROUTE.get((rules.reaper, owner, has_cb)) for owner in Owner}
-        self.route_ours = routes[Owner.THIS_CONTEXT]
-        self.route_other = routes[Owner.OTHER_CONTEXT]
-        self.route_nobody = routes[Owner.NOBODY]
-        #: pidfds work here: each child gets one.
-        self.pidfds = pidfds
-        #: ...and they wake the context (see ``ModeRules.pidfd_wakeups``).
-        self.pidfd_wakeups = rules.pidfd_wakeups
-        #: Refuse the first child while the process has children nobody here made.
-        self.first_child_check = rules.foreign_children_check is ForeignCheck.FIRST_CHILD
-        self.fork_replacement = hooks.fork_replacement
-        #: ECHILD on a pid of ours means someone else reaped it; in MAINLOOP it only
-        #: means the application got there first and will report it.
-        self.echild_means_stolen = rules.reaper is not Reaper.APPLICATION
+    poke()
 
 
 class Context:
     """A set of children and the machinery to learn, exactly once, when each dies.
+
+    ``Context()`` starts in ``SELECTIVE_REAP`` (only its own children are ever
+    reaped); ``Context(mode=SigchldOwner.PIDFD)`` or ``Context(hooks=Hooks(...))``
+    chooses the mode in one step (as :meth:`setmode` does).
 
     Thread safety: every method may be called from any thread. In the modes that
     use the SIGCHLD handler, call ``setmode`` (and the first fork) on the main
@@ -234,35 +137,58 @@ class Context:
     with :meth:`start_dispatch_thread`, never from a signal handler.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, mode: SigchldOwner | None = None, *, hooks: Hooks | None = None, user: Any = None
+    ) -> None:
+        if mode is not None and not isinstance(mode, SigchldOwner):
+            raise InvalidArgumentError(
+                f"mode must be a childproc.SigchldOwner (e.g. SigchldOwner.PIDFD), not {mode!r}"
+            )
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise InvalidArgumentError(f"hooks must be a childproc.Hooks, not {hooks!r}")
+        if mode is not None and hooks is not None and hooks.chldowner is not mode:
+            raise InvalidArgumentError(
+                f"mode={mode.name} and hooks.chldowner={hooks.chldowner.name} disagree: give one"
+            )
         self._pid = os.getpid()
         self._closed = False
+        self._torn_down = False
         self._forked = False
         self._hooks = Hooks()
         self._user: Any = None
-        self._rules = rules_for(self._hooks.chldowner)
-        self._plan = _Plan(self._hooks)
+        self._pidfds = _pidfd.supported()
+        self._plan = Plan(self._hooks, self._pidfds)
         self._ledger: Ledger[Child] = Ledger()
-        self._waker = Waker()
-        try:
-            self._epoll = select.epoll()
-            self._epoll.register(self._waker.rfd, select.EPOLLIN)
-        except BaseException:
-            self._waker.close_read()
-            self._waker.close_write()
-            raise
-        self._polled: dict[int, Child] = {}  # pidfd in the epoll -> its child
-        self._zombies: dict[int, Child] = {}  # exit seen, reaping deferred
-        self._served: dict[int, Child] = {}  # exit fd -> a fork server's child
+        from ._wakeups import Wakeups  # noqa: PLC0415 - (kept beside its only user)
+
+        self._wakeups = Wakeups()
+        self._handler_key = object()  # who this context is to the SIGCHLD handler
+        self._ref = weakref.ref(self)
         self._lost_why: dict[int, str] = {}  # pid -> why its status is lost, where not "stolen"
-        self._stop_watchers = 0
-        self._watcher: Watcher = make_watcher(choose_watcher(self.mode, _pidfd.supported()))
-        self._delivery = threading.RLock()
-        self._waiters_lock = threading.Lock()
-        self._waiters_cv = threading.Condition(self._waiters_lock)
-        self._waiters: dict[int, int] = {}  # thread ident -> nesting depth in wait()
+        self._reaping = Reaping(
+            self, self._ledger, self._wakeups, gone=self._child_gone_locked, lost_why=self._lost_why
+        )
+        self._delivery = Delivery(
+            self._ledger,
+            reaped_callback=None,
+            reap_zombie=self._reap_zombie,
+            reap_leftovers=self._reap_leftover_zombies,
+            lost_why=self._lost_why,
+            mode_name=lambda: self.mode.name,
+            poke=lambda: self._wakeups.waker.poke(),  # noqa: PLW0108 - the waker is replaced at close
+        )
+        self._watcher: Watcher = make_watcher(choose_watcher(self.mode, self._pidfds))
+        self._starting: list[list[Any]] = []  # [child, pid?]: starts not finished
+        self._gone: list[Child] = []  # children whose fds await closing (after delivery)
+        self._dirty = False  # an interruption may have left work: replay at the next entry
+        self._waiters: dict[object, int] = {}  # a blocked wait()'s token -> its thread
+        self._waiters_cv = threading.Condition(threading.Lock())
+        self._teardown_lock = threading.Lock()
+        self._doomed: list[Child] = []
         self._thread: threading.Thread | None = None
         _process.register_context(self)
+        if mode is not None or hooks is not None:
+            self.setmode(hooks if hooks is not None else Hooks(chldowner=mode), user)  # type: ignore[arg-type]
 
     # -- small helpers ------------------------------------------------------
     @property
@@ -272,7 +198,7 @@ class Context:
 
     @property
     def hooks(self) -> Hooks:
-        """The :class:`Hooks` given to :meth:`setmode` (``Hooks()`` until then)."""
+        """The :class:`Hooks` in force (``Hooks()``, SELECTIVE_REAP, until :meth:`setmode`)."""
         return self._hooks
 
     @property
@@ -286,16 +212,23 @@ class Context:
         return self._watcher.kind.name
 
     @property
+    def uses_sigchld_handler(self) -> bool:
+        """Whether this context needs childproc's SIGCHLD handler right now."""
+        return HANDLER.uses(self._handler_key)
+
+    @property
     def children(self) -> frozenset[int]:
         """Pids this context made whose exit has not been delivered yet (a snapshot)."""
         _process.refuse_reentry()
         with _process.LOCK:
+            self._recover_locked()
             return self._ledger.outstanding()
 
     def child(self, pid: int) -> Child:
         """The handle of running child ``pid`` (raises :class:`UnknownChildError`)."""
         _process.refuse_reentry()
         with _process.LOCK:
+            self._recover_locked()
             handle = self._ledger.handle(pid)
         if handle is None:
             raise UnknownChildError(f"pid {pid!r} is not a running child of this context")
@@ -315,37 +248,59 @@ class Context:
             raise ClosedError("this childproc Context is closed; create a new one")
 
     def _enter(self) -> None:
-        """Raise if this context cannot be used here; carry out pending handler chores.
-        One call and no more on the common path: every child passes here."""
-        if self._closed or self._forked or self._pid != _getpid():
+        """Raise if this context cannot be used here; finish what an interruption left."""
+        if self._closed or self._forked or self._pid != os.getpid():
             self._check_usable()
-        if _held_here():
+        if _process.held_here():
             raise _process.reentry_error()
-        if _process._pending:
+        if _process.CHORES:
             _process.run_chores()
+        if self._dirty:
+            with _process.LOCK:
+                self._recover_locked()
+
+    def _recover_locked(self) -> None:
+        """Finish starts and apply journal entries an interruption left. LOCK held."""
+        self._dirty = True
+        for start in list(self._starting):
+            if len(start) > 1 and start[1] > 0:
+                self._register_locked(start[0], start[1])
+            self._starting.remove(start)
+        if self._reaping.journal or self._reaping.served_news:
+            self._reaping.apply(self._plan, self._watcher)
+        self._dirty = False
 
     def _sync_handler_use_locked(self) -> None:
         """Make this context a user of the SIGCHLD handler, or not, as its plan says
-        for its children now (those of a fork server do not count: their exits
-        come on exit fds)."""
-        children = len(self._ledger.running) - len(self._served)
-        wanted = self._plan.wants_handler[(children > 0) * 2 + (self._stop_watchers > 0)]
-        if (self in _process._users) != wanted:
-            _process.set_handler_user(self, wanted)
+        for its children now (a fork server's count not: their exits come on exit fds)."""
+        children = len(self._ledger.running) - len(self._wakeups.served)
+        wanted = self._plan.wants_handler[(children > 0) * 2 + (len(self._reaping.stop_watchers) > 0)]
+        if HANDLER.uses(self._handler_key) != wanted:
+            HANDLER.set_user(self._handler_key, self._wakeups.waker.poke, wanted)
+
+    def _refuse_ignored(self, mode: SigchldOwner, why: str, when: str) -> None:
+        raise SigchldIgnoredError(
+            f"SIGCHLD is {why} in this process, so the kernel discards every child's exit "
+            f"status, and {mode.name} mode {when}. Either restore the default "
+            "(signal.signal(signal.SIGCHLD, signal.SIG_DFL)) while childproc has children, or use "
+            "SigchldOwner.LIBXL_ALWAYS, which replaces the disposition while it runs (on the main "
+            "thread) and reaps the host's children for it (see Hooks.reaped_callback)."
+        )
 
     # -- configuration ------------------------------------------------------
     def setmode(self, hooks: Hooks | None = None, user: Any = None) -> None:
         """Choose who owns SIGCHLD (libxl's ``libxl_childproc_setmode``).
 
-        ``hooks=None`` means ``Hooks()`` (LIBXL mode). ``user`` is passed to the
-        hooks. Allowed only while the context has no outstanding children and no
-        undelivered events. A mode that always needs the SIGCHLD handler installs
-        it now (on the main thread; elsewhere at the next main-thread call).
+        ``hooks=None`` means ``Hooks()`` (SELECTIVE_REAP). ``user`` is passed to
+        the hooks. Allowed only while the context has no outstanding children and
+        no undelivered events. A mode that always needs the SIGCHLD handler
+        installs it now (on the main thread; elsewhere at the next main-thread call).
 
         Raises :class:`StateError` with children outstanding,
         :class:`SigchldConflictError` if the mode needs the handler and a foreign
-        SIGCHLD handler is installed, :class:`PidfdUnavailableError` for PIDFD
-        without pidfds, :class:`InvalidArgumentError` for bad hooks.
+        SIGCHLD handler is installed, :class:`SigchldIgnoredError` if SIGCHLD is
+        ignored and the mode would leave it so, :class:`PidfdUnavailableError`
+        for PIDFD without pidfds, :class:`InvalidArgumentError` for bad hooks.
         """
         global _fallback_logged
         if hooks is None:
@@ -353,30 +308,36 @@ class Context:
         if not isinstance(hooks, Hooks):
             raise InvalidArgumentError(f"setmode() takes a childproc.Hooks, not {hooks!r}")
         self._enter()
-        rules = rules_for(hooks.chldowner)
-        if rules.requires_pidfds and not _pidfd.supported():
+        plan = Plan(hooks, self._pidfds)
+        if plan.rules.requires_pidfds and not self._pidfds:
             raise PidfdUnavailableError(
                 f"{hooks.chldowner.name} needs pidfds (Linux >= 5.3, not blocked by seccomp) and this "
                 "system has none; use SELECTIVE_REAP, which falls back to SIGCHLD and a per-child check"
             )
         with _process.LOCK:
             self._check_usable()
-            if self._ledger.unreaped or self._ledger.has_events or self._zombies:
+            if self._ledger.unreaped or self._ledger.has_events or self._reaping.zombies:
                 raise StateError(
                     "setmode() while this context has children outstanding or events undelivered; "
                     "call setmode() before the first child, or after every child's callback ran"
                 )
-            if rules.foreign_children_check is ForeignCheck.SETMODE:
+            if plan.refuse_ignored_at_setmode:
+                why = HANDLER.discards_statuses(fresh=True)
+                if why is not None:
+                    self._refuse_ignored(hooks.chldowner, why, "leaves SIGCHLD's disposition alone")
+            if plan.rules.foreign_children_check.name == "SETMODE":
                 self._refuse_foreign_children_locked(hooks.chldowner)
-            old = (self._hooks, self._user, self._rules, self._plan, self._watcher)
-            self._hooks, self._user, self._rules, self._plan = hooks, user, rules, _Plan(hooks)
-            self._watcher = make_watcher(choose_watcher(hooks.chldowner, _pidfd.supported()))
+            old = (self._hooks, self._user, self._plan, self._watcher)
+            self._hooks, self._user, self._plan = hooks, user, plan
+            self._watcher = make_watcher(choose_watcher(hooks.chldowner, self._pidfds))
+            cb = hooks.reaped_callback
+            self._delivery.reaped_callback = None if cb is None else (lambda pid, st: cb(pid, st, self._user))
             try:
                 self._sync_handler_use_locked()
             except BaseException:
-                self._hooks, self._user, self._rules, self._plan, self._watcher = old
+                self._hooks, self._user, self._plan, self._watcher = old
                 raise
-        if rules.reaper is Reaper.OWN_CHILDREN and not _pidfd.supported() and not _fallback_logged:
+        if plan.rules.reaper is Reaper.OWN_CHILDREN and not self._pidfds and not _fallback_logged:
             _fallback_logged = True
             log.warning(
                 "pidfds are not available here: %s falls back to SIGCHLD and checks every child "
@@ -401,18 +362,10 @@ class Context:
         registry entry and no handler installed only for this child;
         :class:`SigchldConflictError` before forking if the mode needs the
         SIGCHLD handler and someone else's is installed.
-
-        From a worker thread, when the handler is not installed yet, the child's
-        death is seen through its pidfd (or, lacking one, a thread blocked in
-        ``waitid(WNOWAIT)``), and the handler is installed by the next childproc
-        call on the main thread.
         """
-        if not callable(callback):
-            raise InvalidArgumentError(
-                f"child_fork() needs a callable callback(pid, status), not {callback!r}"
-            )
-        child = self._make(
-            None,
+        check_callback(callback, 2, "child_fork()'s callback", "callback(pid, status)")
+        child = self._start(
+            Fork(self._plan_fork_replacement(), self._user),
             None,
             events=_EXIT_ONLY,
             oneshot=False,
@@ -421,6 +374,9 @@ class Context:
             on_exit_status=callback,
         )
         return 0 if child is None else child._pid
+
+    def _plan_fork_replacement(self) -> ForkReplacement | None:
+        return self._hooks.fork_replacement
 
     def fork(
         self,
@@ -442,8 +398,8 @@ class Context:
         ``kill_on_close`` kills and reaps the child when the context closes or the
         handle is released. Errors as for :meth:`child_fork`.
         """
-        return self._make(
-            None,
+        return self._start(
+            Fork(self._plan_fork_replacement(), self._user),
             on_event,
             events=events if events is _EXIT_ONLY else check_events(events),
             oneshot=oneshot,
@@ -469,39 +425,33 @@ class Context:
     ) -> Child:
         """Run a program with ``posix_spawn``, without forking the interpreter.
 
-        Costs the same from a 4 GiB parent as from a small one. ``argv[0]`` is
-        looked up on ``PATH`` unless it contains a ``/``. ``env`` replaces the
-        environment (default: this process's); ``cwd`` is the working directory;
-        ``pass_fds`` stay open in the child at the same numbers; ``stdin``,
-        ``stdout``, ``stderr`` are fds to put at 0, 1, 2. SIGPIPE and SIGXFSZ
-        start at their defaults, as with ``subprocess``; so does SIGCHLD, and no
-        signal is blocked (stricter than ``subprocess``, which passes an ignored
-        SIGCHLD and the signal mask on). ``argv[0]`` without a ``/`` is looked up
-        on the ``PATH`` of ``env`` (or of this process). The child is registered
-        before anyone can reap it, in every mode. Other arguments as for
-        :meth:`fork`.
+        Costs the same from a 4 GiB parent as from a small one. ``env`` replaces
+        the environment (default: this process's); ``cwd`` is the working
+        directory; ``pass_fds`` stay open in the child at the same numbers;
+        ``stdin``, ``stdout``, ``stderr`` are fds to put at 0, 1, 2. SIGPIPE and
+        SIGXFSZ start at their defaults, as with ``subprocess``; so does SIGCHLD,
+        and no signal is blocked. ``argv[0]`` without a ``/`` is looked up on the
+        ``PATH`` of ``env`` (or of this process). The child is registered before
+        anyone can reap it, in every mode. Other arguments as for :meth:`fork`.
 
-        Raises :class:`SpawnError` (with ``errno``: ``ENOENT``, ``EACCES``,
-        ``ENOTDIR``) if the program or ``cwd`` cannot be used.
+        Raises :class:`SpawnError` (with ``errno`` and ``filename``) if the program
+        or ``cwd`` cannot be used; it is also a :class:`FileNotFoundError`,
+        :class:`PermissionError` or :class:`NotADirectoryError` as ``subprocess``
+        raises. Wrong argument types raise :class:`InvalidArgumentError`, also a
+        :class:`TypeError`.
         """
-        if type(pass_fds) is not tuple and (  # the common case skips the ABC check
+        if type(pass_fds) is not tuple and (
             not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
         ):
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
-
-        def make() -> int:
-            return spawn_process(
-                argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr
-            )
-
-        child = self._make(
-            make,
+        creator = Spawn(argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr)
+        child = self._start(
+            creator,
             on_event,
             events=events if events is _EXIT_ONLY else check_events(events),
             oneshot=oneshot,
             reap_after_callback=reap_after_callback,
             kill_on_close=kill_on_close,
-            spawn=True,
         )
         assert child is not None
         return child
@@ -537,92 +487,91 @@ class Context:
         if pidfd is not None:
             if not isinstance(pidfd, int) or isinstance(pidfd, bool) or pidfd < 0:
                 raise InvalidArgumentError(f"pidfd must be a file descriptor, not {pidfd!r}")
-            pid = _pid_of_pidfd(pidfd)
-            if pid <= 0:
+            found = pid_of_pidfd(pidfd)
+            if found is None:
+                raise InvalidArgumentError(f"fd {pidfd} is not a pidfd")
+            if found <= 0:
                 raise NotOurChildError(f"the process of pidfd {pidfd} has already exited and been reaped")
+            pid = found
             fd = pidfd if own_pidfd else os.dup(pidfd)
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
             if fd is not None and fd != pidfd:
                 os.close(fd)
             raise InvalidArgumentError(f"adopt() needs a child's pid (> 1), not {pid!r}")
         try:
-            child = self._make(
-                lambda: pid,
+            child = self._start(
+                Adopt(pid),
                 on_event,
                 events=check_events(events),
                 oneshot=oneshot,
                 reap_after_callback=reap_after_callback,
                 kill_on_close=kill_on_close,
                 adopt_pidfd=fd,
-                adopting=True,
             )
         except BaseException:
             if fd is not None and fd != pidfd:
                 os.close(fd)
             raise
         assert child is not None
-        self._waker.poke()  # it may already be a zombie: look now
+        self._wakeups.waker.poke()  # it may already be a zombie: look now
         return child
 
-    def _fork_by_replacement(self, replacement: Callable[[Any], int]) -> int:
-        pid = replacement(self._user)
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
-            raise InvalidArgumentError(
-                f"fork_replacement must return a pid (int >= 0) or raise OSError, not {pid!r}"
-            )
-        return pid
-
-    def _make(
+    def _start(
         self,
-        make_pid: Callable[[], int] | None,
+        creator: Creator,
         on_event: EventCallback | None,
         *,
         events: int,
         oneshot: bool,
         reap_after_callback: bool,
         kill_on_close: bool,
-        spawn: bool = False,
         adopt_pidfd: int | None = None,
-        adopting: bool = False,
         on_exit_status: ChildCallback | None = None,
     ) -> Child | None:
-        """Make (or take) a child and register it, all under the process lock.
-
-        ``make_pid`` None means fork (through ``fork_replacement`` if there is
-        one). ``events`` comes checked. Every child passes here: see ``_Plan``.
-        """
-        if on_event is not None and not callable(on_event):
-            raise InvalidArgumentError(f"on_event must be callable(child, event) or None, not {on_event!r}")
+        """The one way a child comes in: check, start (through ``creator``), register,
+        all under the process lock. See the module docstring for interruptions."""
+        if on_event is not None:
+            check_callback(on_event, 2, "on_event", "on_event(child, event)")
         self._enter()
-        plan = self._plan
+        mode = self.mode
+        rules = self._plan.rules
         watches_stops = events != _EXIT_ONLY
-        if watches_stops and not self._rules.stop_events:
+        if watches_stops and not rules.stop_events:
             raise InvalidArgumentError(
-                f"stop/continue events need SIGCHLD (pidfds only report exits), and {self.mode.name} "
+                f"stop/continue events need SIGCHLD (pidfds only report exits), and {mode.name} "
                 "mode never uses it; use SELECTIVE_REAP for them"
             )
-        if reap_after_callback and not self._rules.deferred_reap:
+        if reap_after_callback and not rules.deferred_reap:
             raise InvalidArgumentError(
                 f"reap_after_callback needs a mode that reaps only its own children (SELECTIVE_REAP, "
-                f"PIDFD); {self.mode.name} reaps by waitpid(-1) or leaves reaping to the application"
+                f"PIDFD); {mode.name} reaps by waitpid(-1) or leaves reaping to the application"
             )
+        call = creator.prepare()
         with _process.LOCK:
-            if self._closed:  # closed by another thread since _enter() checked
-                self._check_usable()
-            if adopting:
-                assert make_pid is not None
-                pid = make_pid()
-                self._check_adoptable_locked(pid, adopt_pidfd)
+            self._check_usable()
+            plan = self._plan
+            if creator.adopting:
+                assert isinstance(creator, Adopt)
+                self._check_adoptable_locked(creator.pid, adopt_pidfd)
             if plan.first_child_check and not self._ledger.running:
-                self._refuse_foreign_children_locked(self.mode, pid if adopting else None)
-            # (as in _sync_handler_use_locked, counting this child)
-            if plan.wants_handler[2 + (watches_stops or self._stop_watchers > 0)]:
-                _process.check_handler()
-                if self not in _process._users:
-                    _process.set_handler_user(self, True)
-            # Made before the fork, its pid filled in after: after fork() every page
-            # the parent writes is copied while the child shares it (3-4 us each),
-            # so the parent does as little as it can between fork() and its next wait.
+                self._refuse_foreign_children_locked(
+                    mode, creator.pid if isinstance(creator, Adopt) else None
+                )
+            if plan.wants_handler[2 + (watches_stops or len(self._reaping.stop_watchers) > 0)]:
+                HANDLER.check()
+                if not HANDLER.uses(self._handler_key):
+                    HANDLER.set_user(self._handler_key, self._wakeups.waker.poke, True)
+            if not creator.adopting:
+                why = HANDLER.discards_statuses()
+                if why is not None:
+                    self._sync_handler_use_locked()
+                    self._refuse_ignored(
+                        mode,
+                        why,
+                        "leaves SIGCHLD's disposition alone"
+                        if plan.refuse_ignored_at_setmode
+                        else "could not put its handler in place before this child (not the main thread)",
+                    )
             child = Child(
                 self,
                 0,
@@ -633,32 +582,28 @@ class Context:
                 kill_on_close=kill_on_close,
                 on_exit_status=on_exit_status,
             )
-            if not adopting:
+            start: list[Any] = [child]
+            self._starting.append(start)
+            try:
                 try:
-                    if make_pid is not None:
-                        pid = make_pid()
-                    elif plan.fork_replacement is None:
-                        pid = os.fork()  # (looked up each time: gevent and tests patch it)
-                    else:
-                        pid = self._fork_by_replacement(plan.fork_replacement)
+                    start.extend(itertools.starmap(call, ((),)))  # the pid lands in start[1] from C
                 except OSError as exc:
-                    self._sync_handler_use_locked()
-                    cls = SpawnError if spawn else ForkError
-                    what = "posix_spawn" if spawn else "fork"
-                    raise cls(exc.errno or errno.EAGAIN, f"{what} failed: {exc.strerror or exc}") from exc
-                except BaseException:
-                    self._sync_handler_use_locked()
-                    raise
-                if pid == 0:
+                    raise creator.error(exc) from exc
+                if start[1] == 0:
                     # A fork_replacement may have forked behind os.fork's at-fork hooks.
                     _process.postfork_child_noexec()
                     return None
-            child._pid = pid
-            self._register_locked(child, adopt_pidfd)
+                pid = creator.check_pid(start[1])
+                self._register_locked(child, pid, adopt_pidfd)
+                self._starting.remove(start)
+            except BaseException:
+                self._recover_locked()
+                self._sync_handler_use_locked()
+                raise
         return child
 
     def _refuse_foreign_children_locked(self, mode: SigchldOwner, except_pid: int | None = None) -> None:
-        foreign = [p for p in _process.foreign_children() if p != except_pid]
+        foreign = [p for p in _process.foreign_children() if p != except_pid and not ORPHANAGE.claims(p)]
         if foreign:
             raise StateError(
                 f"{mode.name} mode reaps with waitpid(-1), and this process already has "
@@ -682,328 +627,144 @@ class Context:
                 "process's own children can be watched and reaped"
             ) from None
 
-    def _register_locked(self, child: Child, pidfd: int | None) -> None:
-        pid = child._pid
-        other = _process.OWNERS.get(pid)
-        if other is not None:
+    def _register_locked(self, child: Child, pid: int, pidfd: int | None = None) -> None:
+        """Make ``child`` (``pid``) watched. Idempotent: an interrupted registration
+        is finished by calling it again. LOCK held."""
+        child._pid = pid
+        ref = _process.OWNERS.get(pid)
+        other = ref() if ref is not None else None
+        if other is not None and other is not self:
             # The kernel reused a pid whose death another context has not seen:
             # possible only if someone reaped it behind childproc's back.
-            stale = other._ledger.handle(pid)
-            if stale is not None and other._ledger.stolen(pid):
-                other._child_gone_locked(stale)
-                other._waker.poke()
+            other.accept_gone(pid)
         self._ledger.add(pid, child)
-        _process.OWNERS[pid] = self
+        _process.OWNERS[pid] = self._ref
         plan = self._plan
-        if pidfd is None and plan.pidfds:
-            pidfd = _pidfd.open_pidfd(pid)
-        child._pidfd = pidfd
-        if pidfd is not None and plan.pidfd_wakeups:
-            try:
-                self._epoll.register(pidfd, select.EPOLLIN)
-            except OSError:  # ENOSPC (max_user_watches), ENOMEM: watched without it
-                pass
-            else:
-                child._polled = True
-                self._polled[pidfd] = child
+        wakeups = self._wakeups
+        if child._pidfd is None:
+            if pidfd is not None:
+                child._pidfd = wakeups.take_pidfd(pid, pidfd)
+            elif plan.pidfds:
+                child._pidfd = wakeups.open_pidfd(pid)
+        if child._pidfd is not None and plan.pidfd_wakeups and not child._polled:
+            wakeups.poll_pidfd(child)
         if child._watches_stops:
-            self._stop_watchers += 1
+            self._reaping.stop_watchers.add(pid)
         self._watcher.add(child)
-        if (
-            not child._polled
-            and plan.pidfd_wakeups
-            and not (_process.handler_installed() and _process.on_main_thread())
-        ):
+        if not child._polled and plan.pidfd_wakeups and not (HANDLER.installed and on_main_thread()):
             # Nothing would announce this death promptly: no pidfd, and either no
             # handler or one that waits for a (possibly blocked) main thread.
-            threading.Thread(
-                target=_watch_in_thread, args=(pid, self._waker), name=f"childproc-peek-{pid}", daemon=True
-            ).start()
+            self._start_peek_thread(pid)
 
-    def _unpoll_locked(self, child: Child) -> None:
-        if child._polled and child._pidfd is not None:
-            child._polled = False
-            del self._polled[child._pidfd]
-            try:
-                self._epoll.unregister(child._pidfd)
-            except (OSError, ValueError):
-                pass
+    def _start_peek_thread(self, pid: int) -> None:
+        threading.Thread(
+            target=_watch_in_thread,
+            args=(pid, self._wakeups.waker.poke),
+            name=f"childproc-peek-{pid}",
+            daemon=True,
+        ).start()
 
     def _child_gone_locked(self, child: Child) -> None:
-        """``child`` is reaped, stolen or released: drop what watched it. LOCK held."""
+        """``child`` was reaped, stolen or released: stop watching it. Its fds are
+        closed after delivery (:meth:`_close_gone_fds`). LOCK held."""
         pid = child._pid
         self._watcher.remove(pid)
-        if self._zombies:
-            self._zombies.pop(pid, None)
-        owners = _process.OWNERS
-        if owners.get(pid) is self:
-            del owners[pid]
-        if child._watches_stops:
-            child._watches_stops = False
-            self._stop_watchers -= 1
-        self._unpoll_locked(child)
-        fd, child._pidfd = child._pidfd, None
-        if fd is not None:
-            os.close(fd)
-        exit_fd, child._exit_fd = child._exit_fd, None
-        if exit_fd is not None:
-            del self._served[exit_fd]
-            with contextlib.suppress(OSError, ValueError):
-                self._epoll.unregister(exit_fd)
-            os.close(exit_fd)
+        self._reaping.zombies.pop(pid, None)
+        if _process.OWNERS.get(pid) is self._ref:
+            del _process.OWNERS[pid]
+        self._reaping.stop_watchers.discard(pid)
+        if child._pidfd is not None or child._exit_fd is not None:
+            self._gone.append(child)
+
+    def _close_gone_fds(self) -> None:
+        """Close the fds of children that left (after their callbacks ran)."""
+        if not self._gone:
+            return
+        with _process.LOCK:
+            while self._gone:
+                child = self._gone[0]
+                if child._pidfd is not None:
+                    self._wakeups.close_pidfd(child._pid)
+                    child._pidfd = None
+                if child._exit_fd is not None:
+                    self._wakeups.remove_served(child._exit_fd)
+                    child._exit_fd = None
+                del self._gone[0]
+
+    # -- what other contexts and the ledger's owner call ---------------------
+    def accept_reaped(self, pid: int, status: int, uid: int | None) -> None:
+        """Another context reaped our ``pid`` (``waitpid(-1)``). LOCK held."""
+        self._reaping.accept_exit(pid, status, uid)
+        self._sync_handler_use_locked()
+        self._wakeups.waker.poke()
+
+    def accept_gone(self, pid: int) -> None:
+        """Our ``pid`` was found reaped by someone else. LOCK held."""
+        self._reaping.accept_gone(pid)
+        self._wakeups.waker.poke()
 
     # -- reaping ------------------------------------------------------------
-    def _child_died_locked(self, child: Child, status: int, uid: int | None, reaped: bool) -> None:
-        """Record ``child``'s death (reaped, or seen with WNOWAIT). LOCK held."""
-        child._state = _EXITED
-        child._status, child._uid = status, uid  # (Child.final makes the ChildEvent when asked)
-        recorded = self._ledger.exited(child._pid, status, uid)  # False: released meanwhile
-        if reaped:
-            self._child_gone_locked(child)
-        elif recorded:
-            child._zombie = True
-            self._zombies[child._pid] = child
-            self._unpoll_locked(child)  # a zombie's pidfd stays readable
-
-    def _child_changed_locked(self, child: Child, status: int, uid: int | None) -> None:
-        """``child`` stopped or continued. LOCK held."""
-        stopped = os.WIFSTOPPED(status)
-        child._state = ChildState.STOPPED if stopped else ChildState.RUNNING
-        wanted = child.events & (os.WSTOPPED if stopped else os.WCONTINUED)
-        if (
-            wanted
-            and child._watches_stops
-            and self._ledger.changed(child._pid, status, uid)
-            and child.oneshot
-        ):
-            child._watches_stops = False
-            self._stop_watchers -= 1
-            self._watcher.add(child)
-
-    def _served_exit_locked(self, child: Child, block: bool = False) -> None:
-        """Read a fork server's exit record for ``child`` and record its death. LOCK held."""
-        fd = child._exit_fd
-        if fd is None:
-            return
-        try:
-            os.set_blocking(fd, block)
-            data = os.read(fd, EXIT_EVENT.size)
-        except BlockingIOError:
-            return
-        if len(data) == EXIT_EVENT.size:
-            _, status = EXIT_EVENT.unpack(data)
-            self._child_died_locked(child, status, None, reaped=True)
-        else:  # the server went away before the child: its status is lost
-            child._state = ChildState.EXITED
-            child._done = True
-            if self._ledger.stolen(child._pid):
-                self._lost_why[child._pid] = (
-                    f"the fork server that made child {child._pid} stopped (stop_server_only) or died "
-                    "before the child exited, so nobody can report its exit status"
-                )
-                self._child_gone_locked(child)
-
-    def watch_served(
-        self,
-        served: ServedChild,
-        on_event: EventCallback | None = None,
-        *,
-        kill_on_close: bool = False,
-    ) -> Child:
-        """Watch a child a :class:`~childproc.forkserver.ForkServer` made: its exit
-        comes through this context's dispatch like any other child's.
-
-        Takes over the served child's exit fd and pidfd (signals go through the
-        pidfd; there is no safe way without one). The exit is reaped by the server;
-        only exit events are reported (``reap_after_callback`` does not apply).
-        """
-        if served.exit_fd is None:
-            raise InvalidArgumentError("watch_served() needs a child forked with exit_fd=True")
-        if on_event is not None and not callable(on_event):
-            raise InvalidArgumentError(f"on_event must be callable(child, event) or None, not {on_event!r}")
-        self._enter()
-        with _process.LOCK:
-            self._check_usable()
-            if self._ledger.is_running(served.pid):
-                raise AlreadyWatchedError(f"pid {served.pid} is already watched by this context")
-            exit_fd, pidfd = served.detach_fds()
-            assert exit_fd is not None
-            child = Child(
-                self,
-                served.pid,
-                on_event,
-                events=os.WEXITED,
-                oneshot=False,
-                defer_reap=False,
-                kill_on_close=kill_on_close,
-            )
-            child._pidfd = pidfd
-            child._exit_fd = exit_fd
-            self._ledger.add(served.pid, child)
-            self._served[exit_fd] = child
-            self._epoll.register(exit_fd, select.EPOLLIN)
-        return child
-
-    def _route_locked(self, reaped: Reaped) -> None:
-        """Send each reaped pid where :func:`route` says. LOCK held."""
-        plan = self._plan
-        owners = _process.OWNERS
-        for pid, status, uid in reaped.changed:
-            child = self._ledger.handle(pid)
-            if child is None:
-                continue
-            if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
-                self._child_changed_locked(child, status, uid)
-            else:
-                self._child_died_locked(child, status, uid, reaped=False)
-        for pid, status, uid in reaped.exited:
-            owner_ctx = owners.get(pid)
-            dest = (
-                plan.route_ours
-                if owner_ctx is self
-                else plan.route_nobody
-                if owner_ctx is None
-                else plan.route_other
-            )
-            if dest is _TO_CHILD_CALLBACK or dest is _TO_OTHER_CONTEXT:
-                assert owner_ctx is not None
-                child = owner_ctx._ledger.running.get(pid) or owner_ctx._zombies.get(pid)
-                if child is not None:
-                    owner_ctx._child_died_locked(child, status, uid, reaped=True)
-                if owner_ctx is not self:
-                    owner_ctx._sync_handler_use_locked()
-                    owner_ctx._waker.poke()
-            elif dest is _TO_REAPED_CALLBACK:
-                self._ledger.foreign(pid, status, EventKind.FOREIGN, uid)
-            elif dest is _TO_WARNING:
-                self._ledger.foreign(pid, status, EventKind.UNKNOWN, uid)
-            else:  # the watcher reaped what this mode never reaps: a bug upstream
-                raise AssertionError(f"{self.mode.name} reaped pid {pid}, which it cannot route ({dest})")
-        if reaped.gone and plan.echild_means_stolen:
-            for pid in reaped.gone:
-                child = self._ledger.handle(pid)
-                if child is not None and self._ledger.stolen(pid):
-                    child._state = ChildState.EXITED
-                    child._done = True
-                    self._child_gone_locked(child)
-        self._sync_handler_use_locked()
-
     def _collect(self, ready: list[tuple[int, int]] | None = None) -> None:
-        """Reap whatever the epoll says is ready, without blocking.
+        """Reap whatever the epoll says is ready, without blocking; apply the journal.
 
-        ``ready``: what a ``poll`` of the epoll just returned (``wait()`` passes
-        its own, saving a second poll); None polls now. A readiness that another
-        thread handled meanwhile is harmless: every check below is non-blocking.
-        With the SIGCHLD handler in use it polls again all the same: the handler
-        pokes the self-pipe just after the poll that saw a child's pidfd (it runs
-        between bytecodes), and taking both now saves a whole empty round later.
-        All under the process lock: the handler check comes before the self-pipe
-        is drained, so a raise never swallows a wake-up.
+        ``ready``: what a ``poll`` of the epoll just returned (``wait()`` passes its
+        own); None polls now. With the SIGCHLD handler in use it polls again all
+        the same: the handler pokes the self-pipe just after the poll that saw a
+        child's pidfd (it runs between bytecodes), and taking both now saves a
+        whole empty round later. The handler check comes first, so a raise never
+        swallows a wake-up.
         """
         with _process.LOCK:
             if self._closed:  # closed by another thread since _enter() checked
                 raise ClosedError("this childproc Context is closed; create a new one")
-            uses_handler = self in _process._users
-            if uses_handler:
-                _process.check_handler()
-            if ready is None or uses_handler:
-                ready = self._epoll.poll(0)
-            signalled = False
-            woken: list[Child] = []
-            rfd = self._waker.rfd
-            polled = self._polled
-            served: list[Child] = []
-            for fd, _ in ready:
-                if fd == rfd:
-                    signalled = True
-                elif fd in self._served:
-                    served.append(self._served[fd])
-                else:
-                    child = polled.get(fd)
-                    if child is not None:
-                        woken.append(child)
-            for child in served:
-                self._served_exit_locked(child)
-            if signalled:
-                self._waker.drain()
-            if not (signalled or woken):
-                return
-            self._route_locked(self._watcher.reap(woken, signalled))
+            self._dirty = True
+            if HANDLER.uses(self._handler_key):
+                HANDLER.check()
+                ready = self._wakeups.poll(0)
+            elif ready is None:
+                ready = self._wakeups.poll(0)
+            self._reaping.collect(self._watcher, ready)
+            self._reaping.apply(self._plan, self._watcher)
+            self._sync_handler_use_locked()
+            self._dirty = False
+
+    def _report_lost_fds(self) -> None:
+        lost = self._wakeups.lost
+        if lost:
+            pids = list(lost)
+            del lost[:]
+            raise FdLostError(
+                f"the pidfd childproc held for child(ren) {', '.join(map(str, pids))} was closed by "
+                "someone else (the number may name another file now, which childproc leaves alone); "
+                "childproc watches them by pid from now on. Do not close fds you did not open "
+                "(closerange()/os.closerange in a host, a daemonize step).",
+                pids,
+            )
 
     # -- delivery -----------------------------------------------------------
     def _deliver(self) -> int:
-        delivered = 0
-        ledger = self._ledger
-        with self._delivery:
-            while not self._closed and ledger.queue:  # (re-checked under the lock)
-                with _process.LOCK:
-                    event = self._ledger.pop()
-                if event is None:
-                    break
-                try:
-                    self._invoke(event)
-                except BaseException:
-                    if ledger.queue and not self._closed:
-                        self._waker.poke()  # keep fileno() readable for the rest
-                    raise
-                finally:
-                    delivered += 1
-        return delivered
-
-    def _invoke(self, event: Event[Child]) -> None:
-        child = event.callback
-        if child is not None:
-            is_exit = event.kind is _CHILD_EXIT
-            if is_exit:
-                child._done = True
-            try:
-                if child._released:
-                    return  # (the finally below still reaps a zombie)
-                if child._on_exit_status is not None:
-                    child._on_exit_status(event.pid, event.status)  # child_fork: exits only
-                elif child._on_event is not None:
-                    final = child.final if is_exit else None
-                    if final is None:
-                        final = ChildEvent.from_wait_status(event.pid, event.status, event.uid)
-                    child._on_event(child, final)
-            finally:
-                if is_exit and child._zombie:
-                    self._reap_zombie(child)
-        elif event.kind is EventKind.FOREIGN:
-            cb = self._hooks.reaped_callback
-            known = cb(event.pid, event.status, self._user) if cb is not None else False
-            if known is False:
-                self._warn_unknown(event)
-        elif event.kind is EventKind.UNKNOWN:
-            self._warn_unknown(event)
-        else:
-            why = self._lost_why.pop(event.pid, None)
-            if why is not None:
-                raise ChildStolenError(why, event.pid)
-            raise ChildStolenError(
-                f"child {event.pid} of this context was reaped by someone else, so its exit "
-                f"status is lost: something in this process calls waitpid() on pids it did not "
-                f"make while childproc is in {self.mode.name} mode (see the mode guide)",
-                event.pid,
-            )
+        try:
+            return self._delivery.deliver(lambda: self._closed)
+        finally:
+            self._close_gone_fds()
 
     def _reap_zombie(self, child: Child) -> None:
         """Reap a child whose exit callback ran while it was a zombie."""
         with _process.LOCK:
-            if not child._zombie:
+            if self._reaping.zombies.get(child._pid) is not child:
                 return
-            child._zombie = False
             reap_zombie(child)
+            self._ledger.exited(child._pid, child._status or 0)  # (not running: no event)
+            if child.phase is Phase.REAP_DUE:
+                child.phase = Phase.DELIVERED
             self._child_gone_locked(child)
             self._sync_handler_use_locked()
 
-    def _warn_unknown(self, event: Event[Child]) -> None:
-        log.warning(
-            "unknown child [%d] %s (reaped by childproc in %s mode)",
-            event.pid,
-            describe_status(event.status),
-            self.mode.name,
-        )
+    def _reap_leftover_zombies(self) -> None:
+        zombies = self._reaping.zombies
+        if zombies:
+            for child in [c for c in zombies.values() if c.phase is Phase.REAP_DUE]:
+                self._reap_zombie(child)
 
     # -- handles --------------------------------------------------------------
     def _signal_child(self, child: Child, sig: int) -> None:
@@ -1011,7 +772,7 @@ class Context:
             raise InvalidArgumentError(f"not a signal number: {sig!r}")
         _process.refuse_reentry()
         with _process.LOCK:
-            if child._state is ChildState.EXITED or child._released:
+            if child.phase not in SIGNALLABLE:
                 raise ChildExitedError(
                     f"child {child._pid} has exited (or was released); not signalling a pid that "
                     "may now name another process"
@@ -1027,7 +788,7 @@ class Context:
                     f"cannot signal child {child._pid} safely: a fork server made it and there is no "
                     "pidfd for it"
                 )
-            if self._rules.reaper is Reaper.APPLICATION:
+            if self._plan.rules.reaper is Reaper.APPLICATION:
                 raise StateError(
                     f"cannot signal child {child._pid} safely: there is no pidfd for it, and in "
                     "MAINLOOP the application reaps, so its pid may already name another process"
@@ -1037,32 +798,35 @@ class Context:
 
     def _release_child(self, child: Child) -> None:
         _process.refuse_reentry()
+        kill = False
         with _process.LOCK:
-            if child._released:
+            if child.released or child.phase in (Phase.DELIVERED, Phase.REAP_DUE):
+                if child.phase is Phase.REAP_DUE:
+                    self._reap_zombie(child)
                 return
-            child._released = True
-            child._done = True
-            if child._zombie:
-                child._zombie = False
+            if child.phase is Phase.EXIT_SEEN:
                 reap_zombie(child)  # its exit was seen
+                child.phase = Phase.RELEASED
                 self._child_gone_locked(child)
                 self._sync_handler_use_locked()
-                return
-            if child.context is not self or not self._ledger.forget(child._pid):
-                return  # already gone
-            kill = child.kill_on_close and self._kill_locked(child)
-            if not kill:
-                self._child_gone_locked(child)
-                self._sync_handler_use_locked()
+            elif child.context is self and self._ledger.is_running(child._pid):
+                kill = child.kill_on_close and self._kill_locked(child)
+                self._ledger.forget(child._pid)
+                if not kill:
+                    self._child_gone_locked(child)
+                    self._sync_handler_use_locked()
+            else:
+                child.phase = Phase.RELEASED if child.phase not in SIGNALLABLE else child.phase
         if kill:
             self._reap_killed([child])
+        self._close_gone_fds()
 
     def _kill_locked(self, child: Child) -> bool:
         """SIGKILL an owned child; False where that cannot be done safely. LOCK held."""
         try:
             if child._pidfd is not None:
                 signal.pidfd_send_signal(child._pidfd, signal.SIGKILL)
-            elif self._rules.reaper is Reaper.APPLICATION or child._exit_fd is not None:
+            elif self._plan.rules.reaper is Reaper.APPLICATION or child._exit_fd is not None:
                 log.warning(
                     "not killing child %d on close: there is no pidfd for it and in MAINLOOP the "
                     "application reaps, so its pid may already name another process",
@@ -1080,17 +844,21 @@ class Context:
         for child in children:
             try:
                 if child._exit_fd is not None:
-                    os.set_blocking(child._exit_fd, True)
-                    os.read(child._exit_fd, EXIT_EVENT.size)  # the server reaps it
+                    self._reaping.read_served_blocking(child, child._exit_fd)  # the server reaps it
+                    info = None
                 elif child._pidfd is not None:
-                    os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
+                    info = os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
                 else:
-                    os.waitpid(child._pid, 0)
+                    info = os.waitid(os.P_PID, child._pid, os.WEXITED)
+                if info is not None and child._status is None:
+                    child._status = found_from_waitid(info)[1]
             except (ChildProcessError, OSError):
                 pass  # someone else reaped it meanwhile
         with _process.LOCK:
+            del self._reaping.served_news[:]
             for child in children:
-                child._state = ChildState.EXITED
+                if child.phase in SIGNALLABLE:
+                    child.phase = Phase.RELEASED
                 self._child_gone_locked(child)
             if not self._closed:
                 self._sync_handler_use_locked()
@@ -1099,46 +867,51 @@ class Context:
         """Dispatch until ``child``'s exit was delivered, by this thread or another
         (in MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        me = self._waiting_begin()
+        token = object()
         try:
+            self._waiters[token] = threading.get_ident()
             while True:
                 self.dispatch()
-                if child._done:
+                if child.done:
                     return child.final
                 remaining = -1.0 if deadline is None else deadline - time.monotonic()
                 if deadline is not None and remaining <= 0:
                     return None
-                self._sleep(_HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S))
+                if not self._sleep(
+                    _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
+                ):
+                    self._check_fds()
         finally:
-            self._waiting_end(me)
+            self._waiting_end(token)
 
-    # Threads blocked in the context are counted, so that close() can wait for
-    # them to leave. Plain methods around a try/finally, not a context manager:
-    # wait() is on every child's path.
-    def _waiting_begin(self) -> int:
-        me = _get_ident()
-        with self._waiters_lock:
-            self._waiters[me] = self._waiters.get(me, 0) + 1
-        return me
-
-    def _waiting_end(self, me: int) -> None:
-        with self._waiters_lock:
-            depth = self._waiters[me] - 1
-            if depth:
-                self._waiters[me] = depth
-            else:
-                del self._waiters[me]
-            if self._closed:  # close() may be waiting for us (it set _closed first)
+    def _waiting_end(self, token: object) -> None:
+        self._waiters.pop(token, None)
+        if self._closed:  # close() may be waiting for us
+            with self._waiters_cv:
                 self._waiters_cv.notify_all()
 
     def _sleep(self, timeout: float) -> list[tuple[int, int]]:
         """Block until the epoll is readable or ``timeout`` (-1: forever) passed;
         return what the poll saw."""
         try:
-            return self._epoll.poll(timeout)
+            return self._wakeups.poll(timeout)
         except ValueError:  # closed by another thread
             self._check_usable()
             raise
+
+    def _check_fds(self) -> None:
+        """A quiet tick: check that nobody closed our pidfds (their deaths would go unseen)."""
+        with _process.LOCK:
+            if self._closed:
+                return
+            before = len(self._wakeups.lost)
+            self._wakeups.verify(list(self._ledger.running))
+            for pid in self._wakeups.lost[before:]:
+                child = self._ledger.handle(pid)
+                if child is not None:
+                    child._pidfd = None
+                    self._watcher.add(child)
+                    self._start_peek_thread(pid)
 
     # -- the event loop interface ------------------------------------------
     def fileno(self) -> int:
@@ -1148,19 +921,30 @@ class Context:
         ``trio.lowlevel.wait_readable``) and call :meth:`dispatch` when it fires.
         """
         self._check_usable()
-        return self._epoll.fileno()
+        return self._wakeups.fileno()
 
     def dispatch(self) -> int:
         """Reap what is ready and run due callbacks; never blocks. Returns how many
         events were delivered. A callback's exception propagates after the context
-        is consistent again; the events after it stay queued for the next call."""
+        is consistent again; the events after it stay queued for the next call.
+        Raises :class:`FdLostError` once if someone closed a pidfd of childproc's."""
         self._enter()
         self._collect()
-        return self._deliver()
+        delivered = self._deliver()
+        self._report_lost_fds()
+        return delivered
+
+    def _outstanding(self) -> bool:
+        """Something may still be delivered by waiting."""
+        if self._ledger.running or self._ledger.next_event() is not None or self._reaping.zombies:
+            return True
+        # Modes that reap every child: the host's children are delivered too.
+        return self._plan.rules.reaper is Reaper.ANY_CHILD and bool(_process.foreign_children())
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until at least one event was delivered by this call, or ``timeout``
-        seconds passed (None: no limit). Returns the number delivered (0 on timeout).
+        seconds passed (None: no limit). Returns the number delivered (0 on timeout,
+        and at once when nothing is outstanding: no child, no undelivered event).
 
         Raises :class:`ClosedError` if the context is closed meanwhile.
         """
@@ -1168,41 +952,42 @@ class Context:
         if timeout is not None:
             try:
                 ok = timeout >= 0 and timeout is not True and timeout is not False
-                deadline = _monotonic() + timeout
+                deadline = time.monotonic() + timeout
             except TypeError:
                 ok = False
             if not ok:
                 raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
-        me = self._waiting_begin()
+        token = object()
         try:
+            self._waiters[token] = threading.get_ident()
             self._enter()
-            if self in _process._users:  # report a replaced handler now, not after a sleep
+            if HANDLER.uses(self._handler_key):  # report a replaced handler now, not after a sleep
                 with _process.LOCK:
-                    _process.check_handler()
-            queue = self._ledger.queue
+                    HANDLER.check()
             while True:
                 # Sleep first (anything already ready makes it return at once), then
                 # dispatch: one dispatch per wake-up, not an idle one before each sleep.
                 ready = None
-                if not queue:
-                    remaining = -1.0 if deadline is None else deadline - _monotonic()
-                    if remaining < 0 and deadline is not None:
-                        remaining = 0.0
-                    if self in _process._users and _process._installed:
-                        remaining = (
-                            _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
-                        )
-                    ready = self._sleep(remaining)
-                if _process._pending:
+                if self._ledger.next_event() is None:
+                    with _process.LOCK:
+                        if not self._outstanding():
+                            return 0
+                    remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                    tick = _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
+                    ready = self._sleep(tick)
+                    if not ready and tick == _HANDLER_RECHECK_S:
+                        self._check_fds()
+                if _process.CHORES:
                     _process.run_chores()
                 self._collect(ready)
                 delivered = self._deliver()
+                self._report_lost_fds()
                 if delivered:
                     return delivered
-                if deadline is not None and _monotonic() >= deadline:
+                if deadline is not None and time.monotonic() >= deadline:
                     return 0
         finally:
-            self._waiting_end(me)
+            self._waiting_end(token)
 
     def start_dispatch_thread(self) -> threading.Thread:
         """Run :meth:`wait` forever on a daemon thread, for hosts with no loop.
@@ -1224,7 +1009,8 @@ class Context:
     def _dispatch_forever(self) -> None:
         while not self._closed:
             try:
-                self.wait()
+                if self.wait(_HANDLER_RECHECK_S) == 0 and not self._closed:
+                    self._sleep(_HANDLER_RECHECK_S)  # nothing outstanding: idle, woken by any new child
             except (ClosedError, ForkedContextError):
                 return
             except Exception:
@@ -1234,7 +1020,7 @@ class Context:
 
     # -- MAINLOOP -----------------------------------------------------------
     def _require_app_reports(self, what: str) -> None:
-        if not self._rules.app_reports:
+        if not self._plan.rules.app_reports:
             raise StateError(
                 f"{what} is only for SigchldOwner.MAINLOOP, where the application reaps; this "
                 f"context is in {self.mode.name} mode and reaps its children itself"
@@ -1262,25 +1048,25 @@ class Context:
         self._require_app_reports("childproc_reaped()")
         with _process.LOCK:
             self._check_usable()
-            owner_ctx = _process.OWNERS.get(pid)
-            plan = self._plan
-            dest = (
-                plan.route_ours
-                if owner_ctx is self
-                else plan.route_nobody
-                if owner_ctx is None
-                else plan.route_other
+            ref = _process.OWNERS.get(pid)
+            owner = (
+                Owner.THIS_CONTEXT
+                if ref is self._ref
+                else Owner.NOBODY
+                if ref is None
+                else Owner.OTHER_CONTEXT
             )
             child = self._ledger.handle(pid)
-            if dest is not Destination.CHILD_CALLBACK or child is None:
+            if self._plan.route[owner] is not Destination.CHILD_CALLBACK or child is None:
                 return False
             if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
-                self._child_changed_locked(child, status, None)
+                self._ledger.changed(pid, status, None)
             else:
-                self._child_died_locked(child, status, None, reaped=True)
+                self._reaping.accept_exit(pid, status, None)
+            self._sync_handler_use_locked()
         self._deliver()
         if self._waiters:
-            self._waker.poke()  # a thread in child.wait() may be waiting for this one
+            self._wakeups.waker.poke()  # a thread in child.wait() may be waiting for this one
         return True
 
     def sigchld_occurred(self) -> int:
@@ -1294,85 +1080,164 @@ class Context:
         self._require_app_reports("sigchld_occurred()")
         with _process.LOCK:
             self._check_usable()
-            self._route_locked(scan(self._ledger.running_handles(), Reaped()))
+            self._dirty = True
+            scan(self._ledger.running_handles(), self._reaping.journal)
+            self._reaping.apply(self._plan, self._watcher)
+            self._dirty = False
         delivered = self._deliver()
         if delivered and self._waiters:
-            self._waker.poke()
+            self._wakeups.waker.poke()
         return delivered
+
+    # -- fork server children -------------------------------------------------
+    def watch_served(
+        self,
+        served: ServedLike,
+        on_event: EventCallback | None = None,
+        *,
+        kill_on_close: bool = False,
+    ) -> Child:
+        """Watch a child a :class:`~childproc.forkserver.ForkServer` made: its exit
+        comes through this context's dispatch like any other child's.
+
+        Takes over the served child's exit fd and pidfd (signals go through the
+        pidfd; there is no safe way without one). The exit is reaped by the server;
+        only exit events are reported (``reap_after_callback`` does not apply).
+        """
+        if served.exit_fd is None:
+            raise InvalidArgumentError("watch_served() needs a child forked with exit_fd=True")
+        if on_event is not None:
+            check_callback(on_event, 2, "on_event", "on_event(child, event)")
+        self._enter()
+        with _process.LOCK:
+            self._check_usable()
+            if self._ledger.is_running(served.pid):
+                raise AlreadyWatchedError(f"pid {served.pid} is already watched by this context")
+            exit_fd, pidfd = served.detach_fds()
+            assert exit_fd is not None
+            child = Child(
+                self,
+                served.pid,
+                on_event,
+                events=os.WEXITED,
+                oneshot=False,
+                defer_reap=False,
+                kill_on_close=kill_on_close,
+            )
+            if pidfd is not None:
+                child._pidfd = self._wakeups.take_pidfd(served.pid, pidfd)
+            child._exit_fd = self._wakeups.add_served(child, exit_fd)
+            self._ledger.add(served.pid, child)
+        return child
 
     # -- teardown -----------------------------------------------------------
     def close(self) -> None:
         """Stop managing children; release the handler, fds and registry entries.
 
         * Children with ``kill_on_close`` are killed with SIGKILL and reaped.
-        * Other children of this context that have exited are reaped (so no
-          zombie of ours is left), except in MAINLOOP, where the application
-          reaps; undelivered callbacks are dropped: call :meth:`dispatch` first
-          if you want them.
-        * Children still running are left running and are no longer watched:
-          the application inherits them, as in libxl. They become zombies when
-          they exit unless something reaps them (``os.waitpid(pid, 0)``).
+        * Children that have exited are reaped (so no zombie of ours is left),
+          except in MAINLOOP, where the application reaps; undelivered callbacks
+          are dropped: call :meth:`dispatch` first if you want them.
+        * Children still running are left running, and a :class:`ResourceWarning`
+          names them. childproc reaps each when it exits, without its callback
+          (the process-wide orphanage, a thread alive while there are orphans), so
+          no zombie is left; in MAINLOOP the application reaps them.
         * The SIGCHLD handler is restored if this was its last user (on a worker
           thread: at the next childproc call on the main thread).
         * A dispatch thread is stopped; other threads blocked in :meth:`wait`
           wake up with :class:`ClosedError`.
 
         Idempotent; safe from a callback. In a forked child it only marks the
-        inherited context closed.
+        inherited context closed. Interrupted (``KeyboardInterrupt``), the rest
+        of the teardown is done by the next childproc call, or by ``close()`` again.
         """
-        if self._closed:
+        if self._torn_down:
             return
         if self._forked or self._pid != os.getpid():
             self._closed = True
             return
-        doomed: list[Child] = []
         _process.refuse_reentry()
-        with _process.LOCK:
-            if self._closed:
+        self._closed = True
+        _process.teardown_started(self)
+        self.finish_teardown()
+
+    def finish_teardown(self) -> None:
+        """Carry out (or finish) the teardown :meth:`close` began."""
+        orphans: list[int] = []
+        with self._teardown_lock:
+            if self._torn_down:
                 return
-            self._closed = True
-            try:
-                running = self._ledger.running_handles()
-                for child in running:
-                    child._defer_reap = False  # closing: reap now, no callback will run
-                    if child.kill_on_close and self._kill_locked(child):
-                        doomed.append(child)
-                if self._rules.reaper is not Reaper.APPLICATION:
-                    scan([c for c in running if c not in doomed and c._exit_fd is None], Reaped())
-                for child in list(self._zombies.values()):
-                    reap_zombie(child)
-            finally:
-                self._ledger.forget_running()
-                for child in running:
-                    # No more signals through the handle: childproc no longer
-                    # knows when the pid is reaped, so it may name someone else.
-                    child._released = True
-                    child._done = True
-                    if child not in doomed:
-                        self._child_gone_locked(child)
-                for child in list(self._zombies.values()):
-                    self._child_gone_locked(child)
-                self._ledger.discard_queue()
-                _process.set_handler_user(self, False)  # never raises
-        waker = self._waker
-        waker.poke()
-        try:
-            if doomed:
-                self._reap_killed(doomed)
+            with _process.LOCK:
+                self._recover_locked()
+                self._teardown_children_locked(orphans)
+            self._wakeups.waker.poke()
+            if self._doomed:
+                self._reap_killed(self._doomed)
+                del self._doomed[:]
             me = threading.get_ident()
             thread = self._thread
             if thread is not None and thread.ident != me:
                 thread.join()
             with self._waiters_cv:
-                self._waiters_cv.wait_for(lambda: not (set(self._waiters) - {me}), timeout=5.0)
-        finally:
-            self._epoll.close()
-            waker.close_read()
-            # The write end is never closed explicitly: the SIGCHLD handler or a
-            # peek thread may hold the waker right now and poke it. It closes with
-            # the waker's last reference, which is usually this one.
-            self._waker = CLOSED_WAKER
+                self._waiters_cv.wait_for(
+                    lambda: all(t == me for t in list(self._waiters.values())), timeout=5.0
+                )
+            with _process.LOCK:
+                self._close_gone_fds()
+                self._wakeups.close()
+                self._torn_down = True
+            _process.teardown_done(self)
+        if orphans:
+            warnings.warn(
+                f"childproc.Context closed while child(ren) {', '.join(map(str, orphans))} still ran: "
+                + (
+                    "the application reaps them (MAINLOOP)"
+                    if self._plan.rules.reaper is Reaper.APPLICATION
+                    else "childproc reaps them when they exit, without their callbacks"
+                )
+                + ". Wait for children before closing (child.wait(), ctx.wait()), or spawn them with "
+                "kill_on_close=True to have close() kill them.",
+                ResourceWarning,
+                stacklevel=3,
+            )
         _process.run_chores()
+
+    def _teardown_children_locked(self, orphans: list[int]) -> None:
+        """Kill, reap or hand over every child; drop the queue; leave the handler. LOCK held."""
+        ledger = self._ledger
+        app_reaps = self._plan.rules.reaper is Reaper.APPLICATION
+        for child in ledger.running_handles():
+            pid = child._pid
+            child._defer_reap = False  # closing: reap now, no callback will run
+            if child.kill_on_close and self._kill_locked(child):
+                if child not in self._doomed:
+                    self._doomed.append(child)
+                ledger.forget(pid, Move.RELEASE)
+                continue
+            if not app_reaps and child._exit_fd is None:
+                scan([child], self._reaping.journal)  # exited already? reaped into the journal
+                if self._reaping.journal.exited or self._reaping.journal.peeked:
+                    self._reaping.journal.exited.clear()
+                    self._reaping.journal.peeked.clear()
+                    ledger.forget(pid, Move.ABANDON)
+                    child.phase = Phase.RELEASED
+                    self._child_gone_locked(child)
+                    continue
+                self._reaping.journal.gone.clear()
+                self._reaping.journal.fd_lost.clear()
+            if child._exit_fd is None:
+                orphans.append(pid)
+            if not app_reaps and child._exit_fd is None:
+                ORPHANAGE.take(pid, self._wakeups.give_pidfd(pid))
+                child._pidfd = None
+            ledger.forget(pid, Move.ABANDON)
+            self._child_gone_locked(child)
+        for child in list(self._reaping.zombies.values()):
+            reap_zombie(child)
+            child.phase = Phase.RELEASED
+            self._child_gone_locked(child)
+        ledger.discard_queue()
+        HANDLER.set_user(self._handler_key, self._wakeups.waker.poke, False)  # never raises
 
     def __enter__(self) -> Context:
         return self
@@ -1380,24 +1245,24 @@ class Context:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _abandon_after_fork(self) -> None:
+    def __del__(self) -> None:
+        try:
+            if self._torn_down or self._forked or self._pid != os.getpid():
+                return
+        except AttributeError:  # __init__ failed
+            return
+        if not self._closed:
+            warnings.warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning, stacklevel=2)
+            self._closed = True
+            _process.teardown_started(self)
+        if not _process.held_here():
+            self.finish_teardown()
+
+    def abandon_after_fork(self) -> None:
         """In a forked child: disable this inherited context and close its fds."""
         self._forked = True
-        for child in self._ledger.running_handles() + list(self._zombies.values()):
-            fd, child._pidfd = child._pidfd, None
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        for fd in list(self._served):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._served.clear()
-        self._polled.clear()
-        try:
-            self._epoll.close()
-        except OSError:  # pragma: no cover
-            pass
-        self._waker.close_read()
-        self._waker.close_write()
+        self._closed = True
+        self._torn_down = True
+        self._wakeups.abandon_after_fork()
+        for child in self._ledger.running_handles():
+            child._pidfd = None

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from . import Context, Hooks, SigchldOwner, _process, describe_status
+from . import Context, Hooks, SigchldOwner, describe_status
 
 _CHILD_CODE = "import sys; sys.exit(int(sys.argv[1]))"
 
@@ -114,7 +114,7 @@ def run(out: TextIO = sys.stdout) -> int:
             ctx.wait(10)
         check(f"childproc's child {lib_pid}", seen[lib_pid], "exited with status 7")
         check(f"subprocess.Popen child {proc.pid} returncode", str(proc.wait(10)), "8")
-        say(f"   reaped through {ctx.watcher}; SIGCHLD handler needed: {ctx in _process._users}")
+        say(f"   reaped through {ctx.watcher}; SIGCHLD handler needed: {ctx.uses_sigchld_handler}")
 
     # 5. PIDFD ---------------------------------------------------------------
     say("\n5. PIDFD: no SIGCHLD at all; pidfds only, from any thread. Here with a child handle:")

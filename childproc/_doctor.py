@@ -10,7 +10,9 @@ import threading
 from typing import Any
 
 from . import _process
+from ._context import Context
 from ._policy import rules_for
+from ._sigchld import HANDLER, SA_NOCLDWAIT, describe, disposition, on_main_thread
 from ._watchers import pidfd as _pidfd
 
 __all__ = ["format_report", "report"]
@@ -18,23 +20,31 @@ __all__ = ["format_report", "report"]
 
 def _disposition() -> tuple[str, str]:
     """(what SIGCHLD's disposition is, who owns it)."""
-    current = signal.getsignal(signal.SIGCHLD)
-    real = _process.real_handler()
-    if current in (signal.SIG_DFL, signal.SIG_IGN) and real not in (None, 0, 1):
-        return f"a handler installed outside Python (C code, at {real:#x})", "the host (C code)"
-    if current is _process._sigchld_handler:
-        return "childproc's handler", f"childproc ({_process.snapshot()['handler_users']} context(s) use it)"
+    d = disposition()
+    current = d.python
+    nocldwait = (
+        " with SA_NOCLDWAIT (the kernel reaps children, exit statuses are lost)"
+        if (d.flags is not None and d.flags & SA_NOCLDWAIT)
+        else ""
+    )
+    if d.c_level_foreign:
+        return (
+            f"a handler installed outside Python (C code, at {d.address:#x}){nocldwait}",
+            "the host (C code)",
+        )
+    if HANDLER.is_ours(current):
+        return "childproc's handler", f"childproc ({HANDLER.user_count} context(s) use it)"
     if current == signal.SIG_DFL:
-        return "SIG_DFL (default)", "nobody"
+        return f"SIG_DFL (default){nocldwait}", "nobody"
     if current == signal.SIG_IGN:
         return "SIG_IGN (ignored: the kernel reaps children, exit statuses are lost)", "nobody"
     if current is None:
-        return "a handler installed outside Python (C code)", "the host (C code)"
-    return f"Python handler {_process._describe(current)}", "the host"
+        return f"a handler installed outside Python (C code){nocldwait}", "the host (C code)"
+    return f"Python handler {describe(current)}{nocldwait}", "the host"
 
 
 def _wakeup_fd() -> str:
-    if not _process.on_main_thread():
+    if not on_main_thread():
         return "unknown (only readable on the main thread)"
     # The only way to read the slot is to swap it; put it straight back.
     fd = signal.set_wakeup_fd(-1)
@@ -50,8 +60,8 @@ def report() -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     pidfds = _pidfd.supported()
     contexts = []
-    for ctx in list(_process._contexts):
-        if ctx.closed:
+    for ctx in _process.live_contexts():
+        if not isinstance(ctx, Context) or ctx.closed:
             continue
         rules = rules_for(ctx.mode)
         contexts.append(
@@ -59,17 +69,20 @@ def report() -> dict[str, Any]:
                 "mode": ctx.mode.name,
                 "watcher": ctx.watcher,
                 "outstanding_children": len(ctx.children),
-                "uses_sigchld_handler": ctx in _process._users,
+                "uses_sigchld_handler": ctx.uses_sigchld_handler,
                 "reaper": rules.reaper.value,
             }
         )
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     warnings: list[str] = []
-    if disposition.startswith("SIG_IGN"):
+    ignored = HANDLER.discards_statuses(fresh=True)
+    if ignored is not None:
         warnings.append(
-            "SIGCHLD is ignored: children are reaped by the kernel and their statuses lost. "
-            "childproc's handler modes replace SIG_IGN while they run; MAINLOOP and PIDFD cannot "
-            "see exit statuses at all."
+            f"SIGCHLD is ignored ({ignored}): the kernel reaps children and throws their exit "
+            "statuses away. SELECTIVE_REAP, PIDFD and MAINLOOP refuse to start children "
+            "(SigchldIgnoredError); LIBXL works only from the main thread (its handler replaces "
+            "the disposition while it has children); LIBXL_ALWAYS replaces it while it runs. "
+            "Restore SIG_DFL, or use LIBXL_ALWAYS."
         )
     if owner.startswith("the host"):
         warnings.append(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "ChildprocError",
     "InvalidArgumentError",
@@ -18,6 +20,10 @@ __all__ = [
     "AlreadyWatchedError",
     "NotOurChildError",
     "PidfdUnavailableError",
+    "SigchldIgnoredError",
+    "FdLostError",
+    "ArgumentTypeError",
+    "spawn_error",
 ]
 
 
@@ -27,6 +33,10 @@ class ChildprocError(Exception):
 
 class InvalidArgumentError(ChildprocError, ValueError):
     """An argument has the wrong type or value; the message says what is expected."""
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (also a :class:`TypeError`, as ``subprocess`` raises)."""
 
 
 class StateError(ChildprocError):
@@ -41,6 +51,12 @@ class SigchldConflictError(ChildprocError):
         super().__init__(message)
         #: The handler found in place of childproc's.
         self.handler = handler
+
+
+class SigchldIgnoredError(SigchldConflictError):
+    """SIGCHLD is ignored (``SIG_IGN``, or ``SA_NOCLDWAIT``): the kernel throws every
+    child's exit status away, so a mode that leaves the disposition alone cannot
+    report exits. The message names the ways out."""
 
 
 class HandlerReplacedError(SigchldConflictError):
@@ -80,7 +96,42 @@ class ChildStolenError(ChildprocError):
 
 
 class SpawnError(ForkError):
-    """``posix_spawn`` failed (for example ``ENOENT``: no such program). ``errno`` says why."""
+    """``posix_spawn`` failed (for example ``ENOENT``: no such program). ``errno`` says why.
+
+    A missing program or directory is also a :class:`FileNotFoundError`, one that
+    may not be run a :class:`PermissionError`, a ``cwd`` that is not a directory a
+    :class:`NotADirectoryError`, each with ``filename`` set, as ``subprocess``
+    raises them: code ported from ``subprocess`` keeps catching them.
+    """
+
+
+class _SpawnFileNotFoundError(SpawnError, FileNotFoundError):
+    pass
+
+
+class _SpawnPermissionError(SpawnError, PermissionError):
+    pass
+
+
+class _SpawnNotADirectoryError(SpawnError, NotADirectoryError):
+    pass
+
+
+_SPAWN_ERRORS = {
+    errno.ENOENT: _SpawnFileNotFoundError,
+    errno.EACCES: _SpawnPermissionError,
+    errno.EPERM: _SpawnPermissionError,
+    errno.ENOTDIR: _SpawnNotADirectoryError,
+}
+
+
+def spawn_error(err: int, message: str, filename: str | bytes | None = None) -> SpawnError:
+    """The :class:`SpawnError` for ``err``: also the ``OSError`` subclass Python
+    itself would raise for it (``FileNotFoundError`` for ENOENT …)."""
+    cls = _SPAWN_ERRORS.get(err, SpawnError)
+    if filename is None:
+        return cls(err, message)
+    return cls(err, message, filename)
 
 
 class ChildExitedError(StateError):
@@ -101,6 +152,17 @@ class AlreadyWatchedError(StateError):
 
 class NotOurChildError(InvalidArgumentError):
     """The pid is not a child of this process, or was already reaped (``-ECHILD``)."""
+
+
+class FdLostError(StateError):
+    """Someone else closed an fd childproc opened (a child's pidfd): childproc left
+    the number alone (it may name another object now) and watches the child by
+    pid, which is still safe while childproc is its only reaper."""
+
+    def __init__(self, message: str, pids: list[int]) -> None:
+        super().__init__(message)
+        #: The children whose pidfd was lost.
+        self.pids = pids
 
 
 class PidfdUnavailableError(StateError):

@@ -1,45 +1,61 @@
 """The fork server's own process: everything that runs inside a fork server.
 
 :mod:`childproc.forkserver` is the caller's side (the API, the connection);
-this module is the other end. Its rules:
+this module is the other end, and :mod:`childproc._forkserver_wire` the
+protocol between them. This module does not import ``forkserver``: a child
+that asks for a connection to its server (``fork(server_conn=True)``) gets it
+from the ``child_connection`` function the starter gives :class:`Server`.
 
-* **It imports only what the server's loop uses**: from the standard library
-  ``os``, ``select``, ``gc``, ``io`` and ``errno``, and the C halves
-  ``_signal``, ``_socket`` and ``_struct`` (``signal.py`` and ``socket.py``
-  bring ``enum``, ``functools``, ``collections`` and ``selectors``, and
-  ``array`` brings ``collections``: in a fresh server they made every fork
-  some 15 % dearer), and of childproc only
-  ``_spawn`` (the exec path, loaded when a fresh server starts) and the
-  ``_errors`` it raises. ``json`` (and the ``re`` it brings) only once a
-  request or reply needs it, ``socket`` once a child asks for a socket,
-  ``importlib`` once an entry is named by module: forks never need them. A
-  fresh server (``ForkServer.start_fresh``) holds nothing else of childproc:
-  not ``typing``, ``dataclasses``, ``threading`` or ``logging``, which the
-  rest uses. Every module in the server is memory that each ``fork()`` maps
-  again and each child's exit unmaps: ``json`` alone made a bare
-  interpreter's fork 15 % slower.
-* **Between two forks the server touches as little as it can.** After
-  ``fork()`` each page the server writes faults and is copied while the child
-  shares it, and in Python every reference count is a write. So the loop is
-  one ``epoll`` and a dict from fd to handler, children are watched through
-  pidfds (no signal handler runs in the server), resolved entries are kept,
-  and a new child closes what it inherited of the server's with plain
-  ``os.close`` before it runs its entry.
+The measured rules. Every module in the server is memory that each ``fork()``
+maps again and each child's exit unmaps, and after ``fork()`` each page the
+server or the child writes faults and is copied while the other shares it (3
+to 4 µs a page on a small VM). These rules are explained here once; the code
+points back to them by number.
+
+1. **Imports: only what the server's loop uses.** From the standard library
+   ``os``, ``select``, ``gc``, ``io``, ``errno`` and ``sys``, and the C halves
+   ``_signal``, ``_socket`` and ``_struct`` rather than ``signal``, ``socket``
+   and ``struct`` (``signal.py`` and ``socket.py`` bring ``enum``,
+   ``functools``, ``collections`` and ``selectors``, and ``array`` brings
+   ``collections``: in a fresh server they made every fork some 15 % dearer).
+   Of childproc only ``_forkserver_wire``, and ``_spawn`` (the exec path,
+   loaded when a fresh server starts) with the ``_errors`` it raises: not
+   ``_context`` (hence this module's own ``pidfd_of``), nor ``typing`` (it is
+   a megabyte in every child: annotations are imported only for type
+   checkers, under ``TYPE_CHECKING = False``), ``dataclasses``, ``threading``
+   or ``logging``, which the rest of childproc uses. What only some requests
+   need is imported inside the function that needs it, and a fork never
+   does: ``json`` (and the ``re`` it brings; ``json`` alone made a bare
+   interpreter's fork 15 % slower) once a request or reply carries JSON,
+   ``socket`` once a child asks for a socket pair, ``importlib`` once an entry
+   is named by module (``__import__`` for preloads), ``traceback`` once
+   something fails. A fresh server (``ForkServer.start_fresh``) holds nothing
+   else of childproc.
+2. **Plain ints, never enums.** ``_socket``'s and ``_signal``'s constants are
+   ints; ``socket``'s are ``enum.IntFlag`` members, and an ``|`` or ``&`` of
+   two of them runs enum's Python code, which wrote some twenty-five pages a
+   request. Sizes are plain ints too (``REQUEST_SIZE``: reading ``.size`` on
+   every request wrote another page).
+3. **Between two forks the server writes as little as it can.** In Python
+   every reference count is a write, and each function called writes to its
+   code object's page. So the loop is one ``epoll`` and a dict from fd to
+   handler, children are watched through pidfds (no signal handler runs in
+   the server), resolved entries and bound methods are kept, the hot paths
+   (a request, a fork, a reply) are inline rather than split into helpers,
+   and a new child closes what it inherited of the server's with plain
+   ``os.close`` before it runs its entry. A fork's request and reply hold no
+   JSON (decoding and encoding it touches some fifty pages each time).
 
 Theory of operation. One thread and one ``epoll``. Registered in it: each
 client socket (a request is readable), each child's pidfd (it exited), and
-the starter's pidfd (it died). A request is one ``SOCK_SEQPACKET`` packet, fds
-as ``SCM_RIGHTS``: a ``REQUEST`` header (id, op, flags), then the op's body;
-the reply is a ``REPLY`` header naming the same id (ok, which fds follow, the
-pid), then a JSON object or nothing. A fork's request and reply are binary
-end to end: JSON touches some fifty pages in the server each time, which a
-fork would make it copy. A fork makes, before forking, every fd the child and
-the caller will need (so "out of fds" fails before there is a child), and
-keeps one fd slot free for the child's pidfd. An exit is written as one
-``EXIT_EVENT`` record to the child's own exit pipe, which nobody else
-writes: a burst of exits never blocks the server. Where the kernel has no
-pidfds (Linux before 5.3), the server hears SIGCHLD through a wakeup pipe and
-reaps with ``waitpid(-1)``: its children are the only children it has.
+the starter's pidfd (it died). Requests and replies are ``_forkserver_wire``'s
+packets. A fork makes, before forking, every fd the child and the caller will
+need (so "out of fds" fails before there is a child), and keeps one fd slot
+free for the child's pidfd. An exit is written as one ``EXIT_EVENT`` record to
+the child's own exit pipe, which nobody else writes: a burst of exits never
+blocks the server. Where the kernel has no pidfds (Linux before 5.3), the
+server hears SIGCHLD through a wakeup pipe and reaps with ``waitpid(-1)``: its
+children are the only children it has.
 """
 
 from __future__ import annotations
@@ -53,7 +69,41 @@ import os
 import select
 import sys
 
-TYPE_CHECKING = False  # typing is not imported at run time (it is a megabyte in every child)
+from ._forkserver_wire import (
+    ANCDATA_SIZE,
+    CONNECT,
+    EVAL,
+    EXIT_EVENT,
+    FORK,
+    FORK_WANTS,
+    HAS_EXIT_FD,
+    HAS_PIDFD,
+    HAS_SOCKET,
+    KILL_ALL,
+    MAX_ENTRY_NAME,
+    MAX_FDS,
+    MAX_PACKET,
+    MSG_CMSG_CLOEXEC,
+    PING,
+    REPLY,
+    REQUEST,
+    REQUEST_SIZE,
+    SCM_RIGHTS,
+    SOL_SOCKET,
+    SPAWN,
+    SPAWN_WANTS,
+    STOP,
+    STOP_SERVER_ONLY,
+    TRUNCATED,
+    WANT_EXIT_FD,
+    WANT_SERVER_CONN,
+    WANT_SOCKET,
+    decode_call,
+    error_reply,
+    fds_in_ancdata,
+)
+
+TYPE_CHECKING = False  # rule 1: typing is not imported at run time
 if TYPE_CHECKING:
     import signal as _signal
     import socket
@@ -66,41 +116,18 @@ if TYPE_CHECKING:
     Result: TypeAlias = "tuple[int, int, dict[str, Any] | None, list[int]]"
     #: An op: (WANT_* flags, body, fds received, client fd) -> Result.
     Op: TypeAlias = "Callable[[int, bytes, list[int], int], Result]"
+    #: Makes a served child's connection to its server, over the child's end of a socket
+    #: pair: (that socket, the server's pid) -> the ``server`` its entry is given.
+    ChildConnection: TypeAlias = "Callable[[_socket.socket, int], object]"
 else:
     try:
-        import _signal  # what signal.py wraps: plain ints, no enum conversions
+        import _signal  # rules 1 and 2
     except ImportError:  # pragma: no cover - not CPython
         import signal as _signal
-
-MAX_PACKET = 64 * 1024  # largest request or reply
-MAX_FDS = 16  # most fds one request may carry
-#: One exit record on an exit fd: (pid, wait status).
-EXIT_EVENT = _struct.Struct("=ii")
-
-# -- the protocol ---------------------------------------------------------------------------
-#: A request: this header, then the op's body. ``flags`` are WANT_* (fork, spawn) or 0.
-REQUEST = _struct.Struct("=QBB")  # id, op, flags
-REQUEST_SIZE = REQUEST.size  # a plain int: reading ``.size`` on every request wrote another page
-#: A reply: this header, then a JSON object (an op's result, or the error) or nothing.
-REPLY = _struct.Struct("=QBBi")  # id, ok (1) or failed (0), HAS_* (the fds that came along), pid or 0
-# Ops, and their bodies: FORK and EVAL, the entry's name (UTF-8), then optionally a NUL and
-# the JSON list of arguments; SPAWN and KILL_ALL, a JSON object; the others, nothing.
-PING, FORK, SPAWN, CONNECT, KILL_ALL, EVAL, STOP, STOP_SERVER_ONLY = range(1, 9)
-WANT_SOCKET, WANT_EXIT_FD, WANT_SERVER_CONN = 1, 2, 4
-#: The fds a reply carries, in this order.
-HAS_SOCKET, HAS_EXIT_FD, HAS_PIDFD = 1, 2, 4
 
 _set_handler = _signal.signal
 _SIGINT, _SIGCHLD, _SIG_DFL, _SIG_IGN = int(_signal.SIGINT), int(_signal.SIGCHLD), 0, 1
 _MAX_CACHED_ENTRIES = 256
-# Plain ints, as _socket has them (socket's are enum.IntFlag members, and an | or & of
-# two of them runs enum's Python code, which wrote some twenty-five pages a request).
-MSG_CMSG_CLOEXEC = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
-MSG_TRUNC, MSG_CTRUNC = _socket.MSG_TRUNC, _socket.MSG_CTRUNC
-_TRUNCATED = MSG_TRUNC | MSG_CTRUNC
-#: One fd in an ``SCM_RIGHTS`` message (a C int).
-FD = _struct.Struct("i")
-ANCDATA_SIZE = _socket.CMSG_LEN(MAX_FDS * FD.size)  # room for the most fds a packet carries
 #: Whether children are watched through pidfds. Tests set it False (before the
 #: server starts) to run the fallback for kernels without pidfds.
 USE_PIDFDS = hasattr(os, "pidfd_open")
@@ -123,7 +150,7 @@ def resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[...
     module, _, qualname = ref.partition(":")
     if not module or not qualname:
         raise LookupError(f"no entry named {ref!r} (give a name from start() or 'module:function')")
-    import importlib  # noqa: PLC0415 - not for forks: see the module's rules
+    import importlib  # noqa: PLC0415 - rule 1
 
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
@@ -134,7 +161,7 @@ def resolve(ref: str, entries: Mapping[str, Callable[..., Any]]) -> Callable[...
 
 
 def _json(raw: bytes) -> Any:
-    import json  # noqa: PLC0415 - not for forks: see the module's rules
+    import json  # noqa: PLC0415 - rule 1
 
     try:
         return json.loads(raw)
@@ -143,20 +170,9 @@ def _json(raw: bytes) -> Any:
 
 
 def _to_json(result: dict[str, Any]) -> bytes:
-    import json  # noqa: PLC0415 - not for forks: see the module's rules
+    import json  # noqa: PLC0415 - rule 1
 
     return json.dumps(result).encode()
-
-
-_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
-
-
-def error_reply(rid: int, message: str, code: str, err: int | None = None) -> bytes:
-    """An error reply, its JSON written by hand: the error path must never need
-    ``json``, whose first import can fail (out of fds is one of the errors it reports)."""
-    errno_text = "null" if err is None else str(int(err))
-    body = f'{{"error": "{message.translate(_JSON_ESCAPES)}", "code": "{code}", "errno": {errno_text}}}'
-    return REPLY.pack(rid, 0, 0, 0) + body.encode("utf-8", "replace")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -167,37 +183,17 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return obj
 
 
-def fds_in_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """The fds that ``SCM_RIGHTS`` messages in ``recvmsg``'s ancillary data carry.
-
-    Both ends call ``recvmsg(..., ANCDATA_SIZE, MSG_CMSG_CLOEXEC)`` themselves, and
-    this takes the fds out: the standard library's ``socket.recv_fds`` drops its
-    ``flags`` argument (CPython gh-107898, up to 3.13 at least), so it cannot ask
-    for ``MSG_CMSG_CLOEXEC``, and fds received without it would leak into every
-    program spawned until they are closed.
-    """
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            count = len(payload) // FD.size  # whole fds only
-            fds += _struct.unpack(f"{count}i", payload[: count * FD.size])
-    return fds
-
-
 def _socket_pair_for_child() -> tuple[socket.socket, socket.socket]:
     """A stream socket pair, the child's end as documented for an entry: a
-    ``socket.socket``. The server imports ``socket`` the first time it needs
-    one (see the module's rules)."""
-    import socket  # noqa: PLC0415 - not for forks without one: see the module's rules
+    ``socket.socket`` (rule 1: ``socket`` is imported the first time)."""
+    import socket  # noqa: PLC0415 - rule 1
 
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
 def pidfd_of(pid: int) -> int | None:
     """A pidfd for ``pid``, or None where the kernel (or the fd table) has none.
-
-    Not the context's (``childproc._context``): importing that would
-    load ``typing`` and ``dataclasses`` into a fresh server."""
+    Not the context's (rule 1)."""
     try:
         return os.pidfd_open(pid)
     except (OSError, AttributeError):
@@ -205,7 +201,12 @@ def pidfd_of(pid: int) -> int | None:
 
 
 class Server:
-    """The loop of one fork server. Runs in the server process, in its only thread."""
+    """The loop of one fork server. Runs in the server process, in its only thread.
+
+    ``child_connection`` makes the ``server`` argument of an entry forked with
+    ``server_conn=True``; it is called only in that child. The starter provides it
+    (``forkserver``'s ``ForkServer._for_child``): this module never imports the client.
+    """
 
     def __init__(
         self,
@@ -214,8 +215,12 @@ class Server:
         entries: Mapping[str, Callable[..., Any]],
         max_clients: int,
         on_parent_death: str,
+        *,
+        child_connection: ChildConnection,
     ) -> None:
         self.entries = entries
+        #: What a child that asked for a connection to the server gets (see ChildConnection).
+        self.child_connection = child_connection
         self.resolved: dict[bytes, Callable[..., Any]] = {}  # entry name -> callable
         self.max_clients = max_clients
         self.on_parent_death = on_parent_death
@@ -379,7 +384,7 @@ class Server:
         sock = self.clients[fd][0]
         try:
             # Client sockets are non-blocking: a wrong wake-up never blocks the server.
-            # Close-on-exec (see fds_in_ancdata); inline: each function a request runs is a page
+            # Close-on-exec (see fds_in_ancdata). Inline, as is the header below: rule 3.
             data, ancdata, flags, _ = sock.recvmsg(MAX_PACKET + 1, ANCDATA_SIZE, MSG_CMSG_CLOEXEC)
             fds = fds_in_ancdata(ancdata) if ancdata else []
         except BlockingIOError:
@@ -395,7 +400,7 @@ class Server:
             if len(data) < REQUEST_SIZE:
                 raise Bad(f"a request starts with a {REQUEST_SIZE}-byte header (id, op, flags)")
             rid, op, want = REQUEST.unpack_from(data)
-            if flags & _TRUNCATED or len(data) > MAX_PACKET:
+            if flags & TRUNCATED or len(data) > MAX_PACKET:
                 raise Bad(f"request larger than {MAX_PACKET} bytes or carrying more than {MAX_FDS} fds")
             handler = self.ops.get(op)
             if handler is None:
@@ -426,10 +431,11 @@ class Server:
                 if len(data) > MAX_PACKET:  # only an eval's result can be (it has no fds)
                     error = f"the reply would be {len(data)} bytes, more than {MAX_PACKET}"
                     data = error_reply(REPLY.unpack_from(data)[0], error, "TOO_LARGE")
-                # What socket.send_fds does, with fewer objects. Non-blocking: see _add_client.
+                # What socket.send_fds does (and wire's ancdata_for_fds), with fewer objects
+                # (rule 3). Non-blocking: see _add_client.
                 rights = []
                 if fds:
-                    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _struct.pack(f"{len(fds)}i", *fds))]
+                    rights = [(SOL_SOCKET, SCM_RIGHTS, _struct.pack(f"{len(fds)}i", *fds))]
                 entry[0].sendmsg([data], rights)
         except OSError:
             self._drop(fd)
@@ -498,15 +504,15 @@ class Server:
 
     def _call(self, body: bytes) -> tuple[Callable[..., Any], list[Any]]:
         """The entry and arguments a fork's or an eval's body names (see FORK)."""
-        ref, _, raw_args = body.partition(b"\0")
+        ref, raw_args = decode_call(body)
         fn = self.resolved.get(ref)
         if fn is None:
             try:
                 name = ref.decode()
             except UnicodeDecodeError:
                 raise Bad("the entry's name is not UTF-8") from None
-            if not name or len(name) > 512:
-                raise Bad("entry must be a name or 'module:function' (at most 512 characters)")
+            if not name or len(name) > MAX_ENTRY_NAME:
+                raise Bad(f"entry must be a name or 'module:function' (at most {MAX_ENTRY_NAME} characters)")
             try:
                 fn = resolve(name, self.entries)
             except Exception as e:
@@ -543,9 +549,7 @@ class Server:
         have its exit lost, so if even then there is no pidfd, the child is
         killed, its exit pipe closed, and ``Bad(code)`` raised.
 
-        One function where there could be three: after a fork, every page the
-        server writes is copied, and each Python function called writes to its
-        code object's page (so does pidfd_of, a module function).
+        One function where there could be three (rule 3; pidfd_of is a function too).
         """
         os.close(slot)
         pidfd = None
@@ -581,10 +585,10 @@ class Server:
     def _op_fork(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         if fds:
             self._no_fds(fds)
-        if want & ~(WANT_SOCKET | WANT_EXIT_FD | WANT_SERVER_CONN):
+        if want & ~FORK_WANTS:
             raise Bad(f"unknown fork flags {want:#x}")
         # An entry named before and given no arguments (the body is its name alone): no
-        # parsing, no _call (every function a fork runs is a page the server writes).
+        # parsing, no _call (rule 3).
         fn = self.resolved.get(body)
         if fn is None:
             fn, args = self._call(body)
@@ -632,6 +636,7 @@ class Server:
                 args=args,
                 sock=pair[1] if pair is not None else None,
                 server_sock=conn_pair[1] if conn_pair is not None else None,
+                connect=self.child_connection if conn_pair is not None else None,
             )
         has = 0
         out: list[int] = []
@@ -658,7 +663,7 @@ class Server:
 
     def _op_spawn(self, want: int, body: bytes, fds: list[int], client: int) -> Result:
         try:
-            if want & ~WANT_EXIT_FD:
+            if want & ~SPAWN_WANTS:
                 raise Bad(f"unknown spawn flags {want:#x}")
             req = _json_object(body)
             argv = req.get("argv")
@@ -756,17 +761,19 @@ def _child_main(
     args: list[Any],
     sock: socket.socket | None,
     server_sock: _socket.socket | None,
+    connect: ChildConnection | None,
 ) -> None:
     """A forked child, from its first line to its ``os._exit``.
 
-    Every page the child writes is copied (3 to 4 µs each on a small VM), and in
-    Python every object touched is a page written: so the child closes the
-    server's fds from one dict of numbers (``owned``: the epoll, the clients'
-    sockets, other children's exit pipes and pidfds, the starter's pidfd) and
-    the list of fds made for this fork, then runs its entry, and flushes stdio
-    only if it may hold something (a flush touches some twenty pages). The
-    server's objects around those numbers are never used again in the child,
-    nor finalized: it leaves by ``os._exit``.
+    Rule 3 holds for the child too (each page it writes is copied): it closes
+    the server's fds from one dict of numbers (``owned``: the epoll, the
+    clients' sockets, other children's exit pipes and pidfds, the starter's
+    pidfd) and the list of fds made for this fork, then runs its entry, and
+    flushes stdio only if it may hold something (a flush touches some twenty
+    pages). The server's objects around those numbers are never used again in
+    the child, nor finalized: it leaves by ``os._exit``. ``server_sock`` and
+    ``connect``: the child's end of its own connection to the server and what
+    makes the entry's ``server`` of it, or None.
     """
     code = 0
     try:
@@ -780,10 +787,8 @@ def _child_main(
             _set_handler(_SIGCHLD, _SIG_DFL)
         _set_handler(_SIGINT, _SIG_DFL)
         server = None
-        if server_sock is not None:
-            from .forkserver import ForkServer  # noqa: PLC0415 - only children that ask for it
-
-            server = ForkServer._for_child(server_sock, os.getppid())
+        if server_sock is not None and connect is not None:
+            server = connect(server_sock, os.getppid())
         result = fn(server, sock, *args)
         if type(result) is int:
             code = result
@@ -800,7 +805,7 @@ def _child_main(
 def _print_exc_quietly() -> None:
     """The current exception's traceback on stderr, if stderr takes it."""
     try:
-        import traceback  # noqa: PLC0415 - only a failing child pays for it
+        import traceback  # noqa: PLC0415 - rule 1: only a failing child pays for it
 
         traceback.print_exc()
     except BaseException:  # stderr closed or broken: nowhere left to tell
@@ -849,8 +854,8 @@ def _spawn_with_fd_map(
 def _write_through_stdio() -> None:
     """Make a fresh server's stdout and stderr (``sys.__stdout__`` and
     ``sys.__stderr__`` too) text that writes through to ``_WholeWrites``: its
-    children then leave without a flush, which would touch some twenty shared
-    pages, and lose nothing. Streams without an fd are left as they are."""
+    children then leave without a flush (see _child_main), and lose nothing.
+    Streams without an fd are left as they are."""
     global _WRITE_THROUGH_STDIO
     made: list[_WriteThroughText | None] = []
     for name in ("stdout", "stderr"):
@@ -871,8 +876,10 @@ def _write_through_stdio() -> None:
     _WRITE_THROUGH_STDIO = (made[0], made[1])
 
 
-def serve_fresh(config: dict[str, Any]) -> None:
-    """The body of a server made by ``ForkServer.start_fresh`` (in that interpreter)."""
+def serve_fresh(config: dict[str, Any], child_connection: ChildConnection) -> None:
+    """The body of a server made by ``ForkServer.start_fresh`` (in that interpreter).
+    ``child_connection`` as for :class:`Server`: it must import nothing until it is
+    called (in a child), or the server would hold what it imports (rule 1)."""
     global USE_PIDFDS
     USE_PIDFDS = config["use_pidfds"]  # the starter's choice (tests turn pidfds off)
     if config["unset_bind_now"]:  # ours (see ForkServer.start_fresh), not for what the server runs
@@ -889,9 +896,16 @@ def serve_fresh(config: dict[str, Any]) -> None:
         from . import _spawn  # noqa: F401, PLC0415 - the exec path's, loaded before any child
 
         for module in config["preload"]:
-            __import__(module)  # not importlib's: see the module's rules
+            __import__(module)  # not importlib's: rule 1
         entries = {name: resolve(ref, {}) for name, ref in config["entries"].items()}
-        Server(sock, config["parent"], entries, config["max_clients"], config["on_parent_death"]).serve()
+        Server(
+            sock,
+            config["parent"],
+            entries,
+            config["max_clients"],
+            config["on_parent_death"],
+            child_connection=child_connection,
+        ).serve()
     except BaseException:
         code = 70
         _print_exc_quietly()

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import errno
 import os
+from _functools import partial  # the C type functools re-exports: no functools import here
 
-from ._errors import InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError
 
 # Not typing's TYPE_CHECKING, nor signal.py or collections at run time: a fresh fork
 # server loads this module, and each of those is memory that every fork copies.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any, TypeAlias
 
     Argv: TypeAlias = Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]]
@@ -32,7 +33,7 @@ else:
     except ImportError:  # pragma: no cover - not CPython
         import signal as _signal
 
-__all__ = ["spawn_process"]  # and, for type checkers only, Argv
+__all__ = ["prepare_spawn", "spawn_process"]  # and, for type checkers only, Argv
 
 # Python ignores these; a program started by subprocess gets them back at their
 # defaults, and so does one started here. SIGCHLD too: an ignored SIGCHLD would
@@ -47,9 +48,9 @@ def _resolve(name: str, env: Mapping[str, str] | None) -> str:
     subprocess does) if it has no ``/``. Raises ``OSError`` (ENOENT, EACCES)."""
     if "/" in name:
         if not os.path.exists(name):
-            raise OSError(errno.ENOENT, f"{os.strerror(errno.ENOENT)}: {name!r}")
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), name)
         if not os.access(name, os.X_OK) or os.path.isdir(name):
-            raise OSError(errno.EACCES, f"{os.strerror(errno.EACCES)}: {name!r}")
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), name)
         return name
     # By hand, not shutil.which: shutil imports bz2, and bz2 threading, whose at-fork
     # hook would then run in every child of a fresh fork server.
@@ -63,7 +64,7 @@ def _resolve(name: str, env: Mapping[str, str] | None) -> str:
         None,
     )
     if found is None:
-        raise OSError(errno.ENOENT, f"{os.strerror(errno.ENOENT)}: {name!r} (not found on PATH)")
+        raise OSError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (not found on PATH)", name)
     return found
 
 
@@ -84,7 +85,38 @@ def _fd(value: object, what: str) -> int:
     return value
 
 
-def spawn_process(
+def _args(argv: Argv) -> list[str | bytes]:
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise InvalidArgumentError(f"argv must be a non-empty list of arguments, not {argv!r}")
+    try:
+        args = [os.fspath(a) for a in argv]
+    except TypeError:
+        bad = next(a for a in argv if not isinstance(a, (str, bytes, os.PathLike)))
+        raise ArgumentTypeError(
+            f"argv items must be str, bytes or os.PathLike, not {type(bad).__name__} ({bad!r}): "
+            "convert numbers with str()"
+        ) from None
+    for a in args:
+        if ("\0" if isinstance(a, str) else b"\0") in a:
+            raise InvalidArgumentError(f"argv item {a!r} contains a NUL byte")
+    return args
+
+
+def _check_env(env: Mapping[str, str]) -> None:
+    if not callable(getattr(env, "items", None)):
+        raise ArgumentTypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+    for key, value in env.items():
+        for what, item in (("name", key), ("value", value)):
+            if not isinstance(item, (str, bytes)):
+                raise ArgumentTypeError(
+                    f"env {what}s must be str or bytes, not {type(item).__name__} "
+                    f"({key!r}: {value!r}): convert it with str()"
+                )
+        if not key or ("=" if isinstance(key, str) else b"=") in key:
+            raise InvalidArgumentError(f"env name {key!r} is not a valid variable name")
+
+
+def prepare_spawn(
     argv: Argv,
     *,
     env: Mapping[str, str] | None,
@@ -94,11 +126,15 @@ def spawn_process(
     stdout: int | None,
     stderr: int | None,
     fd_map: Mapping[int, int] | None = None,
-) -> int:
-    """``posix_spawn`` ``argv``; return the pid. Raises ``OSError`` (e.g. ENOENT)."""
-    if isinstance(argv, (str, bytes)) or not argv:
-        raise InvalidArgumentError(f"argv must be a non-empty list of arguments, not {argv!r}")
-    args = [os.fspath(a) for a in argv]
+) -> Callable[[], int]:
+    """Check everything and return the ``posix_spawn`` call itself, as a C-level
+    callable taking no argument and returning the pid (a ``functools.partial``
+    of ``os.posix_spawn``). Raises :class:`InvalidArgumentError` (also a
+    ``TypeError`` for wrong types) and ``OSError`` (ENOENT, EACCES, ENOTDIR,
+    with ``filename``) for a program or ``cwd`` that cannot be used."""
+    args = _args(argv)
+    if env is not None:
+        _check_env(env)
     actions: list[tuple[Any, ...]] = []
     for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
         if fd is not None:
@@ -117,27 +153,37 @@ def spawn_process(
             actions.append((os.POSIX_SPAWN_DUP2, base + i, target))
             actions.append((os.POSIX_SPAWN_CLOSE, base + i))
     name = os.fsdecode(args[0])
+    environ = _current_environ() if env is None else env
     if cwd is None and ("/" in name or env is None):
         # posix_spawn itself reports ENOENT/EACCES here, and posix_spawnp looks
         # names up on this process's PATH, which is env's: no pre-checks needed.
         spawn = os.posix_spawn if "/" in name else os.posix_spawnp
-        # os.environb: the same environment, without decoding and re-encoding
-        # every variable on each spawn (~0.1 ms with a typical environment).
-        environ = _current_environ() if env is None else env
-        return spawn(args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=())
+        return partial(spawn, args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=())
     program = _resolve(name, env)
     if cwd is not None:
         where = os.fspath(cwd)
         if not os.path.isdir(where):
             err = errno.ENOTDIR if os.path.exists(where) else errno.ENOENT
-            raise OSError(err, f"{os.strerror(err)}: cwd {where!r}")
+            raise OSError(err, f"{os.strerror(err)}: cwd", where)
         args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", where, program, *(os.fsdecode(a) for a in args[1:])]
         program = "/bin/sh"
-    return os.posix_spawn(
-        program,
-        args,
-        _current_environ() if env is None else env,
-        file_actions=actions,
-        setsigdef=_SIGDEF,
-        setsigmask=(),
+    return partial(
+        os.posix_spawn, program, args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=()
     )
+
+
+def spawn_process(
+    argv: Argv,
+    *,
+    env: Mapping[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+    pass_fds: Sequence[int],
+    stdin: int | None,
+    stdout: int | None,
+    stderr: int | None,
+    fd_map: Mapping[int, int] | None = None,
+) -> int:
+    """``posix_spawn`` ``argv``; return the pid. Raises ``OSError`` (e.g. ENOENT)."""
+    return prepare_spawn(
+        argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr, fd_map=fd_map
+    )()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ._fds import above_stdio
+
 __all__ = ["CLOSED_WAKER", "Waker"]
 
 
@@ -17,7 +19,8 @@ class Waker:
     __slots__ = ("rfd", "wfd")
 
     def __init__(self) -> None:
-        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.rfd, self.wfd = above_stdio(rfd), above_stdio(wfd)  # never at 0-2: see _fds
 
     def poke(self) -> None:
         try:

@@ -31,12 +31,11 @@ What libforks does, in Python (and what it gets wrong, done right):
 
 Protocol: one ``SOCK_SEQPACKET`` packet per message, with fds as
 ``SCM_RIGHTS``: a request is a binary header (id, op, flags) and the op's body,
-a reply a header (id, ok, which fds came, pid) and a JSON object or nothing
-(``childproc._fork_server`` defines them). A fork's request and reply hold no
-JSON at all: decoding and encoding it touches some fifty pages in the server,
-each one copied while a new child shares it. Exit fds carry one
-``struct "=ii"`` record: (pid, wait status). The server's side is
-``childproc._fork_server``, which imports nothing else of childproc.
+a reply a header (id, ok, which fds came, pid) and a JSON object or nothing.
+Exit fds carry one ``struct "=ii"`` record (:data:`EXIT_EVENT`): (pid, wait
+status). ``childproc._forkserver_wire`` defines it all, and is all that this
+module and the server's side, ``childproc._fork_server``, share: this module
+imports the server's side (to start one), never the other way round.
 """
 
 from __future__ import annotations
@@ -55,12 +54,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _fork_server
 from ._errors import ChildprocError, InvalidArgumentError
-from ._fork_server import (
+from ._fork_server import Server
+from ._forkserver_wire import (
     ANCDATA_SIZE,
     CONNECT,
     EVAL,
     EXIT_EVENT,
     FORK,
+    HAS_ALL,
     HAS_EXIT_FD,
     HAS_PIDFD,
     HAS_SOCKET,
@@ -69,17 +70,18 @@ from ._fork_server import (
     MAX_PACKET,
     MSG_CMSG_CLOEXEC,
     MSG_CTRUNC,
-    MSG_TRUNC,
     PING,
-    REPLY,
-    REQUEST,
     SPAWN,
     STOP,
     STOP_SERVER_ONLY,
     WANT_EXIT_FD,
     WANT_SERVER_CONN,
     WANT_SOCKET,
-    Server,
+    WireError,
+    decode_exit_event,
+    decode_reply,
+    encode_call,
+    encode_request,
     fds_in_ancdata,
 )
 from ._spawn import spawn_process
@@ -123,13 +125,14 @@ def read_exit_event(fd: int) -> ChildEvent | None:
         data = os.read(fd, EXIT_EVENT.size)
     except BlockingIOError:
         return None
-    if len(data) != EXIT_EVENT.size:
+    try:
+        pid, status = decode_exit_event(data)
+    except WireError:
         raise ForkServerDied(
             "exit fd closed without an exit record: the fork server stopped (stop_server_only) "
             "or died before this child exited, or code run in the server (eval) reaped the "
             "child first, so nobody can report its status"
-        )
-    pid, status = EXIT_EVENT.unpack(data)
+        ) from None
     return ChildEvent.from_wait_status(pid, status)
 
 
@@ -201,18 +204,14 @@ def _entry_ref(entry: object, names: Mapping[int, str]) -> str:
 def _call_body(entry: object, args: Sequence[Any], names: Mapping[int, str]) -> bytes:
     """A FORK or EVAL body: the entry's name, then a NUL and the JSON arguments (if any)."""
     ref = _entry_ref(entry, names)
-    if "\0" in ref:
-        raise InvalidArgumentError(f"an entry's name cannot hold a NUL: {ref!r}")
     try:
-        name = ref.encode()
-    except UnicodeEncodeError:
-        raise InvalidArgumentError(
-            f"an entry's name must be valid Unicode (no lone surrogates): {ref!r}"
-        ) from None
+        name = encode_call(ref)  # the name alone, checked first
+    except WireError as e:
+        raise InvalidArgumentError(str(e)) from None
     if not args:
         return name
     try:
-        return name + b"\0" + json.dumps(list(args)).encode()
+        return encode_call(ref, json.dumps(list(args)).encode())
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(
             "the arguments must be JSON values (str, int, float, bool, None, lists, dicts "
@@ -240,12 +239,8 @@ def _parse_reply(data: bytes, fds: list[int], flags: int) -> tuple[int, _Reply]:
 
     A reply whose fds this process could not take (``MSG_CTRUNC``: out of fds)
     becomes an error reply for its request; the connection lives on."""
-    if len(data) < REPLY.size:
-        raise ValueError(f"{len(data)} bytes, shorter than a reply's header")
-    if flags & MSG_TRUNC:
-        raise ValueError("longer than the largest reply")
-    rid, ok, has, pid = REPLY.unpack_from(data)
-    result = json.loads(data[REPLY.size :]) if len(data) > REPLY.size else {}  # ValueErrors
+    rid, ok, has, pid, body = decode_reply(data, flags)  # WireError is a ValueError
+    result = json.loads(body) if body else {}  # ValueErrors
     if not isinstance(result, dict):
         raise ValueError("its body is not a JSON object")
     if flags & MSG_CTRUNC:
@@ -257,7 +252,7 @@ def _parse_reply(data: bytes, fds: list[int], flags: int) -> tuple[int, _Reply]:
             "of fds (RLIMIT_NOFILE)"
         )
         return rid, _Reply(False, 0, pid, {"error": error, "code": "FDS_LOST"}, [])
-    if has & ~(HAS_SOCKET | HAS_EXIT_FD | HAS_PIDFD) or len(fds) != bin(has).count("1"):
+    if has & ~HAS_ALL or len(fds) != bin(has).count("1"):
         raise ValueError(f"it names fds {has:#x} but carries {len(fds)}")
     return rid, _Reply(bool(ok), has, pid, result, fds)
 
@@ -284,7 +279,7 @@ class _Connection:
                 raise ForkServerDied(self._dead)
             rid = self._next_id
             self._next_id += 1
-        data = REQUEST.pack(rid, op, want) + body
+        data = encode_request(rid, op, want, body)
         if len(data) > MAX_PACKET:
             raise InvalidArgumentError(f"request too large ({len(data)} bytes > {MAX_PACKET})")
         try:
@@ -457,7 +452,9 @@ class ForkServer:
             code = 0
             try:
                 ours.close()
-                Server(theirs, parent, table, max_clients, on_parent_death).serve()
+                Server(
+                    theirs, parent, table, max_clients, on_parent_death, child_connection=cls._for_child
+                ).serve()
             except BaseException:
                 code = 70
                 _fork_server._print_exc_quietly()
@@ -538,7 +535,7 @@ class ForkServer:
         # the pages it fixes up, some fifteen a fork. The server then unsets the variable, so
         # that what it runs has this process's environment (which may set it itself).
         bind_now = "LD_BIND_NOW" not in os.environ
-        # marshal, not json: the server must not import json (see _fork_server), and this
+        # marshal, not json: the server must not import json (rule 1 in _fork_server), and this
         # is our own data for the same interpreter (never a request off the socket).
         config = marshal.dumps(
             {
@@ -757,16 +754,30 @@ class ForkServer:
     @classmethod
     def _for_child(cls, sock: _socket.socket, server_pid: int) -> ForkServer:
         """A served child's own connection to its server (``fork(server_conn=True)``), over
-        ``sock``: the server makes it with ``_socket`` (see ``_fork_server``)."""
+        ``sock`` (a ``_socket.socket``: rule 1 in ``_fork_server``). The server calls it,
+        in the child, as its ``child_connection`` (see ``start`` and ``_FRESH_MAIN``)."""
         return cls(_Connection(socket.socket(fileno=sock.detach())), server_pid, {}, owner=False)
 
 
 #: What a fresh server runs (``python -I -c _FRESH_MAIN CONFIG``): take the starter's
-#: sys.path, then serve. -I: no PYTHON* variables and no user site of its own.
-_FRESH_MAIN = (
-    "import marshal, sys; config = marshal.loads(bytes.fromhex(sys.argv[1])); "
-    "sys.path[:] = config['path']; "
-    "from childproc._fork_server import serve_fresh; serve_fresh(config)"
-)
+#: sys.path, then serve. -I: no PYTHON* variables and no user site of its own. Its
+#: children's connections to it are ForkServer._for_child's, as a copying server's, but
+#: this module is imported only in a child that asks for one (rule 1 in _fork_server).
+_FRESH_MAIN = """\
+import marshal, sys
+config = marshal.loads(bytes.fromhex(sys.argv[1]))
+sys.path[:] = config["path"]
+
+
+def child_connection(sock, server_pid):
+    from childproc.forkserver import ForkServer
+
+    return ForkServer._for_child(sock, server_pid)
+
+
+from childproc._fork_server import serve_fresh
+
+serve_fresh(config, child_connection)
+"""
 _FRESH_FD = 3  # where the server finds its end of the socket pair
 _FRESH_START_TIMEOUT_S = 120.0  # for the server's imports (entries, preloads)

@@ -7,7 +7,7 @@ built, and the pages ``.. include::`` them. Change the policy table and the
 docs follow.
 
 The "Measured cost" table in ``watchers.rst`` is rendered the same way from
-``benchmarks/results/scaling.json`` (written by ``python benchmarks/scaling.py``)
+``benchmarks/results/scaling.json`` (written by ``python benchmarks/scaling.py --json``)
 when that file exists, and is a note saying how to fill it otherwise. Set
 ``CHILDPROC_SCALING_JSON`` to build from another results file.
 """
@@ -256,8 +256,8 @@ def scaling_page(path: Path) -> str:
     if not path.is_file():
         return (
             ".. note::\n\n"
-            "   No measurements yet: run ``python benchmarks/scaling.py`` to fill this table\n"
-            "   (it writes ``benchmarks/results/scaling.json``; rebuild the docs afterwards).\n"
+            "   No measurements yet: run ``python benchmarks/scaling.py --json\n"
+            "   benchmarks/results/scaling.json`` to fill this table (rebuild the docs afterwards).\n"
         )
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
@@ -271,7 +271,10 @@ BIGPARENT_JSON = DOCS.parent / "benchmarks" / "results" / "bigparent.json"
 def bigparent_page(path: Path) -> str:
     """The big-parent table (benchmarks/bigparent.py), or how to get one."""
     if not path.is_file():
-        return ".. note::\n\n   No measurements yet: run ``python benchmarks/bigparent.py``.\n"
+        return (
+            ".. note::\n\n   No measurements yet: run\n"
+            "   ``python benchmarks/bigparent.py --json benchmarks/results/bigparent.json``.\n"
+        )
     data = json.loads(path.read_text(encoding="utf-8"))
     sizes = [int(s) for s in data["sizes_mib"]]
     rows = []
@@ -316,7 +319,10 @@ FORKFAULTS_JSON = DOCS.parent / "benchmarks" / "results" / "forkfaults.json"
 def forkfaults_page(path: Path) -> str:
     """Page faults per fork through each fork server (benchmarks/forkfaults.py)."""
     if not path.is_file():
-        return ".. note::\n\n   No measurements yet: run ``python -m childproc bench forkfaults``.\n"
+        return (
+            ".. note::\n\n   No measurements yet: run\n"
+            "   ``python benchmarks/forkfaults.py --json benchmarks/results/forkfaults.json``.\n"
+        )
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = [
         [
@@ -342,7 +348,9 @@ THROUGHPUT_REALTIME_JSON = DOCS.parent / "benchmarks" / "results" / "throughput-
 LATENCY_JSON = DOCS.parent / "benchmarks" / "results" / "latency.json"
 
 
-def throughput_page(path: Path, command: str = "python -m childproc bench throughput") -> str:
+def throughput_page(
+    path: Path, command: str = "python benchmarks/throughput.py --json benchmarks/results/throughput.json"
+) -> str:
     """Throughput relative to the raw floor (benchmarks/throughput.py)."""
     if not path.is_file():
         return f".. note::\n\n   No measurements yet: run ``{command}``.\n"
@@ -412,7 +420,10 @@ def throughput_page(path: Path, command: str = "python -m childproc bench throug
 def latency_page(path: Path) -> str:
     """Exit-to-callback latency (benchmarks/latency.py)."""
     if not path.is_file():
-        return ".. note::\n\n   No measurements yet: run ``python -m childproc bench latency``.\n"
+        return (
+            ".. note::\n\n   No measurements yet: run\n"
+            "   ``python benchmarks/latency.py --json benchmarks/results/latency.json``.\n"
+        )
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = []
     for scenario, s in data["seconds"].items():
@@ -514,7 +525,8 @@ def write_generated(app: Sphinx | None = None) -> None:
             _shown(THROUGHPUT_REALTIME_JSON),
             throughput_page(
                 THROUGHPUT_REALTIME_JSON,
-                "python -m childproc bench throughput --realtime",
+                "python benchmarks/throughput.py --realtime "
+                "--json benchmarks/results/throughput-realtime.json",
             ),
         ),
         "latency.rst": (_shown(LATENCY_JSON), latency_page(LATENCY_JSON)),

@@ -51,7 +51,7 @@ def no_leaks() -> Iterator[None]:
         problems.append(f"threads still running: {alive}")
     gc.collect()
     _process.run_chores()
-    live = [c for c in list(_process._contexts) if not c.closed]
+    live = [c for c in _process.live_contexts() if not c.closed]
     if live:
         problems.append(f"contexts not closed: {live}")
         for c in live:

@@ -1,15 +1,26 @@
-"""Every benchmark runs (tiny sizes) and writes its JSON: they must not rot."""
+"""Every benchmark runs as a script (tiny sizes): it must not rot, must write only where
+told, and must print no progress into a pipe."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import importlib
 import json
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
 
 RUNS = {
     "throughput": ["--n", "10", "--rounds", "1"],
@@ -24,21 +35,99 @@ def _refuse(constant: str) -> object:
     raise ValueError(f"{constant} in the JSON: a figure with no measurement must be left out")
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", sorted(RUNS))
-def test_benchmark_runs_and_writes_json(name: str, tmp_path: Path) -> None:
-    out = tmp_path / f"{name}.json"
+def _strict_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(), parse_constant=_refuse)  # no NaN, Infinity
+    return data
+
+
+def _run(name: str, args: list[str], cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/NAME.py ARGS`` in ``cwd``, stdout and stderr pipes."""
     proc = subprocess.run(
-        [sys.executable, "-m", "childproc", "bench", name, *RUNS[name], "--json", str(out)],
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text(), parse_constant=_refuse)  # strict JSON: no NaN or Infinity
+    assert "\r" not in proc.stdout and "\r" not in proc.stderr  # no progress bar into a pipe
+    return proc
+
+
+def _files_under(path: Path) -> dict[str, str]:
+    """Every file under ``path``: relative name -> sha256 and mtime."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[str(p.relative_to(path))] = f"{digest} {p.stat().st_mtime_ns}"
+    return out
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_benchmark_runs_and_writes_json_only_where_told(name: str, tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = tmp_path / "out" / f"{name}.json"
+    proc = _run(name, [*RUNS[name], "--json", str(out)], cwd)
+    data = _strict_json(out)
     assert data["benchmark"] == name and data["python"]
-    assert "wrote" in proc.stdout
+    assert f"wrote {out}" in proc.stdout
+    assert not _files_under(cwd)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_benchmark_without_json_writes_nothing(name: str, tmp_path: Path) -> None:
+    results = _files_under(RESULTS)
+    proc = _run(name, RUNS[name], tmp_path)
+    assert not _files_under(tmp_path), "a benchmark wrote a file without --json"
+    assert _files_under(RESULTS) == results, "benchmarks/results was touched"
+    assert "wrote" not in proc.stdout
+    assert proc.stdout.strip()  # the table
+
+
+@pytest.mark.timeout(200)
+def test_throughput_baseline_ab_against_the_current_tree(tmp_path: Path) -> None:
+    out = tmp_path / "ab.json"
+    args = ["--baseline", str(ROOT), "--n", "4", "--rounds", "2", "--kinds", "spawn", "--conc", "1"]
+    proc = _run("throughput", [*args, "--json", str(out)], tmp_path)
+    data = _strict_json(out)
+    assert data["baseline"] == str(ROOT) and data["current"] == str(ROOT)
+    ratios = data["ratios"]
+    for figure in ("wall", "cpu"):
+        rows = ratios[figure]
+        assert set(rows) >= {"childproc SELECTIVE_REAP", "childproc PIDFD", "childproc MAINLOOP"}, rows
+        for per in rows.values():
+            ab = per["spawn c=1"]
+            assert set(ab) == {"B/A", "A/A"}
+            assert all(math.isfinite(v) and v > 0 for v in ab.values()), ab
+    samples = data["samples"]
+    assert len(samples["childproc PIDFD"]["spawn c=1"]["B wall"]) == 2  # one per round
+    assert "B/A" in proc.stdout or "A/B" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_baseline_must_be_a_source_tree(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "throughput.py"), "--baseline", str(tmp_path), "--n", "1"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0 and "childproc/__init__.py" in proc.stderr, proc.stderr[-3000:]
+    assert not _files_under(tmp_path)
+
+
+@pytest.fixture
+def throughput(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """benchmarks/throughput.py, imported in this process."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield importlib.import_module("throughput")
 
 
 def _may_run_realtime() -> bool:
@@ -47,35 +136,36 @@ def _may_run_realtime() -> bool:
     return proc.returncode == 0
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(200)
 def test_throughput_realtime_measures_floors_and_modes_at_sched_rr(tmp_path: Path) -> None:
-    args = ["--n", "10", "--rounds", "1", "--kinds", "spawn", "--realtime"]  # default --json
+    out = tmp_path / "out" / "rt.json"
+    args = ["--n", "10", "--rounds", "1", "--kinds", "spawn", "--realtime", "--json", str(out)]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "childproc", "bench", "throughput", *args],
+        [sys.executable, str(BENCHMARKS / "throughput.py"), *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=150,
         check=False,
-        cwd=tmp_path,
+        cwd=cwd,
     )
-    out = tmp_path / "benchmarks" / "results" / "throughput-realtime.json"
     if not _may_run_realtime():  # no CAP_SYS_NICE here: the refusal must say what is needed
         assert proc.returncode == 2 and "CAP_SYS_NICE" in proc.stderr, proc.stderr[-3000:]
+        assert not out.exists()
         return
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text(), parse_constant=_refuse)
+    data = _strict_json(out)
     assert data["main_thread"] == "SCHED_RR"
     names = set(data["ratio_to_floor"])
     assert "childproc SELECTIVE_REAP" in names and "raw floor (A/A)" in names
     assert not any(n.startswith(("asyncio", "trio", "Twisted", "Tornado")) for n in names), names
     assert "main thread SCHED_RR" in proc.stdout
-    assert not (tmp_path / "benchmarks" / "results" / "throughput.json").exists()  # the ordinary run's
+    assert not _files_under(cwd)
 
 
 @pytest.mark.timeout(120)
-def test_throughput_realtime_puts_the_threads_policy_back(tmp_path: Path) -> None:
-    from childproc.bench import throughput  # noqa: PLC0415
-
+def test_throughput_realtime_puts_the_threads_policy_back(tmp_path: Path, throughput: ModuleType) -> None:
     if not _may_run_realtime():
         pytest.skip("this process may not run SCHED_RR (no CAP_SYS_NICE, ulimit -r 0)")
 
@@ -89,12 +179,11 @@ def test_throughput_realtime_puts_the_threads_policy_back(tmp_path: Path) -> Non
     assert policy() == before
 
 
+@pytest.mark.timeout(60)
 def test_realtime_thread_keeps_reset_on_fork_where_it_may_not_clear_it(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, throughput: ModuleType
 ) -> None:
     # Without CAP_SYS_NICE (ulimit -r), a thread may set SCHED_RESET_ON_FORK but not clear it.
-    from childproc.bench import throughput  # noqa: PLC0415
-
     asked: list[int] = []
 
     def setscheduler(pid: int, policy: int, param: object) -> None:
@@ -110,11 +199,13 @@ def test_realtime_thread_keeps_reset_on_fork_where_it_may_not_clear_it(
     assert asked == [os.SCHED_RR | reset, os.SCHED_OTHER, os.SCHED_OTHER | reset]
 
 
+@pytest.mark.timeout(60)
 def test_throughput_realtime_refused_says_what_it_needs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    throughput: ModuleType,
 ) -> None:
-    from childproc.bench import throughput  # noqa: PLC0415
-
     def refuse(*args: object) -> None:
         raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
 

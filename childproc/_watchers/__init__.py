@@ -39,10 +39,15 @@ The contract every watcher keeps
   :meth:`Watcher.remove` once when the child is gone, whoever reaped it.
 * :meth:`Watcher.reap` never blocks. ``woken`` lists the children whose pidfd
   became readable; ``signalled`` says whether the context's self-pipe was
-  poked (SIGCHLD, or another thread). It returns a :class:`Reaped`: children
-  reaped (for ``WaitAnyWatcher`` possibly pids nobody made), state changes
-  seen without reaping, and pids of ours someone else reaped (``ECHILD``).
-  ``EINTR`` is retried (PEP 475); any other ``OSError`` propagates.
+  poked (SIGCHLD, or another thread). It adds to the context's journal
+  (:class:`Reaped`): children reaped (for ``WaitAnyWatcher`` possibly pids
+  nobody made), exits peeked at and state changes seen without reaping, pids
+  of ours someone else reaped (``ECHILD``) and pids whose pidfd someone else
+  closed (``EBADF``). Every result of a reap reaches the journal from C, with
+  no bytecode between the system call and the store (``deque.extend(map(
+  os.waitid, ...))``): a ``KeyboardInterrupt`` can land before a reap or after
+  its result is safe, never in between. ``EINTR`` is retried (PEP 475); any
+  other ``OSError`` propagates.
 """
 
 from __future__ import annotations

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
 from .._policy import WatcherKind
 from .._status import status_from_siginfo
 
-__all__ = ["Found", "Reaped", "Watched", "Watcher", "found_from_waitid"]
+__all__ = [
+    "Found",
+    "Reaped",
+    "Watched",
+    "Watcher",
+    "check_exit",
+    "check_stops",
+    "found_from_waitid",
+    "reap_zombie",
+]
 
 #: ``(pid, wait status, uid or None)``
 Found = tuple[int, int, "int | None"]
@@ -31,19 +42,34 @@ class Watched(Protocol):
 
 
 class Reaped:
-    """What one :meth:`Watcher.reap` call found (a plain class: one is made per wake-up)."""
+    """A context's journal of what its watcher found, kept until the context applied it.
 
-    __slots__ = ("changed", "exited", "gone")
+    Each system call that changes the kernel's state (a reap) stores its result
+    here from C (``deque.extend(map(os.waitid, ...))``), with no Python bytecode
+    between the call and the store: an exception raised by a signal handler
+    (``KeyboardInterrupt``) can then interrupt the watcher only before a reap
+    or after its result is safe here. The context applies the entries in order
+    and removes each once applied. Entries are raw ``waitid`` results (None
+    where nothing had changed).
+    """
+
+    __slots__ = ("changed", "exited", "fd_lost", "gone", "peeked")
 
     def __init__(self) -> None:
-        #: Children reaped (dead and gone), in the order reaped. May include pids
-        #: nobody in childproc made (``WaitAnyWatcher`` only).
-        self.exited: list[Found] = []
-        #: State changes seen without reaping: stop/continue, and the exits of
-        #: ``defer_reap`` children (still zombies).
-        self.changed: list[Found] = []
+        #: Reaped (dead and gone), in the order reaped. May include pids nobody in
+        #: childproc made (``WaitAnyWatcher`` only).
+        self.exited: deque[os.waitid_result | None] = deque()
+        #: Exits seen without reaping (``WNOWAIT``): ``defer_reap`` children, still zombies.
+        self.peeked: deque[os.waitid_result | None] = deque()
+        #: Stops and continues.
+        self.changed: deque[os.waitid_result | None] = deque()
         #: pids of ours that were gone (``ECHILD``): someone else reaped them.
-        self.gone: list[int] = []
+        self.gone: deque[int] = deque()
+        #: pids of ours whose pidfd someone else closed (``EBADF``).
+        self.fd_lost: deque[int] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.exited or self.peeked or self.changed or self.gone or self.fd_lost)
 
 
 class Watcher(Protocol):
@@ -55,8 +81,8 @@ class Watcher(Protocol):
     def remove(self, pid: int) -> None:
         """Stop watching ``pid``; unknown pids are ignored."""
 
-    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
-        """Reap what has exited, without blocking."""
+    def reap(self, woken: Sequence[Watched], signalled: bool, out: Reaped) -> None:
+        """Reap what has exited, without blocking, into ``out``."""
 
 
 STOP_FLAGS = os.WSTOPPED | os.WCONTINUED | os.WNOHANG
@@ -65,51 +91,67 @@ PEEK_FLAGS = EXIT_FLAGS | os.WNOWAIT
 _P_PIDFD = getattr(os, "P_PIDFD", -1)  # -1: never used without pidfds
 _P_PID = os.P_PID
 _waitid = os.waitid
+_map = map
+_filter = filter
 
 
 def found_from_waitid(info: os.waitid_result) -> Found:
     return (info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid)
 
 
-def waitid_child(child: Watched, flags: int) -> os.waitid_result | None:
-    """``waitid`` on ``child``: through its pidfd where there is one (never a recycled
-    pid), else by pid. Raises ``ChildProcessError`` if it is gone."""
+def _capture(into: deque[os.waitid_result | None], child: Watched, flags: int) -> None:
+    """``waitid`` on ``child`` into ``into``: through its pidfd where there is one
+    (never a recycled pid), else by pid. Raises ``ChildProcessError`` if it is gone,
+    ``OSError(EBADF)`` if its pidfd was closed behind childproc's back."""
     pidfd = child._pidfd
     if pidfd is not None:
-        return _waitid(_P_PIDFD, pidfd, flags)
-    return _waitid(_P_PID, child._pid, flags)
+        into.extend(_filter(None, _map(_waitid, (_P_PIDFD,), (pidfd,), (flags,))))
+    else:
+        into.extend(_filter(None, _map(_waitid, (_P_PID,), (child._pid,), (flags,))))
+
+
+def _lost(child: Watched, out: Reaped, exc: OSError) -> None:
+    if exc.errno != errno.EBADF or child._pidfd is None:
+        raise exc
+    out.fd_lost.append(child._pid)
 
 
 def reap_zombie(child: Watched) -> None:
     """Reap ``child``, whose exit was already seen (never blocks); gone already is fine."""
     try:
-        waitid_child(child, EXIT_FLAGS)
+        if child._pidfd is not None:
+            _waitid(_P_PIDFD, child._pidfd, EXIT_FLAGS)
+        else:
+            _waitid(_P_PID, child._pid, EXIT_FLAGS)
     except ChildProcessError:
         pass
+    except OSError as exc:  # its pidfd was closed by someone else: by pid (still unreaped)
+        if exc.errno != errno.EBADF:
+            raise
+        try:
+            _waitid(_P_PID, child._pid, EXIT_FLAGS)
+        except ChildProcessError:
+            pass
 
 
 def check_stops(child: Watched, out: Reaped) -> None:
     """Collect (and consume) a pending stop/continue of ``child`` into ``out.changed``."""
     try:
-        info = waitid_child(child, STOP_FLAGS)
+        _capture(out.changed, child, STOP_FLAGS)
     except ChildProcessError:
         return  # gone: the exit check reports it
-    if info is not None:
-        out.changed.append(found_from_waitid(info))
+    except OSError as exc:
+        _lost(child, out, exc)
 
 
 def check_exit(child: Watched, out: Reaped) -> None:
     """Reap ``child`` if it died (or only peek, for ``defer_reap``), into ``out``."""
-    defer = child._defer_reap
-    pidfd = child._pidfd
-    try:  # (waitid_child and found_from_waitid, inline: every child passes here)
-        if pidfd is not None:
-            info = _waitid(_P_PIDFD, pidfd, PEEK_FLAGS if defer else EXIT_FLAGS)
+    try:
+        if child._defer_reap:
+            _capture(out.peeked, child, PEEK_FLAGS)
         else:
-            info = _waitid(_P_PID, child._pid, PEEK_FLAGS if defer else EXIT_FLAGS)
+            _capture(out.exited, child, EXIT_FLAGS)
     except ChildProcessError:
         out.gone.append(child._pid)
-        return
-    if info is not None:
-        found = (info.si_pid, status_from_siginfo(info.si_code, info.si_status), info.si_uid)
-        (out.changed if defer else out.exited).append(found)
+    except OSError as exc:
+        _lost(child, out, exc)

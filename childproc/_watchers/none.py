@@ -22,5 +22,5 @@ class NoWatcher:
     def remove(self, pid: int) -> None:
         pass
 
-    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
-        return Reaped()
+    def reap(self, woken: Sequence[Watched], signalled: bool, out: Reaped) -> None:
+        pass

@@ -17,7 +17,7 @@ from .._policy import WatcherKind
 from ._base import Reaped, Watched, check_exit, check_stops
 from .scan import scan
 
-__all__ = ["PidfdWatcher", "open_pidfd", "supported"]
+__all__ = ["PidfdWatcher", "supported"]
 
 _supported: bool | None = None
 
@@ -34,15 +34,6 @@ def supported() -> bool:
                 ok = False
         _supported = ok
     return _supported
-
-
-def open_pidfd(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None if none can be had now. Call only where
-    :func:`supported` said yes (the context asks once, at ``setmode()``)."""
-    try:
-        return os.pidfd_open(pid)
-    except OSError:  # EMFILE/ENFILE: out of fds; ESRCH: already reaped by someone
-        return None
 
 
 class PidfdWatcher:
@@ -70,8 +61,7 @@ class PidfdWatcher:
         if self._stop_watchers:
             self._stop_watchers.pop(pid, None)
 
-    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
-        out = Reaped()
+    def reap(self, woken: Sequence[Watched], signalled: bool, out: Reaped) -> None:
         if signalled:
             for child in list(self._stop_watchers.values()):
                 if child._pidfd is not None:
@@ -80,4 +70,3 @@ class PidfdWatcher:
             check_exit(child, out)
         if signalled and self._fdless:
             scan(list(self._fdless.values()), out)
-        return out

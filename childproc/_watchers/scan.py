@@ -15,13 +15,12 @@ from ._base import Reaped, Watched, check_exit, check_stops
 __all__ = ["ScanWatcher", "scan"]
 
 
-def scan(children: Iterable[Watched], out: Reaped) -> Reaped:
+def scan(children: Iterable[Watched], out: Reaped) -> None:
     """Check each of ``children`` for stop/continue (if wanted) and exit, into ``out``."""
     for child in children:
         if child._watches_stops:
             check_stops(child, out)
         check_exit(child, out)
-    return out
 
 
 class ScanWatcher:
@@ -39,8 +38,6 @@ class ScanWatcher:
     def remove(self, pid: int) -> None:
         self._children.pop(pid, None)
 
-    def reap(self, woken: Sequence[Watched], signalled: bool) -> Reaped:
-        out = Reaped()
+    def reap(self, woken: Sequence[Watched], signalled: bool, out: Reaped) -> None:
         if signalled or woken:
             scan(list(self._children.values()), out)
-        return out

@@ -50,7 +50,7 @@ def hooks(mode: SigchldOwner) -> Hooks:
 
 
 def make_context(mode: SigchldOwner) -> Context:
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     try:
         ctx.setmode(hooks(mode))
     except ChildprocError as e:

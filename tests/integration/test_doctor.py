@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from childproc import Context, Hooks, SigchldOwner, _process
+from childproc import Context, Hooks, SigchldOwner, _sigchld
 from childproc._doctor import format_report, report
 from childproc._watchers import pidfd as pidfd_mod
 
@@ -40,7 +40,7 @@ def test_cli_runs_in_a_fresh_process() -> None:
 
 
 def test_reports_live_contexts_and_who_owns_sigchld() -> None:
-    with Context() as a, Context() as b:
+    with Context(SigchldOwner.LIBXL) as a, Context(SigchldOwner.LIBXL) as b:
         a.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
         b.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
         data = report()
@@ -90,7 +90,7 @@ def test_wakeup_fd_is_seen_and_left_in_place() -> None:
 
 def test_sees_a_c_level_handler() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    act = _process._SigAction()
+    act = _sigchld._SigAction()
     act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value
     assert libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None) == 0
     try:

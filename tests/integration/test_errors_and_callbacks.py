@@ -29,6 +29,7 @@ from childproc import (
     SigchldOwner,
     StateError,
     _process,
+    _sigchld,
 )
 from childproc._watchers import pidfd as pidfd_mod
 
@@ -42,7 +43,7 @@ def host_handler(signum: int, frame: object) -> None:
 
 # -- bad input ------------------------------------------------------------------
 def test_bad_arguments_raise_invalid_argument() -> None:
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         with pytest.raises(InvalidArgumentError, match="callable"):
             ctx.child_fork("not a function")  # type: ignore[arg-type]
         with pytest.raises(InvalidArgumentError, match="Hooks"):
@@ -68,7 +69,7 @@ def test_bad_arguments_raise_invalid_argument() -> None:
 
 
 def test_wrong_mode_calls_raise_state_error() -> None:
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         with pytest.raises(StateError, match=r"only for SigchldOwner\.MAINLOOP"):
             ctx.childproc_reaped(12345, 0)
         with pytest.raises(StateError, match=r"only for SigchldOwner\.MAINLOOP"):
@@ -77,7 +78,7 @@ def test_wrong_mode_calls_raise_state_error() -> None:
 
 def test_setmode_with_children_outstanding() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         pid = fork_exit(ctx, rec, 0)
         with pytest.raises(StateError, match="children outstanding"):
             ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
@@ -86,7 +87,7 @@ def test_setmode_with_children_outstanding() -> None:
 
 
 def test_closed_context_raises() -> None:
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     ctx.close()
     ctx.close()  # idempotent
     for call in (ctx.dispatch, ctx.fileno, lambda: ctx.child_fork(print), lambda: ctx.wait(0), ctx.setmode):
@@ -108,7 +109,7 @@ def test_foreign_handler_refused_at_setmode(
         monkeypatch.setattr(pidfd_mod, "_supported", False)
     signal.signal(signal.SIGCHLD, host_handler)
     try:
-        with Context() as ctx:
+        with Context(SigchldOwner.LIBXL) as ctx:
             with pytest.raises(SigchldConflictError, match="host_handler") as info:
                 ctx.setmode(Hooks(chldowner=mode))
             assert "MAINLOOP" in str(info.value)
@@ -122,7 +123,7 @@ def test_foreign_handler_refused_at_setmode(
 def test_foreign_handler_refused_before_fork_in_libxl_mode() -> None:
     signal.signal(signal.SIGCHLD, host_handler)
     try:
-        with Context() as ctx:
+        with Context(SigchldOwner.LIBXL) as ctx:
             with pytest.raises(SigchldConflictError):
                 ctx.child_fork(print)  # no child may be forked: nobody would see it die
             assert ctx.children == frozenset()
@@ -148,7 +149,7 @@ def test_pidfd_modes_live_beside_a_host_sigchld_handler(mode: SigchldOwner) -> N
     signal.signal(signal.SIGCHLD, host)
     try:
         rec = Record()
-        with Context() as ctx:
+        with Context(SigchldOwner.LIBXL) as ctx:
             ctx.setmode(Hooks(chldowner=mode))
             mine = fork_exit(ctx, rec, 12)
             theirs = os.fork()
@@ -165,7 +166,7 @@ def test_pidfd_modes_live_beside_a_host_sigchld_handler(mode: SigchldOwner) -> N
 
 def test_handler_replaced_behind_our_back_is_reported_not_hung() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
         pid = fork(ctx, rec, child_pause)
         signal.signal(signal.SIGCHLD, host_handler)
@@ -184,7 +185,7 @@ def test_handler_replaced_behind_our_back_is_reported_not_hung() -> None:
 def test_reentry_from_a_signal_handler_is_refused() -> None:
     """A host handler that calls childproc_reaped while childproc holds its lock on the
     same thread (it interrupted a childproc call) gets an error, not a deadlock."""
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
         with _process.LOCK, pytest.raises(StateError, match="signal handler"):
             ctx.childproc_reaped(12345, 0)
@@ -196,7 +197,7 @@ def test_fork_failure_leaves_nothing_behind(mode: SigchldOwner) -> None:
     def failing_fork(user: object) -> int:
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=mode, fork_replacement=failing_fork))
         before = signal.getsignal(signal.SIGCHLD)
         with pytest.raises(ForkError) as info:
@@ -218,8 +219,8 @@ def test_fork_replacement_is_used_and_sees_user() -> None:
         return os.fork()
 
     rec = Record()
-    with Context() as ctx:
-        ctx.setmode(Hooks(fork_replacement=my_fork), user="token")
+    with Context(SigchldOwner.LIBXL) as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL, fork_replacement=my_fork), user="token")
         pid = fork_exit(ctx, rec, 6)
         drain(ctx, lambda: pid in rec.calls)
     assert calls == ["token"] and rec.code(pid) == 6
@@ -245,17 +246,17 @@ def test_fork_replacement_must_not_reenter(call: str) -> None:
         REENTRIES[call](holder[0])
         raise AssertionError("re-entry was not refused")
 
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         holder.append(ctx)
-        ctx.setmode(Hooks(fork_replacement=bad_fork))
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL, fork_replacement=bad_fork))
         with pytest.raises(StateError, match="re-entered"):
             ctx.child_fork(print)
         assert ctx.children == frozenset()
 
 
 def test_fork_replacement_returning_garbage() -> None:
-    with Context() as ctx:
-        ctx.setmode(Hooks(fork_replacement=lambda user: -1))
+    with Context(SigchldOwner.LIBXL) as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL, fork_replacement=lambda user: -1))
         with pytest.raises(InvalidArgumentError, match="fork_replacement"):
             ctx.child_fork(print)
         assert ctx.children == frozenset()
@@ -269,7 +270,7 @@ def test_raising_callback_loses_nothing_and_delivers_once() -> None:
         seen.append(pid)
         raise RuntimeError(f"boom {pid}")
 
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         pids = [fork_exit(ctx, cb, 1) for _ in range(5)]
         raised = 0
         while len(seen) < 5:
@@ -287,7 +288,7 @@ def test_raising_callback_loses_nothing_and_delivers_once() -> None:
 def test_callback_may_fork_again_and_close() -> None:
     rec = Record()
     chain: list[int] = []
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
 
         def again(pid: int, status: int) -> None:
             chain.append(pid)
@@ -319,7 +320,7 @@ def drain_until_closed(ctx: Context) -> None:
 
 
 def test_stolen_child_is_reported_loudly() -> None:
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
         pid = fork_exit(ctx, print, 3)
         os.waitpid(pid, 0)  # someone breaks the contract
@@ -350,7 +351,7 @@ def test_dispatch_thread_logs_callback_errors(caplog: pytest.LogCaptureFixture) 
         rec(pid, status)
         done.set()
 
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         t = ctx.start_dispatch_thread()
         with pytest.raises(StateError):
             ctx.start_dispatch_thread()
@@ -366,7 +367,7 @@ def test_replaced_handler_conflict_stays_with_the_contexts_that_need_it() -> Non
     raising (not just once); contexts that do not need it are unaffected; once the
     foreign handler goes, the next main-thread call installs childproc's again."""
     always = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS)
-    with Context() as a, Context() as m:
+    with Context(SigchldOwner.LIBXL) as a, Context(SigchldOwner.LIBXL) as m:
         a.setmode(always)
         m.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
         signal.signal(signal.SIGCHLD, host_handler)
@@ -387,7 +388,7 @@ def test_replaced_handler_conflict_stays_with_the_contexts_that_need_it() -> Non
 
 def test_close_never_raises_and_releases_fds_after_a_replacement() -> None:
     always = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS)
-    a, b = Context(), Context()
+    a, b = Context(SigchldOwner.LIBXL), Context(SigchldOwner.LIBXL)
     a.setmode(always)
     b.setmode(always)
     signal.signal(signal.SIGCHLD, host_handler)
@@ -407,7 +408,7 @@ def test_a_raise_from_dispatch_does_not_swallow_the_wakeup(monkeypatch: pytest.M
     # Without pidfds the self-pipe is the only wake-up: a drained poke would be lost.
     monkeypatch.setattr(pidfd_mod, "_supported", False)
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
         pid = fork_exit(ctx, rec, 4)
         assert wait_until(lambda: is_zombie(pid))
@@ -427,7 +428,7 @@ def _install_c_handler() -> None:
     """A C-level SIGCHLD handler that Python does not know about (libc's getpid:
     harmless as a handler), as libuv or another C extension would install."""
     libc = ctypes.CDLL(None, use_errno=True)
-    act = _process._SigAction()
+    act = _sigchld._SigAction()
     act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value
     assert libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None) == 0
 
@@ -437,7 +438,7 @@ def test_c_level_handler_is_seen_and_never_clobbered() -> None:
     _install_c_handler()
     try:
         assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # Python cannot see it
-        with Context() as ctx:
+        with Context(SigchldOwner.LIBXL) as ctx:
             with pytest.raises(SigchldConflictError, match="outside Python"):
                 ctx.child_fork(print)
             assert ctx.children == frozenset()
@@ -446,13 +447,13 @@ def test_c_level_handler_is_seen_and_never_clobbered() -> None:
             pid = fork_exit(ctx, rec, 5)
             drain(ctx, lambda: pid in rec.calls)
             assert rec.code(pid) == 5
-        assert _process.real_handler() not in (0, 1, None)  # still the C handler
+        assert _sigchld.disposition().address not in (0, 1, None)  # still the C handler
     finally:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def test_c_level_replacement_is_detected() -> None:
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
         _install_c_handler()  # C code takes SIGCHLD over behind everybody's back
         try:

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from childproc import Context, Hooks, InvalidArgumentError, SigchldOwner, _fork_server
-from childproc._fork_server import FORK, HAS_EXIT_FD, HAS_PIDFD, PING, REPLY, REQUEST
+from childproc import Context, Hooks, InvalidArgumentError, SigchldOwner, _fork_server, _forkserver_wire
+from childproc._forkserver_wire import FORK, HAS_EXIT_FD, HAS_PIDFD, PING, REPLY, REQUEST
 from childproc.forkserver import (
     MAX_PACKET,
     ForkServer,
@@ -196,7 +196,7 @@ def test_several_servers_per_process() -> None:
 
 def test_a_context_watches_served_children(server: ForkServer) -> None:
     got: list[tuple[int, int | None]] = []
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
         kids = [
             ctx.watch_served(
@@ -415,23 +415,23 @@ def raw_exchange(sock: socket.socket, data: bytes, fds: list[int]) -> dict[str, 
         os.close(fd)
     if not reply:
         return None
-    rid, ok, has, pid = _fork_server.REPLY.unpack_from(reply)
-    rest = reply[_fork_server.REPLY.size :]
+    rid, ok, has, pid = _forkserver_wire.REPLY.unpack_from(reply)
+    rest = reply[_forkserver_wire.REPLY.size :]
     return {"id": rid, "ok": bool(ok), "has": has, "pid": pid, **(json.loads(rest) if rest else {})}
 
 
 def request(rid: int, op: int, body: bytes = b"", want: int = 0) -> bytes:
-    return _fork_server.REQUEST.pack(rid, op, want) + body
+    return _forkserver_wire.REQUEST.pack(rid, op, want) + body
 
 
 #: Ops a fuzz case may name: none of them can stop the server, signal or run anything.
-HARMLESS_OPS = [0, _fork_server.PING, _fork_server.CONNECT, 9, 200, 255]
+HARMLESS_OPS = [0, _forkserver_wire.PING, _forkserver_wire.CONNECT, 9, 200, 255]
 
 
 def could_do_harm(payload: bytes) -> bool:
     """Whether a fuzz case asks for something real: to stop the server, signal its
     children, run a program, or import and call a function."""
-    fs = _fork_server
+    fs = _forkserver_wire
     if len(payload) < fs.REQUEST.size:
         return False
     op, body = fs.REQUEST.unpack_from(payload)[1], payload[fs.REQUEST.size :]
@@ -488,7 +488,7 @@ _SPAWN_BODIES = st.fixed_dictionaries(
         st.builds(
             lambda rid, op, name, args, want: request(rid, op, name + args, want),
             _IDS,
-            st.sampled_from([_fork_server.FORK, _fork_server.EVAL]),
+            st.sampled_from([_forkserver_wire.FORK, _forkserver_wire.EVAL]),
             _NOT_AN_ENTRY,
             st.just(b"")
             | st.binary(max_size=30).map(lambda b: b"\0" + b)
@@ -497,12 +497,12 @@ _SPAWN_BODIES = st.fixed_dictionaries(
         ),
         # spawn and kill_all with bodies of every shape (none is a valid request: see below)
         st.builds(
-            request, _IDS, st.just(_fork_server.SPAWN), _SPAWN_BODIES | _JSON_VALUES, st.integers(0, 255)
+            request, _IDS, st.just(_forkserver_wire.SPAWN), _SPAWN_BODIES | _JSON_VALUES, st.integers(0, 255)
         ),
         st.builds(
             request,
             _IDS,
-            st.just(_fork_server.KILL_ALL),
+            st.just(_forkserver_wire.KILL_ALL),
             st.fixed_dictionaries({"signal": st.text(max_size=3) | st.none() | st.integers(-5, 0)}).map(
                 lambda v: json.dumps(v).encode()
             )
@@ -545,7 +545,7 @@ def test_specific_malformed_requests(fuzz_server: ForkServer) -> None:
             break
     r, w = os.pipe()
     try:
-        fs = _fork_server
+        fs = _forkserver_wire
         cases = [
             (b"\xff\xfe not a header", []),  # too short for one
             (b"", [r]),  # only fds
@@ -569,7 +569,9 @@ def test_specific_malformed_requests(fuzz_server: ForkServer) -> None:
             assert reply is not None and reply["ok"] is False, (data[:40], reply)
             assert isinstance(reply["error"], str) and reply["error"], reply
             expected = (
-                _fork_server.REQUEST.unpack_from(data)[0] if len(data) >= _fork_server.REQUEST.size else 0
+                _forkserver_wire.REQUEST.unpack_from(data)[0]
+                if len(data) >= _forkserver_wire.REQUEST.size
+                else 0
             )
             assert reply["id"] == expected  # even an error names the request it answers
         assert fds_of(fuzz_server.pid) == before  # no fd it was sent is kept
@@ -897,7 +899,7 @@ def test_a_fresh_servers_child_is_told_when_a_non_blocking_stdout_is_full() -> N
 
 def test_a_vanished_server_is_named_as_the_cause() -> None:
     srv = ForkServer.start()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
         child = ctx.watch_served(srv.fork(f"{E}:pause_forever"))
         srv.stop_server_only()
@@ -1144,8 +1146,8 @@ def test_a_fresh_server_refuses_what_it_cannot_import() -> None:
 def test_error_replies_are_json_without_json(message: str, err: int | None) -> None:
     """Error replies are written by hand (the error path must not import json, which
     can fail for want of fds): whatever the message holds, the client reads it back."""
-    reply = _fork_server.error_reply(7, message, "FORK_ERROR", err)
-    rid, ok, has, pid = _fork_server.REPLY.unpack_from(reply)
-    body = json.loads(reply[_fork_server.REPLY.size :])
+    reply = _forkserver_wire.error_reply(7, message, "FORK_ERROR", err)
+    rid, ok, has, pid = _forkserver_wire.REPLY.unpack_from(reply)
+    body = json.loads(reply[_forkserver_wire.REPLY.size :])
     assert (rid, ok, has, pid) == (7, 0, 0, 0)
     assert body == {"error": message.encode("utf-8", "replace").decode(), "code": "FORK_ERROR", "errno": err}

@@ -28,7 +28,7 @@ def ours_installed() -> bool:
 # -- LIBXL ------------------------------------------------------------------
 def test_libxl_delivers_exit_codes_and_signals_exactly_once() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         assert ctx.mode is SigchldOwner.LIBXL
         a = fork_exit(ctx, rec, 0)
         b = fork_exit(ctx, rec, 3)
@@ -46,7 +46,7 @@ def test_libxl_delivers_exit_codes_and_signals_exactly_once() -> None:
 
 def test_libxl_handler_only_while_children() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         assert not ours_installed()
         pid = fork(ctx, rec, child_pause)
         assert ours_installed()
@@ -59,7 +59,7 @@ def test_libxl_restores_sig_ign() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
         rec = Record()
-        with Context() as ctx:
+        with Context(SigchldOwner.LIBXL) as ctx:
             pid = fork_exit(ctx, rec, 5)
             assert ours_installed()
             drain(ctx, lambda: pid in rec.calls)
@@ -72,7 +72,7 @@ def test_libxl_restores_sig_ign() -> None:
 def test_libxl_reaps_foreign_child_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     rec = Record()
     caplog.set_level(logging.WARNING, logger="childproc")
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         mine = fork(ctx, rec, child_pause)
         foreign = plain_fork_exit(7)
         assert wait_until(lambda: is_zombie(foreign))
@@ -92,8 +92,8 @@ def test_libxl_reaped_callback_recognises_or_denies(caplog: pytest.LogCaptureFix
         return pid != denied
 
     rec = Record()
-    with Context() as ctx:
-        ctx.setmode(Hooks(reaped_callback=reaped), user="me")
+    with Context(SigchldOwner.LIBXL) as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL, reaped_callback=reaped), user="me")
         keeper = fork(ctx, rec, child_pause)  # keeps the handler installed
         known = plain_fork_exit(11)
         denied = plain_fork_exit(12)
@@ -113,7 +113,7 @@ def test_libxl_always_handler_from_setmode_and_reaps_app_children() -> None:
     def reaped(pid: int, status: int, user: object) -> None:
         got[pid] = status
 
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     try:
         assert not ours_installed()
         ctx.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS, reaped_callback=reaped))
@@ -133,7 +133,7 @@ def test_libxl_always_handler_from_setmode_and_reaps_app_children() -> None:
 # -- MAINLOOP -----------------------------------------------------------------
 def test_mainloop_never_touches_sigchld_and_reports() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
         mine = fork_exit(ctx, rec, 31)
         theirs = plain_fork_exit(32)
@@ -151,7 +151,7 @@ def test_mainloop_never_touches_sigchld_and_reports() -> None:
 
 def test_mainloop_sigchld_occurred_reaps_only_ours() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
         proc = subprocess.Popen([sys.executable, "-c", PY_EXIT, "41"])
         mine = fork_exit(ctx, rec, 42)
@@ -166,7 +166,7 @@ def test_mainloop_sigchld_occurred_reaps_only_ours() -> None:
 
 def test_mainloop_two_contexts_answer_for_their_own() -> None:
     r1, r2 = Record(), Record()
-    with Context() as c1, Context() as c2:
+    with Context(SigchldOwner.LIBXL) as c1, Context(SigchldOwner.LIBXL) as c2:
         for c in (c1, c2):
             c.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
         p1 = fork_exit(c1, r1, 1)
@@ -183,7 +183,7 @@ def test_selective_reap_leaves_popen_children_alone(pidfds: bool, monkeypatch: p
     if not pidfds:
         monkeypatch.setattr(pidfd_mod, "_supported", False)
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
         assert ctx.watcher == ("PIDFD" if pidfds else "SCAN")
         # With pidfds no SIGCHLD handler is needed at all; without, the scan needs one.
@@ -199,7 +199,7 @@ def test_selective_reap_leaves_popen_children_alone(pidfds: bool, monkeypatch: p
 
 def test_selective_reap_beside_plain_children_that_exit_first() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
         theirs = [plain_fork_exit(70 + i) for i in range(5)]
         mine = fork_exit(ctx, rec, 80)
@@ -219,7 +219,7 @@ def test_one_handler_serves_several_contexts_and_routes_to_the_forker(other: Sig
     """A LIBXL context's waitpid(-1) reaps another context's child: it must still
     reach the context that forked it, exactly once."""
     ra, rb = Record(), Record()
-    with Context() as a, Context() as b:
+    with Context(SigchldOwner.LIBXL) as a, Context(SigchldOwner.LIBXL) as b:
         b.setmode(Hooks(chldowner=other))
         keeper = fork(a, ra, child_pause)
         pb = [fork_exit(b, rb, 90 + i) for i in range(5)]

@@ -18,7 +18,7 @@ MODES = [SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS, SigchldOwner.SELECTIVE_R
 
 
 def make(mode: SigchldOwner) -> Context:
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     if mode is not SigchldOwner.LIBXL:
         ctx.setmode(Hooks(chldowner=mode))
     return ctx
@@ -168,7 +168,7 @@ def test_first_fork_on_worker_thread_without_handler(pidfds: bool, monkeypatch: 
     if not pidfds:
         monkeypatch.setattr(pidfd_mod, "_supported", False)
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         box: list[int] = []
 
         def worker() -> None:
@@ -189,7 +189,7 @@ def test_first_fork_on_worker_thread_without_handler(pidfds: bool, monkeypatch: 
 
 def test_setmode_on_worker_thread_installs_at_next_main_thread_call() -> None:
     rec = Record()
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         t = threading.Thread(target=ctx.setmode, args=(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS),))
         t.start()
         t.join()

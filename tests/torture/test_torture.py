@@ -158,7 +158,7 @@ def test_many_children_from_threads_and_contexts(scale: int, report: Callable[..
     modes = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD]
     contexts = []
     for mode in modes:
-        ctx = Context()
+        ctx = Context(SigchldOwner.LIBXL)
         ctx.setmode(Hooks(chldowner=mode))
         ctx.start_dispatch_thread()
         contexts.append(ctx)
@@ -212,7 +212,7 @@ def test_sigchld_storm_while_spawning(
             os.kill(os.getpid(), signal.SIGCHLD)
             storms[0] += 1
 
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     ctx.setmode(Hooks(chldowner=SigchldOwner[mode.split("-", maxsplit=1)[0]]))
     t = threading.Thread(target=storm)
     t.start()
@@ -237,7 +237,7 @@ def test_callbacks_that_raise_reenter_and_close(scale: int, report: Callable[...
     fds_before = open_fds()
     tally = Tally()
     rng = random.Random(3)
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
     n = scale // 5
     raised = 0
@@ -262,7 +262,7 @@ def test_callbacks_that_raise_reenter_and_close(scale: int, report: Callable[...
     ctx.close()
 
     # close() from inside a callback, mid-dispatch, with owned children still running.
-    closer = Context()
+    closer = Context(SigchldOwner.LIBXL)
     closer.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
     owned = [closer.spawn(["/bin/sleep", "30"], kill_on_close=True) for _ in range(20)]
     quick = [
@@ -289,7 +289,7 @@ def test_fork_failure_mid_burst(scale: int, report: Callable[..., None]) -> None
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
         return os.fork()
 
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     ctx.setmode(
         Hooks(
             chldowner=SigchldOwner.LIBXL_ALWAYS, fork_replacement=flaky_fork, reaped_callback=lambda *a: True
@@ -316,7 +316,7 @@ def test_fd_exhaustion_during_pidfd_watching(scale: int, report: Callable[..., N
     fds_before = open_fds()
     tally = Tally()
     rng = random.Random(5)
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     ctx.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
     try:
         with fd_room(40):
@@ -347,7 +347,7 @@ def spawn_many(ctx: Context, tally: Tally, rng: random.Random, n: int) -> int:
 def test_forking_while_another_thread_dispatches(scale: int, report: Callable[..., None]) -> None:
     fds_before = open_fds()
     tally = Tally()
-    ctx = Context()
+    ctx = Context(SigchldOwner.LIBXL)
     ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
     ctx.start_dispatch_thread()
     stop = threading.Event()
@@ -377,7 +377,7 @@ def test_forking_while_another_thread_dispatches(scale: int, report: Callable[..
                         pass
                     else:
                         clean = False
-                    with Context() as fresh:
+                    with Context(SigchldOwner.LIBXL) as fresh:
                         grandchild = fresh.spawn(["/bin/sh", "-c", "exit 3"])
                         ok = clean and grandchild.wait(10) is not None and grandchild.returncode == 3
                 finally:

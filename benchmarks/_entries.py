@@ -2,7 +2,9 @@
 
 Kept apart from the benchmarks themselves, which import all of childproc: a
 fresh server imports this module, and whatever it imports would be loaded in
-the server and cost every child its at-fork hooks.
+the server and cost every child its at-fork hooks. A fresh server imports it
+as ``_entries`` (``_entries:quick_exit``): its ``sys.path`` is the benchmark's,
+whose first entry is ``benchmarks/``.
 """
 
 from __future__ import annotations

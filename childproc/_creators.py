@@ -1,0 +1,129 @@
+"""How a child comes to be: fork, posix_spawn, or adoption, each as a small creator.
+
+A creator checks its arguments before anything happens and then gives the
+context one C-level callable taking no argument that makes (or names) the
+child and returns its pid (0 in a forked child). The context calls it as
+``record.extend(itertools.starmap(call, ((),)))``: the pid travels from the
+system call into the context's record of the start inside C, so an exception
+a signal handler raises (a ``KeyboardInterrupt``) cannot come between the
+child's birth and childproc knowing its pid.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ForkError, InvalidArgumentError, SpawnError, spawn_error
+from ._spawn import prepare_spawn
+
+if TYPE_CHECKING:
+    from ._spawn import Argv
+
+__all__ = ["Adopt", "Creator", "Fork", "Spawn"]
+
+
+class Creator:
+    """What the context needs from a way of making a child."""
+
+    #: Names the system call in errors.
+    what = "fork"
+    #: The child exists already (its pid is known before the call).
+    adopting = False
+
+    def prepare(self) -> Callable[[], int]:
+        """Check everything; return the C-level call that makes the child."""
+        raise NotImplementedError
+
+    def error(self, exc: OSError) -> ForkError:
+        """The library's error for the call's ``OSError``."""
+        return ForkError(exc.errno or errno.EAGAIN, f"{self.what} failed: {exc.strerror or exc}")
+
+    def check_pid(self, pid: object) -> int:
+        """The pid the call returned, checked."""
+        return pid  # type: ignore[return-value]
+
+
+class Fork(Creator):
+    """``os.fork()``, or the application's ``fork_replacement(user)``."""
+
+    def __init__(self, replacement: Callable[[Any], int] | None, user: Any) -> None:
+        self._replacement = replacement
+        self._user = user
+
+    def prepare(self) -> Callable[[], int]:
+        if self._replacement is None:
+            return os.fork  # (looked up each time: gevent and tests patch it)
+        return partial(self._replacement, self._user)
+
+    def check_pid(self, pid: object) -> int:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
+            raise InvalidArgumentError(
+                f"fork_replacement must return a pid (int >= 0) or raise OSError, not {pid!r}"
+            )
+        return pid
+
+
+class Spawn(Creator):
+    """``posix_spawn``: no copy of the interpreter (see :mod:`childproc._spawn`)."""
+
+    what = "posix_spawn"
+
+    def __init__(
+        self,
+        argv: Argv,
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        pass_fds: Sequence[int],
+        stdin: int | None,
+        stdout: int | None,
+        stderr: int | None,
+    ) -> None:
+        self._name = (
+            argv[0] if isinstance(argv, Sequence) and argv and not isinstance(argv, (str, bytes)) else None
+        )
+        self._kwargs = {
+            "env": env,
+            "cwd": cwd,
+            "pass_fds": pass_fds,
+            "stdin": stdin,
+            "stdout": stdout,
+            "stderr": stderr,
+        }
+        self._argv = argv
+
+    def prepare(self) -> Callable[[], int]:
+        try:
+            return prepare_spawn(self._argv, **self._kwargs)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise self.error(exc) from exc
+
+    def error(self, exc: OSError) -> SpawnError:
+        filename = exc.filename if exc.filename is not None else self._name
+        if isinstance(filename, os.PathLike):
+            filename = os.fspath(filename)
+        err = exc.errno or errno.EAGAIN
+        what = (
+            "cwd"
+            if self._kwargs["cwd"] is not None and filename == os.fspath(self._kwargs["cwd"])
+            else "program"
+        )
+        return spawn_error(err, f"posix_spawn failed: {exc.strerror or exc} ({what})", filename)
+
+
+class Adopt(Creator):
+    """A child this process made some other way: the call only names its pid."""
+
+    what = "adopt"
+    adopting = True
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def prepare(self) -> Callable[[], int]:
+        return itertools.repeat(self.pid).__next__
