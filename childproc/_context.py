@@ -91,6 +91,7 @@ log = logging.getLogger("childproc")
 _HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks what it relies on
 _EXIT_ONLY = os.WEXITED
 _fallback_logged = False
+_BLOCK_SIGINT = ((signal.SIG_BLOCK, (signal.SIGINT,)),)
 
 
 class ServedLike(Protocol):
@@ -181,6 +182,7 @@ class Context:
         self._starting: list[list[Any]] = []  # [child, pid?]: starts not finished
         self._gone: list[Child] = []  # children whose fds await closing (after delivery)
         self._dirty = False  # an interruption may have left work: replay at the next entry
+        self._fds_checked_at = time.monotonic()
         self._waiters: dict[object, int] = {}  # a blocked wait()'s token -> its thread
         self._waiters_cv = threading.Condition(threading.Lock())
         self._teardown_lock = threading.Lock()
@@ -562,7 +564,7 @@ class Context:
                 if not HANDLER.uses(self._handler_key):
                     HANDLER.set_user(self._handler_key, self._wakeups.waker.poke, True)
             if not creator.adopting:
-                why = HANDLER.discards_statuses()
+                why = HANDLER.discards_statuses(fresh=True)
                 if why is not None:
                     self._sync_handler_use_locked()
                     self._refuse_ignored(
@@ -584,11 +586,19 @@ class Context:
             )
             start: list[Any] = [child]
             self._starting.append(start)
+            masks: list[Any] = []
             try:
                 try:
+                    if isinstance(creator, Fork) and on_main_thread():
+                        # SIGINT waits until the fork is over: a KeyboardInterrupt raised in
+                        # an at-fork hook (logging's, say) would be swallowed by CPython.
+                        masks.extend(itertools.starmap(signal.pthread_sigmask, _BLOCK_SIGINT))
                     start.extend(itertools.starmap(call, ((),)))  # the pid lands in start[1] from C
                 except OSError as exc:
                     raise creator.error(exc) from exc
+                finally:
+                    if masks:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, masks[0])
                 if start[1] == 0:
                     # A fork_replacement may have forked behind os.fork's at-fork hooks.
                     _process.postfork_child_noexec()
@@ -727,6 +737,8 @@ class Context:
             self._reaping.apply(self._plan, self._watcher)
             self._sync_handler_use_locked()
             self._dirty = False
+        if not ready and time.monotonic() - self._fds_checked_at >= _HANDLER_RECHECK_S:
+            self._check_fds()
 
     def _report_lost_fds(self) -> None:
         lost = self._wakeups.lost
@@ -901,6 +913,7 @@ class Context:
 
     def _check_fds(self) -> None:
         """A quiet tick: check that nobody closed our pidfds (their deaths would go unseen)."""
+        self._fds_checked_at = time.monotonic()
         with _process.LOCK:
             if self._closed:
                 return
@@ -975,8 +988,6 @@ class Context:
                     remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
                     tick = _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
                     ready = self._sleep(tick)
-                    if not ready and tick == _HANDLER_RECHECK_S:
-                        self._check_fds()
                 if _process.CHORES:
                     _process.run_chores()
                 self._collect(ready)

@@ -73,6 +73,8 @@ class Wakeups:
         """A pidfd for ``pid`` (kept until :meth:`close_pidfd`), or None if none can
         be had now (out of fds; already reaped by someone)."""
         fd = self.pidfds.get(pid)
+        if fd is not None and fd not in self._ids:  # an interrupted open: finish it
+            self._ids[fd] = identify(fd, pid)
         if fd is None:
             try:
                 self.pidfds.update(zip((pid,), map(_pidfd_open, (pid,)), strict=True))  # type: ignore[arg-type]
@@ -161,7 +163,11 @@ class Wakeups:
         """Check that the pidfds of ``pids`` are still ours; report those that are not."""
         for pid in pids:
             fd = self.pidfds.get(pid)
-            if fd is not None and not still_ours(fd, self._ids.get(fd, (0, 0, 0, 0))):
+            if fd is None:
+                continue
+            if fd not in self._ids:  # opened, then interrupted before it was identified
+                self._ids[fd] = identify(fd, pid)
+            elif not still_ours(fd, self._ids[fd]):
                 self.forget_fd(pid)
 
     def forget_fd(self, pid: int) -> None:
