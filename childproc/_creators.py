@@ -110,7 +110,7 @@ class Spawn(Creator):
         err = exc.errno or errno.EAGAIN
         what = (
             "cwd"
-            if self._kwargs["cwd"] is not None and filename == os.fspath(self._kwargs["cwd"])
+            if self._kwargs["cwd"] is not None and filename == os.fspath(self._kwargs["cwd"])  # type: ignore[arg-type]
             else "program"
         )
         return spawn_error(err, f"posix_spawn failed: {exc.strerror or exc} ({what})", filename)

@@ -52,8 +52,16 @@ class Owner(Protocol):
     def accept_reaped(self, pid: int, status: int, uid: int | None) -> None:
         """Another context reaped ``pid`` (``waitpid(-1)``). LOCK held."""
 
+    def accept_gone(self, pid: int) -> None:
+        """``pid`` was found reaped by someone else. LOCK held."""
+
 
 class Teardown(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
     def finish_teardown(self) -> None:
         """Finish a teardown an exception interrupted. LOCK not held."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-from _functools import partial  # the C type functools re-exports: no functools import here
+from _functools import partial  # type: ignore[import-not-found, unused-ignore]  # (no functools here)
 
 from ._errors import ArgumentTypeError, InvalidArgumentError
 
@@ -97,7 +97,7 @@ def _args(argv: Argv) -> list[str | bytes]:
             "convert numbers with str()"
         ) from None
     for a in args:
-        if ("\0" if isinstance(a, str) else b"\0") in a:
+        if ("\0" if isinstance(a, str) else b"\0") in a:  # type: ignore[operator]
             raise InvalidArgumentError(f"argv item {a!r} contains a NUL byte")
     return args
 
@@ -158,7 +158,7 @@ def prepare_spawn(
         # posix_spawn itself reports ENOENT/EACCES here, and posix_spawnp looks
         # names up on this process's PATH, which is env's: no pre-checks needed.
         spawn = os.posix_spawn if "/" in name else os.posix_spawnp
-        return partial(spawn, args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=())
+        return partial(spawn, args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=())  # type: ignore[no-any-return, unused-ignore]
     program = _resolve(name, env)
     if cwd is not None:
         where = os.fspath(cwd)
@@ -167,9 +167,10 @@ def prepare_spawn(
             raise OSError(err, f"{os.strerror(err)}: cwd", where)
         args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", where, program, *(os.fsdecode(a) for a in args[1:])]
         program = "/bin/sh"
-    return partial(
+    call: Callable[[], int] = partial(
         os.posix_spawn, program, args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=()
     )
+    return call
 
 
 def spawn_process(
