@@ -697,7 +697,7 @@ class Context:
                     self._wakeups.close_pidfd(child._pid)
                     child._pidfd = None
                 if child._exit_fd is not None:
-                    self._wakeups.remove_served(child._exit_fd)
+                    self._wakeups.remove_served(child)
                     child._exit_fd = None
                 del self._gone[0]
 
@@ -1239,7 +1239,8 @@ class Context:
             if child._exit_fd is None:
                 orphans.append(pid)
             if not app_reaps and child._exit_fd is None:
-                ORPHANAGE.take(pid, self._wakeups.give_pidfd(pid))
+                ORPHANAGE.take(pid, self._wakeups.pidfd_of(pid))  # the orphanage's now: then forget it
+                self._wakeups.disown_pidfd(pid)
                 child._pidfd = None
             ledger.forget(pid, Move.ABANDON)
             self._child_gone_locked(child)

@@ -19,7 +19,18 @@ import fcntl
 import os
 import stat
 
-__all__ = ["FdIdentity", "above_stdio", "close_if_ours", "identify", "pid_of_pidfd"]
+__all__ = [
+    "CLOSED",
+    "OTHER",
+    "OURS",
+    "FdIdentity",
+    "above_stdio",
+    "close_if_ours",
+    "fd_state",
+    "identify",
+    "pid_of_pidfd",
+    "still_ours",
+]
 
 FdIdentity = tuple[int, int, int, int]  # (st_dev, st_ino, file type, pid of a pidfd or 0)
 
@@ -81,31 +92,44 @@ def identify(fd: int, pid: int = 0) -> FdIdentity:
     return (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode), 0 if not pid or _pidfds_have_own_inodes() else pid)
 
 
-def still_ours(fd: int, identity: FdIdentity) -> bool:
-    """Whether ``fd`` is still the object :func:`identify` saw."""
+OURS, CLOSED, OTHER = "ours", "closed", "other"
+
+
+def fd_state(fd: int, identity: FdIdentity) -> str:
+    """Whether ``fd`` is still the object :func:`identify` saw (:data:`OURS`), is
+    not open (:data:`CLOSED`), or now names something else (:data:`OTHER`)."""
     try:
         st = os.fstat(fd)
     except OSError:
-        return False
+        return CLOSED
     if (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)) != identity[:3]:
-        return False
+        return OTHER
     pid = identity[3]
     if pid:
         # pidfds share one inode before Linux 6.9: ask which process it is for.
         # (A reaped child's pidfd says -1.)
         now = pid_of_pidfd(fd)
-        return now is not None and now in (pid, -1)
-    return True
+        if now is None or now not in (pid, -1):
+            return OTHER
+    return OURS
 
 
-def close_if_ours(fd: int, identity: FdIdentity | None) -> bool:
+def still_ours(fd: int, identity: FdIdentity) -> bool:
+    """Whether ``fd`` is still the object :func:`identify` saw."""
+    return fd_state(fd, identity) == OURS
+
+
+def close_if_ours(fd: int, identity: FdIdentity | None) -> str:
     """Close ``fd`` if it is still what was opened (always, without an identity).
-    Returns False, closing nothing, if someone else closed it and the number now
-    names another object."""
-    if identity is not None and not still_ours(fd, identity):
-        return False
+    Returns what it found: :data:`OURS` (closed now), :data:`CLOSED` (closed
+    already: by an earlier, interrupted call of ours, or by someone else) or
+    :data:`OTHER` (someone closed it and the number names another object now:
+    left alone). Safe to call again after an interruption."""
+    state = OURS if identity is None else fd_state(fd, identity)
+    if state != OURS:
+        return state
     try:
         os.close(fd)
     except OSError:
-        return False
-    return True
+        return CLOSED
+    return OURS

@@ -69,6 +69,9 @@ class Orphanage:
                         done = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG) is not None
                 except ChildProcessError:
                     done = True  # someone reaped it already
+                except OSError:  # its pidfd was closed under us: by pid (still unreaped)
+                    self._orphans[pid] = None
+                    continue
                 if done:
                     self._forget(pid)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 
-from ._fds import above_stdio
+from ._fds import above_stdio, close_if_ours, identify
 
 __all__ = ["CLOSED_WAKER", "Waker"]
 
@@ -12,30 +13,40 @@ __all__ = ["CLOSED_WAKER", "Waker"]
 class Waker:
     """A context's self-pipe: non-blocking, close-on-exec, a boolean "look at me".
 
-    The write end is closed when the last reference goes (the SIGCHLD handler
-    holds one while it pokes), so a poke can never hit a recycled fd number.
+    Both ends are closed explicitly by :meth:`close` (there is no ``__del__``: a
+    finaliser is Python code, where an interrupt would be swallowed). A poke
+    never writes to a closed or reused number: it holds the waker's lock, and
+    gives up when ``close`` has it (a poke during close has nothing to wake).
+    Each close is safe to repeat after an interruption (the fd's identity is
+    checked first).
     """
 
-    __slots__ = ("rfd", "wfd")
+    __slots__ = ("_ids", "_lock", "rfd", "wfd")
 
     def __init__(self) -> None:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.rfd, self.wfd = above_stdio(rfd), above_stdio(wfd)  # never at 0-2: see _fds
+        self._ids = {self.rfd: identify(self.rfd), self.wfd: identify(self.wfd)}
+        self._lock = threading.Lock()
 
     def poke(self) -> None:
+        # Non-blocking: the SIGCHLD handler may run while this thread is in close().
+        if not self._lock.acquire(False):
+            return
         try:
-            os.write(self.wfd, b"\0")
+            if self.wfd >= 0:
+                os.write(self.wfd, b"\0")
         except OSError:
             pass  # EAGAIN: already readable, which is all a poke means
+        finally:
+            self._lock.release()
 
     def drain(self) -> bool:
         got = False
         while True:
             try:
                 data = os.read(self.rfd, 512)
-            except BlockingIOError:
-                return got
-            except OSError:
+            except OSError:  # EAGAIN: empty
                 return got
             if not data:
                 return got
@@ -43,22 +54,24 @@ class Waker:
             if len(data) < 512:
                 return got
 
-    def close_read(self) -> None:
-        if self.rfd >= 0:
-            os.close(self.rfd)
-            self.rfd = -1
+    def close(self) -> None:
+        """Close both ends (idempotent, safe to repeat after an interruption)."""
+        with self._lock:
+            for name in ("rfd", "wfd"):
+                fd = getattr(self, name)
+                if fd >= 0:
+                    close_if_ours(fd, self._ids.get(fd))
+                    setattr(self, name, -1)
 
-    def close_write(self) -> None:
-        if self.wfd >= 0:
-            os.close(self.wfd)
-            self.wfd = -1
-
-    def __del__(self) -> None:
-        try:
-            self.close_read()
-            self.close_write()
-        except OSError:  # pragma: no cover
-            pass
+    def forget(self) -> None:
+        """In a forked child: the fds are the parent's pipe; close ours without checks."""
+        for fd in (self.rfd, self.wfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.rfd = self.wfd = -1
 
 
 class _ClosedWaker(Waker):
@@ -66,6 +79,8 @@ class _ClosedWaker(Waker):
 
     def __init__(self) -> None:
         self.rfd = self.wfd = -1
+        self._ids = {}
+        self._lock = threading.Lock()
 
     def poke(self) -> None:
         pass

@@ -23,8 +23,8 @@ import select
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ._fds import FdIdentity, above_stdio, close_if_ours, identify, still_ours
-from ._waker import CLOSED_WAKER, Waker
+from ._fds import OTHER, OURS, FdIdentity, above_stdio, fd_state, identify, still_ours
+from ._waker import Waker
 
 if TYPE_CHECKING:
     from ._child import Child
@@ -52,10 +52,10 @@ class Wakeups:
             self._epoll = _new_epoll()
             self._epoll.register(self.waker.rfd, select.EPOLLIN)
         except BaseException:
-            self.waker.close_read()
-            self.waker.close_write()
+            self.waker.close()
             raise
-        self._ids: dict[int, FdIdentity] = {}  # fd -> what it was when opened
+        self._ids: dict[int, FdIdentity] = {}  # pid (-pid: exit fd) -> what its fd was when opened
+        self._closed: dict[int, int] = {}  # pid (-pid) -> its fd, closed by us, entry not yet dropped
         self.pidfds: dict[int, int] = {}  # pid -> its pidfd
         self.polled: dict[int, Child] = {}  # pidfd in the epoll -> its child
         self.served: dict[int, Child] = {}  # exit fd in the epoll -> a fork server's child
@@ -69,12 +69,14 @@ class Wakeups:
         return self._epoll.poll(timeout)
 
     # -- pidfds -------------------------------------------------------------
+    # Identities and "closed by us" marks are kept per child (a pid for a pidfd, minus
+    # the pid for an exit fd), never per fd number: once closed, a number may be
+    # reused by the next child's fd, and a step replayed after an interruption must
+    # not touch that one.
     def open_pidfd(self, pid: int) -> int | None:
         """A pidfd for ``pid`` (kept until :meth:`close_pidfd`), or None if none can
         be had now (out of fds; already reaped by someone)."""
         fd = self.pidfds.get(pid)
-        if fd is not None and fd not in self._ids:  # an interrupted open: finish it
-            self._ids[fd] = identify(fd, pid)
         if fd is None:
             try:
                 self.pidfds.update(zip((pid,), map(_pidfd_open, (pid,)), strict=True))  # type: ignore[arg-type]
@@ -83,7 +85,8 @@ class Wakeups:
             fd = self.pidfds[pid]
             if fd <= 2:
                 fd = self.pidfds[pid] = above_stdio(fd)
-            self._ids[fd] = identify(fd, pid)
+        if pid not in self._ids:  # (also finishes an interrupted open)
+            self._ids[pid] = identify(fd, pid)
         return fd
 
     def take_pidfd(self, pid: int, fd: int) -> int:
@@ -91,35 +94,40 @@ class Wakeups:
         if fd <= 2:
             fd = above_stdio(fd)
         self.pidfds[pid] = fd
-        self._ids[fd] = identify(fd, pid)
+        self._ids[pid] = identify(fd, pid)
         return fd
 
     def close_pidfd(self, pid: int) -> None:
+        """Close ``pid``'s pidfd (if still ours). Safe to run again after an
+        interruption: the fd leaves the tables only once it is closed."""
         fd = self.pidfds.get(pid)
         if fd is None:
             return
-        child = self.polled.get(fd)
-        if child is not None:
-            self._unregister(fd)
-            del self.polled[fd]
-            child._polled = False
-        self._close(fd, pid)
+        self._unpoll(pid, fd)
+        self._close(pid, fd)
         self.pidfds.pop(pid, None)
+        self._ids.pop(pid, None)
+        self._closed.pop(pid, None)
 
-    def give_pidfd(self, pid: int) -> int | None:
-        """Hand ``pid``'s pidfd to someone else (the orphanage): no longer ours."""
+    def pidfd_of(self, pid: int) -> int | None:
+        return self.pidfds.get(pid)
+
+    def disown_pidfd(self, pid: int) -> None:
+        """Forget ``pid``'s pidfd without closing it: someone else (the orphanage) owns it now."""
         fd = self.pidfds.get(pid)
         if fd is None:
-            return None
-        if fd in self.polled:
-            self.polled[fd]._polled = False
-            self._unregister(fd)
-            del self.polled[fd]
-        if not still_ours(fd, self._ids.get(fd, (0, 0, 0, 0))):
-            self._report_lost(pid)
-            fd = None
+            return
+        self._unpoll(pid, fd)
         self.pidfds.pop(pid, None)
-        return fd
+        self._ids.pop(pid, None)
+
+    def _unpoll(self, pid: int, fd: int) -> None:
+        child = self.polled.get(fd)
+        if child is not None and child._pid == pid:
+            if pid not in self._closed:  # (closing took it out of the epoll already)
+                self._unregister(fd, self._ids.get(pid))
+            child._polled = False
+            self.polled.pop(fd, None)
 
     def poll_pidfd(self, child: Child) -> bool:
         """Put ``child``'s pidfd in the epoll; False if it cannot be (ENOSPC, ENOMEM)."""
@@ -140,34 +148,37 @@ class Wakeups:
         """Take ``child``'s pidfd out of the epoll (a zombie's pidfd stays readable)."""
         fd = child._pidfd
         if fd is not None and child._polled:
-            self._unregister(fd)
-            self.polled.pop(fd, None)
-            child._polled = False
+            self._unpoll(child._pid, fd)
 
     # -- fork server exit fds -----------------------------------------------
     def add_served(self, child: Child, exit_fd: int) -> int:
         if exit_fd <= 2:
             exit_fd = above_stdio(exit_fd)
-        self._ids[exit_fd] = identify(exit_fd)
+        self._ids[-child._pid] = identify(exit_fd)
         self.served[exit_fd] = child
         self._epoll.register(exit_fd, select.EPOLLIN)
         return exit_fd
 
-    def remove_served(self, exit_fd: int) -> None:
-        child = self.served.pop(exit_fd, None)
-        self._unregister(exit_fd)
-        self._close(exit_fd, child._pid if child is not None else 0)
+    def remove_served(self, child: Child) -> None:
+        fd = child._exit_fd
+        if fd is None:
+            return
+        key = -child._pid
+        if self.served.get(fd) is child:
+            if key not in self._closed:
+                self._unregister(fd, self._ids.get(key))
+            del self.served[fd]
+        self._close(key, fd)
+        self._ids.pop(key, None)
+        self._closed.pop(key, None)
 
     # -- checks -------------------------------------------------------------
     def verify(self, pids: Iterable[int]) -> None:
         """Check that the pidfds of ``pids`` are still ours; report those that are not."""
         for pid in pids:
             fd = self.pidfds.get(pid)
-            if fd is None:
-                continue
-            if fd not in self._ids:  # opened, then interrupted before it was identified
-                self._ids[fd] = identify(fd, pid)
-            elif not still_ours(fd, self._ids[fd]):
+            identity = self._ids.get(pid)
+            if fd is not None and identity is not None and fd_state(fd, identity) != OURS:
                 self.forget_fd(pid)
 
     def forget_fd(self, pid: int) -> None:
@@ -175,41 +186,49 @@ class Wakeups:
         fd = self.pidfds.pop(pid, None)
         if fd is None:
             return
-        child = self.polled.pop(fd, None)
-        if child is not None:
+        child = self.polled.get(fd)
+        if child is not None and child._pid == pid:
             child._polled = False
-        self._ids.pop(fd, None)
+            del self.polled[fd]
+        self._ids.pop(pid, None)
         self._report_lost(pid)
 
     def _report_lost(self, pid: int) -> None:
         if pid not in self.lost:
             self.lost.append(pid)
 
-    def _unregister(self, fd: int) -> None:
-        if still_ours(fd, self._ids.get(fd, (0, 0, 0, 0))):
+    def _unregister(self, fd: int, identity: FdIdentity | None) -> None:
+        if identity is None or still_ours(fd, identity):
             try:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):
                 pass
 
-    def _close(self, fd: int, pid: int) -> None:
-        identity = self._ids.pop(fd, None)
-        if identity is not None and not close_if_ours(fd, identity):
-            self._report_lost(pid)
+    def _close(self, key: int, fd: int) -> None:
+        """Close ``fd`` (``key``'s) unless an earlier, interrupted call did, or it names
+        another object now (then report it)."""
+        if key in self._closed:
+            return
+        identity = self._ids.get(key)
+        state = OURS if identity is None else fd_state(fd, identity)
+        if state == OURS:
+            self._closed[key] = fd  # the mark and the close: nothing runs between them
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        elif state == OTHER:
+            self._report_lost(abs(key))
 
     # -- teardown -----------------------------------------------------------
     def close(self) -> None:
         """Close every fd still ours (the pidfds left, exit fds, epoll, pipe)."""
         for pid in list(self.pidfds):
             self.close_pidfd(pid)
-        for fd in list(self.served):
-            self.remove_served(fd)
+        for child in list(self.served.values()):
+            self.remove_served(child)
         self._epoll.close()
-        self.waker.close_read()
-        # The write end is never closed explicitly: the SIGCHLD handler or a peek
-        # thread may hold the waker right now and poke it. It closes with the
-        # waker's last reference, which is usually this one.
-        self.waker = CLOSED_WAKER
+        self.waker.close()  # (a late poke, from a peek thread, then does nothing)
 
     def abandon_after_fork(self) -> None:
         """In a forked child: close every fd (they are the parent's objects), check nothing."""
@@ -226,5 +245,4 @@ class Wakeups:
             self._epoll.close()
         except OSError:  # pragma: no cover
             pass
-        self.waker.close_read()
-        self.waker.close_write()
+        self.waker.forget()

@@ -60,12 +60,6 @@ MODE_IDS = [m.name for m in MODES]
 MAINLOOP = SigchldOwner.MAINLOOP
 SA_NOCLDWAIT = 0x2  # Linux, every architecture
 
-#: Issue 19, A.1 is not finished: in these modes the storm still ends with exit
-#: statuses of 2 for children that report through the pipe (not yet understood) and
-#: leftovers the leak check flags. Said in the closing note; not a pass.
-STORM_OPEN = (SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.MAINLOOP)
-STORM_OPEN_WHY = "issue 19 A.1 open in this mode: the storm does not pass yet (see the closing note)"
-
 
 def api(name: str) -> Any:
     """A public name the rewrite adds; a clear failure (not an AttributeError deep in a
@@ -350,7 +344,7 @@ class Storm:
                 self._child_body(b"c")
         elif op == "adopt":
             actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in self.pass_fds]
-            pid = os.posix_spawn("/bin/sh", self.adopt_argv, os.environ, file_actions=actions)
+            pid = os.posix_spawn("/bin/bash", self.adopt_argv, os.environ, file_actions=actions)
             self.last = ctx.adopt(pid, self.q.put)
         elif op == "wait":
             ctx.wait(self.rng.uniform(0, 0.003))
@@ -578,8 +572,6 @@ def test_repl_loop_survives_200_interrupts(mode: SigchldOwner, caplog: pytest.Lo
     the loop catches each KeyboardInterrupt and goes on. Children wait at a gate, so that
     afterwards every one of them must still be registered; then they exit and each exit
     must be delivered exactly once with its true status, with no zombie after close()."""
-    if mode in STORM_OPEN:
-        pytest.skip(STORM_OPEN_WHY)
     run_storm(mode, interrupts=200, max_children=120, gated=True, seed=1, caplog=caplog)
 
 

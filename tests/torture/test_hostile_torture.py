@@ -24,7 +24,6 @@ from tests.integration.test_hostile import (
     MAINLOOP,
     MODE_IDS,
     MODES,
-    STORM_OPEN_WHY,
     Interrupter,
     default_sigint,
     no_unknown_warnings,
@@ -42,7 +41,6 @@ def interrupts(request: pytest.FixtureRequest) -> int:
 def test_sigint_storm_while_spawning_forking_and_waiting(
     mode: SigchldOwner, interrupts: int, caplog: pytest.LogCaptureFixture, report: Callable[..., None]
 ) -> None:
-    pytest.skip(STORM_OPEN_WHY)  # every mode: the long storm is not passing yet
     # Children exit at once (no gate): exits are reaped and delivered during the storm,
     # so interrupts land in reaping and delivery too, not only in making children.
     figures = run_storm(
@@ -56,7 +54,6 @@ def test_sigint_storm_while_spawning_forking_and_waiting(
 def test_sigint_storm_with_children_outstanding(
     mode: SigchldOwner, interrupts: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.skip(STORM_OPEN_WHY)  # every mode: the long storm is not passing yet
     # Children wait at a gate until the storm is over: each must then be in ctx.children
     # and found by ctx.child(pid), whichever call the interrupt cut short.
     run_storm(
@@ -69,9 +66,6 @@ def test_sigint_storm_with_children_outstanding(
 def test_sigint_in_close_again_and_again(
     mode: SigchldOwner, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.skip(
-        "issue 19 A.1 open: repeated interrupts in close() still leave fds behind (see the closing note)"
-    )
     caplog.set_level(logging.WARNING, logger="childproc")
     rounds = 300 if request.config.getoption("--torture-long") else 30
     rng = random.Random(9)
