@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from childproc._fds import above_stdio, close_if_ours, identify, pid_of_pidfd, still_ours
+from childproc._fds import CLOSED, OTHER, OURS, above_stdio, close_if_ours, identify, pid_of_pidfd, still_ours
 
 
 def is_open(fd: int) -> bool:
@@ -146,7 +146,7 @@ def test_a_reused_number_is_not_ours() -> None:
         os.dup2(r2, r)  # the host opens something that lands on the freed number
         try:
             assert not still_ours(r, ident)  # another pipe: another inode
-            assert close_if_ours(r, ident) is False
+            assert close_if_ours(r, ident) == OTHER
             assert is_open(r)  # the stranger was not closed
             assert same_object(r, r2)
         finally:
@@ -163,7 +163,7 @@ def test_a_number_reused_by_another_kind_of_file_is_not_ours() -> None:
                 os.dup2(fd, r)
                 os.close(fd)
             assert not still_ours(r, ident)
-            assert close_if_ours(r, ident) is False
+            assert close_if_ours(r, ident) == OTHER
             assert is_open(r)
         finally:
             os.close(r)
@@ -172,17 +172,17 @@ def test_a_number_reused_by_another_kind_of_file_is_not_ours() -> None:
 def test_close_if_ours_closes_our_fd() -> None:
     with pipe() as (r, w):
         ident = identify(w)
-        assert close_if_ours(w, ident) is True
+        assert close_if_ours(w, ident) == OURS
         assert not is_open(w)
         # Closed already: nothing to close, whatever the identity.
-        assert close_if_ours(w, ident) is False
-        assert close_if_ours(w, None) is False
+        assert close_if_ours(w, ident) == CLOSED
+        assert close_if_ours(w, None) == CLOSED
         assert is_open(r)
 
 
 def test_close_if_ours_without_identity_always_closes() -> None:
     with pipe() as (r, _):
-        assert close_if_ours(r, None) is True
+        assert close_if_ours(r, None) == OURS
         assert not is_open(r)
 
 
@@ -229,7 +229,7 @@ def test_pid_of_pidfd_for_a_real_child() -> None:
             os.waitpid(pid, 0)
             assert pid_of_pidfd(fd) == -1  # reaped
             assert still_ours(fd, ident)  # a reaped child's pidfd is still ours
-            assert close_if_ours(fd, ident) is True
+            assert close_if_ours(fd, ident) == OURS
             fd = -1
         finally:
             if fd >= 0:
@@ -252,7 +252,7 @@ def test_pidfd_replaced_by_a_pidfd_for_another_process() -> None:
             os.dup2(stranger, fd)  # a host's pidfd lands on our number
             assert pid_of_pidfd(fd) == other
             assert not still_ours(fd, ident)
-            assert close_if_ours(fd, ident) is False
+            assert close_if_ours(fd, ident) == OTHER
             assert is_open(fd)
         finally:
             os.close(fd)
@@ -266,7 +266,7 @@ def test_pidfd_replaced_by_a_pipe() -> None:
             ident = identify(fd, pid)
             os.dup2(r, fd)
             assert not still_ours(fd, ident)
-            assert close_if_ours(fd, ident) is False
+            assert close_if_ours(fd, ident) == OTHER
             assert is_open(fd)
         finally:
             os.close(fd)
