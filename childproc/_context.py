@@ -38,47 +38,40 @@ an interruption left.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import signal
 import threading
 import time
 import warnings
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _process
+from . import _process, _teardown
 from ._child import Child, EventCallback, check_events
+from ._children import Children, refuse_ignored
 from ._creators import Adopt, Creator, Fork, Spawn
 from ._delivery import Delivery
 from ._errors import (
     AlreadyWatchedError,
-    ChildExitedError,
     ClosedError,
     FdLostError,
     ForkedContextError,
     InvalidArgumentError,
     NotOurChildError,
     PidfdUnavailableError,
-    SigchldIgnoredError,
     StateError,
     UnknownChildError,
 )
 from ._fds import pid_of_pidfd
-from ._ledger import ChildCallback, Ledger
-from ._lifecycle import SIGNALLABLE, Move, Phase
-from ._orphans import ORPHANAGE
+from ._ledger import ChildCallback
 from ._plan import ForkReplacement, Hooks, Plan, ReapedCallback
 from ._policy import Destination, Owner, Reaper, SigchldOwner, choose_watcher
-from ._reaping import Reaping
-from ._sigchld import HANDLER, on_main_thread
+from ._sigchld import HANDLER
 from ._signature import check_callback
 from ._status import ChildEvent
-from ._watchers import Watcher, make_watcher
+from ._watchers import make_watcher
 from ._watchers import pidfd as _pidfd
-from ._watchers._base import found_from_waitid, reap_zombie
 from ._watchers.scan import scan
 
 if TYPE_CHECKING:
@@ -108,16 +101,6 @@ def _validate_pid(pid: object, what: str) -> int:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         raise InvalidArgumentError(f"{what} must be a positive int pid, not {pid!r}")
     return pid
-
-
-def _watch_in_thread(pid: int, poke: Callable[[], None]) -> None:
-    """Last-resort wake-up for a child with no pidfd when nothing else would announce
-    its death promptly: block in ``waitid(WNOWAIT)`` (peeks, never reaps), then poke."""
-    try:
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    except ChildProcessError:
-        pass
-    poke()
 
 
 class Context:
@@ -158,30 +141,17 @@ class Context:
         self._hooks = Hooks()
         self._user: Any = None
         self._pidfds = _pidfd.supported()
-        self._plan = Plan(self._hooks, self._pidfds)
-        self._ledger: Ledger[Child] = Ledger()
-        from ._wakeups import Wakeups  # noqa: PLC0415 - (kept beside its only user)
-
-        self._wakeups = Wakeups()
-        self._handler_key = object()  # who this context is to the SIGCHLD handler
-        self._ref = weakref.ref(self)
-        self._lost_why: dict[int, str] = {}  # pid -> why its status is lost, where not "stolen"
-        self._reaping = Reaping(
-            self, self._ledger, self._wakeups, gone=self._child_gone_locked, lost_why=self._lost_why
-        )
+        watcher = make_watcher(choose_watcher(self.mode, self._pidfds))
+        kids = self._kids = Children(Plan(self._hooks, self._pidfds), watcher)
         self._delivery = Delivery(
-            self._ledger,
+            kids.ledger,
             reaped_callback=None,
-            reap_zombie=self._reap_zombie,
-            reap_leftovers=self._reap_leftover_zombies,
-            lost_why=self._lost_why,
+            reap_zombie=kids.reap_zombie,
+            reap_leftovers=kids.reap_leftover_zombies,
+            lost_why=kids.lost_why,
             mode_name=lambda: self.mode.name,
-            poke=lambda: self._wakeups.waker.poke(),  # noqa: PLW0108 - the waker is replaced at close
+            poke=kids.wakeups.waker.poke,
         )
-        self._watcher: Watcher = make_watcher(choose_watcher(self.mode, self._pidfds))
-        self._starting: list[list[Any]] = []  # [child, pid?]: starts not finished
-        self._gone: list[Child] = []  # children whose fds await closing (after delivery)
-        self._dirty = False  # an interruption may have left work: replay at the next entry
         self._fds_checked_at = time.monotonic()
         self._waiters: dict[object, int] = {}  # a blocked wait()'s token -> its thread
         self._waiters_cv = threading.Condition(threading.Lock())
@@ -211,33 +181,33 @@ class Context:
     @property
     def watcher(self) -> str:
         """The name of the mechanism that reaps this context's children (see the docs)."""
-        return self._watcher.kind.name
+        return self._kids.watcher.kind.name
 
     @property
     def uses_sigchld_handler(self) -> bool:
         """Whether this context needs childproc's SIGCHLD handler right now."""
-        return HANDLER.uses(self._handler_key)
+        return self._kids.uses_handler()
 
     @property
     def children(self) -> frozenset[int]:
         """Pids this context made whose exit has not been delivered yet (a snapshot)."""
         _process.refuse_reentry()
         with _process.LOCK:
-            self._recover_locked()
-            return self._ledger.outstanding()
+            self._kids.recover_locked()
+            return self._kids.ledger.outstanding()
 
     def child(self, pid: int) -> Child:
         """The handle of running child ``pid`` (raises :class:`UnknownChildError`)."""
         _process.refuse_reentry()
         with _process.LOCK:
-            self._recover_locked()
-            handle = self._ledger.handle(pid)
+            self._kids.recover_locked()
+            handle = self._kids.ledger.handle(pid)
         if handle is None:
             raise UnknownChildError(f"pid {pid!r} is not a running child of this context")
         return handle
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self._ledger.unreaped} running"
+        state = "closed" if self._closed else f"{self._kids.ledger.unreaped} running"
         return f"<childproc.Context {self.mode.name} {state}>"
 
     def _check_usable(self) -> None:
@@ -257,37 +227,9 @@ class Context:
             raise _process.reentry_error()
         if _process.CHORES:
             _process.run_chores()
-        if self._dirty:
+        if self._kids.dirty:
             with _process.LOCK:
-                self._recover_locked()
-
-    def _recover_locked(self) -> None:
-        """Finish starts and apply journal entries an interruption left. LOCK held."""
-        self._dirty = True
-        for start in list(self._starting):
-            if len(start) > 1 and start[1] > 0:
-                self._register_locked(start[0], start[1])
-            self._starting.remove(start)
-        if self._reaping.journal or self._reaping.served_news:
-            self._reaping.apply(self._plan, self._watcher)
-        self._dirty = False
-
-    def _sync_handler_use_locked(self) -> None:
-        """Make this context a user of the SIGCHLD handler, or not, as its plan says
-        for its children now (a fork server's count not: their exits come on exit fds)."""
-        children = len(self._ledger.running) - len(self._wakeups.served)
-        wanted = self._plan.wants_handler[(children > 0) * 2 + (len(self._reaping.stop_watchers) > 0)]
-        if HANDLER.uses(self._handler_key) != wanted:
-            HANDLER.set_user(self._handler_key, self._wakeups.waker.poke, wanted)
-
-    def _refuse_ignored(self, mode: SigchldOwner, why: str, when: str) -> None:
-        raise SigchldIgnoredError(
-            f"SIGCHLD is {why} in this process, so the kernel discards every child's exit "
-            f"status, and {mode.name} mode {when}. Either restore the default "
-            "(signal.signal(signal.SIGCHLD, signal.SIG_DFL)) while childproc has children, or use "
-            "SigchldOwner.LIBXL_ALWAYS, which replaces the disposition while it runs (on the main "
-            "thread) and reaps the host's children for it (see Hooks.reaped_callback)."
-        )
+                self._kids.recover_locked()
 
     # -- configuration ------------------------------------------------------
     def setmode(self, hooks: Hooks | None = None, user: Any = None) -> None:
@@ -318,7 +260,8 @@ class Context:
             )
         with _process.LOCK:
             self._check_usable()
-            if self._ledger.unreaped or self._ledger.has_events or self._reaping.zombies:
+            kids = self._kids
+            if kids.ledger.unreaped or kids.ledger.has_events or kids.zombies:
                 raise StateError(
                     "setmode() while this context has children outstanding or events undelivered; "
                     "call setmode() before the first child, or after every child's callback ran"
@@ -326,18 +269,18 @@ class Context:
             if plan.refuse_ignored_at_setmode:
                 why = HANDLER.discards_statuses(fresh=True)
                 if why is not None:
-                    self._refuse_ignored(hooks.chldowner, why, "leaves SIGCHLD's disposition alone")
+                    raise refuse_ignored(hooks.chldowner, why, "leaves SIGCHLD's disposition alone")
             if plan.rules.foreign_children_check.name == "SETMODE":
-                self._refuse_foreign_children_locked(hooks.chldowner)
-            old = (self._hooks, self._user, self._plan, self._watcher)
-            self._hooks, self._user, self._plan = hooks, user, plan
-            self._watcher = make_watcher(choose_watcher(hooks.chldowner, self._pidfds))
+                kids.refuse_foreign_children_locked(hooks.chldowner)
+            old = (self._hooks, self._user, kids.plan, kids.watcher)
+            self._hooks, self._user, kids.plan = hooks, user, plan
+            kids.watcher = make_watcher(choose_watcher(hooks.chldowner, self._pidfds))
             cb = hooks.reaped_callback
             self._delivery.reaped_callback = None if cb is None else (lambda pid, st: cb(pid, st, self._user))
             try:
-                self._sync_handler_use_locked()
+                kids.sync_handler_use_locked()
             except BaseException:
-                self._hooks, self._user, self._plan, self._watcher = old
+                self._hooks, self._user, kids.plan, kids.watcher = old
                 raise
         if plan.rules.reaper is Reaper.OWN_CHILDREN and not self._pidfds and not _fallback_logged:
             _fallback_logged = True
@@ -367,7 +310,7 @@ class Context:
         """
         check_callback(callback, 2, "child_fork()'s callback", "callback(pid, status)")
         child = self._start(
-            Fork(self._plan_fork_replacement(), self._user),
+            Fork(self._hooks.fork_replacement, self._user),
             None,
             events=_EXIT_ONLY,
             oneshot=False,
@@ -376,9 +319,6 @@ class Context:
             on_exit_status=callback,
         )
         return 0 if child is None else child._pid
-
-    def _plan_fork_replacement(self) -> ForkReplacement | None:
-        return self._hooks.fork_replacement
 
     def fork(
         self,
@@ -401,7 +341,7 @@ class Context:
         handle is released. Errors as for :meth:`child_fork`.
         """
         return self._start(
-            Fork(self._plan_fork_replacement(), self._user),
+            Fork(self._hooks.fork_replacement, self._user),
             on_event,
             events=events if events is _EXIT_ONLY else check_events(events),
             oneshot=oneshot,
@@ -515,7 +455,7 @@ class Context:
                 os.close(fd)
             raise
         assert child is not None
-        self._wakeups.waker.poke()  # it may already be a zombie: look now
+        self._kids.wakeups.waker.poke()  # it may already be a zombie: look now
         return child
 
     def _start(
@@ -530,13 +470,13 @@ class Context:
         adopt_pidfd: int | None = None,
         on_exit_status: ChildCallback | None = None,
     ) -> Child | None:
-        """The one way a child comes in: check, start (through ``creator``), register,
-        all under the process lock. See the module docstring for interruptions."""
+        """The one way a child comes in: check, make it (through ``creator``) and
+        register it, all under the process lock (see :mod:`childproc._children`)."""
         if on_event is not None:
             check_callback(on_event, 2, "on_event", "on_event(child, event)")
         self._enter()
         mode = self.mode
-        rules = self._plan.rules
+        rules = self._kids.plan.rules
         watches_stops = events != _EXIT_ONLY
         if watches_stops and not rules.stop_events:
             raise InvalidArgumentError(
@@ -551,29 +491,7 @@ class Context:
         call = creator.prepare()
         with _process.LOCK:
             self._check_usable()
-            plan = self._plan
-            if creator.adopting:
-                assert isinstance(creator, Adopt)
-                self._check_adoptable_locked(creator.pid, adopt_pidfd)
-            if plan.first_child_check and not self._ledger.running:
-                self._refuse_foreign_children_locked(
-                    mode, creator.pid if isinstance(creator, Adopt) else None
-                )
-            if plan.wants_handler[2 + (watches_stops or len(self._reaping.stop_watchers) > 0)]:
-                HANDLER.check()
-                if not HANDLER.uses(self._handler_key):
-                    HANDLER.set_user(self._handler_key, self._wakeups.waker.poke, True)
-            if not creator.adopting:
-                why = HANDLER.discards_statuses(fresh=True)
-                if why is not None:
-                    self._sync_handler_use_locked()
-                    self._refuse_ignored(
-                        mode,
-                        why,
-                        "leaves SIGCHLD's disposition alone"
-                        if plan.refuse_ignored_at_setmode
-                        else "could not put its handler in place before this child (not the main thread)",
-                    )
+            self._kids.check_start_locked(creator, watches_stops, adopt_pidfd)
             child = Child(
                 self,
                 0,
@@ -584,164 +502,24 @@ class Context:
                 kill_on_close=kill_on_close,
                 on_exit_status=on_exit_status,
             )
-            start: list[Any] = [child]
-            self._starting.append(start)
-            masks: list[Any] = []
-            try:
-                try:
-                    if isinstance(creator, Fork) and on_main_thread():
-                        # SIGINT waits until the fork is over: a KeyboardInterrupt raised in
-                        # an at-fork hook (logging's, say) would be swallowed by CPython.
-                        masks.extend(itertools.starmap(signal.pthread_sigmask, _BLOCK_SIGINT))
-                    start.extend(itertools.starmap(call, ((),)))  # the pid lands in start[1] from C
-                except OSError as exc:
-                    raise creator.error(exc) from exc
-                finally:
-                    if masks:
-                        signal.pthread_sigmask(signal.SIG_SETMASK, masks[0])
-                if start[1] == 0:
-                    # A fork_replacement may have forked behind os.fork's at-fork hooks.
-                    _process.postfork_child_noexec()
-                    return None
-                pid = creator.check_pid(start[1])
-                self._register_locked(child, pid, adopt_pidfd)
-                self._starting.remove(start)
-            except BaseException:
-                self._recover_locked()
-                self._sync_handler_use_locked()
-                raise
+            if not self._kids.start_locked(creator, child, call, adopt_pidfd):
+                return None  # in the forked child
         return child
-
-    def _refuse_foreign_children_locked(self, mode: SigchldOwner, except_pid: int | None = None) -> None:
-        foreign = [p for p in _process.foreign_children() if p != except_pid and not ORPHANAGE.claims(p)]
-        if foreign:
-            raise StateError(
-                f"{mode.name} mode reaps with waitpid(-1), and this process already has "
-                f"children childproc did not make (pids {', '.join(map(str, foreign[:10]))}): "
-                "they would be reaped here and their owners (subprocess, asyncio) would see "
-                "returncode 0. Use SELECTIVE_REAP (or PIDFD), which only reaps its own."
-            )
-
-    def _check_adoptable_locked(self, pid: int, pidfd: int | None) -> None:
-        if pid in _process.OWNERS:
-            raise AlreadyWatchedError(f"pid {pid} is already watched by a childproc context")
-        flags = os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOHANG | os.WNOWAIT
-        try:
-            if pidfd is not None:
-                os.waitid(os.P_PIDFD, pidfd, flags)
-            else:
-                os.waitid(os.P_PID, pid, flags)
-        except ChildProcessError:
-            raise NotOurChildError(
-                f"pid {pid} is not a child of this process (or it was already reaped); only a "
-                "process's own children can be watched and reaped"
-            ) from None
-
-    def _register_locked(self, child: Child, pid: int, pidfd: int | None = None) -> None:
-        """Make ``child`` (``pid``) watched. Idempotent: an interrupted registration
-        is finished by calling it again. LOCK held."""
-        child._pid = pid
-        ref = _process.OWNERS.get(pid)
-        other = ref() if ref is not None else None
-        if other is not None and other is not self:
-            # The kernel reused a pid whose death another context has not seen:
-            # possible only if someone reaped it behind childproc's back.
-            other.accept_gone(pid)
-        self._ledger.add(pid, child)
-        _process.OWNERS[pid] = self._ref
-        plan = self._plan
-        wakeups = self._wakeups
-        if child._pidfd is None:
-            if pidfd is not None:
-                child._pidfd = wakeups.take_pidfd(pid, pidfd)
-            elif plan.pidfds:
-                child._pidfd = wakeups.open_pidfd(pid)
-        if child._pidfd is not None and plan.pidfd_wakeups and not child._polled:
-            wakeups.poll_pidfd(child)
-        if child._watches_stops:
-            self._reaping.stop_watchers.add(pid)
-        self._watcher.add(child)
-        if not child._polled and plan.pidfd_wakeups and not (HANDLER.installed and on_main_thread()):
-            # Nothing would announce this death promptly: no pidfd, and either no
-            # handler or one that waits for a (possibly blocked) main thread.
-            self._start_peek_thread(pid)
-
-    def _start_peek_thread(self, pid: int) -> None:
-        threading.Thread(
-            target=_watch_in_thread,
-            args=(pid, self._wakeups.waker.poke),
-            name=f"childproc-peek-{pid}",
-            daemon=True,
-        ).start()
-
-    def _child_gone_locked(self, child: Child) -> None:
-        """``child`` was reaped, stolen or released: stop watching it. Its fds are
-        closed after delivery (:meth:`_close_gone_fds`). LOCK held."""
-        pid = child._pid
-        self._watcher.remove(pid)
-        self._reaping.zombies.pop(pid, None)
-        if _process.OWNERS.get(pid) is self._ref:
-            del _process.OWNERS[pid]
-        self._reaping.stop_watchers.discard(pid)
-        if child._pidfd is not None or child._exit_fd is not None:
-            self._gone.append(child)
-
-    def _close_gone_fds(self) -> None:
-        """Close the fds of children that left (after their callbacks ran)."""
-        if not self._gone:
-            return
-        with _process.LOCK:
-            while self._gone:
-                child = self._gone[0]
-                if child._pidfd is not None:
-                    self._wakeups.close_pidfd(child._pid)
-                    child._pidfd = None
-                if child._exit_fd is not None:
-                    self._wakeups.remove_served(child)
-                    child._exit_fd = None
-                del self._gone[0]
-
-    # -- what other contexts and the ledger's owner call ---------------------
-    def accept_reaped(self, pid: int, status: int, uid: int | None) -> None:
-        """Another context reaped our ``pid`` (``waitpid(-1)``). LOCK held."""
-        self._reaping.accept_exit(pid, status, uid)
-        self._sync_handler_use_locked()
-        self._wakeups.waker.poke()
-
-    def accept_gone(self, pid: int) -> None:
-        """Our ``pid`` was found reaped by someone else. LOCK held."""
-        self._reaping.accept_gone(pid)
-        self._wakeups.waker.poke()
 
     # -- reaping ------------------------------------------------------------
     def _collect(self, ready: list[tuple[int, int]] | None = None) -> None:
-        """Reap whatever the epoll says is ready, without blocking; apply the journal.
-
-        ``ready``: what a ``poll`` of the epoll just returned (``wait()`` passes its
-        own); None polls now. With the SIGCHLD handler in use it polls again all
-        the same: the handler pokes the self-pipe just after the poll that saw a
-        child's pidfd (it runs between bytecodes), and taking both now saves a
-        whole empty round later. The handler check comes first, so a raise never
-        swallows a wake-up.
-        """
+        """Reap whatever the epoll says is ready (``ready``: what a poll just returned;
+        None polls now), without blocking; apply the journal. Once a second on a quiet
+        call, check that nobody closed our pidfds."""
         with _process.LOCK:
             if self._closed:  # closed by another thread since _enter() checked
                 raise ClosedError("this childproc Context is closed; create a new one")
-            self._dirty = True
-            if HANDLER.uses(self._handler_key):
-                HANDLER.check()
-                ready = self._wakeups.poll(0)
-            elif ready is None:
-                ready = self._wakeups.poll(0)
-            self._reaping.collect(self._watcher, ready)
-            self._reaping.apply(self._plan, self._watcher)
-            self._sync_handler_use_locked()
-            self._dirty = False
+            self._kids.collect_locked(ready)
         if not ready and time.monotonic() - self._fds_checked_at >= _HANDLER_RECHECK_S:
             self._check_fds()
 
     def _report_lost_fds(self) -> None:
-        lost = self._wakeups.lost
+        lost = self._kids.wakeups.lost
         if lost:
             pids = list(lost)
             del lost[:]
@@ -758,25 +536,7 @@ class Context:
         try:
             return self._delivery.deliver(lambda: self._closed)
         finally:
-            self._close_gone_fds()
-
-    def _reap_zombie(self, child: Child) -> None:
-        """Reap a child whose exit callback ran while it was a zombie."""
-        with _process.LOCK:
-            if self._reaping.zombies.get(child._pid) is not child:
-                return
-            reap_zombie(child)
-            self._ledger.exited(child._pid, child._status or 0)  # (not running: no event)
-            if child.phase is Phase.REAP_DUE:
-                child.phase = Phase.DELIVERED
-            self._child_gone_locked(child)
-            self._sync_handler_use_locked()
-
-    def _reap_leftover_zombies(self) -> None:
-        zombies = self._reaping.zombies
-        if zombies:
-            for child in [c for c in zombies.values() if c.phase is Phase.REAP_DUE]:
-                self._reap_zombie(child)
+            self._kids.close_gone_fds()
 
     # -- handles --------------------------------------------------------------
     def _signal_child(self, child: Child, sig: int) -> None:
@@ -784,96 +544,11 @@ class Context:
             raise InvalidArgumentError(f"not a signal number: {sig!r}")
         _process.refuse_reentry()
         with _process.LOCK:
-            if child.phase not in SIGNALLABLE:
-                raise ChildExitedError(
-                    f"child {child._pid} has exited (or was released); not signalling a pid that "
-                    "may now name another process"
-                )
-            if child._pidfd is not None:
-                try:
-                    signal.pidfd_send_signal(child._pidfd, sig)
-                except ProcessLookupError:
-                    raise ChildExitedError(f"child {child._pid} has exited") from None
-                return
-            if child._exit_fd is not None:
-                raise StateError(
-                    f"cannot signal child {child._pid} safely: a fork server made it and there is no "
-                    "pidfd for it"
-                )
-            if self._plan.rules.reaper is Reaper.APPLICATION:
-                raise StateError(
-                    f"cannot signal child {child._pid} safely: there is no pidfd for it, and in "
-                    "MAINLOOP the application reaps, so its pid may already name another process"
-                )
-            # Unreaped, and only childproc reaps it (the mode's promise): the pid is still its.
-            os.kill(child._pid, sig)
+            self._kids.signal(child, sig)
 
     def _release_child(self, child: Child) -> None:
         _process.refuse_reentry()
-        kill = False
-        with _process.LOCK:
-            if child.released or child.phase in (Phase.DELIVERED, Phase.REAP_DUE):
-                if child.phase is Phase.REAP_DUE:
-                    self._reap_zombie(child)
-                return
-            if child.phase is Phase.EXIT_SEEN:
-                reap_zombie(child)  # its exit was seen
-                child.phase = Phase.RELEASED
-                self._child_gone_locked(child)
-                self._sync_handler_use_locked()
-            elif child.context is self and self._ledger.is_running(child._pid):
-                kill = child.kill_on_close and self._kill_locked(child)
-                self._ledger.forget(child._pid)
-                if not kill:
-                    self._child_gone_locked(child)
-                    self._sync_handler_use_locked()
-            else:
-                child.phase = Phase.RELEASED if child.phase not in SIGNALLABLE else child.phase
-        if kill:
-            self._reap_killed([child])
-        self._close_gone_fds()
-
-    def _kill_locked(self, child: Child) -> bool:
-        """SIGKILL an owned child; False where that cannot be done safely. LOCK held."""
-        try:
-            if child._pidfd is not None:
-                signal.pidfd_send_signal(child._pidfd, signal.SIGKILL)
-            elif self._plan.rules.reaper is Reaper.APPLICATION or child._exit_fd is not None:
-                log.warning(
-                    "not killing child %d on close: there is no pidfd for it and in MAINLOOP the "
-                    "application reaps, so its pid may already name another process",
-                    child._pid,
-                )
-                return False
-            else:
-                os.kill(child._pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return True
-
-    def _reap_killed(self, children: list[Child]) -> None:
-        """Wait for SIGKILLed children to die and reap them (outside the lock)."""
-        for child in children:
-            try:
-                if child._exit_fd is not None:
-                    self._reaping.read_served_blocking(child, child._exit_fd)  # the server reaps it
-                    info = None
-                elif child._pidfd is not None:
-                    info = os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
-                else:
-                    info = os.waitid(os.P_PID, child._pid, os.WEXITED)
-                if info is not None and child._status is None:
-                    child._status = found_from_waitid(info)[1]
-            except (ChildProcessError, OSError):
-                pass  # someone else reaped it meanwhile
-        with _process.LOCK:
-            del self._reaping.served_news[:]
-            for child in children:
-                if child.phase in SIGNALLABLE:
-                    child.phase = Phase.RELEASED
-                self._child_gone_locked(child)
-            if not self._closed:
-                self._sync_handler_use_locked()
+        _teardown.release(self._kids, child, self._closed)
 
     def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
         """Dispatch until ``child``'s exit was delivered, by this thread or another
@@ -906,7 +581,7 @@ class Context:
         """Block until the epoll is readable or ``timeout`` (-1: forever) passed;
         return what the poll saw."""
         try:
-            return self._wakeups.poll(timeout)
+            return self._kids.wakeups.poll(timeout)
         except ValueError:  # closed by another thread
             self._check_usable()
             raise
@@ -915,16 +590,8 @@ class Context:
         """A quiet tick: check that nobody closed our pidfds (their deaths would go unseen)."""
         self._fds_checked_at = time.monotonic()
         with _process.LOCK:
-            if self._closed:
-                return
-            before = len(self._wakeups.lost)
-            self._wakeups.verify(list(self._ledger.running))
-            for pid in self._wakeups.lost[before:]:
-                child = self._ledger.handle(pid)
-                if child is not None:
-                    child._pidfd = None
-                    self._watcher.add(child)
-                    self._start_peek_thread(pid)
+            if not self._closed:
+                self._kids.check_fds_locked()
 
     # -- the event loop interface ------------------------------------------
     def fileno(self) -> int:
@@ -934,7 +601,7 @@ class Context:
         ``trio.lowlevel.wait_readable``) and call :meth:`dispatch` when it fires.
         """
         self._check_usable()
-        return self._wakeups.fileno()
+        return self._kids.wakeups.fileno()
 
     def dispatch(self) -> int:
         """Reap what is ready and run due callbacks; never blocks. Returns how many
@@ -949,10 +616,11 @@ class Context:
 
     def _outstanding(self) -> bool:
         """Something may still be delivered by waiting."""
-        if self._ledger.running or self._ledger.next_event() is not None or self._reaping.zombies:
+        ledger = self._kids.ledger
+        if ledger.running or ledger.next_event() is not None or self._kids.zombies:
             return True
         # Modes that reap every child: the host's children are delivered too.
-        return self._plan.rules.reaper is Reaper.ANY_CHILD and bool(_process.foreign_children())
+        return self._kids.plan.rules.reaper is Reaper.ANY_CHILD and bool(_process.foreign_children())
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until at least one event was delivered by this call, or ``timeout``
@@ -974,14 +642,14 @@ class Context:
         try:
             self._waiters[token] = threading.get_ident()
             self._enter()
-            if HANDLER.uses(self._handler_key):  # report a replaced handler now, not after a sleep
+            if self._kids.uses_handler():  # report a replaced handler now, not after a sleep
                 with _process.LOCK:
                     HANDLER.check()
             while True:
                 # Sleep first (anything already ready makes it return at once), then
                 # dispatch: one dispatch per wake-up, not an idle one before each sleep.
                 ready = None
-                if self._ledger.next_event() is None:
+                if self._kids.ledger.next_event() is None:
                     with _process.LOCK:
                         if not self._outstanding():
                             return 0
@@ -1031,7 +699,7 @@ class Context:
 
     # -- MAINLOOP -----------------------------------------------------------
     def _require_app_reports(self, what: str) -> None:
-        if not self._plan.rules.app_reports:
+        if not self._kids.plan.rules.app_reports:
             raise StateError(
                 f"{what} is only for SigchldOwner.MAINLOOP, where the application reaps; this "
                 f"context is in {self.mode.name} mode and reaps its children itself"
@@ -1057,27 +725,28 @@ class Context:
             ) from None
         self._enter()
         self._require_app_reports("childproc_reaped()")
+        kids = self._kids
         with _process.LOCK:
             self._check_usable()
             ref = _process.OWNERS.get(pid)
             owner = (
                 Owner.THIS_CONTEXT
-                if ref is self._ref
+                if ref is kids.ref
                 else Owner.NOBODY
                 if ref is None
                 else Owner.OTHER_CONTEXT
             )
-            child = self._ledger.handle(pid)
-            if self._plan.route[owner] is not Destination.CHILD_CALLBACK or child is None:
+            child = kids.ledger.handle(pid)
+            if kids.plan.route[owner] is not Destination.CHILD_CALLBACK or child is None:
                 return False
             if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
-                self._ledger.changed(pid, status, None)
+                kids.ledger.changed(pid, status, None)
             else:
-                self._reaping.accept_exit(pid, status, None)
-            self._sync_handler_use_locked()
+                kids.reaping.accept_exit(pid, status, None)
+            kids.sync_handler_use_locked()
         self._deliver()
         if self._waiters:
-            self._wakeups.waker.poke()  # a thread in child.wait() may be waiting for this one
+            kids.wakeups.waker.poke()  # a thread in child.wait() may be waiting for this one
         return True
 
     def sigchld_occurred(self) -> int:
@@ -1089,15 +758,16 @@ class Context:
         """
         self._enter()
         self._require_app_reports("sigchld_occurred()")
+        kids = self._kids
         with _process.LOCK:
             self._check_usable()
-            self._dirty = True
-            scan(self._ledger.running_handles(), self._reaping.journal)
-            self._reaping.apply(self._plan, self._watcher)
-            self._dirty = False
+            kids.dirty = True
+            scan(kids.ledger.running_handles(), kids.reaping.journal)
+            kids.reaping.apply(kids.plan, kids.watcher)
+            kids.dirty = False
         delivered = self._deliver()
         if delivered and self._waiters:
-            self._wakeups.waker.poke()
+            kids.wakeups.waker.poke()
         return delivered
 
     # -- fork server children -------------------------------------------------
@@ -1122,7 +792,8 @@ class Context:
         self._enter()
         with _process.LOCK:
             self._check_usable()
-            if self._ledger.is_running(served.pid):
+            kids = self._kids
+            if kids.ledger.is_running(served.pid):
                 raise AlreadyWatchedError(f"pid {served.pid} is already watched by this context")
             exit_fd, pidfd = served.detach_fds()
             assert exit_fd is not None
@@ -1136,9 +807,9 @@ class Context:
                 kill_on_close=kill_on_close,
             )
             if pidfd is not None:
-                child._pidfd = self._wakeups.take_pidfd(served.pid, pidfd)
-            child._exit_fd = self._wakeups.add_served(child, exit_fd)
-            self._ledger.add(served.pid, child)
+                child._pidfd = kids.wakeups.take_pidfd(served.pid, pidfd)
+            child._exit_fd = kids.wakeups.add_served(child, exit_fd)
+            kids.ledger.add(served.pid, child)
         return child
 
     # -- teardown -----------------------------------------------------------
@@ -1175,15 +846,16 @@ class Context:
     def finish_teardown(self) -> None:
         """Carry out (or finish) the teardown :meth:`close` began."""
         orphans: list[int] = []
+        kids = self._kids
         with self._teardown_lock:
             if self._torn_down:
                 return
             with _process.LOCK:
-                self._recover_locked()
-                self._teardown_children_locked(orphans)
-            self._wakeups.waker.poke()
+                kids.recover_locked()
+                _teardown.teardown_locked(kids, orphans, self._doomed)
+            kids.wakeups.waker.poke()
             if self._doomed:
-                self._reap_killed(self._doomed)
+                _teardown.reap_killed(kids, self._doomed, closed=True)
                 del self._doomed[:]
             me = threading.get_ident()
             thread = self._thread
@@ -1194,62 +866,14 @@ class Context:
                     lambda: all(t == me for t in list(self._waiters.values())), timeout=5.0
                 )
             with _process.LOCK:
-                self._close_gone_fds()
-                self._wakeups.close()
+                kids.close_gone_fds()
+                kids.wakeups.close()
                 self._torn_down = True
             _process.teardown_done(self)
         if orphans:
-            warnings.warn(
-                f"childproc.Context closed while child(ren) {', '.join(map(str, orphans))} still ran: "
-                + (
-                    "the application reaps them (MAINLOOP)"
-                    if self._plan.rules.reaper is Reaper.APPLICATION
-                    else "childproc reaps them when they exit, without their callbacks"
-                )
-                + ". Wait for children before closing (child.wait(), ctx.wait()), or spawn them with "
-                "kill_on_close=True to have close() kill them.",
-                ResourceWarning,
-                stacklevel=3,
-            )
+            app_reaps = kids.plan.rules.reaper is Reaper.APPLICATION
+            warnings.warn(_teardown.orphan_warning(orphans, app_reaps), ResourceWarning, stacklevel=3)
         _process.run_chores()
-
-    def _teardown_children_locked(self, orphans: list[int]) -> None:
-        """Kill, reap or hand over every child; drop the queue; leave the handler. LOCK held."""
-        ledger = self._ledger
-        app_reaps = self._plan.rules.reaper is Reaper.APPLICATION
-        for child in ledger.running_handles():
-            pid = child._pid
-            child._defer_reap = False  # closing: reap now, no callback will run
-            if child.kill_on_close and self._kill_locked(child):
-                if child not in self._doomed:
-                    self._doomed.append(child)
-                ledger.forget(pid, Move.RELEASE)
-                continue
-            if not app_reaps and child._exit_fd is None:
-                scan([child], self._reaping.journal)  # exited already? reaped into the journal
-                if self._reaping.journal.exited or self._reaping.journal.peeked:
-                    self._reaping.journal.exited.clear()
-                    self._reaping.journal.peeked.clear()
-                    ledger.forget(pid, Move.ABANDON)
-                    child.phase = Phase.RELEASED
-                    self._child_gone_locked(child)
-                    continue
-                self._reaping.journal.gone.clear()
-                self._reaping.journal.fd_lost.clear()
-            if child._exit_fd is None:
-                orphans.append(pid)
-            if not app_reaps and child._exit_fd is None:
-                ORPHANAGE.take(pid, self._wakeups.pidfd_of(pid))  # the orphanage's now: then forget it
-                self._wakeups.disown_pidfd(pid)
-                child._pidfd = None
-            ledger.forget(pid, Move.ABANDON)
-            self._child_gone_locked(child)
-        for child in list(self._reaping.zombies.values()):
-            reap_zombie(child)
-            child.phase = Phase.RELEASED
-            self._child_gone_locked(child)
-        ledger.discard_queue()
-        HANDLER.set_user(self._handler_key, self._wakeups.waker.poke, False)  # never raises
 
     def __enter__(self) -> Context:
         return self
@@ -1275,6 +899,6 @@ class Context:
         self._forked = True
         self._closed = True
         self._torn_down = True
-        self._wakeups.abandon_after_fork()
-        for child in self._ledger.running_handles():
+        self._kids.wakeups.abandon_after_fork()
+        for child in self._kids.ledger.running_handles():
             child._pidfd = None

@@ -22,6 +22,7 @@ import select
 import threading
 
 from . import _process
+from ._fds import FdIdentity, close_if_ours, identify
 
 __all__ = ["ORPHANAGE", "Orphanage"]
 
@@ -33,6 +34,7 @@ class Orphanage:
 
     def __init__(self) -> None:
         self._orphans: dict[int, int | None] = {}  # pid -> its pidfd (the orphanage's to close) or None
+        self._ids: dict[int, FdIdentity] = {}  # pid -> what its pidfd was when taken
         self._thread: threading.Thread | None = None
 
     def __len__(self) -> int:
@@ -43,6 +45,8 @@ class Orphanage:
 
     def take(self, pid: int, pidfd: int | None) -> None:
         """Reap ``pid`` when it dies; ``pidfd`` (if any) is the orphanage's now. LOCK held."""
+        if pidfd is not None and pid not in self._ids:
+            self._ids[pid] = identify(pidfd, pid)
         self._orphans[pid] = pidfd
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -55,9 +59,11 @@ class Orphanage:
         self._forget(pid)
 
     def _forget(self, pid: int) -> None:
-        fd = self._orphans.pop(pid, None)
+        fd = self._orphans.get(pid)
         if fd is not None:
-            os.close(fd)
+            close_if_ours(fd, self._ids.get(pid))
+        self._orphans.pop(pid, None)
+        self._ids.pop(pid, None)
 
     def _reap_ready(self) -> None:
         with _process.LOCK:
@@ -71,6 +77,7 @@ class Orphanage:
                     done = True  # someone reaped it already
                 except OSError:  # its pidfd was closed under us: by pid (still unreaped)
                     self._orphans[pid] = None
+                    self._ids.pop(pid, None)
                     continue
                 if done:
                     self._forget(pid)
@@ -106,6 +113,7 @@ class Orphanage:
                 except OSError:
                     pass
         self._orphans.clear()
+        self._ids.clear()
         self._thread = None
 
 

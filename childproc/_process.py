@@ -11,9 +11,10 @@ Rules of this file
   or from ``fork_replacement``, raises instead of deadlocking or working on
   half-changed tables.
 * :data:`OWNERS` says whose each watched pid is: a weak reference to the
-  context that made it, so that a context its owner forgot can be collected
-  (and warn). The children of closed contexts are the orphanage's
-  (:mod:`childproc._orphans`), not in this table.
+  children of the context that watches it (:class:`childproc._children.Children`),
+  so that a context its owner forgot can be collected (and warn). The children
+  of closed contexts are the orphanage's (:mod:`childproc._orphans`), not in
+  this table.
 * :func:`run_chores` carries out work that could not be done where it arose:
   a handler change wanted on a worker thread, a context's teardown that an
   exception interrupted. Every entry point of a context calls it when
@@ -91,7 +92,7 @@ def refuse_reentry() -> None:
         raise reentry_error()
 
 
-#: pid -> a weak reference to the context that watches it; every watched pid, every mode.
+#: pid -> a weak reference to the Children of the context that watches it; every watched pid.
 OWNERS: dict[int, Callable[[], Owner | None]] = {}
 
 _contexts: weakref.WeakSet[Teardown] = weakref.WeakSet()

@@ -165,8 +165,8 @@ class SigchldHandler:
 
     # -- what the kernel calls ------------------------------------------------------
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        # Iterates a tuple that is replaced, never mutated, so it needs no lock; each
-        # poke holds a reference to its waker, whose fd cannot be closed under it.
+        # Iterates a tuple that is replaced, never mutated, so it needs no lock; a poke
+        # never writes to a closed waker (see childproc._waker).
         for poke in self._pokers:
             poke()
 

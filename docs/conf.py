@@ -4,7 +4,8 @@ The mode tables in ``modes.rst`` and the watcher table in ``watchers.rst`` and
 ``design.rst`` are not written by hand: :func:`write_generated` renders them
 from ``childproc._policy`` into ``docs/_generated/`` every time the site is
 built, and the pages ``.. include::`` them. Change the policy table and the
-docs follow.
+docs follow. The lifecycle table and diagram in ``design.rst`` are rendered
+the same way from ``childproc._lifecycle.TRANSITIONS`` (:func:`lifecycle_page`).
 
 The "Measured cost" table in ``watchers.rst`` is rendered the same way from
 ``benchmarks/results/scaling.json`` (written by ``python benchmarks/scaling.py --json``)
@@ -28,7 +29,7 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))
 
 import childproc  # noqa: E402
-from childproc import _policy  # noqa: E402
+from childproc import _lifecycle, _policy  # noqa: E402
 
 # -- project ------------------------------------------------------------------
 project = "childproc"
@@ -505,6 +506,79 @@ def coexistence_table(path: Path) -> str:
     return f"{table}\n{notes}\n"
 
 
+_PHASE_SETS = {
+    "OUTSTANDING": "exit not delivered yet, child not given up: what ``Context.children`` lists",
+    "SIGNALLABLE": "not reaped and exit not seen: signals may go to its pid",
+    "UNREAPED": "not reaped by anyone yet: its pid is still reserved",
+    "FINISHED": "nothing more will be reported",
+}
+
+
+def lifecycle_page() -> str:
+    """The child lifecycle from :data:`childproc._lifecycle.TRANSITIONS`: a table of every
+    move, a text diagram of each state's outgoing arrows, and the named sets of states."""
+    transitions = _lifecycle.TRANSITIONS
+    phases = list(_lifecycle.Phase)
+    moves = list(_lifecycle.Move)
+    for phase, move in transitions:  # the table speaks only of known states and moves
+        if phase not in phases or move not in moves:
+            raise ValueError(f"TRANSITIONS names {phase!r} --{move!r}--> outside Phase/Move")
+    order = {(p, m): (phases.index(p), moves.index(m)) for p, m in transitions}
+    ordered = sorted(transitions, key=order.__getitem__)
+
+    states = _list_table(
+        "The states of a child (``childproc._lifecycle.Phase``)",
+        ["State", "Meaning"],
+        [[f"``{p.name}``", _text(p.value)] for p in phases],
+        "20 80",
+    )
+    move_table = _list_table(
+        "What moves a child (``childproc._lifecycle.Move``)",
+        ["Move", "What happened"],
+        [[f"``{m.name.lower()}``", _text(m.value)] for m in moves],
+        "20 80",
+    )
+    rows = []
+    for phase, move in ordered:
+        target = transitions[(phase, move)]
+        note = "no change" if target is phase else ""
+        rows.append([f"``{phase.name}``", f"``{move.name.lower()}``", f"``{target.name}``", note])
+    table = _list_table(
+        f"Every legal move ({len(transitions)}); anything else raises ``IllegalMove``",
+        ["From", "Move", "To", "Note"],
+        rows,
+        "22 18 22 38",
+    )
+
+    width = max(len(p.name) for p in phases)
+    diagram = ["::", ""]
+    for phase in phases:
+        arrows = [(m, transitions[(phase, m)]) for m in moves if (phase, m) in transitions]
+        if not arrows:
+            diagram.append(f"    {phase.name:<{width}}  (no move out)")
+        label = max(len(m.name) for m, _ in arrows) if arrows else 0
+        for move, target in arrows:
+            arrow = f"--{move.name.lower()}-->".ljust(label + 5)
+            loop = "   (stays)" if target is phase else ""
+            diagram.append(f"    {phase.name:<{width}} {arrow} {target.name}{loop}")
+        diagram.append("")
+
+    set_rows = []
+    for name, meaning in _PHASE_SETS.items():
+        members = getattr(_lifecycle, name)
+        listed = ", ".join(f"``{p.name}``" for p in phases if p in members)
+        set_rows.append([f"``{name}``", listed, _text(meaning)])
+    sets = _list_table("Named sets of states", ["Set", "States", "Meaning"], set_rows, "16 44 40")
+
+    intro = (
+        "A child starts ``RUNNING``. The diagram lists, for each state, every move out of it "
+        "and where it leads. A move marked ``(stays)`` leaves the state unchanged: a journal "
+        "entry replayed after an interruption, late news (a release after delivery, a "
+        "close), or a continue of a child that runs.\n\n"
+    )
+    return "\n".join([intro + "\n".join(diagram), states, move_table, table, sets])
+
+
 def write_generated(app: Sphinx | None = None) -> None:
     """Write the generated include files, touching only those whose text changed."""
     GENERATED.mkdir(exist_ok=True)
@@ -513,6 +587,7 @@ def write_generated(app: Sphinx | None = None) -> None:
         "mode_rules.rst": (source, mode_rules_table()),
         "route_table.rst": (source, route_table()),
         "watchers.rst": (source, watcher_table()),
+        "lifecycle.rst": ("childproc._lifecycle.TRANSITIONS", lifecycle_page()),
         "scaling.rst": (
             _shown(SCALING_JSON) + ("" if SCALING_JSON.is_file() else " (absent)"),
             scaling_page(SCALING_JSON),

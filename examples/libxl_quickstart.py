@@ -1,7 +1,8 @@
-"""LIBXL mode (the default): fork a few children and learn how each one ended.
+"""LIBXL mode: fork a few children and learn how each one ended.
 
 In LIBXL mode childproc installs its SIGCHLD handler while it has children and
-reaps with waitpid(-1), so this program must have no other children.
+reaps with waitpid(-1), so this program must have no other children. LIBXL is
+not the default (``Context()`` is SELECTIVE_REAP): it is asked for by name.
 
 Run it with ``python examples/libxl_quickstart.py``.
 """
@@ -30,7 +31,7 @@ def main() -> int:
         endings[pid] = childproc.describe_status(status)
 
     expected: dict[int, str] = {}
-    with childproc.Context() as ctx:
+    with childproc.Context(childproc.SigchldOwner.LIBXL) as ctx:
         for code, description in PLAN:
             pid = ctx.child_fork(on_exit)
             if pid == 0:  # in the child

@@ -78,8 +78,8 @@ def run_child_check(ctx: Context, start_child: Callable[[Callable[[], None]], in
     pidfds = [ctx.child(pid).pidfd for pid in ctx.children]
     fds = [
         ctx.fileno(),
-        ctx._wakeups.waker.rfd,
-        ctx._wakeups.waker.wfd,
+        ctx._kids.wakeups.waker.rfd,
+        ctx._kids.wakeups.waker.wfd,
         *(fd for fd in pidfds if fd is not None),
     ]
     assert len(fds) > 3
