@@ -19,11 +19,17 @@ from ._context import Context
 from ._errors import ChildStolenError, ClosedError, StateError
 from ._policy import SigchldOwner
 from ._status import ChildEvent
+from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
     from ._spawn import Argv
 
-__all__ = ["Bridge", "WaiterBase"]
+__all__ = ["Bridge", "WaiterBase", "default_mode"]
+
+
+def default_mode() -> SigchldOwner:
+    """The adapters' default: PIDFD where pidfds work (no SIGCHLD at all), else SELECTIVE_REAP."""
+    return SigchldOwner.PIDFD if _pidfd.supported() else SigchldOwner.SELECTIVE_REAP
 
 
 class WaiterBase:

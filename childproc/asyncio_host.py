@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ._bridge import Bridge, WaiterBase
+from ._bridge import Bridge, WaiterBase, default_mode
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import StateError
@@ -44,11 +44,6 @@ if TYPE_CHECKING:
     from ._spawn import Argv
 
 __all__ = ["AsyncChild", "AsyncContext", "default_mode", "open_context"]
-
-
-def default_mode() -> SigchldOwner:
-    """PIDFD where pidfds work (no SIGCHLD at all), else SELECTIVE_REAP."""
-    return SigchldOwner.PIDFD if _pidfd.supported() else SigchldOwner.SELECTIVE_REAP
 
 
 def _refuse_stealing_watcher() -> None:

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._bridge import Bridge, WaiterBase
+from ._bridge import Bridge, WaiterBase, default_mode
 from ._child import Child
 from ._context import Context, Hooks
 from ._policy import SigchldOwner
 from ._status import ChildEvent
-from .asyncio_host import default_mode
 
 if TYPE_CHECKING:
     from ._spawn import Argv

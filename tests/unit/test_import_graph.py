@@ -252,3 +252,27 @@ if __name__ == "__main__":
     print("cycles:" if cycles else "no cycles")
     if cycles:
         print(describe(graph, cycles))
+
+
+def test_trio_host_does_not_import_asyncio() -> None:
+    graph = import_graph()
+    seen: set[str] = set()
+    todo = ["childproc.trio_host"]
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        todo.extend(graph.get(mod, ()))
+    assert "childproc.asyncio_host" not in seen
+
+
+def test_trio_host_loads_no_asyncio_at_run_time() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    probe = "import sys, childproc.trio_host; print('asyncio' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "False"
