@@ -104,6 +104,7 @@ def test_host_closes_and_restores_stdio_around_every_spawn(mode: SigchldOwner, r
                     ctx.childproc_reaped(child.pid, status)
                 event = child.wait(10)
                 assert event is not None
+                assert event.returncode is not None
                 codes[child.pid] = event.returncode
             assert not ctx.children
         for fd in (0, 1, 2):
