@@ -43,10 +43,10 @@ def run(out: TextIO = sys.stdout) -> int:
     say("childproc demo: one library, five ways to share SIGCHLD with its host\n")
 
     # 1. LIBXL -------------------------------------------------------------
-    say("1. LIBXL (the default): childproc owns SIGCHLD while it has children.")
+    say("1. LIBXL (libxl's default): childproc owns SIGCHLD while it has children.")
     say("   Three children: one exits 0, one exits 3, one is killed with SIGTERM.")
     seen: dict[int, str] = {}
-    with Context() as ctx:
+    with Context(SigchldOwner.LIBXL) as ctx:
         a = _fork_exiting(ctx, 0, recorder(seen))
         b = _fork_exiting(ctx, 3, recorder(seen))
         c = ctx.child_fork(recorder(seen))
@@ -104,7 +104,9 @@ def run(out: TextIO = sys.stdout) -> int:
         check(f"host's child {host_pid} via reaped_callback", host_seen[host_pid], "exited with status 6")
 
     # 4. SELECTIVE_REAP ----------------------------------------------------
-    say("\n4. SELECTIVE_REAP: childproc only ever waits on its own pids; subprocess keeps its returncodes.")
+    say(
+        "\n4. SELECTIVE_REAP (the default): childproc only ever waits on its own pids; subprocess keeps its returncodes."
+    )
     seen = {}
     with Context() as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))

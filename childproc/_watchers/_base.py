@@ -29,8 +29,7 @@ Found = tuple[int, int, "int | None"]
 class Watched(Protocol):
     """What a watcher reads of a child (the context's child record; read-only here).
 
-    Plain attributes, not properties: they are read for every child reaped, and
-    after a ``fork()`` each object a call touches costs the parent a page copy.
+    Plain attributes of the child record (the watchers are part of the core).
     """
 
     _pid: int
@@ -91,8 +90,6 @@ PEEK_FLAGS = EXIT_FLAGS | os.WNOWAIT
 _P_PIDFD = getattr(os, "P_PIDFD", -1)  # -1: never used without pidfds
 _P_PID = os.P_PID
 _waitid = os.waitid
-_map = map
-_filter = filter
 
 
 def found_from_waitid(info: os.waitid_result) -> Found:
@@ -105,9 +102,9 @@ def _capture(into: deque[os.waitid_result | None], child: Watched, flags: int) -
     ``OSError(EBADF)`` if its pidfd was closed behind childproc's back."""
     pidfd = child._pidfd
     if pidfd is not None:
-        into.extend(_filter(None, _map(_waitid, (_P_PIDFD,), (pidfd,), (flags,))))
+        into.extend(filter(None, map(_waitid, (_P_PIDFD,), (pidfd,), (flags,))))
     else:
-        into.extend(_filter(None, _map(_waitid, (_P_PID,), (child._pid,), (flags,))))
+        into.extend(filter(None, map(_waitid, (_P_PID,), (child._pid,), (flags,))))
 
 
 def _lost(child: Watched, out: Reaped, exc: OSError) -> None:
