@@ -105,7 +105,8 @@ def run(out: TextIO = sys.stdout) -> int:
 
     # 4. SELECTIVE_REAP ----------------------------------------------------
     say(
-        "\n4. SELECTIVE_REAP (the default): childproc only ever waits on its own pids; subprocess keeps its returncodes."
+        "\n4. SELECTIVE_REAP (the default): childproc only ever waits on its own pids; "
+        "subprocess keeps its returncodes."
     )
     seen = {}
     with Context() as ctx:
