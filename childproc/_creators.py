@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -73,33 +73,17 @@ class Spawn(Creator):
 
     what = "posix_spawn"
 
-    def __init__(
-        self,
-        argv: Argv,
-        *,
-        env: Mapping[str, str] | None,
-        cwd: str | os.PathLike[str] | None,
-        pass_fds: Sequence[int],
-        stdin: int | None,
-        stdout: int | None,
-        stderr: int | None,
-    ) -> None:
+    def __init__(self, argv: Argv, **options: Any) -> None:
+        """``options``: :func:`childproc._spawn.prepare_spawn`'s keywords."""
+        self._argv = argv
+        self._options = options
         self._name = (
             argv[0] if isinstance(argv, Sequence) and argv and not isinstance(argv, (str, bytes)) else None
         )
-        self._kwargs = {
-            "env": env,
-            "cwd": cwd,
-            "pass_fds": pass_fds,
-            "stdin": stdin,
-            "stdout": stdout,
-            "stderr": stderr,
-        }
-        self._argv = argv
 
     def prepare(self) -> Callable[[], int]:
         try:
-            return prepare_spawn(self._argv, **self._kwargs)  # type: ignore[arg-type]
+            return prepare_spawn(self._argv, **self._options)
         except OSError as exc:
             raise self.error(exc) from exc
 
@@ -108,11 +92,8 @@ class Spawn(Creator):
         if isinstance(filename, os.PathLike):
             filename = os.fspath(filename)
         err = exc.errno or errno.EAGAIN
-        what = (
-            "cwd"
-            if self._kwargs["cwd"] is not None and filename == os.fspath(self._kwargs["cwd"])  # type: ignore[arg-type]
-            else "program"
-        )
+        cwd = self._options.get("cwd")
+        what = "cwd" if cwd is not None and filename == os.fspath(cwd) else "program"
         return spawn_error(err, f"posix_spawn failed: {exc.strerror or exc} ({what})", filename)
 
 

@@ -125,23 +125,19 @@ class Ledger(Generic[H]):
     def exited(self, pid: int, status: int, uid: int | None = None) -> bool:
         """``pid`` was reaped with ``status``. False if it was not a running child
         or its exit was already recorded (a replay)."""
-        handle = self.running.get(pid)
-        if handle is None:
-            return False
-        queued = handle.phase in (Phase.RUNNING, Phase.STOPPED) and self._move(
-            handle, Move.REAP, Event(EventKind.CHILD_EXIT, pid, status, handle, uid)
-        )
-        self.running.pop(pid, None)
-        return queued
+        return self._died(pid, status, uid, Move.REAP)
 
     def peeked(self, pid: int, status: int, uid: int | None = None) -> bool:
         """``pid``'s exit was seen with ``WNOWAIT``: it is a zombie, reaped after
         delivery. False if not a running child or already recorded."""
+        return self._died(pid, status, uid, Move.PEEK)
+
+    def _died(self, pid: int, status: int, uid: int | None, move: Move) -> bool:
         handle = self.running.get(pid)
         if handle is None:
             return False
         queued = handle.phase in (Phase.RUNNING, Phase.STOPPED) and self._move(
-            handle, Move.PEEK, Event(EventKind.CHILD_EXIT, pid, status, handle, uid)
+            handle, move, Event(EventKind.CHILD_EXIT, pid, status, handle, uid)
         )
         self.running.pop(pid, None)
         return queued

@@ -173,18 +173,7 @@ def prepare_spawn(
     return call
 
 
-def spawn_process(
-    argv: Argv,
-    *,
-    env: Mapping[str, str] | None,
-    cwd: str | os.PathLike[str] | None,
-    pass_fds: Sequence[int],
-    stdin: int | None,
-    stdout: int | None,
-    stderr: int | None,
-    fd_map: Mapping[int, int] | None = None,
-) -> int:
-    """``posix_spawn`` ``argv``; return the pid. Raises ``OSError`` (e.g. ENOENT)."""
-    return prepare_spawn(
-        argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr, fd_map=fd_map
-    )()
+def spawn_process(argv: Argv, **options: Any) -> int:
+    """``posix_spawn`` ``argv`` now (options as for :func:`prepare_spawn`); return the
+    pid. Raises ``OSError`` (e.g. ENOENT)."""
+    return prepare_spawn(argv, **options)()

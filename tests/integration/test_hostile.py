@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 import childproc
-from childproc import ChildStolenError, ClosedError, Context, Hooks, SigchldOwner
+from childproc import ChildStolenError, ClosedError, Context, Hooks, SigchldOwner, _sigchld
 
 from .procutil import children, open_fds, proc_state, wait_until
 
@@ -626,14 +626,7 @@ def test_sigint_during_close(mode: SigchldOwner, caplog: pytest.LogCaptureFixtur
 
 
 # == A.2 an ignored SIGCHLD =========================================================
-class _SigAction(ctypes.Structure):
-    # glibc's struct sigaction on Linux (x86_64, aarch64)
-    _fields_ = (
-        ("sa_handler", ctypes.c_void_p),
-        ("sa_mask", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))),
-        ("sa_flags", ctypes.c_int),
-        ("sa_restorer", ctypes.c_void_p),
-    )
+_SigAction = _sigchld._SigAction  # glibc's struct sigaction, as childproc reads it
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
