@@ -92,6 +92,7 @@ class Children:
         self.ref = weakref.ref(self)
         self.starting: list[list[Any]] = []  # [child, pid?]: starts not finished
         self.gone: list[Child] = []  # children whose fds await closing
+        self.doomed: list[Child] = []  # SIGKILLed (kill_on_close), not reaped yet
         #: An interruption may have left work: :meth:`recover_locked` at the next entry.
         self.dirty = False
 
@@ -118,7 +119,7 @@ class Children:
             if len(start) > 1 and start[1] > 0:
                 self.register_locked(start[0], start[1])
             self.starting.remove(start)
-        if self.reaping.journal or self.reaping.served_news:
+        if self.reaping.journal or self.reaping.served_news or self.reaping.leaving:
             self.reaping.apply(self.plan, self.watcher)
         self.dirty = False
 
@@ -280,9 +281,10 @@ class Children:
             self.sync_handler_use_locked()
 
     def reap_leftover_zombies(self) -> None:
-        zombies = self.reaping.zombies
-        if zombies:
-            for child in [c for c in zombies.values() if c.phase is Phase.REAP_DUE]:
+        if self.reaping.zombies:
+            with _process.LOCK:
+                due = [c for c in self.reaping.zombies.values() if c.phase is Phase.REAP_DUE]
+            for child in due:
                 self.reap_zombie(child)
 
     # -- what other contexts call (the Owner protocol) ----------------------

@@ -156,7 +156,6 @@ class Context:
         self._waiters: dict[object, int] = {}  # a blocked wait()'s token -> its thread
         self._waiters_cv = threading.Condition(threading.Lock())
         self._teardown_lock = threading.Lock()
-        self._doomed: list[Child] = []
         self._thread: threading.Thread | None = None
         _process.register_context(self)
         if mode is not None or hooks is not None:
@@ -230,6 +229,8 @@ class Context:
         if self._kids.dirty:
             with _process.LOCK:
                 self._kids.recover_locked()
+        if self._kids.doomed:
+            _teardown.reap_doomed_if_dead(self._kids)
 
     # -- configuration ------------------------------------------------------
     def setmode(self, hooks: Hooks | None = None, user: Any = None) -> None:
@@ -519,10 +520,13 @@ class Context:
             self._check_fds()
 
     def _report_lost_fds(self) -> None:
-        lost = self._kids.wakeups.lost
-        if lost:
+        if not self._kids.wakeups.lost:
+            return
+        with _process.LOCK:
+            lost = self._kids.wakeups.lost
             pids = list(lost)
             del lost[:]
+        if pids:
             raise FdLostError(
                 f"the pidfd childproc held for child(ren) {', '.join(map(str, pids))} was closed by "
                 "someone else (the number may name another file now, which childproc leaves alone); "
@@ -649,10 +653,11 @@ class Context:
                 # Sleep first (anything already ready makes it return at once), then
                 # dispatch: one dispatch per wake-up, not an idle one before each sleep.
                 ready = None
-                if self._kids.ledger.next_event() is None:
-                    with _process.LOCK:
-                        if not self._outstanding():
-                            return 0
+                with _process.LOCK:
+                    idle = self._kids.ledger.next_event() is None
+                    if idle and not self._outstanding():
+                        return 0
+                if idle:
                     remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
                     tick = _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
                     ready = self._sleep(tick)
@@ -852,11 +857,10 @@ class Context:
                 return
             with _process.LOCK:
                 kids.recover_locked()
-                _teardown.teardown_locked(kids, orphans, self._doomed)
+                _teardown.teardown_locked(kids, orphans)
             kids.wakeups.waker.poke()
-            if self._doomed:
-                _teardown.reap_killed(kids, self._doomed, closed=True)
-                del self._doomed[:]
+            if kids.doomed:
+                _teardown.reap_killed(kids, list(kids.doomed), closed=True)
             me = threading.get_ident()
             thread = self._thread
             if thread is not None and thread.ident != me:

@@ -75,10 +75,14 @@ class Delivery:
                     event = ledger.next_event()
                     if event is None:
                         break
+                    child = event.handle
+                    before = None if child is None else child.phase
                     phase = ledger.delivering(event)
                     call, args = self._call_for(event)
-                child = event.handle
-                # The commit and the call: stores, then the call, nothing between.
+                # The commit and the call: comparisons and stores, then the call, nothing
+                # between where CPython would run a signal handler or switch threads.
+                if child is not None and child.phase is not before:  # released meanwhile
+                    call, args, phase = _nothing, (), None
                 event.done = True
                 if phase is not None and child is not None:
                     child.phase = phase

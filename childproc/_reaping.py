@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import _process
 from ._forkserver_wire import EXIT_EVENT
@@ -68,6 +68,14 @@ class Reaping:
         self.zombies: dict[int, Child] = {}
         #: pids of children that watch stop/continue (these need SIGCHLD).
         self.stop_watchers: set[int] = set()
+        #: Children whose death is being recorded: set before the ledger's commit and
+        #: dropped after the bookkeeping, so a replay finds them (the commit takes
+        #: them out of ``running``) and finishes the bookkeeping.
+        self.leaving: dict[int, Child] = {}
+        #: The exit being routed and whose it was: (journal entry, owner). A replay of
+        #: the same entry goes to the same owner, whatever the bookkeeping already
+        #: removed from OWNERS.
+        self._routing: tuple[object, object] | None = None
 
     # -- finding ------------------------------------------------------------
     def collect(self, watcher: Watcher, ready: list[tuple[int, int]]) -> None:
@@ -123,11 +131,11 @@ class Reaping:
             info = j.peeked[0]
             if info is not None:
                 pid, status, uid = found_from_waitid(info)
-                child = ledger.handle(pid)
+                child = ledger.handle(pid) or self.zombies.get(pid)
                 if child is not None:
                     child._status, child._uid = status, uid
+                    self.zombies[pid] = child  # (before the commit: a replay finds it here)
                     ledger.peeked(pid, status, uid)
-                    self.zombies[pid] = child
                     self._wakeups.unpoll(child)  # a zombie's pidfd stays readable
             j.peeked.popleft()
         while j.exited:
@@ -135,6 +143,7 @@ class Reaping:
             if info is not None:
                 self._route(plan, info)
             j.exited.popleft()
+            self._routing = None
         while j.gone:
             if plan.echild_means_stolen:
                 self.accept_gone(j.gone[0])
@@ -151,6 +160,8 @@ class Reaping:
             child, data = self.served_news[0]
             self._served_exit(child, data)
             del self.served_news[0]
+        for pid in list(self.leaving):  # bookkeeping an interruption cut short
+            self.accept_exit(pid, 0, None)
 
     def _after_change(self, child: Child, watcher: Watcher) -> None:
         if child.oneshot and child._watches_stops:
@@ -160,21 +171,29 @@ class Reaping:
 
     def _route(self, plan: Plan, info: os.waitid_result) -> None:
         pid, status, uid = found_from_waitid(info)
-        owner = _process.owner_of(pid)
+        routing = self._routing
+        if routing is not None and routing[0] is info:
+            owner: object = routing[1]  # a replay: the owner it was routed to before
+        elif pid in self.leaving:
+            owner = self._self
+        elif ORPHANAGE.claims(pid):
+            owner = ORPHANAGE
+        else:
+            owner = _process.owner_of(pid)
+        self._routing = (info, owner)
+        if owner is ORPHANAGE:
+            ORPHANAGE.accept_reaped(pid, status, uid)
+            return
         if owner is self._self:
             dest = plan.route[Owner.THIS_CONTEXT]
         elif owner is not None:
             dest = plan.route[Owner.OTHER_CONTEXT]
-        elif ORPHANAGE.claims(pid):
-            ORPHANAGE.accept_reaped(pid, status, uid)
-            return
         else:
             dest = plan.route[Owner.NOBODY]
         if dest is Destination.CHILD_CALLBACK:
             self.accept_exit(pid, status, uid)
         elif dest is Destination.OTHER_CONTEXT:
-            assert owner is not None
-            owner.accept_reaped(pid, status, uid)
+            cast(_process.Owner, owner).accept_reaped(pid, status, uid)
         elif dest is Destination.REAPED_CALLBACK:
             self._ledger.foreign(pid, status, EventKind.FOREIGN, uid, news=info)
         elif dest is Destination.WARNING:
@@ -183,20 +202,24 @@ class Reaping:
             raise AssertionError(f"{plan.mode.name} reaped pid {pid}, which it cannot route ({dest})")
 
     def accept_exit(self, pid: int, status: int, uid: int | None) -> None:
-        """``pid`` (ours) was reaped with ``status``."""
-        child = self._ledger.handle(pid) or self.zombies.get(pid)
+        """``pid`` (ours) was reaped with ``status``. Safe to replay."""
+        child = self._ledger.handle(pid) or self.zombies.get(pid) or self.leaving.get(pid)
         if child is None:
             return
+        self.leaving[pid] = child
         if child.phase in (Phase.RUNNING, Phase.STOPPED):
             child._status, child._uid = status, uid
         self._ledger.exited(pid, status, uid)
         self._child_gone(child)
+        self.leaving.pop(pid, None)
 
     def accept_gone(self, pid: int) -> None:
-        """``pid`` (ours) was gone (``ECHILD``): someone, or the kernel, reaped it."""
-        child = self._ledger.handle(pid)
+        """``pid`` (ours) was gone (``ECHILD``): someone, or the kernel, reaped it.
+        Safe to replay."""
+        child = self._ledger.handle(pid) or self.leaving.get(pid)
         if child is None:
             return
+        self.leaving[pid] = child
         why = HANDLER.discards_statuses(fresh=True)
         if why is not None and pid not in self._lost_why:
             self._lost_why[pid] = (
@@ -207,6 +230,7 @@ class Reaping:
             )
         self._ledger.stolen(pid)
         self._child_gone(child)
+        self.leaving.pop(pid, None)
 
     def _served_exit(self, child: Child, data: bytes) -> None:
         if len(data) == EXIT_EVENT.size:
@@ -214,6 +238,7 @@ class Reaping:
             self.accept_exit(child._pid, status, None)
             return
         # The server went away before the child: its status is lost.
+        self.leaving[child._pid] = child
         if child.phase in (Phase.RUNNING, Phase.STOPPED) and child._pid not in self._lost_why:
             self._lost_why[child._pid] = (
                 f"the fork server that made child {child._pid} stopped (stop_server_only) or died "
@@ -221,3 +246,4 @@ class Reaping:
             )
         self._ledger.stolen(child._pid)
         self._child_gone(child)
+        self.leaving.pop(child._pid, None)

@@ -160,6 +160,7 @@ class SigchldHandler:
         self.pending = False  # the installed state differs from what the users want
         self._trampoline: int | None = None  # CPython's C-level handler, learned at install
         self._checked_at = 0.0
+        self._swapping = False  # between recording a swap and knowing it happened
         self._ignored: str | None = None  # what discards_statuses() last read from the kernel
         self._ignored_at = -1.0
 
@@ -247,9 +248,11 @@ class SigchldHandler:
         if self._foreign(current):
             raise SigchldConflictError(_conflict_message(current), self._culprit(current))
         # Record first: an interruption after the swap leaves a state the next
-        # sync recognises (ours in place, saved known).
+        # sync recognises (_repair: ours in place, saved known).
         self.saved = current
+        self._swapping = True
         _raw_signal(_SIGCHLD, self._handle)
+        self._swapping = False
         if self._trampoline is None:  # CPython's C-level handler: one address for the process
             self._trampoline = disposition().address
         self._checked_at = 0.0
@@ -271,8 +274,10 @@ class SigchldHandler:
         current = _raw_getsignal(_SIGCHLD)
         if self._in_place(current, force=True):
             saved = self.saved if self.saved is not None else signal.SIG_DFL
+            self._swapping = True
             # _signal.signal takes SIG_DFL/SIG_IGN as plain ints only.
             _raw_signal(_SIGCHLD, int(saved) if isinstance(saved, int) else saved)
+            self._swapping = False
         else:
             log.warning(
                 "SIGCHLD handler was replaced by %s while childproc was using it; leaving it in place",
@@ -281,6 +286,18 @@ class SigchldHandler:
         self.installed = False
         self.saved = None
 
+    def _repair(self) -> None:
+        """Finish the bookkeeping of a swap an exception interrupted right after it."""
+        if self._swapping:
+            ours = self.is_ours(_raw_getsignal(_SIGCHLD))
+            if ours and not self.installed:  # installed
+                self.installed = True
+                self._checked_at = 0.0
+            elif not ours and self.installed:  # restored
+                self.installed = False
+                self.saved = None
+            self._swapping = False
+
     def sync(self, may_raise: bool) -> None:
         """Make the installed state match the users (main thread), or remember to.
 
@@ -288,6 +305,7 @@ class SigchldHandler:
         otherwise it stays pending, and the users hear of the conflict from
         :meth:`check` on each of their calls.
         """
+        self._repair()
         want = bool(self._users)
         if want == self.installed:
             self.pending = False
@@ -319,6 +337,7 @@ class SigchldHandler:
         * Wanted but waiting for the main thread: fine (pidfds and peek threads
           cover the gap).
         """
+        self._repair()
         current = _raw_getsignal(_SIGCHLD)
         if self.installed:
             if self._in_place(current):
@@ -356,6 +375,7 @@ class SigchldHandler:
         self.installed = False
         self.saved = None
         self.pending = False
+        self._swapping = False
 
 
 #: The process's one handler.

@@ -24,6 +24,7 @@ import signal
 from . import _process
 from ._child import Child
 from ._children import Children
+from ._forkserver_wire import EXIT_EVENT
 from ._lifecycle import Move, Phase, advance
 from ._orphans import ORPHANAGE
 from ._policy import Reaper
@@ -31,7 +32,14 @@ from ._sigchld import HANDLER
 from ._watchers._base import found_from_waitid, reap_zombie
 from ._watchers.scan import scan
 
-__all__ = ["kill_locked", "orphan_warning", "reap_killed", "release", "teardown_locked"]
+__all__ = [
+    "kill_locked",
+    "orphan_warning",
+    "reap_doomed_if_dead",
+    "reap_killed",
+    "release",
+    "teardown_locked",
+]
 
 log = logging.getLogger("childproc")
 
@@ -56,27 +64,53 @@ def kill_locked(kids: Children, child: Child) -> bool:
 
 
 def reap_killed(kids: Children, children: list[Child], closed: bool) -> None:
-    """Wait for SIGKILLed children to die and reap them (outside the lock)."""
+    """Wait for SIGKILLed children (in ``kids.doomed``) to die and reap them (outside
+    the lock). Interrupted, the rest stay in ``kids.doomed`` for the next call."""
     for child in children:
         try:
             if child._exit_fd is not None:
-                kids.reaping.read_served_blocking(child, child._exit_fd)  # the server reaps it
-                info = None
-            elif child._pidfd is not None:
-                info = os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
+                os.set_blocking(child._exit_fd, True)
+                data = os.read(child._exit_fd, EXIT_EVENT.size)  # the server reaps it
+                if len(data) == EXIT_EVENT.size and child._status is None:
+                    child._status = EXIT_EVENT.unpack(data)[1]
             else:
-                info = os.waitid(os.P_PID, child._pid, os.WEXITED)
-            if info is not None and child._status is None:
-                child._status = found_from_waitid(info)[1]
+                if child._pidfd is not None:
+                    info = os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED)
+                else:
+                    info = os.waitid(os.P_PID, child._pid, os.WEXITED)
+                if info is not None and child._status is None:
+                    child._status = found_from_waitid(info)[1]
         except (ChildProcessError, OSError):
             pass  # someone else reaped it meanwhile
+        finished_killing(kids, child, closed)
+
+
+def finished_killing(kids: Children, child: Child, closed: bool) -> None:
     with _process.LOCK:
-        del kids.reaping.served_news[:]
-        for child in children:
-            child.phase = advance(child.phase, Move.RELEASE)
-            kids.gone_locked(child)
+        child.phase = advance(child.phase, Move.RELEASE)
+        kids.gone_locked(child)
+        if child in kids.doomed:
+            kids.doomed.remove(child)
         if not closed:
             kids.sync_handler_use_locked()
+
+
+def reap_doomed_if_dead(kids: Children) -> None:
+    """Reap, without blocking, killed children an interruption left in ``kids.doomed``."""
+    for child in list(kids.doomed):
+        try:
+            if child._pidfd is not None:
+                info = os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED | os.WNOHANG)
+            elif child._exit_fd is None:
+                info = os.waitid(os.P_PID, child._pid, os.WEXITED | os.WNOHANG)
+            else:
+                continue  # a fork server's: its exit record comes; close() reads it
+        except (ChildProcessError, OSError):
+            info = None
+        else:
+            if info is None:
+                continue  # not dead yet
+        finished_killing(kids, child, closed=False)
 
 
 def release(kids: Children, child: Child, closed: bool) -> None:
@@ -95,6 +129,8 @@ def release(kids: Children, child: Child, closed: bool) -> None:
             kids.sync_handler_use_locked()
         elif kids.ledger.handle(child._pid) is child:
             kill = child.kill_on_close and kill_locked(kids, child)
+            if kill and child not in kids.doomed:
+                kids.doomed.append(child)  # (reaped by the next call if interrupted)
             kids.ledger.forget(child._pid)
             if not kill:
                 kids.gone_locked(child)
@@ -106,7 +142,7 @@ def release(kids: Children, child: Child, closed: bool) -> None:
     kids.close_gone_fds()
 
 
-def teardown_locked(kids: Children, orphans: list[int], doomed: list[Child]) -> None:
+def teardown_locked(kids: Children, orphans: list[int]) -> None:
     """Kill, reap or hand over every child; drop the queue; leave the handler. LOCK held."""
     ledger = kids.ledger
     journal = kids.reaping.journal
@@ -115,8 +151,8 @@ def teardown_locked(kids: Children, orphans: list[int], doomed: list[Child]) -> 
         pid = child._pid
         child._defer_reap = False  # closing: reap now, no callback will run
         if child.kill_on_close and kill_locked(kids, child):
-            if child not in doomed:
-                doomed.append(child)
+            if child not in kids.doomed:
+                kids.doomed.append(child)
             ledger.forget(pid, Move.RELEASE)
             continue
         if not app_reaps and child._exit_fd is None:

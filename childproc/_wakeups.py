@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Wakeups"]
 
+#: epoll objects whose fd number someone else took over (see Wakeups.close).
+_STRANDED: list[select.epoll] = []
+
 _pidfd_open = getattr(os, "pidfd_open", None)
 
 
@@ -54,6 +57,7 @@ class Wakeups:
         except BaseException:
             self.waker.close()
             raise
+        self._epoll_id = identify(self._epoll.fileno())
         self._ids: dict[int, FdIdentity] = {}  # pid (-pid: exit fd) -> what its fd was when opened
         self._closed: dict[int, int] = {}  # pid (-pid) -> its fd, closed by us, entry not yet dropped
         self.pidfds: dict[int, int] = {}  # pid -> its pidfd
@@ -227,7 +231,14 @@ class Wakeups:
             self.close_pidfd(pid)
         for child in list(self.served.values()):
             self.remove_served(child)
-        self._epoll.close()
+        if not self._epoll.closed:
+            if fd_state(self._epoll.fileno(), self._epoll_id) == OTHER:
+                # Someone closed our epoll and its number names their file now. An epoll
+                # object cannot let go of its fd: keep it for good, so that neither this
+                # close nor its finaliser ever closes theirs.
+                _STRANDED.append(self._epoll)
+            else:
+                self._epoll.close()
         self.waker.close()  # (a late poke, from a peek thread, then does nothing)
 
     def abandon_after_fork(self) -> None:
