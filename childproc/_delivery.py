@@ -89,7 +89,9 @@ class Delivery:
                 try:
                     call(*args)
                 except BaseException:
-                    if ledger.next_event() is not None and not closed():
+                    with _process.LOCK:
+                        more = ledger.next_event() is not None
+                    if more and not closed():
                         self._poke()
                     raise
                 finally:

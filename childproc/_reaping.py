@@ -160,8 +160,10 @@ class Reaping:
             child, data = self.served_news[0]
             self._served_exit(child, data)
             del self.served_news[0]
-        for pid in list(self.leaving):  # bookkeeping an interruption cut short
-            self.accept_exit(pid, 0, None)
+        for pid, child in list(self.leaving.items()):  # bookkeeping an interruption cut short
+            if child.phase not in (Phase.RUNNING, Phase.STOPPED):  # (not yet recorded: its
+                self._child_gone(child)  # journal entry, wherever it is, still comes)
+                self.leaving.pop(pid, None)
 
     def _after_change(self, child: Child, watcher: Watcher) -> None:
         if child.oneshot and child._watches_stops:

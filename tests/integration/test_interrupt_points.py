@@ -1,0 +1,538 @@
+"""A KeyboardInterrupt (or a thread switch) at one precise point inside the core.
+
+Each test here was a reviewer's reproduction script: it injects the interruption
+at exactly one point where CPython really would run a Python-level signal handler
+(and so raise ``KeyboardInterrupt`` from it), then checks that childproc finishes
+what was interrupted: the exit is delivered exactly once with its status, no pid
+stays behind in ``OWNERS``, no fd stays open or readable, no zombie is left, and
+SIGCHLD's disposition is put back.
+
+Where CPython 3.10-3.13 runs signal handlers: at a function's entry, at a
+backward jump, and right after a call returns (the eval breaker is checked by the
+call instructions). A blocking system call interrupted by a signal (``EINTR``)
+runs the handler too, and raises its exception instead of retrying (PEP 475).
+Each injection below raises at one such point, once, and is undone by
+``monkeypatch`` before the leak check (``tests/conftest.py``) runs.
+
+These are white-box tests: they reach into ``childproc``'s internals to place the
+interruption, and only there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from childproc import (
+    Child,
+    ChildEvent,
+    ChildStolenError,
+    Context,
+    Hooks,
+    SigchldOwner,
+    _ledger,
+    _process,
+    _sigchld,
+    _teardown,
+)
+
+from .procutil import proc_state, wait_until
+
+ALL_MODES = [
+    SigchldOwner.LIBXL,
+    SigchldOwner.LIBXL_ALWAYS,
+    SigchldOwner.SELECTIVE_REAP,
+    SigchldOwner.PIDFD,
+]
+#: The modes that reap only their own children (``reap_after_callback``, stealing).
+SELECTIVE_MODES = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD]
+LIBXL_MODES = [SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
+
+
+def _ids(modes: list[SigchldOwner]) -> list[str]:
+    return [m.name for m in modes]
+
+
+# -- helpers ---------------------------------------------------------------------
+class Once:
+    """Raises ``KeyboardInterrupt`` the first time it is fired; records that it did."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.fired = False
+
+    def fire(self) -> None:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt(f"simulated: {self.where}")
+
+
+def after_return(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    once: Once,
+    when: Callable[..., bool] | None = None,
+) -> None:
+    """Replace ``owner.name`` with a wrapper that calls the original and then raises
+    ``KeyboardInterrupt`` once, as a signal handler run right after the call returned
+    would (if ``when(*args)`` says so)."""
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if when is None or when(*args):
+            once.fire()
+        return result
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def wait_exited(pid: int) -> None:
+    """Until ``pid`` is a zombie: its exit is ready to be collected (no sleep guessed)."""
+    assert wait_until(lambda: proc_state(pid) == "Z", timeout=10.0), f"child {pid} did not exit"
+
+
+def unknown_child_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "childproc" and "unknown child" in r.getMessage()
+    ]
+
+
+def readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def assert_pidfd_closed(pidfd: int | None) -> None:
+    """The child's pidfd number names no pidfd any more (closed, or reused by someone
+    else for another file)."""
+    if pidfd is None:
+        return
+    try:
+        target = os.readlink(f"/proc/self/fd/{pidfd}")
+    except OSError:
+        return
+    assert "pidfd" not in target, f"pidfd {pidfd} still open ({target})"
+
+
+def assert_quiet(ctx: Context) -> None:
+    """Nothing outstanding: a dispatch delivers nothing and the epoll is not readable."""
+    assert ctx.children == frozenset()
+    assert ctx.dispatch() == 0
+    assert not readable(ctx.fileno()), "fileno() readable with nothing outstanding"
+    assert ctx.wait(0) == 0
+
+
+def assert_new_context_works(mode: SigchldOwner) -> None:
+    """An unrelated new context in the same mode starts a child and delivers its exit."""
+    got: list[int | None] = []
+    with Context(mode) as ctx:
+        ctx.spawn(["/bin/sh", "-c", "exit 4"], lambda c, ev: got.append(ev.returncode))
+        assert ctx.wait(10) == 1
+    assert got == [4]
+
+
+@pytest.fixture
+def host_sigchld() -> Iterator[Callable[[Any], None]]:
+    """Set SIGCHLD's disposition as a host would; the original is put back afterwards."""
+    before = signal.getsignal(signal.SIGCHLD)
+
+    def set_disposition(handler: Any) -> None:
+        signal.signal(signal.SIGCHLD, handler)
+
+    try:
+        yield set_disposition
+    finally:
+        signal.signal(signal.SIGCHLD, before if before is not None else signal.SIG_DFL)
+
+
+# -- 1. after ``del OWNERS[pid]`` in Children.gone_locked ---------------------------
+class DiscardInterrupted(set[int]):
+    """``stop_watchers`` whose ``discard`` raises once, after it did its work."""
+
+    def __init__(self, once: Once) -> None:
+        super().__init__()
+        self.once = once
+
+    def discard(self, pid: object) -> None:
+        super().discard(pid)
+        self.once.fire()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ALL_MODES, ids=_ids(ALL_MODES))
+def test_ki_after_owners_del(
+    mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KI in ``Children.gone_locked`` after ``del _process.OWNERS[pid]``, where the
+    ``stop_watchers.discard(pid)`` call returns (a real check point: after a call).
+
+    The replay must still route the child as this context's own: delivered once, no
+    "unknown child" warning (LIBXL), no ``reaped_callback`` call (LIBXL_ALWAYS), no
+    AssertionError on later calls (SELECTIVE_REAP, PIDFD), and close() finishes.
+    """
+    caplog.set_level(logging.WARNING, logger="childproc")
+    got: list[tuple[int, int | None]] = []
+    foreign: list[int] = []
+
+    def reaped(pid: int, status: int, user: object) -> bool:
+        foreign.append(pid)
+        return True
+
+    hooks = Hooks(chldowner=mode, reaped_callback=reaped if mode is SigchldOwner.LIBXL_ALWAYS else None)
+    ctx = Context(hooks=hooks)
+    try:
+        child = ctx.spawn(["/bin/sh", "-c", "exit 7"], lambda c, ev: got.append((c.pid, ev.returncode)))
+        pid, pidfd = child.pid, child.pidfd
+        once = Once("after stop_watchers.discard() returned")
+        monkeypatch.setattr(ctx._kids.reaping, "stop_watchers", DiscardInterrupted(once))
+        wait_exited(pid)
+        with pytest.raises(KeyboardInterrupt, match="after stop_watchers"):
+            ctx.wait(10)
+        assert once.fired
+        delivered = 0
+        for _ in range(3):
+            delivered += ctx.wait(1)
+        assert delivered == 1
+        assert got == [(pid, 7)]
+        assert foreign == []
+        assert unknown_child_warnings(caplog) == []
+        assert pid not in _process.OWNERS
+        assert_quiet(ctx)
+    finally:
+        ctx.close()
+    assert ctx.closed
+    assert proc_state(pid) is None, "child left as a zombie"
+    assert_pidfd_closed(pidfd)
+    assert_new_context_works(mode)
+    assert got == [(pid, 7)] and foreign == []
+    assert unknown_child_warnings(caplog) == []
+
+
+# -- 2. after the ledger's commit (Ledger.exited / Ledger.stolen) -------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ALL_MODES, ids=_ids(ALL_MODES))
+def test_ki_after_ledger_exited(
+    mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KI right after ``Ledger.exited()`` returns in ``Reaping.accept_exit`` (after the
+    commit: the pid is out of ``running``, the exit is queued). The replay must still
+    do ``Children.gone_locked``: OWNERS drops the pid, the pidfd is closed and out of
+    the epoll (``fileno()`` not readable), the exit is delivered once."""
+    caplog.set_level(logging.WARNING, logger="childproc")
+    once = Once("after Ledger.exited() returned")
+    after_return(monkeypatch, _ledger.Ledger, "exited", once)
+    got: list[int | None] = []
+    ctx = Context(mode)
+    try:
+        child = ctx.spawn(["/bin/sh", "-c", "exit 3"], lambda c, ev: got.append(ev.returncode))
+        pid, pidfd = child.pid, child.pidfd
+        wait_exited(pid)
+        with pytest.raises(KeyboardInterrupt, match="after Ledger"):
+            ctx.wait(10)
+        assert once.fired
+        assert ctx.wait(5) == 1
+        assert got == [3]
+        assert pid not in _process.OWNERS
+        assert_pidfd_closed(pidfd)
+        assert_quiet(ctx)
+        assert unknown_child_warnings(caplog) == []
+    finally:
+        ctx.close()
+    assert proc_state(pid) is None, "child left as a zombie"
+    assert got == [3]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", SELECTIVE_MODES, ids=_ids(SELECTIVE_MODES))
+def test_ki_after_ledger_stolen(
+    mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same point on the other path: KI right after ``Ledger.stolen()`` returns in
+    ``Reaping.accept_gone`` (someone else reaped our child: ECHILD). The loss is
+    delivered once (ChildStolenError), and the bookkeeping is finished all the same.
+
+    Only the modes that reap by pid see ECHILD for one child (LIBXL's waitpid(-1)
+    cannot tell a stolen child from one not dead yet)."""
+    caplog.set_level(logging.WARNING, logger="childproc")
+    once = Once("after Ledger.stolen() returned")
+    after_return(monkeypatch, _ledger.Ledger, "stolen", once)
+    got: list[object] = []
+    ctx = Context(mode)
+    try:
+        child = ctx.spawn(["/bin/sh", "-c", "exit 3"], lambda c, ev: got.append(ev.returncode))
+        pid, pidfd = child.pid, child.pidfd
+        wait_exited(pid)
+        os.waitpid(pid, 0)  # the host steals it
+        with pytest.raises(KeyboardInterrupt, match="after Ledger"):
+            ctx.wait(10)
+        assert once.fired
+        with pytest.raises(ChildStolenError):
+            ctx.wait(5)
+        assert got == []
+        assert ctx.wait(1) == 0  # delivered once: not raised again
+        assert pid not in _process.OWNERS
+        assert_pidfd_closed(pidfd)
+        assert_quiet(ctx)
+        assert unknown_child_warnings(caplog) == []
+    finally:
+        ctx.close()
+
+
+# -- 3. after Ledger.peeked (reap_after_callback) -----------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", SELECTIVE_MODES, ids=_ids(SELECTIVE_MODES))
+def test_ki_after_ledger_peeked(mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``reap_after_callback`` child; KI right after ``Ledger.peeked()`` returns in
+    ``Reaping.apply``. The child must still be recorded as a zombie: delivered once,
+    then reaped (no zombie before or after close()), its pidfd out of the epoll.
+
+    Only SELECTIVE_REAP and PIDFD take ``reap_after_callback``."""
+    once = Once("after Ledger.peeked() returned")
+    after_return(monkeypatch, _ledger.Ledger, "peeked", once)
+    got: list[int | None] = []
+    ctx = Context(mode)
+    try:
+        child = ctx.spawn(
+            ["/bin/sh", "-c", "exit 5"], lambda c, ev: got.append(ev.returncode), reap_after_callback=True
+        )
+        pid, pidfd = child.pid, child.pidfd
+        wait_exited(pid)
+        with pytest.raises(KeyboardInterrupt, match="after Ledger"):
+            ctx.wait(10)
+        assert once.fired
+        assert ctx.wait(5) == 1
+        assert got == [5]
+        assert proc_state(pid) is None, "not reaped after its callback"
+        assert pid not in ctx._kids.zombies
+        assert pid not in _process.OWNERS
+        assert_pidfd_closed(pidfd)
+        assert_quiet(ctx)
+    finally:
+        ctx.close()
+    assert proc_state(pid) is None, "child left as a zombie"
+    assert got == [5]
+
+
+# -- 4. Ctrl-C in the blocking waitid of a kill_on_close release --------------------
+RELEASE_MODES = ALL_MODES
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", RELEASE_MODES, ids=_ids(RELEASE_MODES))
+def test_ki_in_release_kill(mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Child.release()`` of a ``kill_on_close`` child blocks in
+    ``os.waitid(..., WEXITED)`` until the SIGKILLed child dies. Ctrl-C there: the
+    syscall fails with EINTR, CPython runs the handler, and waitid raises its
+    KeyboardInterrupt (nothing reaped). Simulated by a ``waitid`` (in
+    ``childproc._teardown`` only) that raises once instead of waiting.
+
+    The child must still be reaped: by the next call, or by close() at the latest;
+    no zombie, pidfd closed, OWNERS clean."""
+    once = Once("EINTR in the blocking waitid, the handler raised")
+    real_waitid = os.waitid
+
+    def waitid(*args: Any) -> Any:
+        once.fire()
+        return real_waitid(*args)
+
+    fake_os = types.SimpleNamespace(**{k: v for k, v in vars(os).items() if not k.startswith("__")})
+    fake_os.waitid = waitid
+    monkeypatch.setattr(_teardown, "os", fake_os)
+
+    ctx = Context(mode)
+    try:
+        child = ctx.spawn(["sleep", "30"], kill_on_close=True)
+        pid, pidfd = child.pid, child.pidfd
+        with pytest.raises(KeyboardInterrupt, match="EINTR"):
+            child.release()
+        assert once.fired
+        child.release()  # again: returns (released), the reaping is left to childproc
+        assert child.released
+        ctx.dispatch()
+    finally:
+        ctx.close()
+    assert proc_state(pid) is None, "the killed child was left (zombie or running)"
+    assert pid not in _process.OWNERS
+    assert_pidfd_closed(pidfd)
+
+
+# -- 5. two threads in wait()'s pre-check while a callback runs ---------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("raising", [False, True], ids=["returns", "raises"])
+@pytest.mark.parametrize("mode", ALL_MODES, ids=_ids(ALL_MODES))
+def test_race_next_event_loses_no_exit(mode: SigchldOwner, raising: bool) -> None:
+    """``Ledger.next_event()`` drops done events from the queue's head (a mutation).
+    While a callback runs, its event sits done at the head. Two threads in
+    ``ctx.wait()``'s pre-check could both see that done head and both ``popleft()``:
+    the second pop would drop the next, undelivered exit.
+
+    Thread B delivers e1 (its callback blocks); thread A is held (a trace hook
+    standing for a GIL switch, which CPython may make at any instruction) between
+    reading the done head and its ``queue.popleft()``; thread C runs its pre-check
+    meanwhile. e2 must be delivered exactly once. With ``raising``, e1's callback
+    raises, and delivery's own look at the queue (to keep ``fileno()`` readable)
+    runs while A is held."""
+    got: list[tuple[str, int | None]] = []
+    in_cb, release_cb = threading.Event(), threading.Event()
+
+    def slow_cb(c: Child, ev: ChildEvent) -> None:
+        got.append(("e1", ev.returncode))
+        in_cb.set()
+        release_cb.wait(10)
+        if raising:
+            raise RuntimeError("e1's callback raised")
+
+    def thread_b() -> None:
+        with contextlib.suppress(RuntimeError):
+            ctx.dispatch()
+
+    code = _ledger.Ledger.next_event.__code__
+    with open(code.co_filename) as f:
+        lines = f.read().splitlines()
+    paused, resume = threading.Event(), threading.Event()
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> Any:
+        if frame.f_code is not code:
+            return None
+
+        def local(frame: types.FrameType, event: str, arg: object) -> Any:
+            if event == "line" and "queue.popleft()" in lines[frame.f_lineno - 1] and not paused.is_set():
+                paused.set()
+                resume.wait(10)
+            return local
+
+        return local
+
+    def thread_a() -> None:
+        sys.settrace(tracer)
+        try:
+            ctx.wait(2)
+        finally:
+            sys.settrace(None)
+
+    ctx = Context(mode)
+    threads: list[threading.Thread] = []
+    try:
+        c1 = ctx.spawn(["/bin/sh", "-c", "exit 1"], slow_cb)
+        wait_exited(c1.pid)
+        b = threading.Thread(target=thread_b, name="B")
+        threads.append(b)
+        b.start()
+        assert in_cb.wait(10), "e1's callback did not run"
+        c2 = ctx.spawn(["/bin/sh", "-c", "exit 2"], lambda c, ev: got.append(("e2", ev.returncode)))
+        wait_exited(c2.pid)
+        with _process.LOCK:
+            ctx._kids.collect_locked(None)  # e2 queued, as another thread's dispatch would
+        queue = ctx._kids.ledger.queue
+        assert [(e.pid, e.done) for e in queue] == [(c1.pid, True), (c2.pid, False)]
+
+        a = threading.Thread(target=thread_a, name="A")
+        threads.append(a)
+        a.start()
+        assert paused.wait(10), "thread A never reached next_event's popleft()"
+        c = threading.Thread(target=lambda: ctx.wait(2), name="C")
+        threads.append(c)
+        c.start()
+        c.join(0.2)  # C runs its pre-check (or waits for the lock A holds)
+        resume.set()
+        a.join(0.1)
+        release_cb.set()
+        for t in threads:
+            t.join(20)
+            assert not t.is_alive(), f"thread {t.name} is stuck"
+        assert sorted(got) == [("e1", 1), ("e2", 2)]
+        assert ctx.children == frozenset()
+        assert ctx.wait(1) == 0
+        assert len(queue) == 0
+    finally:
+        resume.set()
+        release_cb.set()
+        for t in threads:
+            t.join(20)
+        ctx.close()
+
+
+# -- 6. the epoll fd closed by the host and its number reused -----------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ALL_MODES, ids=_ids(ALL_MODES))
+def test_close_leaves_host_fd_on_epoll_number(mode: SigchldOwner, tmp_path: Path) -> None:
+    """A host closed fds it does not own (``closerange`` in a daemonize step) and
+    reopened one at the epoll's number: ``ctx.close()`` must not close the host's
+    file (the identity check every other childproc fd gets)."""
+    path = tmp_path / "host-file"
+    path.write_text("the host's\n")
+    ctx = Context(mode)
+    n = ctx.fileno()
+    host = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(host, n)  # closes the epoll and puts the host's file at its number
+        ctx.close()
+        assert fd_is_open(n), "childproc closed the host's fd"
+        assert os.path.samestat(os.fstat(n), os.stat(path))
+        assert os.pread(n, 100, 0) == b"the host's\n"
+    finally:
+        ctx.close()
+        os.close(host)
+        if fd_is_open(n) and os.path.samestat(os.fstat(n), os.stat(path)):
+            os.close(n)
+
+
+# -- 7. after the swap in SigchldHandler._install ------------------------------------
+INSTALL_CASES = [
+    pytest.param(SigchldOwner.LIBXL_ALWAYS, signal.SIG_IGN, id="LIBXL_ALWAYS-SIG_IGN"),
+    pytest.param(SigchldOwner.LIBXL_ALWAYS, signal.SIG_DFL, id="LIBXL_ALWAYS-SIG_DFL"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("mode", "host_disposition"), INSTALL_CASES)
+def test_ki_after_handler_install(
+    mode: SigchldOwner,
+    host_disposition: signal.Handlers,
+    monkeypatch: pytest.MonkeyPatch,
+    host_sigchld: Callable[[Any], None],
+) -> None:
+    """KI right after ``_signal.signal()`` returns in ``SigchldHandler._install`` (the
+    swap done, not recorded yet). ``set_user``'s except path must recognise the swap
+    and put the host's disposition back (a daemon's SIG_IGN, say), leaving no handler
+    of childproc's in SIGCHLD and no user; the next setmode works and close() restores
+    the host's disposition again."""
+    once = Once("after _signal.signal() returned")
+    # An install passes our handler; a restore passes 0 or 1 (SIG_DFL, SIG_IGN).
+    after_return(monkeypatch, _sigchld, "_raw_signal", once, when=lambda sig, handler: handler not in (0, 1))
+    host_sigchld(host_disposition)
+    ctx = Context()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="after _signal"):
+            ctx.setmode(Hooks(chldowner=mode))
+        assert once.fired
+        assert signal.getsignal(signal.SIGCHLD) == host_disposition
+        assert not _sigchld.HANDLER.installed
+        assert _sigchld.HANDLER.user_count == 0
+        # Once more, not interrupted: installed, then put back by close().
+        ctx.setmode(Hooks(chldowner=mode))
+        assert _sigchld.HANDLER.is_ours(signal.getsignal(signal.SIGCHLD))
+    finally:
+        ctx.close()
+    assert signal.getsignal(signal.SIGCHLD) == host_disposition
+    assert not _sigchld.HANDLER.installed and _sigchld.HANDLER.user_count == 0
