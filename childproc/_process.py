@@ -25,6 +25,7 @@ Rules of this file
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -69,6 +70,8 @@ class Teardown(Protocol):
     def abandon_after_fork(self) -> None:
         """In a forked child: disable, close fds."""
 
+
+log = logging.getLogger("childproc")
 
 #: Guards the tables below, the handler's bookkeeping and every context's ledger.
 #: A C-level re-entrant lock, so that ``with LOCK`` runs no Python code and the
@@ -137,7 +140,11 @@ def run_chores() -> None:
         return  # (from a signal handler or gc inside childproc: later)
     CHORES.clear()
     for ctx in list(_unfinished):
-        ctx.finish_teardown()
+        try:
+            ctx.finish_teardown()
+        except Exception:  # a bug: say so once, but never poison every later call
+            _unfinished.discard(ctx)
+            log.exception("childproc could not finish closing a context")
     if HANDLER.pending:
         with LOCK:
             HANDLER.sync(may_raise=False)

@@ -150,6 +150,11 @@ def teardown_locked(kids: Children, orphans: list[int]) -> None:
     for child in ledger.running_handles():
         pid = child._pid
         child._defer_reap = False  # closing: reap now, no callback will run
+        if child._pidfd is not None and not kids.wakeups.pidfd_is_ours(pid):
+            # Handed to the orphanage already by an interrupted teardown, which then
+            # reaped it and closed the fd (or someone else closed it): by pid from here.
+            kids.wakeups.disown_pidfd(pid)
+            child._pidfd = None
         if child.kill_on_close and kill_locked(kids, child):
             if child not in kids.doomed:
                 kids.doomed.append(child)

@@ -116,6 +116,13 @@ class Wakeups:
     def pidfd_of(self, pid: int) -> int | None:
         return self.pidfds.get(pid)
 
+    def pidfd_is_ours(self, pid: int) -> bool:
+        """Whether ``pid``'s pidfd is still the one opened (not closed by someone
+        else, the orphanage after an interrupted hand-over included)."""
+        fd = self.pidfds.get(pid)
+        identity = self._ids.get(pid)
+        return fd is not None and (identity is None or fd_state(fd, identity) == OURS)
+
     def disown_pidfd(self, pid: int) -> None:
         """Forget ``pid``'s pidfd without closing it: someone else (the orphanage) owns it now."""
         fd = self.pidfds.get(pid)
