@@ -22,6 +22,7 @@ It is what :data:`childproc._process.OWNERS` points at for each of its pids
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found, unused-ignore]
 import itertools
 import os
 import signal
@@ -53,7 +54,8 @@ from ._watchers._base import reap_zombie
 
 __all__ = ["Children"]
 
-_BLOCK_SIGINT = ((signal.SIG_BLOCK, (signal.SIGINT,)),)
+_BLOCK_SIGINT = ((int(signal.SIG_BLOCK), (int(signal.SIGINT),)),)
+_pthread_sigmask = _signal.pthread_sigmask  # signal.py's wrapper makes an enum of every signal
 
 
 def _watch_in_thread(pid: int, poke: Callable[[], None]) -> None:
@@ -160,13 +162,13 @@ class Children:
                 if isinstance(creator, Fork) and on_main_thread():
                     # SIGINT waits until the fork is over: a KeyboardInterrupt raised in
                     # an at-fork hook (logging's, say) would be swallowed by CPython.
-                    masks.extend(itertools.starmap(signal.pthread_sigmask, _BLOCK_SIGINT))
+                    masks.extend(itertools.starmap(_pthread_sigmask, _BLOCK_SIGINT))
                 start.extend(itertools.starmap(call, ((),)))  # the pid lands in start[1] from C
             except OSError as exc:
                 raise creator.error(exc) from exc
             finally:
                 if masks:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, masks[0])
+                    _pthread_sigmask(signal.SIG_SETMASK, masks[0])
             if start[1] == 0:
                 # A fork_replacement may have forked behind os.fork's at-fork hooks.
                 _process.postfork_child_noexec()

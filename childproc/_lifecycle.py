@@ -69,6 +69,10 @@ class Phase(enum.Enum):
     RELEASED = "released: no more callbacks"
     ORPHANED = "context closed while it ran: reaped without callbacks"
 
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is Python
+    # code, and the table is looked up on every child's path).
+    __hash__ = object.__hash__
+
 
 class Move(enum.Enum):
     """What happened to a child."""
@@ -81,6 +85,8 @@ class Move(enum.Enum):
     DELIVER = "exit delivered"
     RELEASE = "released"
     ABANDON = "context closed"
+
+    __hash__ = object.__hash__  # (as Phase's)
 
 
 class IllegalMove(Exception):

@@ -108,6 +108,8 @@ class Reaper(enum.Enum):
 class Owner(enum.Enum):
     """Whose pid a reaped pid is, seen from the context that reaped it."""
 
+    __hash__ = object.__hash__  # singletons: an identity hash, in C (a plan's route is keyed by it)
+
     THIS_CONTEXT = "this context"
     OTHER_CONTEXT = "another childproc context"
     NOBODY = "no childproc context"

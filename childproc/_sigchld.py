@@ -186,7 +186,14 @@ class SigchldHandler:
         now = time.monotonic()
         if fresh or now - self._ignored_at >= _C_RECHECK_S:
             self._ignored_at = now
-            self._ignored = disposition().discards_statuses
+            address, flags = _read_kernel()
+            self._ignored = (
+                "SIG_IGN"
+                if address == 1
+                else "SA_NOCLDWAIT"
+                if flags is not None and flags & SA_NOCLDWAIT
+                else None
+            )
         return self._ignored
 
     # -- users ----------------------------------------------------------------------

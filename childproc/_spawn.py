@@ -105,6 +105,11 @@ def _args(argv: Argv) -> list[str | bytes]:
 def _check_env(env: Mapping[str, str]) -> None:
     if not callable(getattr(env, "items", None)):
         raise ArgumentTypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+    # The common case, all str, checked in C (map, set, join); the slow loop below
+    # only finds what to say about a bad one.
+    types = set(map(type, env)) | set(map(type, env.values()))
+    if types <= _STR and "=" not in "\0".join(env) and "" not in env:
+        return
     for key, value in env.items():
         for what, item in (("name", key), ("value", value)):
             if not isinstance(item, (str, bytes)):
@@ -114,6 +119,9 @@ def _check_env(env: Mapping[str, str]) -> None:
                 )
         if not key or ("=" if isinstance(key, str) else b"=") in key:
             raise InvalidArgumentError(f"env name {key!r} is not a valid variable name")
+
+
+_STR = frozenset({str})
 
 
 def prepare_spawn(

@@ -107,7 +107,7 @@ class Wakeups:
         fd = self.pidfds.get(pid)
         if fd is None:
             return
-        self._unpoll(pid, fd)
+        self._unpoll(pid, fd, closing=True)
         self._close(pid, fd)
         self.pidfds.pop(pid, None)
         self._ids.pop(pid, None)
@@ -132,10 +132,10 @@ class Wakeups:
         self.pidfds.pop(pid, None)
         self._ids.pop(pid, None)
 
-    def _unpoll(self, pid: int, fd: int) -> None:
+    def _unpoll(self, pid: int, fd: int, closing: bool = False) -> None:
         child = self.polled.get(fd)
         if child is not None and child._pid == pid:
-            if pid not in self._closed:  # (closing took it out of the epoll already)
+            if not closing and pid not in self._closed:  # (a close takes it out of the epoll)
                 self._unregister(fd, self._ids.get(pid))
             child._polled = False
             self.polled.pop(fd, None)
