@@ -150,7 +150,7 @@ class Context:
             reap_leftovers=kids.reap_leftover_zombies,
             lost_why=kids.lost_why,
             mode_name=lambda: self.mode.name,
-            poke=kids.wakeups.waker.poke,
+            poke=lambda: kids.wakeups.waker.poke(),  # noqa: PLW0108 - the waker is swapped at close
         )
         self._fds_checked_at = time.monotonic()
         self._waiters: dict[object, int] = {}  # a blocked wait()'s token -> its thread

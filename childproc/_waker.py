@@ -1,9 +1,19 @@
-"""A context's self-pipe: what the SIGCHLD handler, other threads and other contexts poke."""
+"""A context's self-pipe: what the SIGCHLD handler, other threads and other contexts poke.
+
+The write end lives exactly as long as the waker: a poke (from the SIGCHLD handler,
+a peek thread, another context) holds a reference to the waker, so the fd it writes
+cannot be closed, or its number reused, under it. The fd is owned by an object whose
+finaliser is C code (an ``epoll`` object wrapping it with ``select.epoll.fromfd``:
+it only ever closes its fd), so no Python runs when the last reference goes, and no
+interrupt can be lost or leave the fd open there. Nothing here takes a lock: a poke
+may come from a signal handler. The read end is closed by :meth:`Waker.close`
+(identity-checked, safe to repeat).
+"""
 
 from __future__ import annotations
 
 import os
-import threading
+import select
 
 from ._fds import above_stdio, close_if_ours, identify
 
@@ -11,35 +21,28 @@ __all__ = ["CLOSED_WAKER", "Waker"]
 
 
 class Waker:
-    """A context's self-pipe: non-blocking, close-on-exec, a boolean "look at me".
+    """A context's self-pipe: non-blocking, close-on-exec, a boolean "look at me"."""
 
-    Both ends are closed explicitly by :meth:`close` (there is no ``__del__``: a
-    finaliser is Python code, where an interrupt would be swallowed). A poke
-    never writes to a closed or reused number: it holds the waker's lock, and
-    gives up when ``close`` has it (a poke during close has nothing to wake).
-    Each close is safe to repeat after an interruption (the fd's identity is
-    checked first).
-    """
-
-    __slots__ = ("_ids", "_lock", "rfd", "wfd")
+    __slots__ = ("_rid", "_wfd_owner", "rfd", "wfd")
 
     def __init__(self) -> None:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.rfd, self.wfd = above_stdio(rfd), above_stdio(wfd)  # never at 0-2: see _fds
-        self._ids = {self.rfd: identify(self.rfd), self.wfd: identify(self.wfd)}
-        self._lock = threading.Lock()
+        self._rid = identify(self.rfd)
+        self._wfd_owner = select.epoll.fromfd(self.wfd)  # closes the write end when the waker goes
 
     def poke(self) -> None:
-        # Non-blocking: the SIGCHLD handler may run while this thread is in close().
-        if not self._lock.acquire(False):
-            return
         try:
-            if self.wfd >= 0:
-                os.write(self.wfd, b"\0")
+            os.write(self.wfd, b"\0")
         except OSError:
             pass  # EAGAIN: already readable, which is all a poke means
-        finally:
-            self._lock.release()
+        except SystemError as e:
+            # CPython 3.10, a poke from the SIGCHLD handler while SIGINTs arrive: the
+            # write succeeds with another handler's exception set, and the interpreter
+            # wraps it. The poke was made; the interrupt is the caller's.
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                raise e.__cause__ from None
+            raise
 
     def drain(self) -> bool:
         got = False
@@ -55,23 +58,17 @@ class Waker:
                 return got
 
     def close(self) -> None:
-        """Close both ends (idempotent, safe to repeat after an interruption)."""
-        with self._lock:
-            for name in ("rfd", "wfd"):
-                fd = getattr(self, name)
-                if fd >= 0:
-                    close_if_ours(fd, self._ids.get(fd))
-                    setattr(self, name, -1)
+        """Close the read end (idempotent, safe to repeat after an interruption); the
+        write end closes with the waker's last reference."""
+        if self.rfd >= 0:
+            close_if_ours(self.rfd, self._rid)
+            self.rfd = -1
 
     def forget(self) -> None:
-        """In a forked child: the fds are the parent's pipe; close ours without checks."""
-        for fd in (self.rfd, self.wfd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.rfd = self.wfd = -1
+        """In a forked child: close both ends now (the parent's pipe)."""
+        self.close()
+        self._wfd_owner.close()
+        self.wfd = -1
 
 
 class _ClosedWaker(Waker):
@@ -79,10 +76,14 @@ class _ClosedWaker(Waker):
 
     def __init__(self) -> None:
         self.rfd = self.wfd = -1
-        self._ids = {}
-        self._lock = threading.Lock()
 
     def poke(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def forget(self) -> None:
         pass
 
 

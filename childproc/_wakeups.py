@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ._fds import OTHER, OURS, FdIdentity, above_stdio, fd_state, identify, still_ours
-from ._waker import Waker
+from ._waker import CLOSED_WAKER, Waker
 
 if TYPE_CHECKING:
     from ._child import Child
@@ -246,7 +246,10 @@ class Wakeups:
                 _STRANDED.append(self._epoll)
             else:
                 self._epoll.close()
-        self.waker.close()  # (a late poke, from a peek thread, then does nothing)
+        self.waker.close()
+        # Drop our reference: the write end closes with the waker's last one (a peek
+        # thread may still hold it, and poke it, until its child dies).
+        self.waker = CLOSED_WAKER
 
     def abandon_after_fork(self) -> None:
         """In a forked child: close every fd (they are the parent's objects), check nothing."""
