@@ -697,10 +697,11 @@ class Context:
                     self._sleep(_HANDLER_RECHECK_S)  # nothing outstanding: idle, woken by any new child
             except (ClosedError, ForkedContextError):
                 return
-            except Exception:
+            except Exception as exc:
+                if exc is self._delivery.raised or not self._closed:  # (a callback's, even if
+                    log.exception("a childproc callback raised on the dispatch thread")  # closing)
                 if self._closed:
                     return
-                log.exception("a childproc callback raised on the dispatch thread")
 
     # -- MAINLOOP -----------------------------------------------------------
     def _require_app_reports(self, what: str) -> None:

@@ -63,6 +63,8 @@ class Delivery:
         self._lost_why = lost_why  # pid -> why its status is lost, where not "stolen"
         self._mode_name = mode_name
         self._poke = poke  # keeps fileno() readable while events stay queued
+        #: The exception the last raising callback raised.
+        self.raised: BaseException | None = None
 
     def deliver(self, closed: Callable[[], bool]) -> int:
         """Deliver every queued event (until one raises); return how many were delivered."""
@@ -88,7 +90,8 @@ class Delivery:
                     child.phase = phase
                 try:
                     call(*args)
-                except BaseException:
+                except BaseException as exc:
+                    self.raised = exc  # (a callback's own exception, for the dispatch thread's log)
                     with _process.LOCK:
                         more = ledger.next_event() is not None
                     if more and not closed():
