@@ -264,6 +264,22 @@ class Interrupter:
         assert not slow, f"KeyboardInterrupt reached the caller later than {bound} s: {slow}"
 
 
+def close_interrupted(ctx: Context, first: float) -> None:
+    """``ctx.close()`` with one SIGINT sent ``first`` seconds in; the interrupt must
+    reach the caller within 0.5 s (it may also land after close() returned)."""
+    it = Interrupter(1, first=first)
+    try:
+        try:
+            it.start()
+            ctx.close()
+            it.wait_landed(2.0)
+        except KeyboardInterrupt:
+            it.caught()
+    finally:
+        it.shutdown()
+    it.check(0.5)
+
+
 def no_unknown_warnings(caplog: pytest.LogCaptureFixture) -> None:
     unknown = [
         r.getMessage() for r in caplog.records if r.name == "childproc" and "unknown" in r.getMessage()
@@ -605,17 +621,7 @@ def test_sigint_during_close(mode: SigchldOwner, caplog: pytest.LogCaptureFixtur
                     pids += [ctx.spawn(["/bin/sh", "-c", f"exit {c}"]).pid for c in (3, 4, 5)]
                     assert wait_until(lambda: all(proc_state(p) in ("Z", None) for p in pids), 5)  # noqa: B023
                 pids += [ctx.spawn(["sleep", "30"], kill_on_close=True).pid for _ in range(2)]
-                it = Interrupter(1, first=rng.uniform(0, 0.002))
-                try:
-                    try:
-                        it.start()
-                        ctx.close()
-                        it.wait_landed(2.0)
-                    except KeyboardInterrupt:
-                        it.caught()
-                finally:
-                    it.shutdown()
-                it.check(0.5)
+                close_interrupted(ctx, rng.uniform(0, 0.002))
             finally:
                 ctx.close()
             assert ctx.closed

@@ -24,7 +24,7 @@ from tests.integration.test_hostile import (
     MAINLOOP,
     MODE_IDS,
     MODES,
-    Interrupter,
+    close_interrupted,
     default_sigint,
     no_unknown_warnings,
     run_storm,
@@ -78,17 +78,7 @@ def test_sigint_in_close_again_and_again(
                 if mode is not MAINLOOP:  # MAINLOOP's close() leaves exited children to the application
                     pids += [ctx.spawn(["/bin/sh", "-c", f"exit {c}"]).pid for c in (1, 2)]
                 pids += [ctx.spawn(["sleep", "30"], kill_on_close=True).pid]
-                it = Interrupter(1, first=rng.uniform(0, 0.003))
-                try:
-                    try:
-                        it.start()
-                        ctx.close()
-                        it.wait_landed(2.0)
-                    except KeyboardInterrupt:
-                        it.caught()
-                finally:
-                    it.shutdown()
-                it.check(0.5)
+                close_interrupted(ctx, rng.uniform(0, 0.003))
             finally:
                 ctx.close()
             assert wait_until(lambda: all(proc_state(p) is None for p in pids), 3), {  # noqa: B023
