@@ -54,7 +54,8 @@ from ._watchers._base import reap_zombie
 
 __all__ = ["Children"]
 
-_BLOCK_SIGINT = ((int(signal.SIG_BLOCK), (int(signal.SIGINT),)),)
+_READ_MASK = ((int(signal.SIG_BLOCK), ()),)
+_SIGINT = (int(signal.SIGINT),)
 _pthread_sigmask = _signal.pthread_sigmask  # signal.py's wrapper makes an enum of every signal
 
 
@@ -162,7 +163,11 @@ class Children:
                 if isinstance(creator, Fork) and on_main_thread():
                     # SIGINT waits until the fork is over: a KeyboardInterrupt raised in
                     # an at-fork hook (logging's, say) would be swallowed by CPython.
-                    masks.extend(itertools.starmap(_pthread_sigmask, _BLOCK_SIGINT))
+                    # pthread_sigmask runs pending handlers after it changed the mask, so
+                    # an interrupt already due is raised by the block call itself: the old
+                    # mask is read first (a no-op change) and restored whatever happens.
+                    masks.extend(itertools.starmap(_pthread_sigmask, _READ_MASK))
+                    _pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
                 start.extend(itertools.starmap(call, ((),)))  # the pid lands in start[1] from C
             except OSError as exc:
                 raise creator.error(exc) from exc

@@ -84,7 +84,6 @@ log = logging.getLogger("childproc")
 _HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks what it relies on
 _EXIT_ONLY = os.WEXITED
 _fallback_logged = False
-_BLOCK_SIGINT = ((signal.SIG_BLOCK, (signal.SIGINT,)),)
 
 
 class ServedLike(Protocol):

@@ -1,5 +1,6 @@
 """Every test must leave the process as it found it: no zombie, no child, no new fd,
-no SIGCHLD handler, no live childproc context. Checked after each test."""
+no changed signal disposition or signal mask, no live childproc context. Checked
+after each test."""
 
 from __future__ import annotations
 
@@ -30,10 +31,25 @@ def _cleanup_children() -> list[str]:
     return problems
 
 
+#: Dispositions a test may change and must put back (SIGCHLD is childproc's business;
+#: the others are what the interrupt and stop tests play with).
+WATCHED_SIGNALS = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM)
+
+
+def _dispositions() -> dict[signal.Signals, object]:
+    return {sig: signal.getsignal(sig) for sig in WATCHED_SIGNALS}
+
+
+def _blocked() -> set[int]:
+    """The main thread's signal mask (a lost old mask once left SIGINT blocked for good)."""
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     before_fds = open_fds()
-    before_sig = signal.getsignal(signal.SIGCHLD)
+    before_sig = _dispositions()
+    before_mask = _blocked()
     before_threads = set(threading.enumerate())
     yield
     problems: list[str] = []
@@ -58,10 +74,15 @@ def no_leaks() -> Iterator[None]:
             c.close()
     if not wait_until(lambda: not children(), timeout=2.0):
         problems.extend(_cleanup_children())
-    after_sig = signal.getsignal(signal.SIGCHLD)
-    if after_sig != before_sig:
-        problems.append(f"SIGCHLD disposition changed: {before_sig!r} -> {after_sig!r}")
-        signal.signal(signal.SIGCHLD, before_sig if before_sig is not None else signal.SIG_DFL)
+    after_sig = _dispositions()
+    for sig, was in before_sig.items():
+        if after_sig[sig] != was:
+            problems.append(f"{sig.name} disposition changed: {was!r} -> {after_sig[sig]!r}")
+            signal.signal(sig, was if was is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+    after_mask = _blocked()
+    if after_mask != before_mask:
+        problems.append(f"signal mask changed: {sorted(before_mask)} -> {sorted(after_mask)}")
+        signal.pthread_sigmask(signal.SIG_SETMASK, before_mask)
     gc.collect()
     leaked = open_fds() - before_fds
     if leaked:

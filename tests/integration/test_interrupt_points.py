@@ -536,3 +536,57 @@ def test_ki_after_handler_install(
         ctx.close()
     assert signal.getsignal(signal.SIGCHLD) == host_disposition
     assert not _sigchld.HANDLER.installed and _sigchld.HANDLER.user_count == 0
+
+
+# -- 8. in the SIGINT mask around fork() (Children.start_locked) -----------------------
+def _main_thread_mask() -> set[int]:
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ALL_MODES, ids=_ids(ALL_MODES))
+@pytest.mark.parametrize("where", ["block", "restore"])
+def test_ki_from_the_sigint_mask_around_fork(
+    mode: SigchldOwner, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pthread_sigmask`` runs pending signal handlers after it changed the mask, so
+    an interrupt already due when ``fork()`` begins is raised by the call that blocks
+    SIGINT (the mask changed, the old one not returned), and one that arrived while
+    SIGINT was blocked is raised by the call that restores it (the child exists).
+    Either way the caller gets the KeyboardInterrupt, the thread's signal mask is what
+    it was (a lost old mask kept SIGINT blocked for the rest of the process: every
+    later Ctrl-C vanished), and a child that was made is delivered exactly once."""
+    from childproc import _children
+
+    how = signal.SIG_BLOCK if where == "block" else signal.SIG_SETMASK
+    parent = os.getpid()
+    once = Once(f"pthread_sigmask({where})")
+    after_return(
+        monkeypatch,
+        _children,
+        "_pthread_sigmask",
+        once,
+        when=lambda h, sigs: (
+            os.getpid() == parent and h == how and (h != signal.SIG_BLOCK or signal.SIGINT in sigs)
+        ),
+    )
+    before = _main_thread_mask()
+    got: list[tuple[int, int | None]] = []
+
+    def fork(code: int) -> None:
+        if ctx.fork(lambda c, ev: got.append((c.pid, ev.returncode))) is None:
+            os._exit(code)
+
+    with Context(mode) as ctx:
+        with pytest.raises(KeyboardInterrupt, match="pthread_sigmask"):
+            fork(6)
+        assert once.fired
+        assert _main_thread_mask() == before
+        assert len(ctx.children) == (0 if where == "block" else 1)
+        fork(7)
+        while ctx.children:
+            ctx.wait(10)
+        assert sorted(rc for _, rc in got) == ([7] if where == "block" else [6, 7])
+        assert len({pid for pid, _ in got}) == len(got)
+        assert_quiet(ctx)
+    assert _main_thread_mask() == before
