@@ -41,6 +41,7 @@ from childproc import (
     Context,
     Hooks,
     SigchldOwner,
+    _children,
     _ledger,
     _process,
     _sigchld,
@@ -556,8 +557,6 @@ def test_ki_from_the_sigint_mask_around_fork(
     Either way the caller gets the KeyboardInterrupt, the thread's signal mask is what
     it was (a lost old mask kept SIGINT blocked for the rest of the process: every
     later Ctrl-C vanished), and a child that was made is delivered exactly once."""
-    from childproc import _children
-
     how = signal.SIG_BLOCK if where == "block" else signal.SIG_SETMASK
     parent = os.getpid()
     once = Once(f"pthread_sigmask({where})")
