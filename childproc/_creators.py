@@ -77,9 +77,6 @@ class Spawn(Creator):
         """``options``: :func:`childproc._spawn.prepare_spawn`'s keywords."""
         self._argv = argv
         self._options = options
-        self._name = (
-            argv[0] if isinstance(argv, Sequence) and argv and not isinstance(argv, (str, bytes)) else None
-        )
 
     def prepare(self) -> Callable[[], int]:
         try:
@@ -88,7 +85,10 @@ class Spawn(Creator):
             raise self.error(exc) from exc
 
     def error(self, exc: OSError) -> SpawnError:
-        filename = exc.filename if exc.filename is not None else self._name
+        argv = self._argv
+        filename = exc.filename
+        if filename is None and isinstance(argv, Sequence) and argv and not isinstance(argv, (str, bytes)):
+            filename = argv[0]
         if isinstance(filename, os.PathLike):
             filename = os.fspath(filename)
         err = exc.errno or errno.EAGAIN

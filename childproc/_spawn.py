@@ -89,13 +89,15 @@ def _args(argv: Argv) -> list[str | bytes]:
     if isinstance(argv, (str, bytes)) or not argv:
         raise InvalidArgumentError(f"argv must be a non-empty list of arguments, not {argv!r}")
     try:
-        args = [os.fspath(a) for a in argv]
+        args: list[str | bytes] = list(map(os.fspath, argv))  # type: ignore[arg-type]
     except TypeError:
         bad = next(a for a in argv if not isinstance(a, (str, bytes, os.PathLike)))
         raise ArgumentTypeError(
             f"argv items must be str, bytes or os.PathLike, not {type(bad).__name__} ({bad!r}): "
             "convert numbers with str()"
         ) from None
+    if _STR.issuperset(map(type, args)) and "\0" not in "".join(args):  # type: ignore[arg-type]
+        return args  # the common case, checked in C
     for a in args:
         if ("\0" if isinstance(a, str) else b"\0") in a:  # type: ignore[operator]
             raise InvalidArgumentError(f"argv item {a!r} contains a NUL byte")
@@ -144,9 +146,10 @@ def prepare_spawn(
     if env is not None:
         _check_env(env)
     actions: list[tuple[Any, ...]] = []
-    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
-        if fd is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, _fd(fd, "stdin/stdout/stderr"), target))
+    if stdin is not None or stdout is not None or stderr is not None:
+        for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+            if fd is not None:
+                actions.append((os.POSIX_SPAWN_DUP2, _fd(fd, "stdin/stdout/stderr"), target))
     for fd in pass_fds:
         # dup2 onto itself clears close-on-exec in the child only (glibc >= 2.29),
         # so the parent's fd keeps its flags and no other thread can race us.
@@ -160,7 +163,7 @@ def prepare_spawn(
         for i, target in enumerate(fd_map):
             actions.append((os.POSIX_SPAWN_DUP2, base + i, target))
             actions.append((os.POSIX_SPAWN_CLOSE, base + i))
-    name = os.fsdecode(args[0])
+    name = args[0] if type(args[0]) is str else os.fsdecode(args[0])
     environ = _current_environ() if env is None else env
     if cwd is None and ("/" in name or env is None):
         # posix_spawn itself reports ENOENT/EACCES here, and posix_spawnp looks

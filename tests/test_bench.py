@@ -28,7 +28,15 @@ RUNS = {
     "latency": ["--samples", "4"],
     "bigparent": ["--sizes-mib", "12,40", "--reps", "2", "--batch", "2"],
     "forkfaults": ["--rounds", "1", "--batch", "5"],
+    "pathcost": ["--n", "5", "--modes", "SELECTIVE_REAP", "--top", "2"],
 }
+#: Counting needs sys.monitoring (3.12+); before, the benchmark says so and exits.
+NEEDS_312 = {"pathcost"}
+
+
+def _skip_before_312(name: str) -> None:
+    if name in NEEDS_312 and sys.version_info < (3, 12):
+        pytest.skip(f"{name} counts with sys.monitoring (Python 3.12+)")
 
 
 def _refuse(constant: str) -> object:
@@ -68,6 +76,7 @@ def _files_under(path: Path) -> dict[str, str]:
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_benchmark_runs_and_writes_json_only_where_told(name: str, tmp_path: Path) -> None:
+    _skip_before_312(name)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     out = tmp_path / "out" / f"{name}.json"
@@ -81,12 +90,44 @@ def test_benchmark_runs_and_writes_json_only_where_told(name: str, tmp_path: Pat
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_benchmark_without_json_writes_nothing(name: str, tmp_path: Path) -> None:
+    _skip_before_312(name)
     results = _files_under(RESULTS)
     proc = _run(name, RUNS[name], tmp_path)
     assert not _files_under(tmp_path), "a benchmark wrote a file without --json"
     assert _files_under(RESULTS) == results, "benchmarks/results was touched"
     assert "wrote" not in proc.stdout
     assert proc.stdout.strip()  # the table
+
+
+@pytest.mark.timeout(60)
+def test_pathcost_counts_exactly_and_refuses_before_312(tmp_path: Path) -> None:
+    """The counts are steady (the same code counted twice gives the same figures, but
+    for a once-a-second check that a slow run may cross), the library's path is
+    counted beyond the floor's, and before 3.12 the benchmark says what it needs
+    instead of failing obscurely."""
+    args = ["--n", "5", "--modes", "PIDFD", "--kinds", "spawn", "--top", "0"]
+    if sys.version_info < (3, 12):
+        proc = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "pathcost.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2 and "Python 3.12" in proc.stderr, proc.stderr
+        return
+    figures = []
+    for i in range(2):
+        out = tmp_path / f"run{i}.json"
+        _run("pathcost", [*args, "--json", str(out)], tmp_path)
+        figures.append(_strict_json(out)["rows"])
+    for row in ("floor", "PIDFD"):
+        a, b = (f[row]["spawn"]["instructions"] for f in figures)
+        assert abs(a - b) <= 0.02 * a, (row, a, b)
+    floor, pidfd = figures[0]["floor"]["spawn"], figures[0]["PIDFD"]["spawn"]
+    assert 0 < floor["instructions"] < pidfd["instructions"]
+    assert 0 < floor["calls"] < pidfd["calls"]
 
 
 @pytest.mark.timeout(200)

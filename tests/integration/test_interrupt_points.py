@@ -570,10 +570,10 @@ def test_ki_from_the_sigint_mask_around_fork(
         ),
     )
     before = _main_thread_mask()
-    got: list[tuple[int, int | None]] = []
+    got: list[tuple[int, int]] = []
 
     def fork(code: int) -> None:
-        if ctx.fork(lambda c, ev: got.append((c.pid, ev.returncode))) is None:
+        if ctx.fork(lambda c, ev: got.append((c.pid, ev.status))) is None:
             os._exit(code)
 
     with Context(mode) as ctx:

@@ -1,0 +1,192 @@
+"""Path cost: the Python work childproc does per child, counted, not timed.
+
+Wall and CPU time per child are noisy on a shared machine (a few percent between
+identical runs), and childproc's own share of them is small beside the kernel's
+and the child's. This benchmark counts what the interpreter executes instead:
+for each mode and kind of child it starts and waits for ``--n`` children one at
+a time (``ctx.spawn(["/bin/true"], on_event)`` or ``ctx.fork(on_event)``, then
+``ctx.wait()`` until the callback ran) and counts, with :mod:`sys.monitoring`
+(Python 3.12+), the bytecode instructions executed and the calls made per child
+(Python and C calls made from Python code). The figures are exact: two runs of
+the same code give the same numbers, whatever the machine is doing.
+
+A ``floor`` row does the same with no library (``os.posix_spawn`` or
+``os.fork``, ``pidfd_open``, an epoll, ``waitid`` and a dict of callbacks): what
+childproc adds beyond it is the library's own path. The table also lists the
+functions that execute the most instructions per child (``--top``), which is
+where a leaner path starts.
+
+On this machine an instruction costs about 40-60 ns: 1,000 instructions per
+child are about 50 us of CPU. Counts say where the work is, not what it costs
+in time: the throughput benchmark (``benchmarks/throughput.py``) stays the
+judge of speed.
+
+``--baseline SRC`` counts the childproc in ``SRC`` too, for a before/after.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import sys
+from pathlib import Path
+from typing import Any
+
+import _common
+
+MODES = ["SELECTIVE_REAP", "PIDFD", "LIBXL", "LIBXL_ALWAYS"]
+KINDS = ["spawn", "fork"]
+
+
+def _run_floor(kind: str, n: int) -> None:
+    env = dict(os.environ)
+    ep = select.epoll()
+    done: list[int] = []
+    callbacks: dict[int, Any] = {}  # pidfd -> what its exit calls
+    try:
+        for i in range(n):
+            if kind == "spawn":
+                pid = os.posix_spawn("/bin/true", ["/bin/true"], env)
+            else:
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+            fd = os.pidfd_open(pid)
+            ep.register(fd, select.EPOLLIN)
+            callbacks[fd] = done.append
+            while len(done) <= i:
+                for ready, _ in ep.poll():
+                    info = os.waitid(os.P_PIDFD, ready, os.WEXITED)
+                    ep.unregister(ready)
+                    os.close(ready)
+                    callbacks.pop(ready)(info.si_status if info is not None else -1)
+    finally:
+        ep.close()
+
+
+def _run_childproc(mode: str, kind: str, n: int) -> None:
+    import childproc  # noqa: PLC0415 - the tree under test, as PYTHONPATH says
+
+    env = dict(os.environ)
+    done: list[int] = []
+
+    def on_event(child: Any, event: Any) -> None:
+        done.append(event.status)
+
+    with childproc.Context() as ctx:
+        ctx.setmode(childproc.Hooks(chldowner=childproc.SigchldOwner[mode]))
+        for i in range(n):
+            if kind == "spawn":
+                ctx.spawn(["/bin/true"], on_event, env=env)
+            elif ctx.fork(on_event) is None:
+                os._exit(0)
+            while len(done) <= i:
+                ctx.wait()
+
+
+def measure(payload: dict[str, Any]) -> dict[str, Any]:
+    """Count one row (``payload``: mode or "floor", kind, n, top) in this interpreter."""
+    mon: Any = sys.monitoring  # type: ignore[attr-defined, unused-ignore]  # (3.12+)
+    tool = mon.PROFILER_ID
+    mode, kind, n, top = payload["mode"], payload["kind"], payload["n"], payload["top"]
+
+    def run(count: int) -> None:
+        if mode == "floor":
+            _run_floor(kind, count)
+        else:
+            _run_childproc(mode, kind, count)
+
+    run(5)  # warm: imports, the adaptive interpreter's first specialisations
+    instructions: collections.Counter[Any] = collections.Counter()
+    calls = [0]
+    pid = os.getpid()
+
+    def on_instruction(code: Any, offset: int) -> None:
+        instructions[code] += 1
+
+    def on_call(code: Any, offset: int, func: object, arg0: object) -> None:
+        calls[0] += 1
+
+    mon.use_tool_id(tool, "childproc-pathcost")
+    try:
+        mon.register_callback(tool, mon.events.INSTRUCTION, on_instruction)
+        mon.register_callback(tool, mon.events.CALL, on_call)
+        mon.set_events(tool, mon.events.INSTRUCTION | mon.events.CALL)
+        try:
+            run(n)
+        finally:
+            mon.set_events(tool, 0)
+    finally:
+        mon.free_tool_id(tool)
+    assert os.getpid() == pid
+    return {
+        "instructions": sum(instructions.values()) / n,
+        "calls": calls[0] / n,
+        "top": [
+            [f"{c.co_qualname} ({Path(c.co_filename).name}:{c.co_firstlineno})", k / n]
+            for c, k in instructions.most_common(top)
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _common.parser(__doc__, "pathcost", baseline=True)
+    parser.add_argument("--n", type=int, default=200, help="children per row")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--top", type=int, default=8, help="functions listed per row (0: none)")
+    args = parser.parse_args(argv)
+    if sys.version_info < (3, 12):
+        parser.error("counting needs sys.monitoring: run it with Python 3.12 or later")
+    trees: dict[str, Path] = {"this checkout": _common.ROOT}
+    if args.baseline is not None:
+        trees["baseline"] = _common.source_tree(args.baseline)
+    rows: dict[str, dict[str, Any]] = {}
+    modes = args.modes.split(",")
+    kinds = args.kinds.split(",")
+    jobs = [("floor", kind, "floor") for kind in kinds]
+    for mode in modes:
+        for side in trees:
+            row = f"{mode} ({side})" if len(trees) > 1 else mode
+            jobs.extend((row, kind, side) for kind in kinds)
+    for i, (row, kind, side) in enumerate(jobs):
+        _common.progress(i, len(jobs), f"{row} {kind}")
+        mode = "floor" if side == "floor" else row.split(" (")[0]
+        tree = trees["this checkout"] if side == "floor" else trees[side]
+        payload = {"mode": mode, "kind": kind, "n": args.n, "top": args.top}
+        rows.setdefault(row, {})[kind] = _common.measure_in(tree, "pathcost", payload)
+    _common.progress(len(jobs), len(jobs), "done")
+
+    print(f"Per child ({args.n} children per row, one at a time), counted with sys.monitoring:")
+    print("instructions / calls; 'beyond floor' is what the library adds to a loop with no library")
+    header = f"{'row':34s}" + "".join(
+        f"{kind + ' instr':>14s}{'calls':>8s}{'beyond floor':>14s}" for kind in kinds
+    )
+    print(header)
+    print("-" * len(header))
+    for row, per in rows.items():
+        line = f"{row:34s}"
+        for kind in kinds:
+            got = per[kind]
+            extra = got["instructions"] - rows["floor"][kind]["instructions"]
+            line += f"{got['instructions']:14.0f}{got['calls']:8.0f}{extra:14.0f}"
+        print(line)
+    if args.top:
+        for row, per in rows.items():
+            if row == "floor":
+                continue
+            for kind in kinds:
+                print(f"\n{row}, {kind}: most instructions per child")
+                for name, count in per[kind]["top"]:
+                    print(f"  {count:7.1f}  {name}")
+    _common.write(
+        args.json,
+        "pathcost",
+        {"n": args.n, "unit": "per child", "trees": {k: str(v) for k, v in trees.items()}, "rows": rows},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
