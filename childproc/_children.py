@@ -45,12 +45,13 @@ from ._ledger import Ledger
 from ._lifecycle import SIGNALLABLE, Move, Phase, advance
 from ._orphans import ORPHANAGE
 from ._plan import Plan
-from ._policy import Reaper, SigchldOwner
+from ._policy import Destination, Owner, Reaper, SigchldOwner
 from ._reaping import Reaping
 from ._sigchld import HANDLER, on_main_thread
 from ._wakeups import Wakeups
 from ._watchers import Watcher
 from ._watchers._base import reap_zombie
+from ._watchers.scan import scan
 
 __all__ = ["Children"]
 
@@ -240,6 +241,15 @@ class Children:
             # handler or one that waits for a (possibly blocked) main thread.
             self.start_peek_thread(pid)
 
+    def watch_served_locked(self, child: Child, exit_fd: int | None, pidfd: int | None) -> None:
+        """Watch a fork server's child (``child``, built by the caller): its exit comes
+        on ``exit_fd``, signals go through ``pidfd`` (both now ours)."""
+        assert exit_fd is not None
+        if pidfd is not None:
+            child._pidfd = self.wakeups.take_pidfd(child._pid, pidfd)
+        child._exit_fd = self.wakeups.add_served(child, exit_fd)
+        self.ledger.add(child._pid, child)
+
     def start_peek_thread(self, pid: int) -> None:
         threading.Thread(
             target=_watch_in_thread,
@@ -325,6 +335,30 @@ class Children:
         self.reaping.collect(self.watcher, ready)
         self.reaping.apply(self.plan, self.watcher)
         self.sync_handler_use_locked()
+        self.dirty = False
+
+    # -- MAINLOOP: the application reaps ------------------------------------
+    def reported_locked(self, pid: int, status: int) -> bool:
+        """The application reaped ``pid`` with wait status ``status``: record it if it
+        is ours (False if not: another context's, or nobody's)."""
+        ref = _process.OWNERS.get(pid)
+        owner = Owner.NOBODY if ref is None else Owner.OTHER_CONTEXT
+        if ref is self.ref:
+            owner = Owner.THIS_CONTEXT
+        if self.plan.route[owner] is not Destination.CHILD_CALLBACK or self.ledger.handle(pid) is None:
+            return False
+        if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
+            self.ledger.changed(pid, status, None)
+        else:
+            self.reaping.accept_exit(pid, status, None)
+        self.sync_handler_use_locked()
+        return True
+
+    def scan_locked(self) -> None:
+        """Check each running child (``waitid(P_PID, WNOHANG)``) and record what changed."""
+        self.dirty = True
+        scan(self.ledger.running_handles(), self.reaping.journal)
+        self.reaping.apply(self.plan, self.watcher)
         self.dirty = False
 
     def check_fds_locked(self) -> None:

@@ -58,21 +58,18 @@ from ._errors import (
     FdLostError,
     ForkedContextError,
     InvalidArgumentError,
-    NotOurChildError,
     PidfdUnavailableError,
     StateError,
     UnknownChildError,
 )
-from ._fds import pid_of_pidfd
 from ._ledger import ChildCallback
 from ._plan import ForkReplacement, Hooks, Plan, ReapedCallback
-from ._policy import Destination, Owner, Reaper, SigchldOwner, choose_watcher
+from ._policy import Reaper, SigchldOwner, choose_watcher
 from ._sigchld import HANDLER
 from ._signature import check_callback
 from ._status import ChildEvent
 from ._watchers import make_watcher
 from ._watchers import pidfd as _pidfd
-from ._watchers.scan import scan
 
 if TYPE_CHECKING:
     from ._spawn import Argv
@@ -423,26 +420,10 @@ class Context:
         :class:`NotOurChildError` if it is not a child of this process (or was
         already reaped).
         """
-        if (pid is None) == (pidfd is None):
-            raise InvalidArgumentError("adopt() takes exactly one of pid= and pidfd=")
-        fd: int | None = None
-        if pidfd is not None:
-            if not isinstance(pidfd, int) or isinstance(pidfd, bool) or pidfd < 0:
-                raise InvalidArgumentError(f"pidfd must be a file descriptor, not {pidfd!r}")
-            found = pid_of_pidfd(pidfd)
-            if found is None:
-                raise InvalidArgumentError(f"fd {pidfd} is not a pidfd")
-            if found <= 0:
-                raise NotOurChildError(f"the process of pidfd {pidfd} has already exited and been reaped")
-            pid = found
-            fd = pidfd if own_pidfd else os.dup(pidfd)
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
-            if fd is not None and fd != pidfd:
-                os.close(fd)
-            raise InvalidArgumentError(f"adopt() needs a child's pid (> 1), not {pid!r}")
+        creator, fd = Adopt.from_args(pid, pidfd, own_pidfd)
         try:
             child = self._start(
-                Adopt(pid),
+                creator,
                 on_event,
                 events=check_events(events),
                 oneshot=oneshot,
@@ -733,22 +714,8 @@ class Context:
         kids = self._kids
         with _process.LOCK:
             self._check_usable()
-            ref = _process.OWNERS.get(pid)
-            owner = (
-                Owner.THIS_CONTEXT
-                if ref is kids.ref
-                else Owner.NOBODY
-                if ref is None
-                else Owner.OTHER_CONTEXT
-            )
-            child = kids.ledger.handle(pid)
-            if kids.plan.route[owner] is not Destination.CHILD_CALLBACK or child is None:
+            if not kids.reported_locked(pid, status):
                 return False
-            if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
-                kids.ledger.changed(pid, status, None)
-            else:
-                kids.reaping.accept_exit(pid, status, None)
-            kids.sync_handler_use_locked()
         self._deliver()
         if self._waiters:
             kids.wakeups.waker.poke()  # a thread in child.wait() may be waiting for this one
@@ -766,10 +733,7 @@ class Context:
         kids = self._kids
         with _process.LOCK:
             self._check_usable()
-            kids.dirty = True
-            scan(kids.ledger.running_handles(), kids.reaping.journal)
-            kids.reaping.apply(kids.plan, kids.watcher)
-            kids.dirty = False
+            kids.scan_locked()
         delivered = self._deliver()
         if delivered and self._waiters:
             kids.wakeups.waker.poke()
@@ -797,11 +761,8 @@ class Context:
         self._enter()
         with _process.LOCK:
             self._check_usable()
-            kids = self._kids
-            if kids.ledger.is_running(served.pid):
+            if self._kids.ledger.is_running(served.pid):
                 raise AlreadyWatchedError(f"pid {served.pid} is already watched by this context")
-            exit_fd, pidfd = served.detach_fds()
-            assert exit_fd is not None
             child = Child(
                 self,
                 served.pid,
@@ -811,10 +772,7 @@ class Context:
                 defer_reap=False,
                 kill_on_close=kill_on_close,
             )
-            if pidfd is not None:
-                child._pidfd = kids.wakeups.take_pidfd(served.pid, pidfd)
-            child._exit_fd = kids.wakeups.add_served(child, exit_fd)
-            kids.ledger.add(served.pid, child)
+            self._kids.watch_served_locked(child, *served.detach_fds())
         return child
 
     # -- teardown -----------------------------------------------------------

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ForkError, InvalidArgumentError, SpawnError, spawn_error
+from ._errors import ForkError, InvalidArgumentError, NotOurChildError, SpawnError, spawn_error
+from ._fds import pid_of_pidfd
 from ._spawn import prepare_spawn
 
 if TYPE_CHECKING:
@@ -105,6 +106,30 @@ class Adopt(Creator):
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+
+    @classmethod
+    def from_args(cls, pid: int | None, pidfd: int | None, own_pidfd: bool) -> tuple[Adopt, int | None]:
+        """``adopt()``'s arguments checked: the creator, and the pidfd childproc is to
+        own (``pidfd`` itself, or a duplicate with ``own_pidfd=False``; the caller
+        closes a duplicate if the adoption fails)."""
+        if (pid is None) == (pidfd is None):
+            raise InvalidArgumentError("adopt() takes exactly one of pid= and pidfd=")
+        fd: int | None = None
+        if pidfd is not None:
+            if not isinstance(pidfd, int) or isinstance(pidfd, bool) or pidfd < 0:
+                raise InvalidArgumentError(f"pidfd must be a file descriptor, not {pidfd!r}")
+            found = pid_of_pidfd(pidfd)
+            if found is None:
+                raise InvalidArgumentError(f"fd {pidfd} is not a pidfd")
+            if found <= 0:
+                raise NotOurChildError(f"the process of pidfd {pidfd} has already exited and been reaped")
+            pid = found
+            fd = pidfd if own_pidfd else os.dup(pidfd)
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+            if fd is not None and fd != pidfd:
+                os.close(fd)
+            raise InvalidArgumentError(f"adopt() needs a child's pid (> 1), not {pid!r}")
+        return cls(pid), fd
 
     def prepare(self) -> Callable[[], int]:
         return itertools.repeat(self.pid).__next__
