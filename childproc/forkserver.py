@@ -477,7 +477,7 @@ class ForkServer:
         The server is ``python -I`` started with ``posix_spawn``: it holds only
         the standard library's start-up modules, childproc's server and what it
         imports for you, so its forks are cheaper than a copying server's
-        (about a third of the time in ``bench bigparent``; a bare interpreter
+        (about a third of the time in ``benchmarks/bigparent.py``; a bare interpreter
         forks faster still). Its children's stdout and stderr write through, to a
         file that writes all it is given: nothing waits in a buffer, so a child
         leaves without a flush (unless it reconfigured or replaced them).
