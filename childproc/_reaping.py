@@ -6,10 +6,13 @@ How a death travels through here
    self-pipe (SIGCHLD, another thread), readable pidfds, fork-server exit fds.
 2. The watcher (:mod:`childproc._watchers`) reaps into the context's journal
    (:class:`~childproc._watchers.Reaped`), every result stored from C.
-3. :meth:`Reaping.apply` takes the journal's entries in order and sends each
-   reaped pid where :func:`childproc._policy.route` says (through the plan):
-   ours into our ledger, another context's to that context, an orphan's to
-   the orphanage, a stranger's to ``reaped_callback`` or a warning. Each entry
+3. :meth:`Reaping.apply` takes the journal's entries in order. A child reaped
+   through its own pidfd (or pid) goes straight into our ledger: the reap named
+   it, and :func:`childproc._policy.route` sends a context's own child to its
+   callback in every mode. A pid ``waitid(P_ALL)`` reaped goes where ``route``
+   says (through the plan): ours into our ledger, another context's to that
+   context, an orphan's to the orphanage, a stranger's to ``reaped_callback``
+   or a warning. Each entry
    is removed only once applied, and applying one again changes nothing (the
    lifecycle table), so an interruption anywhere loses nothing.
 
@@ -31,6 +34,7 @@ from ._lifecycle import Phase
 from ._orphans import ORPHANAGE
 from ._policy import Destination, Owner
 from ._sigchld import HANDLER
+from ._status import status_from_siginfo
 from ._watchers import Reaped, Watcher
 from ._watchers._base import found_from_waitid
 
@@ -138,6 +142,11 @@ class Reaping:
                     ledger.peeked(pid, status, uid)
                     self._wakeups.unpoll(child)  # a zombie's pidfd stays readable
             j.peeked.popleft()
+        while j.own:
+            reaped, info = j.own[0]  # (the watcher reaped one of our Child records)
+            status = status_from_siginfo(info.si_code, info.si_status)
+            self._accept(cast("Child", reaped), status, info.si_uid)
+            j.own.popleft()
         while j.exited:
             info = j.exited[0]
             if info is not None:
@@ -206,8 +215,17 @@ class Reaping:
     def accept_exit(self, pid: int, status: int, uid: int | None) -> None:
         """``pid`` (ours) was reaped with ``status``. Safe to replay."""
         child = self._ledger.handle(pid) or self.zombies.get(pid) or self.leaving.get(pid)
-        if child is None:
-            return
+        if child is not None:
+            self._accept(child, status, uid)
+
+    def _accept(self, child: Child, status: int, uid: int | None) -> None:
+        """``child`` was reaped with ``status`` (a reap through its own pidfd or pid
+        needs no routing: the route of a context's own child is always its
+        callback). Safe to replay."""
+        pid = child._pid
+        known = self._ledger.handle(pid) or self.leaving.get(pid) or self.zombies.get(pid)
+        if known is not child:
+            return  # released meanwhile, or the bookkeeping is done (a replay)
         self.leaving[pid] = child
         if child.phase in (Phase.RUNNING, Phase.STOPPED):
             child._status, child._uid = status, uid

@@ -162,7 +162,8 @@ def teardown_locked(kids: Children, orphans: list[int]) -> None:
             continue
         if not app_reaps and child._exit_fd is None:
             scan([child], journal)  # exited already? reaped into the journal
-            exited = bool(journal.exited or journal.peeked)
+            exited = bool(journal.own or journal.exited or journal.peeked)
+            journal.own.clear()
             journal.exited.clear()
             journal.peeked.clear()
             journal.gone.clear()

@@ -52,11 +52,14 @@ class Reaped:
     where nothing had changed).
     """
 
-    __slots__ = ("changed", "exited", "fd_lost", "gone", "peeked")
+    __slots__ = ("changed", "exited", "fd_lost", "gone", "own", "peeked")
 
     def __init__(self) -> None:
-        #: Reaped (dead and gone), in the order reaped. May include pids nobody in
-        #: childproc made (``WaitAnyWatcher`` only).
+        #: Children of ours reaped through their own pidfd (or pid), with the result:
+        #: these need no routing, the reap named the child.
+        self.own: deque[tuple[Watched, os.waitid_result]] = deque()
+        #: Reaped by ``waitid(P_ALL)`` (``WaitAnyWatcher``), in the order reaped: any
+        #: child of the process, ours or not, routed when applied.
         self.exited: deque[os.waitid_result | None] = deque()
         #: Exits seen without reaping (``WNOWAIT``): ``defer_reap`` children, still zombies.
         self.peeked: deque[os.waitid_result | None] = deque()
@@ -68,7 +71,7 @@ class Reaped:
         self.fd_lost: deque[int] = deque()
 
     def __bool__(self) -> bool:
-        return bool(self.exited or self.peeked or self.changed or self.gone or self.fd_lost)
+        return bool(self.own or self.exited or self.peeked or self.changed or self.gone or self.fd_lost)
 
 
 class Watcher(Protocol):
@@ -105,6 +108,14 @@ def _capture(into: deque[os.waitid_result | None], child: Watched, flags: int) -
         into.extend(filter(None, map(_waitid, (_P_PIDFD,), (pidfd,), (flags,))))
     else:
         into.extend(filter(None, map(_waitid, (_P_PID,), (child._pid,), (flags,))))
+
+
+def _reap_own(into: deque[tuple[Watched, os.waitid_result]], child: Watched) -> None:
+    """Reap ``child`` if it died into ``into`` as (child, result), stored from C as
+    :func:`_capture` does. Raises as :func:`_capture`."""
+    pidfd = child._pidfd
+    how, which = (_P_PIDFD, pidfd) if pidfd is not None else (_P_PID, child._pid)
+    into.extend(zip((child,), filter(None, map(_waitid, (how,), (which,), (EXIT_FLAGS,))), strict=False))
 
 
 def _lost(child: Watched, out: Reaped, exc: OSError) -> None:
@@ -147,7 +158,7 @@ def check_exit(child: Watched, out: Reaped) -> None:
         if child._defer_reap:
             _capture(out.peeked, child, PEEK_FLAGS)
         else:
-            _capture(out.exited, child, EXIT_FLAGS)
+            _reap_own(out.own, child)
     except ChildProcessError:
         out.gone.append(child._pid)
     except OSError as exc:
