@@ -82,6 +82,10 @@ class Wakeups:
         be had now (out of fds; already reaped by someone)."""
         fd = self.pidfds.get(pid)
         if fd is None:
+            # No pidfd for this pid: any mark left under it is stale (a close of an
+            # earlier child with the same pid, interrupted between its last steps).
+            self._ids.pop(pid, None)
+            self._closed.pop(pid, None)
             try:
                 self.pidfds.update(zip((pid,), map(_pidfd_open, (pid,)), strict=True))  # type: ignore[arg-type]
             except OSError:
@@ -107,7 +111,10 @@ class Wakeups:
         fd = self.pidfds.get(pid)
         if fd is None:
             return
-        self._unpoll(pid, fd, closing=True)
+        child = self.polled.get(fd)
+        if child is not None and child._pid == pid:  # (the close takes it out of the epoll)
+            child._polled = False
+            del self.polled[fd]
         self._close(pid, fd)
         self.pidfds.pop(pid, None)
         self._ids.pop(pid, None)
@@ -132,10 +139,10 @@ class Wakeups:
         self.pidfds.pop(pid, None)
         self._ids.pop(pid, None)
 
-    def _unpoll(self, pid: int, fd: int, closing: bool = False) -> None:
+    def _unpoll(self, pid: int, fd: int) -> None:
         child = self.polled.get(fd)
         if child is not None and child._pid == pid:
-            if not closing and pid not in self._closed:  # (a close takes it out of the epoll)
+            if pid not in self._closed:  # (a close takes it out of the epoll)
                 self._unregister(fd, self._ids.get(pid))
             child._polled = False
             self.polled.pop(fd, None)

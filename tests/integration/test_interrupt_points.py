@@ -589,3 +589,29 @@ def test_ki_from_the_sigint_mask_around_fork(
         assert len({pid for pid, _ in got}) == len(got)
         assert_quiet(ctx)
     assert _main_thread_mask() == before
+
+
+# -- 9. marks an interrupted pidfd close left under a pid the kernel reuses ------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", SELECTIVE_MODES, ids=_ids(SELECTIVE_MODES))
+def test_stale_close_marks_do_not_outlive_their_pid(mode: SigchldOwner) -> None:
+    """``Wakeups.close_pidfd`` drops a pid's fd, identity and "closed by us" mark in
+    three steps; an interruption between them leaves marks under a pid the kernel
+    may give to a later child. The next pidfd opened for that pid must start clean:
+    a stale "closed" mark would leave the new pidfd open for good, a stale identity
+    would report it lost (FdLostError)."""
+    got: list[int] = []
+    with Context(mode) as ctx:
+        wakeups = ctx._kids.wakeups
+        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "exit 3"], dict(os.environ))
+        # What an interrupted close of an earlier child with this pid would leave.
+        wakeups._ids[pid] = (0, 0, 0, 0)
+        wakeups._closed[pid] = 12345
+        child = ctx.adopt(pid, lambda c, ev: got.append(ev.status))
+        pidfd = child.pidfd
+        assert pidfd is not None
+        while ctx.children:
+            ctx.wait(10)
+        assert got == [3]
+        assert_pidfd_closed(pidfd)
+        assert_quiet(ctx)
