@@ -172,6 +172,11 @@ class Children:
                 start.extend(itertools.starmap(call, ((),)))  # the pid lands in start[1] from C
             except OSError as exc:
                 raise creator.error(exc) from exc
+            except (TypeError, ValueError) as exc:
+                better = creator.refused(exc)  # (arguments refused before any child was made)
+                if better is exc:
+                    raise
+                raise better from None
             finally:
                 if masks:
                     _pthread_sigmask(signal.SIG_SETMASK, masks[0])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ForkError, InvalidArgumentError, NotOurChildError, SpawnError, spawn_error
 from ._fds import pid_of_pidfd
-from ._spawn import prepare_spawn
+from ._spawn import prepare_spawn, refused
 
 if TYPE_CHECKING:
     from ._spawn import Argv
@@ -47,6 +47,11 @@ class Creator:
     def check_pid(self, pid: object) -> int:
         """The pid the call returned, checked."""
         return pid  # type: ignore[return-value]
+
+    def refused(self, exc: TypeError | ValueError) -> BaseException:
+        """What to raise for the call's ``TypeError`` or ``ValueError`` (by default,
+        the exception itself: a fork_replacement's own)."""
+        return exc
 
 
 class Fork(Creator):
@@ -84,6 +89,9 @@ class Spawn(Creator):
             return prepare_spawn(self._argv, **self._options)
         except OSError as exc:
             raise self.error(exc) from exc
+
+    def refused(self, exc: TypeError | ValueError) -> BaseException:
+        return refused(exc, self._options.get("env"))
 
     def error(self, exc: OSError) -> SpawnError:
         argv = self._argv

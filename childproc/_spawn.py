@@ -33,7 +33,7 @@ else:
     except ImportError:  # pragma: no cover - not CPython
         import signal as _signal
 
-__all__ = ["prepare_spawn", "spawn_process"]  # and, for type checkers only, Argv
+__all__ = ["prepare_spawn", "refused", "spawn_process"]  # and, for type checkers only, Argv
 
 # Python ignores these; a program started by subprocess gets them back at their
 # defaults, and so does one started here. SIGCHLD too: an ignored SIGCHLD would
@@ -143,8 +143,8 @@ def prepare_spawn(
     ``TypeError`` for wrong types) and ``OSError`` (ENOENT, EACCES, ENOTDIR,
     with ``filename``) for a program or ``cwd`` that cannot be used."""
     args = _args(argv)
-    if env is not None:
-        _check_env(env)
+    if env is not None and type(env) is not dict:
+        _check_env(env)  # (a plain dict is checked by posix_spawn itself: see refused())
     actions: list[tuple[Any, ...]] = []
     if stdin is not None or stdout is not None or stderr is not None:
         for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
@@ -184,7 +184,25 @@ def prepare_spawn(
     return call
 
 
+def refused(exc: TypeError | ValueError, env: Mapping[str, str] | None) -> Exception:
+    """The library's error for the ``TypeError`` or ``ValueError`` with which
+    ``posix_spawn`` refused its arguments before making any child (a plain dict
+    ``env`` is checked there, in C, rather than item by item on every spawn)."""
+    try:
+        if env is not None:
+            _check_env(env)
+    except InvalidArgumentError as better:
+        return better
+    if isinstance(exc, TypeError):
+        return ArgumentTypeError(f"posix_spawn refused its arguments: {exc}")
+    return InvalidArgumentError(f"posix_spawn refused its arguments: {exc}")
+
+
 def spawn_process(argv: Argv, **options: Any) -> int:
     """``posix_spawn`` ``argv`` now (options as for :func:`prepare_spawn`); return the
-    pid. Raises ``OSError`` (e.g. ENOENT)."""
-    return prepare_spawn(argv, **options)()
+    pid. Raises ``OSError`` (e.g. ENOENT) and :class:`InvalidArgumentError`."""
+    call = prepare_spawn(argv, **options)
+    try:
+        return call()
+    except (TypeError, ValueError) as exc:
+        raise refused(exc, options.get("env")) from None

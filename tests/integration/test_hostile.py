@@ -995,6 +995,24 @@ def test_spawn_bad_types_raise_invalid_argument_type_error(ctx: Context, kwargs:
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "env",
+    [{1: "x"}, {"A=B": "x"}, {"": "x"}, {"A": "x\0y"}, ["A=B"]],
+    ids=["name-int", "name-with-equals", "empty-name", "value-with-nul", "not-a-mapping"],
+)
+def test_spawn_bad_env_raises_invalid_argument_error(ctx: Context, env: Any) -> None:
+    """A plain dict is checked by posix_spawn itself (in C, before any child is made)
+    and its refusal becomes the library's error, saying what is wrong; the same for
+    a mapping of another kind, checked item by item."""
+    for given in (env, collections.UserDict(env) if isinstance(env, dict) else env):
+        with pytest.raises(childproc.InvalidArgumentError) as info:
+            ctx.spawn(["/bin/true"], env=given)
+        is_type = isinstance(env, list) or any(not isinstance(k, str) for k in env)
+        assert isinstance(info.value, TypeError) == is_type, info.value
+        assert ctx.children == frozenset() and children() == {}
+
+
+@pytest.mark.timeout(10)
 def test_fork_callbacks_with_wrong_arity_refused_before_forking(ctx: Context) -> None:
     with pytest.raises(childproc.InvalidArgumentError):
         forked = ctx.fork(on_event=lambda: None)  # type: ignore[arg-type,misc]  # on_event takes (child, event)
