@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from ._ledger import ChildCallback
     from ._policy import SigchldOwner
     from ._process import postfork_child_noexec
+    from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
+    from ._spawn import DEVNULL, PIPE, STDOUT
     from ._status import ChildEvent, EventCode, describe_status
 
     owner_libxl = SigchldOwner.LIBXL
@@ -84,6 +86,8 @@ _LAZY = {
     "ChildCallback": "_ledger",
     "SigchldOwner": "_policy",
     "postfork_child_noexec": "_process",
+    **dict.fromkeys(("CalledProcessError", "CompletedProcess", "TimeoutExpired"), "_results"),
+    **dict.fromkeys(("DEVNULL", "PIPE", "STDOUT"), "_spawn"),
     **dict.fromkeys(("ChildEvent", "EventCode", "describe_status"), "_status"),
 }
 #: Aliases for readers of the libxl documentation (``libxl_sigchld_owner_*``).
@@ -133,6 +137,12 @@ __all__ = [
     "ReapedCallback",
     "describe_status",
     "postfork_child_noexec",
+    "PIPE",
+    "DEVNULL",
+    "STDOUT",
+    "CompletedProcess",
+    "CalledProcessError",
+    "TimeoutExpired",
     "ChildprocError",
     "InvalidArgumentError",
     "StateError",

@@ -14,19 +14,27 @@ import enum
 import os
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _process
 from ._errors import InvalidArgumentError
 from ._lifecycle import FINISHED, Phase
 from ._status import ChildEvent
+
+if TYPE_CHECKING:
+    from ._stdio import ChildIO
 
 
 class ChildOwner(Protocol):
     """What a handle asks of the context that watches it (a :class:`~childproc.Context`)."""
 
+    @property
+    def closed(self) -> bool: ...
+    def dispatch(self) -> int: ...
     def _signal_child(self, child: Child, sig: int) -> None: ...
     def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None: ...
     def _release_child(self, child: Child) -> None: ...
+    def _fd_to_dispatch(self) -> int | None: ...
 
 
 __all__ = ["EVENT_MASK", "Child", "ChildState", "EventCallback", "check_events"]
@@ -84,7 +92,9 @@ class Child:
         "_defer_reap",
         "_events",
         "_exit_fd",
+        "_exit_wakers",
         "_final",
+        "_io",
         "_on_event",
         "_on_exit_status",
         "_pid",
@@ -132,6 +142,10 @@ class Child:
         self.oneshot = oneshot
         #: SIGKILL and reap this child when the context closes or the handle is released.
         self.kill_on_close = kill_on_close
+        #: Its pipes, text settings and communicate() state (None: started without pipes).
+        self._io: ChildIO | None = None
+        #: What the delivery of an event of this child pokes (a communicate() waiting).
+        self._exit_wakers: tuple[Callable[[], None], ...] = ()
 
     # -- what the application reads -----------------------------------------
     @property
@@ -191,6 +205,57 @@ class Child:
     @property
     def released(self) -> bool:
         return self.phase is Phase.RELEASED or self.phase is Phase.ORPHANED
+
+    # -- pipes (stdin=PIPE, stdout=PIPE, stderr=PIPE) -------------------------
+    @property
+    def args(self) -> object:
+        """The argv given to ``spawn``/``run`` (None for ``fork`` and ``adopt``), as ``Popen.args``."""
+        return self._io.args if self._io is not None else None
+
+    @property
+    def stdin(self) -> Any:
+        """The child's stdin pipe as a writable file object (binary, or text with
+        ``text=True``); None unless spawned or forked with ``stdin=PIPE``. Closing it
+        sends EOF."""
+        return self._io.file(0) if self._io is not None else None
+
+    @property
+    def stdout(self) -> Any:
+        """The child's stdout pipe as a readable file object; None unless ``stdout=PIPE``."""
+        return self._io.file(1) if self._io is not None else None
+
+    @property
+    def stderr(self) -> Any:
+        """The child's stderr pipe as a readable file object; None unless ``stderr=PIPE``."""
+        return self._io.file(2) if self._io is not None else None
+
+    def poll(self) -> int | None:
+        """``returncode``, after collecting what is ready (never blocks). As
+        :meth:`Context.dispatch`, it may run other children's callbacks too; where
+        another thread dispatches (a dispatch thread, MAINLOOP), it only reads."""
+        if not self.done and self._ctx._fd_to_dispatch() is not None:
+            self._ctx.dispatch()
+        return self.returncode
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
+        """Send ``input`` (bytes, or str with ``text=True``) to the child's stdin
+        and close it, read its stdout and stderr to the end, and wait for its exit:
+        ``(stdout, stderr)``, each None where not piped. As ``Popen.communicate``,
+        but a descendant holding a pipe open does not hold it up (see the I/O
+        rules in the docs). On timeout raises :class:`~childproc.TimeoutExpired`
+        (also ``subprocess``'s) with the output so far; the child is not killed,
+        and calling again carries on, losing nothing."""
+        from ._communicate import communicate  # noqa: PLC0415 - the I/O half loads on first use
+
+        return communicate(self, input, timeout)
+
+    def _add_exit_waker(self, poke: Callable[[], None]) -> None:
+        with _process.LOCK:
+            self._exit_wakers = (*self._exit_wakers, poke)
+
+    def _remove_exit_waker(self, poke: Callable[[], None]) -> None:
+        with _process.LOCK:
+            self._exit_wakers = tuple(p for p in self._exit_wakers if p != poke)  # (bound methods: ==)
 
     # -- what the application does -------------------------------------------
     def send_signal(self, sig: int) -> None:

@@ -44,10 +44,11 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _process, _teardown
+from . import _process, _stdio, _teardown
 from ._child import Child, EventCallback, check_events
 from ._children import Children, refuse_ignored
 from ._creators import Adopt, Creator, Fork, Spawn
@@ -72,6 +73,7 @@ from ._watchers import make_watcher
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
+    from ._results import CompletedProcess
     from ._spawn import Argv
 
 __all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback", "ServedLike"]
@@ -153,6 +155,11 @@ class Context:
         self._waiters_cv = threading.Condition(threading.Lock())
         self._teardown_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: MAINLOOP: the thread that reports exits (the last to call childproc_reaped or
+        #: sigchld_occurred; at first the one that chose the mode), which must not wait.
+        self._reporter = threading.get_ident()
+        #: The pipes of this context's children, closed by close() (if still open).
+        self._pipes: weakref.WeakSet[_stdio.ChildIO] = weakref.WeakSet()
         _process.register_context(self)
         if mode is not None or hooks is not None:
             self.setmode(hooks if hooks is not None else Hooks(chldowner=mode), user)  # type: ignore[arg-type]
@@ -271,6 +278,7 @@ class Context:
                 kids.refuse_foreign_children_locked(hooks.chldowner)
             old = (self._hooks, self._user, kids.plan, kids.watcher)
             self._hooks, self._user, kids.plan = hooks, user, plan
+            self._reporter = threading.get_ident()  # MAINLOOP: who reports exits, until one does
             kids.watcher = make_watcher(choose_watcher(hooks.chldowner, self._pidfds))
             cb = hooks.reaped_callback
             self._delivery.reaped_callback = None if cb is None else (lambda pid, st: cb(pid, st, self._user))
@@ -321,6 +329,12 @@ class Context:
         self,
         on_event: EventCallback | None = None,
         *,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        text: bool = False,
+        encoding: str | None = None,
+        errors: str | None = None,
         events: int = os.WEXITED,
         oneshot: bool = False,
         reap_after_callback: bool = False,
@@ -335,16 +349,63 @@ class Context:
         while the child is still a zombie (``/proc/<pid>`` readable) and reaps it
         right after, even if the callback raised (SELECTIVE_REAP and PIDFD only).
         ``kill_on_close`` kills and reaps the child when the context closes or the
-        handle is released. Errors as for :meth:`child_fork`.
+        handle is released. ``stdin``, ``stdout``, ``stderr``, ``text``,
+        ``encoding``, ``errors`` as for :meth:`spawn` (the forked child gets its
+        fds 0-2 set before this returns None there). Errors as for
+        :meth:`child_fork`.
         """
-        return self._start(
-            Fork(self._hooks.fork_replacement, self._user),
-            on_event,
-            events=events if events is _EXIT_ONLY else check_events(events),
-            oneshot=oneshot,
-            reap_after_callback=reap_after_callback,
-            kill_on_close=kill_on_close,
+        plan = _stdio.resolve(stdin, stdout, stderr)
+        pipes = _stdio.Pipes.open(plan) if plan.piped else None
+        sources = _stdio.child_sources(plan, pipes)
+        if pipes is not None:
+            pipes.forking = True  # the forked child keeps these child ends (see _stdio)
+        try:
+            child = self._start(
+                Fork(self._hooks.fork_replacement, self._user),
+                on_event,
+                events=events if events is _EXIT_ONLY else check_events(events),
+                oneshot=oneshot,
+                reap_after_callback=reap_after_callback,
+                kill_on_close=kill_on_close,
+                io=self._io_for(None, pipes, text, encoding, errors),
+            )
+        except BaseException:
+            if pipes is not None:
+                pipes.forking = False
+                pipes.close_all()
+            raise
+        if child is None:  # in the forked child
+            _stdio.redirect_in_child(sources, pipes)
+            return None
+        if pipes is not None:
+            pipes.forking = False
+            pipes.close_child_ends()
+        return child
+
+    def _io_for(
+        self, argv: Any, pipes: _stdio.Pipes | None, text: bool, encoding: str | None, errors: str | None
+    ) -> _stdio.ChildIO | None:
+        if pipes is None and argv is None:
+            return None
+        io = _stdio.ChildIO(
+            pipes, _stdio.command_of(argv), bool(text or encoding or errors), encoding, errors
         )
+        if pipes is not None:
+            self._pipes.add(io)
+        return io
+
+    def _reports_here(self) -> bool:
+        """MAINLOOP, and this thread is the one that reports exits: waiting here for
+        an exit would wait forever."""
+        return self._kids.plan.rules.app_reports and threading.get_ident() == self._reporter
+
+    def _fd_to_dispatch(self) -> int | None:
+        """The fd a thread waiting for a child's exit polls and then dispatches, or
+        None where another thread dispatches (a dispatch thread; the application
+        in MAINLOOP): the exit's delivery wakes the waiter then."""
+        if self._kids.plan.rules.app_reports or (self._thread is not None and self._thread.is_alive()):
+            return None
+        return self.fileno()
 
     def spawn(
         self,
@@ -354,9 +415,12 @@ class Context:
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         pass_fds: Sequence[int] = (),
-        stdin: int | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        text: bool = False,
+        encoding: str | None = None,
+        errors: str | None = None,
         events: int = os.WEXITED,
         oneshot: bool = False,
         reap_after_callback: bool = False,
@@ -366,12 +430,16 @@ class Context:
 
         Costs the same from a 4 GiB parent as from a small one. ``env`` replaces
         the environment (default: this process's); ``cwd`` is the working
-        directory; ``pass_fds`` stay open in the child at the same numbers;
-        ``stdin``, ``stdout``, ``stderr`` are fds to put at 0, 1, 2. SIGPIPE and
-        SIGXFSZ start at their defaults, as with ``subprocess``; so does SIGCHLD,
-        and no signal is blocked. ``argv[0]`` without a ``/`` is looked up on the
-        ``PATH`` of ``env`` (or of this process). The child is registered before
-        anyone can reap it, in every mode. Other arguments as for :meth:`fork`.
+        directory; ``pass_fds`` stay open in the child at the same numbers.
+        ``stdin``, ``stdout``, ``stderr``: :data:`PIPE` (a pipe, then
+        :attr:`Child.stdin` etc.), :data:`DEVNULL`, :data:`STDOUT` (stderr only),
+        an fd, a file object with ``fileno()``, or None (inherited), as with
+        ``subprocess`` (whose constants are the same); ``text``, ``encoding``,
+        ``errors`` make the pipes text files. SIGPIPE and SIGXFSZ start at their
+        defaults, as with ``subprocess``; so does SIGCHLD, and no signal is
+        blocked. ``argv[0]`` without a ``/`` is looked up on the ``PATH`` of
+        ``env`` (or of this process). The child is registered before anyone can
+        reap it, in every mode. Other arguments as for :meth:`fork`.
 
         Raises :class:`SpawnError` (with ``errno`` and ``filename``) if the program
         or ``cwd`` cannot be used; it is also a :class:`FileNotFoundError`,
@@ -383,17 +451,47 @@ class Context:
             not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
         ):
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
-        creator = Spawn(argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr)
-        child = self._start(
-            creator,
-            on_event,
-            events=events if events is _EXIT_ONLY else check_events(events),
-            oneshot=oneshot,
-            reap_after_callback=reap_after_callback,
-            kill_on_close=kill_on_close,
-        )
+        plan = _stdio.resolve(stdin, stdout, stderr)
+        pipes = _stdio.Pipes.open(plan) if plan.piped else None
+        try:
+            src = _stdio.child_sources(plan, pipes)
+            creator = Spawn(
+                argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=src[0], stdout=src[1], stderr=src[2]
+            )
+            child = self._start(
+                creator,
+                on_event,
+                events=events if events is _EXIT_ONLY else check_events(events),
+                oneshot=oneshot,
+                reap_after_callback=reap_after_callback,
+                kill_on_close=kill_on_close,
+                io=self._io_for(argv, pipes, text, encoding, errors),
+            )
+        except BaseException:
+            if pipes is not None:
+                pipes.close_all()
+            raise
+        finally:
+            if pipes is not None:
+                pipes.close_child_ends()
         assert child is not None
         return child
+
+    def run(self, argv: Argv, **options: Any) -> CompletedProcess:
+        """Run ``argv`` to completion, as ``subprocess.run``: ``run(argv, *, input=None,
+        capture_output=False, stdin=None, stdout=None, stderr=None, timeout=None,
+        check=False, text=False, encoding=None, errors=None, env=None, cwd=None,
+        **spawn options)``. Returns a :class:`CompletedProcess` (a
+        ``subprocess.CompletedProcess`` with ``event``, the final
+        :class:`ChildEvent`). ``check=True`` raises :class:`CalledProcessError` for
+        a non-zero exit; on ``timeout`` the child is killed with SIGKILL and reaped,
+        then :class:`TimeoutExpired` is raised with the output so far (both are
+        ``subprocess``'s classes too). Output is read by the rules of
+        :meth:`Child.communicate`. In MAINLOOP, call it from a thread other than the
+        one that reports exits (there it raises :class:`StateError`)."""
+        from ._run import run  # noqa: PLC0415 - subprocess's classes load on first use
+
+        return run(self, argv, **options)
 
     def adopt(
         self,
@@ -450,6 +548,7 @@ class Context:
         kill_on_close: bool,
         adopt_pidfd: int | None = None,
         on_exit_status: ChildCallback | None = None,
+        io: _stdio.ChildIO | None = None,
     ) -> Child | None:
         """The one way a child comes in: check, make it (through ``creator``) and
         register it, all under the process lock (see :mod:`childproc._children`)."""
@@ -483,6 +582,7 @@ class Context:
                 kill_on_close=kill_on_close,
                 on_exit_status=on_exit_status,
             )
+            child._io = io  # (before the child exists: its exit may be delivered at once)
             if not self._kids.start_locked(creator, child, call, adopt_pidfd):
                 return None  # in the forked child
         return child
@@ -711,6 +811,7 @@ class Context:
             ) from None
         self._enter()
         self._require_app_reports("childproc_reaped()")
+        self._reporter = threading.get_ident()
         kids = self._kids
         with _process.LOCK:
             self._check_usable()
@@ -730,6 +831,7 @@ class Context:
         """
         self._enter()
         self._require_app_reports("sigchld_occurred()")
+        self._reporter = threading.get_ident()
         kids = self._kids
         with _process.LOCK:
             self._check_usable()
@@ -832,6 +934,8 @@ class Context:
                 kids.wakeups.close()
                 self._torn_down = True
             _process.teardown_done(self)
+        for io in list(self._pipes):
+            io.close()
         if orphans:
             app_reaps = kids.plan.rules.reaper is Reaper.APPLICATION
             warnings.warn(_teardown.orphan_warning(orphans, app_reaps), ResourceWarning, stacklevel=3)

@@ -99,8 +99,11 @@ class Delivery:
                     raise
                 finally:
                     delivered += 1
-                    if phase is Phase.REAP_DUE and child is not None:
-                        self._reap_zombie(child)
+                    if child is not None:
+                        if phase is Phase.REAP_DUE:
+                            self._reap_zombie(child)
+                        for poke in child._exit_wakers:  # a communicate() waiting on this child
+                            poke()
         return delivered
 
     def _call_for(self, event: Event[Child]) -> tuple[Callable[..., object], tuple[Any, ...]]:

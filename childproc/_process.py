@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
+from . import _stdio
 from ._errors import StateError
 from ._sigchld import HANDLER, on_main_thread
 
@@ -205,6 +206,7 @@ def postfork_child_noexec() -> None:
         # under it, as child_fork's does, and the forking thread releases it.)
         LOCK._at_fork_reinit()  # type: ignore[attr-defined]
     HANDLER.reset_after_fork()
+    _stdio.abandon_after_fork()
     for ctx in list(_contexts):
         ctx.abandon_after_fork()
     _contexts.clear()

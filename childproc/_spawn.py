@@ -33,7 +33,13 @@ else:
     except ImportError:  # pragma: no cover - not CPython
         import signal as _signal
 
-__all__ = ["prepare_spawn", "refused", "spawn_process"]  # and, for type checkers only, Argv
+__all__ = ["DEVNULL", "PIPE", "STDOUT", "prepare_spawn", "refused", "spawn_process"]
+
+# The stdio constants, equal to subprocess's (whose own are therefore accepted), here
+# because a fresh fork server loads this module and must not load subprocess.
+PIPE = -1
+STDOUT = -2
+DEVNULL = -3  # and, for type checkers only, Argv
 
 # Python ignores these; a program started by subprocess gets them back at their
 # defaults, and so does one started here. SIGCHLD too: an ignored SIGCHLD would
@@ -146,23 +152,12 @@ def prepare_spawn(
     if env is not None and type(env) is not dict:
         _check_env(env)  # (a plain dict is checked by posix_spawn itself: see refused())
     actions: list[tuple[Any, ...]] = []
-    if stdin is not None or stdout is not None or stderr is not None:
-        for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
-            if fd is not None:
-                actions.append((os.POSIX_SPAWN_DUP2, _fd(fd, "stdin/stdout/stderr"), target))
     for fd in pass_fds:
         # dup2 onto itself clears close-on-exec in the child only (glibc >= 2.29),
         # so the parent's fd keeps its flags and no other thread can race us.
         actions.append((os.POSIX_SPAWN_DUP2, _fd(fd, "each of pass_fds"), fd))
-    if fd_map:
-        # target <- source, where sources and targets may cross (5->6 and 6->5):
-        # go through temporaries above every number involved.
-        base = max([*fd_map, *fd_map.values(), 2]) + 1
-        for i, source in enumerate(fd_map.values()):
-            actions.append((os.POSIX_SPAWN_DUP2, source, base + i))
-        for i, target in enumerate(fd_map):
-            actions.append((os.POSIX_SPAWN_DUP2, base + i, target))
-            actions.append((os.POSIX_SPAWN_CLOSE, base + i))
+    if stdin is not None or stdout is not None or stderr is not None or fd_map:
+        actions.extend(_redirections(stdin, stdout, stderr, fd_map))
     name = args[0] if type(args[0]) is str else os.fsdecode(args[0])
     environ = _current_environ() if env is None else env
     if cwd is None and ("/" in name or env is None):
@@ -182,6 +177,36 @@ def prepare_spawn(
         os.posix_spawn, program, args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=()
     )
     return call
+
+
+def _redirections(
+    stdin: int | None, stdout: int | None, stderr: int | None, fd_map: Mapping[int, int] | None
+) -> list[tuple[Any, ...]]:
+    """File actions putting each source fd at its target (0-2 from ``stdin``,
+    ``stdout``, ``stderr``; the rest from ``fd_map``, target -> source), where
+    sources and targets may cross (``stdout=2, stderr=1``; 5->6 and 6->5): every
+    source is first copied above every number involved, then each copy is put
+    in place and closed. :data:`DEVNULL` opens ``/dev/null`` at its target."""
+    moves: dict[int, int] = {}
+    opens: list[int] = []
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        if fd == DEVNULL:
+            opens.append(target)
+        elif fd is not None:
+            moves[target] = _fd(fd, "stdin/stdout/stderr")
+    if fd_map:
+        moves.update(fd_map)
+    base = max([*moves, *moves.values(), 2]) + 1
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_DUP2, source, base + i) for i, source in enumerate(moves.values())
+    ]
+    for target in opens:
+        flags = os.O_RDONLY if target == 0 else os.O_WRONLY
+        actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, flags, 0))
+    for i, target in enumerate(moves):
+        actions.append((os.POSIX_SPAWN_DUP2, base + i, target))
+        actions.append((os.POSIX_SPAWN_CLOSE, base + i))
+    return actions
 
 
 def refused(exc: TypeError | ValueError, env: Mapping[str, str] | None) -> Exception:

@@ -32,8 +32,9 @@ def _cleanup_children() -> list[str]:
 
 
 #: Dispositions a test may change and must put back (SIGCHLD is childproc's business;
-#: the others are what the interrupt and stop tests play with).
-WATCHED_SIGNALS = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGALRM)
+#: the others are what the interrupt and stop tests play with; SIGALRM is
+#: pytest-timeout's, which sets and clears it around each phase of a test).
+WATCHED_SIGNALS = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
 
 
 def _dispositions() -> dict[signal.Signals, object]:

@@ -29,6 +29,7 @@ RUNS = {
     "bigparent": ["--sizes-mib", "12,40", "--reps", "2", "--batch", "2"],
     "forkfaults": ["--rounds", "1", "--batch", "5"],
     "pathcost": ["--n", "5", "--modes", "SELECTIVE_REAP", "--top", "2"],
+    "pipe_io": ["--mib", "4", "--rounds", "1"],
 }
 #: Counting needs sys.monitoring (3.12+); before, the benchmark says so and exits.
 NEEDS_312 = {"pathcost"}

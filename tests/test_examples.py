@@ -53,6 +53,16 @@ EXPECTED: dict[str, list[str]] = {
         "not childproc's, exited with status 42",
         "childproc's children exited with [0, 5, 7]; the host's with 42",
     ],
+    "run_and_capture.py": [
+        "stdout='hello\\n' stderr='warning\\n' returncode=0",
+        "tr said SHOUT",
+        "check=True raised: exit 2, stderr b'failing\\n', event [",
+        "] exited with status 2",
+        "timed out after 0.5s with output b'working\\n': [",
+        "] killed by SIGKILL",
+        "returned at once: done",
+        "all runs as expected",
+    ],
     "selective_reap_subprocess.py": [
         "subprocess.run returncode: 5",
         "subprocess.run returncode: 6",

@@ -1,0 +1,308 @@
+"""Pipes, communicate() and run(): real children, real pipes, every close path checked
+by the leak check (tests/conftest.py), in every mode where it matters."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import childproc
+from childproc import DEVNULL, PIPE, STDOUT, Context, Hooks, SigchldOwner
+
+from .procutil import wait_until
+
+MODES = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
+MIB = 1 << 20
+
+
+@pytest.fixture(params=MODES, ids=[m.name for m in MODES])
+def ctx(request: pytest.FixtureRequest) -> Iterator[Context]:
+    with Context(request.param) as c:
+        yield c
+
+
+@pytest.fixture
+def sel() -> Iterator[Context]:
+    with Context(SigchldOwner.SELECTIVE_REAP) as c:
+        yield c
+
+
+# -- the constants and the results -------------------------------------------------
+def test_constants_are_subprocess_s() -> None:
+    assert (PIPE, STDOUT, DEVNULL) == (subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL)
+
+
+@pytest.mark.timeout(30)
+def test_run_captures_and_returns_a_completed_process(ctx: Context) -> None:
+    r = ctx.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True)
+    assert isinstance(r, subprocess.CompletedProcess) and isinstance(r, childproc.CompletedProcess)
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+    assert r.args == ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
+    assert r.event.pid == r.pid and r.event.returncode == 3
+    assert ctx.children == frozenset()
+
+
+@pytest.mark.timeout(30)
+def test_run_without_pipes_inherits_and_waits(sel: Context, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("wb") as f:
+        r = sel.run(["/bin/sh", "-c", "echo to-file"], stdout=f)
+    assert r.returncode == 0 and r.stdout is None and out.read_bytes() == b"to-file\n"
+
+
+@pytest.mark.timeout(30)
+def test_run_check_raises_called_process_error_of_both_hierarchies(sel: Context) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        sel.run(["/bin/sh", "-c", "echo no >&2; exit 4"], stderr=PIPE, check=True)
+    exc = info.value
+    assert isinstance(exc, childproc.ChildprocError) and isinstance(exc, childproc.CalledProcessError)
+    assert (exc.returncode, exc.stderr) == (4, b"no\n")
+    assert exc.event is not None and exc.event.returncode == 4
+    again = pickle.loads(pickle.dumps(exc))
+    assert (type(again), again.returncode, again.stderr, str(again)) == (type(exc), 4, b"no\n", str(exc))
+
+
+@pytest.mark.timeout(30)
+def test_run_timeout_kills_reaps_and_keeps_the_output(ctx: Context) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        ctx.run(["/bin/sh", "-c", "echo partial; exec sleep 30"], capture_output=True, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    exc = info.value
+    assert isinstance(exc, childproc.TimeoutExpired) and isinstance(exc, childproc.ChildprocError)
+    assert exc.output == b"partial\n" and exc.timeout == 0.5
+    assert exc.event is not None and exc.event.returncode == -signal.SIGKILL
+    assert ctx.children == frozenset()
+    again = pickle.loads(pickle.dumps(exc))
+    assert (again.output, again.timeout) == (b"partial\n", 0.5)
+
+
+@pytest.mark.timeout(30)
+def test_run_argument_errors_are_value_errors(sel: Context) -> None:
+    with pytest.raises(ValueError, match="stdin and input"):
+        sel.run(["true"], input=b"x", stdin=PIPE)
+    with pytest.raises(ValueError, match="capture_output"):
+        sel.run(["true"], capture_output=True, stdout=PIPE)
+    with pytest.raises(childproc.InvalidArgumentError, match="STDOUT is only for stderr"):
+        sel.spawn(["true"], stdout=STDOUT)
+    with pytest.raises(childproc.InvalidArgumentError, match="stdin must be"):
+        sel.spawn(["true"], stdin=-7)
+    with pytest.raises(childproc.InvalidArgumentError, match="stdout must be"):
+        sel.spawn(["true"], stdout="out.txt")
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_spawn_leaves_no_pipe_open(sel: Context) -> None:
+    with pytest.raises(FileNotFoundError):
+        sel.run(["/nonexistent/program"], capture_output=True, input=b"x")
+    with pytest.raises(FileNotFoundError):
+        sel.spawn(["/nonexistent/program"], stdin=PIPE, stdout=PIPE, stderr=PIPE)
+    # (the leak check finds any pipe left open)
+
+
+# -- no deadlock, nothing lost ---------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_64_mib_each_way_through_both_pipes(ctx: Context) -> None:
+    script = "cat; head -c 67108864 /dev/zero >&2"
+    data = os.urandom(MIB) * 64
+    r = ctx.run(["/bin/sh", "-c", script], input=data, capture_output=True)
+    assert r.returncode == 0
+    assert len(r.stdout) == 64 * MIB and r.stdout == data
+    assert len(r.stderr) == 64 * MIB and r.stderr.count(0) == 64 * MIB
+
+
+@pytest.mark.timeout(60)
+def test_a_child_that_closes_its_stdin_early_is_not_an_error(sel: Context) -> None:
+    r = sel.run(["/bin/sh", "-c", "exec 0<&-; echo done"], input=b"x" * (16 * MIB), capture_output=True)
+    assert (r.returncode, r.stdout) == (0, b"done\n")
+
+
+@pytest.mark.timeout(30)
+def test_a_grandchild_holding_the_pipes_holds_nobody_up(ctx: Context) -> None:
+    t0 = time.monotonic()
+    r = ctx.run(["/bin/sh", "-c", "sleep 30 & echo $!; echo hi"], capture_output=True, text=True)
+    took = time.monotonic() - t0
+    grandchild = int(r.stdout.split()[0])
+    try:
+        assert r.stdout.split()[1] == "hi" and r.returncode == 0
+        assert took < 1.5, f"run() waited {took:.2f}s for a grandchild holding the pipe"
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+
+
+@pytest.mark.timeout(30)
+def test_output_written_just_before_the_exit_is_kept(sel: Context) -> None:
+    # The child writes a lot and exits at once: all of it is in the pipe at the exit.
+    r = sel.run(["/bin/sh", "-c", "head -c 3000000 /dev/zero; echo end"], capture_output=True)
+    assert len(r.stdout) == 3_000_004 and r.stdout.endswith(b"end\n")
+
+
+@pytest.mark.timeout(30)
+def test_communicate_timeout_then_again_loses_nothing(ctx: Context) -> None:
+    child = ctx.spawn(["/bin/sh", "-c", "echo a; echo b >&2; sleep 0.8; echo c"], stdout=PIPE, stderr=STDOUT)
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        child.communicate(timeout=0.3)
+    assert info.value.output == b"a\nb\n"
+    assert child.returncode is None  # not killed
+    with pytest.raises(childproc.InvalidArgumentError, match="no new input"):
+        child.communicate(b"more")
+    assert child.communicate() == (b"a\nb\nc\n", None)
+    assert child.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_text_mode_and_universal_newlines(sel: Context) -> None:
+    script = "printf 'a\\r\\nb\\rc\\n'; cat"
+    r = sel.run(["/bin/sh", "-c", script], input="é\n", capture_output=True, text=True)
+    assert r.stdout == "a\nb\nc\né\n"
+    with pytest.raises(childproc.InvalidArgumentError, match="text=True"):
+        sel.run(["cat"], input="str without text")
+
+
+# -- the file objects ---------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_stdin_stdout_file_objects_talk_to_the_child(ctx: Context) -> None:
+    child = ctx.spawn(["/bin/sh", "-c", "read x; echo got $x; exit 2"], stdin=PIPE, stdout=PIPE, text=True)
+    assert child.stderr is None
+    child.stdin.write("hello\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == "got hello\n"
+    assert child.wait(10) is not None and child.poll() == 2
+    child.stdin.close()
+    child.stdout.close()
+    child.stdout.close()  # (twice: still one close of the fd)
+
+
+@pytest.mark.timeout(30)
+def test_communicate_after_reading_part_through_the_file_object(sel: Context) -> None:
+    child = sel.spawn(["/bin/sh", "-c", "echo one; echo two; echo three"], stdout=PIPE)
+    assert child.stdout.readline() == b"one\n"  # (the reader may have buffered the rest)
+    assert child.communicate() == (b"two\nthree\n", None)
+
+
+@pytest.mark.timeout(30)
+def test_devnull_fd_and_file_object_sources(sel: Context, tmp_path: Path) -> None:
+    r = sel.run(["cat"], stdin=DEVNULL, capture_output=True)
+    assert (r.returncode, r.stdout) == (0, b"")
+    target = tmp_path / "both"
+    with target.open("wb") as f:
+        sel.run(["/bin/sh", "-c", "echo o; echo e >&2"], stdout=f.fileno(), stderr=STDOUT)
+    assert sorted(target.read_bytes().split()) == [b"e", b"o"]
+    # Sources that cross: the child's stdout goes where our fd 2 points and the other way.
+    r = sel.run(["/bin/sh", "-c", "echo x"], stdout=DEVNULL, stderr=PIPE)
+    assert (r.stdout, r.stderr) == (None, b"")
+
+
+@pytest.mark.timeout(30)
+def test_closing_the_context_closes_the_pipes(sel: Context) -> None:
+    """close() closes every pipe end still open, and the application's file objects
+    over them say so (none reads a number that may name another file by then)."""
+    child = sel.spawn(["/bin/sh", "-c", "echo hi"], stdout=PIPE, stdin=PIPE)
+    out, into = child.stdout, child.stdin
+    child.wait(10)
+    sel.close()
+    assert out.closed and into.closed
+    with pytest.raises(ValueError):
+        out.read()
+    into.close()  # (closing again is harmless)
+
+
+# -- fork -------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_fork_with_pipes(ctx: Context) -> None:
+    child = ctx.fork(stdin=PIPE, stdout=PIPE, stderr=DEVNULL)
+    if child is None:
+        try:
+            data = b"".join(iter(lambda: os.read(0, 65536), b""))  # (pytest replaced sys.stdin)
+            os.write(1, data.upper())
+            os.write(2, b"to devnull\n")
+        finally:
+            os._exit(7)
+    assert child.communicate(b"abc") == (b"ABC", None)
+    assert child.returncode == 7
+
+
+@pytest.mark.timeout(30)
+def test_no_other_child_holds_a_stdin_pipe_open(sel: Context) -> None:
+    """The parent's ends are close-on-exec and closed in forked children: closing our
+    stdin end gives the reader EOF while other children (spawned, forked) run."""
+    reader = sel.spawn(["cat"], stdin=PIPE, stdout=DEVNULL)
+    other = sel.spawn(["sleep", "5"])
+    forked = sel.fork()
+    if forked is None:
+        time.sleep(5)
+        os._exit(0)
+    try:
+        reader.stdin.close()
+        assert reader.wait(3) is not None, "cat never saw EOF: another child holds the pipe"
+    finally:
+        other.kill()
+        forked.kill()
+        other.wait(10)
+        forked.wait(10)
+
+
+# -- who learns the exit ------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_communicate_with_a_dispatch_thread(sel: Context) -> None:
+    sel.start_dispatch_thread()
+    t0 = time.monotonic()
+    for _ in range(5):
+        r = sel.run(["/bin/sh", "-c", "echo x"], capture_output=True)
+        assert r.stdout == b"x\n"
+    assert time.monotonic() - t0 < 5  # woken by the delivery, not by a tick
+
+
+@pytest.mark.timeout(30)
+def test_mainloop_run_from_another_thread_and_refused_on_the_reporting_one() -> None:
+    with Context(SigchldOwner.LIBXL) as ctx:
+        ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
+        with pytest.raises(childproc.StateError, match="reports exits"):
+            ctx.run(["true"])
+        got: list[object] = []
+
+        def worker() -> None:
+            got.append(ctx.run(["/bin/sh", "-c", "echo via-host"], capture_output=True))
+
+        t = threading.Thread(target=worker)
+        t.start()
+        while t.is_alive():  # the host's loop: reap and report
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid:
+                ctx.childproc_reaped(pid, status)
+            time.sleep(0.01)
+        t.join()
+        (r,) = got
+        assert isinstance(r, childproc.CompletedProcess) and r.stdout == b"via-host\n"
+
+
+@pytest.mark.timeout(30)
+def test_closing_the_context_wakes_a_communicate() -> None:
+    ctx = Context(SigchldOwner.SELECTIVE_REAP)
+    child = ctx.spawn(["sleep", "30"], stdout=PIPE, kill_on_close=True)
+    errors: list[BaseException] = []
+
+    def talk() -> None:
+        try:
+            child.communicate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=talk)
+    t.start()
+    assert wait_until(lambda: bool(child._exit_wakers), timeout=5)
+    ctx.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert len(errors) <= 1 and all(isinstance(e, childproc.ClosedError) for e in errors)
