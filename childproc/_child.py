@@ -88,6 +88,7 @@ class Child:
 
     __slots__ = (
         "__weakref__",
+        "_args",
         "_ctx",
         "_defer_reap",
         "_events",
@@ -144,6 +145,7 @@ class Child:
         self.kill_on_close = kill_on_close
         #: Its pipes, text settings and communicate() state (None: started without pipes).
         self._io: ChildIO | None = None
+        self._args: object = None  # what spawn() was given
         #: What the delivery of an event of this child pokes (a communicate() waiting).
         self._exit_wakers: tuple[Callable[[], None], ...] = ()
 
@@ -210,7 +212,7 @@ class Child:
     @property
     def args(self) -> object:
         """The argv given to ``spawn``/``run`` (None for ``fork`` and ``adopt``), as ``Popen.args``."""
-        return self._io.args if self._io is not None else None
+        return self._args
 
     @property
     def stdin(self) -> Any:

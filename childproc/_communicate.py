@@ -46,6 +46,8 @@ class Child(Protocol):
     @property
     def pid(self) -> int: ...
     @property
+    def args(self) -> object: ...
+    @property
     def done(self) -> bool: ...
     def _add_exit_waker(self, poke: Callable[[], None]) -> None: ...
     def _remove_exit_waker(self, poke: Callable[[], None]) -> None: ...
@@ -76,7 +78,7 @@ def communicate(child: Child, input: Any = None, timeout: float | None = None) -
         if input:
             raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
         if child._ctx._wait_child(child, timeout) is None and not child.done:
-            raise TimeoutExpired(command_of(io_.args if io_ else None), timeout or 0.0, pid=child.pid)
+            raise TimeoutExpired(command_of(child.args), timeout or 0.0, pid=child.pid)
         return None, None
     if not io_.lock.acquire(blocking=False):
         raise StateError(f"communicate() is already running for child {child.pid} on another thread")
@@ -228,4 +230,4 @@ def _feed(io_: ChildIO, fd: int, what: int) -> bool:
 def _timed_out(child: Child, io_: ChildIO, timeout: float | None) -> TimeoutExpired:
     out = io_.sinks[1].snapshot() if 1 in io_.sinks else None
     err = io_.sinks[2].snapshot() if 2 in io_.sinks else None
-    return TimeoutExpired(command_of(io_.args), timeout or 0.0, out, err, pid=child.pid)
+    return TimeoutExpired(command_of(child.args), timeout or 0.0, out, err, pid=child.pid)

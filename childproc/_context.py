@@ -354,9 +354,7 @@ class Context:
         fds 0-2 set before this returns None there). Errors as for
         :meth:`child_fork`.
         """
-        plan = _stdio.resolve(stdin, stdout, stderr)
-        pipes = _stdio.Pipes.open(plan) if plan.piped else None
-        sources = _stdio.child_sources(plan, pipes)
+        pipes, sources = _stdio.prepare(stdin, stdout, stderr)
         if pipes is not None:
             pipes.forking = True  # the forked child keeps these child ends (see _stdio)
         try:
@@ -367,7 +365,7 @@ class Context:
                 oneshot=oneshot,
                 reap_after_callback=reap_after_callback,
                 kill_on_close=kill_on_close,
-                io=self._io_for(None, pipes, text, encoding, errors),
+                io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
             )
         except BaseException:
             if pipes is not None:
@@ -375,7 +373,8 @@ class Context:
                 pipes.close_all()
             raise
         if child is None:  # in the forked child
-            _stdio.redirect_in_child(sources, pipes)
+            if sources is not None:
+                _stdio.redirect_in_child(sources, pipes)
             return None
         if pipes is not None:
             pipes.forking = False
@@ -383,15 +382,10 @@ class Context:
         return child
 
     def _io_for(
-        self, argv: Any, pipes: _stdio.Pipes | None, text: bool, encoding: str | None, errors: str | None
-    ) -> _stdio.ChildIO | None:
-        if pipes is None and argv is None:
-            return None
-        io = _stdio.ChildIO(
-            pipes, _stdio.command_of(argv), bool(text or encoding or errors), encoding, errors
-        )
-        if pipes is not None:
-            self._pipes.add(io)
+        self, pipes: _stdio.Pipes, text: bool, encoding: str | None, errors: str | None
+    ) -> _stdio.ChildIO:
+        io = _stdio.ChildIO(pipes, bool(text or encoding or errors), encoding, errors)
+        self._pipes.add(io)
         return io
 
     def _reports_here(self) -> bool:
@@ -451,12 +445,12 @@ class Context:
             not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
         ):
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
-        plan = _stdio.resolve(stdin, stdout, stderr)
-        pipes = _stdio.Pipes.open(plan) if plan.piped else None
+        pipes, src = _stdio.prepare(stdin, stdout, stderr)
         try:
-            src = _stdio.child_sources(plan, pipes)
+            if src is not None:
+                stdin, stdout, stderr = src
             creator = Spawn(
-                argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=src[0], stdout=src[1], stderr=src[2]
+                argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr
             )
             child = self._start(
                 creator,
@@ -465,7 +459,8 @@ class Context:
                 oneshot=oneshot,
                 reap_after_callback=reap_after_callback,
                 kill_on_close=kill_on_close,
-                io=self._io_for(argv, pipes, text, encoding, errors),
+                io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
+                args=argv,
             )
         except BaseException:
             if pipes is not None:
@@ -549,6 +544,7 @@ class Context:
         adopt_pidfd: int | None = None,
         on_exit_status: ChildCallback | None = None,
         io: _stdio.ChildIO | None = None,
+        args: Any = None,
     ) -> Child | None:
         """The one way a child comes in: check, make it (through ``creator``) and
         register it, all under the process lock (see :mod:`childproc._children`)."""
@@ -582,7 +578,7 @@ class Context:
                 kill_on_close=kill_on_close,
                 on_exit_status=on_exit_status,
             )
-            child._io = io  # (before the child exists: its exit may be delivered at once)
+            child._io, child._args = io, args  # (before the child exists: its exit may come at once)
             if not self._kids.start_locked(creator, child, call, adopt_pidfd):
                 return None  # in the forked child
         return child

@@ -9,15 +9,27 @@ child too, and every pipe is closed on every path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import ChildExitedError, ChildStolenError, InvalidArgumentError, StateError
 from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
 from ._spawn import PIPE
+from ._stdio import command_of
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from ._child import Child
     from ._spawn import Argv
+
+
+class Context(Protocol):
+    """What ``run`` needs of a :class:`~childproc.Context` (no import: the context
+    loads this module on first use)."""
+
+    @property
+    def spawn(self) -> Callable[..., Child]: ...
+    def _reports_here(self) -> bool: ...
+
 
 __all__ = ["run"]
 
@@ -86,9 +98,9 @@ def run(
     event = child.final
     if event is None or event.returncode is None:
         raise ChildStolenError(f"child {child.pid}'s exit status was taken by someone else", child.pid)
-    result = CompletedProcess(child.args, event.returncode, out, err, event=event, pid=child.pid)
+    result = CompletedProcess(command_of(child.args), event.returncode, out, err, event=event, pid=child.pid)
     if check and result.returncode:
-        raise CalledProcessError(result.returncode, child.args, out, err, event=event, pid=child.pid)
+        raise CalledProcessError(result.returncode, result.args, out, err, event=event, pid=child.pid)
     return result
 
 

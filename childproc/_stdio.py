@@ -49,6 +49,7 @@ __all__ = [
     "abandon_after_fork",
     "child_sources",
     "command_of",
+    "prepare",
     "redirect_in_child",
     "resolve",
 ]
@@ -180,6 +181,19 @@ class Pipes:
 _PID = os.getpid()
 
 
+def prepare(
+    stdin: object, stdout: object, stderr: object
+) -> tuple[Pipes | None, tuple[int | None, int | None, int | None] | None]:
+    """``stdin``, ``stdout``, ``stderr`` checked and their pipes opened: the
+    :class:`Pipes` (None without a pipe) and what the child's fds 0-2 are made
+    from (None if all three are inherited)."""
+    if stdin is None and stdout is None and stderr is None:
+        return None, None
+    plan = resolve(stdin, stdout, stderr)
+    pipes = Pipes.open(plan) if plan.piped else None
+    return pipes, child_sources(plan, pipes)
+
+
 def child_sources(plan: StdioPlan, pipes: Pipes | None) -> tuple[int | None, int | None, int | None]:
     """What the child's fds 0-2 are made from: ``plan``'s, the pipes' child ends in
     place of :data:`PIPE`, stdout's source (or fd 1) in place of :data:`STDOUT`."""
@@ -286,7 +300,6 @@ class ChildIO:
     __slots__ = (
         "__weakref__",
         "_files",
-        "args",
         "encoding",
         "errors",
         "input",
@@ -298,11 +311,8 @@ class ChildIO:
         "text",
     )
 
-    def __init__(
-        self, pipes: Pipes | None, args: Any, text: bool, encoding: str | None, errors: str | None
-    ) -> None:
+    def __init__(self, pipes: Pipes | None, text: bool, encoding: str | None, errors: str | None) -> None:
         self.pipes = pipes
-        self.args = args
         self.text = text
         self.encoding = encoding
         self.errors = errors
