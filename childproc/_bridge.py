@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._child import Child, EventCallback
 from ._context import Context
@@ -142,9 +142,12 @@ class Bridge(Generic[W]):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         pass_fds: Sequence[int] = (),
-        stdin: int | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        text: bool = False,
+        encoding: str | None = None,
+        errors: str | None = None,
         events: int = os.WEXITED,
         kill_on_close: bool = False,
     ) -> W:
@@ -159,18 +162,35 @@ class Bridge(Generic[W]):
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
+            text=text,
+            encoding=encoding,
+            errors=errors,
             events=events,
             kill_on_close=kill_on_close,
         )
         return self._wrap(child, on_event)
 
     def fork(
-        self, *, on_event: EventCallback | None = None, events: int = os.WEXITED, kill_on_close: bool = False
+        self,
+        *,
+        on_event: EventCallback | None = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        events: int = os.WEXITED,
+        kill_on_close: bool = False,
     ) -> W | None:
         """:meth:`Context.fork <childproc.Context.fork>`: a waiter in the parent, None in the
         child (which must exec or ``os._exit``; it must not touch the event loop)."""
         self._check_events(events)
-        child = self.context.fork(self._on_event, events=events, kill_on_close=kill_on_close)
+        child = self.context.fork(
+            self._on_event,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            events=events,
+            kill_on_close=kill_on_close,
+        )
         return None if child is None else self._wrap(child, on_event)
 
     def adopt(

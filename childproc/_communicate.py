@@ -23,16 +23,15 @@ The rules (docs: "Pipes, output and timeouts")
 
 from __future__ import annotations
 
-import os
 import select
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._errors import ClosedError, InvalidArgumentError, StateError
+from ._pump import PIPE_LINGER_S, PIPE_QUIET_S, Pump
 from ._results import TimeoutExpired
-from ._sink import Sink
-from ._stdio import ChildIO, command_of, default_encoding
+from ._stdio import ChildIO, command_of
 from ._waker import Waker
 
 
@@ -53,22 +52,9 @@ class Child(Protocol):
     def _remove_exit_waker(self, poke: Callable[[], None]) -> None: ...
 
 
-__all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "communicate"]
-
-#: After the child's exit, stop reading a pipe that has been quiet this long (seconds).
-PIPE_QUIET_S = 0.05
-#: After the child's exit, stop reading its pipes this long after it at the latest.
-PIPE_LINGER_S = 0.5
+__all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "communicate"]  # (the constants: see _pump)
 
 _TICK_S = 1.0  # the longest sleep: closing contexts and lost wake-ups are noticed by then
-_CHUNK = 1 << 20  # bytes offered to the stdin pipe per write
-
-
-def _decode(io_: ChildIO, data: bytes | None) -> Any:
-    if data is None or not io_.text:
-        return data
-    text = data.decode(io_.encoding or default_encoding(), io_.errors or "strict")
-    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def communicate(child: Child, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
@@ -88,56 +74,7 @@ def communicate(child: Child, input: Any = None, timeout: float | None = None) -
         io_.lock.release()
 
 
-def _start(io_: ChildIO, input: Any) -> None:
-    pipes = io_.pipes
-    assert pipes is not None
-    if io_.started:
-        if input:
-            raise InvalidArgumentError(
-                "communicate() carries on where a timeout stopped it: give no new input"
-            )
-        return
-    if input is not None and pipes.parent[0] < 0:
-        raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
-    if isinstance(input, str):
-        if not io_.text:
-            raise InvalidArgumentError("input is str: spawn with text=True, or give bytes")
-        input = input.encode(io_.encoding or default_encoding(), io_.errors or "strict")
-    stdin = io_._files[0]
-    if stdin is not None and not stdin.closed:
-        try:
-            stdin.flush()  # what the application wrote through child.stdin goes first
-        except BrokenPipeError:
-            pass
-    for target in (1, 2):
-        if pipes.parent[target] >= 0:
-            os.set_blocking(pipes.parent[target], False)
-            io_.sinks[target] = sink = Sink()
-            f = io_._files[target]
-            if f is not None and not io_.text and not f.closed:
-                # Bytes the application's reader already buffered come first (peek
-                # does not block now: the fd is non-blocking).
-                buffered = f.peek()
-                if buffered:
-                    sink.write(f.read(len(buffered)))
-    if pipes.parent[0] >= 0:
-        if input:
-            os.set_blocking(pipes.parent[0], False)
-            io_.input = memoryview(input).cast("B")
-        else:
-            _close(io_, 0)
-    io_.started = True
-
-
-def _close(io_: ChildIO, target: int) -> None:
-    f = io_._files[target]
-    if f is not None and target == 0:
-        try:
-            f.close()  # (flushes: nothing is buffered once communicate started)
-        except (BrokenPipeError, ValueError):
-            pass
-    assert io_.pipes is not None
-    io_.pipes.close(target)
+_HUP = select.POLLHUP | select.POLLERR
 
 
 def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) -> tuple[Any, Any]:
@@ -148,9 +85,8 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
             "that reports exits (childproc_reaped, sigchld_occurred): call it from another thread"
         )
     deadline = None if timeout is None else time.monotonic() + timeout
-    _start(io_, input)
-    pipes = io_.pipes
-    assert pipes is not None
+    pump = Pump(io_, child.args, child.pid)
+    pump.start(input)
     waker = Waker()
     poller = select.poll()
     child._add_exit_waker(waker.poke)
@@ -159,42 +95,32 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
         dispatch_fd = ctx._fd_to_dispatch()
         if dispatch_fd is not None:
             poller.register(dispatch_fd, select.POLLIN)
-        reading = {pipes.parent[t]: t for t in (1, 2) if pipes.parent[t] >= 0}
-        for fd in reading:
+        for fd in pump.reading:
             poller.register(fd, select.POLLIN)
-        if pipes.parent[0] >= 0:
-            poller.register(pipes.parent[0], select.POLLOUT)
-        exit_at: float | None = None
-        last_data = 0.0
+        stdin = pump.stdin
+        if stdin is not None:
+            poller.register(stdin, select.POLLOUT)
         while True:
             now = time.monotonic()
-            if exit_at is None and child.done:
-                exit_at = last_data = now
-                if pipes.parent[0] >= 0:  # nobody will read the rest of the input
-                    poller.unregister(pipes.parent[0])
-                    _close(io_, 0)
-            if exit_at is not None:
-                if not reading or now >= min(last_data + PIPE_QUIET_S, exit_at + PIPE_LINGER_S):
-                    break
-                wait_s = min(last_data + PIPE_QUIET_S, exit_at + PIPE_LINGER_S) - now
-            else:
-                wait_s = _TICK_S
+            if child.done and pump.exit_at is None:
+                if pump.stdin is not None:
+                    poller.unregister(pump.stdin)
+                pump.exited(now)
+            left = pump.linger(now)
+            if left is not None and left <= 0:
+                break
+            wait_s = _TICK_S if left is None else left
             if deadline is not None:
                 if now >= deadline:
-                    raise _timed_out(child, io_, timeout)
+                    raise pump.timed_out(timeout)
                 wait_s = min(wait_s, deadline - now)
             for fd, what in poller.poll(max(0.0, wait_s) * 1000):
-                if fd in reading:
-                    got = io_.sinks[reading[fd]].read_from(fd)
-                    if got == 0 or (got is None and what & (select.POLLHUP | select.POLLERR)):
+                if fd in pump.reading:
+                    if pump.readable(fd, bool(what & _HUP), time.monotonic()):
                         poller.unregister(fd)
-                        pipes.close(reading.pop(fd))
-                    elif got:
-                        last_data = time.monotonic()
-                elif fd == pipes.parent[0]:
-                    if _feed(io_, fd, what):
+                elif fd == pump.stdin:
+                    if pump.writable(fd, bool(what & _HUP)):
                         poller.unregister(fd)
-                        _close(io_, 0)
                 elif fd == waker.rfd:
                     waker.drain()
                 elif what & select.POLLNVAL:  # the context's fd: closed under us
@@ -203,31 +129,7 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
                     ctx.dispatch()
             if ctx.closed and not child.done:
                 raise ClosedError("the context was closed while communicate() waited")
-        for target in reading.values():  # the linger is over: what is left is a grandchild's
-            pipes.close(target)
     finally:
         child._remove_exit_waker(waker.poke)
         waker.close()
-    out = io_.sinks.pop(1).take() if 1 in io_.sinks else None
-    err = io_.sinks.pop(2).take() if 2 in io_.sinks else None
-    return _decode(io_, out), _decode(io_, err)
-
-
-def _feed(io_: ChildIO, fd: int, what: int) -> bool:
-    """Write more input; True once all is written or the child closed its stdin."""
-    view = io_.input
-    if view is None or what & (select.POLLERR | select.POLLHUP):
-        return True
-    try:
-        io_.input_at += os.write(fd, view[io_.input_at : io_.input_at + _CHUNK])
-    except BlockingIOError:
-        return False
-    except BrokenPipeError:
-        return True  # the child closed its stdin: not an error (as subprocess)
-    return io_.input_at >= len(view)
-
-
-def _timed_out(child: Child, io_: ChildIO, timeout: float | None) -> TimeoutExpired:
-    out = io_.sinks[1].snapshot() if 1 in io_.sinks else None
-    err = io_.sinks[2].snapshot() if 2 in io_.sinks else None
-    return TimeoutExpired(command_of(child.args), timeout or 0.0, out, err, pid=child.pid)
+    return pump.finish()

@@ -31,7 +31,7 @@ class Context(Protocol):
     def _reports_here(self) -> bool: ...
 
 
-__all__ = ["run"]
+__all__ = ["kill", "result", "run", "streams_for"]
 
 
 def run(
@@ -52,18 +52,15 @@ def run(
     **options: Any,
 ) -> CompletedProcess:
     """See :meth:`Context.run`."""
-    if input is not None:
-        if stdin is not None:
-            raise InvalidArgumentError("stdin and input arguments may not both be used")
-        stdin = PIPE
-    if capture_output:
-        if stdout is not None or stderr is not None:
-            raise InvalidArgumentError("stdout and stderr arguments may not be used with capture_output")
-        stdout = stderr = PIPE
-    if universal_newlines is not None:
-        if text and not universal_newlines:
-            raise InvalidArgumentError("text and universal_newlines are given and differ")
-        text = bool(universal_newlines)
+    stdin, stdout, stderr, text = streams_for(
+        input=input,
+        capture_output=capture_output,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        text=text,
+        universal_newlines=universal_newlines,
+    )
     if ctx._reports_here():
         raise StateError(
             "run() waits for the child's exit, and in MAINLOOP this thread is the one that "
@@ -84,27 +81,60 @@ def run(
     try:
         out, err = child.communicate(input, timeout)
     except TimeoutExpired as exc:
-        _kill(child)
+        kill(child)
         child.wait()
         exc.event = child.final
         raise
     except BaseException:
-        _kill(child)
+        kill(child)
         child.release()
         raise
     finally:
         if child._io is not None:
             child._io.close()
+    return result(child, out, err, check)
+
+
+def streams_for(
+    *,
+    input: Any,
+    capture_output: bool,
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+    text: bool,
+    universal_newlines: bool | None,
+) -> tuple[Any, Any, Any, bool]:
+    """``run()``'s stream arguments as ``spawn()`` takes them, checked as ``subprocess``
+    checks them (each refusal is an :class:`InvalidArgumentError`, a ``ValueError``)."""
+    if input is not None:
+        if stdin is not None:
+            raise InvalidArgumentError("stdin and input arguments may not both be used")
+        stdin = PIPE
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise InvalidArgumentError("stdout and stderr arguments may not be used with capture_output")
+        stdout = stderr = PIPE
+    if universal_newlines is not None:
+        if text and not universal_newlines:
+            raise InvalidArgumentError("text and universal_newlines are given and differ")
+        text = bool(universal_newlines)
+    return stdin, stdout, stderr, text
+
+
+def result(child: Any, out: Any, err: Any, check: bool) -> CompletedProcess:
+    """The :class:`CompletedProcess` of ``child`` (whose exit was delivered), or, with
+    ``check``, :class:`CalledProcessError` for a non-zero exit."""
     event = child.final
     if event is None or event.returncode is None:
         raise ChildStolenError(f"child {child.pid}'s exit status was taken by someone else", child.pid)
-    result = CompletedProcess(command_of(child.args), event.returncode, out, err, event=event, pid=child.pid)
-    if check and result.returncode:
-        raise CalledProcessError(result.returncode, result.args, out, err, event=event, pid=child.pid)
-    return result
+    done = CompletedProcess(command_of(child.args), event.returncode, out, err, event=event, pid=child.pid)
+    if check and done.returncode:
+        raise CalledProcessError(done.returncode, done.args, out, err, event=event, pid=child.pid)
+    return done
 
 
-def _kill(child: Any) -> None:
+def kill(child: Any) -> None:
     """SIGKILL ``child`` unless it exited already (the one place a later feature makes
     this kill the child's whole tree)."""
     try:

@@ -27,17 +27,22 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._bridge import Bridge, WaiterBase, default_mode
 from ._child import Child
 from ._context import Context, Hooks
-from ._errors import StateError
+from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner, wants_handler
+from ._pump import Pump
+from ._results import CompletedProcess, TimeoutExpired
+from ._run import kill, result, streams_for
 from ._status import ChildEvent
+from ._stdio import ChildIO, command_of
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
@@ -92,6 +97,101 @@ class AsyncChild(WaiterBase):
 
     def __await__(self) -> Any:
         return self.wait().__await__()
+
+    async def communicate(self, input: Any = None, *, timeout: float | None = None) -> tuple[Any, Any]:
+        """:meth:`Child.communicate <childproc.Child.communicate>` on the loop: feed
+        ``input``, read stdout and stderr (the I/O rules of the sync one: a
+        descendant holding a pipe holds nobody up), await the exit. On ``timeout``
+        raises :class:`~childproc.TimeoutExpired` with the output so far, and a
+        later call carries on; cancelled, the same (nothing is lost, the child is
+        not killed)."""
+        io_ = self.child._io
+        if io_ is None or io_.pipes is None:
+            if input:
+                raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutExpired(command_of(self.child.args), timeout or 0.0, pid=self.pid) from None
+            return None, None
+        if not io_.lock.acquire(blocking=False):
+            raise StateError(f"communicate() is already running for child {self.pid}")
+        try:
+            return await _LoopPump(self, io_).run(input, timeout)
+        finally:
+            io_.lock.release()
+
+
+class _LoopPump:
+    """A :class:`~childproc._pump.Pump` driven by the loop: readers and writers on
+    the pipes, the exit from the child's future, the linger from a timer."""
+
+    def __init__(self, child: AsyncChild, io_: ChildIO) -> None:
+        self.child = child
+        self.loop = asyncio.get_running_loop()
+        self.pump = Pump(io_, child.child.args, child.pid)
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def run(self, input: Any, timeout: float | None) -> tuple[Any, Any]:
+        pump, loop = self.pump, self.loop
+        pump.start(input)
+        readers = list(pump.reading)
+        writer = pump.stdin
+        for fd in readers:
+            loop.add_reader(fd, self._step, self._read, fd)
+        if writer is not None:
+            loop.add_writer(writer, self._step, self._write, writer)
+        self.child._exit.add_done_callback(self._exited)
+        try:
+            self._check()
+            await asyncio.wait_for(asyncio.shield(self.done), timeout)
+        except asyncio.TimeoutError:
+            raise pump.timed_out(timeout) from None
+        finally:
+            self.child._exit.remove_done_callback(self._exited)
+            for fd in readers:
+                loop.remove_reader(fd)
+            if writer is not None:
+                loop.remove_writer(writer)
+            if self.timer is not None:
+                self.timer.cancel()
+        return pump.finish()
+
+    def _step(self, what: Callable[[int], None], fd: int) -> None:
+        try:
+            what(fd)
+            self._check()
+        except BaseException as exc:
+            if not self.done.done():
+                self.done.set_exception(exc)
+
+    def _read(self, fd: int) -> None:
+        if fd in self.pump.reading and self.pump.readable(fd, False, time.monotonic()):
+            self.loop.remove_reader(fd)
+
+    def _write(self, fd: int) -> None:
+        if self.pump.stdin == fd and self.pump.writable(fd, False):
+            self.loop.remove_writer(fd)
+
+    def _exited(self, _: object) -> None:
+        self._step(lambda fd: None, -1)
+
+    def _check(self) -> None:
+        pump, now = self.pump, time.monotonic()
+        if self.child._exit.done() and pump.exit_at is None:
+            if pump.stdin is not None:
+                self.loop.remove_writer(pump.stdin)
+            pump.exited(now)
+        left = pump.linger(now)
+        if left is None or self.done.done():
+            return
+        if left <= 0:
+            self.done.set_result(None)
+        else:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(left, self._check)
 
 
 class AsyncContext(Bridge[AsyncChild]):
@@ -152,14 +252,65 @@ class AsyncContext(Bridge[AsyncChild]):
                 {"message": "exception in a childproc callback", "exception": exc, "context": self.context}
             )
 
-    async def run(self, argv: Argv, *, kill_on_cancel: bool = True, **kwargs: Any) -> ChildEvent:
-        """Spawn ``argv`` and wait for it: its final :class:`~childproc.ChildEvent`.
-
-        Cancelling this kills the child (``kill_on_cancel``) and never leaves it
-        unreaped: the child is owned (``kill_on_close``) until its exit is collected.
-        """
+    async def run(
+        self,
+        argv: Argv,
+        *,
+        input: Any = None,
+        capture_output: bool = False,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        timeout: float | None = None,
+        check: bool = False,
+        text: bool = False,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **kwargs: Any,
+    ) -> CompletedProcess:
+        """:meth:`Context.run <childproc.Context.run>` on the loop: the same arguments,
+        :class:`~childproc.CompletedProcess` and exceptions. A timeout, a
+        cancellation or any other exception kills the child (SIGKILL), waits for
+        its exit and closes its pipes before it propagates."""
+        stdin, stdout, stderr, text = streams_for(
+            input=input,
+            capture_output=capture_output,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            universal_newlines=universal_newlines,
+        )
         kwargs.setdefault("kill_on_close", True)
-        return await self.spawn(argv, **kwargs).wait(kill_on_cancel=kill_on_cancel)
+        child = self.spawn(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            encoding=encoding,
+            errors=errors,
+            **kwargs,
+        )
+        try:
+            out, err = await child.communicate(input, timeout=timeout)
+        except TimeoutExpired as exc:
+            kill(child.child)
+            await asyncio.shield(child._exit)
+            exc.event = child.child.final
+            raise
+        except BaseException:
+            kill(child.child)
+            try:
+                await asyncio.shield(child._exit)  # (a second cancellation lands here: see close())
+            except BaseException:
+                pass
+            raise
+        finally:
+            if child.child._io is not None:
+                child.child._io.close()
+        return result(child.child, out, err, check)
 
     def close(self) -> None:
         """Detach from the loop and close the context (see :meth:`Context.close`).

@@ -1,0 +1,119 @@
+"""Pipes through the asyncio adapter: communicate() and run() on the loop (default
+loop and uvloop), cancellation, timeouts, descendants holding pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+import childproc
+from childproc import PIPE, STDOUT, asyncio_host
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _libuv_signal_pipe() -> None:
+    """libuv keeps a process-wide signal pipe from its first use: open it before the
+    per-test leak check takes its baseline."""
+
+    async def once() -> None:
+        proc = await asyncio.create_subprocess_exec("/bin/true")
+        await proc.wait()
+
+    uvloop.run(once())
+
+
+def run_on(loop: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    return (uvloop.run if loop == "uvloop" else asyncio.run)(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_run_captures_feeds_and_checks(loop: str) -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            r = await ctx.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True)
+            assert isinstance(r, subprocess.CompletedProcess)
+            assert (r.returncode, r.stdout, r.stderr, r.event.returncode) == (3, b"out\n", b"err\n", 3)
+            data = os.urandom(1 << 20) * 16
+            r = await ctx.run(["cat"], input=data, capture_output=True)
+            assert r.stdout == data
+            r = await ctx.run(["/bin/sh", "-c", "printf 'a\\r\\n'"], capture_output=True, text=True)
+            assert r.stdout == "a\n"
+            with pytest.raises(subprocess.CalledProcessError) as info:
+                await ctx.run(["/bin/sh", "-c", "exit 5"], check=True)
+            assert isinstance(info.value, childproc.ChildprocError) and info.value.returncode == 5
+            assert ctx.context.children == frozenset()
+
+    run_on(loop, main)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_grandchild_holding_the_pipe_holds_nobody_up(loop: str) -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            t0 = time.monotonic()
+            r = await ctx.run(["/bin/sh", "-c", "sleep 30 & echo $!; echo hi"], capture_output=True)
+            took = time.monotonic() - t0
+            grandchild, word = r.stdout.split()
+            os.kill(int(grandchild), signal.SIGKILL)
+            assert word == b"hi" and took < 1.5, took
+
+    run_on(loop, main)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_timeout_and_cancellation_kill_reap_and_close(loop: str) -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            with pytest.raises(childproc.TimeoutExpired) as info:
+                await ctx.run(["/bin/sh", "-c", "echo part; exec sleep 30"], capture_output=True, timeout=0.3)
+            assert info.value.output == b"part\n"
+            assert info.value.event is not None and info.value.event.returncode == -signal.SIGKILL
+            task = asyncio.ensure_future(ctx.run(["sleep", "30"], capture_output=True, input=b"x"))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert ctx.context.children == frozenset()  # killed and reaped before it propagated
+            # (the leak check finds any pipe left open)
+
+    run_on(loop, main)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_communicate_timeout_then_again_loses_nothing(loop: str) -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(["/bin/sh", "-c", "echo a; sleep 0.6; echo b"], stdout=PIPE, stderr=STDOUT)
+            with pytest.raises(childproc.TimeoutExpired) as info:
+                await child.communicate(timeout=0.2)
+            assert info.value.output == b"a\n" and child.returncode is None
+            assert await child.communicate() == (b"a\nb\n", None)
+            assert child.returncode == 0
+
+    run_on(loop, main)
+
+
+@pytest.mark.timeout(120)
+def test_many_runs_at_once() -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            results = await asyncio.gather(
+                *(ctx.run(["/bin/sh", "-c", f"echo {i}"], capture_output=True) for i in range(64))
+            )
+            assert [int(r.stdout) for r in results] == list(range(64))
+
+    asyncio.run(main())
