@@ -33,16 +33,18 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from ._aio_pipes import reader_for, writer_for
 from ._bridge import Bridge, WaiterBase, default_mode
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner, wants_handler
-from ._pump import Pump
+from ._pump import PIPE_LINGER_S, Pump
 from ._results import CompletedProcess, TimeoutExpired
 from ._run import kill, result, streams_for
+from ._sink import Sink
 from ._status import ChildEvent
-from ._stdio import ChildIO, command_of
+from ._stdio import ChildIO, command_of, default_encoding
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
@@ -76,11 +78,37 @@ def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
 class AsyncChild(WaiterBase):
     """A child whose exit can be awaited: ``await child`` or ``await child.wait()``."""
 
-    __slots__ = ("_exit",)
+    __slots__ = ("_exit", "_streams")
 
     def __init__(self, child: Child, exit_future: asyncio.Future[ChildEvent]) -> None:
         super().__init__(child)
         self._exit = exit_future
+        self._streams: list[Any] = [None, None, None]
+
+    def _stream(self, target: int) -> Any:
+        io_ = self.child._io
+        stream = self._streams[target]
+        if stream is None and io_ is not None and io_.pipes is not None and io_.pipes.parent[target] >= 0:
+            loop = self._exit.get_loop()
+            stream = writer_for(loop, io_.pipes) if target == 0 else reader_for(loop, io_.pipes, target)
+            self._streams[target] = stream
+        return stream
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None:
+        """The stdin pipe as an :class:`asyncio.StreamWriter` (``stdin=PIPE``), else None.
+        ``close()`` sends EOF once what was written is out."""
+        return self._stream(0)  # type: ignore[no-any-return]
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None:
+        """The stdout pipe as an :class:`asyncio.StreamReader` (``stdout=PIPE``), else None."""
+        return self._stream(1)  # type: ignore[no-any-return]
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None:
+        """The stderr pipe as an :class:`asyncio.StreamReader` (``stderr=PIPE``), else None."""
+        return self._stream(2)  # type: ignore[no-any-return]
 
     async def wait(self, *, kill_on_cancel: bool = False) -> ChildEvent:
         """The child's final :class:`~childproc.ChildEvent`, once it has exited.
@@ -117,9 +145,61 @@ class AsyncChild(WaiterBase):
         if not io_.lock.acquire(blocking=False):
             raise StateError(f"communicate() is already running for child {self.pid}")
         try:
+            if any(stream is not None for stream in self._streams):
+                return await self._communicate_streams(io_, input, timeout)
             return await _LoopPump(self, io_).run(input, timeout)
         finally:
             io_.lock.release()
+
+    async def _communicate_streams(self, io_: ChildIO, input: Any, timeout: float | None) -> tuple[Any, Any]:
+        """communicate() once the application used the streams: through them (what
+        they buffered comes first), with the same rules, the linger bounded by
+        ``PIPE_LINGER_S`` after the exit."""
+        pump = Pump(io_, self.child.args, self.pid)
+        if isinstance(input, str):
+            input = input.encode(io_.encoding or default_encoding(), io_.errors or "strict")
+        tasks = []
+        stdin = self._stream(0)
+        if stdin is not None and not io_.started:
+            tasks.append(asyncio.ensure_future(_feed(stdin, input)))
+        for target in (1, 2):
+            reader = self._stream(target)
+            if reader is not None:
+                sink = io_.sinks.setdefault(target, Sink())
+                tasks.append(asyncio.ensure_future(_drain(reader, sink)))
+        io_.started = True
+        try:
+            done = asyncio.gather(asyncio.shield(self._exit), *tasks)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+            except asyncio.TimeoutError:
+                raise pump.timed_out(timeout) from None
+            try:
+                await asyncio.wait_for(asyncio.shield(done), PIPE_LINGER_S)
+            except asyncio.TimeoutError:
+                pass  # a descendant holds a pipe: what the child wrote is in by now
+        finally:
+            for task in tasks:
+                task.cancel()
+        for target in (1, 2):
+            if self._streams[target] is not None:
+                self._streams[target]._transport.close()
+        return pump.finish()
+
+
+async def _feed(writer: asyncio.StreamWriter, data: bytes | None) -> None:
+    try:
+        if data:
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the child closed its stdin: not an error
+
+
+async def _drain(reader: asyncio.StreamReader, sink: Sink) -> None:
+    while chunk := await reader.read(1 << 20):
+        sink.write(chunk)
 
 
 class _LoopPump:

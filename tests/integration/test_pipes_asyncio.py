@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ def _libuv_signal_pipe() -> None:
     uvloop.run(once())
 
 
-def run_on(loop: str, main: Callable[[], Awaitable[Any]]) -> Any:
+def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return (uvloop.run if loop == "uvloop" else asyncio.run)(main())
 
 
@@ -117,3 +117,49 @@ def test_many_runs_at_once() -> None:
             assert [int(r.stdout) for r in results] == list(range(64))
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_streams_talk_to_the_child(loop: str) -> None:
+    """``child.stdin`` is an asyncio StreamWriter, ``stdout``/``stderr`` StreamReaders:
+    a conversation line by line, 8 MiB through with drain(), EOF on close()."""
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(["/bin/sh", "-c", "read x; echo got $x; exec cat"], stdin=PIPE, stdout=PIPE)
+            assert child.stderr is None
+            stdin, stdout = child.stdin, child.stdout
+            assert isinstance(stdin, asyncio.StreamWriter) and isinstance(stdout, asyncio.StreamReader)
+            stdin.write(b"hello\n")
+            await stdin.drain()
+            assert await stdout.readline() == b"got hello\n"
+            data = os.urandom(1 << 20) * 8
+
+            async def reader() -> bytes:
+                return await stdout.read()
+
+            got = asyncio.ensure_future(reader())
+            stdin.write(data)
+            await stdin.drain()
+            stdin.close()
+            await stdin.wait_closed()
+            assert await got == data
+            assert (await child.wait()).returncode == 0
+
+    run_on(loop, main)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_communicate_after_using_the_streams(loop: str) -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(["/bin/sh", "-c", "echo one; cat; echo two"], stdin=PIPE, stdout=PIPE)
+            assert child.stdout is not None
+            assert await child.stdout.readline() == b"one\n"
+            out, err = await child.communicate(b"middle\n")
+            assert (out, err) == (b"middle\ntwo\n", None)
+            assert child.returncode == 0
+
+    run_on(loop, main)
