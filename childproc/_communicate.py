@@ -118,9 +118,11 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
                 if fd in pump.reading:
                     if pump.readable(fd, bool(what & _HUP), time.monotonic()):
                         poller.unregister(fd)
+                        pump.close_read(fd)
                 elif fd == pump.stdin:
                     if pump.writable(fd, bool(what & _HUP)):
                         poller.unregister(fd)
+                        pump.close_stdin()
                 elif fd == waker.rfd:
                     waker.drain()
                 elif what & select.POLLNVAL:  # the context's fd: closed under us

@@ -14,14 +14,16 @@ cancellation interrupted is carried on by the next, losing nothing.
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ._errors import InvalidArgumentError
 from ._results import TimeoutExpired
 from ._sink import Sink
 from ._stdio import ChildIO, command_of, default_encoding
 
-__all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "Pump"]
+__all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "Driver", "Pump", "Readiness"]
 
 #: After the child's exit, stop reading a pipe that has been quiet this long (seconds).
 PIPE_QUIET_S = 0.05
@@ -105,18 +107,22 @@ class Pump:
         self.pipes.close(0)
 
     def readable(self, fd: int, hangup: bool, now: float) -> bool:
-        """``fd`` (a read end) is ready: read it. True once it is closed (EOF)."""
+        """``fd`` (a read end) is ready: read it. True at EOF: stop watching it, then
+        :meth:`close_read` it."""
         got = self.io.sinks[self.reading[fd]].read_from(fd)
         if got == 0 or (got is None and hangup):
-            self.pipes.close(self.reading.pop(fd))
             return True
         if got:
             self.last_data = now
         return False
 
+    def close_read(self, fd: int) -> None:
+        self.pipes.close(self.reading.pop(fd))
+
     def writable(self, fd: int, error: bool) -> bool:
-        """The stdin pipe is ready: write more. True once it is closed (all written,
-        or the child closed its end: not an error, as with ``subprocess``)."""
+        """The stdin pipe is ready: write more. True once done (all written, or the
+        child closed its end: not an error, as with ``subprocess``): stop watching
+        it, then :meth:`close_stdin`."""
         io_ = self.io
         view = io_.input
         if view is not None and not error:
@@ -129,7 +135,6 @@ class Pump:
             else:
                 if io_.input_at < len(view):
                     return False
-        self.close_stdin()
         return True
 
     def exited(self, now: float) -> None:
@@ -170,3 +175,103 @@ class Pump:
         out = sinks[1].snapshot() if 1 in sinks else None
         err = sinks[2].snapshot() if 2 in sinks else None
         return TimeoutExpired(command_of(self._args), timeout or 0.0, out, err, pid=self._pid)
+
+
+class Readiness(Protocol):
+    """What an event loop gives a :class:`Driver` (asyncio's loop has it as is)."""
+
+    def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
+    def remove_reader(self, fd: int) -> object: ...
+    def add_writer(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
+    def remove_writer(self, fd: int) -> object: ...
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Cancellable: ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
+class Driver:
+    """A :class:`Pump` driven by an event loop's callbacks: readers and writers on
+    the pipes, the exit from ``exited()`` (call :meth:`poke` when it changes), the
+    linger from a timer. ``done(None)`` once the output is complete, ``done(exc)``
+    if reading or writing failed; then :meth:`stop` and :meth:`Pump.finish`."""
+
+    def __init__(
+        self,
+        pump: Pump,
+        loop: Readiness,
+        exited: Callable[[], bool],
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        self.pump, self.loop, self._exited, self._done = pump, loop, exited, done
+        self.finished = False
+        self._timer: Cancellable | None = None
+        self._readers = list(pump.reading)
+        self._writer = pump.stdin
+
+    def start(self) -> None:
+        for fd in self._readers:
+            self.loop.add_reader(fd, self._step, self._read, fd)
+        if self._writer is not None:
+            self.loop.add_writer(self._writer, self._step, self._write, self._writer)
+        self.poke()
+
+    def stop(self) -> None:
+        """Take every callback off the loop (idempotent)."""
+        self.finished = True
+        for fd in self._readers:
+            if fd in self.pump.reading:
+                self.loop.remove_reader(fd)
+        self._readers = []
+        if self._writer is not None and self.pump.stdin == self._writer:
+            self.loop.remove_writer(self._writer)
+        self._writer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def poke(self) -> None:
+        """Look again: the exit may have come, the linger may be over."""
+        self._step(_nothing, -1)
+
+    def _step(self, what: Callable[[int], None], fd: int) -> None:
+        if self.finished:
+            return
+        try:
+            what(fd)
+            self._check()
+        except BaseException as exc:
+            self.finished = True
+            self._done(exc)
+
+    def _read(self, fd: int) -> None:
+        if fd in self.pump.reading and self.pump.readable(fd, False, time.monotonic()):
+            self.loop.remove_reader(fd)  # (before the close: a loop may look the fd up)
+            self.pump.close_read(fd)
+
+    def _write(self, fd: int) -> None:
+        if self.pump.stdin == fd and self.pump.writable(fd, False):
+            self.loop.remove_writer(fd)
+            self.pump.close_stdin()
+
+    def _check(self) -> None:
+        pump, now = self.pump, time.monotonic()
+        if pump.exit_at is None and self._exited():
+            if pump.stdin is not None:
+                self.loop.remove_writer(pump.stdin)
+            pump.exited(now)
+        left = pump.linger(now)
+        if left is None:
+            return
+        if left <= 0:
+            self.finished = True
+            self._done(None)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(left, self.poke)
+
+
+def _nothing(fd: int) -> None:
+    pass

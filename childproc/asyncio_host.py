@@ -27,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +38,7 @@ from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner, wants_handler
-from ._pump import PIPE_LINGER_S, Pump
+from ._pump import PIPE_LINGER_S, Driver, Pump
 from ._results import CompletedProcess, TimeoutExpired
 from ._run import kill, result, streams_for
 from ._sink import Sink
@@ -203,75 +202,39 @@ async def _drain(reader: asyncio.StreamReader, sink: Sink) -> None:
 
 
 class _LoopPump:
-    """A :class:`~childproc._pump.Pump` driven by the loop: readers and writers on
-    the pipes, the exit from the child's future, the linger from a timer."""
+    """A :class:`~childproc._pump.Driver` on the running loop; the exit comes from the
+    child's future."""
 
     def __init__(self, child: AsyncChild, io_: ChildIO) -> None:
         self.child = child
-        self.loop = asyncio.get_running_loop()
         self.pump = Pump(io_, child.child.args, child.pid)
-        self.done: asyncio.Future[None] = self.loop.create_future()
-        self.timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _finished(self, exc: BaseException | None) -> None:
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
 
     async def run(self, input: Any, timeout: float | None) -> tuple[Any, Any]:
-        pump, loop = self.pump, self.loop
+        pump = self.pump
         pump.start(input)
-        readers = list(pump.reading)
-        writer = pump.stdin
-        for fd in readers:
-            loop.add_reader(fd, self._step, self._read, fd)
-        if writer is not None:
-            loop.add_writer(writer, self._step, self._write, writer)
-        self.child._exit.add_done_callback(self._exited)
+        driver = Driver(pump, asyncio.get_running_loop(), self.child._exit.done, self._finished)
+
+        def exited(_: object) -> None:
+            driver.poke()
+
+        self.child._exit.add_done_callback(exited)
         try:
-            self._check()
+            driver.start()
             await asyncio.wait_for(asyncio.shield(self.done), timeout)
         except asyncio.TimeoutError:
             raise pump.timed_out(timeout) from None
         finally:
-            self.child._exit.remove_done_callback(self._exited)
-            for fd in readers:
-                loop.remove_reader(fd)
-            if writer is not None:
-                loop.remove_writer(writer)
-            if self.timer is not None:
-                self.timer.cancel()
+            self.child._exit.remove_done_callback(exited)
+            driver.stop()
         return pump.finish()
-
-    def _step(self, what: Callable[[int], None], fd: int) -> None:
-        try:
-            what(fd)
-            self._check()
-        except BaseException as exc:
-            if not self.done.done():
-                self.done.set_exception(exc)
-
-    def _read(self, fd: int) -> None:
-        if fd in self.pump.reading and self.pump.readable(fd, False, time.monotonic()):
-            self.loop.remove_reader(fd)
-
-    def _write(self, fd: int) -> None:
-        if self.pump.stdin == fd and self.pump.writable(fd, False):
-            self.loop.remove_writer(fd)
-
-    def _exited(self, _: object) -> None:
-        self._step(lambda fd: None, -1)
-
-    def _check(self) -> None:
-        pump, now = self.pump, time.monotonic()
-        if self.child._exit.done() and pump.exit_at is None:
-            if pump.stdin is not None:
-                self.loop.remove_writer(pump.stdin)
-            pump.exited(now)
-        left = pump.linger(now)
-        if left is None or self.done.done():
-            return
-        if left <= 0:
-            self.done.set_result(None)
-        else:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = self.loop.call_later(left, self._check)
 
 
 class AsyncContext(Bridge[AsyncChild]):

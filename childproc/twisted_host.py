@@ -17,10 +17,11 @@ extra: ``pip install childproc[twisted]``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -30,8 +31,15 @@ from ._child import Child
 from ._context import Context, Hooks
 from ._errors import PidfdUnavailableError
 from ._policy import SigchldOwner
+from ._pump import Driver, Pump
+from ._results import CompletedProcess, TimeoutExpired
+from ._run import kill, result, streams_for
 from ._status import ChildEvent
+from ._stdio import command_of
 from ._watchers import pidfd as _pidfd
+
+if TYPE_CHECKING:
+    from ._spawn import Argv
 
 __all__ = ["TwistedChild", "TwistedContext"]
 
@@ -100,9 +108,200 @@ class TwistedContext(Bridge[TwistedChild]):
     def _fail(self, waiter: TwistedChild, error: BaseException) -> None:
         waiter.deferred.errback(error)
 
+    def run(
+        self,
+        argv: Argv,
+        *,
+        input: Any = None,
+        capture_output: bool = False,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        timeout: float | None = None,
+        check: bool = False,
+        text: bool = False,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **kwargs: Any,
+    ) -> Deferred[CompletedProcess]:
+        """:meth:`Context.run <childproc.Context.run>` in the reactor: a ``Deferred``
+        that fires with the :class:`~childproc.CompletedProcess` (or fails with the
+        same exceptions). A timeout, or cancelling the ``Deferred``, kills the child
+        (SIGKILL), waits for its exit and closes its pipes first."""
+        stdin, stdout, stderr, text = streams_for(
+            input=input,
+            capture_output=capture_output,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            universal_newlines=universal_newlines,
+        )
+        kwargs.setdefault("kill_on_close", True)
+        std = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
+        waiter = self.spawn(argv, text=text, encoding=encoding, errors=errors, **std, **kwargs)
+        return _Run(self.reactor, waiter, input, timeout, check).deferred
+
     def close(self) -> None:
         """Stop watching (``removeReader``) and close the context. Pending deferreds
         errback with :class:`~childproc.ClosedError`."""
         self.reactor.removeReader(self._reader)
         self.context.close()
         self._fail_all()
+
+
+@implementer(IReadDescriptor, IWriteDescriptor)
+class _Fd:
+    """One pipe end as the reactor sees it: calls ``callback(*args)`` when ready."""
+
+    def __init__(self, fd: int, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self._fd, self._callback, self._args = fd, callback, args
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        self._callback(*self._args)
+
+    doWrite = doRead
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "childproc-pipe"
+
+
+class _Readiness:
+    """What :class:`~childproc._pump.Driver` needs, from a Twisted reactor."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._fds: dict[tuple[int, bool], _Fd] = {}
+
+    def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None:
+        self._fds[fd, False] = reader = _Fd(fd, callback, args)
+        self._reactor.addReader(reader)
+
+    def remove_reader(self, fd: int) -> None:
+        reader = self._fds.pop((fd, False), None)
+        if reader is not None:
+            self._reactor.removeReader(reader)
+
+    def add_writer(self, fd: int, callback: Callable[..., object], *args: Any) -> None:
+        self._fds[fd, True] = writer = _Fd(fd, callback, args)
+        self._reactor.addWriter(writer)
+
+    def remove_writer(self, fd: int) -> None:
+        writer = self._fds.pop((fd, True), None)
+        if writer is not None:
+            self._reactor.removeWriter(writer)
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> _Call:
+        return _Call(self._reactor.callLater(delay, callback))
+
+
+class _Call:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+class _Run:
+    """One ``TwistedContext.run``: the driver on the pipes, the exit from the child's
+    deferred, and the kill for a timeout or a cancellation."""
+
+    def __init__(
+        self, reactor: Any, waiter: TwistedChild, input: Any, timeout: float | None, check: bool
+    ) -> None:
+        self.reactor, self.waiter, self.check, self.timeout = reactor, waiter, check, timeout
+        self.deferred: Deferred[CompletedProcess] = Deferred(self._cancel)
+        self.failure: BaseException | None = None
+        self.output_done = False
+        self.finished = False
+        child = waiter.child
+        io_ = child._io
+        self.pump = Pump(io_, child.args, child.pid) if io_ is not None and io_.pipes is not None else None
+        self.driver: Driver | None = None
+        if self.pump is not None:
+            self.pump.start(input)
+            self.driver = Driver(self.pump, _Readiness(reactor), lambda: waiter.deferred.called, self._output)
+        self.timer = reactor.callLater(timeout, self._timed_out) if timeout is not None else None
+        waiter.deferred.addBoth(self._exited)
+        if self.driver is not None:
+            self.driver.start()
+        else:
+            self.output_done = True
+
+    def _exited(self, outcome: Any) -> None:
+        if isinstance(outcome, Failure) and self.failure is None:
+            self.failure = outcome.value  # (the context closed, or the status was lost)
+            self._stop_output()
+        if self.driver is not None:
+            self.driver.poke()
+        self._maybe_done()
+        # (the child's deferred is ours: its result is handed on below)
+
+    def _output(self, exc: BaseException | None) -> None:
+        self.output_done = True
+        if exc is not None and self.failure is None:
+            self.failure = exc
+            kill(self.waiter.child)
+        self._maybe_done()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.failure is None:
+            assert self.timeout is not None
+            self.failure = (
+                self.pump.timed_out(self.timeout)
+                if self.pump is not None
+                else TimeoutExpired(command_of(self.waiter.child.args), self.timeout, pid=self.waiter.pid)
+            )
+            self._stop_output()
+            kill(self.waiter.child)
+
+    def _cancel(self, _: Deferred[CompletedProcess]) -> None:
+        if self.failure is None:
+            self.failure = CancelledError()
+            self._stop_output()
+            kill(self.waiter.child)
+
+    def _stop_output(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+        self.output_done = True
+
+    def _maybe_done(self) -> None:
+        child = self.waiter.child
+        if self.finished or not (self.output_done and self.waiter.deferred.called):
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.driver is not None:
+            self.driver.stop()
+        out = err = None
+        if self.pump is not None:
+            out, err = self.pump.finish()
+        if child._io is not None:
+            child._io.close()
+        if self.deferred.called:  # cancelled: Twisted failed it with CancelledError already
+            return
+        failure = self.failure
+        if isinstance(failure, TimeoutExpired):
+            failure.event = child.final
+        if failure is not None:
+            self.deferred.errback(failure)
+            return
+        try:
+            done = result(child, out, err, self.check)
+        except Exception as exc:
+            self.deferred.errback(exc)
+        else:
+            self.deferred.callback(done)

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -163,3 +164,65 @@ def test_communicate_after_using_the_streams(loop: str) -> None:
             assert child.returncode == 0
 
     run_on(loop, main)
+
+
+# -- Twisted: in a subprocess, because a reactor runs once per process -------------------
+TWISTED_RUN = r"""
+import os, signal, sys, time
+from twisted.internet import reactor, defer
+import childproc
+from childproc import twisted_host
+out = {}
+@defer.inlineCallbacks
+def main():
+    try:
+        ctx = twisted_host.TwistedContext(reactor)
+        r = yield ctx.run(["/bin/sh", "-c", "echo hi; echo err >&2; exit 3"], capture_output=True)
+        out["run"] = (r.returncode, r.stdout, r.stderr, r.event.returncode)
+        data = os.urandom(1 << 20) * 8
+        r = yield ctx.run(["cat"], input=data, capture_output=True)
+        out["big"] = r.stdout == data
+        t0 = time.monotonic()
+        r = yield ctx.run(["/bin/sh", "-c", "sleep 30 & echo $!; echo hi"], capture_output=True)
+        os.kill(int(r.stdout.split()[0]), signal.SIGKILL)
+        out["grandchild"] = time.monotonic() - t0 < 1.5
+        try:
+            yield ctx.run(["/bin/sh", "-c", "echo part; exec sleep 30"], capture_output=True, timeout=0.3)
+        except childproc.TimeoutExpired as e:
+            out["timeout"] = (e.output, e.event.returncode)
+        try:
+            yield ctx.run(["/bin/sh", "-c", "exit 4"], check=True)
+        except childproc.CalledProcessError as e:
+            out["check"] = e.returncode
+        d = ctx.run(["sleep", "30"], capture_output=True)
+        yield task_sleep(0.1)
+        d.cancel()
+        try:
+            yield d
+        except defer.CancelledError:
+            out["cancelled"] = True
+        while ctx.context.children:  # the kill's exit arrives through the reactor
+            yield task_sleep(0.01)
+        ctx.close()
+    finally:
+        reactor.stop()
+def task_sleep(s):
+    d = defer.Deferred()
+    reactor.callLater(s, d.callback, None)
+    return d
+reactor.callWhenRunning(main)
+reactor.run()
+print(out)
+want = {"run": (3, b"hi\n", b"err\n", 3), "big": True, "grandchild": True, "timeout": (b"part\n", -9),
+        "check": 4, "cancelled": True}
+fds = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+sys.exit(0 if out == want and len(fds) < 8 else f"{out} fds={fds}")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_twisted_run_returns_a_deferred_of_completed_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", TWISTED_RUN], capture_output=True, text=True, timeout=80, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
