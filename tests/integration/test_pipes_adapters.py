@@ -1,5 +1,5 @@
-"""Pipes through the asyncio adapter: communicate() and run() on the loop (default
-loop and uvloop), cancellation, timeouts, descendants holding pipes."""
+"""Pipes through the adapters: communicate(), run() and streams on asyncio (default
+loop and uvloop), trio and Twisted; cancellation, timeouts, descendants holding pipes."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+import trio
 import uvloop
 
 import childproc
-from childproc import PIPE, STDOUT, asyncio_host
+from childproc import PIPE, STDOUT, asyncio_host, trio_host
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -226,3 +227,40 @@ def test_twisted_run_returns_a_deferred_of_completed_process() -> None:
         [sys.executable, "-c", TWISTED_RUN], capture_output=True, text=True, timeout=80, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- trio -------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_trio_run_communicate_and_streams() -> None:
+    async def main() -> None:
+        async with trio_host.open_context() as ctx:
+            r = await ctx.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True)
+            assert isinstance(r, subprocess.CompletedProcess)
+            assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+            data = os.urandom(1 << 20) * 16
+            assert (await ctx.run(["cat"], input=data, capture_output=True)).stdout == data
+            t0 = time.monotonic()
+            r = await ctx.run(["/bin/sh", "-c", "sleep 30 & echo $!; echo hi"], capture_output=True)
+            os.kill(int(r.stdout.split()[0]), signal.SIGKILL)
+            assert r.stdout.split()[1] == b"hi" and time.monotonic() - t0 < 1.5
+            with pytest.raises(childproc.TimeoutExpired) as info:
+                await ctx.run(["/bin/sh", "-c", "echo part; exec sleep 30"], capture_output=True, timeout=0.3)
+            assert info.value.output == b"part\n" and info.value.event is not None
+            with trio.move_on_after(0.1):
+                await ctx.run(["sleep", "30"], capture_output=True)
+            assert ctx.context.children == frozenset()  # cancelled: killed and reaped
+            child = ctx.spawn(["/bin/sh", "-c", "echo a; sleep 0.6; echo b"], stdout=PIPE)
+            with pytest.raises(childproc.TimeoutExpired):
+                await child.communicate(timeout=0.2)
+            assert await child.communicate() == (b"a\nb\n", None)
+            # Streams: trio's own, owning their fds from the first access.
+            talker = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
+            assert talker.stdin is not None and talker.stdout is not None
+            await talker.stdin.send_all(b"ping")
+            assert await talker.stdout.receive_some(10) == b"ping"
+            await talker.stdin.aclose()
+            assert await talker.stdout.receive_some(10) == b""
+            await talker.stdout.aclose()
+            assert (await talker.wait()).returncode == 0
+
+    trio.run(main)
