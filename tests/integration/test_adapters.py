@@ -222,7 +222,10 @@ sys.exit(0 if out == {"ours": 21, "theirs": 11, "closed": "ClosedError"} else 1)
 
 
 def test_no_adapter_is_imported_by_the_core() -> None:
-    code = "import sys, childproc; print(sorted(m for m in ('trio','twisted','uvloop') if m in sys.modules))"
+    code = (
+        "import sys, childproc; c = childproc.Context(); c.run(['true']); c.close(); "
+        "print(sorted(m for m in ('trio', 'twisted', 'uvloop', 'anyio') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
     assert os.path.basename(asyncio_host.__file__) == "asyncio_host.py"

@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 import trio
 import uvloop
 
 import childproc
-from childproc import PIPE, STDOUT, asyncio_host, trio_host
+from childproc import PIPE, STDOUT, anyio_host, asyncio_host, trio_host
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -264,3 +266,40 @@ def test_trio_run_communicate_and_streams() -> None:
             assert (await talker.wait()).returncode == 0
 
     trio.run(main)
+
+
+# -- anyio, on both backends ---------------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_anyio_on_either_backend(backend: str) -> None:
+    async def main() -> None:
+        async with anyio_host.open_context() as ctx:
+            child = ctx.spawn(["/bin/sh", "-c", "exit 3"])
+            assert (await child.wait()).returncode == 3
+            r = await ctx.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 2"], capture_output=True)
+            assert isinstance(r, subprocess.CompletedProcess)
+            assert (r.returncode, r.stdout, r.stderr) == (2, b"out\n", b"err\n")
+            data = os.urandom(1 << 20) * 8
+            assert (await ctx.run(["cat"], input=data, capture_output=True)).stdout == data
+            t0 = time.monotonic()
+            r = await ctx.run(["/bin/sh", "-c", "sleep 30 & echo $!; echo hi"], capture_output=True)
+            os.kill(int(r.stdout.split()[0]), signal.SIGKILL)
+            assert r.stdout.split()[1] == b"hi" and time.monotonic() - t0 < 1.5
+            with pytest.raises(childproc.TimeoutExpired) as info:
+                await ctx.run(["/bin/sh", "-c", "echo part; exec sleep 30"], capture_output=True, timeout=0.3)
+            assert info.value.output == b"part\n" and info.value.event is not None
+            with anyio.move_on_after(0.1):
+                await ctx.run(["sleep", "30"], capture_output=True)
+            assert ctx.context.children == frozenset()  # cancelled: killed and reaped
+            talker = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
+            assert isinstance(talker.stdin, anyio.abc.ByteSendStream)
+            assert isinstance(talker.stdout, anyio.abc.ByteReceiveStream)
+            await talker.stdin.send(b"ping")
+            assert await talker.stdout.receive() == b"ping"
+            await talker.stdin.aclose()
+            with pytest.raises(anyio.EndOfStream):
+                await talker.stdout.receive()
+            await talker.stdout.aclose()
+            assert (await talker.wait()).returncode == 0
+
+    anyio.run(main, backend=backend)

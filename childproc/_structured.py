@@ -1,0 +1,288 @@
+"""The adapters for structured-concurrency libraries: trio, and anyio on either backend.
+
+trio and anyio spell what an adapter needs alike (:class:`Lib` names it), so
+:mod:`childproc.trio_host` and :mod:`childproc.anyio_host` are this module with
+their library plugged in:
+
+* a context is served by a task that waits for the context's fd to be readable
+  and dispatches (:func:`serve`);
+* a child's exit is an event its waiter sets; ``wait()`` is cancellation-safe
+  (the exit is never lost; ``kill_on_cancel`` kills the child too);
+* ``communicate()`` runs one task per pipe (``wait_readable``/``wait_writable``,
+  then the :class:`~childproc._pump.Pump`) and one that waits for the exit and
+  then for the linger, in a nursery under the call's timeout;
+* ``run()`` kills the child on a timeout, a cancellation or any error, waits
+  for its exit shielded, and closes its pipes before the exception goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from ._bridge import Bridge, WaiterBase, default_mode
+from ._child import Child
+from ._context import Context, Hooks
+from ._errors import InvalidArgumentError, StateError
+from ._policy import SigchldOwner
+from ._pump import Pump
+from ._results import CompletedProcess, TimeoutExpired
+from ._run import kill, result, streams_for
+from ._status import ChildEvent
+from ._stdio import command_of
+
+if TYPE_CHECKING:
+    from ._spawn import Argv
+
+__all__ = ["Lib", "StructuredChild", "StructuredContext", "communicate", "open_structured"]
+
+
+class Lib(NamedTuple):
+    """What a structured-concurrency library gives (trio's names; anyio's alike)."""
+
+    open_nursery: Callable[[], Any]  # an async context manager with start_soon and cancel_scope
+    move_on_after: Callable[[float], Any]  # a cancel scope with cancelled_caught
+    wait_readable: Callable[[int], Awaitable[None]]
+    wait_writable: Callable[[int], Awaitable[None]]
+    notify_closing: Callable[[int], None]
+    sleep: Callable[[float], Awaitable[None]]
+    closed_error: type[BaseException]  # what a wait raises when its fd is closed
+    event: Callable[[], Any]  # an event: set(), is_set(), await wait()
+    shield: Callable[[], Any]  # a cancel scope shielded from outside cancellation
+    cancelled: Callable[[], type[BaseException]]  # the cancellation exception, when asked
+
+
+async def communicate(
+    lib: Lib, pump: Pump, input: Any, timeout: float | None, exited: Callable[[], Awaitable[object]]
+) -> tuple[Any, Any]:
+    """Run ``pump`` until the child's exit (``await exited()``) and the linger are
+    over; raise its :class:`~childproc.TimeoutExpired` on ``timeout``."""
+    pump.start(input)
+    with lib.move_on_after(float("inf") if timeout is None else timeout) as scope:
+        async with lib.open_nursery() as nursery:
+            for fd in list(pump.reading):
+                nursery.start_soon(_read, lib, pump, fd)
+            if pump.stdin is not None:
+                nursery.start_soon(_write, lib, pump, pump.stdin)
+            nursery.start_soon(_linger, lib, pump, exited, nursery.cancel_scope)
+    if scope.cancelled_caught:
+        raise pump.timed_out(timeout)
+    return pump.finish()
+
+
+async def _read(lib: Lib, pump: Pump, fd: int) -> None:
+    while fd in pump.reading:
+        await lib.wait_readable(fd)
+        if pump.readable(fd, False, time.monotonic()):
+            pump.close_read(fd)
+
+
+async def _write(lib: Lib, pump: Pump, fd: int) -> None:
+    try:
+        while pump.stdin == fd:
+            await lib.wait_writable(fd)
+            if pump.writable(fd, False):
+                pump.close_stdin()
+    except lib.closed_error:
+        pass  # the child exited: the rest of the input is for nobody
+
+
+async def _linger(lib: Lib, pump: Pump, exited: Callable[[], Awaitable[object]], readers: Any) -> None:
+    await exited()
+    if pump.stdin is not None:
+        lib.notify_closing(pump.stdin)  # (the writer task waits on it)
+    pump.exited(time.monotonic())
+    while (left := pump.linger(time.monotonic())) is not None and left > 0:
+        await lib.sleep(left)
+    readers.cancel()
+
+
+class StructuredChild(WaiterBase):
+    """A child whose exit can be awaited (``await child.wait()``), whose pipes can
+    be talked to (``communicate``, the streams), under trio or anyio."""
+
+    __slots__ = ("_done", "_error", "_streams")
+    _lib: Lib
+
+    def __init__(self, child: Child) -> None:
+        super().__init__(child)
+        self._done = self._lib.event()
+        self._error: BaseException | None = None
+        self._streams: list[Any] = [None, None, None]
+
+    def _make_stream(self, io_: Any, target: int) -> Any:
+        """The library's stream for ``target``'s pipe end (see the subclasses)."""
+        raise NotImplementedError
+
+    def _stream(self, target: int) -> Any:
+        io_ = self.child._io
+        stream = self._streams[target]
+        if stream is None and io_ is not None and io_.pipes is not None and io_.pipes.parent[target] >= 0:
+            stream = self._streams[target] = self._make_stream(io_, target)
+        return stream
+
+    @property
+    def stdin(self) -> Any:
+        """The stdin pipe as the library's send stream (``stdin=PIPE``), else None;
+        ``aclose()`` sends EOF."""
+        return self._stream(0)
+
+    @property
+    def stdout(self) -> Any:
+        """The stdout pipe as the library's receive stream (``stdout=PIPE``), else None."""
+        return self._stream(1)
+
+    @property
+    def stderr(self) -> Any:
+        """The stderr pipe as the library's receive stream (``stderr=PIPE``), else None."""
+        return self._stream(2)
+
+    async def wait(self, *, kill_on_cancel: bool = False) -> ChildEvent:
+        """The child's final :class:`~childproc.ChildEvent` once it has exited
+        (cancellation-safe; ``kill_on_cancel`` kills it when cancelled)."""
+        try:
+            await self._done.wait()
+        except self._lib.cancelled():
+            if kill_on_cancel and not self._done.is_set():
+                self._kill_on_cancel()
+            raise
+        if self._error is not None:
+            raise self._error
+        final = self.child.final
+        assert final is not None
+        return final
+
+    async def communicate(self, input: Any = None, *, timeout: float | None = None) -> tuple[Any, Any]:
+        """:meth:`Child.communicate <childproc.Child.communicate>` here (the same
+        rules). On ``timeout`` raises :class:`~childproc.TimeoutExpired` with the
+        output so far, and a later call carries on; cancelled, the same."""
+        io_ = self.child._io
+        if any(stream is not None for stream in self._streams):
+            raise StateError("communicate() reads the pipes itself: not after using the child's streams")
+        if io_ is None or io_.pipes is None:
+            if input:
+                raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
+            with self._lib.move_on_after(float("inf") if timeout is None else timeout):
+                await self._done.wait()
+                return None, None
+            raise TimeoutExpired(command_of(self.child.args), timeout or 0.0, pid=self.pid)
+        if not io_.lock.acquire(blocking=False):
+            raise StateError(f"communicate() is already running for child {self.pid}")
+        try:
+            pump = Pump(io_, self.child.args, self.pid)
+            return await communicate(self._lib, pump, input, timeout, self._done.wait)
+        finally:
+            io_.lock.release()
+
+
+C = TypeVar("C", bound=StructuredChild)
+
+
+class StructuredContext(Bridge[C]):
+    """A :class:`~childproc.Context` served by a task (see :func:`open_structured`)."""
+
+    _lib: Lib
+    _child_type: type[C]
+
+    def _new_waiter(self, child: Child) -> C:
+        return self._child_type(child)
+
+    def _finish(self, waiter: C, event: ChildEvent) -> None:
+        waiter._done.set()
+
+    def _fail(self, waiter: C, error: BaseException) -> None:
+        waiter._error = error
+        waiter._done.set()
+
+    async def run(
+        self,
+        argv: Argv,
+        *,
+        input: Any = None,
+        capture_output: bool = False,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        timeout: float | None = None,
+        check: bool = False,
+        text: bool = False,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **kwargs: Any,
+    ) -> CompletedProcess:
+        """:meth:`Context.run <childproc.Context.run>` here: the same arguments,
+        :class:`~childproc.CompletedProcess` and exceptions. A timeout, a
+        cancellation or any other exception kills the child (SIGKILL), waits for
+        its exit (shielded) and closes its pipes before it propagates."""
+        stdin, stdout, stderr, text = streams_for(
+            input=input,
+            capture_output=capture_output,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            universal_newlines=universal_newlines,
+        )
+        kwargs.setdefault("kill_on_close", True)
+        std = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
+        child = self.spawn(argv, text=text, encoding=encoding, errors=errors, **std, **kwargs)
+        try:
+            out, err = await child.communicate(input, timeout=timeout)
+        except TimeoutExpired as exc:
+            kill(child.child)
+            with self._lib.shield():
+                await child._done.wait()
+            exc.event = child.child.final
+            raise
+        except BaseException:
+            kill(child.child)
+            with self._lib.shield():
+                await child._done.wait()
+            raise
+        finally:
+            if child.child._io is not None:
+                child.child._io.close()
+        return result(child.child, out, err, check)
+
+    async def _serve(self) -> None:
+        fd = self.context.fileno()
+        while True:
+            await self._lib.wait_readable(fd)
+            self._dispatch()
+
+    def _close(self) -> None:
+        self.context.close()
+        self._fail_all()
+
+
+X = TypeVar("X", bound=StructuredContext[Any])
+
+
+@asynccontextmanager
+async def open_structured(
+    kind: type[X], mode: SigchldOwner | None = None, *, hooks: Hooks | None = None
+) -> AsyncIterator[X]:
+    """``async with``: a context of ``kind``, served by a task for the block's lifetime."""
+    if hooks is None:
+        hooks = Hooks(chldowner=mode if mode is not None else default_mode())
+    elif mode is not None:
+        raise StateError("give either mode= or hooks=, not both")
+    context = Context()
+    try:
+        context.setmode(hooks)
+    except BaseException:
+        context.close()
+        raise
+    ctx = kind(context)
+    try:
+        async with kind._lib.open_nursery() as nursery:
+            nursery.start_soon(ctx._serve)
+            try:
+                yield ctx
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        ctx._close()
