@@ -17,6 +17,24 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # example file -> lines (or parts of lines) its output must contain
 EXPECTED: dict[str, list[str]] = {
+    "anyio_job_runner.py": [
+        "on asyncio:",
+        "on trio:",
+        "'echo one': exit 0, out b'one\\n', err b''",
+        "'echo two >&2; exit 1': exit 1, out b'', err b'two\\n'",
+        "'sleep 30': timed out, [",
+        "] killed by SIGKILL",
+        "both backends ran every job",
+    ],
+    "asyncio_job_runner.py": [
+        "greet: exit 0, stdout 'hello from greet\\n', stderr ''",
+        "fail: exit 3, stdout '', stderr 'disk full\\n'",
+        "slow: timed out, [",
+        "] killed by SIGKILL, partial output b'started\\n'",
+        "daemonizes: exit 0, said 'detached'",
+        "asyncio's own child: exit code 4",
+        "all jobs accounted for",
+    ],
     "asyncio_children.py": [
         "childproc's child: [",
         "] exited with status 3",
