@@ -390,6 +390,99 @@ print(time.perf_counter() - t0, cpu() - c0)
     _timings["twisted"] = (float(wall), float(cpu))
 
 
+def childproc_asyncio_run(n: int, conc: int) -> None:
+    """``await ctx.run(argv)`` through childproc's asyncio adapter (beside the asyncio row)."""
+    import asyncio  # noqa: PLC0415
+
+    from childproc import asyncio_host  # noqa: PLC0415
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            sem = asyncio.Semaphore(conc)
+
+            async def one() -> None:
+                async with sem:
+                    await ctx.run(ARGV, env=ENV)
+
+            await asyncio.gather(*(one() for _ in range(n)))
+
+    asyncio.run(main())
+
+
+def childproc_trio_run(n: int, conc: int) -> None:
+    """``await ctx.run(argv)`` through childproc's trio adapter (beside the trio row)."""
+    import trio  # noqa: PLC0415
+
+    from childproc import trio_host  # noqa: PLC0415
+
+    async def main() -> None:
+        async with trio_host.open_context() as ctx:
+            limit = trio.CapacityLimiter(conc)
+
+            async def one() -> None:
+                async with limit:
+                    await ctx.run(ARGV, env=ENV)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(n):
+                    nursery.start_soon(one)
+
+    trio.run(main)
+
+
+def childproc_anyio_run(n: int, conc: int) -> None:
+    """``await ctx.run(argv)`` through childproc's anyio adapter, on anyio's asyncio backend."""
+    import anyio  # noqa: PLC0415
+
+    from childproc import anyio_host  # noqa: PLC0415
+
+    async def main() -> None:
+        async with anyio_host.open_context() as ctx:
+            limit = anyio.CapacityLimiter(conc)
+
+            async def one() -> None:
+                async with limit:
+                    await ctx.run(ARGV, env=ENV)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(one)
+
+    anyio.run(main)
+
+
+def childproc_twisted_run(n: int, conc: int) -> None:
+    """``ctx.run(argv)`` through childproc's Twisted adapter, in a child interpreter."""
+    import subprocess  # noqa: PLC0415
+
+    code = f"""
+import os, resource, sys, time
+sys.path[:0] = {sys.path!r}
+from twisted.internet import reactor
+from childproc import twisted_host
+n, conc, state, env = {n}, {conc}, {{"started": 0, "done": 0}}, dict(os.environ)
+ctx = twisted_host.TwistedContext(reactor)
+def ended(_):
+    state["done"] += 1
+    if state["done"] == n: reactor.stop()
+    else: more()
+def more():
+    while state["started"] < n and state["started"] - state["done"] < conc:
+        state["started"] += 1
+        ctx.run(["{TRUE}"], env=env).addBoth(ended)
+def cpu():
+    return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+c0, t0 = cpu(), time.perf_counter()
+reactor.callWhenRunning(more)
+reactor.run()
+print(time.perf_counter() - t0, cpu() - c0)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall, cpu = out.stdout.strip().splitlines()[-1].split()
+    _timings["twisted"] = (float(wall), float(cpu))
+
+
 def tornado_run(n: int, conc: int) -> None:
     import asyncio  # noqa: PLC0415
 
@@ -447,10 +540,15 @@ def contenders(kind: str, peers: bool = True) -> dict[str, Callable[[int, int], 
         table[f"childproc {mode.name}"] = childproc_run(mode, kind)
     if kind == "spawn" and peers:
         table["asyncio create_subprocess_exec"] = asyncio_run
+        table["childproc asyncio_host run"] = childproc_asyncio_run
         if _available("trio"):
             table["trio run_process"] = trio_run
+            table["childproc trio_host run"] = childproc_trio_run
+        if _available("anyio"):
+            table["childproc anyio_host run (asyncio)"] = childproc_anyio_run
         if _available("twisted"):
             table["Twisted spawnProcess"] = twisted_run
+            table["childproc twisted_host run"] = childproc_twisted_run
         if _available("tornado"):
             table["Tornado Subprocess"] = tornado_run
     return table
