@@ -17,9 +17,11 @@ Rows:
   memory is the output once, its time the reads alone);
 * ``childproc run``: ``ctx.run(argv, capture_output=True)``;
 * ``subprocess.run``: ``subprocess.run(argv, capture_output=True)``, for
-  reference.
-
-The event-loop adapters' rows come with their streams (issue 20's next part).
+  reference;
+* ``childproc asyncio run`` against ``asyncio communicate``
+  (``create_subprocess_exec`` then ``communicate()``), ``childproc trio run``
+  against ``trio run_process`` (``capture_stdout=True``), and ``childproc
+  anyio run`` (anyio's asyncio backend): each adapter beside its host's own API.
 """
 
 from __future__ import annotations
@@ -32,7 +34,16 @@ from typing import Any
 
 import _common
 
-ROWS = ["floor", "childproc run", "subprocess.run"]
+ROWS = [
+    "floor",
+    "childproc run",
+    "subprocess.run",
+    "childproc asyncio run",
+    "asyncio communicate",
+    "childproc trio run",
+    "trio run_process",
+    "childproc anyio run",
+]
 
 
 def _peak_kib() -> int:
@@ -62,14 +73,55 @@ def measure(payload: dict[str, Any]) -> dict[str, float]:
 
         with childproc.Context() as ctx:
             got = len(ctx.run(argv, capture_output=True).stdout)
-    else:
+    elif row == "subprocess.run":
         import subprocess  # noqa: PLC0415
 
         got = len(subprocess.run(argv, capture_output=True, check=True).stdout)
+    else:
+        got = _capture_async(row, argv)
     seconds = time.perf_counter() - t0
     if got != size:
         raise RuntimeError(f"{row} captured {got} bytes of {size}")
     return {"seconds": seconds, "peak_over_size": (_peak_kib() - before) * 1024 / size}
+
+
+def _capture_async(row: str, argv: list[str]) -> int:
+    """The event-loop rows: bytes captured."""
+    if "trio" in row:
+        import trio  # noqa: PLC0415
+
+        async def with_trio() -> int:
+            if row == "trio run_process":
+                return len((await trio.run_process(argv, capture_stdout=True)).stdout)
+            from childproc import trio_host  # noqa: PLC0415
+
+            async with trio_host.open_context() as ctx:
+                return len((await ctx.run(argv, capture_output=True)).stdout)
+
+        return trio.run(with_trio)
+    if row == "childproc anyio run":
+        import anyio  # noqa: PLC0415
+
+        from childproc import anyio_host  # noqa: PLC0415
+
+        async def with_anyio() -> int:
+            async with anyio_host.open_context() as ctx:
+                return len((await ctx.run(argv, capture_output=True)).stdout)
+
+        return anyio.run(with_anyio)
+    import asyncio  # noqa: PLC0415
+
+    async def with_asyncio() -> int:
+        if row == "asyncio communicate":
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            return len(out)
+        from childproc import asyncio_host  # noqa: PLC0415
+
+        async with asyncio_host.open_context() as ctx:
+            return len((await ctx.run(argv, capture_output=True)).stdout)
+
+    return asyncio.run(with_asyncio())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     floor = [s["seconds"] for s in samples["floor"]]
     table: dict[str, dict[str, float]] = {}
     print(f"Capturing {args.mib} MiB of a child's stdout, {args.rounds} rounds (median):")
-    print(f"{'row':20s}{'vs floor':>10s}{'seconds':>10s}{'peak/size':>11s}")
+    print(f"{'row':24s}{'vs floor':>10s}{'seconds':>10s}{'peak/size':>11s}")
     for row in ROWS:
         secs = [s["seconds"] for s in samples[row]]
         ratio = _common.median([f / s for f, s in zip(floor, secs, strict=True)])
         peak = _common.median([s["peak_over_size"] for s in samples[row]])
         table[row] = {"vs_floor": ratio, "seconds": _common.median(secs), "peak_over_size": peak}
-        print(f"{row:20s}{ratio:10.2f}{table[row]['seconds']:10.3f}{peak:11.2f}")
+        print(f"{row:24s}{ratio:10.2f}{table[row]['seconds']:10.3f}{peak:11.2f}")
     _common.write(
         args.json, "pipe_io", {"mib": args.mib, "rounds": args.rounds, "rows": table, "samples": samples}
     )
