@@ -31,55 +31,51 @@ class Context(Protocol):
     def _reports_here(self) -> bool: ...
 
 
-__all__ = ["kill", "result", "run", "streams_for"]
+__all__ = ["RunRequest", "kill", "result", "run"]
 
 
-def run(
-    ctx: Context,
-    argv: Argv,
-    *,
-    input: Any = None,
-    capture_output: bool = False,
-    stdin: Any = None,
-    stdout: Any = None,
-    stderr: Any = None,
-    timeout: float | None = None,
-    check: bool = False,
-    text: bool = False,
-    encoding: str | None = None,
-    errors: str | None = None,
-    universal_newlines: bool | None = None,
-    **options: Any,
-) -> CompletedProcess:
+class RunRequest:
+    """``run()``'s arguments (``subprocess.run``'s) sorted out once for every
+    adapter: what goes to ``spawn`` (``spawn_options``, the child owned with
+    ``kill_on_close`` unless told otherwise), and what ``run`` itself uses.
+    Refusals are ``subprocess``'s, as :class:`InvalidArgumentError` (a ``ValueError``)."""
+
+    __slots__ = ("check", "input", "spawn_options", "timeout")
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.input: Any = options.pop("input", None)
+        self.timeout: float | None = options.pop("timeout", None)
+        self.check = bool(options.pop("check", False))
+        capture_output = options.pop("capture_output", False)
+        universal_newlines = options.pop("universal_newlines", None)
+        if self.input is not None:
+            if options.get("stdin") is not None:
+                raise InvalidArgumentError("stdin and input arguments may not both be used")
+            options["stdin"] = PIPE
+        if capture_output:
+            if options.get("stdout") is not None or options.get("stderr") is not None:
+                raise InvalidArgumentError("stdout and stderr arguments may not be used with capture_output")
+            options["stdout"] = options["stderr"] = PIPE
+        if universal_newlines is not None:
+            if options.get("text") and not universal_newlines:
+                raise InvalidArgumentError("text and universal_newlines are given and differ")
+            options["text"] = bool(universal_newlines)
+        options.setdefault("kill_on_close", True)
+        self.spawn_options = options
+
+
+def run(ctx: Context, argv: Argv, **options: Any) -> CompletedProcess:
     """See :meth:`Context.run`."""
-    stdin, stdout, stderr, text = streams_for(
-        input=input,
-        capture_output=capture_output,
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        text=text,
-        universal_newlines=universal_newlines,
-    )
+    req = RunRequest(options)
     if ctx._reports_here():
         raise StateError(
             "run() waits for the child's exit, and in MAINLOOP this thread is the one that "
             "reports exits (childproc_reaped, sigchld_occurred): call run() from another "
             "thread, or spawn() and use the callback"
         )
-    options.setdefault("kill_on_close", True)
-    child = ctx.spawn(
-        argv,
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        text=text,
-        encoding=encoding,
-        errors=errors,
-        **options,
-    )
+    child = ctx.spawn(argv, **req.spawn_options)
     try:
-        out, err = child.communicate(input, timeout)
+        out, err = child.communicate(req.input, req.timeout)
     except TimeoutExpired as exc:
         kill(child)
         child.wait()
@@ -92,34 +88,7 @@ def run(
     finally:
         if child._io is not None:
             child._io.close()
-    return result(child, out, err, check)
-
-
-def streams_for(
-    *,
-    input: Any,
-    capture_output: bool,
-    stdin: Any,
-    stdout: Any,
-    stderr: Any,
-    text: bool,
-    universal_newlines: bool | None,
-) -> tuple[Any, Any, Any, bool]:
-    """``run()``'s stream arguments as ``spawn()`` takes them, checked as ``subprocess``
-    checks them (each refusal is an :class:`InvalidArgumentError`, a ``ValueError``)."""
-    if input is not None:
-        if stdin is not None:
-            raise InvalidArgumentError("stdin and input arguments may not both be used")
-        stdin = PIPE
-    if capture_output:
-        if stdout is not None or stderr is not None:
-            raise InvalidArgumentError("stdout and stderr arguments may not be used with capture_output")
-        stdout = stderr = PIPE
-    if universal_newlines is not None:
-        if text and not universal_newlines:
-            raise InvalidArgumentError("text and universal_newlines are given and differ")
-        text = bool(universal_newlines)
-    return stdin, stdout, stderr, text
+    return result(child, out, err, req.check)
 
 
 def result(child: Any, out: Any, err: Any, check: bool) -> CompletedProcess:

@@ -29,7 +29,7 @@ from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner
 from ._pump import Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import kill, result, streams_for
+from ._run import RunRequest, kill, result
 from ._status import ChildEvent
 from ._stdio import command_of
 
@@ -196,41 +196,15 @@ class StructuredContext(Bridge[C]):
         waiter._error = error
         waiter._done.set()
 
-    async def run(
-        self,
-        argv: Argv,
-        *,
-        input: Any = None,
-        capture_output: bool = False,
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
-        timeout: float | None = None,
-        check: bool = False,
-        text: bool = False,
-        encoding: str | None = None,
-        errors: str | None = None,
-        universal_newlines: bool | None = None,
-        **kwargs: Any,
-    ) -> CompletedProcess:
+    async def run(self, argv: Argv, **options: Any) -> CompletedProcess:
         """:meth:`Context.run <childproc.Context.run>` here: the same arguments,
         :class:`~childproc.CompletedProcess` and exceptions. A timeout, a
         cancellation or any other exception kills the child (SIGKILL), waits for
         its exit (shielded) and closes its pipes before it propagates."""
-        stdin, stdout, stderr, text = streams_for(
-            input=input,
-            capture_output=capture_output,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            text=text,
-            universal_newlines=universal_newlines,
-        )
-        kwargs.setdefault("kill_on_close", True)
-        std = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
-        child = self.spawn(argv, text=text, encoding=encoding, errors=errors, **std, **kwargs)
+        req = RunRequest(options)
+        child = self.spawn(argv, **req.spawn_options)
         try:
-            out, err = await child.communicate(input, timeout=timeout)
+            out, err = await child.communicate(req.input, timeout=req.timeout)
         except TimeoutExpired as exc:
             kill(child.child)
             with self._lib.shield():
@@ -245,7 +219,7 @@ class StructuredContext(Bridge[C]):
         finally:
             if child.child._io is not None:
                 child.child._io.close()
-        return result(child.child, out, err, check)
+        return result(child.child, out, err, req.check)
 
     async def _serve(self) -> None:
         fd = self.context.fileno()

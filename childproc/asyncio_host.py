@@ -40,7 +40,7 @@ from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner, wants_handler
 from ._pump import PIPE_LINGER_S, Driver, Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import kill, result, streams_for
+from ._run import RunRequest, kill, result
 from ._sink import Sink
 from ._status import ChildEvent
 from ._stdio import ChildIO, command_of, default_encoding
@@ -295,49 +295,15 @@ class AsyncContext(Bridge[AsyncChild]):
                 {"message": "exception in a childproc callback", "exception": exc, "context": self.context}
             )
 
-    async def run(
-        self,
-        argv: Argv,
-        *,
-        input: Any = None,
-        capture_output: bool = False,
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
-        timeout: float | None = None,
-        check: bool = False,
-        text: bool = False,
-        encoding: str | None = None,
-        errors: str | None = None,
-        universal_newlines: bool | None = None,
-        **kwargs: Any,
-    ) -> CompletedProcess:
+    async def run(self, argv: Argv, **options: Any) -> CompletedProcess:
         """:meth:`Context.run <childproc.Context.run>` on the loop: the same arguments,
         :class:`~childproc.CompletedProcess` and exceptions. A timeout, a
         cancellation or any other exception kills the child (SIGKILL), waits for
         its exit and closes its pipes before it propagates."""
-        stdin, stdout, stderr, text = streams_for(
-            input=input,
-            capture_output=capture_output,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            text=text,
-            universal_newlines=universal_newlines,
-        )
-        kwargs.setdefault("kill_on_close", True)
-        child = self.spawn(
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            text=text,
-            encoding=encoding,
-            errors=errors,
-            **kwargs,
-        )
+        req = RunRequest(options)
+        child = self.spawn(argv, **req.spawn_options)
         try:
-            out, err = await child.communicate(input, timeout=timeout)
+            out, err = await child.communicate(req.input, timeout=req.timeout)
         except TimeoutExpired as exc:
             kill(child.child)
             await asyncio.shield(child._exit)
@@ -353,7 +319,7 @@ class AsyncContext(Bridge[AsyncChild]):
         finally:
             if child.child._io is not None:
                 child.child._io.close()
-        return result(child.child, out, err, check)
+        return result(child.child, out, err, req.check)
 
     def close(self) -> None:
         """Detach from the loop and close the context (see :meth:`Context.close`).

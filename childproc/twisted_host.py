@@ -33,7 +33,7 @@ from ._errors import PidfdUnavailableError
 from ._policy import SigchldOwner
 from ._pump import Driver, Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import kill, result, streams_for
+from ._run import RunRequest, kill, result
 from ._status import ChildEvent
 from ._stdio import command_of
 from ._watchers import pidfd as _pidfd
@@ -108,40 +108,14 @@ class TwistedContext(Bridge[TwistedChild]):
     def _fail(self, waiter: TwistedChild, error: BaseException) -> None:
         waiter.deferred.errback(error)
 
-    def run(
-        self,
-        argv: Argv,
-        *,
-        input: Any = None,
-        capture_output: bool = False,
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
-        timeout: float | None = None,
-        check: bool = False,
-        text: bool = False,
-        encoding: str | None = None,
-        errors: str | None = None,
-        universal_newlines: bool | None = None,
-        **kwargs: Any,
-    ) -> Deferred[CompletedProcess]:
+    def run(self, argv: Argv, **options: Any) -> Deferred[CompletedProcess]:
         """:meth:`Context.run <childproc.Context.run>` in the reactor: a ``Deferred``
         that fires with the :class:`~childproc.CompletedProcess` (or fails with the
         same exceptions). A timeout, or cancelling the ``Deferred``, kills the child
         (SIGKILL), waits for its exit and closes its pipes first."""
-        stdin, stdout, stderr, text = streams_for(
-            input=input,
-            capture_output=capture_output,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            text=text,
-            universal_newlines=universal_newlines,
-        )
-        kwargs.setdefault("kill_on_close", True)
-        std = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
-        waiter = self.spawn(argv, text=text, encoding=encoding, errors=errors, **std, **kwargs)
-        return _Run(self.reactor, waiter, input, timeout, check).deferred
+        req = RunRequest(options)
+        waiter = self.spawn(argv, **req.spawn_options)
+        return _Run(self.reactor, waiter, req).deferred
 
     def close(self) -> None:
         """Stop watching (``removeReader``) and close the context. Pending deferreds
@@ -215,10 +189,8 @@ class _Run:
     """One ``TwistedContext.run``: the driver on the pipes, the exit from the child's
     deferred, and the kill for a timeout or a cancellation."""
 
-    def __init__(
-        self, reactor: Any, waiter: TwistedChild, input: Any, timeout: float | None, check: bool
-    ) -> None:
-        self.reactor, self.waiter, self.check, self.timeout = reactor, waiter, check, timeout
+    def __init__(self, reactor: Any, waiter: TwistedChild, req: RunRequest) -> None:
+        self.reactor, self.waiter, self.check, self.timeout = reactor, waiter, req.check, req.timeout
         self.deferred: Deferred[CompletedProcess] = Deferred(self._cancel)
         self.failure: BaseException | None = None
         self.output_done = False
@@ -228,9 +200,9 @@ class _Run:
         self.pump = Pump(io_, child.args, child.pid) if io_ is not None and io_.pipes is not None else None
         self.driver: Driver | None = None
         if self.pump is not None:
-            self.pump.start(input)
+            self.pump.start(req.input)
             self.driver = Driver(self.pump, _Readiness(reactor), lambda: waiter.deferred.called, self._output)
-        self.timer = reactor.callLater(timeout, self._timed_out) if timeout is not None else None
+        self.timer = reactor.callLater(req.timeout, self._timed_out) if req.timeout is not None else None
         waiter.deferred.addBoth(self._exited)
         if self.driver is not None:
             self.driver.start()
