@@ -409,46 +409,32 @@ def childproc_asyncio_run(n: int, conc: int) -> None:
     asyncio.run(main())
 
 
-def childproc_trio_run(n: int, conc: int) -> None:
-    """``await ctx.run(argv)`` through childproc's trio adapter (beside the trio row)."""
-    import trio  # noqa: PLC0415
+def childproc_structured_run(lib: str) -> Callable[[int, int], None]:
+    """``await ctx.run(argv)`` through childproc's trio adapter (beside the trio row),
+    or its anyio adapter on anyio's asyncio backend (``lib``: "trio" or "anyio")."""
 
-    from childproc import trio_host  # noqa: PLC0415
+    def run(n: int, conc: int) -> None:
+        import importlib  # noqa: PLC0415
 
-    async def main() -> None:
-        async with trio_host.open_context() as ctx:
-            limit = trio.CapacityLimiter(conc)
+        aio = importlib.import_module(lib)
+        host = importlib.import_module(f"childproc.{lib}_host")
+        task_group = aio.open_nursery if lib == "trio" else aio.create_task_group
 
-            async def one() -> None:
-                async with limit:
-                    await ctx.run(ARGV, env=ENV)
+        async def main() -> None:
+            async with host.open_context() as ctx:
+                limit = aio.CapacityLimiter(conc)
 
-            async with trio.open_nursery() as nursery:
-                for _ in range(n):
-                    nursery.start_soon(one)
+                async def one() -> None:
+                    async with limit:
+                        await ctx.run(ARGV, env=ENV)
 
-    trio.run(main)
+                async with task_group() as group:
+                    for _ in range(n):
+                        group.start_soon(one)
 
+        aio.run(main)
 
-def childproc_anyio_run(n: int, conc: int) -> None:
-    """``await ctx.run(argv)`` through childproc's anyio adapter, on anyio's asyncio backend."""
-    import anyio  # noqa: PLC0415
-
-    from childproc import anyio_host  # noqa: PLC0415
-
-    async def main() -> None:
-        async with anyio_host.open_context() as ctx:
-            limit = anyio.CapacityLimiter(conc)
-
-            async def one() -> None:
-                async with limit:
-                    await ctx.run(ARGV, env=ENV)
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(n):
-                    tg.start_soon(one)
-
-    anyio.run(main)
+    return run
 
 
 def childproc_twisted_run(n: int, conc: int) -> None:
@@ -543,9 +529,9 @@ def contenders(kind: str, peers: bool = True) -> dict[str, Callable[[int, int], 
         table["childproc asyncio_host run"] = childproc_asyncio_run
         if _available("trio"):
             table["trio run_process"] = trio_run
-            table["childproc trio_host run"] = childproc_trio_run
+            table["childproc trio_host run"] = childproc_structured_run("trio")
         if _available("anyio"):
-            table["childproc anyio_host run (asyncio)"] = childproc_anyio_run
+            table["childproc anyio_host run (asyncio)"] = childproc_structured_run("anyio")
         if _available("twisted"):
             table["Twisted spawnProcess"] = twisted_run
             table["childproc twisted_host run"] = childproc_twisted_run

@@ -231,51 +231,32 @@ def test_twisted_run_returns_a_deferred_of_completed_process() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# -- trio -------------------------------------------------------------------------------
+# -- trio, and anyio on both backends: one structured adapter ------------------------------
+STRUCTURED = ["trio", "anyio-asyncio", "anyio-trio"]
+
+
+async def _send(stream: Any, data: bytes) -> None:
+    await (stream.send_all(data) if hasattr(stream, "send_all") else stream.send(data))
+
+
+async def _receive(stream: Any) -> bytes:
+    """The next bytes, b"" at EOF (trio's way; anyio raises EndOfStream)."""
+    if hasattr(stream, "receive_some"):
+        return bytes(await stream.receive_some(65536))
+    try:
+        return bytes(await stream.receive())
+    except anyio.EndOfStream:
+        return b""
+
+
 @pytest.mark.timeout(60)
-def test_trio_run_communicate_and_streams() -> None:
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_adapters_run_communicate_and_streams(flavour: str) -> None:
+    host: Any = trio_host if flavour == "trio" else anyio_host
+
     async def main() -> None:
-        async with trio_host.open_context() as ctx:
-            r = await ctx.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True)
-            assert isinstance(r, subprocess.CompletedProcess)
-            assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
-            data = os.urandom(1 << 20) * 16
-            assert (await ctx.run(["cat"], input=data, capture_output=True)).stdout == data
-            t0 = time.monotonic()
-            r = await ctx.run(["/bin/sh", "-c", "sleep 30 & echo $!; echo hi"], capture_output=True)
-            os.kill(int(r.stdout.split()[0]), signal.SIGKILL)
-            assert r.stdout.split()[1] == b"hi" and time.monotonic() - t0 < 1.5
-            with pytest.raises(childproc.TimeoutExpired) as info:
-                await ctx.run(["/bin/sh", "-c", "echo part; exec sleep 30"], capture_output=True, timeout=0.3)
-            assert info.value.output == b"part\n" and info.value.event is not None
-            with trio.move_on_after(0.1):
-                await ctx.run(["sleep", "30"], capture_output=True)
-            assert ctx.context.children == frozenset()  # cancelled: killed and reaped
-            child = ctx.spawn(["/bin/sh", "-c", "echo a; sleep 0.6; echo b"], stdout=PIPE)
-            with pytest.raises(childproc.TimeoutExpired):
-                await child.communicate(timeout=0.2)
-            assert await child.communicate() == (b"a\nb\n", None)
-            # Streams: trio's own, owning their fds from the first access.
-            talker = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
-            assert talker.stdin is not None and talker.stdout is not None
-            await talker.stdin.send_all(b"ping")
-            assert await talker.stdout.receive_some(10) == b"ping"
-            await talker.stdin.aclose()
-            assert await talker.stdout.receive_some(10) == b""
-            await talker.stdout.aclose()
-            assert (await talker.wait()).returncode == 0
-
-    trio.run(main)
-
-
-# -- anyio, on both backends ---------------------------------------------------------------
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_anyio_on_either_backend(backend: str) -> None:
-    async def main() -> None:
-        async with anyio_host.open_context() as ctx:
-            child = ctx.spawn(["/bin/sh", "-c", "exit 3"])
-            assert (await child.wait()).returncode == 3
+        async with host.open_context() as ctx:
+            assert (await ctx.spawn(["/bin/sh", "-c", "exit 3"]).wait()).returncode == 3
             r = await ctx.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 2"], capture_output=True)
             assert isinstance(r, subprocess.CompletedProcess)
             assert (r.returncode, r.stdout, r.stderr) == (2, b"out\n", b"err\n")
@@ -291,15 +272,35 @@ def test_anyio_on_either_backend(backend: str) -> None:
             with anyio.move_on_after(0.1):
                 await ctx.run(["sleep", "30"], capture_output=True)
             assert ctx.context.children == frozenset()  # cancelled: killed and reaped
+            child = ctx.spawn(["/bin/sh", "-c", "echo a; sleep 0.6; echo b"], stdout=PIPE)
+            with pytest.raises(childproc.TimeoutExpired):
+                await child.communicate(timeout=0.2)
+            assert await child.communicate() == (b"a\nb\n", None)
             talker = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
-            assert isinstance(talker.stdin, anyio.abc.ByteSendStream)
-            assert isinstance(talker.stdout, anyio.abc.ByteReceiveStream)
-            await talker.stdin.send(b"ping")
-            assert await talker.stdout.receive() == b"ping"
+            assert talker.stdin is not None and talker.stdout is not None
+            await _send(talker.stdin, b"ping")
+            assert await _receive(talker.stdout) == b"ping"
             await talker.stdin.aclose()
-            with pytest.raises(anyio.EndOfStream):
-                await talker.stdout.receive()
+            assert await _receive(talker.stdout) == b""
             await talker.stdout.aclose()
             assert (await talker.wait()).returncode == 0
 
-    anyio.run(main, backend=backend)
+    if flavour == "trio":
+        trio.run(main)
+    else:
+        anyio.run(main, backend=flavour.split("-")[1])
+
+
+def test_anyio_streams_are_anyio_byte_streams() -> None:
+    async def main() -> None:
+        async with anyio_host.open_context() as ctx:
+            child = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
+            assert isinstance(child.stdin, anyio.abc.ByteSendStream)
+            assert isinstance(child.stdout, anyio.abc.ByteReceiveStream)
+            await child.stdin.aclose()
+            with pytest.raises(anyio.EndOfStream):
+                await child.stdout.receive()
+            await child.stdout.aclose()
+            await child.wait()
+
+    anyio.run(main)
