@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._child import Child, EventCallback
@@ -134,63 +133,18 @@ class Bridge(Generic[W]):
         for waiter, _ in waiters.values():
             self._fail(waiter, ClosedError("the childproc context was closed before the child exited"))
 
-    def spawn(
-        self,
-        argv: Argv,
-        *,
-        on_event: EventCallback | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        pass_fds: Sequence[int] = (),
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
-        text: bool = False,
-        encoding: str | None = None,
-        errors: str | None = None,
-        events: int = os.WEXITED,
-        kill_on_close: bool = False,
-    ) -> W:
-        """:meth:`Context.spawn <childproc.Context.spawn>`, returning a waiter."""
-        self._check_events(events)
-        child = self.context.spawn(
-            argv,
-            self._on_event,
-            env=env,
-            cwd=cwd,
-            pass_fds=pass_fds,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            text=text,
-            encoding=encoding,
-            errors=errors,
-            events=events,
-            kill_on_close=kill_on_close,
-        )
-        return self._wrap(child, on_event)
+    def spawn(self, argv: Argv, *, on_event: EventCallback | None = None, **options: Any) -> W:
+        """:meth:`Context.spawn <childproc.Context.spawn>` (the same keywords; ``on_event``
+        is a keyword here), returning a waiter."""
+        self._check_events(options.get("events", os.WEXITED))
+        return self._wrap(self.context.spawn(argv, self._on_event, **options), on_event)
 
-    def fork(
-        self,
-        *,
-        on_event: EventCallback | None = None,
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
-        events: int = os.WEXITED,
-        kill_on_close: bool = False,
-    ) -> W | None:
-        """:meth:`Context.fork <childproc.Context.fork>`: a waiter in the parent, None in the
-        child (which must exec or ``os._exit``; it must not touch the event loop)."""
-        self._check_events(events)
-        child = self.context.fork(
-            self._on_event,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            events=events,
-            kill_on_close=kill_on_close,
-        )
+    def fork(self, *, on_event: EventCallback | None = None, **options: Any) -> W | None:
+        """:meth:`Context.fork <childproc.Context.fork>` (the same keywords): a waiter in
+        the parent, None in the child (which must exec or ``os._exit``; it must not
+        touch the event loop)."""
+        self._check_events(options.get("events", os.WEXITED))
+        child = self.context.fork(self._on_event, **options)
         return None if child is None else self._wrap(child, on_event)
 
     def adopt(
