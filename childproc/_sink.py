@@ -7,12 +7,13 @@ with ``os.readv`` straight into the buffer of an ``io.BytesIO`` (through
 with ``getvalue()``, which in CPython returns the ``BytesIO``'s own ``bytes``
 object, resized in place, when nothing else shares it (anyio's ``run_process``
 relies on the same). Peak memory: the output plus an eighth (at least 2 MiB).
-A probe at import checks the behaviour; where it does not hold, :meth:`take`
-costs one copy, nothing worse.
+Where CPython does not behave so, :meth:`take` costs one copy, nothing worse.
+A pipe whose writer keeps it full is grown to 1 MiB (once), for fewer wake-ups.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 
@@ -21,16 +22,19 @@ __all__ = ["Sink"]
 _GROW_MIN = 2 << 20  # bytes added to the buffer at least, when it runs low
 _LOW_WATER = 256 << 10  # grow when less room than this is left
 _BUDGET = 8 << 20  # bytes read per call at most (fairness between pipes)
+_FULL_PIPE = 64 << 10  # a read this large found the pipe full: the writer outruns us
+_BIG_PIPE = 1 << 20  # what such a pipe is grown to (the default /proc/sys/fs/pipe-max-size)
 
 
 class Sink:
     """What one pipe delivered so far; :meth:`take` hands it over as ``bytes``."""
 
-    __slots__ = ("_buf", "_cap", "size")
+    __slots__ = ("_buf", "_cap", "_grown", "size")
 
     def __init__(self) -> None:
         self._buf = io.BytesIO()
         self._cap = 0
+        self._grown = False  # the pipe was made bigger (once)
         self.size = 0  # bytes captured
 
     def _grow(self) -> None:
@@ -55,6 +59,15 @@ class Sink:
                 return total
             self.size += n
             total += n
+            if n >= _FULL_PIPE and not self._grown:
+                # A writer that fills the pipe: a bigger one means fewer wake-ups and
+                # reads. Only such pipes grow, so many small children do not eat the
+                # per-user pipe quota (past it the kernel gives new pipes one page).
+                self._grown = True
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _BIG_PIPE)
+                except (OSError, AttributeError):
+                    pass
         return total
 
     def write(self, data: bytes) -> None:
