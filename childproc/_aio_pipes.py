@@ -33,7 +33,14 @@ class _ReadTransport(asyncio.ReadTransport):
         os.set_blocking(self._fd, False)
         self._reading = False
         self._closed = False
+        pipes.hooks[target] = self._forget  # closed by someone else (the context): stop first
         self.resume_reading()
+
+    def _forget(self) -> None:
+        self.pause_reading()
+        if not self._closed:
+            self._closed = True
+            self._reader.feed_eof()
 
     def _ready(self) -> None:
         try:
@@ -104,6 +111,15 @@ class _WriteTransport(asyncio.WriteTransport):
         self._closing = False
         self._closed = False
         self._paused = False
+        pipes.hooks[0] = self._forget  # closed by someone else (the context): stop first
+
+    def _forget(self) -> None:
+        if self._buffer:
+            self._loop.remove_writer(self._fd)
+            self._buffer.clear()
+        if not self._closed:
+            self._closed = self._closing = True
+            self._protocol.connection_lost(None)
 
     def write(self, data: Any) -> None:
         if self._closing or not data:

@@ -71,6 +71,8 @@ def communicate(child: Child, input: Any = None, timeout: float | None = None) -
     try:
         return _communicate(child, io_, input, timeout)
     finally:
+        if io_.closing:  # the context was closed meanwhile: close() left the pipes to us
+            io_._close_all()
         io_.lock.release()
 
 
@@ -112,9 +114,13 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
             wait_s = _TICK_S if left is None else left
             if deadline is not None:
                 if now >= deadline:
+                    pump.blocking_again()
                     raise pump.timed_out(timeout)
                 wait_s = min(wait_s, deadline - now)
-            for fd, what in poller.poll(max(0.0, wait_s) * 1000):
+            ready = poller.poll(max(0.0, wait_s) * 1000)
+            if not ready and dispatch_fd is not None and not child.done:
+                ctx.dispatch()  # a quiet tick: dispatch's own checks (lost pidfds, the handler)
+            for fd, what in ready:
                 if fd in pump.reading:
                     if pump.readable(fd, bool(what & _HUP), time.monotonic()):
                         poller.unregister(fd)
@@ -129,7 +135,7 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
                     raise ClosedError("the context was closed while communicate() waited")
                 else:
                     ctx.dispatch()
-            if ctx.closed and not child.done:
+            if (ctx.closed or io_.closing) and not child.done:
                 raise ClosedError("the context was closed while communicate() waited")
     finally:
         child._remove_exit_waker(waker.poke)

@@ -355,8 +355,8 @@ class Context:
         :meth:`child_fork`.
         """
         pipes, sources = _stdio.prepare(stdin, stdout, stderr)
-        if pipes is not None:
-            pipes.forking = True  # the forked child keeps these child ends (see _stdio)
+        if sources is not None:
+            _stdio.forking(pipes, sources)  # what the forked child keeps (see _stdio)
         try:
             child = self._start(
                 Fork(self._hooks.fork_replacement, self._user),
@@ -369,15 +369,16 @@ class Context:
             )
         except BaseException:
             if pipes is not None:
-                pipes.forking = False
                 pipes.close_all()
             raise
+        finally:
+            if sources is not None:
+                _stdio.forked()
         if child is None:  # in the forked child
             if sources is not None:
                 _stdio.redirect_in_child(sources, pipes)
             return None
         if pipes is not None:
-            pipes.forking = False
             pipes.close_child_ends()
         return child
 
@@ -397,8 +398,11 @@ class Context:
         """The fd a thread waiting for a child's exit polls and then dispatches, or
         None where another thread dispatches (a dispatch thread; the application
         in MAINLOOP): the exit's delivery wakes the waiter then."""
-        if self._kids.plan.rules.app_reports or (self._thread is not None and self._thread.is_alive()):
+        if self._kids.plan.rules.app_reports:
             return None
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread.ident != threading.get_ident():
+            return None  # (on the dispatch thread itself, in a callback: nobody else would)
         return self.fileno()
 
     def spawn(

@@ -63,6 +63,8 @@ class Pump:
         else:
             self._first(input)
         self.reading = {pipes.parent[t]: t for t in (1, 2) if pipes.parent[t] >= 0}
+        for fd in [*self.reading, *([pipes.parent[0]] if pipes.parent[0] >= 0 else [])]:
+            os.set_blocking(fd, False)  # (again after a timeout, which left them blocking)
 
     def _first(self, input: Any) -> None:
         io_, pipes = self.io, self.pipes
@@ -168,6 +170,13 @@ class Pump:
             return data
         text = data.decode(io_.encoding or default_encoding(), io_.errors or "strict")
         return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+    def blocking_again(self) -> None:
+        """Leave the pipes blocking for the application's own reads, as ``subprocess``
+        does (the synchronous call, after a timeout)."""
+        for fd in self.pipes.parent:
+            if fd >= 0:
+                os.set_blocking(fd, True)
 
     def timed_out(self, timeout: float | None) -> TimeoutExpired:
         """The timeout's exception, carrying a copy of what was read so far."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._errors import ChildExitedError, ChildStolenError, InvalidArgumentError, StateError
+from ._errors import ChildprocError, ChildStolenError, InvalidArgumentError, StateError
 from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
 from ._spawn import PIPE
 from ._stdio import command_of
@@ -108,5 +108,5 @@ def kill(child: Any) -> None:
     this kill the child's whole tree)."""
     try:
         child.kill()
-    except ChildExitedError:
-        pass
+    except ChildprocError:
+        pass  # exited already, or cannot be signalled (closed context): the first error goes on

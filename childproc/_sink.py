@@ -6,7 +6,8 @@ with ``os.readv`` straight into the buffer of an ``io.BytesIO`` (through
 ``getbuffer()``), grows it by an eighth at a time, and hands its contents over
 with ``getvalue()``, which in CPython returns the ``BytesIO``'s own ``bytes``
 object, resized in place, when nothing else shares it (anyio's ``run_process``
-relies on the same). Peak memory: the output plus an eighth (at least 2 MiB).
+relies on the same). Peak memory: the output plus an eighth (a small output: at most twice itself,
+from 64 KiB).
 Where CPython does not behave so, :meth:`take` costs one copy, nothing worse.
 A pipe whose writer keeps it full is grown to 1 MiB (once), for fewer wake-ups.
 """
@@ -19,8 +20,8 @@ import os
 
 __all__ = ["Sink"]
 
-_GROW_MIN = 2 << 20  # bytes added to the buffer at least, when it runs low
-_LOW_WATER = 256 << 10  # grow when less room than this is left
+_SMALL = 2 << 20  # below this the buffer doubles; above, it grows by an eighth
+_GROW_MIN = 64 << 10  # bytes added to the buffer at least (a pipe's worth)
 _BUDGET = 8 << 20  # bytes read per call at most (fairness between pipes)
 _FULL_PIPE = 64 << 10  # a read this large found the pipe full: the writer outruns us
 _BIG_PIPE = 1 << 20  # what such a pipe is grown to (the default /proc/sys/fs/pipe-max-size)
@@ -38,7 +39,7 @@ class Sink:
         self.size = 0  # bytes captured
 
     def _grow(self) -> None:
-        cap = max(self._cap + _GROW_MIN, self._cap + self._cap // 8)
+        cap = self._cap + max(_GROW_MIN, self._cap if self._cap < _SMALL else self._cap // 8)
         self._buf.seek(cap - 1)
         self._buf.write(b"\0")
         self._cap = cap
@@ -48,7 +49,7 @@ class Sink:
         read, 0 at EOF, None if nothing was there (``EAGAIN``)."""
         total = 0
         while total < _BUDGET:
-            if self._cap - self.size < _LOW_WATER:
+            if self._cap - self.size < _GROW_MIN:
                 self._grow()
             with self._buf.getbuffer() as view:
                 try:

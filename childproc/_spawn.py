@@ -157,7 +157,7 @@ def prepare_spawn(
         # so the parent's fd keeps its flags and no other thread can race us.
         actions.append((os.POSIX_SPAWN_DUP2, _fd(fd, "each of pass_fds"), fd))
     if stdin is not None or stdout is not None or stderr is not None or fd_map:
-        actions.extend(_redirections(stdin, stdout, stderr, fd_map))
+        actions.extend(_redirections(stdin, stdout, stderr, fd_map, pass_fds))
     name = args[0] if type(args[0]) is str else os.fsdecode(args[0])
     environ = _current_environ() if env is None else env
     if cwd is None and ("/" in name or env is None):
@@ -180,13 +180,18 @@ def prepare_spawn(
 
 
 def _redirections(
-    stdin: int | None, stdout: int | None, stderr: int | None, fd_map: Mapping[int, int] | None
+    stdin: int | None,
+    stdout: int | None,
+    stderr: int | None,
+    fd_map: Mapping[int, int] | None,
+    kept: Sequence[int],
 ) -> list[tuple[Any, ...]]:
     """File actions putting each source fd at its target (0-2 from ``stdin``,
     ``stdout``, ``stderr``; the rest from ``fd_map``, target -> source), where
     sources and targets may cross (``stdout=2, stderr=1``; 5->6 and 6->5): every
     source is first copied above every number involved, then each copy is put
-    in place and closed. :data:`DEVNULL` opens ``/dev/null`` at its target."""
+    in place and closed (above the ``kept`` fds too: pass_fds must survive).
+    :data:`DEVNULL` opens ``/dev/null`` at its target."""
     moves: dict[int, int] = {}
     opens: list[int] = []
     for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
@@ -196,7 +201,7 @@ def _redirections(
             moves[target] = _fd(fd, "stdin/stdout/stderr")
     if fd_map:
         moves.update(fd_map)
-    base = max([*moves, *moves.values(), 2]) + 1
+    base = max([*moves, *moves.values(), *kept, 2]) + 1
     actions: list[tuple[Any, ...]] = [
         (os.POSIX_SPAWN_DUP2, source, base + i) for i, source in enumerate(moves.values())
     ]

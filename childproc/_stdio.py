@@ -31,7 +31,7 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import InvalidArgumentError
@@ -49,6 +49,8 @@ __all__ = [
     "abandon_after_fork",
     "child_sources",
     "command_of",
+    "forked",
+    "forking",
     "prepare",
     "redirect_in_child",
     "resolve",
@@ -103,7 +105,7 @@ class Pipes:
     """The pipes of one child: the parent's ends (``parent[target]``) and, until the
     child has them, the child's (``child[target]``); -1 where there is none."""
 
-    __slots__ = ("__weakref__", "child", "forking", "parent", "views")
+    __slots__ = ("__weakref__", "child", "hooks", "parent", "views")
 
     def __init__(self) -> None:
         self.parent = [-1, -1, -1]
@@ -111,14 +113,16 @@ class Pipes:
         #: The application's raw file objects over the parent's ends: marked closed
         #: when the end is, so that none reads or writes a number reused meanwhile.
         self.views: list[PipeFile | None] = [None, None, None]
-        #: Being forked with: the forked child keeps the child ends (abandon_after_fork).
-        self.forking = False
+        #: Called just before a parent's end is closed, by whoever watches it on a
+        #: loop (an asyncio transport, an anyio stream): to stop watching the number.
+        self.hooks: list[Callable[[], object] | None] = [None, None, None]
 
     @classmethod
     def open(cls, plan: StdioPlan) -> Pipes:
         """A pipe for each piped target. On an error (EMFILE), or interrupted, what
         was opened is closed again before this raises."""
         pipes = cls()
+        _RECORDS.add(pipes)  # (first: a fork on another thread meanwhile closes what it holds)
         made: list[tuple[int, int]] = []
         try:
             for target in plan.piped:
@@ -138,7 +142,6 @@ class Pipes:
                 os.close(w)
             pipes.close_all()
             raise
-        _RECORDS.add(pipes)
         return pipes
 
     def close_child_ends(self) -> None:
@@ -155,6 +158,13 @@ class Pipes:
         reading its stdout or stderr). Idempotent."""
         fd = self.parent[target]
         if fd >= 0:
+            hook = self.hooks[target]
+            if hook is not None:
+                self.hooks[target] = None
+                try:
+                    hook()
+                except Exception:  # (a loop gone already: the close goes on)
+                    pass
             self.parent[target] = -1
             os.close(fd)
         view = self.views[target]
@@ -222,8 +232,11 @@ def redirect_in_child(sources: Sequence[int | None], pipes: Pipes | None) -> Non
             os.dup2(fd, target)  # (inheritable: the child's own stdio)
             os.close(fd)
         if pipes is not None:
-            pipes.forking = False
             pipes.close_all()
+        for fd in _KEPT:  # other children's pipe ends, kept only to be copied here
+            if fd > 2:
+                os.close(fd)
+        _KEPT.clear()
     except OSError as exc:
         try:
             os.write(2, f"childproc: cannot set up the forked child's stdio: {exc}\n".encode())
@@ -236,20 +249,45 @@ def command_of(argv: Any) -> Any:
     return list(argv) if argv is not None else None
 
 
+#: Per thread, what a ``Context.fork`` on it is forking with: the child's pipes and
+#: the fds its stdio comes from (the forked child keeps those; see abandon_after_fork).
+_FORKING: dict[int, tuple[Pipes | None, frozenset[int]]] = {}
+#: In a forked child: other records' fds kept because its stdio comes from them.
+_KEPT: list[int] = []
+
+
+def forking(pipes: Pipes | None, sources: Sequence[int | None] | None) -> None:
+    """The calling thread is about to fork a child whose stdio is ``sources``."""
+    keep = frozenset(fd for fd in sources or () if fd is not None and fd >= 0)
+    _FORKING[threading.get_ident()] = (pipes, keep)
+
+
+def forked() -> None:
+    """The calling thread's fork is over (in the parent and in the child)."""
+    _FORKING.pop(threading.get_ident(), None)
+
+
 def abandon_after_fork() -> None:
     """In a forked child: close every record's fds (they are the parent's), but the
-    child ends of the record this child was forked with."""
+    child ends of the record this child was forked with and the fds its stdio is
+    to be copied from (the forking thread's :func:`forking`)."""
     global _PID
     _PID = os.getpid()
+    mine, keep = _FORKING.get(threading.get_ident(), (None, frozenset()))
+    _FORKING.clear()
+    _KEPT.clear()
     for pipes in list(_RECORDS):
         for view in pipes.views:
             if view is not None:
                 io.FileIO.close(view)  # (the application's file objects: closed here)
-        for ends in (pipes.parent, pipes.child) if not pipes.forking else (pipes.parent,):
+        for ends in (pipes.parent, pipes.child) if pipes is not mine else (pipes.parent,):
             for target in range(3):
                 fd = ends[target]
                 if fd >= 0:
                     ends[target] = -1
+                    if fd in keep:
+                        _KEPT.append(fd)
+                        continue
                     try:
                         os.close(fd)
                     except OSError:
@@ -287,8 +325,12 @@ def file_for(pipes: Pipes, target: int, text: bool, encoding: str | None, errors
 
 
 def default_encoding() -> str:
+    """What ``subprocess`` decodes text with: UTF-8 in UTF-8 mode, else the locale's."""
     import locale  # noqa: PLC0415 - only for text mode
+    import sys  # noqa: PLC0415
 
+    if sys.flags.utf8_mode:
+        return "utf-8"
     getencoding = getattr(locale, "getencoding", None)  # 3.11+
     return getencoding() if getencoding is not None else locale.getpreferredencoding(False)
 
@@ -300,6 +342,7 @@ class ChildIO:
     __slots__ = (
         "__weakref__",
         "_files",
+        "closing",
         "encoding",
         "errors",
         "input",
@@ -321,7 +364,8 @@ class ChildIO:
         self.input: memoryview | None = None
         self.input_at = 0
         self.sinks: dict[int, Sink] = {}  # what communicate() read so far, per target
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held by a communicate() while it runs
+        self.closing = False  # close() came while it did: it closes them when it stops
 
     def file(self, target: int) -> Any:
         """The application's file object for ``target`` (None if it is not piped)."""
@@ -329,11 +373,22 @@ class ChildIO:
         if pipes is None:
             return None
         f = self._files[target]
-        if f is None and (pipes.parent[target] >= 0 or target in self.sinks):
+        if f is None and pipes.parent[target] >= 0:
             f = self._files[target] = file_for(pipes, target, self.text, self.encoding, self.errors)
         return f
 
     def close(self) -> None:
-        """Close every pipe fd (the file objects then report closed)."""
+        """Close every pipe fd (the file objects then report closed). While a
+        ``communicate()`` runs on another thread or task, it closes them when it
+        stops (it watches them: their numbers must not be closed under it)."""
+        if not self.lock.acquire(blocking=False):
+            self.closing = True
+            return
+        try:
+            self._close_all()
+        finally:
+            self.lock.release()
+
+    def _close_all(self) -> None:
         if self.pipes is not None:
             self.pipes.close_all()

@@ -174,6 +174,8 @@ class StructuredChild(WaiterBase):
             pump = Pump(io_, self.child.args, self.pid)
             return await communicate(self._lib, pump, input, timeout, self._done.wait)
         finally:
+            if io_.closing:
+                io_._close_all()
             io_.lock.release()
 
 

@@ -115,7 +115,16 @@ def reap_doomed_if_dead(kids: Children) -> None:
 
 def release(kids: Children, child: Child, closed: bool) -> None:
     """``Child.release()``: no more callbacks; kill and reap it with ``kill_on_close``,
-    else leave it to the application (it is no longer childproc's to reap)."""
+    else leave it to the application (it is no longer childproc's to reap). Its
+    pipes are closed either way."""
+    try:
+        _release(kids, child, closed)
+    finally:
+        if child._io is not None:
+            child._io.close()
+
+
+def _release(kids: Children, child: Child, closed: bool) -> None:
     kill = False
     with _process.LOCK:
         if child.released or child.phase in (Phase.DELIVERED, Phase.REAP_DUE):

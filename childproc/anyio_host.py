@@ -53,7 +53,11 @@ class _PipeStream:
 
     def __init__(self, pipes: Pipes, target: int) -> None:
         self._pipes, self._target = pipes, target
-        os.set_blocking(pipes.parent[target], False)
+        fd = pipes.parent[target]
+        os.set_blocking(fd, False)
+        # Before the number is closed, by us or the context: a task waiting on it
+        # gets ClosedResourceError rather than waiting on a number reused later.
+        pipes.hooks[target] = lambda: anyio.notify_closing(fd)
 
     def _fd(self) -> int:
         fd = self._pipes.parent[self._target]
@@ -62,10 +66,7 @@ class _PipeStream:
         return fd
 
     async def aclose(self) -> None:
-        fd = self._pipes.parent[self._target]
-        if fd >= 0:
-            anyio.notify_closing(fd)  # (a task waiting on it gets ClosedResourceError)
-            self._pipes.close(self._target)
+        self._pipes.close(self._target)
 
 
 class _Receive(_PipeStream, anyio.abc.ByteReceiveStream):

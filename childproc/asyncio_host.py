@@ -77,12 +77,13 @@ def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
 class AsyncChild(WaiterBase):
     """A child whose exit can be awaited: ``await child`` or ``await child.wait()``."""
 
-    __slots__ = ("_exit", "_streams")
+    __slots__ = ("_exit", "_streams", "_tasks")
 
     def __init__(self, child: Child, exit_future: asyncio.Future[ChildEvent]) -> None:
         super().__init__(child)
         self._exit = exit_future
         self._streams: list[Any] = [None, None, None]
+        self._tasks: list[asyncio.Future[None]] = []  # a communicate()'s through the streams
 
     def _stream(self, target: int) -> Any:
         io_ = self.child._io
@@ -148,38 +149,44 @@ class AsyncChild(WaiterBase):
                 return await self._communicate_streams(io_, input, timeout)
             return await _LoopPump(self, io_).run(input, timeout)
         finally:
+            if io_.closing:
+                io_._close_all()
             io_.lock.release()
 
     async def _communicate_streams(self, io_: ChildIO, input: Any, timeout: float | None) -> tuple[Any, Any]:
         """communicate() once the application used the streams: through them (what
-        they buffered comes first), with the same rules, the linger bounded by
-        ``PIPE_LINGER_S`` after the exit."""
+        they buffered comes first), the linger bounded by ``PIPE_LINGER_S`` after the
+        exit. The feeding and reading tasks outlive a timeout: the next call waits
+        for the same ones, so nothing is lost or written twice."""
         pump = Pump(io_, self.child.args, self.pid)
-        if isinstance(input, str):
-            input = input.encode(io_.encoding or default_encoding(), io_.errors or "strict")
-        tasks = []
-        stdin = self._stream(0)
-        if stdin is not None and not io_.started:
-            tasks.append(asyncio.ensure_future(_feed(stdin, input)))
-        for target in (1, 2):
-            reader = self._stream(target)
-            if reader is not None:
-                sink = io_.sinks.setdefault(target, Sink())
-                tasks.append(asyncio.ensure_future(_drain(reader, sink)))
-        io_.started = True
+        if io_.started:
+            if input:
+                raise InvalidArgumentError(
+                    "communicate() carries on where a timeout stopped it: give no new input"
+                )
+        else:
+            if isinstance(input, str):
+                input = input.encode(io_.encoding or default_encoding(), io_.errors or "strict")
+            stdin = self._stream(0)
+            if stdin is not None:
+                self._tasks.append(asyncio.ensure_future(_feed(stdin, input)))
+            for target in (1, 2):
+                reader = self._stream(target)
+                if reader is not None:
+                    sink = io_.sinks.setdefault(target, Sink())
+                    self._tasks.append(asyncio.ensure_future(_drain(reader, sink)))
+            io_.started = True
         try:
-            done = asyncio.gather(asyncio.shield(self._exit), *tasks)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exit), timeout)
-            except asyncio.TimeoutError:
-                raise pump.timed_out(timeout) from None
-            try:
-                await asyncio.wait_for(asyncio.shield(done), PIPE_LINGER_S)
-            except asyncio.TimeoutError:
-                pass  # a descendant holds a pipe: what the child wrote is in by now
-        finally:
-            for task in tasks:
-                task.cancel()
+            await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+        except asyncio.TimeoutError:
+            raise pump.timed_out(timeout) from None
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=PIPE_LINGER_S)
+            for task in pending:
+                task.cancel()  # a descendant holds a pipe: what the child wrote is in by now
+            for task in done:
+                task.exception()  # (retrieved: a reader's error is the transport's, reported there)
         for target in (1, 2):
             if self._streams[target] is not None:
                 self._streams[target]._transport.close()

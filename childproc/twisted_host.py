@@ -200,7 +200,13 @@ class _Run:
         self.pump = Pump(io_, child.args, child.pid) if io_ is not None and io_.pipes is not None else None
         self.driver: Driver | None = None
         if self.pump is not None:
-            self.pump.start(req.input)
+            self.pump.io.lock.acquire()  # (a new child's: free) while the pump watches its pipes
+            try:
+                self.pump.start(req.input)
+            except BaseException:
+                self.pump.io.lock.release()
+                kill(child)
+                raise
             self.driver = Driver(self.pump, _Readiness(reactor), lambda: waiter.deferred.called, self._output)
         self.timer = reactor.callLater(req.timeout, self._timed_out) if req.timeout is not None else None
         waiter.deferred.addBoth(self._exited)
@@ -261,6 +267,7 @@ class _Run:
         out = err = None
         if self.pump is not None:
             out, err = self.pump.finish()
+            self.pump.io.lock.release()
         if child._io is not None:
             child._io.close()
         if self.deferred.called:  # cancelled: Twisted failed it with CancelledError already

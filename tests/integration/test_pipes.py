@@ -306,3 +306,68 @@ def test_closing_the_context_wakes_a_communicate() -> None:
     t.join(5)
     assert not t.is_alive()
     assert len(errors) <= 1 and all(isinstance(e, childproc.ClosedError) for e in errors)
+
+
+# -- regressions found in review --------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_fork_reads_from_another_child_s_pipe(sel: Context) -> None:
+    """subprocess's pipeline idiom with fork: the forked child's stdin is another
+    child's stdout pipe, which the forked child keeps though it closes every other
+    pipe of the parent's."""
+    first = sel.spawn(["/bin/sh", "-c", "echo through"], stdout=PIPE)
+    second = sel.fork(stdin=first.stdout, stdout=PIPE)
+    if second is None:
+        os.write(1, b"".join(iter(lambda: os.read(0, 65536), b"")).upper())
+        os._exit(0)
+    first.stdout.close()
+    assert second.communicate() == (b"THROUGH\n", None)
+    assert first.wait(10) is not None and second.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_pass_fds_above_the_redirected_fds_survive(sel: Context) -> None:
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()  # numbered above out_w: where the redirections' copies went
+    try:
+        child = sel.spawn(["cat", f"/dev/fd/{in_r}"], stdout=out_w, pass_fds=[in_r])
+        os.close(out_w)
+        os.write(in_w, b"kept")
+        os.close(in_w)
+        assert os.read(out_r, 100) == b"kept"
+        assert child.wait(10) is not None and child.returncode == 0
+    finally:
+        for fd in (out_r, in_r):
+            os.close(fd)
+
+
+@pytest.mark.timeout(30)
+def test_run_from_a_callback_on_the_dispatch_thread(sel: Context) -> None:
+    got: list[object] = []
+    done = threading.Event()
+
+    def on_exit(child: childproc.Child, event: childproc.ChildEvent) -> None:
+        got.append(sel.run(["/bin/sh", "-c", "echo inner"], capture_output=True, timeout=10).stdout)
+        done.set()
+
+    sel.start_dispatch_thread()
+    sel.spawn(["true"], on_exit)
+    assert done.wait(15) and got == [b"inner\n"]
+
+
+@pytest.mark.timeout(30)
+def test_after_a_timed_out_communicate_the_pipe_reads_blocking(sel: Context) -> None:
+    child = sel.spawn(["/bin/sh", "-c", "echo a; sleep 0.4; echo b"], stdout=PIPE)
+    with pytest.raises(childproc.TimeoutExpired) as info:
+        child.communicate(timeout=0.1)
+    assert info.value.output == b"a\n"
+    assert child.stdout.read() == b"b\n"  # (blocking again: as subprocess leaves it)
+    assert child.wait(10) is not None
+
+
+@pytest.mark.timeout(30)
+def test_releasing_the_handle_closes_its_pipes(sel: Context) -> None:
+    with sel.spawn(["cat"], stdin=PIPE, stdout=PIPE, kill_on_close=True) as child:
+        stdin = child.stdin
+    assert stdin.closed
+    assert child._io is not None and child._io.pipes is not None
+    assert child._io.pipes.parent == [-1, -1, -1]

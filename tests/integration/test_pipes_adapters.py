@@ -304,3 +304,37 @@ def test_anyio_streams_are_anyio_byte_streams() -> None:
             await child.wait()
 
     anyio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_streams_of_a_closed_context_leave_the_loop_clean() -> None:
+    """A context closed while a stream still watched its pipe: the number is taken
+    off the loop before it is closed, so a later pipe given the same number works."""
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(["/bin/sh", "-c", "echo one; sleep 30"], stdout=PIPE, kill_on_close=True)
+            assert child.stdout is not None
+            assert await child.stdout.readline() == b"one\n"
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(["/bin/sh", "-c", "echo two"], stdout=PIPE)
+            assert child.stdout is not None
+            assert await asyncio.wait_for(child.stdout.readline(), 5) == b"two\n"
+            await child.wait()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_communicate_through_streams_after_a_timeout_finishes_the_input() -> None:
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
+            assert child.stdout is not None  # the streams are in use
+            data = os.urandom(1 << 20) * 4
+            with pytest.raises(childproc.TimeoutExpired):
+                await child.communicate(data, timeout=0.01)
+            out, _ = await child.communicate(timeout=10)
+            assert out == data and child.returncode == 0
+
+    asyncio.run(main())
