@@ -329,11 +329,11 @@ def test_asyncio_streams_of_a_closed_context_leave_the_loop_clean() -> None:
 def test_asyncio_communicate_through_streams_after_a_timeout_finishes_the_input() -> None:
     async def main() -> None:
         async with asyncio_host.open_context() as ctx:
-            child = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
+            child = ctx.spawn(["/bin/sh", "-c", "sleep 0.3; exec cat"], stdin=PIPE, stdout=PIPE)
             assert child.stdout is not None  # the streams are in use
             data = os.urandom(1 << 20) * 4
             with pytest.raises(childproc.TimeoutExpired):
-                await child.communicate(data, timeout=0.01)
+                await child.communicate(data, timeout=0.05)  # (cat starts reading later)
             out, _ = await child.communicate(timeout=10)
             assert out == data and child.returncode == 0
 
