@@ -30,7 +30,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def scale(request: pytest.FixtureRequest) -> int:
     """How many children the big cases run."""
-    return 100_000 if request.config.getoption("--torture-long") else 5_000
+    return 100_000 if request.config.getoption("--torture-long") else 2_500
 
 
 @pytest.fixture
