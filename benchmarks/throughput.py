@@ -360,23 +360,22 @@ def trio_run(n: int, conc: int) -> None:
     trio.run(main)
 
 
-def twisted_run(n: int, conc: int) -> None:
-    """Twisted in a child interpreter (its reactor runs once per process)."""
-    import subprocess  # noqa: PLC0415
-
-    code = f"""
-import os, resource, time
+_TWISTED = """
+import os, resource, sys, time
+sys.path[:0] = {path!r}
 from twisted.internet import reactor, protocol
 n, conc, state, env = {n}, {conc}, {{"started": 0, "done": 0}}, dict(os.environ)
+def ended(_=None):
+    state["done"] += 1
+    if state["done"] == n: reactor.stop()
+    else: more()
 class P(protocol.ProcessProtocol):
-    def processEnded(self, reason):
-        state["done"] += 1
-        if state["done"] == n: reactor.stop()
-        else: more()
+    def processEnded(self, reason): ended()
+{start}
 def more():
     while state["started"] < n and state["started"] - state["done"] < conc:
         state["started"] += 1
-        reactor.spawnProcess(P(), "{TRUE}", ["{TRUE}"], env=env)
+        start_one()
 def cpu():
     return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
                for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -385,9 +384,24 @@ reactor.callWhenRunning(more)
 reactor.run()
 print(time.perf_counter() - t0, cpu() - c0)
 """
+
+
+def _twisted_in_child(n: int, conc: int, start: str) -> None:
+    """Run ``n`` children ``conc`` at a time under a Twisted reactor in a child
+    interpreter (a reactor runs once per process), ``start`` defining
+    ``start_one()``; the child times itself (kept in ``_timings``)."""
+    import subprocess  # noqa: PLC0415
+
+    code = _TWISTED.format(path=sys.path, n=n, conc=conc, start=start)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     wall, cpu = out.stdout.strip().splitlines()[-1].split()
     _timings["twisted"] = (float(wall), float(cpu))
+
+
+def twisted_run(n: int, conc: int) -> None:
+    """Twisted's own ``spawnProcess``."""
+    start = f'def start_one():\n    reactor.spawnProcess(P(), "{TRUE}", ["{TRUE}"], env=env)'
+    _twisted_in_child(n, conc, start)
 
 
 def childproc_asyncio_run(n: int, conc: int) -> None:
@@ -438,35 +452,13 @@ def childproc_structured_run(lib: str) -> Callable[[int, int], None]:
 
 
 def childproc_twisted_run(n: int, conc: int) -> None:
-    """``ctx.run(argv)`` through childproc's Twisted adapter, in a child interpreter."""
-    import subprocess  # noqa: PLC0415
-
-    code = f"""
-import os, resource, sys, time
-sys.path[:0] = {sys.path!r}
-from twisted.internet import reactor
-from childproc import twisted_host
-n, conc, state, env = {n}, {conc}, {{"started": 0, "done": 0}}, dict(os.environ)
-ctx = twisted_host.TwistedContext(reactor)
-def ended(_):
-    state["done"] += 1
-    if state["done"] == n: reactor.stop()
-    else: more()
-def more():
-    while state["started"] < n and state["started"] - state["done"] < conc:
-        state["started"] += 1
-        ctx.run(["{TRUE}"], env=env).addBoth(ended)
-def cpu():
-    return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
-               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-c0, t0 = cpu(), time.perf_counter()
-reactor.callWhenRunning(more)
-reactor.run()
-print(time.perf_counter() - t0, cpu() - c0)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    wall, cpu = out.stdout.strip().splitlines()[-1].split()
-    _timings["twisted"] = (float(wall), float(cpu))
+    """``ctx.run(argv)`` through childproc's Twisted adapter."""
+    start = (
+        "from childproc import twisted_host\n"
+        "ctx = twisted_host.TwistedContext(reactor)\n"
+        f'def start_one():\n    ctx.run(["{TRUE}"], env=env).addBoth(ended)'
+    )
+    _twisted_in_child(n, conc, start)
 
 
 def tornado_run(n: int, conc: int) -> None:
