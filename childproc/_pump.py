@@ -55,24 +55,24 @@ class Pump:
     def start(self, input: Any) -> None:
         """Set the pipes up (first call) or check a later call's arguments."""
         io_, pipes = self.io, self.pipes
-        if io_.started:
-            if input:
-                raise InvalidArgumentError(
-                    "communicate() carries on where a timeout stopped it: give no new input"
-                )
-        else:
+        if io_.started and input:
+            raise InvalidArgumentError(
+                "communicate() carries on where a timeout stopped it: give no new input"
+            )
+        if input is not None and pipes.parent[0] < 0 and not io_.started:
+            raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
+        if isinstance(input, str) and not io_.text:
+            raise InvalidArgumentError("input is str: spawn with text=True, or give bytes")
+        for fd in pipes.parent:
+            if fd >= 0:
+                os.set_blocking(fd, False)  # (also again after a timeout, which left them blocking)
+        if not io_.started:
             self._first(input)
         self.reading = {pipes.parent[t]: t for t in (1, 2) if pipes.parent[t] >= 0}
-        for fd in [*self.reading, *([pipes.parent[0]] if pipes.parent[0] >= 0 else [])]:
-            os.set_blocking(fd, False)  # (again after a timeout, which left them blocking)
 
     def _first(self, input: Any) -> None:
         io_, pipes = self.io, self.pipes
-        if input is not None and pipes.parent[0] < 0:
-            raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
         if isinstance(input, str):
-            if not io_.text:
-                raise InvalidArgumentError("input is str: spawn with text=True, or give bytes")
             input = input.encode(io_.encoding or default_encoding(), io_.errors or "strict")
         stdin = io_._files[0]
         if stdin is not None and not stdin.closed:
@@ -82,7 +82,6 @@ class Pump:
                 pass
         for target in (1, 2):
             if pipes.parent[target] >= 0:
-                os.set_blocking(pipes.parent[target], False)
                 io_.sinks[target] = sink = Sink()
                 f = io_._files[target]
                 if f is not None and not io_.text and not f.closed:
@@ -93,7 +92,6 @@ class Pump:
                         sink.write(f.read(len(buffered)))
         if pipes.parent[0] >= 0:
             if input:
-                os.set_blocking(pipes.parent[0], False)
                 io_.input = memoryview(input).cast("B")
             else:
                 self.close_stdin()

@@ -207,16 +207,12 @@ class StructuredContext(Bridge[C]):
         child = self.spawn(argv, **req.spawn_options)
         try:
             out, err = await child.communicate(req.input, timeout=req.timeout)
-        except TimeoutExpired as exc:
+        except BaseException as exc:  # a timeout, a cancellation, any error: kill and reap first
             kill(child.child)
             with self._lib.shield():
                 await child._done.wait()
-            exc.event = child.child.final
-            raise
-        except BaseException:
-            kill(child.child)
-            with self._lib.shield():
-                await child._done.wait()
+            if isinstance(exc, TimeoutExpired):
+                exc.event = child.child.final
             raise
         finally:
             if child.child._io is not None:
