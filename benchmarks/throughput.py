@@ -86,9 +86,19 @@ and A'/A, the JSON also CPU per child. The floors and the peers do not run.
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
 ``run_process``, Twisted ``spawnProcess`` and Tornado ``Subprocess`` where
-installed.
+installed, and childproc's adapters' ``await ctx.run(argv)`` beside each.
 
-Usage: python benchmarks/throughput.py [--n 400] [--rounds 7] [--realtime] [--json PATH]
+An adapter can be no faster than its loop lets anything be, so each host has a
+floor of its own: ``asyncio pidfd floor``, ``trio pidfd floor`` and
+``Twisted pidfd floor`` (no library) spawn with ``posix_spawn``, give the
+child's pidfd to the loop (``add_reader``, ``wait_readable``,
+``reactor.addReader``), ``waitid`` it and complete a future, nothing else. A
+last table gives each adapter's throughput over its host's own API beside
+that floor's over the same: the second figure is the most any adapter on that
+loop can reach. (On Python 3.12+ asyncio's own API watches with a pidfd too,
+so its floor is close to it.)
+
+Usage: python benchmarks/throughput.py [--n 400] [--rounds 7] [--realtime] [--only WORDS] [--json PATH]
        python benchmarks/throughput.py --baseline SRC [--n 400] [--rounds 7] [--json PATH]
 """
 
@@ -386,6 +396,58 @@ print(time.perf_counter() - t0, cpu() - c0)
 """
 
 
+def asyncio_pidfd_floor(n: int, conc: int) -> None:
+    """The least any asyncio adapter can do: ``posix_spawn``, a pidfd in
+    ``loop.add_reader``, ``waitid`` and a future per child; no library, no checks."""
+    import asyncio  # noqa: PLC0415
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(conc)
+
+        async def one() -> None:
+            async with sem:
+                fd = os.pidfd_open(os.posix_spawn(TRUE, ARGV, ENV))
+                exited: asyncio.Future[None] = loop.create_future()
+
+                def readable() -> None:
+                    loop.remove_reader(fd)
+                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
+                    os.close(fd)
+                    exited.set_result(None)
+
+                loop.add_reader(fd, readable)
+                await exited
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+    asyncio.run(main())
+
+
+def trio_pidfd_floor(n: int, conc: int) -> None:
+    """The least any trio adapter can do: ``posix_spawn``, ``wait_readable`` on a
+    pidfd, ``waitid``; no library, no checks."""
+    import trio  # noqa: PLC0415
+
+    async def main() -> None:
+        limit = trio.CapacityLimiter(conc)
+
+        async def one() -> None:
+            async with limit:
+                fd = os.pidfd_open(os.posix_spawn(TRUE, ARGV, ENV))
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
+                finally:
+                    os.close(fd)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(one)
+
+    trio.run(main)
+
+
 def _twisted_in_child(n: int, conc: int, start: str) -> None:
     """Run ``n`` children ``conc`` at a time under a Twisted reactor in a child
     interpreter (a reactor runs once per process), ``start`` defining
@@ -401,6 +463,25 @@ def _twisted_in_child(n: int, conc: int, start: str) -> None:
 def twisted_run(n: int, conc: int) -> None:
     """Twisted's own ``spawnProcess``."""
     start = f'def start_one():\n    reactor.spawnProcess(P(), "{TRUE}", ["{TRUE}"], env=env)'
+    _twisted_in_child(n, conc, start)
+
+
+def twisted_pidfd_floor(n: int, conc: int) -> None:
+    """The least any Twisted adapter can do: ``posix_spawn``, a pidfd given to
+    ``reactor.addReader``, ``waitid``; no library, no checks."""
+    start = f"""
+class Exited:
+    def __init__(self, fd): self.fd = fd
+    def fileno(self): return self.fd
+    def logPrefix(self): return "floor"
+    def connectionLost(self, reason): pass
+    def doRead(self):
+        reactor.removeReader(self)
+        os.waitid(os.P_PIDFD, self.fd, os.WEXITED)
+        os.close(self.fd)
+        ended()
+def start_one():
+    reactor.addReader(Exited(os.pidfd_open(os.posix_spawn("{TRUE}", ["{TRUE}"], env))))"""
     _twisted_in_child(n, conc, start)
 
 
@@ -497,6 +578,14 @@ AA = "raw floor (A/A)"
 PIDFD_FLOOR = "pidfd floor (no library)"
 SIGCHLD_FLOOR = "SIGCHLD floor (no library)"
 SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
+LOOP_FLOORS = {loop: f"{loop} pidfd floor (no library)" for loop in ("asyncio", "trio", "Twisted")}
+# Each adapter's row, its host's own API, and the host's no-library floor.
+HOSTS = [
+    ("childproc asyncio_host run", "asyncio create_subprocess_exec", LOOP_FLOORS["asyncio"]),
+    ("childproc anyio_host run (asyncio)", "asyncio create_subprocess_exec", LOOP_FLOORS["asyncio"]),
+    ("childproc trio_host run", "trio run_process", LOOP_FLOORS["trio"]),
+    ("childproc twisted_host run", "Twisted spawnProcess", LOOP_FLOORS["Twisted"]),
+]
 
 
 FLOORS: dict[str, Callable[[int, int], None]] = {"spawn": floor_spawn, "fork": floor_fork}
@@ -519,14 +608,20 @@ def contenders(kind: str, peers: bool = True) -> dict[str, Callable[[int, int], 
     if kind == "spawn" and peers:
         table["asyncio create_subprocess_exec"] = asyncio_run
         table["childproc asyncio_host run"] = childproc_asyncio_run
+        if pidfds:
+            table[LOOP_FLOORS["asyncio"]] = asyncio_pidfd_floor
         if _available("trio"):
             table["trio run_process"] = trio_run
             table["childproc trio_host run"] = childproc_structured_run("trio")
+            if pidfds:
+                table[LOOP_FLOORS["trio"]] = trio_pidfd_floor
         if _available("anyio"):
             table["childproc anyio_host run (asyncio)"] = childproc_structured_run("anyio")
         if _available("twisted"):
             table["Twisted spawnProcess"] = twisted_run
             table["childproc twisted_host run"] = childproc_twisted_run
+            if pidfds:
+                table[LOOP_FLOORS["Twisted"]] = twisted_pidfd_floor
         if _available("tornado"):
             table["Tornado Subprocess"] = tornado_run
     return table
@@ -642,6 +737,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conc", default="1,64")
     parser.add_argument("--kinds", default="spawn,fork")
     parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated words: run only the rows whose name contains one "
+        "(e.g. 'asyncio,trio,Twisted' for the adapters, their hosts and the loops' floors)",
+    )
+    parser.add_argument(
         "--realtime",
         action="store_true",
         help="run the measuring thread SCHED_RR (its children start as ordinary tasks), "
@@ -691,6 +792,22 @@ def _main_thread_policy() -> str:
     return next((n for n in names if getattr(os, n, None) == policy), f"policy {policy}")
 
 
+def _versus_host(ratios: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """For each adapter in ``HOSTS`` that ran: its throughput over its host API's, and
+    the host's loop floor's over the same (per round, then the median)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for adapter, host, floor in HOSTS:
+        if adapter not in ratios or host not in ratios or floor not in ratios:
+            continue
+        for key, host_ratios in ratios[host].items():
+            quotients = {
+                who: _common.median([a / h for a, h in zip(ratios[who][key], host_ratios, strict=True)])
+                for who in (adapter, floor)
+            }
+            out.setdefault(adapter, {})[key] = {"adapter": quotients[adapter], "floor": quotients[floor]}
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     concs = [int(c) for c in args.conc.split(",")]
     ratios: dict[str, dict[str, list[float]]] = {}
@@ -702,12 +819,18 @@ def _run(args: argparse.Namespace) -> int:
     plan = [(kind, conc) for kind in args.kinds.split(",") for conc in concs]
     peers = not args.realtime
     policy = _main_thread_policy()  # what the scheduler says, not what was asked
-    total = sum(len(contenders(kind, peers)) for kind, _ in plan) * args.rounds
+    words = [w for w in args.only.split(",") if w]
+
+    def chosen(kind: str) -> dict[str, Callable[[int, int], None]]:
+        table = contenders(kind, peers)
+        return {k: f for k, f in table.items() if not words or any(w.lower() in k.lower() for w in words)}
+
+    total = sum(len(chosen(kind)) for kind, _ in plan) * args.rounds
     done = 0
     for kind, conc in plan:
         key = f"{kind} c={conc}"
         for _ in range(args.rounds):
-            for name, fn in contenders(kind, peers).items():
+            for name, fn in chosen(kind).items():
                 # A/B/B/A: the floor right before and right after, so drift cancels.
                 f1 = timed(FLOORS[kind], args.n, conc, "floor")
                 c1 = timed(fn, args.n, conc, name)
@@ -757,6 +880,20 @@ def _run(args: argparse.Namespace) -> int:
         lambda name, k: f"{_common.median(on_cpu[name][k]):.0f} / {_common.median(waiting[name][k]):.0f}",
     )
 
+    versus_host = _versus_host(ratios)
+    if versus_host:
+        print("\nEach adapter's throughput over its host's own API, and its host's no-library floor's")
+        print("(the most an adapter on that loop can reach); median of the rounds' quotients")
+        header = f"{'adapter':<36}" + "".join(f"{k + ' adapter':>20}{k + ' floor':>18}" for k in keys)
+        print(header)
+        print("-" * len(header))
+        for name, per in versus_host.items():
+            cells = "".join(
+                f"{per[k]['adapter']:>20.2f}{per[k]['floor']:>18.2f}" if k in per else f"{'-':>20}{'-':>18}"
+                for k in keys
+            )
+            print(f"{name:<36}{cells}")
+
     def quartiles(table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
         return {
             n: {k: [_common.percentile(v, 25), _common.percentile(v, 75)] for k, v in per.items()}
@@ -779,6 +916,7 @@ def _run(args: argparse.Namespace) -> int:
             "parent_minor_faults_per_child": _common.medians(faults),
             "main_thread_on_cpu_us_per_child": _common.medians(on_cpu),
             "main_thread_waiting_for_cpu_us_per_child": _common.medians(waiting),
+            "adapter_and_loop_floor_over_host_api": versus_host,
         },
     )
     return 0

@@ -49,9 +49,12 @@ def _accepts(callback: object, n: int) -> bool:
 def check_callback(callback: object, n: int, what: str, usage: str) -> None:
     """Raise :class:`InvalidArgumentError` unless ``callback`` can be called with ``n``
     positional arguments."""
-    if type(callback) is FunctionType and callback.__defaults__ is None and callback.__kwdefaults__ is None:
-        code = callback.__code__  # the common case, a plain function or lambda: read off its code
-        if code.co_argcount == n and not code.co_kwonlyargcount:
+    func, self_arg = callback, 0
+    if type(callback) is MethodType:  # a bound method (an adapter's own, on every spawn)
+        func, self_arg = callback.__func__, 1
+    if type(func) is FunctionType and func.__defaults__ is None and func.__kwdefaults__ is None:
+        code = func.__code__  # the common case, a plain function or method: read off its code
+        if code.co_argcount == n + self_arg and not code.co_kwonlyargcount:
             return
     if not callable(callback):
         raise InvalidArgumentError(f"{what} must be callable as {usage}, not {callback!r}")

@@ -164,7 +164,10 @@ class StructuredChild(WaiterBase):
         if io_ is None or io_.pipes is None:
             if input:
                 raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
-            with self._lib.move_on_after(float("inf") if timeout is None else timeout):
+            if timeout is None:
+                await self._done.wait()
+                return None, None
+            with self._lib.move_on_after(timeout):
                 await self._done.wait()
                 return None, None
             raise TimeoutExpired(command_of(self.child.args), timeout or 0.0, pid=self.pid)

@@ -77,13 +77,39 @@ def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
 class AsyncChild(WaiterBase):
     """A child whose exit can be awaited: ``await child`` or ``await child.wait()``."""
 
-    __slots__ = ("_exit", "_streams", "_tasks")
+    __slots__ = ("_awaiting", "_exit", "_streams", "_tasks")
 
     def __init__(self, child: Child, exit_future: asyncio.Future[ChildEvent]) -> None:
         super().__init__(child)
-        self._exit = exit_future
+        self._exit = exit_future  # the record: done once the exit (or a failure) is known
+        self._awaiting: list[asyncio.Future[ChildEvent]] = []  # see _exited()
         self._streams: list[Any] = [None, None, None]
         self._tasks: list[asyncio.Future[None]] = []  # a communicate()'s through the streams
+
+    def _exited(self) -> asyncio.Future[ChildEvent]:
+        """A future of the exit for one awaiter alone: cancelling it cancels nobody
+        else's. What ``asyncio.shield(self._exit)`` gives, but completed directly
+        with the record (a shield's relay costs a turn of the loop per await)."""
+        if self._exit.done():
+            return self._exit  # awaiting a done future does not suspend
+        fut: asyncio.Future[ChildEvent] = self._exit.get_loop().create_future()
+        self._awaiting = [f for f in self._awaiting if not f.done()]
+        self._awaiting.append(fut)
+        return fut
+
+    def _settle(self, event: ChildEvent | None, error: BaseException | None) -> None:
+        """Complete the record and every awaiter's future (once)."""
+        if self._exit.done():
+            return
+        awaiting, self._awaiting = self._awaiting, []
+        for fut in (self._exit, *awaiting):
+            if fut.done():
+                continue  # an awaiter cancelled
+            if error is None:
+                fut.set_result(event)  # type: ignore[arg-type]
+            else:
+                fut.set_exception(error)
+                fut.exception()  # awaiters still get it; nobody else is told it went unread
 
     def _stream(self, target: int) -> Any:
         io_ = self.child._io
@@ -117,7 +143,7 @@ class AsyncChild(WaiterBase):
         With ``kill_on_cancel``, a cancelled wait also SIGKILLs the child.
         """
         try:
-            return await asyncio.shield(self._exit)
+            return await self._exited()
         except asyncio.CancelledError:
             if kill_on_cancel and not self._exit.done():
                 self._kill_on_cancel()
@@ -137,8 +163,11 @@ class AsyncChild(WaiterBase):
         if io_ is None or io_.pipes is None:
             if input:
                 raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
+            if timeout is None:
+                await self._exited()
+                return None, None
             try:
-                await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+                await asyncio.wait_for(self._exited(), timeout)
             except asyncio.TimeoutError:
                 raise TimeoutExpired(command_of(self.child.args), timeout or 0.0, pid=self.pid) from None
             return None, None
@@ -177,7 +206,7 @@ class AsyncChild(WaiterBase):
                     self._tasks.append(asyncio.ensure_future(_drain(reader, sink)))
             io_.started = True
         try:
-            await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+            await asyncio.wait_for(self._exited(), timeout)
         except asyncio.TimeoutError:
             raise pump.timed_out(timeout) from None
         tasks, self._tasks = self._tasks, []
@@ -286,13 +315,10 @@ class AsyncContext(Bridge[AsyncChild]):
         return AsyncChild(child, self.loop.create_future())
 
     def _finish(self, waiter: AsyncChild, event: ChildEvent) -> None:
-        if not waiter._exit.done():
-            waiter._exit.set_result(event)
+        waiter._settle(event, None)
 
     def _fail(self, waiter: AsyncChild, error: BaseException) -> None:
-        if not waiter._exit.done():
-            waiter._exit.set_exception(error)
-            waiter._exit.exception()  # awaiters still get it; nobody else is told it went unread
+        waiter._settle(None, error)
 
     def _readable(self) -> None:
         try:
@@ -313,13 +339,13 @@ class AsyncContext(Bridge[AsyncChild]):
             out, err = await child.communicate(req.input, timeout=req.timeout)
         except TimeoutExpired as exc:
             kill(child.child)
-            await asyncio.shield(child._exit)
+            await child._exited()
             exc.event = child.child.final
             raise
         except BaseException:
             kill(child.child)
             try:
-                await asyncio.shield(child._exit)  # (a second cancellation lands here: see close())
+                await child._exited()  # (a second cancellation lands here: see close())
             except BaseException:
                 pass
             raise

@@ -132,6 +132,27 @@ def test_pathcost_counts_exactly_and_refuses_before_312(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(200)
+def test_throughput_adapters_beside_their_hosts_and_the_loops_floors(tmp_path: Path) -> None:
+    """``--only`` runs just the rows named, and each adapter gets its throughput
+    over its host's API beside the host loop's own no-library floor's."""
+    pytest.importorskip("trio")
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("the loop floors watch pidfds")
+    out = tmp_path / "t.json"
+    args = ["--n", "6", "--rounds", "1", "--kinds", "spawn", "--only", "asyncio,trio"]
+    _run("throughput", [*args, "--json", str(out)], tmp_path)
+    data = _strict_json(out)
+    rows = set(data["ratio_to_floor"])
+    assert "asyncio pidfd floor (no library)" in rows and "trio pidfd floor (no library)" in rows
+    assert not any("SELECTIVE_REAP" in row or "spawnProcess" in row for row in rows)
+    versus = data["adapter_and_loop_floor_over_host_api"]
+    assert {"childproc asyncio_host run", "childproc trio_host run"} <= set(versus)
+    for per in versus.values():
+        for figures in per.values():
+            assert figures["adapter"] > 0 and figures["floor"] > 0
+
+
+@pytest.mark.timeout(200)
 def test_throughput_baseline_ab_against_the_current_tree(tmp_path: Path) -> None:
     out = tmp_path / "ab.json"
     args = ["--baseline", str(ROOT), "--n", "4", "--rounds", "2", "--kinds", "spawn", "--conc", "1"]
