@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
     from ._spawn import DEVNULL, PIPE, STDOUT
     from ._status import ChildEvent, EventCode, describe_status
+    from ._trees import tree_guarantee
 
     owner_libxl = SigchldOwner.LIBXL
     owner_mainloop = SigchldOwner.MAINLOOP
@@ -89,6 +90,7 @@ _LAZY = {
     **dict.fromkeys(("CalledProcessError", "CompletedProcess", "TimeoutExpired"), "_results"),
     **dict.fromkeys(("DEVNULL", "PIPE", "STDOUT"), "_spawn"),
     **dict.fromkeys(("ChildEvent", "EventCode", "describe_status"), "_status"),
+    "tree_guarantee": "_trees",
 }
 #: Aliases for readers of the libxl documentation (``libxl_sigchld_owner_*``).
 _OWNER_ALIASES = {
@@ -137,6 +139,7 @@ __all__ = [
     "ReapedCallback",
     "describe_status",
     "postfork_child_noexec",
+    "tree_guarantee",
     "PIPE",
     "DEVNULL",
     "STDOUT",

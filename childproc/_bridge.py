@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._child import Child, EventCallback
 from ._context import Context
-from ._errors import ChildStolenError, ClosedError, StateError
+from ._errors import ChildStolenError, ClosedError
 from ._policy import SigchldOwner
+from ._run import kill
 from ._status import ChildEvent
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
     from ._spawn import Argv
 
-__all__ = ["Bridge", "WaiterBase", "default_mode"]
+__all__ = ["STOP_POLL_S", "Bridge", "WaiterBase", "default_mode", "stop"]
 
 
 def default_mode() -> SigchldOwner:
@@ -58,16 +61,37 @@ class WaiterBase:
         self.child.kill()
 
     def _kill_on_cancel(self) -> None:
-        """A wait was cancelled with ``kill_on_cancel``: kill, and own it so that
-        ``close()`` reaps it if its exit is never collected."""
+        """A wait was cancelled with ``kill_on_cancel``: kill (its tree too), and own it
+        so that ``close()`` reaps it if its exit is never collected."""
         self.child.kill_on_close = True
-        try:
-            self.child.send_signal(signal.SIGKILL)
-        except StateError:
-            pass  # it exited meanwhile
+        kill(self.child)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.child!r}>"
+
+
+async def stop(
+    child: Child, grace: float, sig: int, sleep: Callable[[float], Awaitable[object]]
+) -> ChildEvent | None:
+    """:meth:`Child.stop` for an event loop: the same steps, but looking every
+    ``STOP_POLL_S`` (``await sleep``) instead of blocking the loop: ``sig`` (to the
+    tree), until ``grace`` is over for the exit and, for a cgroup tree, for the
+    tree to be empty; then SIGKILL (the tree) and wait for the exit."""
+    deadline = time.monotonic() + grace
+    if not child.done:
+        child._send_everywhere(sig)
+    while not (child.done and child._tree_empty()):
+        if time.monotonic() >= deadline:
+            child._send_everywhere(signal.SIGKILL)
+            break
+        await sleep(STOP_POLL_S)
+    while not child.done and not child.context.closed:
+        await sleep(STOP_POLL_S)
+    return child.final
+
+
+#: How often an adapter's ``stop()`` looks at the child and its tree.
+STOP_POLL_S = 0.01
 
 
 W = TypeVar("W", bound=WaiterBase)

@@ -13,16 +13,18 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _process
-from ._errors import InvalidArgumentError
+from ._errors import ChildExitedError, InvalidArgumentError, StateError
 from ._lifecycle import FINISHED, Phase
 from ._status import ChildEvent
 
 if TYPE_CHECKING:
     from ._stdio import ChildIO
+    from ._trees import Tree
 
 
 class ChildOwner(Protocol):
@@ -32,6 +34,7 @@ class ChildOwner(Protocol):
     def closed(self) -> bool: ...
     def dispatch(self) -> int: ...
     def _signal_child(self, child: Child, sig: int) -> None: ...
+    def _signal_group(self, child: Child, sig: int) -> None: ...
     def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None: ...
     def _release_child(self, child: Child) -> None: ...
     def _fd_to_dispatch(self) -> int | None: ...
@@ -96,12 +99,15 @@ class Child:
         "_exit_wakers",
         "_final",
         "_io",
+        "_leads_group",
         "_on_event",
         "_on_exit_status",
         "_pid",
         "_pidfd",
         "_polled",
+        "_rusage",
         "_status",
+        "_tree",
         "_uid",
         "_watches_stops",
         "kill_on_close",
@@ -136,6 +142,7 @@ class Child:
         # from them when first asked for: a child_fork callback never needs one).
         self._status: int | None = None
         self._uid: int | None = None
+        self._rusage: Any = None  # resource.struct_rusage, from wait4/wait3 where childproc reaped it
         self._final: ChildEvent | None = None
         self._watches_stops = events != _EXIT_ONLY
         self._defer_reap = defer_reap
@@ -148,6 +155,10 @@ class Child:
         self._args: object = None  # what spawn() was given
         #: What the delivery of an event of this child pokes (a communicate() waiting).
         self._exit_wakers: tuple[Callable[[], None], ...] = ()
+        #: Its tree (``kill_tree=True``; see childproc._trees), and whether it leads
+        #: its own process group (``process_group=0``, ``start_new_session``).
+        self._tree: Tree | None = None
+        self._leads_group = False
 
     # -- what the application reads -----------------------------------------
     @property
@@ -195,7 +206,7 @@ class Child:
     def final(self) -> ChildEvent | None:
         """How the child died, once childproc has seen it (None before, or if it was stolen)."""
         if self._final is None and self._status is not None:
-            self._final = ChildEvent.from_wait_status(self._pid, self._status, self._uid)
+            self._final = ChildEvent.from_wait_status(self._pid, self._status, self._uid, self._rusage)
         return self._final
 
     @property
@@ -277,6 +288,85 @@ class Child:
     def kill(self) -> None:
         """``send_signal(SIGKILL)``."""
         self.send_signal(signal.SIGKILL)
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the child's process group; the child must lead it
+        (``process_group=0`` or ``start_new_session=True``). Only while the child
+        is unreaped, when its group id cannot be anyone else's: after its exit
+        was collected this raises :class:`~childproc.ChildExitedError`, never
+        signalling a stranger (MAINLOOP, where the application reaps, refuses)."""
+        self._ctx._signal_group(self, sig)
+
+    # -- trees (kill_tree=True) ----------------------------------------------
+    @property
+    def tree_guarantee(self) -> str | None:
+        """What :meth:`kill_tree` reaches: ``"cgroup"`` (every descendant),
+        ``"process-group"`` (the descendants still in the child's group while it
+        is unreaped), or None for a child started without ``kill_tree=True``."""
+        return None if self._tree is None else self._tree.guarantee
+
+    def _own_tree(self) -> Tree:
+        if self._tree is None:
+            raise StateError(
+                f"child {self._pid} has no tree of its own: spawn or fork it with kill_tree=True "
+                "to be able to signal, freeze or measure everything it starts"
+            )
+        return self._tree
+
+    def kill_tree(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (default SIGKILL) to the child and every descendant: all of
+        them, at once for SIGKILL, in a cgroup tree; its process group in the
+        fallback (see :attr:`tree_guarantee`). In a cgroup tree this also reaches
+        descendants left after the child exited. Raises :class:`~childproc.StateError`
+        for a child without ``kill_tree=True``."""
+        self._own_tree().signal(sig)
+
+    def freeze(self, timeout: float = 5.0) -> bool:
+        """Stop the whole tree (``cgroup.freeze``; cgroup trees only): True once
+        every process in it is frozen, False if that took longer than ``timeout``."""
+        return self._own_tree().freeze(timeout)
+
+    def thaw(self) -> None:
+        """Resume a tree stopped by :meth:`freeze`."""
+        self._own_tree().thaw()
+
+    def tree_cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds used by every process of the tree so far,
+        exited ones included (cgroup trees only)."""
+        return self._own_tree().cpu_times()
+
+    def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> ChildEvent | None:
+        """Stop the child: send ``sig`` (to its tree, if it has one), wait up to
+        ``grace`` seconds for its exit (and, for a cgroup tree, for the whole tree
+        to be gone), then SIGKILL (the tree) and wait for the exit.
+        Returns the final :class:`~childproc.ChildEvent` (None if someone else
+        reaped it). The exit is delivered once, as always: every waiter sees it
+        and the callback runs once."""
+        deadline = time.monotonic() + grace
+        if not self.done:
+            self._send_everywhere(sig)
+            self.wait(grace)
+        if not self.done:
+            self._send_everywhere(signal.SIGKILL)
+        elif self._tree is not None and not self._tree.wait_empty(max(0.0, deadline - time.monotonic())):
+            self._send_everywhere(signal.SIGKILL)  # the child went; descendants did not
+        return self.wait()
+
+    def _tree_empty(self) -> bool:
+        """Nothing left in the child's tree (True without a tree, or for a process group,
+        which cannot be watched)."""
+        return self._tree is None or self._tree.wait_empty(0)
+
+    def _send_everywhere(self, sig: int) -> None:
+        """``sig`` to the tree if the child has one (else to the child); nothing if it
+        has exited meanwhile."""
+        try:
+            if self._tree is not None:
+                self._tree.signal(sig)
+            else:
+                self.send_signal(sig)
+        except ChildExitedError:
+            pass
 
     def wait(self, timeout: float | None = None) -> ChildEvent | None:
         """Run the context's :meth:`~childproc.Context.wait` until this child's exit

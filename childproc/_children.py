@@ -42,12 +42,13 @@ from ._errors import (
     StateError,
 )
 from ._ledger import Ledger
-from ._lifecycle import SIGNALLABLE, Move, Phase, advance
+from ._lifecycle import SIGNALLABLE, UNREAPED, Move, Phase, advance
 from ._orphans import ORPHANAGE
 from ._plan import Plan
 from ._policy import Destination, Owner, Reaper, SigchldOwner
 from ._reaping import Reaping
 from ._sigchld import HANDLER, on_main_thread
+from ._trees import settle
 from ._wakeups import Wakeups
 from ._watchers import Watcher
 from ._watchers._base import reap_zombie
@@ -97,6 +98,7 @@ class Children:
         self.starting: list[list[Any]] = []  # [child, pid?]: starts not finished
         self.gone: list[Child] = []  # children whose fds await closing
         self.doomed: list[Child] = []  # SIGKILLed (kill_on_close), not reaped yet
+        self.trees: list[Child] = []  # children whose cgroup (kill_tree=True) is not removed yet
         #: An interruption may have left work: :meth:`recover_locked` at the next entry.
         self.dirty = False
 
@@ -273,7 +275,7 @@ class Children:
         if _process.OWNERS.get(pid) is self.ref:
             del _process.OWNERS[pid]
         self.reaping.stop_watchers.discard(pid)
-        if child._pidfd is not None or child._exit_fd is not None:
+        if child._pidfd is not None or child._exit_fd is not None or child._tree is not None:
             self.gone.append(child)
 
     def close_gone_fds(self) -> None:
@@ -289,7 +291,19 @@ class Children:
                 if child._exit_fd is not None:
                     self.wakeups.remove_served(child)
                     child._exit_fd = None
+                if child._tree is not None:
+                    settle(child._tree, kill=False)  # its cgroup, if nothing is left in it
+                    if getattr(child._tree, "removed", False) and child in self.trees:
+                        self.trees.remove(child)
                 del self.gone[0]
+
+    def settle_trees(self) -> None:
+        """At close: the cgroups of children that left, killing what is left in the
+        trees of ``kill_on_close`` children and removing each cgroup once empty
+        (one that still holds processes is left for a later sweep)."""
+        for child in list(self.trees):
+            settle(child._tree, kill=child.kill_on_close)
+            self.trees.remove(child)
 
     def reap_zombie(self, child: Child) -> None:
         """Reap a child whose exit callback ran while it was a zombie."""
@@ -310,9 +324,9 @@ class Children:
                 self.reap_zombie(child)
 
     # -- what other contexts call (the Owner protocol) ----------------------
-    def accept_reaped(self, pid: int, status: int, uid: int | None) -> None:
+    def accept_reaped(self, pid: int, status: int, uid: int | None, rusage: object = None) -> None:
         """Another context reaped our ``pid`` (``waitpid(-1)``). LOCK held."""
-        self.reaping.accept_exit(pid, status, uid)
+        self.reaping.accept_exit(pid, status, uid, rusage)  # type: ignore[arg-type]
         self.sync_handler_use_locked()
         self.wakeups.waker.poke()
 
@@ -343,9 +357,10 @@ class Children:
         self.dirty = False
 
     # -- MAINLOOP: the application reaps ------------------------------------
-    def reported_locked(self, pid: int, status: int) -> bool:
-        """The application reaped ``pid`` with wait status ``status``: record it if it
-        is ours (False if not: another context's, or nobody's)."""
+    def reported_locked(self, pid: int, status: int, rusage: Any = None) -> bool:
+        """The application reaped ``pid`` with wait status ``status`` (and ``rusage``,
+        if it had it): record it if it is ours (False if not: another context's, or
+        nobody's)."""
         ref = _process.OWNERS.get(pid)
         owner = Owner.NOBODY if ref is None else Owner.OTHER_CONTEXT
         if ref is self.ref:
@@ -355,7 +370,7 @@ class Children:
         if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
             self.ledger.changed(pid, status, None)
         else:
-            self.reaping.accept_exit(pid, status, None)
+            self.reaping.accept_exit(pid, status, None, rusage)
         self.sync_handler_use_locked()
         return True
 
@@ -403,3 +418,28 @@ class Children:
             )
         # Unreaped, and only childproc reaps it (the mode's promise): the pid is still its.
         os.kill(child._pid, sig)
+
+    def signal_group(self, child: Child, sig: int) -> None:
+        """Send ``sig`` to the process group ``child`` leads, only while ``child`` is
+        unreaped: its zombie keeps the group id from being reused, and only
+        childproc reaps it (see childproc._trees). LOCK held."""
+        if not child._leads_group:
+            raise StateError(
+                f"child {child._pid} does not lead a process group of its own: start it with "
+                "process_group=0 or start_new_session=True (or kill_tree=True)"
+            )
+        if self.plan.rules.reaper is Reaper.APPLICATION:
+            raise StateError(
+                f"cannot signal child {child._pid}'s process group safely: in MAINLOOP the "
+                "application reaps, so the group id may already name another group"
+            )
+        if child.phase not in UNREAPED:
+            raise ChildExitedError(
+                f"child {child._pid} has exited and been reaped: its process group id may now "
+                "name another group, so it is not signalled (a cgroup tree, kill_tree=True where "
+                "this process may make cgroups, reaches descendants after that)"
+            )
+        try:
+            os.killpg(child._pid, sig)
+        except ProcessLookupError:
+            pass  # (cannot happen while the leader is unreaped; harmless if it does)

@@ -46,9 +46,10 @@ import time
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _process, _stdio, _teardown
+from . import _process, _stdio, _teardown, _trees
 from ._child import Child, EventCallback, check_events
 from ._children import Children, refuse_ignored
 from ._creators import Adopt, Creator, Fork, Spawn
@@ -73,6 +74,8 @@ from ._watchers import make_watcher
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
+    import resource
+
     from ._results import CompletedProcess
     from ._spawn import Argv
 
@@ -82,6 +85,7 @@ log = logging.getLogger("childproc")
 
 _HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks what it relies on
 _EXIT_ONLY = os.WEXITED
+_NO_TREE = _trees.NO_TREE
 _fallback_logged = False
 
 
@@ -339,6 +343,9 @@ class Context:
         oneshot: bool = False,
         reap_after_callback: bool = False,
         kill_on_close: bool = False,
+        start_new_session: bool = False,
+        process_group: int | None = None,
+        kill_tree: bool | str = False,
     ) -> Child | None:
         """Fork; return the child's :class:`Child` handle in the parent, None in the child.
 
@@ -353,7 +360,19 @@ class Context:
         ``encoding``, ``errors`` as for :meth:`spawn` (the forked child gets its
         fds 0-2 set before this returns None there). Errors as for
         :meth:`child_fork`.
+
+        ``start_new_session`` (``setsid``) and ``process_group`` (``setpgid``; 0:
+        a new group the child leads) as ``subprocess`` takes them.
+        ``kill_tree=True`` gives the child a tree of its own (a cgroup where this
+        process may make one, else its own process group; see
+        :attr:`Child.tree_guarantee`): :meth:`Child.kill_tree`, ``kill_on_close``,
+        ``run(timeout=...)`` and cancellation then kill the whole tree. The child
+        is in its tree before this returns there. ``kill_tree="cgroup"`` insists
+        on a cgroup (:class:`StateError` where there can be none);
+        ``kill_tree="process-group"`` asks for the process group even where a
+        cgroup could be made.
         """
+        tree = _trees.plan(start_new_session, process_group, kill_tree)
         pipes, sources = _stdio.prepare(stdin, stdout, stderr)
         if sources is not None:
             _stdio.forking(pipes, sources)  # what the forked child keeps (see _stdio)
@@ -366,10 +385,12 @@ class Context:
                 reap_after_callback=reap_after_callback,
                 kill_on_close=kill_on_close,
                 io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
+                tree=tree,
             )
         except BaseException:
             if pipes is not None:
                 pipes.close_all()
+            _trees.settle(tree.cgroup, kill=False)
             raise
         finally:
             if sources is not None:
@@ -423,6 +444,9 @@ class Context:
         oneshot: bool = False,
         reap_after_callback: bool = False,
         kill_on_close: bool = False,
+        start_new_session: bool = False,
+        process_group: int | None = None,
+        kill_tree: bool | str = False,
     ) -> Child:
         """Run a program with ``posix_spawn``, without forking the interpreter.
 
@@ -449,12 +473,22 @@ class Context:
             not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
         ):
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
+        tree = _trees.plan(start_new_session, process_group, kill_tree)
         pipes, src = _stdio.prepare(stdin, stdout, stderr)
         try:
             if src is not None:
                 stdin, stdout, stderr = src
             creator = Spawn(
-                argv, env=env, cwd=cwd, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr
+                argv,
+                env=env,
+                cwd=cwd,
+                pass_fds=pass_fds,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                setsid=tree.setsid,
+                setpgroup=tree.setpgroup,
+                cgroup_procs=None if tree.cgroup is None else tree.cgroup.procs,
             )
             child = self._start(
                 creator,
@@ -465,10 +499,12 @@ class Context:
                 kill_on_close=kill_on_close,
                 io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
                 args=argv,
+                tree=tree,
             )
         except BaseException:
             if pipes is not None:
                 pipes.close_all()
+            _trees.settle(tree.cgroup, kill=False)
             raise
         finally:
             if pipes is not None:
@@ -549,6 +585,7 @@ class Context:
         on_exit_status: ChildCallback | None = None,
         io: _stdio.ChildIO | None = None,
         args: Any = None,
+        tree: _trees.TreePlan = _NO_TREE,
     ) -> Child | None:
         """The one way a child comes in: check, make it (through ``creator``) and
         register it, all under the process lock (see :mod:`childproc._children`)."""
@@ -583,8 +620,17 @@ class Context:
                 on_exit_status=on_exit_status,
             )
             child._io, child._args = io, args  # (before the child exists: its exit may come at once)
+            if tree is not _NO_TREE:
+                child._leads_group = tree.leads_group
+                child._tree = tree.tree_for(partial(self._signal_group, child))
+                if tree.cgroup is not None:
+                    self._kids.trees.append(child)
             if not self._kids.start_locked(creator, child, call, adopt_pidfd):
+                if tree is not _NO_TREE:
+                    tree.in_forked_child()
                 return None  # in the forked child
+        if tree is not _NO_TREE:
+            tree.in_parent(child._pid, forked=isinstance(creator, Fork))
         return child
 
     # -- reaping ------------------------------------------------------------
@@ -629,6 +675,13 @@ class Context:
         _process.refuse_reentry()
         with _process.LOCK:
             self._kids.signal(child, sig)
+
+    def _signal_group(self, child: Child, sig: int) -> None:
+        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
+            raise InvalidArgumentError(f"not a signal number: {sig!r}")
+        _process.refuse_reentry()
+        with _process.LOCK:
+            self._kids.signal_group(child, sig)
 
     def _release_child(self, child: Child) -> None:
         _process.refuse_reentry()
@@ -791,16 +844,22 @@ class Context:
                 f"context is in {self.mode.name} mode and reaps its children itself"
             )
 
-    def childproc_reaped(self, pid: int, status: int) -> bool:
+    def childproc_reaped(self, pid: int, status: int, rusage: resource.struct_rusage | None = None) -> bool:
         """MAINLOOP: the application reaped ``pid`` with wait status ``status``.
 
         Returns True if the pid was this context's (its callback has then run,
         from this call, and a ``child_fork`` callback gets ``status`` exactly as
         given), False otherwise. A stop or continue status (from
         ``waitpid(..., WUNTRACED | WCONTINUED)``) is reported the same way.
+        ``rusage``: the child's resource usage if the application reaped it with
+        ``os.wait4``/``os.wait3``; it becomes the final event's ``rusage``.
         Do not call it from a signal handler: report from your main loop.
         """
         _validate_pid(pid, "pid")
+        if rusage is not None and not hasattr(rusage, "ru_utime"):
+            raise InvalidArgumentError(
+                f"rusage must be what os.wait4/os.wait3 return (a resource.struct_rusage), not {rusage!r}"
+            )
         if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 0xFFFF:
             raise InvalidArgumentError(f"status must be a wait status (int 0..0xffff), not {status!r}")
         try:
@@ -815,7 +874,7 @@ class Context:
         kids = self._kids
         with _process.LOCK:
             self._check_usable()
-            if not kids.reported_locked(pid, status):
+            if not kids.reported_locked(pid, status, rusage):
                 return False
         self._deliver()
         if self._waiters:
@@ -933,6 +992,7 @@ class Context:
                 kids.close_gone_fds()
                 kids.wakeups.close()
                 self._torn_down = True
+            kids.settle_trees()  # what is left of exited children's trees (killed: kill_on_close)
             _process.teardown_done(self)
         for io in list(self._pipes):
             io.close()

@@ -9,7 +9,7 @@ import signal
 import threading
 from typing import Any
 
-from . import _process
+from . import _cgroup, _process
 from ._context import Context
 from ._policy import rules_for
 from ._sigchld import HANDLER, SA_NOCLDWAIT, describe, disposition, on_main_thread
@@ -104,8 +104,10 @@ def report() -> dict[str, Any]:
             f"RLIMIT_NOFILE soft limit is {soft}: childproc holds one pidfd per child; beyond the "
             "limit children are watched without one (slower), raise it if you run thousands."
         )
+    no_cgroup_trees = _cgroup.why_not()
     return {
         "pid": os.getpid(),
+        "trees": {"kill_tree": "process-group" if no_cgroup_trees else "cgroup", "why": no_cgroup_trees},
         "kernel": platform.release(),
         "python": platform.python_version(),
         "sigchld_disposition": disposition,
@@ -128,6 +130,12 @@ def format_report(data: dict[str, Any]) -> str:
         "  pidfds              : "
         + ("yes (steal-free, O(1) per child, signal-free watching)" if data["pidfds"] else "NO"),
         f"  RLIMIT_NOFILE       : soft {data['rlimit_nofile'][0]}, hard {data['rlimit_nofile'][1]}",
+        "  kill_tree=True      : "
+        + (
+            "a cgroup per tree (every descendant reached)"
+            if data["trees"]["why"] is None
+            else f"its process group ({data['trees']['why']}; see the trees page)"
+        ),
         f"  other threads       : {len(data['threads'])}",
         f"  live contexts       : {len(data['contexts'])}",
     ]

@@ -54,7 +54,7 @@ class Orphanage:
             self._thread = thread
             thread.start()
 
-    def accept_reaped(self, pid: int, status: int, uid: int | None) -> None:
+    def accept_reaped(self, pid: int, status: int, uid: int | None, rusage: object = None) -> None:
         """Someone in childproc reaped orphan ``pid`` (``waitpid(-1)``). LOCK held."""
         self._forget(pid)
 

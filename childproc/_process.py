@@ -52,7 +52,7 @@ __all__ = [
 class Owner(Protocol):
     """What :data:`OWNERS` maps a pid to: whoever must hear of its death."""
 
-    def accept_reaped(self, pid: int, status: int, uid: int | None) -> None:
+    def accept_reaped(self, pid: int, status: int, uid: int | None, rusage: object = None) -> None:
         """Another context reaped ``pid`` (``waitpid(-1)``). LOCK held."""
 
     def accept_gone(self, pid: int) -> None:

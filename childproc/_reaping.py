@@ -34,11 +34,12 @@ from ._lifecycle import Phase
 from ._orphans import ORPHANAGE
 from ._policy import Destination, Owner
 from ._sigchld import HANDLER
-from ._status import status_from_siginfo
 from ._watchers import Reaped, Watcher
-from ._watchers._base import found_from_waitid
+from ._watchers._base import Rusaged, found_from_waitid
 
 if TYPE_CHECKING:
+    import resource
+
     from ._child import Child
     from ._plan import Plan
     from ._wakeups import Wakeups
@@ -143,14 +144,13 @@ class Reaping:
                     self._wakeups.unpoll(child)  # a zombie's pidfd stays readable
             j.peeked.popleft()
         while j.own:
-            reaped, info = j.own[0]  # (the watcher reaped one of our Child records)
-            status = status_from_siginfo(info.si_code, info.si_status)
-            self._accept(cast("Child", reaped), status, info.si_uid)
+            reaped, peek, (_, status, rusage) = j.own[0]  # (a reap of one of our Child records)
+            self._accept(cast("Child", reaped), status, peek.si_uid, rusage)
             j.own.popleft()
         while j.exited:
-            info = j.exited[0]
-            if info is not None:
-                self._route(plan, info)
+            reaped_any = j.exited[0]
+            if reaped_any is not None:
+                self._route(plan, reaped_any)
             j.exited.popleft()
             self._routing = None
         while j.gone:
@@ -180,8 +180,9 @@ class Reaping:
             self.stop_watchers.discard(child._pid)
             watcher.add(child)
 
-    def _route(self, plan: Plan, info: os.waitid_result) -> None:
-        pid, status, uid = found_from_waitid(info)
+    def _route(self, plan: Plan, info: tuple[os.waitid_result, Rusaged]) -> None:
+        peek, (pid, status, rusage) = info
+        uid = peek.si_uid
         routing = self._routing
         if routing is not None and routing[0] is info:
             owner: object = routing[1]  # a replay: the owner it was routed to before
@@ -202,9 +203,9 @@ class Reaping:
         else:
             dest = plan.route[Owner.NOBODY]
         if dest is Destination.CHILD_CALLBACK:
-            self.accept_exit(pid, status, uid)
+            self.accept_exit(pid, status, uid, rusage)
         elif dest is Destination.OTHER_CONTEXT:
-            cast(_process.Owner, owner).accept_reaped(pid, status, uid)
+            cast(_process.Owner, owner).accept_reaped(pid, status, uid, rusage)
         elif dest is Destination.REAPED_CALLBACK:
             self._ledger.foreign(pid, status, EventKind.FOREIGN, uid, news=info)
         elif dest is Destination.WARNING:
@@ -212,13 +213,18 @@ class Reaping:
         else:  # the watcher reaped what this mode never reaps: a bug upstream
             raise AssertionError(f"{plan.mode.name} reaped pid {pid}, which it cannot route ({dest})")
 
-    def accept_exit(self, pid: int, status: int, uid: int | None) -> None:
-        """``pid`` (ours) was reaped with ``status``. Safe to replay."""
+    def accept_exit(
+        self, pid: int, status: int, uid: int | None, rusage: resource.struct_rusage | None = None
+    ) -> None:
+        """``pid`` (ours) was reaped with ``status`` (and ``rusage``, where known).
+        Safe to replay."""
         child = self._ledger.handle(pid) or self.zombies.get(pid) or self.leaving.get(pid)
         if child is not None:
-            self._accept(child, status, uid)
+            self._accept(child, status, uid, rusage)
 
-    def _accept(self, child: Child, status: int, uid: int | None) -> None:
+    def _accept(
+        self, child: Child, status: int, uid: int | None, rusage: resource.struct_rusage | None = None
+    ) -> None:
         """``child`` was reaped with ``status`` (a reap through its own pidfd or pid
         needs no routing: the route of a context's own child is always its
         callback). Safe to replay."""
@@ -228,7 +234,7 @@ class Reaping:
             return  # released meanwhile, or the bookkeeping is done (a replay)
         self.leaving[pid] = child
         if child.phase in (Phase.RUNNING, Phase.STOPPED):
-            child._status, child._uid = status, uid
+            child._status, child._uid, child._rusage = status, uid, rusage
         self._ledger.exited(pid, status, uid)
         self._child_gone(child)
         self.leaving.pop(pid, None)

@@ -1,10 +1,11 @@
 """``Context.run``: ``subprocess.run`` on a childproc context.
 
 Spawn with the pipes asked for, :meth:`Child.communicate` (its I/O rules), and
-on a timeout kill the child with SIGKILL, wait for its exit (delivered as any
-other) and raise :class:`~childproc.TimeoutExpired` with the output read so
-far. Any other exception (a ``KeyboardInterrupt`` included) kills and reaps the
-child too, and every pipe is closed on every path.
+on a timeout kill the child with SIGKILL (its whole tree with
+``kill_tree=True``), wait for its exit (delivered as any other) and raise
+:class:`~childproc.TimeoutExpired` with the output read so far. Any other
+exception (a ``KeyboardInterrupt`` included) kills and reaps the child too, and
+every pipe is closed on every path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ._errors import ChildprocError, ChildStolenError, InvalidArgumentError, Sta
 from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
 from ._spawn import PIPE
 from ._stdio import command_of
+from ._trees import settle
 
 if TYPE_CHECKING:
     from ._child import Child
@@ -31,7 +33,7 @@ class Context(Protocol):
     def _reports_here(self) -> bool: ...
 
 
-__all__ = ["RunRequest", "kill", "result", "run"]
+__all__ = ["RunRequest", "kill", "result", "run", "settle"]
 
 
 class RunRequest:
@@ -79,11 +81,13 @@ def run(ctx: Context, argv: Argv, **options: Any) -> CompletedProcess:
     except TimeoutExpired as exc:
         kill(child)
         child.wait()
+        settle(child._tree, kill=True)
         exc.event = child.final
         raise
     except BaseException:
         kill(child)
         child.release()
+        settle(child._tree, kill=True)
         raise
     finally:
         if child._io is not None:
@@ -104,9 +108,10 @@ def result(child: Any, out: Any, err: Any, check: bool) -> CompletedProcess:
 
 
 def kill(child: Any) -> None:
-    """SIGKILL ``child`` unless it exited already (the one place a later feature makes
-    this kill the child's whole tree)."""
-    try:
-        child.kill()
-    except ChildprocError:
-        pass  # exited already, or cannot be signalled (closed context): the first error goes on
+    """SIGKILL ``child`` (its whole tree if it has one: ``kill_tree=True``) unless it
+    exited already. The caller waits for the exit, then settles the tree (:func:`settle`)."""
+    for how in (child.kill_tree, child.kill) if child._tree is not None else (child.kill,):
+        try:
+            how()  # (the child is in its tree, unless it left its process group itself)
+        except ChildprocError:
+            pass  # exited already, or cannot be signalled (closed context): the first error goes on

@@ -47,6 +47,9 @@ DEVNULL = -3  # and, for type checkers only, Argv
 _SIGDEF = frozenset(s for s in (_signal.SIGPIPE, getattr(_signal, "SIGXFSZ", None), _signal.SIGCHLD) if s)
 
 _CD_THEN_EXEC = 'cd -- "$1" && shift && exec "$@"'
+# A tree's child moves itself into its cgroup before the program can fork (see _cgroup).
+_JOIN_THEN_EXEC = 'echo 0 >"$1" && shift && exec "$@"'
+_JOIN_CD_THEN_EXEC = 'echo 0 >"$1" && cd -- "$2" && shift 2 && exec "$@"'
 
 
 def _resolve(name: str, env: Mapping[str, str] | None) -> str:
@@ -142,12 +145,18 @@ def prepare_spawn(
     stdout: int | None,
     stderr: int | None,
     fd_map: Mapping[int, int] | None = None,
+    setsid: bool = False,
+    setpgroup: int | None = None,
+    cgroup_procs: str | None = None,
 ) -> Callable[[], int]:
     """Check everything and return the ``posix_spawn`` call itself, as a C-level
     callable taking no argument and returning the pid (a ``functools.partial``
-    of ``os.posix_spawn``). Raises :class:`InvalidArgumentError` (also a
-    ``TypeError`` for wrong types) and ``OSError`` (ENOENT, EACCES, ENOTDIR,
-    with ``filename``) for a program or ``cwd`` that cannot be used."""
+    of ``os.posix_spawn``). ``setsid``/``setpgroup``: a new session, a process
+    group (0: a new one led by the child); ``cgroup_procs``: the ``cgroup.procs``
+    the child writes itself into before the program starts (through
+    ``/bin/sh``). Raises :class:`InvalidArgumentError` (also a ``TypeError`` for
+    wrong types) and ``OSError`` (ENOENT, EACCES, ENOTDIR, with ``filename``)
+    for a program or ``cwd`` that cannot be used."""
     args = _args(argv)
     if env is not None and type(env) is not dict:
         _check_env(env)  # (a plain dict is checked by posix_spawn itself: see refused())
@@ -160,23 +169,60 @@ def prepare_spawn(
         actions.extend(_redirections(stdin, stdout, stderr, fd_map, pass_fds))
     name = args[0] if type(args[0]) is str else os.fsdecode(args[0])
     environ = _current_environ() if env is None else env
+    group: dict[str, Any] = {}
+    if setsid:
+        group["setsid"] = True
+    if setpgroup is not None:
+        group["setpgroup"] = setpgroup
+    if cgroup_procs is not None:
+        program = _resolve(name, env)
+        rest = [os.fsdecode(a) for a in args[1:]]
+        if cwd is None:
+            args = ["/bin/sh", "-c", _JOIN_THEN_EXEC, "sh", cgroup_procs, program, *rest]
+        else:
+            args = ["/bin/sh", "-c", _JOIN_CD_THEN_EXEC, "sh", cgroup_procs, _cwd(cwd), program, *rest]
+        return partial(  # type: ignore[no-any-return, unused-ignore]
+            os.posix_spawn,
+            "/bin/sh",
+            args,
+            environ,
+            file_actions=actions,
+            setsigdef=_SIGDEF,
+            setsigmask=(),
+            **group,
+        )
     if cwd is None and ("/" in name or env is None):
         # posix_spawn itself reports ENOENT/EACCES here, and posix_spawnp looks
         # names up on this process's PATH, which is env's: no pre-checks needed.
         spawn = os.posix_spawn if "/" in name else os.posix_spawnp
-        return partial(spawn, args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=())  # type: ignore[no-any-return, unused-ignore]
+        direct: Callable[[], int] = partial(
+            spawn, args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=(), **group
+        )
+        return direct
     program = _resolve(name, env)
     if cwd is not None:
-        where = os.fspath(cwd)
-        if not os.path.isdir(where):
-            err = errno.ENOTDIR if os.path.exists(where) else errno.ENOENT
-            raise OSError(err, f"{os.strerror(err)}: cwd", where)
-        args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", where, program, *(os.fsdecode(a) for a in args[1:])]
+        args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", _cwd(cwd), program, *(os.fsdecode(a) for a in args[1:])]
         program = "/bin/sh"
     call: Callable[[], int] = partial(
-        os.posix_spawn, program, args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=()
+        os.posix_spawn,
+        program,
+        args,
+        environ,
+        file_actions=actions,
+        setsigdef=_SIGDEF,
+        setsigmask=(),
+        **group,
     )
     return call
+
+
+def _cwd(cwd: str | os.PathLike[str]) -> str:
+    """``cwd`` checked: a directory (``OSError`` ENOENT or ENOTDIR otherwise)."""
+    where = os.fspath(cwd)
+    if not os.path.isdir(where):
+        err = errno.ENOTDIR if os.path.exists(where) else errno.ENOENT
+        raise OSError(err, f"{os.strerror(err)}: cwd", where)
+    return where
 
 
 def _redirections(

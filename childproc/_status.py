@@ -11,7 +11,11 @@ from __future__ import annotations
 import enum
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import resource
 
 __all__ = [
     "describe_status",
@@ -93,21 +97,29 @@ class ChildEvent:
     ``status`` is the exit code for :attr:`EventCode.EXITED` and the signal
     number otherwise (0 for CONTINUED). ``uid`` is the child's real user id,
     or None where the status came from ``waitpid`` or ``childproc_reaped``.
+    ``rusage`` does not take part in comparisons.
     """
 
     pid: int
     code: EventCode
     status: int
     uid: int | None = None
+    #: What the child used (``os.wait4``'s ``resource.struct_rusage``: ``ru_utime``,
+    #: ``ru_stime``, ``ru_maxrss`` in KiB, ...) on the final event of a child
+    #: childproc reaped, or that MAINLOOP's host reported with it; None otherwise
+    #: (stops and continues, ``reap_after_callback``, a fork server's child).
+    rusage: resource.struct_rusage | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_wait_status(cls, pid: int, wait_status: int, uid: int | None = None) -> ChildEvent:
+    def from_wait_status(
+        cls, pid: int, wait_status: int, uid: int | None = None, rusage: resource.struct_rusage | None = None
+    ) -> ChildEvent:
         """The event a ``waitpid`` wait status describes."""
         if os.WIFEXITED(wait_status):
-            return cls(pid, EventCode.EXITED, os.WEXITSTATUS(wait_status), uid)
+            return cls(pid, EventCode.EXITED, os.WEXITSTATUS(wait_status), uid, rusage)
         if os.WIFSIGNALED(wait_status):
             code = EventCode.DUMPED if os.WCOREDUMP(wait_status) else EventCode.KILLED
-            return cls(pid, code, os.WTERMSIG(wait_status), uid)
+            return cls(pid, code, os.WTERMSIG(wait_status), uid, rusage)
         if os.WIFSTOPPED(wait_status):
             return cls(pid, EventCode.STOPPED, os.WSTOPSIG(wait_status), uid)
         if os.WIFCONTINUED(wait_status):

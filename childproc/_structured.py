@@ -17,19 +17,20 @@ their library plugged in:
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ._bridge import Bridge, WaiterBase, default_mode
+from ._bridge import Bridge, WaiterBase, default_mode, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner
 from ._pump import Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import RunRequest, kill, result
+from ._run import RunRequest, kill, result, settle
 from ._status import ChildEvent
 from ._stdio import command_of
 
@@ -154,6 +155,12 @@ class StructuredChild(WaiterBase):
         assert final is not None
         return final
 
+    async def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> ChildEvent | None:
+        """:meth:`Child.stop <childproc.Child.stop>` here: ``sig`` (to the tree, if the
+        child has one), up to ``grace`` seconds for the exit (and a cgroup tree's
+        last process), then SIGKILL; the final event."""
+        return await stop(self.child, grace, sig, self._lib.sleep)
+
     async def communicate(self, input: Any = None, *, timeout: float | None = None) -> tuple[Any, Any]:
         """:meth:`Child.communicate <childproc.Child.communicate>` here (the same
         rules). On ``timeout`` raises :class:`~childproc.TimeoutExpired` with the
@@ -214,6 +221,7 @@ class StructuredContext(Bridge[C]):
             kill(child.child)
             with self._lib.shield():
                 await child._done.wait()
+            settle(child.child._tree, kill=True)
             if isinstance(exc, TimeoutExpired):
                 exc.event = child.child.final
             raise

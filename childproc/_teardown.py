@@ -22,13 +22,16 @@ import os
 import signal
 
 from . import _process
+from ._cgroup import CgroupTree
 from ._child import Child
 from ._children import Children
+from ._errors import ChildprocError
 from ._forkserver_wire import EXIT_EVENT
 from ._lifecycle import Move, Phase, advance
 from ._orphans import ORPHANAGE
 from ._policy import Reaper
 from ._sigchld import HANDLER
+from ._trees import settle
 from ._watchers._base import found_from_waitid, reap_zombie
 from ._watchers.scan import scan
 
@@ -45,7 +48,9 @@ log = logging.getLogger("childproc")
 
 
 def kill_locked(kids: Children, child: Child) -> bool:
-    """SIGKILL an owned child; False where that cannot be done safely. LOCK held."""
+    """SIGKILL an owned child, and its tree if it has one; False where the child
+    cannot be killed safely. LOCK held."""
+    _kill_tree_locked(kids, child)
     try:
         if child._pidfd is not None:
             signal.pidfd_send_signal(child._pidfd, signal.SIGKILL)
@@ -61,6 +66,17 @@ def kill_locked(kids: Children, child: Child) -> bool:
     except ProcessLookupError:
         pass
     return True
+
+
+def _kill_tree_locked(kids: Children, child: Child) -> None:
+    tree = child._tree
+    if isinstance(tree, CgroupTree):
+        tree.kill()
+    elif tree is not None:
+        try:
+            kids.signal_group(child, signal.SIGKILL)
+        except ChildprocError as exc:
+            log.warning("not killing child %d's process group: %s", child._pid, exc)
 
 
 def reap_killed(kids: Children, children: list[Child], closed: bool) -> None:
@@ -82,6 +98,7 @@ def reap_killed(kids: Children, children: list[Child], closed: bool) -> None:
                     child._status = found_from_waitid(info)[1]
         except (ChildProcessError, OSError):
             pass  # someone else reaped it meanwhile
+        settle(child._tree, kill=True)  # what is left of its tree, then its cgroup
         finished_killing(kids, child, closed)
 
 

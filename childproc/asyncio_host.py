@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import warnings
 from collections.abc import AsyncIterator
@@ -33,14 +34,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._aio_pipes import reader_for, writer_for
-from ._bridge import Bridge, WaiterBase, default_mode
+from ._bridge import Bridge, WaiterBase, default_mode, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner, wants_handler
 from ._pump import PIPE_LINGER_S, Driver, Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import RunRequest, kill, result
+from ._run import RunRequest, kill, result, settle
 from ._sink import Sink
 from ._status import ChildEvent
 from ._stdio import ChildIO, command_of, default_encoding
@@ -148,6 +149,12 @@ class AsyncChild(WaiterBase):
             if kill_on_cancel and not self._exit.done():
                 self._kill_on_cancel()
             raise
+
+    async def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> ChildEvent | None:
+        """:meth:`Child.stop <childproc.Child.stop>` on the loop: ``sig`` (to the tree,
+        if the child has one), up to ``grace`` seconds for the exit (and a cgroup
+        tree's last process), then SIGKILL; the final event."""
+        return await stop(self.child, grace, sig, asyncio.sleep)
 
     def __await__(self) -> Any:
         return self.wait().__await__()
@@ -340,6 +347,7 @@ class AsyncContext(Bridge[AsyncChild]):
         except TimeoutExpired as exc:
             kill(child.child)
             await child._exited()
+            settle(child.child._tree, kill=True)
             exc.event = child.child.final
             raise
         except BaseException:
@@ -348,6 +356,7 @@ class AsyncContext(Bridge[AsyncChild]):
                 await child._exited()  # (a second cancellation lands here: see close())
             except BaseException:
                 pass
+            settle(child.child._tree, kill=True)
             raise
         finally:
             if child.child._io is not None:

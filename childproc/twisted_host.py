@@ -17,23 +17,25 @@ extra: ``pip install childproc[twisted]``.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._bridge import Bridge, WaiterBase
+from ._bridge import Bridge, WaiterBase, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import PidfdUnavailableError
 from ._policy import SigchldOwner
 from ._pump import Driver, Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import RunRequest, kill, result
+from ._run import RunRequest, kill, result, settle
 from ._status import ChildEvent
 from ._stdio import command_of
 from ._watchers import pidfd as _pidfd
@@ -49,11 +51,22 @@ _log = Logger(namespace="childproc")
 class TwistedChild(WaiterBase):
     """A child whose exit fires :attr:`deferred` with its final :class:`~childproc.ChildEvent`."""
 
-    __slots__ = ("deferred",)
+    __slots__ = ("_reactor", "deferred")
 
-    def __init__(self, child: Child) -> None:
+    def __init__(self, child: Child, reactor: Any = None) -> None:
         super().__init__(child)
         self.deferred: Deferred[ChildEvent] = Deferred()
+        self._reactor = reactor
+
+    def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> Deferred[ChildEvent | None]:
+        """:meth:`Child.stop <childproc.Child.stop>` in the reactor: ``sig`` (to the
+        tree, if the child has one), up to ``grace`` seconds for the exit (and a
+        cgroup tree's last process), then SIGKILL: a ``Deferred`` of the final event."""
+
+        def sleep(seconds: float) -> Deferred[None]:
+            return deferLater(self._reactor, seconds, lambda: None)
+
+        return Deferred.fromCoroutine(stop(self.child, grace, sig, sleep))
 
 
 @implementer(IReadDescriptor)
@@ -100,7 +113,7 @@ class TwistedContext(Bridge[TwistedChild]):
         self.reactor.addReader(self._reader)
 
     def _new_waiter(self, child: Child) -> TwistedChild:
-        return TwistedChild(child)
+        return TwistedChild(child, self.reactor)
 
     def _finish(self, waiter: TwistedChild, event: ChildEvent) -> None:
         waiter.deferred.callback(event)
@@ -270,6 +283,8 @@ class _Run:
             self.pump.io.lock.release()
         if child._io is not None:
             child._io.close()
+        if self.failure is not None:
+            settle(child._tree, kill=True)  # killed: what is left of its tree, then its cgroup
         if self.deferred.called:  # cancelled: Twisted failed it with CancelledError already
             return
         failure = self.failure

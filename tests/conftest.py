@@ -1,6 +1,6 @@
 """Every test must leave the process as it found it: no zombie, no child, no new fd,
-no changed signal disposition or signal mask, no live childproc context. Checked
-after each test."""
+no changed signal disposition or signal mask, no live childproc context, no tree's
+cgroup. Checked after each test."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from childproc import _process
+from childproc import _cgroup, _process
 from tests.integration.procutil import children, fd_target, open_fds, wait_until
 
 
@@ -35,6 +35,30 @@ def _cleanup_children() -> list[str]:
 #: the others are what the interrupt and stop tests play with; SIGALRM is
 #: pytest-timeout's, which sets and clears it around each phase of a test).
 WATCHED_SIGNALS = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
+
+
+def _cleanup_trees() -> list[str]:
+    """cgroups of trees (kill_tree=True) still there: a tree whose processes were
+    left running, or a cgroup not removed once empty."""
+    home = _cgroup.existing_home()
+    if home is None:
+        return []
+
+    def gone() -> bool:
+        home.sweep_pending()  # (what the library does at its next tree, and at exit)
+        return not home.trees_on_disk()
+
+    wait_until(gone, timeout=2.0)
+    problems = []
+    for name in home.trees_on_disk():
+        tree = _cgroup.CgroupTree(os.path.join(home.dir, name), name)
+        problems.append(f"tree cgroup {tree.path} left behind (processes {tree.pids()})")
+        tree.kill()
+        tree.wait_empty(2.0)
+        tree.remove()
+    home.live.clear()
+    home.pending.clear()
+    return problems
 
 
 def _dispositions() -> dict[signal.Signals, object]:
@@ -75,6 +99,7 @@ def no_leaks() -> Iterator[None]:
             c.close()
     if not wait_until(lambda: not children(), timeout=2.0):
         problems.extend(_cleanup_children())
+    problems.extend(_cleanup_trees())
     after_sig = _dispositions()
     for sig, was in before_sig.items():
         if after_sig[sig] != was:

@@ -1,5 +1,5 @@
 """The complete programs among the docs' code samples run, as written: the README's,
-docs/subprocess.rst's and the asyncio, anyio and trio ones of docs/hosts.rst. (Other pages
+docs/subprocess.rst's, docs/trees.rst's and the asyncio, anyio and trio ones of docs/hosts.rst. (Other pages
 show fragments: a ``ctx`` from the text around them.)"""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 #: page -> which of its python blocks are complete programs (None: all of them)
-RUNNABLE: dict[str, list[int] | None] = {"subprocess.rst": None, "hosts.rst": [0, 1, 2]}
+RUNNABLE: dict[str, list[int] | None] = {"subprocess.rst": None, "hosts.rst": [0, 1, 2], "trees.rst": None}
 
 
 def samples() -> list[tuple[str, str]]:

@@ -93,6 +93,13 @@ EXPECTED: dict[str, list[str]] = {
         "trio's child: exit code 4",
         "both sides got their true exit codes",
     ],
+    "tree_job_runner.py": [
+        "job 1 timed out after 1.0s: [",
+        "] killed by SIGKILL",
+        "job 2 stopped: [",
+        "job 3 killed with the context: True",
+        "nothing left behind",
+    ],
     "twisted_children.py": [
         "] exited with status 3",
         "Twisted's child: exit code 4",
@@ -106,7 +113,10 @@ def test_every_example_is_tested() -> None:
 
 
 # More ways to run an example: (file, arguments...); the output must contain the same lines.
-VARIANTS: list[tuple[str, ...]] = [("asyncio_children.py", "uvloop")]
+VARIANTS: list[tuple[str, ...]] = [
+    ("asyncio_children.py", "uvloop"),
+    ("tree_job_runner.py", "--process-group"),
+]
 
 
 @pytest.mark.timeout(90)

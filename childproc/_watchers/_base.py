@@ -6,14 +6,19 @@ import errno
 import os
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from operator import itemgetter
+from typing import TYPE_CHECKING, Protocol
 
 from .._policy import WatcherKind
 from .._status import status_from_siginfo
 
+if TYPE_CHECKING:
+    import resource
+
 __all__ = [
     "Found",
     "Reaped",
+    "Rusaged",
     "Watched",
     "Watcher",
     "check_exit",
@@ -24,6 +29,8 @@ __all__ = [
 
 #: ``(pid, wait status, uid or None)``
 Found = tuple[int, int, "int | None"]
+#: What ``os.wait4``/``os.wait3`` return: ``(pid, wait status, resource usage)``.
+Rusaged = tuple[int, int, "resource.struct_rusage"]
 
 
 class Watched(Protocol):
@@ -44,12 +51,13 @@ class Reaped:
     """A context's journal of what its watcher found, kept until the context applied it.
 
     Each system call that changes the kernel's state (a reap) stores its result
-    here from C (``deque.extend(map(os.waitid, ...))``), with no Python bytecode
+    here from C (``deque.extend(map(os.wait4, ...))``), with no Python bytecode
     between the call and the store: an exception raised by a signal handler
     (``KeyboardInterrupt``) can then interrupt the watcher only before a reap
     or after its result is safe here. The context applies the entries in order
-    and removes each once applied. Entries are raw ``waitid`` results (None
-    where nothing had changed).
+    and removes each once applied. Entries are raw ``waitid`` and ``wait4``
+    results (None where nothing had changed): a reap is a peek (``WNOWAIT``),
+    which names the child, then ``wait4`` on its pid, for its resource usage.
     """
 
     __slots__ = ("changed", "exited", "fd_lost", "gone", "own", "peeked")
@@ -57,10 +65,11 @@ class Reaped:
     def __init__(self) -> None:
         #: Children of ours reaped through their own pidfd (or pid), with the result:
         #: these need no routing, the reap named the child.
-        self.own: deque[tuple[Watched, os.waitid_result]] = deque()
-        #: Reaped by ``waitid(P_ALL)`` (``WaitAnyWatcher``), in the order reaped: any
-        #: child of the process, ours or not, routed when applied.
-        self.exited: deque[os.waitid_result | None] = deque()
+        #: (child, its peek, what wait4 returned).
+        self.own: deque[tuple[Watched, os.waitid_result, Rusaged]] = deque()
+        #: Reaped by ``WaitAnyWatcher`` (a peek at any zombie, then ``wait4`` on it), in
+        #: the order reaped: any child of the process, ours or not, routed when applied.
+        self.exited: deque[tuple[os.waitid_result, Rusaged] | None] = deque()
         #: Exits seen without reaping (``WNOWAIT``): ``defer_reap`` children, still zombies.
         self.peeked: deque[os.waitid_result | None] = deque()
         #: Stops and continues.
@@ -93,6 +102,8 @@ PEEK_FLAGS = EXIT_FLAGS | os.WNOWAIT
 _P_PIDFD = getattr(os, "P_PIDFD", -1)  # -1: never used without pidfds
 _P_PID = os.P_PID
 _waitid = os.waitid
+_wait4 = os.wait4
+_reaped = itemgetter(0)  # a wait4/wait3 result that names a pid: something was reaped
 
 
 def found_from_waitid(info: os.waitid_result) -> Found:
@@ -110,12 +121,18 @@ def _capture(into: deque[os.waitid_result | None], child: Watched, flags: int) -
         into.extend(filter(None, map(_waitid, (_P_PID,), (child._pid,), (flags,))))
 
 
-def _reap_own(into: deque[tuple[Watched, os.waitid_result]], child: Watched) -> None:
-    """Reap ``child`` if it died into ``into`` as (child, result), stored from C as
-    :func:`_capture` does. Raises as :func:`_capture`."""
+def _reap_own(into: deque[tuple[Watched, os.waitid_result, Rusaged]], child: Watched) -> None:
+    """Reap ``child`` if it died, into ``into`` as (child, peek, (pid, wait status,
+    rusage)): a peek (``WNOWAIT``) through its pidfd (or pid) says it is our
+    zombie, then ``wait4`` on its pid reaps it with its resource usage (a zombie's
+    pid cannot be reused before it is reaped). The reap is stored from C as
+    :func:`_capture` stores. Raises as :func:`_capture`."""
     pidfd = child._pidfd
     how, which = (_P_PIDFD, pidfd) if pidfd is not None else (_P_PID, child._pid)
-    into.extend(zip((child,), filter(None, map(_waitid, (how,), (which,), (EXIT_FLAGS,))), strict=False))
+    peek = _waitid(how, which, PEEK_FLAGS)
+    if peek is not None:
+        reap = filter(_reaped, map(_wait4, (child._pid,), (os.WNOHANG,)))
+        into.extend(zip((child,), (peek,), reap, strict=False))
 
 
 def _lost(child: Watched, out: Reaped, exc: OSError) -> None:

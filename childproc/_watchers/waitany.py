@@ -1,4 +1,4 @@
-"""``waitid(P_ALL)``: reap every child of the process.
+"""``waitid(P_ALL)``, that is ``waitpid(-1)``: reap every child of the process.
 
 Only for modes whose contract says the application has no children of its own
 (LIBXL) or wants the library to reap them (LIBXL_ALWAYS): reaping by "any"
@@ -14,29 +14,30 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import Any
 
 from .._policy import WatcherKind
 from ._base import Reaped, Watched, check_stops
 
 __all__ = ["WaitAnyWatcher"]
 
-_ANY_EXITED = os.WEXITED | os.WNOHANG
 _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
+_NOHANG = (os.WNOHANG,)
+_waitid = os.waitid
+_wait4 = os.wait4
+_reaped: Callable[[Any], Any] = itemgetter(0)  # wait4 reaped it (pid 0: it had not exited)
 
 
 class WaitAnyWatcher:
     """See the module docstring; contract in :mod:`childproc._watchers`."""
 
     kind = WatcherKind.WAIT_ANY
-    __slots__ = ("_reap_any", "_stop_watchers")
+    __slots__ = ("_stop_watchers",)
 
     def __init__(self) -> None:
         self._stop_watchers: dict[int, Watched] = {}
-        #: waitid(P_ALL, 0, WEXITED | WNOHANG) until it returns None: a C callable
-        #: for iter(), so the reaping loop and the journal's store run no bytecode.
-        self._reap_any = partial(os.waitid, os.P_ALL, 0, _ANY_EXITED)
 
     def add(self, child: Watched) -> None:
         if child._watches_stops:
@@ -52,14 +53,23 @@ class WaitAnyWatcher:
             for child in list(self._stop_watchers.values()):
                 check_stops(child, out)
         before = len(out.exited)
+        exited = out.exited
         try:
-            out.exited.extend(iter(self._reap_any, None))
+            # Each zombie, whoever's: a peek (WNOWAIT) names it (pid, uid), then wait4
+            # reaps it with its resource usage, stored from C with the peek.
+            while (peek := _waitid(os.P_ALL, 0, _PEEK)) is not None:
+                try:
+                    exited.extend(
+                        zip((peek,), filter(_reaped, map(_wait4, (peek.si_pid,), _NOHANG)), strict=False)
+                    )
+                except ChildProcessError:
+                    pass  # reaped by someone else between the two calls
         except ChildProcessError:
-            pass
+            pass  # no child at all
         if woken:
             # A pidfd is readable once its process died. If the loop did not
             # return that pid, somebody else reaped it: confirm with a peek.
-            reaped = {info.si_pid for info in list(out.exited)[before:] if info is not None}
+            reaped = {info[0].si_pid for info in list(exited)[before:] if info is not None}
             for child in woken:
                 if child._pid in reaped or child._pidfd is None:
                     continue

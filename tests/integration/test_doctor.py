@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from childproc import Context, Hooks, SigchldOwner, _sigchld
+from childproc import Context, Hooks, SigchldOwner, _cgroup, _sigchld
 from childproc._doctor import format_report, report
 from childproc._watchers import pidfd as pidfd_mod
 
@@ -37,6 +38,23 @@ def test_cli_runs_in_a_fresh_process() -> None:
         ).stdout
     )
     assert data["pidfds"] is True and data["contexts"] == [] and data["wakeup_fd"] == "none"
+    # What kill_tree=True gives here, found without making a cgroup (this machine: root, cgroup2).
+    assert data["trees"] == {"kill_tree": "cgroup", "why": None}
+    assert "kill_tree=True      : a cgroup per tree" in out.stdout
+
+
+def test_reports_why_trees_fall_back_without_making_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where the process may not make cgroups, the doctor says kill_tree=True means a
+    process group, and why (the places are faked: this machine runs as root)."""
+    monkeypatch.setattr(_cgroup, "_homes", {})  # (this process's own home, if any, set aside)
+    monkeypatch.setattr(_cgroup, "_locate", lambda: None)
+    assert report()["trees"] == {"kill_tree": "process-group", "why": _cgroup.why_not()}
+    assert "no cgroup2 hierarchy" in format_report(report())
+    monkeypatch.setattr(_cgroup, "_locate", lambda: (str(tmp_path), "/"))  # no cgroup.procs there
+    assert "not delegated" in report()["trees"]["why"]
+    assert list(tmp_path.iterdir()) == []  # nothing made
 
 
 def test_reports_live_contexts_and_who_owns_sigchld() -> None:

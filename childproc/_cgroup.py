@@ -1,0 +1,417 @@
+"""Trees in cgroups (v2): a child and everything it starts, in a cgroup of its own.
+
+Theory of operation
+-------------------
+A process cannot leave its cgroup by itself: whatever a child starts, by
+``setsid()``, a double fork or a daemon's tricks, lands in the child's cgroup
+and stays there. So a cgroup made for one child holds its whole tree, and
+the kernel answers for it: writing ``1`` to ``cgroup.kill`` SIGKILLs every
+process in it at once (no fork can outrun it), ``cgroup.events`` says when
+it is empty (``populated 0``), ``cgroup.freeze`` stops and resumes all of
+it, ``cpu.stat`` sums its CPU time. Exiting processes leave it as they die,
+and a zombie is not listed, so its members are always live processes.
+
+Where: under the cgroup this process lives in (the cgroup2 mount from
+``/proc/self/mounts`` plus the ``0::`` line of ``/proc/self/cgroup``), one
+directory per owning process, ``childproc-<pid namespace>-<pid>-<start
+time>``, and in it one cgroup per tree, named by a counter. The owner's name
+says whether it is still alive (the pid with the same start time), so a
+process that makes trees removes, at its first use, the empty leftovers of
+owners that died (a crashed caller leaves nothing for long); trees that still
+hold processes are left alone: their processes are someone's.
+
+Where the process may not make cgroups (no cgroup2, not delegated, no
+``cgroup.kill`` before Linux 5.14), :func:`home` is None and the caller
+falls back to a process group (:mod:`childproc._trees`).
+
+Getting the child in before it can fork: ``posix_spawn`` has no way to start
+a child in a given cgroup (``clone3``'s ``CLONE_INTO_CGROUP`` is not
+reachable from Python), and a child moved after it started may already have
+forked. So the spawned program is started through ``/bin/sh``, which writes
+``0`` to the tree's ``cgroup.procs`` (moving itself) before it execs the
+program; a shell does not fork for that. The parent also writes the child's
+pid before ``spawn()`` returns, so that a tree killed at once is not empty.
+A forked child moves itself before ``fork()`` returns there. Only here does
+childproc touch cgroupfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import select
+import signal
+import threading
+import time
+
+__all__ = ["CgroupTree", "Home", "existing_home", "home", "why_not"]
+
+_PREFIX = "childproc-"
+_WAIT_STEP_S = 0.05  # cgroup.events notifies; this only bounds a missed notification
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read()
+
+
+def _fields(path: str) -> dict[str, str]:
+    """A flat-keyed cgroup file (``cgroup.events``, ``cpu.stat``) as a dict."""
+    return dict(line.split(" ", 1) for line in _read(path).splitlines() if " " in line)
+
+
+def _unescape(field: str) -> str:
+    """A path field of /proc/self/mounts (spaces and the like are octal escapes)."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (field 22 of ``/proc/<pid>/stat``), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat.rsplit(b")", 1)[1].split()[19].decode()
+
+
+def _locate() -> tuple[str, str] | None:
+    """(mount point of the cgroup2 hierarchy, this process's cgroup under it), or None."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            mounts = [line.split() for line in f]
+        with open("/proc/self/cgroup", encoding="utf-8", errors="surrogateescape") as f:
+            own = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    mount = next((_unescape(m[1]) for m in mounts if len(m) > 2 and m[2] == "cgroup2"), None)
+    if mount is None or own is None or own.endswith(" (deleted)"):
+        return None
+    return mount, own
+
+
+class CgroupTree:
+    """One child's tree: a cgroup of its own (see the module docstring)."""
+
+    guarantee = "cgroup"
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self.name = name
+        #: Where a process writes ``0`` to move itself in (the spawn trampoline's target).
+        self.procs = os.path.join(path, "cgroup.procs")
+        self._cgroup_line = ""  # "0::/..." as /proc/<pid>/cgroup shows a member (see signal())
+        self._last_cpu: tuple[float, float] | None = None
+        self.removed = False
+
+    def add(self, pid: int) -> None:
+        """Move ``pid`` in (the parent's half; the child moved itself already)."""
+        _write(self.procs, b"%d" % pid)
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in _read(self.procs).split()]
+        except FileNotFoundError:
+            return []
+
+    def events(self) -> dict[str, str]:
+        try:
+            return _fields(os.path.join(self.path, "cgroup.events"))
+        except FileNotFoundError:
+            return {"populated": "0", "frozen": "0"}
+
+    def populated(self) -> bool:
+        return self.events().get("populated", "0").strip() == "1"
+
+    def _control(self, name: str, value: bytes) -> bool:
+        """Write a control file; False if the cgroup is gone (it was empty: nothing to do)."""
+        if self.removed:
+            return False
+        try:
+            _write(os.path.join(self.path, name), value)
+        except FileNotFoundError:
+            return False  # removed meanwhile (by another thread's settle): empty
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL every process in the tree at once (``cgroup.kill``)."""
+        self._control("cgroup.kill", b"1")
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to every process in the tree: SIGKILL through ``cgroup.kill``;
+        another signal to each member while the tree is frozen (nothing in it can
+        fork or exit meanwhile), each through a pidfd checked to be a member (its
+        ``/proc/<pid>/cgroup`` names this cgroup), so a pid that changed hands
+        between reading the list and opening it is skipped."""
+        if sig == signal.SIGKILL:
+            self.kill()
+            return
+        was_frozen = self.events().get("frozen", "0").strip() == "1"
+        if not was_frozen:
+            self.freeze()  # (False after its timeout, a member in an uninterruptible sleep: all the same)
+        try:
+            for pid in self.pids():
+                try:
+                    fd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue
+                try:
+                    if self._cgroup_line in _read(f"/proc/{pid}/cgroup").splitlines():
+                        signal.pidfd_send_signal(fd, sig)
+                except (ProcessLookupError, FileNotFoundError):
+                    pass
+                finally:
+                    os.close(fd)
+        finally:
+            if not was_frozen:
+                self.thaw()
+
+    def freeze(self, timeout: float = 5.0) -> bool:
+        """Stop every process in the tree (``cgroup.freeze``); True once the kernel says
+        the whole tree is frozen (a process in an uninterruptible sleep may delay
+        that: False after ``timeout``)."""
+        if not self._control("cgroup.freeze", b"1"):
+            return True  # gone: nothing in it to run
+        return self._wait_for("frozen", "1", timeout)
+
+    def thaw(self) -> None:
+        self._control("cgroup.freeze", b"0")
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of every process that ran in the tree
+        (``cpu.stat``); once the cgroup is removed, what it said last."""
+        if self._last_cpu is not None and self.removed:
+            return self._last_cpu
+        try:
+            stat = _fields(os.path.join(self.path, "cpu.stat"))
+        except FileNotFoundError:
+            return self._last_cpu or (0.0, 0.0)
+        self._last_cpu = int(stat["user_usec"]) / 1e6, int(stat["system_usec"]) / 1e6
+        return self._last_cpu
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the last process to leave; True if it is empty."""
+        return self._wait_for("populated", "0", timeout)
+
+    def _wait_for(self, key: str, value: str, timeout: float) -> bool:
+        """Wait until ``cgroup.events`` says ``key value`` (the kernel notifies each
+        change as POLLPRI on the file; a short poll step bounds a missed one)."""
+        deadline = time.monotonic() + timeout
+        path = os.path.join(self.path, "cgroup.events")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return key == "populated"
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI)
+            while True:
+                text = os.pread(fd, 4096, 0).decode()
+                if f"{key} {value}" in text.splitlines():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                poller.poll(min(left, _WAIT_STEP_S) * 1000)
+        finally:
+            os.close(fd)
+
+    def remove(self) -> bool:
+        """Remove the cgroup if it is empty; True once it is gone."""
+        if self.removed:
+            return True
+        try:
+            self.cpu_times()  # (kept: the tree's CPU time outlives its cgroup)
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                return False
+            raise
+        self.removed = True
+        return True
+
+
+class Home:
+    """This process's directory of trees; see the module docstring."""
+
+    def __init__(self, mount: str, own: str, owner: str) -> None:
+        self.mount = mount
+        self.dir = os.path.join(mount + own, owner)
+        self._own = own
+        self._names = itertools.count(1)
+        self._lock = threading.Lock()
+        #: Trees whose child is gone but whose cgroup still held processes: removed
+        #: when found empty (at the next tree, at a context's close, at exit).
+        self.pending: dict[str, CgroupTree] = {}
+        self.live: dict[str, CgroupTree] = {}
+
+    def new_tree(self) -> CgroupTree:
+        """A fresh, empty tree. Raises ``OSError`` if the cgroup cannot be made."""
+        self.sweep_pending()
+        with self._lock:
+            name = str(next(self._names))
+            path = os.path.join(self.dir, name)
+            os.mkdir(path)
+            tree = CgroupTree(path, name)
+            tree._cgroup_line = f"0::{os.path.join(self._own, os.path.basename(self.dir), name)}"
+            self.live[name] = tree
+        return tree
+
+    def retire(self, tree: CgroupTree) -> bool:
+        """The tree's child is gone: remove its cgroup now if empty, else later. True
+        if it is gone now."""
+        with self._lock:
+            self.live.pop(tree.name, None)
+            if tree.remove():
+                self.pending.pop(tree.name, None)
+                return True
+            self.pending[tree.name] = tree
+            return False
+
+    def sweep_pending(self) -> None:
+        """Remove the pending trees that are empty now, and any directory in this
+        owner's home that no tree claims (one an interruption left between its
+        ``mkdir`` and its child)."""
+        with self._lock:
+            for name, tree in list(self.pending.items()):
+                if tree.remove():
+                    del self.pending[name]
+            try:
+                names = os.listdir(self.dir)
+            except FileNotFoundError:
+                return
+            for name in names:
+                if name.isdigit() and name not in self.live and name not in self.pending:
+                    _remove_if_empty(os.path.join(self.dir, name))
+
+    def trees_on_disk(self) -> list[str]:
+        """The trees' cgroups that exist now (names)."""
+        try:
+            return sorted(n for n in os.listdir(self.dir) if n.isdigit())
+        except FileNotFoundError:
+            return []
+
+    def close(self) -> None:
+        """At exit: remove what is empty, and the owner's directory if nothing is left."""
+        self.sweep_pending()
+        with self._lock:
+            if not self.live and not self.pending:
+                _remove_if_empty(self.dir)
+
+
+def _remove_if_empty(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def sweep_dead_owners(parent: str, pidns: str) -> None:
+    """Remove the empty trees, and then the directories, of owners in ``parent``
+    (of this pid namespace) that are no longer alive."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        parts = name[len(_PREFIX) :].split("-")
+        if not name.startswith(_PREFIX) or len(parts) != 3 or parts[0] != pidns or not parts[1].isdigit():
+            continue
+        if _start_time(int(parts[1])) == parts[2]:
+            continue  # alive (the same process: same pid, same start time)
+        owner = os.path.join(parent, name)
+        try:
+            trees = os.listdir(owner)
+        except OSError:
+            continue
+        for tree in trees:
+            if tree.isdigit():
+                _remove_if_empty(os.path.join(owner, tree))
+        _remove_if_empty(owner)
+
+
+_homes: dict[int, Home | None] = {}  # pid -> its home (a forked child finds its own)
+_homes_lock = threading.Lock()
+
+
+def why_not() -> str | None:
+    """Why this process could not make trees in cgroups (None: it could), found
+    without making anything (for the doctor)."""
+    found = _homes.get(os.getpid(), False)
+    if found is not False:
+        return None if found else "this process tried, and could not make its cgroup directory"
+    where = _locate()
+    if where is None:
+        return "no cgroup2 hierarchy is mounted (or this process's cgroup is not in it)"
+    parent = where[0] + where[1]
+    if not os.access(parent, os.W_OK) or not os.access(os.path.join(parent, "cgroup.procs"), os.W_OK):
+        return f"this process may not create cgroups in {parent} or move processes there (not delegated)"
+    kernel = os.uname().release
+    release = tuple(int(x) for x in kernel.split("-")[0].split(".")[:2] if x.isdigit())
+    if release < (5, 14):
+        return f"Linux {kernel} has no cgroup.kill (5.14+)"
+    return None
+
+
+def existing_home() -> Home | None:
+    """This process's home if it made one already (never makes one)."""
+    found = _homes.get(os.getpid())
+    return found if found else None
+
+
+def home() -> Home | None:
+    """This process's home for trees, made at the first call; None where this
+    process may not make cgroups with ``cgroup.kill`` (then trees are process
+    groups). The first call also sweeps dead owners' leftovers."""
+    pid = os.getpid()
+    found = _homes.get(pid, False)
+    if found is not False:
+        return found  # type: ignore[return-value]
+    with _homes_lock:
+        if pid not in _homes:
+            _homes[pid] = _make_home(pid)
+        return _homes[pid]
+
+
+def _make_home(pid: int) -> Home | None:
+    where = _locate()
+    start = _start_time(pid)
+    if where is None or start is None:
+        return None
+    mount, own = where
+    try:
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+    parent = mount + own
+    if not os.access(os.path.join(parent, "cgroup.procs"), os.W_OK):
+        return None  # moving a process between cgroups needs their common parent's procs writable
+    sweep_dead_owners(parent, pidns)
+    made = Home(mount, own, f"{_PREFIX}{pidns}-{pid}-{start}")
+    try:
+        os.mkdir(made.dir)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None  # not ours to write (not delegated), read-only, ...
+    if not os.path.exists(os.path.join(made.dir, "cgroup.kill")):  # Linux < 5.14
+        _remove_if_empty(made.dir)
+        return None
+    import atexit  # noqa: PLC0415 - only a process that makes trees needs it
+
+    atexit.register(made.close)
+    return made

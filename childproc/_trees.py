@@ -1,0 +1,214 @@
+"""A child's tree: what ``kill_tree=True`` gives a child, and what reaches all of it.
+
+Rules of this file
+------------------
+* A child spawned or forked with ``kill_tree=True`` gets a tree of its own, of
+  one of two kinds, chosen once per process (:func:`make`):
+
+  ========================  =================================================
+  ``"cgroup"``              a cgroup of its own (:mod:`childproc._cgroup`),
+                            where this process may make cgroups: every
+                            descendant, whatever it does, is reached;
+                            ``cgroup.kill`` kills them all at once; the tree
+                            can be frozen; its CPU time is known.
+  ``"process-group"``       elsewhere: the child leads a new process group
+                            (``setpgid``, or the session ``start_new_session``
+                            makes). A descendant that calls ``setsid()`` or
+                            ``setpgid()`` leaves the group and is not reached;
+                            nor is one still running once the leader has been
+                            reaped (the group's number may then be anyone's).
+  ========================  =================================================
+
+* A group is signalled only while its leader is unreaped (alive, or a zombie
+  childproc has not reaped yet): a group id cannot be reused while its leader's
+  zombie exists, and childproc is the one that reaps it. That check and the
+  signal are one step under the process lock (``Children.signal_group``).
+  Where the application reaps (MAINLOOP), no group is signalled at all.
+* A tree outlives its child for as long as processes remain in it; its cgroup
+  is removed once empty (:func:`settle`, and the home's sweeps).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+from . import _cgroup
+from ._errors import InvalidArgumentError, StateError
+
+__all__ = ["NO_TREE", "GroupTree", "Tree", "TreePlan", "plan", "settle", "tree_guarantee"]
+
+#: How long a killed tree's last processes may take to leave it before its cgroup
+#: is left for a later sweep (they are SIGKILLed: milliseconds).
+SETTLE_S = 2.0
+
+
+class Tree(Protocol):
+    """What a child's tree offers (both kinds)."""
+
+    guarantee: str
+
+    def signal(self, sig: int) -> None: ...
+    def freeze(self, timeout: float = ...) -> bool: ...
+    def thaw(self) -> None: ...
+    def cpu_times(self) -> tuple[float, float]: ...
+    def wait_empty(self, timeout: float) -> bool: ...
+
+
+class GroupTree:
+    """A tree that is the child's own process group (the fallback)."""
+
+    guarantee = "process-group"
+
+    def __init__(self, signal_group: Callable[[int], None]) -> None:
+        self._signal_group = signal_group
+
+    def signal(self, sig: int) -> None:
+        self._signal_group(sig)
+
+    def freeze(self, timeout: float = 5.0) -> bool:
+        raise StateError(
+            "freeze() needs a cgroup tree, and this child's tree is its process group (this "
+            "process may not make cgroups here); send SIGSTOP with kill_tree(signal.SIGSTOP) instead"
+        )
+
+    def thaw(self) -> None:
+        self.freeze()
+
+    def wait_empty(self, timeout: float) -> bool:
+        return True  # (a group cannot be watched: what is left in it is not waited for)
+
+    def cpu_times(self) -> tuple[float, float]:
+        raise StateError(
+            "a tree's CPU time needs a cgroup tree, and this child's tree is its process group "
+            "(this process may not make cgroups here); the child's own is in its final event"
+        )
+
+
+class TreePlan(NamedTuple):
+    """What ``spawn``/``fork`` were asked for: a session, a group, a tree."""
+
+    setsid: bool
+    setpgroup: int | None  # 0: a new group led by the child
+    kill_tree: bool
+    cgroup: _cgroup.CgroupTree | None  # the child's cgroup, made before it starts
+
+    @property
+    def leads_group(self) -> bool:
+        return self.setsid or self.setpgroup == 0
+
+    def tree_for(self, signal_group: Callable[[int], None]) -> Tree | None:
+        """The tree the child gets (None without ``kill_tree``)."""
+        if not self.kill_tree:
+            return None
+        return self.cgroup if self.cgroup is not None else GroupTree(signal_group)
+
+    def in_forked_child(self) -> None:
+        """A forked child's own half, before ``fork()`` returns there: into its
+        cgroup first (before it can fork), then its session or group. A child that
+        cannot do what was asked exits (127) rather than run outside its tree."""
+        try:
+            if self.cgroup is not None:
+                fd = os.open(self.cgroup.procs, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            if self.setsid:
+                os.setsid()
+            elif self.setpgroup is not None:
+                os.setpgid(0, self.setpgroup)
+        except OSError as exc:
+            why = f"childproc: the forked child could not enter its session, group or tree: {exc}\n"
+            os.write(2, why.encode())
+            os._exit(127)
+
+    def in_parent(self, pid: int, forked: bool) -> None:
+        """The parent's half, before ``spawn``/``fork`` return: the child into its
+        cgroup (so that a tree killed at once is not empty) and, forked, into its
+        group (whichever of the two runs first does it; the other's may fail)."""
+        if forked and self.setpgroup is not None:
+            try:
+                os.setpgid(pid, self.setpgroup)
+            except OSError:
+                pass  # it did so itself and exec'd, or exited
+        if self.cgroup is not None:
+            try:
+                self.cgroup.add(pid)
+            except ProcessLookupError:
+                pass  # it exited already (having moved itself in)
+
+
+#: Nothing asked: no session, no group, no tree.
+NO_TREE = TreePlan(False, None, False, None)
+
+
+def plan(start_new_session: object, process_group: object, kill_tree: object) -> TreePlan:
+    """``spawn``/``fork``'s session, group and tree options checked (as ``subprocess``
+    takes the first two), and the cgroup made where the child gets one."""
+    if process_group is not None and (
+        not isinstance(process_group, int) or isinstance(process_group, bool) or process_group < 0
+    ):
+        raise InvalidArgumentError(
+            f"process_group must be a process group id (int >= 0; 0: a new group led by the "
+            f"child), not {process_group!r}"
+        )
+    if start_new_session and process_group is not None:
+        raise InvalidArgumentError(
+            "give start_new_session or process_group, not both (a session leader cannot change group)"
+        )
+    if not start_new_session and process_group is None and not kill_tree:
+        return NO_TREE
+    setsid = bool(start_new_session)
+    if kill_tree not in (False, True, "cgroup", "process-group"):
+        raise InvalidArgumentError(
+            f'kill_tree must be True (the best tree here), "cgroup", "process-group" or False, '
+            f"not {kill_tree!r}"
+        )
+    if not kill_tree:
+        return TreePlan(setsid, process_group, False, None)
+    home = _cgroup.home() if kill_tree != "process-group" else None
+    if home is not None:
+        try:
+            return TreePlan(setsid, process_group, True, home.new_tree())
+        except OSError as exc:
+            raise StateError(f"could not make a cgroup for the child's tree in {home.dir}: {exc}") from exc
+    if kill_tree == "cgroup":
+        raise StateError(
+            'kill_tree="cgroup", but this process may not make cgroups here (it needs a cgroup2 '
+            "hierarchy where it may create cgroups and move processes: root, or a delegated "
+            "subtree; and Linux 5.14+ for cgroup.kill). kill_tree=True falls back to a process group"
+        )
+    if process_group not in (None, 0):
+        raise InvalidArgumentError(
+            f"kill_tree=True here makes the child's tree its own process group (this process may "
+            f"not make cgroups), so it cannot join group {process_group}: leave process_group out"
+        )
+    return TreePlan(setsid, None if setsid else 0, True, None)
+
+
+def tree_guarantee() -> str:
+    """What ``kill_tree=True`` gives a child in this process: ``"cgroup"`` (every
+    descendant is reached, whatever it does) where this process may make cgroups
+    (cgroup v2, root or a delegated subtree, Linux 5.14+), else
+    ``"process-group"`` (the descendants still in the child's group, while the
+    child is unreaped). The first call makes this process's cgroup home (see
+    :mod:`childproc._cgroup`)."""
+    return "cgroup" if _cgroup.home() is not None else "process-group"
+
+
+def settle(tree: object, kill: bool) -> None:
+    """The tree's child is gone: with ``kill``, SIGKILL what is left and wait (a
+    little) for it to leave; remove the cgroup if empty, else leave it for a sweep."""
+    if not isinstance(tree, _cgroup.CgroupTree) or tree.removed:
+        return
+    home = _cgroup.home()
+    if kill:
+        tree.signal(signal.SIGKILL)
+        tree.wait_empty(SETTLE_S)
+    if home is not None:
+        home.retire(tree)
+    else:  # pragma: no cover - a tree exists only where there is a home
+        tree.remove()

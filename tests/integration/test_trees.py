@@ -1,0 +1,411 @@
+"""Sessions, groups and trees: real processes, real signals, real cgroups (this machine
+and CI run as root with a cgroup2 hierarchy). The leak check (tests/conftest.py)
+fails a test that leaves a tree's cgroup, a child or a zombie behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import childproc
+from childproc import ChildExitedError, Context, InvalidArgumentError, SigchldOwner, StateError, _cgroup
+
+from .procutil import wait_until
+
+MODES = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
+CGROUPS = _cgroup.home() is not None
+needs_cgroups = pytest.mark.skipif(not CGROUPS, reason="this process may not make cgroups here")
+KINDS = [pytest.param("cgroup", marks=needs_cgroups), "process-group"]
+
+
+@pytest.fixture(params=MODES, ids=[m.name for m in MODES])
+def ctx(request: pytest.FixtureRequest) -> Iterator[Context]:
+    with Context(request.param) as c:
+        yield c
+
+
+@pytest.fixture
+def sel() -> Iterator[Context]:
+    with Context(SigchldOwner.SELECTIVE_REAP) as c:
+        yield c
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command (index 0 = state, 2 = pgid, 3 = sid)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = _stat(pid)[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _pids_of(report: Path, count: int) -> list[int]:
+    """The pids the test tree wrote to ``report`` (one per line), once ``count`` are there."""
+    assert wait_until(lambda: report.exists() and len(report.read_text().split()) >= count, timeout=10)
+    return [int(p) for p in report.read_text().split()]
+
+
+# -- sessions and groups ---------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_spawn_and_fork_start_new_session_and_process_group(ctx: Context) -> None:
+    a = ctx.spawn(["sleep", "30"], start_new_session=True)
+    b = ctx.spawn(["sleep", "30"], process_group=0)
+    c = ctx.spawn(["sleep", "30"], process_group=b.pid)  # joins b's group
+    d = ctx.fork(process_group=0)
+    if d is None:
+        os.execvp("sleep", ["sleep", "30"])
+    try:
+        assert wait_until(lambda: _stat(d.pid)[2] == str(d.pid), timeout=5)
+        assert _stat(a.pid)[3] == str(a.pid) and _stat(a.pid)[2] == str(a.pid)  # session and group leader
+        assert _stat(b.pid)[2] == str(b.pid) and _stat(b.pid)[3] != str(b.pid)
+        assert _stat(c.pid)[2] == str(b.pid)
+        assert (a.tree_guarantee, b.tree_guarantee) == (None, None)
+    finally:
+        for child in (a, b, c, d):
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.timeout(30)
+def test_forked_child_starts_its_own_session() -> None:
+    with Context(SigchldOwner.PIDFD) as c:
+        child = c.fork(start_new_session=True)
+        if child is None:
+            os._exit(0 if os.getsid(0) == os.getpid() else 1)
+        assert child.wait(10) is not None and child.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_group_options_are_checked(sel: Context) -> None:
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        sel.spawn(["true"], start_new_session=True, process_group=0)
+    for bad in (-1, True, "0"):
+        with pytest.raises(InvalidArgumentError, match="process_group must be"):
+            sel.spawn(["true"], process_group=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="kill_tree must be"):
+        sel.spawn(["true"], kill_tree="yes")
+    with pytest.raises(InvalidArgumentError, match="cannot join group"):
+        sel.spawn(["true"], kill_tree="process-group", process_group=os.getpgrp())
+    assert sel.children == frozenset()
+
+
+@pytest.mark.timeout(30)
+def test_signal_group_reaches_the_group_while_the_leader_is_unreaped(ctx: Context, tmp_path: Path) -> None:
+    report = tmp_path / "pids"
+    leader = ctx.spawn(["sh", "-c", f'sleep 60 & echo $! >> "{report}"; wait'], process_group=0)
+    (grandchild,) = _pids_of(report, 1)
+    assert _stat(grandchild)[2] == str(leader.pid)
+    leader.signal_group(signal.SIGTERM)
+    event = leader.wait(10)
+    assert event is not None and event.returncode == -signal.SIGTERM
+    assert wait_until(lambda: not _alive(grandchild), timeout=5)
+    with pytest.raises(ChildExitedError, match="process group id may now name another group"):
+        leader.signal_group(signal.SIGTERM)  # reaped: never a stranger's group
+
+
+@pytest.mark.timeout(30)
+def test_signal_group_needs_a_child_that_leads_its_group(sel: Context) -> None:
+    child = sel.spawn(["sleep", "30"])
+    try:
+        with pytest.raises(StateError, match="does not lead a process group"):
+            child.signal_group(signal.SIGTERM)
+        with pytest.raises(StateError, match="kill_tree=True"):
+            child.kill_tree()
+        assert child.tree_guarantee is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.timeout(30)
+def test_signal_group_is_refused_where_the_application_reaps() -> None:
+    with Context(SigchldOwner.MAINLOOP) as c:
+        child = c.spawn(["sleep", "30"], process_group=0)
+        try:
+            with pytest.raises(StateError, match="MAINLOOP"):
+                child.signal_group(signal.SIGTERM)
+        finally:
+            child.kill()
+            pid, status = os.waitpid(child.pid, 0)
+            c.childproc_reaped(pid, status)
+            c.dispatch()
+
+
+@pytest.mark.timeout(30)
+def test_a_reap_after_callback_zombie_keeps_its_group_signallable(tmp_path: Path) -> None:
+    """The leader's zombie reserves the group id: from the exit callback (the child
+    is still a zombie there), the group may still be signalled, and it is."""
+    report = tmp_path / "pids"
+    seen: list[int] = []
+
+    def on_exit(child: childproc.Child, event: childproc.ChildEvent) -> None:
+        child.signal_group(signal.SIGKILL)  # the descendant is still in the group
+        seen.append(event.pid)
+
+    with Context(SigchldOwner.SELECTIVE_REAP) as c:
+        child = c.spawn(
+            ["sh", "-c", f'sleep 60 & echo $! >> "{report}"'],
+            on_exit,
+            process_group=0,
+            reap_after_callback=True,
+        )
+        (grandchild,) = _pids_of(report, 1)
+        assert child.wait(10) is not None and seen == [child.pid]
+        assert wait_until(lambda: not _alive(grandchild), timeout=5)
+
+
+# -- trees -------------------------------------------------------------------------
+_TREE_SCRIPT = """
+report="$1"
+echo $$ >> "$report"
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do
+  sleep 60 & echo $! >> "$report"                       # plain children
+  setsid sleep 60 & echo $! >> "$report"                # a new session: leaves the group
+  sh -c 'sleep 60 & echo $! >> "$0"' "$report" &        # double fork: orphaned at once
+  echo $! >> "$report"
+done
+sh -c 'setsid sh -c "sleep 60 & echo \\$! >> \\"\\$0\\"; wait" "$0" & echo $! >> "$0"' "$report"
+wait
+"""  # 51 long-lived: the shell, 16 x 3 sleeps (one plain, one setsid, one double-forked), a
+# setsid'd shell and its sleep
+
+
+def _tree(ctx: Context, tmp_path: Path, kind: str, **options: object) -> tuple[childproc.Child, list[int]]:
+    report = tmp_path / "tree"
+    child = ctx.spawn(["sh", "-c", _TREE_SCRIPT, "sh", str(report)], kill_tree=kind, **options)  # type: ignore[arg-type]
+    return child, _pids_of(report, 66)  # (each double fork also reports its short-lived shell)
+
+
+@pytest.mark.timeout(60)
+@needs_cgroups
+def test_a_cgroup_tree_kill_leaves_nothing(ctx: Context, tmp_path: Path) -> None:
+    child, _ = _tree(ctx, tmp_path, "cgroup")
+    assert child.tree_guarantee == "cgroup"
+    tree = child._tree
+    assert isinstance(tree, _cgroup.CgroupTree)
+    assert wait_until(lambda: len(tree.pids()) >= 51, timeout=10), tree.pids()
+    members = tree.pids()
+    child.kill_tree()
+    event = child.wait(10)
+    assert event is not None and event.returncode == -signal.SIGKILL
+    assert wait_until(lambda: not any(_alive(p) for p in members), timeout=5), [
+        p for p in members if _alive(p)
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_a_process_group_tree_kill_leaves_only_the_documented_escapes(ctx: Context, tmp_path: Path) -> None:
+    """The fallback reaches the group: what left it (setsid) survives, as documented;
+    the test kills those itself."""
+    child, _ = _tree(ctx, tmp_path, "process-group")
+    assert child.tree_guarantee == "process-group"
+    time.sleep(0.2)
+    pids = [int(p) for p in (tmp_path / "tree").read_text().split()]
+    in_group = [p for p in pids if _alive(p) and _stat(p)[2] == str(child.pid)]
+    escaped = [p for p in pids if _alive(p) and _stat(p)[2] != str(child.pid)]
+    assert len(in_group) >= 30 and escaped
+    child.kill_tree()
+    try:
+        assert child.wait(10) is not None
+        assert wait_until(lambda: not any(_alive(p) for p in in_group), timeout=5)
+        assert all(_stat(p)[3] == _stat(p)[2] for p in escaped if _alive(p))  # each one left by setsid
+    finally:
+        for p in escaped:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_run_timeout_kills_the_whole_tree(ctx: Context, tmp_path: Path, kind: str) -> None:
+    report = tmp_path / "pids"
+    script = f'sleep 60 & echo $! >> "{report}"; sleep 60 & echo $! >> "{report}"; wait'
+    t0 = time.monotonic()
+    with pytest.raises(childproc.TimeoutExpired) as info:
+        ctx.run(["sh", "-c", script], kill_tree=kind, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert info.value.event is not None and info.value.event.returncode == -signal.SIGKILL
+    for pid in _pids_of(report, 2):
+        assert wait_until(lambda p=pid: not _alive(p), timeout=5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_kill_on_close_kills_the_tree(tmp_path: Path, kind: str) -> None:
+    report = tmp_path / "pids"
+    with Context(SigchldOwner.PIDFD) as c:
+        c.spawn(["sh", "-c", f'sleep 60 & echo $! >> "{report}"; wait'], kill_tree=kind, kill_on_close=True)
+        (grandchild,) = _pids_of(report, 1)
+    assert wait_until(lambda: not _alive(grandchild), timeout=5)
+
+
+@pytest.mark.timeout(60)
+@needs_cgroups
+def test_descendants_left_after_the_child_exited_are_reached_and_the_cgroup_goes(
+    sel: Context, tmp_path: Path
+) -> None:
+    report = tmp_path / "pids"
+    child = sel.spawn(["sh", "-c", f'setsid sleep 60 & echo $! >> "{report}"'], kill_tree=True)
+    (orphan,) = _pids_of(report, 1)
+    assert child.wait(10) is not None and child.returncode == 0
+    tree = child._tree
+    assert isinstance(tree, _cgroup.CgroupTree) and not tree.removed and tree.pids() == [orphan]
+    child.kill_tree()  # after the exit: still exactly its tree
+    assert wait_until(lambda: not _alive(orphan), timeout=5)
+    assert wait_until(lambda: tree.wait_empty(0), timeout=5)
+
+
+@pytest.mark.timeout(60)
+@needs_cgroups
+def test_a_forked_child_is_in_its_cgroup_before_fork_returns(sel: Context) -> None:
+    r, w = os.pipe()
+    child = sel.fork(kill_tree=True)
+    if child is None:
+        os.close(r)
+        with open("/proc/self/cgroup") as f:
+            line = next(x for x in f if x.startswith("0::"))
+        os.write(w, line.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        line = f.read().strip()
+    assert child.wait(10) is not None and child.returncode == 0
+    assert line.endswith("/" + child._tree.name)  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(60)
+@needs_cgroups
+def test_a_spawned_child_cannot_fork_outside_its_cgroup(sel: Context, tmp_path: Path) -> None:
+    """The program's very first fork lands in the tree (the trampoline joined first)."""
+    report = tmp_path / "cg"
+    for _ in range(20):
+        report.unlink(missing_ok=True)
+        child = sel.spawn(["sh", "-c", f'cat /proc/self/cgroup > "{report}"'], kill_tree=True)
+        assert child.wait(10) is not None and child.returncode == 0
+        line = next(x for x in report.read_text().splitlines() if x.startswith("0::"))
+        assert line.endswith("/" + child._tree.name)  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(60)
+@needs_cgroups
+def test_freeze_thaw_and_cpu_time(sel: Context, tmp_path: Path) -> None:
+    child = sel.spawn(
+        ["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 60"], kill_tree=True
+    )
+    try:
+        assert wait_until(lambda: sum(child.tree_cpu_times()) > 0.02, timeout=20)
+        assert child.freeze() is True
+        assert child._tree.events()["frozen"].strip() == "1"  # type: ignore[union-attr]
+        assert _stat(child.pid)[0] in "ST"  # frozen tasks sleep
+        child.thaw()
+        assert wait_until(lambda: child._tree.events()["frozen"].strip() == "0", timeout=5)  # type: ignore[union-attr]
+        user, system = child.tree_cpu_times()
+        assert user > 0 and system >= 0
+    finally:
+        child.kill_tree()
+        child.wait()
+
+
+@pytest.mark.timeout(30)
+def test_freeze_needs_a_cgroup(sel: Context) -> None:
+    child = sel.spawn(["sleep", "30"], kill_tree="process-group")
+    try:
+        with pytest.raises(StateError, match="needs a cgroup tree"):
+            child.freeze()
+        with pytest.raises(StateError, match="needs a cgroup tree"):
+            child.tree_cpu_times()
+    finally:
+        child.kill_tree()
+        child.wait()
+
+
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_a_cgroup_tree_signals_other_than_sigkill_reach_every_member(sel: Context, tmp_path: Path) -> None:
+    report = tmp_path / "pids"
+    child = sel.spawn(["sh", "-c", f'setsid sleep 60 & echo $! >> "{report}"; sleep 60'], kill_tree=True)
+    (escapee,) = _pids_of(report, 1)
+    child.kill_tree(signal.SIGTERM)
+    event = child.wait(10)
+    assert event is not None and event.returncode == -signal.SIGTERM
+    assert wait_until(lambda: not _alive(escapee), timeout=5)
+
+
+# -- stop --------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_stop_terminates_within_grace(ctx: Context) -> None:
+    child = ctx.spawn(["sleep", "30"])
+    t0 = time.monotonic()
+    event = child.stop(grace=5)
+    assert event is not None and event.returncode == -signal.SIGTERM
+    assert time.monotonic() - t0 < 2
+    assert child.stop() is event  # stopped already: the same exit
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", KINDS)
+def test_stop_kills_a_tree_that_ignores_the_signal(ctx: Context, tmp_path: Path, kind: str) -> None:
+    report = tmp_path / "pids"
+    calls: list[int] = []
+    script = f"trap '' TERM; sh -c \"trap '' TERM; sleep 60\" & echo $! >> \"{report}\"; sleep 60; wait"
+    child = ctx.spawn(["sh", "-c", script], lambda c, e: calls.append(e.pid), kill_tree=kind)
+    (grandchild,) = _pids_of(report, 1)
+    t0 = time.monotonic()
+    event = child.stop(grace=0.3)
+    assert event is not None and event.returncode == -signal.SIGKILL
+    assert 0.3 <= time.monotonic() - t0 < 5
+    assert wait_until(lambda: not _alive(grandchild), timeout=5)
+    assert calls == [child.pid]  # the callback ran once
+
+
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_stop_waits_for_the_tree_not_only_the_child(sel: Context, tmp_path: Path) -> None:
+    """The child obeys SIGTERM at once; a descendant that ignores it is SIGKILLed
+    when the grace runs out."""
+    report = tmp_path / "pids"
+    script = f'sh -c "trap \'\' TERM; sleep 60" & echo $! >> "{report}"; sleep 60'
+    child = sel.spawn(["sh", "-c", script], kill_tree=True)
+    (stubborn,) = _pids_of(report, 1)
+    time.sleep(0.1)  # (its trap is set)
+    event = child.stop(grace=0.5)
+    assert event is not None and event.returncode == -signal.SIGTERM
+    assert wait_until(lambda: not _alive(stubborn), timeout=5)
+
+
+# -- cgroups left behind -------------------------------------------------------------
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_leftovers_of_dead_owners_are_swept_at_first_use(tmp_path: Path) -> None:
+    """A crashed owner's empty trees and directory go when another process starts
+    using trees; a live owner's and a populated tree are left alone."""
+    home = _cgroup.home()
+    assert home is not None
+    parent = os.path.dirname(home.dir)
+    pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    dead = os.path.join(parent, f"childproc-{pidns}-999999999-1")  # no such pid
+    os.makedirs(os.path.join(dead, "1"))
+    os.mkdir(os.path.join(dead, "2"))
+    alive = os.path.join(parent, f"childproc-{pidns}-1-{_cgroup._start_time(1)}")  # init: alive
+    os.makedirs(os.path.join(alive, "1"), exist_ok=True)
+    other_ns = os.path.join(parent, "childproc-1-999999999-1")
+    os.makedirs(os.path.join(other_ns, "1"))
+    try:
+        _cgroup.sweep_dead_owners(parent, pidns)
+        assert not os.path.exists(dead)
+        assert os.path.exists(os.path.join(alive, "1")) and os.path.exists(os.path.join(other_ns, "1"))
+    finally:
+        for d in (os.path.join(alive, "1"), alive, os.path.join(other_ns, "1"), other_ns):
+            if os.path.exists(d):
+                os.rmdir(d)
