@@ -19,6 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._child import Child, ChildState, EventCallback
     from ._context import Context, ForkReplacement, Hooks, ReapedCallback
+    from ._doctor import DoctorReport, doctor
     from ._errors import (
         AlreadyWatchedError,
         ChildExitedError,
@@ -91,6 +92,7 @@ _LAZY = {
     **dict.fromkeys(("DEVNULL", "PIPE", "STDOUT"), "_spawn"),
     **dict.fromkeys(("ChildEvent", "EventCode", "describe_status"), "_status"),
     "tree_guarantee": "_trees",
+    **dict.fromkeys(("DoctorReport", "doctor"), "_doctor"),
 }
 #: Aliases for readers of the libxl documentation (``libxl_sigchld_owner_*``).
 _OWNER_ALIASES = {
@@ -140,6 +142,8 @@ __all__ = [
     "describe_status",
     "postfork_child_noexec",
     "tree_guarantee",
+    "doctor",
+    "DoctorReport",
     "PIPE",
     "DEVNULL",
     "STDOUT",

@@ -1,5 +1,6 @@
-"""``python -m childproc COMMAND``: ``demo`` (each mode on real children), ``doctor`` (this
-process and machine: SIGCHLD owner, pidfds, traps). The benchmarks are not part of the
+"""``python -m childproc COMMAND``: ``demo`` (each mode on real children), ``doctor``
+(``--pid PID``: a live process, read from /proc; without: a fresh interpreter on this
+machine). The benchmarks are not part of the
 package: they live in the repository's ``benchmarks/`` (``python benchmarks/NAME.py``)."""
 
 from __future__ import annotations
@@ -14,17 +15,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m childproc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="spawn children under each mode and show what happened")
-    doctor = sub.add_parser("doctor", help="SIGCHLD owner, wakeup fd, pidfd support, known traps")
-    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor_cmd = sub.add_parser(
+        "doctor",
+        help="SIGCHLD's owner, children and zombies, pidfds, the traps that apply: of a live process "
+        "(--pid, from /proc) or of a fresh interpreter (this machine)",
+    )
+    doctor_cmd.add_argument(
+        "--pid", type=int, help="the process to read (from /proc alone); default: this one"
+    )
+    doctor_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from ._demo import run  # noqa: PLC0415 - only the command run is imported
 
         return run()
-    from ._doctor import format_report, report  # noqa: PLC0415
+    from ._doctor import doctor  # noqa: PLC0415
 
-    data = report()
-    print(json.dumps(data, indent=2) if args.json else format_report(data))
+    try:
+        found = doctor(args.pid)
+    except (ProcessLookupError, PermissionError) as exc:
+        print(f"childproc doctor: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(found.as_dict(), indent=2) if args.json else found)
     return 0
 
 

@@ -78,7 +78,7 @@ async def stop(
     tree), until ``grace`` is over for the exit and, for a cgroup tree, for the
     tree to be empty; then SIGKILL (the tree) and wait for the exit."""
     deadline = time.monotonic() + grace
-    if not child.done:
+    if not child.done or not child._tree_empty():  # (descendants left after the child: them)
         child._send_everywhere(sig)
     while not (child.done and child._tree_empty()):
         if time.monotonic() >= deadline:

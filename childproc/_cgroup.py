@@ -37,7 +37,6 @@ childproc touch cgroupfs.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import select
@@ -49,6 +48,8 @@ __all__ = ["CgroupTree", "Home", "existing_home", "home", "why_not"]
 
 _PREFIX = "childproc-"
 _WAIT_STEP_S = 0.05  # cgroup.events notifies; this only bounds a missed notification
+_FREEZE_FOR_SIGNAL_S = 0.2  # how long a signal waits for the tree to freeze (an event loop may be waiting)
+_UNCLAIMED_S = 5.0  # a tree with no started child after this long was left by an interruption
 
 
 def _write(path: str, data: bytes) -> None:
@@ -118,10 +119,15 @@ class CgroupTree:
         _write(self.procs, b"%d" % pid)
 
     def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in _read(self.procs).split()]
-        except FileNotFoundError:
-            return []
+        """Every process in the tree, in nested cgroups too (a descendant may make
+        its own: a job that itself uses childproc, a container runtime)."""
+        out: list[int] = []
+        for where, _, _ in os.walk(self.path):
+            try:
+                out += [int(p) for p in _read(os.path.join(where, "cgroup.procs")).split()]
+            except FileNotFoundError:
+                pass  # (removed meanwhile)
+        return out
 
     def events(self) -> dict[str, str]:
         try:
@@ -157,7 +163,8 @@ class CgroupTree:
             return
         was_frozen = self.events().get("frozen", "0").strip() == "1"
         if not was_frozen:
-            self.freeze()  # (False after its timeout, a member in an uninterruptible sleep: all the same)
+            # (A member in an uninterruptible sleep delays the freeze: signalled all the same.)
+            self.freeze(_FREEZE_FOR_SIGNAL_S)
         try:
             for pid in self.pids():
                 try:
@@ -165,7 +172,7 @@ class CgroupTree:
                 except ProcessLookupError:
                     continue
                 try:
-                    if self._cgroup_line in _read(f"/proc/{pid}/cgroup").splitlines():
+                    if self._is_member(_read(f"/proc/{pid}/cgroup")):
                         signal.pidfd_send_signal(fd, sig)
                 except (ProcessLookupError, FileNotFoundError):
                     pass
@@ -174,6 +181,12 @@ class CgroupTree:
         finally:
             if not was_frozen:
                 self.thaw()
+
+    def _is_member(self, proc_cgroup: str) -> bool:
+        """Whether ``/proc/<pid>/cgroup``'s text puts the process in this tree (here
+        or in a cgroup nested under it)."""
+        line = self._cgroup_line
+        return any(x == line or x.startswith(line + "/") for x in proc_cgroup.splitlines())
 
     def freeze(self, timeout: float = 5.0) -> bool:
         """Stop every process in the tree (``cgroup.freeze``); True once the kernel says
@@ -231,13 +244,10 @@ class CgroupTree:
             return True
         try:
             self.cpu_times()  # (kept: the tree's CPU time outlives its cgroup)
-            os.rmdir(self.path)
+            if not _remove_tree(self.path):
+                return False
         except FileNotFoundError:
             pass
-        except OSError as exc:
-            if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
-                return False
-            raise
         self.removed = True
         return True
 
@@ -251,10 +261,14 @@ class Home:
         self._own = own
         self._names = itertools.count(1)
         self._lock = threading.Lock()
+        self.owner_pid = os.getpid()  # (a forked child inherits this object: not its to sweep)
         #: Trees whose child is gone but whose cgroup still held processes: removed
         #: when found empty (at the next tree, at a context's close, at exit).
         self.pending: dict[str, CgroupTree] = {}
+        #: Trees whose child started (:meth:`claim`), or is starting (made less than
+        #: ``_UNCLAIMED_S`` ago): a sweep leaves them alone.
         self.live: dict[str, CgroupTree] = {}
+        self._made: dict[str, float] = {}
 
     def new_tree(self) -> CgroupTree:
         """A fresh, empty tree. Raises ``OSError`` if the cgroup cannot be made."""
@@ -265,14 +279,21 @@ class Home:
             os.mkdir(path)
             tree = CgroupTree(path, name)
             tree._cgroup_line = f"0::{os.path.join(self._own, os.path.basename(self.dir), name)}"
-            self.live[name] = tree
+            self._made[name] = time.monotonic()
         return tree
+
+    def claim(self, tree: CgroupTree) -> None:
+        """The tree's child started: the tree is live until :meth:`retire`."""
+        with self._lock:
+            self.live[tree.name] = tree
+            self._made.pop(tree.name, None)
 
     def retire(self, tree: CgroupTree) -> bool:
         """The tree's child is gone: remove its cgroup now if empty, else later. True
         if it is gone now."""
         with self._lock:
             self.live.pop(tree.name, None)
+            self._made.pop(tree.name, None)
             if tree.remove():
                 self.pending.pop(tree.name, None)
                 return True
@@ -281,8 +302,10 @@ class Home:
 
     def sweep_pending(self) -> None:
         """Remove the pending trees that are empty now, and any directory in this
-        owner's home that no tree claims (one an interruption left between its
-        ``mkdir`` and its child)."""
+        owner's home that no started child claims (an interruption, or an error,
+        between its ``mkdir`` and its child). Only in the owning process."""
+        if os.getpid() != self.owner_pid:
+            return
         with self._lock:
             for name, tree in list(self.pending.items()):
                 if tree.remove():
@@ -291,9 +314,14 @@ class Home:
                 names = os.listdir(self.dir)
             except FileNotFoundError:
                 return
+            now = time.monotonic()
             for name in names:
-                if name.isdigit() and name not in self.live and name not in self.pending:
-                    _remove_if_empty(os.path.join(self.dir, name))
+                if not name.isdigit() or name in self.live or name in self.pending:
+                    continue
+                if now - self._made.get(name, 0.0) >= _UNCLAIMED_S and _remove_tree(
+                    os.path.join(self.dir, name)
+                ):
+                    self._made.pop(name, None)
 
     def trees_on_disk(self) -> list[str]:
         """The trees' cgroups that exist now (names)."""
@@ -303,7 +331,10 @@ class Home:
             return []
 
     def close(self) -> None:
-        """At exit: remove what is empty, and the owner's directory if nothing is left."""
+        """At exit: remove what is empty, and the owner's directory if nothing is left
+        (only in the owning process: a forked child runs the parent's exit hooks too)."""
+        if os.getpid() != self.owner_pid:
+            return
         self.sweep_pending()
         with self._lock:
             if not self.live and not self.pending:
@@ -318,6 +349,12 @@ def _remove_if_empty(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _remove_tree(path: str) -> bool:
+    """Remove the cgroup at ``path`` and the empty cgroups nested in it, deepest
+    first; False if something in it still holds processes."""
+    return all(_remove_if_empty(where) for where, _, _ in os.walk(path, topdown=False))
 
 
 def sweep_dead_owners(parent: str, pidns: str) -> None:
@@ -340,12 +377,20 @@ def sweep_dead_owners(parent: str, pidns: str) -> None:
             continue
         for tree in trees:
             if tree.isdigit():
-                _remove_if_empty(os.path.join(owner, tree))
+                _remove_tree(os.path.join(owner, tree))
         _remove_if_empty(owner)
 
 
 _homes: dict[int, Home | None] = {}  # pid -> its home (a forked child finds its own)
 _homes_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _homes_lock
+    _homes_lock = threading.Lock()  # (another thread may have held it at the fork)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def why_not() -> str | None:

@@ -10,6 +10,7 @@ through the ledger and the lifecycle table, at the moment childproc
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import signal
@@ -206,7 +207,11 @@ class Child:
     def final(self) -> ChildEvent | None:
         """How the child died, once childproc has seen it (None before, or if it was stolen)."""
         if self._final is None and self._status is not None:
-            self._final = ChildEvent.from_wait_status(self._pid, self._status, self._uid, self._rusage)
+            final = ChildEvent.from_wait_status(self._pid, self._status, self._uid, self._rusage)
+            tree = self._tree
+            if tree is not None and tree.guarantee == "cgroup":  # the tree's CPU time so far
+                final = dataclasses.replace(final, tree_cpu_times=tree.cpu_times())
+            self._final = final
         return self._final
 
     @property
@@ -343,8 +348,9 @@ class Child:
         reaped it). The exit is delivered once, as always: every waiter sees it
         and the callback runs once."""
         deadline = time.monotonic() + grace
-        if not self.done:
+        if not self.done or not self._tree_empty():  # (descendants left after the child: them)
             self._send_everywhere(sig)
+        if not self.done:
             self.wait(grace)
         if not self.done:
             self._send_everywhere(signal.SIGKILL)

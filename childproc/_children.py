@@ -23,6 +23,7 @@ It is what :data:`childproc._process.OWNERS` points at for each of its pids
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found, unused-ignore]
+import errno
 import itertools
 import os
 import signal
@@ -48,6 +49,7 @@ from ._plan import Plan
 from ._policy import Destination, Owner, Reaper, SigchldOwner
 from ._reaping import Reaping
 from ._sigchld import HANDLER, on_main_thread
+from ._traps import TRAPS
 from ._trees import settle
 from ._wakeups import Wakeups
 from ._watchers import Watcher
@@ -59,6 +61,14 @@ __all__ = ["Children"]
 _READ_MASK = ((int(signal.SIG_BLOCK), ()),)
 _SIGINT = (int(signal.SIGINT),)
 _pthread_sigmask = _signal.pthread_sigmask  # signal.py's wrapper makes an enum of every signal
+
+
+_PIDFD_SIGNAL_PROCESS_GROUP = 4  # <linux/pidfd.h>: signal the process group of the pidfd's process
+_PIDFD_GROUP = [True]  # the kernel takes that flag (until it says EINVAL)
+
+
+def _disable_pidfd_group() -> None:
+    _PIDFD_GROUP[0] = False
 
 
 def _watch_in_thread(pid: int, poke: Callable[[], None]) -> None:
@@ -73,13 +83,7 @@ def _watch_in_thread(pid: int, poke: Callable[[], None]) -> None:
 
 def refuse_ignored(mode: SigchldOwner, why: str, when: str) -> SigchldIgnoredError:
     """The error for a mode that cannot report exits because SIGCHLD is ignored."""
-    return SigchldIgnoredError(
-        f"SIGCHLD is {why} in this process, so the kernel discards every child's exit "
-        f"status, and {mode.name} mode {when}. Either restore the default "
-        "(signal.signal(signal.SIGCHLD, signal.SIG_DFL)) while childproc has children, or use "
-        "SigchldOwner.LIBXL_ALWAYS, which replaces the disposition while it runs (on the main "
-        "thread) and reaps the host's children for it (see Hooks.reaped_callback)."
-    )
+    return SigchldIgnoredError(TRAPS["sigchld-ignored"].error(f"{mode.name} mode {when}", why=why))
 
 
 class Children:
@@ -198,10 +202,11 @@ class Children:
         foreign = [p for p in _process.foreign_children() if p != except_pid and not ORPHANAGE.claims(p)]
         if foreign:
             raise StateError(
-                f"{mode.name} mode reaps with waitpid(-1), and this process already has "
-                f"children childproc did not make (pids {', '.join(map(str, foreign[:10]))}): "
-                "they would be reaped here and their owners (subprocess, asyncio) would see "
-                "returncode 0. Use SELECTIVE_REAP (or PIDFD), which only reaps its own."
+                TRAPS["foreign-children"].error(
+                    f"{mode.name} mode reaps with waitpid(-1): it would reap them, and their owners "
+                    "(subprocess, asyncio) would see returncode 0",
+                    pids=", ".join(map(str, foreign[:10])),
+                )
             )
 
     def _check_adoptable_locked(self, pid: int, pidfd: int | None) -> None:
@@ -396,6 +401,8 @@ class Children:
     # -- handles ------------------------------------------------------------
     def signal(self, child: Child, sig: int) -> None:
         """Send ``sig`` to ``child``, never to a recycled pid. LOCK held."""
+        if self.dirty:
+            self.recover_locked()  # (a reap an interruption left unapplied: the phase first)
         if child.phase not in SIGNALLABLE:
             raise ChildExitedError(
                 f"child {child._pid} has exited (or was released); not signalling a pid that "
@@ -423,10 +430,12 @@ class Children:
         """Send ``sig`` to the process group ``child`` leads, only while ``child`` is
         unreaped: its zombie keeps the group id from being reused, and only
         childproc reaps it (see childproc._trees). LOCK held."""
+        if self.dirty:
+            self.recover_locked()  # (a reap an interruption left unapplied: the phase first)
         if not child._leads_group:
             raise StateError(
                 f"child {child._pid} does not lead a process group of its own: start it with "
-                "process_group=0 or start_new_session=True (or kill_tree=True)"
+                "process_group=0 or start_new_session=True"
             )
         if self.plan.rules.reaper is Reaper.APPLICATION:
             raise StateError(
@@ -440,6 +449,17 @@ class Children:
                 "this process may make cgroups, reaches descendants after that)"
             )
         try:
+            if child._pidfd is not None and _PIDFD_GROUP[0]:
+                try:  # the group of the process the pidfd names: never a stranger's (Linux 6.9+)
+                    signal.pidfd_send_signal(child._pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    _disable_pidfd_group()  # an older kernel: by group id, under the rule above
             os.killpg(child._pid, sig)
         except ProcessLookupError:
-            pass  # (cannot happen while the leader is unreaped; harmless if it does)
+            raise StateError(
+                f"child {child._pid}'s process group is empty: it left the group it led "
+                "(setpgid) and so did everything in it"
+            ) from None

@@ -64,12 +64,14 @@ from ._errors import (
     StateError,
     UnknownChildError,
 )
+from ._fds import above_stdio
 from ._ledger import ChildCallback
 from ._plan import ForkReplacement, Hooks, Plan, ReapedCallback
 from ._policy import Reaper, SigchldOwner, choose_watcher
 from ._sigchld import HANDLER
 from ._signature import check_callback
 from ._status import ChildEvent
+from ._traps import TRAPS
 from ._watchers import make_watcher
 from ._watchers import pidfd as _pidfd
 
@@ -262,10 +264,7 @@ class Context:
         self._enter()
         plan = Plan(hooks, self._pidfds)
         if plan.rules.requires_pidfds and not self._pidfds:
-            raise PidfdUnavailableError(
-                f"{hooks.chldowner.name} needs pidfds (Linux >= 5.3, not blocked by seccomp) and this "
-                "system has none; use SELECTIVE_REAP, which falls back to SIGCHLD and a per-child check"
-            )
+            raise PidfdUnavailableError(TRAPS["no-pidfds"].error(f"{hooks.chldowner.name} mode needs pidfds"))
         with _process.LOCK:
             self._check_usable()
             kids = self._kids
@@ -372,11 +371,14 @@ class Context:
         ``kill_tree="process-group"`` asks for the process group even where a
         cgroup could be made.
         """
-        tree = _trees.plan(start_new_session, process_group, kill_tree)
         pipes, sources = _stdio.prepare(stdin, stdout, stderr)
         if sources is not None:
             _stdio.forking(pipes, sources)  # what the forked child keeps (see _stdio)
+        tree, gate = _NO_TREE, None
         try:
+            tree = _trees.plan(start_new_session, process_group, kill_tree)
+            if tree.setsid:  # fork() returns once the child has its session (see below)
+                gate = tuple(map(above_stdio, os.pipe2(os.O_CLOEXEC)))
             child = self._start(
                 Fork(self._hooks.fork_replacement, self._user),
                 on_event,
@@ -390,17 +392,27 @@ class Context:
         except BaseException:
             if pipes is not None:
                 pipes.close_all()
+            for fd in gate or ():
+                os.close(fd)
             _trees.settle(tree.cgroup, kill=False)
             raise
         finally:
             if sources is not None:
                 _stdio.forked()
         if child is None:  # in the forked child
+            for fd in gate or ():
+                os.close(fd)  # (it has its session: the parent may go on)
             if sources is not None:
                 _stdio.redirect_in_child(sources, pipes)
             return None
         if pipes is not None:
             pipes.close_child_ends()
+        if gate is not None:
+            try:
+                os.close(gate[1])
+                os.read(gate[0], 1)  # EOF once the child called setsid() (or exited)
+            finally:
+                os.close(gate[0])
         return child
 
     def _io_for(
@@ -473,9 +485,10 @@ class Context:
             not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
         ):
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
-        tree = _trees.plan(start_new_session, process_group, kill_tree)
         pipes, src = _stdio.prepare(stdin, stdout, stderr)
+        tree = _NO_TREE
         try:
+            tree = _trees.plan(start_new_session, process_group, kill_tree)
             if src is not None:
                 stdin, stdout, stderr = src
             creator = Spawn(
@@ -605,6 +618,12 @@ class Context:
                 f"reap_after_callback needs a mode that reaps only its own children (SELECTIVE_REAP, "
                 f"PIDFD); {mode.name} reaps by waitpid(-1) or leaves reaping to the application"
             )
+        if tree.kill_tree and tree.cgroup is None and rules.app_reports:
+            raise StateError(
+                f"kill_tree here makes the child's tree its process group, which is signalled only "
+                f"while childproc knows its leader is unreaped, and in {mode.name} the application "
+                "reaps: use a cgroup tree (where this process may make cgroups) or another mode"
+            )
         call = creator.prepare()
         with _process.LOCK:
             self._check_usable()
@@ -629,8 +648,8 @@ class Context:
                 if tree is not _NO_TREE:
                     tree.in_forked_child()
                 return None  # in the forked child
-        if tree is not _NO_TREE:
-            tree.in_parent(child._pid, forked=isinstance(creator, Fork))
+            if tree is not _NO_TREE:  # (the lock held: nobody has reaped the child)
+                tree.in_parent(child._pid, forked=isinstance(creator, Fork), by_pid=not rules.app_reports)
         return child
 
     # -- reaping ------------------------------------------------------------
@@ -965,9 +984,9 @@ class Context:
         _process.refuse_reentry()
         self._closed = True
         _process.teardown_started(self)
-        self.finish_teardown()
+        self._finish_teardown()
 
-    def finish_teardown(self) -> None:
+    def _finish_teardown(self) -> None:
         """Carry out (or finish) the teardown :meth:`close` began."""
         orphans: list[int] = []
         kids = self._kids
@@ -1018,9 +1037,9 @@ class Context:
             self._closed = True
             _process.teardown_started(self)
         if not _process.held_here():
-            self.finish_teardown()
+            self._finish_teardown()
 
-    def abandon_after_fork(self) -> None:
+    def _abandon_after_fork(self) -> None:
         """In a forked child: disable this inherited context and close its fds."""
         self._forked = True
         self._closed = True

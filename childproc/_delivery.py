@@ -28,6 +28,7 @@ from ._errors import ChildStolenError
 from ._ledger import Event, EventKind, Ledger
 from ._lifecycle import Phase
 from ._status import ChildEvent, describe_status
+from ._traps import TRAPS
 
 if TYPE_CHECKING:
     from ._child import Child
@@ -128,10 +129,8 @@ class Delivery:
             return self._foreign, (event,)
         if kind is EventKind.UNKNOWN:
             return self._warn_unknown, (event,)
-        why = self._lost_why.pop(event.pid, None) or (
-            f"child {event.pid} of this context was reaped by someone else, so its exit "
-            f"status is lost: something in this process calls waitpid() on pids it did not "
-            f"make while childproc is in {self._mode_name()} mode (see the mode guide)"
+        why = self._lost_why.pop(event.pid, None) or TRAPS["status-stolen"].error(
+            TRAPS["status-stolen"].effects, pid=event.pid, mode=self._mode_name()
         )
         return _raise_stolen, (why, event.pid)
 

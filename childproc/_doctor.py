@@ -1,4 +1,12 @@
-"""``python -m childproc doctor``: what this process and machine mean for child handling."""
+"""``childproc.doctor()``: what this process means for child handling, as a report.
+
+The report is a frozen dataclass (:class:`DoctorReport`): ``str()`` for people,
+:meth:`DoctorReport.as_dict` for JSON. It reads this process from the inside
+(SIGCHLD's disposition through ``sigaction``, the wake-up fd slot, the live
+contexts) and from ``/proc`` (threads' signal masks, children and zombies).
+Another process is read from ``/proc`` alone (:mod:`childproc._procfs`). The
+report's types and the choice of traps are :mod:`childproc._report`'s.
+"""
 
 from __future__ import annotations
 
@@ -7,146 +15,98 @@ import platform
 import resource
 import signal
 import threading
-from typing import Any
 
 from . import _cgroup, _process
-from ._context import Context
+from ._orphans import ORPHANAGE
 from ._policy import rules_for
+from ._procfs import SIGCHLD_BIT, children_of, open_pidfds, report_on, task_info
+from ._report import ChildInfo, ContextInfo, DoctorReport, SigchldInfo, ThreadInfo, findings_for
 from ._sigchld import HANDLER, SA_NOCLDWAIT, describe, disposition, on_main_thread
 from ._watchers import pidfd as _pidfd
 
-__all__ = ["format_report", "report"]
+__all__ = ["DoctorReport", "doctor"]
 
 
-def _disposition() -> tuple[str, str]:
-    """(what SIGCHLD's disposition is, who owns it)."""
+def _sigchld_here() -> SigchldInfo:
     d = disposition()
+    nocldwait = None if d.flags is None else bool(d.flags & SA_NOCLDWAIT)
     current = d.python
-    nocldwait = (
-        " with SA_NOCLDWAIT (the kernel reaps children, exit statuses are lost)"
-        if (d.flags is not None and d.flags & SA_NOCLDWAIT)
-        else ""
-    )
-    if d.c_level_foreign:
-        return (
-            f"a handler installed outside Python (C code, at {d.address:#x}){nocldwait}",
-            "the host (C code)",
-        )
+    if d.c_level_foreign or current is None:
+        return SigchldInfo("c", describe(current), nocldwait, "the host (C code)")
     if HANDLER.is_ours(current):
-        return "childproc's handler", f"childproc ({HANDLER.user_count} context(s) use it)"
+        return SigchldInfo("childproc", "childproc's handler", nocldwait, "childproc")
     if current == signal.SIG_DFL:
-        return f"SIG_DFL (default){nocldwait}", "nobody"
+        return SigchldInfo("default", None, nocldwait, "nobody")
     if current == signal.SIG_IGN:
-        return "SIG_IGN (ignored: the kernel reaps children, exit statuses are lost)", "nobody"
-    if current is None:
-        return f"a handler installed outside Python (C code){nocldwait}", "the host (C code)"
-    return f"Python handler {describe(current)}{nocldwait}", "the host"
+        return SigchldInfo("ignored", None, nocldwait, "nobody")
+    return SigchldInfo("python", describe(current), nocldwait, "the host")
 
 
-def _wakeup_fd() -> str:
+def _wakeup_fd() -> str | None:
     if not on_main_thread():
-        return "unknown (only readable on the main thread)"
-    # The only way to read the slot is to swap it; put it straight back.
-    fd = signal.set_wakeup_fd(-1)
+        return None  # (only the main thread may read it)
+    fd = signal.set_wakeup_fd(-1)  # the only way to read the slot is to swap it; put it straight back
     if fd != -1:
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
         return f"fd {fd} (the host's, e.g. asyncio's; childproc never takes it)"
     return "none"
 
 
-def report() -> dict[str, Any]:
-    """The facts and warnings, as a dict (what ``doctor --json`` prints)."""
-    disposition, owner = _disposition()
+def _contexts() -> tuple[ContextInfo, ...]:
+    from ._context import Context  # noqa: PLC0415 - the façade imports the doctor's table, not this
+
+    out = []
+    for ctx in _process.live_contexts():
+        if isinstance(ctx, Context) and not ctx.closed:
+            out.append(
+                ContextInfo(
+                    ctx.mode.name,
+                    ctx.watcher,
+                    len(ctx.children),
+                    ctx.uses_sigchld_handler,
+                    rules_for(ctx.mode).reaper.value,
+                )
+            )
+    return tuple(out)
+
+
+def doctor(pid: int | None = None) -> DoctorReport:
+    """A report on this process (``pid`` None, or this process's pid), read from the
+    inside; or on another process ``pid``, read from ``/proc`` alone."""
+    if pid is not None and pid != os.getpid():
+        return report_on(pid)
+    me = os.getpid()
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    threads = tuple(
+        ThreadInfo(tid, names.get(tid, comm), bool(blocked & SIGCHLD_BIT), waiting)
+        for tid, comm, blocked, _, _, waiting in task_info(me)
+    )
+    owned = set(_process.OWNERS)
+    children = tuple(
+        ChildInfo(p, state, command, "childproc" if p in owned or ORPHANAGE.claims(p) else "not childproc")
+        for p, state, command in children_of(me)
+    )
+    sigchld = _sigchld_here()
+    contexts = _contexts()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     pidfds = _pidfd.supported()
-    contexts = []
-    for ctx in _process.live_contexts():
-        if not isinstance(ctx, Context) or ctx.closed:
-            continue
-        rules = rules_for(ctx.mode)
-        contexts.append(
-            {
-                "mode": ctx.mode.name,
-                "watcher": ctx.watcher,
-                "outstanding_children": len(ctx.children),
-                "uses_sigchld_handler": ctx.uses_sigchld_handler,
-                "reaper": rules.reaper.value,
-            }
-        )
-    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    warnings: list[str] = []
-    ignored = HANDLER.discards_statuses(fresh=True)
-    if ignored is not None:
-        warnings.append(
-            f"SIGCHLD is ignored ({ignored}): the kernel reaps children and throws their exit "
-            "statuses away. SELECTIVE_REAP, PIDFD and MAINLOOP refuse to start children "
-            "(SigchldIgnoredError); LIBXL works only from the main thread (its handler replaces "
-            "the disposition while it has children); LIBXL_ALWAYS replaces it while it runs. "
-            "Restore SIG_DFL, or use LIBXL_ALWAYS."
-        )
-    if owner.startswith("the host"):
-        warnings.append(
-            "a foreign SIGCHLD handler is installed: LIBXL and LIBXL_ALWAYS will refuse to start. "
-            "Use MAINLOOP (report reaped pids) or, with pidfds, SELECTIVE_REAP or PIDFD."
-        )
-    if not pidfds:
-        warnings.append(
-            "no pidfds: SELECTIVE_REAP falls back to SIGCHLD and checks every child on each signal "
-            "(O(children)); PIDFD mode is unavailable; signalling falls back to kill() on unreaped pids."
-        )
-    if threads:
-        warnings.append(
-            f"{len(threads)} thread(s) already running ({', '.join(threads[:5])}): a fork server "
-            "started now would inherit a multi-threaded state; start it before threads."
-        )
-    if soft < 4096:
-        warnings.append(
-            f"RLIMIT_NOFILE soft limit is {soft}: childproc holds one pidfd per child; beyond the "
-            "limit children are watched without one (slower), raise it if you run thousands."
-        )
-    no_cgroup_trees = _cgroup.why_not()
-    return {
-        "pid": os.getpid(),
-        "trees": {"kill_tree": "process-group" if no_cgroup_trees else "cgroup", "why": no_cgroup_trees},
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sigchld_disposition": disposition,
-        "sigchld_owner": owner,
-        "wakeup_fd": _wakeup_fd(),
-        "pidfds": pidfds,
-        "rlimit_nofile": [soft, hard],
-        "threads": threads,
-        "contexts": contexts,
-        "warnings": warnings,
-    }
-
-
-def format_report(data: dict[str, Any]) -> str:
-    lines = [
-        f"childproc doctor for pid {data['pid']} (Linux {data['kernel']}, Python {data['python']})",
-        f"  SIGCHLD disposition : {data['sigchld_disposition']}",
-        f"  SIGCHLD owner       : {data['sigchld_owner']}",
-        f"  wakeup fd           : {data['wakeup_fd']}",
-        "  pidfds              : "
-        + ("yes (steal-free, O(1) per child, signal-free watching)" if data["pidfds"] else "NO"),
-        f"  RLIMIT_NOFILE       : soft {data['rlimit_nofile'][0]}, hard {data['rlimit_nofile'][1]}",
-        "  kill_tree=True      : "
-        + (
-            "a cgroup per tree (every descendant reached)"
-            if data["trees"]["why"] is None
-            else f"its process group ({data['trees']['why']}; see the trees page)"
+    trees_why = _cgroup.why_not()
+    reaps = bool(contexts) or sigchld.disposition != "default" or any(t.waiting_for_children for t in threads)
+    return DoctorReport(
+        pid=me,
+        source="this process",
+        kernel=platform.release(),
+        python=platform.python_version(),
+        sigchld=sigchld,
+        wakeup_fd=_wakeup_fd(),
+        pidfds=pidfds,
+        open_pidfds=open_pidfds(me),
+        kill_tree="process-group" if trees_why else "cgroup",
+        rlimit_nofile=(soft, hard),
+        threads=threads,
+        contexts=contexts,
+        children=children,
+        findings=findings_for(
+            sigchld, threads, children, pidfds=pidfds, nofile=soft, trees_why=trees_why, reaps=reaps
         ),
-        f"  other threads       : {len(data['threads'])}",
-        f"  live contexts       : {len(data['contexts'])}",
-    ]
-    for c in data["contexts"]:
-        lines.append(
-            f"    - {c['mode']}: watcher {c['watcher']}, {c['outstanding_children']} outstanding, "
-            f"{'uses' if c['uses_sigchld_handler'] else 'does not use'} the SIGCHLD handler"
-        )
-    if data["warnings"]:
-        lines.append("warnings:")
-        lines.extend(f"  ! {w}" for w in data["warnings"])
-    else:
-        lines.append("no warnings")
-    return "\n".join(lines)
+    )

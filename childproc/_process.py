@@ -65,10 +65,10 @@ class Teardown(Protocol):
 
     def close(self) -> None: ...
 
-    def finish_teardown(self) -> None:
+    def _finish_teardown(self) -> None:
         """Finish a teardown an exception interrupted. LOCK not held."""
 
-    def abandon_after_fork(self) -> None:
+    def _abandon_after_fork(self) -> None:
         """In a forked child: disable, close fds."""
 
 
@@ -142,7 +142,7 @@ def run_chores() -> None:
     CHORES.clear()
     for ctx in list(_unfinished):
         try:
-            ctx.finish_teardown()
+            ctx._finish_teardown()
         except Exception:  # a bug: say so once, but never poison every later call
             _unfinished.discard(ctx)
             log.exception("childproc could not finish closing a context")
@@ -208,7 +208,7 @@ def postfork_child_noexec() -> None:
     HANDLER.reset_after_fork()
     _stdio.abandon_after_fork()
     for ctx in list(_contexts):
-        ctx.abandon_after_fork()
+        ctx._abandon_after_fork()
     _contexts.clear()
     _unfinished.clear()
     CHORES.clear()

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from ._errors import HandlerReplacedError, SigchldConflictError
+from ._traps import TRAPS
 
 __all__ = ["HANDLER", "Disposition", "SigchldHandler", "disposition", "on_main_thread"]
 
@@ -138,12 +139,7 @@ def describe(handler: object) -> str:
 
 
 def _conflict_message(current: _Handler) -> str:
-    return (
-        f"SIGCHLD already has a handler: {describe(current)}. childproc will not replace "
-        "it. If the host reaps children itself, use SigchldOwner.MAINLOOP and report each "
-        "reaped pid with ctx.childproc_reaped(pid, status) (or call ctx.sigchld_occurred()); "
-        "otherwise remove that handler before using childproc."
-    )
+    return TRAPS["foreign-handler"].error("childproc will not replace it", handler=describe(current))
 
 
 _C_RECHECK_S = 0.1  # how often the C-level handler is read back (a ctypes call)

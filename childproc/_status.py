@@ -109,6 +109,9 @@ class ChildEvent:
     #: childproc reaped, or that MAINLOOP's host reported with it; None otherwise
     #: (stops and continues, ``reap_after_callback``, a fork server's child).
     rusage: resource.struct_rusage | None = field(default=None, compare=False, repr=False)
+    #: For a child with a cgroup tree (``kill_tree=True``): (user, system) CPU
+    #: seconds of every process of its tree so far, when its exit was delivered.
+    tree_cpu_times: tuple[float, float] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_wait_status(

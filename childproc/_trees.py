@@ -75,7 +75,10 @@ class GroupTree:
         )
 
     def thaw(self) -> None:
-        self.freeze()
+        raise StateError(
+            "thaw() needs a cgroup tree, and this child's tree is its process group (this process "
+            "may not make cgroups here); send SIGCONT with kill_tree(signal.SIGCONT) instead"
+        )
 
     def wait_empty(self, timeout: float) -> bool:
         return True  # (a group cannot be watched: what is left in it is not waited for)
@@ -108,7 +111,8 @@ class TreePlan(NamedTuple):
     def in_forked_child(self) -> None:
         """A forked child's own half, before ``fork()`` returns there: into its
         cgroup first (before it can fork), then its session or group. A child that
-        cannot do what was asked exits (127) rather than run outside its tree."""
+        cannot do what was asked (or is interrupted doing it) exits (127) rather
+        than run outside its tree."""
         try:
             if self.cgroup is not None:
                 fd = os.open(self.cgroup.procs, os.O_WRONLY | os.O_CLOEXEC)
@@ -120,15 +124,24 @@ class TreePlan(NamedTuple):
                 os.setsid()
             elif self.setpgroup is not None:
                 os.setpgid(0, self.setpgroup)
-        except OSError as exc:
-            why = f"childproc: the forked child could not enter its session, group or tree: {exc}\n"
+        except BaseException as exc:  # (a KeyboardInterrupt too: it must not run outside its tree)
+            why = f"childproc: the forked child could not enter its session, group or tree: {exc!r}\n"
             os.write(2, why.encode())
             os._exit(127)
 
-    def in_parent(self, pid: int, forked: bool) -> None:
-        """The parent's half, before ``spawn``/``fork`` return: the child into its
-        cgroup (so that a tree killed at once is not empty) and, forked, into its
-        group (whichever of the two runs first does it; the other's may fail)."""
+    def in_parent(self, pid: int, forked: bool, by_pid: bool) -> None:
+        """The parent's half, before ``spawn``/``fork`` return, with the process lock
+        held and the child unreaped (so ``pid`` is still the child's): the tree is
+        claimed, and, where the pid may be used (``by_pid``: not where the
+        application reaps), the child is put into its cgroup (so that a tree killed
+        at once is not empty) and, forked, into its group (whichever of the two
+        runs first does it; the other's may fail)."""
+        if self.cgroup is not None:
+            home = _cgroup.home()
+            if home is not None:
+                home.claim(self.cgroup)
+        if not by_pid:
+            return
         if forked and self.setpgroup is not None:
             try:
                 os.setpgid(pid, self.setpgroup)
@@ -138,7 +151,7 @@ class TreePlan(NamedTuple):
             try:
                 self.cgroup.add(pid)
             except ProcessLookupError:
-                pass  # it exited already (having moved itself in)
+                pass  # a zombie already (having moved itself in)
 
 
 #: Nothing asked: no session, no group, no tree.
@@ -182,9 +195,12 @@ def plan(start_new_session: object, process_group: object, kill_tree: object) ->
             "subtree; and Linux 5.14+ for cgroup.kill). kill_tree=True falls back to a process group"
         )
     if process_group not in (None, 0):
+        why = (
+            "asked for" if kill_tree == "process-group" else "the fallback: this process may not make cgroups"
+        )
         raise InvalidArgumentError(
-            f"kill_tree=True here makes the child's tree its own process group (this process may "
-            f"not make cgroups), so it cannot join group {process_group}: leave process_group out"
+            f"the child's tree is its own process group here ({why}), so it cannot join group "
+            f"{process_group}: leave process_group out"
         )
     return TreePlan(setsid, None if setsid else 0, True, None)
 

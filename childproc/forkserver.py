@@ -86,6 +86,7 @@ from ._forkserver_wire import (
 )
 from ._spawn import spawn_process
 from ._status import ChildEvent
+from ._traps import TRAPS
 
 if TYPE_CHECKING:
     import _socket
@@ -437,9 +438,14 @@ class ForkServer:
         if threading.active_count() > 1:
             import warnings  # noqa: PLC0415
 
+            names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
             warnings.warn(
-                "ForkServer.start() with threads running: the server (and its children) are forked "
-                "from a multi-threaded process; start it before threads",
+                "ForkServer.start(): "
+                + TRAPS["threads-before-fork-server"].error(
+                    "the server and its children are forked from a multi-threaded process",
+                    count=len(names),
+                    names=", ".join(names[:5]),
+                ),
                 RuntimeWarning,
                 stacklevel=2,
             )

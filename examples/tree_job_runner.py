@@ -80,8 +80,17 @@ with tempfile.TemporaryDirectory() as tmp, childproc.Context() as ctx:
     else:  # the setsid'd daemon left the group: the documented escape
         escaped = [p for p in pids if alive(p)]
         print(f"job 1: escaped the process group: {len(escaped)} (killed by the runner)")
-        for p in escaped:
-            os.kill(p, signal.SIGKILL)
+        for p in escaped:  # through a pidfd checked to be the setsid'd sleeper: never a recycled pid
+            try:
+                fd = os.pidfd_open(p)
+            except ProcessLookupError:
+                continue
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if f.read().startswith(b"sleep\0"):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+            finally:
+                os.close(fd)
 
     # 2. stop(): SIGTERM to the whole tree, SIGKILL after the grace for what ignores it.
     report = os.path.join(tmp, "job2")

@@ -43,13 +43,13 @@ def _cleanup_trees() -> list[str]:
     home = _cgroup.existing_home()
     if home is None:
         return []
+    problems = [f"tree {name} still live (its child was never retired)" for name in sorted(home.live)]
 
     def gone() -> bool:
-        home.sweep_pending()  # (what the library does at its next tree, and at exit)
+        home.sweep_pending()  # (what the library does at its next tree, and at exit: empty ones only)
         return not home.trees_on_disk()
 
     wait_until(gone, timeout=2.0)
-    problems = []
     for name in home.trees_on_disk():
         tree = _cgroup.CgroupTree(os.path.join(home.dir, name), name)
         problems.append(f"tree cgroup {tree.path} left behind (processes {tree.pids()})")

@@ -1,9 +1,12 @@
-"""The complete programs among the docs' code samples run, as written: the README's,
-docs/subprocess.rst's, docs/trees.rst's and the asyncio, anyio and trio ones of docs/hosts.rst. (Other pages
-show fragments: a ``ctx`` from the text around them.)"""
+"""Every Python code sample in the docs and the README runs, as written. A sample that
+is a fragment (it uses a ``ctx`` from the text around it) runs with the few lines of
+setup and teardown listed for it here, around the sample's own text; a new sample
+must either run alone or get an entry, or ``test_every_sample_is_accounted_for`` fails.
+And every public name is in the API reference with its signature."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -12,25 +15,63 @@ from pathlib import Path
 
 import pytest
 
+import childproc
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-#: page -> which of its python blocks are complete programs (None: all of them)
-RUNNABLE: dict[str, list[int] | None] = {"subprocess.rst": None, "hosts.rst": [0, 1, 2], "trees.rst": None}
+
+_CTX = "import os, childproc\nctx = childproc.Context()\n"
+_CLOSE = "\nctx.close()\n"
+_MYAPP = """
+import os, sys, tempfile, pathlib
+_pkg = pathlib.Path(tempfile.mkdtemp()) / "myapp"
+_pkg.mkdir()
+(_pkg / "__init__.py").write_text("")
+(_pkg / "workers.py").write_text(
+    "def work(server, sock, n):\\n    sock.sendall(str(n * n).encode())\\n    return 0\\n"
+)
+sys.path.insert(0, str(_pkg.parent))
+os.environ["PYTHONPATH"] = str(_pkg.parent)
+from childproc.forkserver import ForkServer
+"""
+
+#: sample -> (setup, teardown) for the fragments.
+AROUND: dict[str, tuple[str, str]] = {
+    "forkserver.rst#1": (_MYAPP, "\nassert child.socket.recv(100) == b'49'\nchild.wait()\nserver.stop()\n"),
+    "forkserver.rst#3": (
+        "import childproc\nfrom childproc.forkserver import ForkServer\n"
+        "def job(server, sock):\n    return 0\n"
+        "server = ForkServer.start(entries={'job': job})\n"
+        "def on_event(child, event):\n    print(event)\n",
+        "\nserver.stop()\n",
+    ),
+    "handles.rst#0": (_CTX + "def on_event(child, event):\n    print(event)\n", _CLOSE),
+    "handles.rst#1": (_CTX, _CLOSE),
+    "hosts.rst#3": (
+        "import childproc\njobs = [['true'], ['sh', '-c', 'exit 3']]\n"
+        "def on_event(child, event):\n    print(event)\n",
+        "",
+    ),
+    "hosts.rst#4": ("import selectors, childproc\nctx = childproc.Context()\nctx.spawn(['true'])\n", _CLOSE),
+    "index.rst#1": ("import childproc\n", ""),
+    "modes.rst#0": ("import childproc\n", _CLOSE),
+}
 
 
 def samples() -> list[tuple[str, str]]:
+    """(name, code) of every sample: ``page.rst#i`` for docs pages, ``README.md#i``."""
     out = []
-    for name, which in RUNNABLE.items():
-        blocks = re.findall(r"\.\. code-block:: python\n\n((?:[ ]{3,}.*\n|\n)+)", (DOCS / name).read_text())
-        wanted = range(len(blocks)) if which is None else which
-        out += [(f"{name}#{i}", textwrap.dedent(blocks[i])) for i in wanted]
+    for page in sorted(DOCS.glob("*.rst")):
+        blocks = re.findall(r"\.\. code-block:: python\n\n((?:[ ]{3,}.*\n|\n)+)", page.read_text())
+        out += [(f"{page.name}#{i}", textwrap.dedent(block)) for i, block in enumerate(blocks)]
     readme = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
-    return out + [(f"README.md#{i}", b) for i, b in enumerate(readme)]
+    return out + [(f"README.md#{i}", block) for i, block in enumerate(readme)]
 
 
-def test_the_pages_have_samples() -> None:
-    names = {name.split("#")[0] for name, _ in samples()}
-    assert names == {*RUNNABLE, "README.md"}
+def test_every_sample_is_accounted_for() -> None:
+    names = {name for name, _ in samples()}
+    assert set(AROUND) <= names, f"setup for samples that are gone: {set(AROUND) - names}"
+    assert len(names) >= 15  # (the docs have samples: a broken pattern finds none)
 
 
 @pytest.mark.timeout(90)
@@ -38,6 +79,44 @@ def test_the_pages_have_samples() -> None:
 def test_sample_runs(sample: tuple[str, str]) -> None:
     """In a fresh interpreter (the samples start event loops and children)."""
     name, code = sample
-    argv = [sys.executable, "-c", code]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=80, check=False)
+    setup, teardown = AROUND.get(name, ("", ""))
+    argv = [sys.executable, "-W", "error::ResourceWarning", "-c", setup + code + teardown]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=80, check=False, cwd=ROOT)
     assert proc.returncode == 0, f"{name}:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.timeout(300)
+def test_every_public_name_is_in_the_api_reference_with_its_signature(tmp_path: Path) -> None:
+    """Built with Sphinx: each name of ``childproc.__all__`` has an entry in the API
+    reference, and each callable's entry shows its parameters."""
+    sphinx = pytest.importorskip("sphinx")
+    del sphinx
+    out = tmp_path / "html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-b", "html", str(DOCS), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (out / "api.html").read_text()
+
+    def entry(ident: str) -> str | None:
+        match = re.search(rf'<dt class="sig sig-object py" id="{re.escape(ident)}">(.*?)</dt>', html, re.S)
+        return None if match is None else match.group(1)
+
+    missing = [name for name in childproc.__all__ if entry(f"childproc.{name}") is None]
+    assert not missing, f"public names with no entry in docs/api.rst: {missing}"
+    # Functions, the classes an application constructs, and every public method of
+    # the context and the child handle show their parameters.
+    callables = [f"childproc.{n}" for n in childproc.__all__ if inspect.isfunction(getattr(childproc, n))]
+    callables += ["childproc.Context", "childproc.Hooks"]
+    for cls in (childproc.Context, childproc.Child):
+        callables += [
+            f"childproc.{cls.__name__}.{m}"
+            for m, v in vars(cls).items()
+            if not m.startswith("_") and inspect.isfunction(v)
+        ]
+    unsigned = [c for c in callables if "sig-paren" not in (entry(c) or "")]
+    assert not unsigned, f"entries without a signature (or missing): {unsigned}"

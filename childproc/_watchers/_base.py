@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import resource  # (os.wait4 imports it on each call: loaded here, no bytecode runs after a reap)
 from collections import deque
 from collections.abc import Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .._policy import WatcherKind
 from .._status import status_from_siginfo
-
-if TYPE_CHECKING:
-    import resource
 
 __all__ = [
     "Found",

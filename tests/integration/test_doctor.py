@@ -1,4 +1,7 @@
-"""``python -m childproc doctor`` tells the truth about this process."""
+"""``childproc.doctor()`` and ``python -m childproc doctor [--pid PID]`` tell the truth:
+about this process in each mode and with a host's handler, SIG_IGN or a C-level handler
+installed; about a real second process in each of those states, from /proc alone; and
+the traps they name are the errors' own words."""
 
 from __future__ import annotations
 
@@ -9,38 +12,136 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from childproc import Context, Hooks, SigchldOwner, _cgroup, _sigchld
-from childproc._doctor import format_report, report
+import childproc
+from childproc import Context, DoctorReport, SigchldIgnoredError, SigchldOwner, _cgroup, _sigchld
+from childproc._traps import TRAPS
 from childproc._watchers import pidfd as pidfd_mod
+
+MODES = list(SigchldOwner)
 
 
 def host_handler(signum: int, frame: object) -> None:
     pass
 
 
-def test_cli_runs_in_a_fresh_process() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "childproc", "doctor"], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert "SIGCHLD disposition : SIG_DFL" in out.stdout
-    assert "pidfds              : yes" in out.stdout
-    data = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "childproc", "doctor", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
-    assert data["pidfds"] is True and data["contexts"] == [] and data["wakeup_fd"] == "none"
-    # What kill_tree=True gives here, found without making a cgroup (this machine: root, cgroup2).
-    assert data["trees"] == {"kill_tree": "cgroup", "why": None}
-    assert "kill_tree=True      : a cgroup per tree" in out.stdout
+def keys(report: DoctorReport) -> set[str]:
+    return {f.trap for f in report.findings}
+
+
+@contextmanager
+def c_level_handler() -> Iterator[None]:
+    """A SIGCHLD handler installed with sigaction from C (as libuv or a C extension would)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    act = _sigchld._SigAction()
+    act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value
+    assert libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None) == 0
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+# -- this process ------------------------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES, ids=[m.name for m in MODES])
+def test_reports_each_mode_its_watcher_and_children(mode: SigchldOwner) -> None:
+    with Context(mode) as ctx:
+        child = ctx.spawn(["sleep", "30"])
+        try:
+            report = childproc.doctor()
+            assert report.source == "this process" and report.pid == os.getpid()
+            assert report.contexts is not None
+            (info,) = report.contexts
+            assert (info.mode, info.watcher, info.outstanding_children) == (mode.name, ctx.watcher, 1)
+            assert info.uses_sigchld_handler == ctx.uses_sigchld_handler
+            (mine,) = [c for c in report.children if c.pid == child.pid]
+            assert mine.watched_by == "childproc" and mine.state in "RS"
+            assert report.sigchld.owner == ("childproc" if ctx.uses_sigchld_handler else "nobody")
+            assert f"{mode.name}: watcher {ctx.watcher}, 1 outstanding" in str(report)
+        finally:
+            child.kill()
+            if mode is SigchldOwner.MAINLOOP:
+                pid, status = os.waitpid(child.pid, 0)
+                ctx.childproc_reaped(pid, status)
+            child.wait()
+
+
+@pytest.mark.timeout(30)
+def test_a_hosts_python_handler_sig_ign_and_a_c_handler() -> None:
+    signal.signal(signal.SIGCHLD, host_handler)
+    try:
+        report = childproc.doctor()
+        assert (report.sigchld.disposition, report.sigchld.owner) == ("python", "the host")
+        assert "host_handler" in (report.sigchld.handler or "")
+        assert "foreign-handler" in keys(report)
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        report = childproc.doctor()
+        assert report.sigchld.disposition == "ignored" and "sigchld-ignored" in keys(report)
+        (finding,) = [f for f in report.findings if f.trap == "sigchld-ignored"]
+        assert "SELECTIVE_REAP" in finding.message and "LIBXL_ALWAYS" in finding.message
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    with c_level_handler():
+        report = childproc.doctor()
+        assert (report.sigchld.disposition, report.sigchld.owner) == ("c", "the host (C code)")
+        assert report.sigchld.nocldwait is False and "foreign-handler" in keys(report)
+
+
+@pytest.mark.timeout(30)
+def test_foreign_children_zombies_threads_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    pid = os.posix_spawn("/bin/true", ["true"], os.environ)  # a child childproc did not make
+    try:
+        assert _wait_for(lambda: any(c.pid == pid and c.state == "Z" for c in childproc.doctor().children))
+        report = childproc.doctor()
+        assert report.zombies == (pid,)
+        (zombie,) = report.children
+        assert zombie.watched_by == "not childproc" and zombie.command == "true"
+        assert {"foreign-children", "unreaped-zombies"} <= keys(report)  # nothing reaps here
+    finally:
+        os.waitpid(pid, 0)
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, name="host-worker")
+    worker.start()
+    try:
+        report = childproc.doctor()
+        assert "host-worker" in {t.name for t in report.threads}
+        assert "threads-before-fork-server" in keys(report)
+    finally:
+        stop.set()
+        worker.join()
+    monkeypatch.setattr(pidfd_mod, "_supported", False)
+    assert "no-pidfds" in keys(childproc.doctor())
+
+
+@pytest.mark.timeout(30)
+def test_wakeup_fd_is_seen_and_left_in_place() -> None:
+    r, w = os.pipe2(os.O_NONBLOCK)
+    old = signal.set_wakeup_fd(w)
+    try:
+        assert (childproc.doctor().wakeup_fd or "").startswith(f"fd {w}")
+        assert signal.set_wakeup_fd(w) == w  # still the host's
+    finally:
+        signal.set_wakeup_fd(old)
+        os.close(r)
+        os.close(w)
+
+
+def test_the_report_is_plain_data_and_frozen() -> None:
+    report = childproc.doctor()
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["pid"] == os.getpid() and data["sigchld"]["disposition"] == "default"
+    assert data["kill_tree"] == report.kill_tree and data["zombies"] == []
+    with pytest.raises(AttributeError):
+        report.pid = 1  # type: ignore[misc]
 
 
 def test_reports_why_trees_fall_back_without_making_anything(
@@ -50,70 +151,155 @@ def test_reports_why_trees_fall_back_without_making_anything(
     process group, and why (the places are faked: this machine runs as root)."""
     monkeypatch.setattr(_cgroup, "_homes", {})  # (this process's own home, if any, set aside)
     monkeypatch.setattr(_cgroup, "_locate", lambda: None)
-    assert report()["trees"] == {"kill_tree": "process-group", "why": _cgroup.why_not()}
-    assert "no cgroup2 hierarchy" in format_report(report())
+    report = childproc.doctor()
+    assert report.kill_tree == "process-group" and "no-cgroup-trees" in keys(report)
+    assert "no cgroup2 hierarchy" in str(report)
     monkeypatch.setattr(_cgroup, "_locate", lambda: (str(tmp_path), "/"))  # no cgroup.procs there
-    assert "not delegated" in report()["trees"]["why"]
+    (finding,) = [f for f in childproc.doctor().findings if f.trap == "no-cgroup-trees"]
+    assert "not delegated" in finding.message
     assert list(tmp_path.iterdir()) == []  # nothing made
 
 
-def test_reports_live_contexts_and_who_owns_sigchld() -> None:
-    with Context(SigchldOwner.LIBXL) as a, Context(SigchldOwner.LIBXL) as b:
-        a.setmode(Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS))
-        b.setmode(Hooks(chldowner=SigchldOwner.PIDFD))
-        data = report()
-        assert data["sigchld_owner"].startswith("childproc (1 context")
-        modes = {(c["mode"], c["watcher"], c["uses_sigchld_handler"]) for c in data["contexts"]}
-        assert modes == {("LIBXL_ALWAYS", "WAIT_ANY", True), ("PIDFD", "PIDFD", False)}
-        text = format_report(data)
-        assert "LIBXL_ALWAYS: watcher WAIT_ANY" in text and "PIDFD: watcher PIDFD" in text
-
-
-def test_warns_about_the_known_traps(monkeypatch: pytest.MonkeyPatch) -> None:
+# -- the errors speak the doctor's words -----------------------------------------------
+@pytest.mark.timeout(30)
+def test_errors_and_findings_come_from_one_table() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
-        assert any("SIGCHLD is ignored" in w for w in report()["warnings"])
+        with pytest.raises(SigchldIgnoredError) as info:
+            Context(SigchldOwner.PIDFD)  # (refused at setmode)
+        (finding,) = [f for f in childproc.doctor().findings if f.trap == "sigchld-ignored"]
     finally:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    trap = TRAPS["sigchld-ignored"]
+    for text in (str(info.value), finding.message):
+        assert trap.situation.format(why="SIG_IGN") in text and trap.remedy in text
     signal.signal(signal.SIGCHLD, host_handler)
     try:
-        data = report()
-        assert data["sigchld_owner"] == "the host"
-        assert any("foreign SIGCHLD handler" in w for w in data["warnings"])
+        with pytest.raises(childproc.SigchldConflictError) as conflict:
+            Context(SigchldOwner.LIBXL_ALWAYS)
+        (finding,) = [f for f in childproc.doctor().findings if f.trap == "foreign-handler"]
     finally:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    stop = threading.Event()
-    t = threading.Thread(target=stop.wait, name="host-worker")
-    t.start()
-    try:
-        assert any("host-worker" in w and "fork server" in w for w in report()["warnings"])
-    finally:
-        stop.set()
-        t.join()
-    monkeypatch.setattr(pidfd_mod, "_supported", False)
-    assert any("no pidfds" in w for w in report()["warnings"])
+    for text in (str(conflict.value), finding.message):
+        assert TRAPS["foreign-handler"].remedy in text and "host_handler" in text
 
 
-def test_wakeup_fd_is_seen_and_left_in_place() -> None:
-    r, w = os.pipe2(os.O_NONBLOCK)
-    old = signal.set_wakeup_fd(w)
-    try:
-        assert report()["wakeup_fd"].startswith(f"fd {w}")
-        assert signal.set_wakeup_fd(w) == w  # still the host's
-    finally:
-        signal.set_wakeup_fd(old)
-        os.close(r)
-        os.close(w)
-
-
-def test_sees_a_c_level_handler() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    act = _sigchld._SigAction()
+# -- another process, from /proc -------------------------------------------------------
+HELPER = r"""
+import ctypes, os, signal, sys, threading
+state = sys.argv[1]
+if state == "ignored":
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+elif state == "python":
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+elif state == "c":
+    class SigAction(ctypes.Structure):
+        _fields_ = [("sa_handler", ctypes.c_void_p), ("sa_mask", ctypes.c_ulong * 16),
+                    ("sa_flags", ctypes.c_int), ("sa_restorer", ctypes.c_void_p)]
+    libc = ctypes.CDLL(None)
+    act = SigAction()
     act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value
-    assert libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None) == 0
+    libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None)
+elif state == "blocked":
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+zombie = os.posix_spawn("/bin/true", ["true"], os.environ)
+if state == "waiting":
+    waiter = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
+    thread = threading.Thread(target=os.waitpid, args=(waiter, 0), daemon=True)
+    thread.start()
+    while open(f"/proc/self/task/{thread.native_id}/wchan").read() != "do_wait":
+        pass  # (until it is blocked in waitpid)
+def state_of(pid):
     try:
-        data = report()
-        assert data["sigchld_owner"] == "the host (C code)"
-        assert any("foreign SIGCHLD handler" in w for w in data["warnings"])
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"  # (SIGCHLD ignored: the kernel reaped it)
+while state_of(zombie) not in ("Z", "gone"):
+    pass
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def helper(state: str) -> Iterator[int]:
+    """A second process in ``state`` with a zombie child it does not reap; its pid."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HELPER, state], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        yield proc.pid
     finally:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        proc.kill()
+        proc.wait()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "childproc", "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("state", "disposition", "traps"),
+    [
+        ("default", "default", {"unreaped-zombies"}),
+        ("ignored", "ignored", {"sigchld-ignored"}),
+        ("python", "caught", {"foreign-handler"}),
+        ("c", "caught", {"foreign-handler"}),
+        ("blocked", "default", {"sigchld-blocked", "unreaped-zombies"}),
+        ("waiting", "default", set()),
+    ],
+)
+def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps: set[str]) -> None:
+    with helper(state) as pid:
+        report = childproc.doctor(pid)
+        proc = cli("--pid", str(pid), "--json")
+        text = cli("--pid", str(pid))
+    assert report.source == "/proc" and report.pid == pid and report.contexts is None
+    assert report.sigchld.disposition == disposition
+    found = keys(report)
+    assert traps <= found, found
+    if state in ("python", "c", "waiting"):
+        assert "unreaped-zombies" not in found  # something there may reap it
+    if state == "ignored":
+        assert report.zombies == ()  # the kernel reaped it at once
+    else:
+        assert len(report.zombies) == 1
+    if state == "waiting":
+        assert any(t.waiting_for_children for t in report.threads)
+    if state == "blocked":
+        assert all(t.sigchld_blocked for t in report.threads)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["pid"] == pid and data["sigchld"]["disposition"] == disposition
+    assert {f["trap"] for f in data["findings"]} == found
+    assert text.returncode == 0 and f"childproc doctor for pid {pid}, read from /proc" in text.stdout
+
+
+@pytest.mark.timeout(30)
+def test_cli_on_this_machine_and_on_a_missing_pid() -> None:
+    out = cli()
+    assert out.returncode == 0 and "SIGCHLD             : default; held by nobody" in out.stdout
+    assert "kill_tree=True      : cgroup" in out.stdout
+    data = json.loads(cli("--json").stdout)
+    assert data["pidfds"] is True and data["contexts"] == [] and data["wakeup_fd"] == "none"
+    missing = cli("--pid", "999999999")
+    assert missing.returncode == 1 and "no process 999999999" in missing.stderr
+
+
+def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False

@@ -40,7 +40,7 @@ from .procutil import proc_state, wait_until
 E = "tests.integration.fs_entries"
 
 # Earlier tests may leave trio's idle worker threads behind: start() rightly warns about threads.
-pytestmark = pytest.mark.filterwarnings("ignore:ForkServer.start.. with threads running:RuntimeWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:ForkServer.start..:RuntimeWarning")
 
 
 @pytest.fixture(params=["start", "start_fresh"])

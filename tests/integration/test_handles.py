@@ -29,8 +29,8 @@ from childproc import (
     UnknownChildError,
     _context,
     _process,
+    doctor,
 )
-from childproc._doctor import report
 from childproc._watchers import pidfd as pidfd_mod
 
 from .kids import child_pause, drain
@@ -423,7 +423,7 @@ def test_forced_fallback_is_said_and_still_works(
             k.wait(20)
         assert [k.returncode for k in kids] == [45] * 3
         assert [p.wait(20) for p in procs] == [44] * 3
-    assert any("no pidfds" in w for w in report()["warnings"])
+    assert "no-pidfds" in {f.trap for f in doctor().findings}
 
 
 @pytest.mark.parametrize("mode", [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD], ids=lambda m: m.name)

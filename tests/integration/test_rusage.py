@@ -82,6 +82,8 @@ def test_a_trees_cpu_time_counts_descendants_and_outlives_its_cgroup() -> None:
         assert isinstance(tree, _cgroup.CgroupTree)
         assert tree.wait_empty(20)  # the loop, after its parent exited
     assert tree.removed  # (the close removed it, once empty)
+    assert event.tree_cpu_times is not None  # (at the exit: the loop had only started)
     user, system = child.tree_cpu_times()
+    assert user + system >= sum(event.tree_cpu_times)
     assert user + system > event.rusage.ru_utime + event.rusage.ru_stime + 0.05
     assert childproc.tree_guarantee() == "cgroup"

@@ -4,6 +4,7 @@ fails a test that leaves a tree's cgroup, a child or a zombie behind."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import time
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 
 import childproc
-from childproc import ChildExitedError, Context, InvalidArgumentError, SigchldOwner, StateError, _cgroup
+from childproc import (
+    ChildExitedError,
+    Context,
+    InvalidArgumentError,
+    SigchldOwner,
+    StateError,
+    _cgroup,
+    _reaping,
+)
 
 from .procutil import wait_until
 
@@ -409,3 +418,124 @@ def test_leftovers_of_dead_owners_are_swept_at_first_use(tmp_path: Path) -> None
         for d in (os.path.join(alive, "1"), alive, os.path.join(other_ns, "1"), other_ns):
             if os.path.exists(d):
                 os.rmdir(d)
+
+
+# -- found by review: the windows around a tree's start and end -----------------------
+@pytest.mark.timeout(30)
+def test_a_group_is_not_signalled_after_an_interrupted_reap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt between a reap and its bookkeeping leaves the phase behind;
+    signal_group() finishes the bookkeeping first and refuses, never killpg()ing a
+    group id that may be free."""
+    real = _reaping.Reaping._accept
+    hits: list[int] = []
+
+    def interrupted(self: object, *args: object, **kw: object) -> None:
+        if not hits:
+            hits.append(1)
+            raise KeyboardInterrupt
+        real(self, *args, **kw)  # type: ignore[arg-type]
+
+    with Context(SigchldOwner.PIDFD) as c:
+        child = c.spawn(["true"], process_group=0)
+        monkeypatch.setattr(_reaping.Reaping, "_accept", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            while True:
+                c.wait(1)
+        assert hits and not os.path.exists(f"/proc/{child.pid}")  # reaped; the record is behind
+        with pytest.raises(ChildExitedError):
+            child.signal_group(signal.SIGTERM)
+        assert child.wait(5) is not None and child.returncode == 0  # delivered once, all the same
+
+
+@pytest.mark.timeout(30)
+def test_forked_start_new_session_is_a_session_when_fork_returns(sel: Context) -> None:
+    for _ in range(20):
+        child = sel.fork(start_new_session=True)
+        if child is None:
+            time.sleep(30)
+            os._exit(0)
+        child.signal_group(signal.SIGTERM)  # at once: the group exists already
+        event = child.wait(10)
+        assert event is not None and event.returncode == -signal.SIGTERM
+
+
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_a_forked_child_leaves_the_parents_trees_alone(sel: Context) -> None:
+    """A forked child runs the parent's exit hooks (atexit): the home's cleanup is the
+    parent's only."""
+    home = _cgroup.home()
+    assert home is not None
+    child = sel.fork()
+    if child is None:
+        atexit._run_exitfuncs()  # what a forked child that exits normally runs
+        os._exit(0)
+    assert child.wait(10) is not None and child.returncode == 0
+    assert os.path.isdir(home.dir)
+    tree_child = sel.spawn(["true"], kill_tree="cgroup")
+    assert tree_child.wait(10) is not None and tree_child.returncode == 0
+
+
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_a_bad_argument_after_the_tree_was_planned_leaves_no_cgroup(sel: Context) -> None:
+    home = _cgroup.home()
+    assert home is not None
+    with pytest.raises(childproc.ChildprocError):
+        sel.spawn(["true"], kill_tree=True, stdin=object())
+    with pytest.raises(childproc.ChildprocError):
+        sel.spawn(["no-such-program-at-all"], kill_tree=True)
+    assert home.trees_on_disk() == [] and not home.live
+
+
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_cgroups_nested_in_a_tree_are_signalled_and_removed(sel: Context, tmp_path: Path) -> None:
+    home = _cgroup.home()
+    assert home is not None
+    report = tmp_path / "termed"
+    script = (
+        f'cg="{home.mount}$(sed -n "s/^0:://p" /proc/self/cgroup)"; mkdir "$cg/inner"; '
+        f'sh -c \'echo 0 > "$0/inner/cgroup.procs"; trap "echo TERM > {report}; exit 0" TERM; '
+        'sleep 60 & wait\' "$cg" & sleep 60'
+    )
+    child = sel.spawn(["sh", "-c", script], kill_tree=True)
+    tree = child._tree
+    assert isinstance(tree, _cgroup.CgroupTree)
+    assert wait_until(lambda: os.path.isdir(os.path.join(tree.path, "inner")) and len(tree.pids()) >= 3, 10)
+    time.sleep(0.1)  # (its trap is set)
+    child.kill_tree(signal.SIGTERM)
+    assert wait_until(report.exists, timeout=5)  # the nested one got it too
+    child.kill_tree()
+    assert child.wait(10) is not None
+    assert tree.wait_empty(5)
+    sel.close()
+    assert tree.removed and not os.path.exists(tree.path)
+
+
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_stop_signals_descendants_left_after_the_child_exited(sel: Context, tmp_path: Path) -> None:
+    report = tmp_path / "termed"
+    script = f"sh -c 'trap \"echo TERM > {report}; exit 0\" TERM; sleep 60 & wait' &"
+    child = sel.spawn(["sh", "-c", script], kill_tree=True)
+    assert child.wait(10) is not None  # the child is gone, a descendant is not
+    time.sleep(0.2)  # (its trap is set)
+    t0 = time.monotonic()
+    child.stop(grace=5)
+    assert report.exists() and time.monotonic() - t0 < 3  # SIGTERM, not the grace then SIGKILL
+    assert child._tree is not None and child._tree.wait_empty(5)
+
+
+@pytest.mark.timeout(30)
+def test_mainloop_refuses_a_process_group_tree() -> None:
+    with Context(SigchldOwner.MAINLOOP) as c:
+        with pytest.raises(StateError, match="MAINLOOP"):
+            c.spawn(["true"], kill_tree="process-group")
+        if CGROUPS:  # a cgroup tree needs no pid, and works
+            child = c.spawn(["sh", "-c", "sleep 60 & wait"], kill_tree="cgroup")
+            assert wait_until(lambda: len(child._tree.pids()) >= 2, timeout=5)  # type: ignore[union-attr]
+            child.kill_tree()
+            pid, status = os.waitpid(child.pid, 0)
+            c.childproc_reaped(pid, status)
+            assert child.returncode == -signal.SIGKILL

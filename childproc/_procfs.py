@@ -1,0 +1,157 @@
+"""Reading a process's child handling from ``/proc`` alone (``doctor --pid PID``, and the
+threads and children of this process's own report).
+
+What ``/proc`` tells about another process, without touching it:
+
+* each thread's signal masks (``/proc/<pid>/task/<tid>/status``: ``SigBlk``
+  per thread; ``SigIgn`` and ``SigCgt``, the process's dispositions): whether
+  SIGCHLD is ignored, caught by a handler (whose, it cannot say), or blocked
+  everywhere; ``SA_NOCLDWAIT`` is not shown;
+* which threads are blocked in ``wait()`` right now (``wchan``: ``do_wait``);
+* its children (``/proc/<pid>/task/<tid>/children``), their states (``Z`` for a
+  zombie) and commands;
+* its open pidfds (``anon_inode:[pidfd]`` among its fds, where readable).
+
+Whether "something reaps" the zombies is judged from those: a SIGCHLD
+handler, a thread in ``wait()``, or pidfds to watch with.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterator
+
+from ._report import ChildInfo, DoctorReport, SigchldInfo, ThreadInfo, findings_for
+from ._watchers import pidfd as _pidfd
+
+__all__ = ["SIGCHLD_BIT", "children_of", "open_pidfds", "report_on", "task_info"]
+
+SIGCHLD_BIT = 1 << (17 - 1)  # SIGCHLD is 17 on Linux; masks in /proc count from signal 1
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _status_fields(text: str) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def task_info(pid: int) -> Iterator[tuple[int, str, int, int, int, bool]]:
+    """For each thread of ``pid``: (tid, name, SigBlk, SigIgn, SigCgt, blocked in wait())."""
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return
+    for tid in tids:
+        text = _read(f"/proc/{pid}/task/{tid}/status")
+        if text is None:
+            continue  # (it exited meanwhile)
+        fields = _status_fields(text)
+        wchan = (_read(f"/proc/{pid}/task/{tid}/wchan") or "").strip()
+        yield (
+            tid,
+            fields.get("Name", "?").strip(),
+            int(fields.get("SigBlk", "0"), 16),
+            int(fields.get("SigIgn", "0"), 16),
+            int(fields.get("SigCgt", "0"), 16),
+            wchan in ("do_wait", "kernel_wait4", "__do_sys_waitid", "do_sys_waitid"),
+        )
+
+
+def children_of(pid: int) -> list[tuple[int, str, str]]:
+    """``pid``'s children: (pid, state letter, command)."""
+    out: list[tuple[int, str, str]] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        for child in (_read(f"/proc/{pid}/task/{tid}/children") or "").split():
+            stat = _read(f"/proc/{child}/stat")
+            if stat is None:
+                continue
+            command = stat[stat.index("(") + 1 : stat.rindex(")")]
+            out.append((int(child), stat[stat.rindex(")") + 2], command))
+    return sorted(out)
+
+
+def open_pidfds(pid: int) -> int:
+    """How many pidfds ``pid`` holds (0 where its fds cannot be read)."""
+    count = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[pidfd]":
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def _nofile(pid: int) -> tuple[int, int] | None:
+    for line in (_read(f"/proc/{pid}/limits") or "").splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            if soft.isdigit() and hard.isdigit():
+                return int(soft), int(hard)
+    return None
+
+
+def report_on(pid: int) -> DoctorReport:
+    """The :class:`~childproc.DoctorReport` of another process, from ``/proc``.
+    Raises ``ProcessLookupError`` if there is no such process, and
+    ``PermissionError`` if its ``/proc`` entries may not be read."""
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProcessLookupError(f"no process {pid}")
+    if _read(f"/proc/{pid}/status") is None:
+        raise PermissionError(f"/proc/{pid}/status may not be read (run as its user or as root)")
+    tasks = list(task_info(pid))
+    threads = tuple(
+        ThreadInfo(tid, name, bool(blk & SIGCHLD_BIT), waiting) for tid, name, blk, _, _, waiting in tasks
+    )
+    ignored = bool(tasks) and bool(tasks[0][3] & SIGCHLD_BIT)
+    caught = bool(tasks) and bool(tasks[0][4] & SIGCHLD_BIT)
+    if ignored:
+        sigchld = SigchldInfo("ignored", None, None, "nobody")
+    elif caught:
+        sigchld = SigchldInfo("caught", "a handler (whose cannot be read from /proc)", None, "unknown")
+    else:
+        sigchld = SigchldInfo("default", None, None, "nobody")
+    children = tuple(ChildInfo(p, state, command, "unknown") for p, state, command in children_of(pid))
+    pidfds_open = open_pidfds(pid)
+    nofile = _nofile(pid)
+    reaps = caught or pidfds_open > 0 or any(t.waiting_for_children for t in threads)
+    return DoctorReport(
+        pid=pid,
+        source="/proc",
+        kernel=platform.release(),
+        python=None,
+        sigchld=sigchld,
+        wakeup_fd=None,
+        pidfds=_pidfd.supported(),
+        open_pidfds=pidfds_open,
+        kill_tree=None,
+        rlimit_nofile=nofile,
+        threads=threads,
+        contexts=None,
+        children=children,
+        findings=findings_for(
+            sigchld,
+            threads,
+            children,
+            pidfds=_pidfd.supported(),
+            nofile=None if nofile is None else nofile[0],
+            trees_why=None,
+            reaps=reaps,
+            inside=False,
+        ),
+    )

@@ -1,0 +1,201 @@
+"""The doctor's report as data: what :func:`childproc.doctor` returns, and which traps apply.
+
+Pure: no OS calls. :mod:`childproc._doctor` fills it in for this process,
+:mod:`childproc._procfs` for another, from ``/proc``; the traps' words are
+:mod:`childproc._traps`' own, the same the errors are made of.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ._traps import TRAPS
+
+__all__ = ["ChildInfo", "ContextInfo", "DoctorReport", "Finding", "SigchldInfo", "ThreadInfo", "findings_for"]
+
+
+@dataclass(frozen=True)
+class SigchldInfo:
+    """SIGCHLD's disposition and who holds it."""
+
+    #: "default", "ignored", "childproc", "python" (a Python handler), "c" (one
+    #: installed from C), or, for another process, "caught" (a handler, whose
+    #: cannot be read from /proc).
+    disposition: str
+    #: The handler, described, where there is one.
+    handler: str | None
+    #: ``SA_NOCLDWAIT`` is set (the kernel reaps children); None where it cannot be read.
+    nocldwait: bool | None
+    #: "nobody", "childproc", "the host", "the host (C code)" or "unknown".
+    owner: str
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """A thread of the process, as far as child handling cares."""
+
+    tid: int
+    name: str
+    #: SIGCHLD is in the thread's signal mask.
+    sigchld_blocked: bool
+    #: The thread is blocked in ``wait()``/``waitpid()``/``waitid()`` right now.
+    waiting_for_children: bool
+
+
+@dataclass(frozen=True)
+class ContextInfo:
+    """A live childproc context of this process."""
+
+    mode: str
+    watcher: str
+    outstanding_children: int
+    uses_sigchld_handler: bool
+    reaper: str
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    """A child of the process."""
+
+    pid: int
+    #: The state letter of ``/proc/<pid>/stat`` ("R", "S", "Z" for a zombie, ...).
+    state: str
+    command: str
+    #: "childproc" (a context, or its orphanage, reaps it), "not childproc", or
+    #: "unknown" (another process's report).
+    watched_by: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A trap that applies, with what to do (the text of :mod:`childproc._traps`)."""
+
+    trap: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """What :func:`childproc.doctor` found. ``str()`` for people; :meth:`as_dict` for JSON."""
+
+    pid: int
+    #: "this process" (read from the inside), or "/proc" (another process).
+    source: str
+    kernel: str
+    #: Python's version, for this process (None for another).
+    python: str | None
+    sigchld: SigchldInfo
+    #: Who holds :func:`signal.set_wakeup_fd`'s slot; None where it cannot be read.
+    wakeup_fd: str | None
+    #: The kernel has working pidfds (for this process: childproc can use them).
+    pidfds: bool
+    #: Open pidfds in the process (something watches processes through them).
+    open_pidfds: int
+    #: What ``kill_tree=True`` gives here: "cgroup" or "process-group" (this process only).
+    kill_tree: str | None
+    rlimit_nofile: tuple[int, int] | None
+    threads: tuple[ThreadInfo, ...]
+    #: Live childproc contexts (None for another process: not readable from outside).
+    contexts: tuple[ContextInfo, ...] | None
+    children: tuple[ChildInfo, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def zombies(self) -> tuple[int, ...]:
+        """The children that have exited and are not reaped yet."""
+        return tuple(c.pid for c in self.children if c.state == "Z")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (what ``doctor --json`` prints)."""
+        data = dataclasses.asdict(self)
+        data["zombies"] = list(self.zombies)
+        return data
+
+    def __str__(self) -> str:
+        s = self.sigchld
+        handler = f" ({s.handler})" if s.handler else ""
+        nocld = {True: ", SA_NOCLDWAIT", False: "", None: ""}[s.nocldwait]
+        lines = [
+            f"childproc doctor for pid {self.pid}, read from {self.source} (Linux {self.kernel}"
+            + (f", Python {self.python})" if self.python else ")"),
+            f"  SIGCHLD             : {s.disposition}{handler}{nocld}; held by {s.owner}",
+            f"  wake-up fd          : {self.wakeup_fd if self.wakeup_fd is not None else 'unknown'}",
+            f"  pidfds              : {'yes' if self.pidfds else 'NO'} ({self.open_pidfds} open)",
+        ]
+        if self.kill_tree is not None:
+            lines.append(f"  kill_tree=True      : {self.kill_tree}")
+        if self.rlimit_nofile is not None:
+            lines.append(
+                f"  RLIMIT_NOFILE       : soft {self.rlimit_nofile[0]}, hard {self.rlimit_nofile[1]}"
+            )
+        waiting = [t.tid for t in self.threads if t.waiting_for_children]
+        lines.append(
+            f"  threads             : {len(self.threads)}"
+            + (f" ({len(waiting)} waiting for children: {', '.join(map(str, waiting))})" if waiting else "")
+        )
+        if self.contexts is None:
+            lines.append("  childproc contexts  : unknown (another process)")
+        else:
+            lines.append(f"  childproc contexts  : {len(self.contexts)}")
+            lines.extend(
+                f"    - {c.mode}: watcher {c.watcher}, {c.outstanding_children} outstanding, "
+                f"{'uses' if c.uses_sigchld_handler else 'does not use'} the SIGCHLD handler, "
+                f"reaper {c.reaper}"
+                for c in self.contexts
+            )
+        lines.append(f"  children            : {len(self.children)} ({len(self.zombies)} zombie(s))")
+        lines.extend(f"    - {c.pid} {c.state} {c.command} ({c.watched_by})" for c in self.children[:20])
+        if self.findings:
+            lines.append("traps:")
+            lines.extend(f"  ! [{f.trap}] {f.message}" for f in self.findings)
+        else:
+            lines.append("no traps")
+        return "\n".join(lines)
+
+
+def findings_for(
+    sigchld: SigchldInfo,
+    threads: tuple[ThreadInfo, ...],
+    children: tuple[ChildInfo, ...],
+    *,
+    pidfds: bool,
+    nofile: int | None,
+    trees_why: str | None,
+    reaps: bool,
+    inside: bool = True,
+) -> tuple[Finding, ...]:
+    """The traps that apply to these facts (``reaps``: something in the process
+    reaps children: a SIGCHLD handler, a thread in ``wait()``, pidfds, a context;
+    ``inside``: the facts are this process's, where childproc's own modes apply)."""
+    out: list[Finding] = []
+
+    def add(key: str, **facts: object) -> None:
+        out.append(Finding(key, TRAPS[key].finding(**facts)))
+
+    if sigchld.disposition == "ignored" or sigchld.nocldwait:
+        add(
+            "sigchld-ignored",
+            why="SIG_IGN" if sigchld.disposition == "ignored" else "handled with SA_NOCLDWAIT",
+        )
+    if sigchld.disposition in ("python", "c", "caught"):
+        add("foreign-handler", handler=sigchld.handler or "a handler")
+    if not pidfds:
+        add("no-pidfds")
+    if threads and all(t.sigchld_blocked for t in threads):
+        add("sigchld-blocked")
+    foreign = [c for c in children if c.watched_by != "childproc"]
+    if foreign and inside:
+        add("foreign-children", pids=", ".join(str(c.pid) for c in foreign[:10]))
+    zombies = [c.pid for c in foreign if c.state == "Z"]
+    if zombies and not reaps:
+        add("unreaped-zombies", pids=", ".join(map(str, zombies[:10])))
+    others = [t.name for t in threads[1:]]
+    if others and inside:
+        add("threads-before-fork-server", count=len(others), names=", ".join(others[:5]))
+    if nofile is not None and nofile < 4096:
+        add("low-nofile", soft=nofile)
+    if trees_why is not None:
+        add("no-cgroup-trees", why=trees_why)
+    return tuple(out)

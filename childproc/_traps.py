@@ -1,0 +1,129 @@
+"""The traps of child handling, once: what the doctor warns about and what the errors say.
+
+Rules of this file
+------------------
+* Pure: no OS calls, no imports from the rest of childproc. Each trap is a
+  :class:`Trap`: what the situation is, what it does to each mode or feature,
+  and what to do. The exceptions childproc raises for a trap build their
+  message from its entry (:meth:`Trap.error`), and the doctor lists the same
+  entry (:meth:`Trap.finding`), so the two cannot disagree.
+* Text is written for the person who reads the error: it says what happened,
+  what it means here, and the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TRAPS", "Trap"]
+
+
+@dataclass(frozen=True)
+class Trap:
+    """One trap: ``situation`` (a format string over the facts), what it means for
+    each mode or feature it touches (``effects``), and ``remedy``."""
+
+    key: str
+    situation: str
+    effects: str
+    remedy: str
+
+    def error(self, effect: str, **facts: object) -> str:
+        """An exception's message: the situation, what it means for the call that
+        failed (``effect``, over the same facts), the remedy."""
+        return (
+            f"{self.situation.format(**facts)}, and {effect.format(**facts)}. {self.remedy.format(**facts)}"
+        )
+
+    def finding(self, **facts: object) -> str:
+        """The doctor's line: the situation, every effect, the remedy."""
+        return (
+            f"{self.situation.format(**facts)}: {self.effects.format(**facts)}. {self.remedy.format(**facts)}"
+        )
+
+
+_LIST = [
+    Trap(
+        "sigchld-ignored",
+        "SIGCHLD is {why} in this process, so the kernel discards every child's exit status",
+        "SELECTIVE_REAP, PIDFD and MAINLOOP refuse to start children (SigchldIgnoredError); LIBXL "
+        "works only from the main thread (its handler replaces the disposition while it has "
+        "children); LIBXL_ALWAYS replaces it while it runs; asyncio's own child watcher waits forever",
+        "Either restore the default (signal.signal(signal.SIGCHLD, signal.SIG_DFL)) while childproc "
+        "has children, or use SigchldOwner.LIBXL_ALWAYS, which replaces the disposition while it runs "
+        "(on the main thread) and reaps the host's children for it (see Hooks.reaped_callback)",
+    ),
+    Trap(
+        "foreign-handler",
+        "SIGCHLD already has a handler: {handler}",
+        "LIBXL and LIBXL_ALWAYS refuse to start (SigchldConflictError): childproc will not replace "
+        "it; SELECTIVE_REAP and PIDFD work beside it (with pidfds)",
+        "If the host reaps children itself, use SigchldOwner.MAINLOOP and report each reaped pid with "
+        "ctx.childproc_reaped(pid, status) (or call ctx.sigchld_occurred()); otherwise remove that "
+        "handler before using childproc",
+    ),
+    Trap(
+        "no-pidfds",
+        "this system has no pidfds (Linux >= 5.3, not blocked by seccomp)",
+        "SELECTIVE_REAP falls back to SIGCHLD and checks every child on each signal (O(children)); "
+        "PIDFD mode and the Twisted adapter's default are unavailable; signals go by pid, and only to "
+        "children childproc has not reaped",
+        "Use SELECTIVE_REAP, which falls back to SIGCHLD and a per-child check",
+    ),
+    Trap(
+        "foreign-children",
+        "this process already has children childproc did not make (pids {pids})",
+        "LIBXL and LIBXL_ALWAYS reap with waitpid(-1) and refuse to start beside them: they would "
+        "reap them, and their owners (subprocess, asyncio) would see returncode 0",
+        "Use SELECTIVE_REAP (or PIDFD), which only reaps its own",
+    ),
+    Trap(
+        "status-stolen",
+        "child {pid}'s exit status was taken by someone else",
+        "something in this process calls waitpid() on pids it did not make (waitpid(-1), a "
+        "FastChildWatcher, a C library's SIGCHLD handler) while childproc is in {mode} mode",
+        "Let one party reap: in MAINLOOP the host reaps and reports each pid with "
+        "ctx.childproc_reaped(); otherwise stop the other reaper from reaping pids it did not make "
+        "(see the mode guide)",
+    ),
+    Trap(
+        "unreaped-zombies",
+        "this process has zombie children nobody reaped yet (pids {pids})",
+        "each holds its pid, and its process group id, until it is reaped; many of them exhaust the "
+        "pid space",
+        "Whoever made them must wait for them (Popen.wait(), asyncio's Process.wait()), or hand them "
+        "to childproc with ctx.adopt(pid)",
+    ),
+    Trap(
+        "threads-before-fork-server",
+        "{count} thread(s) already running ({names})",
+        "a fork server started now is forked from a multi-threaded process (a lock another thread "
+        "held stays locked in it)",
+        "Start the fork server before threads",
+    ),
+    Trap(
+        "low-nofile",
+        "the RLIMIT_NOFILE soft limit is {soft}",
+        "childproc holds one pidfd per child; beyond the limit children are watched without one, "
+        "by a SIGCHLD scan (slower)",
+        "Raise it (resource.setrlimit, ulimit -n) if you run thousands of children at once",
+    ),
+    Trap(
+        "no-cgroup-trees",
+        "this process may not make cgroups here ({why})",
+        "kill_tree=True gives each child its process group, not a cgroup: a descendant that calls "
+        'setsid() escapes kill_tree(), and kill_tree="cgroup" raises StateError',
+        "Run where the process may create cgroups (root, or a delegated cgroup v2 subtree, Linux 5.14+) "
+        "if descendants must not escape",
+    ),
+    Trap(
+        "sigchld-blocked",
+        "SIGCHLD is blocked in every thread of this process",
+        "a SIGCHLD handler never runs, so LIBXL and LIBXL_ALWAYS (and a host's handler) never hear of "
+        "an exit; pidfds (PIDFD, SELECTIVE_REAP) still work",
+        "Unblock SIGCHLD in at least one thread (signal.pthread_sigmask), or use PIDFD",
+    ),
+]
+
+#: Every trap, by key.
+TRAPS: dict[str, Trap] = {trap.key: trap for trap in _LIST}
