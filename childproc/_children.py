@@ -63,7 +63,7 @@ _SIGINT = (int(signal.SIGINT),)
 _pthread_sigmask = _signal.pthread_sigmask  # signal.py's wrapper makes an enum of every signal
 
 
-_PIDFD_SIGNAL_PROCESS_GROUP = 4  # <linux/pidfd.h>: signal the process group of the pidfd's process
+_PIDFD_SIGNAL_PROCESS_GROUP = 4  # <linux/pidfd.h>: signal the group whose id is the pidfd's pid
 _PIDFD_GROUP = [True]  # the kernel takes that flag (until it says EINVAL)
 
 
@@ -83,7 +83,8 @@ def _watch_in_thread(pid: int, poke: Callable[[], None]) -> None:
 
 def refuse_ignored(mode: SigchldOwner, why: str, when: str) -> SigchldIgnoredError:
     """The error for a mode that cannot report exits because SIGCHLD is ignored."""
-    return SigchldIgnoredError(TRAPS["sigchld-ignored"].error(f"{mode.name} mode {when}", why=why))
+    how = "handled with SA_NOCLDWAIT" if why == "SA_NOCLDWAIT" else why
+    return SigchldIgnoredError(TRAPS["sigchld-ignored"].error(f"{mode.name} mode {when}", why=how))
 
 
 class Children:
@@ -450,7 +451,7 @@ class Children:
             )
         try:
             if child._pidfd is not None and _PIDFD_GROUP[0]:
-                try:  # the group of the process the pidfd names: never a stranger's (Linux 6.9+)
+                try:  # the group led by the pidfd's pid: never a recycled number's (Linux 6.9+)
                     signal.pidfd_send_signal(child._pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
                     return
                 except OSError as exc:
@@ -459,7 +460,6 @@ class Children:
                     _disable_pidfd_group()  # an older kernel: by group id, under the rule above
             os.killpg(child._pid, sig)
         except ProcessLookupError:
-            raise StateError(
-                f"child {child._pid}'s process group is empty: it left the group it led "
-                "(setpgid) and so did everything in it"
-            ) from None
+            # The group is empty: the leader left it (setpgid) and so did the rest. The
+            # leader is still ours (unreaped): it alone gets the signal.
+            self.signal(child, sig)

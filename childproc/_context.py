@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -99,6 +100,20 @@ class ServedLike(Protocol):
     @property
     def exit_fd(self) -> int | None: ...
     def detach_fds(self) -> tuple[int | None, int | None]: ...
+
+
+def _await_session(gate: int, pid: int) -> None:
+    """Wait for a forked child's byte on ``gate`` (it called ``setsid()``), or for
+    its death before that. The byte, not EOF: another thread's fork may hold the
+    write end open for as long as its own child lives."""
+    poller = select.poll()
+    poller.register(gate, select.POLLIN)
+    while not poller.poll(50):
+        try:  # (a peek: the child stays unreaped for childproc)
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
 
 
 def _validate_pid(pid: object, what: str) -> int:
@@ -400,8 +415,10 @@ class Context:
             if sources is not None:
                 _stdio.forked()
         if child is None:  # in the forked child
-            for fd in gate or ():
-                os.close(fd)  # (it has its session: the parent may go on)
+            if gate is not None:
+                os.write(gate[1], b"s")  # it has its session: the parent may go on
+                os.close(gate[0])
+                os.close(gate[1])
             if sources is not None:
                 _stdio.redirect_in_child(sources, pipes)
             return None
@@ -410,7 +427,7 @@ class Context:
         if gate is not None:
             try:
                 os.close(gate[1])
-                os.read(gate[0], 1)  # EOF once the child called setsid() (or exited)
+                _await_session(gate[0], child._pid)
             finally:
                 os.close(gate[0])
         return child

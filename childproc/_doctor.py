@@ -17,6 +17,7 @@ import signal
 import threading
 
 from . import _cgroup, _process
+from ._errors import StateError
 from ._orphans import ORPHANAGE
 from ._policy import rules_for
 from ._procfs import SIGCHLD_BIT, children_of, open_pidfds, report_on, task_info
@@ -27,19 +28,34 @@ from ._watchers import pidfd as _pidfd
 __all__ = ["DoctorReport", "doctor"]
 
 
+WATCHED = {True: "childproc", False: "not childproc"}
+
+
 def _sigchld_here() -> SigchldInfo:
+    """SIGCHLD as the kernel has it (``sigaction``), named with Python's view."""
     d = disposition()
-    nocldwait = None if d.flags is None else bool(d.flags & SA_NOCLDWAIT)
+    flags = d.flags
+    nocldwait = None if flags is None else bool(flags & SA_NOCLDWAIT)
     current = d.python
-    if d.c_level_foreign or current is None:
-        return SigchldInfo("c", describe(current), nocldwait, "the host (C code)")
+    address = d.address
+    kernel = None if address is None else {0: "SIG_DFL", 1: "SIG_IGN"}.get(address, f"{address:#x}")
+    python = "None (set outside Python)" if current is None else describe(current)
+
+    def info(disposition: str, handler: str | None, owner: str) -> SigchldInfo:
+        return SigchldInfo(disposition, handler, nocldwait, owner, kernel, flags, python)
+
+    if address == 1 or (address is None and current == signal.SIG_IGN):
+        return info("ignored", None, "nobody")
+    if address == 0 or (address is None and current == signal.SIG_DFL):
+        return info("default", None, "nobody")
     if HANDLER.is_ours(current):
-        return SigchldInfo("childproc", "childproc's handler", nocldwait, "childproc")
-    if current == signal.SIG_DFL:
-        return SigchldInfo("default", None, nocldwait, "nobody")
-    if current == signal.SIG_IGN:
-        return SigchldInfo("ignored", None, nocldwait, "nobody")
-    return SigchldInfo("python", describe(current), nocldwait, "the host")
+        if HANDLER.replaced():
+            who = "a handler installed from C" if address is not None else "another handler"
+            return info("c", who, "the host, in place of childproc's")
+        return info("childproc", "childproc's handler", "childproc")
+    if d.c_level_foreign or current is None or not callable(current):
+        return info("c", describe(None), "the host (C code)")
+    return info("python", describe(current), "the host")
 
 
 def _wakeup_fd() -> str | None:
@@ -47,7 +63,7 @@ def _wakeup_fd() -> str | None:
         return None  # (only the main thread may read it)
     fd = signal.set_wakeup_fd(-1)  # the only way to read the slot is to swap it; put it straight back
     if fd != -1:
-        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        signal.set_wakeup_fd(fd)  # (warn_on_full_buffer: Python's default, and asyncio's)
         return f"fd {fd} (the host's, e.g. asyncio's; childproc never takes it)"
     return "none"
 
@@ -58,11 +74,15 @@ def _contexts() -> tuple[ContextInfo, ...]:
     out = []
     for ctx in _process.live_contexts():
         if isinstance(ctx, Context) and not ctx.closed:
+            try:
+                outstanding = len(ctx.children)
+            except StateError:  # called from a signal handler that interrupted childproc
+                outstanding = -1
             out.append(
                 ContextInfo(
                     ctx.mode.name,
                     ctx.watcher,
-                    len(ctx.children),
+                    outstanding,
                     ctx.uses_sigchld_handler,
                     rules_for(ctx.mode).reaper.value,
                 )
@@ -83,7 +103,9 @@ def doctor(pid: int | None = None) -> DoctorReport:
     )
     owned = set(_process.OWNERS)
     children = tuple(
-        ChildInfo(p, state, command, "childproc" if p in owned or ORPHANAGE.claims(p) else "not childproc")
+        ChildInfo(
+            p, state, command, "childproc" if p in owned or ORPHANAGE.claims(p) else "not childproc", me
+        )
         for p, state, command in children_of(me)
     )
     sigchld = _sigchld_here()
@@ -91,7 +113,15 @@ def doctor(pid: int | None = None) -> DoctorReport:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     pidfds = _pidfd.supported()
     trees_why = _cgroup.why_not()
-    reaps = bool(contexts) or sigchld.disposition != "default" or any(t.waiting_for_children for t in threads)
+    reapers = tuple(
+        [f"the host's SIGCHLD handler ({sigchld.handler})"] * (sigchld.disposition in ("python", "c"))
+        + [
+            f"a childproc {c.mode} context (waitpid(-1))"
+            for c in contexts
+            if c.mode in ("LIBXL", "LIBXL_ALWAYS")
+        ]
+        + [f"thread {t.tid} in wait()" for t in threads if t.waiting_for_children]
+    )
     return DoctorReport(
         pid=me,
         source="this process",
@@ -106,7 +136,15 @@ def doctor(pid: int | None = None) -> DoctorReport:
         threads=threads,
         contexts=contexts,
         children=children,
+        reapers=reapers,
         findings=findings_for(
-            sigchld, threads, children, pidfds=pidfds, nofile=soft, trees_why=trees_why, reaps=reaps
+            sigchld,
+            threads,
+            children,
+            pidfds=pidfds,
+            nofile=soft,
+            trees_why=trees_why,
+            reapers=reapers,
+            modes=tuple(c.mode for c in contexts),
         ),
     )

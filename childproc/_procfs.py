@@ -42,7 +42,7 @@ def _status_fields(text: str) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
-def task_info(pid: int) -> Iterator[tuple[int, str, int, int, int, bool]]:
+def task_info(pid: int) -> Iterator[tuple[int, str, int, int, int, bool | None]]:
     """For each thread of ``pid``: (tid, name, SigBlk, SigIgn, SigCgt, blocked in wait())."""
     try:
         tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
@@ -53,14 +53,14 @@ def task_info(pid: int) -> Iterator[tuple[int, str, int, int, int, bool]]:
         if text is None:
             continue  # (it exited meanwhile)
         fields = _status_fields(text)
-        wchan = (_read(f"/proc/{pid}/task/{tid}/wchan") or "").strip()
+        wchan = _read(f"/proc/{pid}/task/{tid}/wchan")
         yield (
             tid,
             fields.get("Name", "?").strip(),
             int(fields.get("SigBlk", "0"), 16),
             int(fields.get("SigIgn", "0"), 16),
             int(fields.get("SigCgt", "0"), 16),
-            wchan in ("do_wait", "kernel_wait4", "__do_sys_waitid", "do_sys_waitid"),
+            None if wchan is None else wchan.strip() in ("do_wait", "kernel_wait4", "do_sys_waitid"),
         )
 
 
@@ -81,13 +81,13 @@ def children_of(pid: int) -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def open_pidfds(pid: int) -> int:
-    """How many pidfds ``pid`` holds (0 where its fds cannot be read)."""
+def open_pidfds(pid: int) -> int | None:
+    """How many pidfds ``pid`` holds (None where its fds may not be read)."""
     count = 0
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return 0
+        return None
     for fd in fds:
         try:
             if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[pidfd]":
@@ -126,10 +126,13 @@ def report_on(pid: int) -> DoctorReport:
         sigchld = SigchldInfo("caught", "a handler (whose cannot be read from /proc)", None, "unknown")
     else:
         sigchld = SigchldInfo("default", None, None, "nobody")
-    children = tuple(ChildInfo(p, state, command, "unknown") for p, state, command in children_of(pid))
+    children = tuple(ChildInfo(p, state, command, "unknown", pid) for p, state, command in children_of(pid))
     pidfds_open = open_pidfds(pid)
     nofile = _nofile(pid)
-    reaps = caught or pidfds_open > 0 or any(t.waiting_for_children for t in threads)
+    reapers = tuple(
+        ["a SIGCHLD handler"] * caught
+        + [f"thread {t.tid} in wait()" for t in threads if t.waiting_for_children]
+    )
     return DoctorReport(
         pid=pid,
         source="/proc",
@@ -144,6 +147,7 @@ def report_on(pid: int) -> DoctorReport:
         threads=threads,
         contexts=None,
         children=children,
+        reapers=reapers,
         findings=findings_for(
             sigchld,
             threads,
@@ -151,7 +155,7 @@ def report_on(pid: int) -> DoctorReport:
             pidfds=_pidfd.supported(),
             nofile=None if nofile is None else nofile[0],
             trees_why=None,
-            reaps=reaps,
-            inside=False,
+            reapers=reapers,
+            modes=None,
         ),
     )

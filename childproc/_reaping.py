@@ -34,6 +34,7 @@ from ._lifecycle import Phase
 from ._orphans import ORPHANAGE
 from ._policy import Destination, Owner
 from ._sigchld import HANDLER
+from ._traps import TRAPS
 from ._watchers import Reaped, Watcher
 from ._watchers._base import Rusaged, found_from_waitid
 
@@ -248,11 +249,10 @@ class Reaping:
         self.leaving[pid] = child
         why = HANDLER.discards_statuses(fresh=True)
         if why is not None and pid not in self._lost_why:
-            self._lost_why[pid] = (
-                f"child {pid}'s exit status was discarded by the kernel: SIGCHLD was set to {why} "
-                "after the child started (children of a process that ignores SIGCHLD are reaped "
-                "by the kernel). Restore SIGCHLD to SIG_DFL while childproc has children, or use "
-                "SigchldOwner.LIBXL_ALWAYS, which replaces the disposition while it runs"
+            how = "handled with SA_NOCLDWAIT" if why == "SA_NOCLDWAIT" else why
+            self._lost_why[pid] = TRAPS["sigchld-ignored"].error(
+                f"child {pid}'s exit status was discarded: SIGCHLD became so after the child started",
+                why=how,
             )
         self._ledger.stolen(pid)
         self._child_gone(child)

@@ -30,6 +30,13 @@ class SigchldInfo:
     nocldwait: bool | None
     #: "nobody", "childproc", "the host", "the host (C code)" or "unknown".
     owner: str
+    #: What the kernel has (``sigaction``): "SIG_DFL", "SIG_IGN" or the handler's
+    #: address; None where it cannot be read (another process).
+    kernel_handler: str | None = None
+    #: ``sa_flags`` as the kernel has them; None where they cannot be read.
+    sa_flags: int | None = None
+    #: What Python's :func:`signal.getsignal` says (this process only).
+    python_handler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,9 @@ class ThreadInfo:
     name: str
     #: SIGCHLD is in the thread's signal mask.
     sigchld_blocked: bool
-    #: The thread is blocked in ``wait()``/``waitpid()``/``waitid()`` right now.
-    waiting_for_children: bool
+    #: The thread is blocked in ``wait()``/``waitpid()``/``waitid()`` right now (None:
+    #: its ``wchan`` may not be read).
+    waiting_for_children: bool | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class ChildInfo:
     #: "childproc" (a context, or its orphanage, reaps it), "not childproc", or
     #: "unknown" (another process's report).
     watched_by: str
+    #: Its parent: the process the report is about.
+    parent: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,9 @@ class DoctorReport:
     wakeup_fd: str | None
     #: The kernel has working pidfds (for this process: childproc can use them).
     pidfds: bool
-    #: Open pidfds in the process (something watches processes through them).
-    open_pidfds: int
+    #: Open pidfds in the process (something watches processes through them); None
+    #: where its fds may not be read.
+    open_pidfds: int | None
     #: What ``kill_tree=True`` gives here: "cgroup" or "process-group" (this process only).
     kill_tree: str | None
     rlimit_nofile: tuple[int, int] | None
@@ -100,6 +111,9 @@ class DoctorReport:
     #: Live childproc contexts (None for another process: not readable from outside).
     contexts: tuple[ContextInfo, ...] | None
     children: tuple[ChildInfo, ...]
+    #: What in the process may reap children by any pid (a SIGCHLD handler, a thread
+    #: in ``wait()``, a LIBXL or LIBXL_ALWAYS context); empty: nothing does.
+    reapers: tuple[str, ...]
     findings: tuple[Finding, ...]
 
     @property
@@ -116,13 +130,15 @@ class DoctorReport:
     def __str__(self) -> str:
         s = self.sigchld
         handler = f" ({s.handler})" if s.handler else ""
-        nocld = {True: ", SA_NOCLDWAIT", False: "", None: ""}[s.nocldwait]
+        unknown = ", SA_NOCLDWAIT: unknown (not in /proc)"
+        nocld_text = {True: ", SA_NOCLDWAIT", False: "", None: unknown}[s.nocldwait]
         lines = [
             f"childproc doctor for pid {self.pid}, read from {self.source} (Linux {self.kernel}"
             + (f", Python {self.python})" if self.python else ")"),
-            f"  SIGCHLD             : {s.disposition}{handler}{nocld}; held by {s.owner}",
+            f"  SIGCHLD             : {s.disposition}{handler}{nocld_text}; held by {s.owner}",
             f"  wake-up fd          : {self.wakeup_fd if self.wakeup_fd is not None else 'unknown'}",
-            f"  pidfds              : {'yes' if self.pidfds else 'NO'} ({self.open_pidfds} open)",
+            f"  pidfds              : {'yes' if self.pidfds else 'NO'} "
+            f"({'?' if self.open_pidfds is None else self.open_pidfds} open)",
         ]
         if self.kill_tree is not None:
             lines.append(f"  kill_tree=True      : {self.kill_tree}")
@@ -131,9 +147,11 @@ class DoctorReport:
                 f"  RLIMIT_NOFILE       : soft {self.rlimit_nofile[0]}, hard {self.rlimit_nofile[1]}"
             )
         waiting = [t.tid for t in self.threads if t.waiting_for_children]
+        blocking = [t.tid for t in self.threads if t.sigchld_blocked]
         lines.append(
             f"  threads             : {len(self.threads)}"
-            + (f" ({len(waiting)} waiting for children: {', '.join(map(str, waiting))})" if waiting else "")
+            + (f"; in wait(): {', '.join(map(str, waiting))}" if waiting else "")
+            + (f"; SIGCHLD blocked in: {', '.join(map(str, blocking))}" if blocking else "")
         )
         if self.contexts is None:
             lines.append("  childproc contexts  : unknown (another process)")
@@ -147,6 +165,7 @@ class DoctorReport:
             )
         lines.append(f"  children            : {len(self.children)} ({len(self.zombies)} zombie(s))")
         lines.extend(f"    - {c.pid} {c.state} {c.command} ({c.watched_by})" for c in self.children[:20])
+        lines.append(f"  may reap any child  : {', '.join(self.reapers) if self.reapers else 'nothing'}")
         if self.findings:
             lines.append("traps:")
             lines.extend(f"  ! [{f.trap}] {f.message}" for f in self.findings)
@@ -163,38 +182,41 @@ def findings_for(
     pidfds: bool,
     nofile: int | None,
     trees_why: str | None,
-    reaps: bool,
-    inside: bool = True,
+    reapers: tuple[str, ...],
+    modes: tuple[str, ...] | None,
 ) -> tuple[Finding, ...]:
-    """The traps that apply to these facts (``reaps``: something in the process
-    reaps children: a SIGCHLD handler, a thread in ``wait()``, pidfds, a context;
-    ``inside``: the facts are this process's, where childproc's own modes apply)."""
+    """The traps that apply to these facts. ``modes``: the live contexts' modes in
+    this process (None: another process, where childproc's own traps do not apply)."""
     out: list[Finding] = []
+    inside = modes is not None
 
     def add(key: str, **facts: object) -> None:
         out.append(Finding(key, TRAPS[key].finding(**facts)))
 
-    if sigchld.disposition == "ignored" or sigchld.nocldwait:
+    ignored = sigchld.disposition == "ignored" or bool(sigchld.nocldwait)
+    if ignored:
         add(
             "sigchld-ignored",
             why="SIG_IGN" if sigchld.disposition == "ignored" else "handled with SA_NOCLDWAIT",
         )
-    if sigchld.disposition in ("python", "c", "caught"):
+    if sigchld.owner.startswith("the host, in place of childproc"):
+        add("handler-replaced", handler=sigchld.handler or "a handler")
+    elif sigchld.disposition in ("python", "c") and not ignored and inside:
         add("foreign-handler", handler=sigchld.handler or "a handler")
     if not pidfds:
         add("no-pidfds")
     if threads and all(t.sigchld_blocked for t in threads):
         add("sigchld-blocked")
     foreign = [c for c in children if c.watched_by != "childproc"]
-    if foreign and inside:
+    if foreign and modes and {"LIBXL", "LIBXL_ALWAYS"} & set(modes):
         add("foreign-children", pids=", ".join(str(c.pid) for c in foreign[:10]))
     zombies = [c.pid for c in foreign if c.state == "Z"]
-    if zombies and not reaps:
+    if zombies and not reapers:
         add("unreaped-zombies", pids=", ".join(map(str, zombies[:10])))
     others = [t.name for t in threads[1:]]
     if others and inside:
         add("threads-before-fork-server", count=len(others), names=", ".join(others[:5]))
-    if nofile is not None and nofile < 4096:
+    if nofile is not None and nofile < 4096 and inside:
         add("low-nofile", soft=nofile)
     if trees_why is not None:
         add("no-cgroup-trees", why=trees_why)

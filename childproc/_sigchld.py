@@ -261,6 +261,16 @@ class SigchldHandler:
         self._checked_at = 0.0
         self.installed = True
 
+    def replaced(self) -> bool:
+        """childproc's handler is installed and someone replaced it since (at the
+        Python level, or from C), read now."""
+        if not self.installed:
+            return False
+        if not self.is_ours(_raw_getsignal(_SIGCHLD)):
+            return True
+        address = disposition().address  # (read now, apart from the handler's own 100 ms cache)
+        return not (address is None or self._trampoline is None or address == self._trampoline)
+
     def _in_place(self, current: _Handler, force: bool = False) -> bool:
         """Ours is SIGCHLD's handler at the Python level (every call) and the C level
         (read back at most every 100 ms, or when ``force``)."""
@@ -350,10 +360,7 @@ class SigchldHandler:
             self.pending = bool(self._users)
             who = describe(None) if self.is_ours(current) else describe(current)
             raise HandlerReplacedError(
-                f"childproc's SIGCHLD handler was replaced by {who} while childproc "
-                "had children to watch; their deaths would go unseen. Whoever installed it owns "
-                "SIGCHLD now: switch childproc to SigchldOwner.MAINLOOP and report reaped pids with "
-                "ctx.childproc_reaped(), or remove that handler.",
+                TRAPS["handler-replaced"].error("it had children to watch", handler=who),
                 self._culprit(current),
             )
         if self.pending and self._foreign(current):

@@ -52,13 +52,16 @@ _JOIN_THEN_EXEC = 'echo 0 >"$1" && shift && exec "$@"'
 _JOIN_CD_THEN_EXEC = 'echo 0 >"$1" && cd -- "$2" && shift 2 && exec "$@"'
 
 
-def _resolve(name: str, env: Mapping[str, str] | None) -> str:
+def _resolve(name: str, env: Mapping[str, str] | None, cwd: str | None = None) -> str:
     """``name`` as a path to an executable: looked up on ``env``'s PATH (as
-    subprocess does) if it has no ``/``. Raises ``OSError`` (ENOENT, EACCES)."""
+    subprocess does) if it has no ``/``; a relative path is taken from ``cwd``
+    where one is given (the program runs after the ``cd``). Raises ``OSError``
+    (ENOENT, EACCES)."""
     if "/" in name:
-        if not os.path.exists(name):
+        where = os.path.join(cwd, name) if cwd is not None else name
+        if not os.path.exists(where):
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), name)
-        if not os.access(name, os.X_OK) or os.path.isdir(name):
+        if not os.access(where, os.X_OK) or os.path.isdir(where):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES), name)
         return name
     # By hand, not shutil.which: shutil imports bz2, and bz2 threading, whose at-fork
@@ -175,12 +178,13 @@ def prepare_spawn(
     if setpgroup is not None:
         group["setpgroup"] = setpgroup
     if cgroup_procs is not None:
-        program = _resolve(name, env)
+        where = None if cwd is None else _cwd(cwd)
+        program = _resolve(name, env, where)
         rest = [os.fsdecode(a) for a in args[1:]]
-        if cwd is None:
+        if where is None:
             args = ["/bin/sh", "-c", _JOIN_THEN_EXEC, "sh", cgroup_procs, program, *rest]
         else:
-            args = ["/bin/sh", "-c", _JOIN_CD_THEN_EXEC, "sh", cgroup_procs, _cwd(cwd), program, *rest]
+            args = ["/bin/sh", "-c", _JOIN_CD_THEN_EXEC, "sh", cgroup_procs, where, program, *rest]
         return partial(  # type: ignore[no-any-return, unused-ignore]
             os.posix_spawn,
             "/bin/sh",
@@ -199,9 +203,10 @@ def prepare_spawn(
             spawn, args[0], args, environ, file_actions=actions, setsigdef=_SIGDEF, setsigmask=(), **group
         )
         return direct
-    program = _resolve(name, env)
-    if cwd is not None:
-        args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", _cwd(cwd), program, *(os.fsdecode(a) for a in args[1:])]
+    where = None if cwd is None else _cwd(cwd)
+    program = _resolve(name, env, where)
+    if where is not None:
+        args = ["/bin/sh", "-c", _CD_THEN_EXEC, "sh", where, program, *(os.fsdecode(a) for a in args[1:])]
         program = "/bin/sh"
     call: Callable[[], int] = partial(
         os.posix_spawn,

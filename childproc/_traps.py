@@ -68,14 +68,23 @@ _LIST = [
         "SELECTIVE_REAP falls back to SIGCHLD and checks every child on each signal (O(children)); "
         "PIDFD mode and the Twisted adapter's default are unavailable; signals go by pid, and only to "
         "children childproc has not reaped",
-        "Use SELECTIVE_REAP, which falls back to SIGCHLD and a per-child check",
+        "Use SELECTIVE_REAP, which falls back to SIGCHLD and a per-child check, or MAINLOOP",
     ),
     Trap(
         "foreign-children",
         "this process already has children childproc did not make (pids {pids})",
-        "LIBXL and LIBXL_ALWAYS reap with waitpid(-1) and refuse to start beside them: they would "
-        "reap them, and their owners (subprocess, asyncio) would see returncode 0",
+        "a LIBXL or LIBXL_ALWAYS context reaps with waitpid(-1): one that starts now refuses, and one "
+        "already running takes their exit statuses (their owners, subprocess or asyncio, see "
+        "returncode 0; LIBXL_ALWAYS hands them to Hooks.reaped_callback)",
         "Use SELECTIVE_REAP (or PIDFD), which only reaps its own",
+    ),
+    Trap(
+        "handler-replaced",
+        "childproc's SIGCHLD handler was replaced by {handler} while childproc uses it",
+        "the deaths of its children would go unseen: LIBXL, LIBXL_ALWAYS and SELECTIVE_REAP (without "
+        "pidfds) raise HandlerReplacedError at their next call",
+        "Whoever installed it owns SIGCHLD now: switch childproc to SigchldOwner.MAINLOOP and report "
+        "reaped pids with ctx.childproc_reaped(), or remove that handler",
     ),
     Trap(
         "status-stolen",
@@ -92,7 +101,8 @@ _LIST = [
         "each holds its pid, and its process group id, until it is reaped; many of them exhaust the "
         "pid space",
         "Whoever made them must wait for them (Popen.wait(), asyncio's Process.wait()), or hand them "
-        "to childproc with ctx.adopt(pid)",
+        "to childproc with ctx.adopt(pid); nothing here reaps children by any pid (no SIGCHLD "
+        "handler, no thread in wait(), no LIBXL or LIBXL_ALWAYS context)",
     ),
     Trap(
         "threads-before-fork-server",

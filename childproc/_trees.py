@@ -150,8 +150,8 @@ class TreePlan(NamedTuple):
         if self.cgroup is not None:
             try:
                 self.cgroup.add(pid)
-            except ProcessLookupError:
-                pass  # a zombie already (having moved itself in)
+            except (ProcessLookupError, FileNotFoundError):
+                pass  # a zombie already (having moved itself in), or the tree swept after a stall
 
 
 #: Nothing asked: no session, no group, no tree.

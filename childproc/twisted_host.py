@@ -38,7 +38,6 @@ from ._results import CompletedProcess, TimeoutExpired
 from ._run import RunRequest, kill, result, settle
 from ._status import ChildEvent
 from ._stdio import command_of
-from ._traps import TRAPS
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
@@ -98,11 +97,10 @@ class TwistedContext(Bridge[TwistedChild]):
         if mode is None:
             if not _pidfd.supported():
                 raise PidfdUnavailableError(
-                    TRAPS["no-pidfds"].error(
-                        "inside a Twisted reactor childproc needs them (Twisted owns SIGCHLD, so the "
-                        "modes that use a handler would conflict with it): pass mode=SigchldOwner.MAINLOOP "
-                        "and report Twisted's reaps, or run where pidfds work"
-                    )
+                    "inside a Twisted reactor childproc needs pidfds (Linux >= 5.3, not blocked by "
+                    "seccomp): Twisted owns SIGCHLD, so the modes that use a handler would conflict "
+                    "with it. Pass mode=SigchldOwner.MAINLOOP and report what Twisted reaps, or run "
+                    "where pidfds work"
                 )
             mode = SigchldOwner.PIDFD
         self.reactor: Any = reactor  # IReactorFDSet

@@ -93,7 +93,7 @@ def test_every_public_name_is_in_the_api_reference_with_its_signature(tmp_path: 
     del sphinx
     out = tmp_path / "html"
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-q", "-b", "html", str(DOCS), str(out)],
+        [sys.executable, "-m", "sphinx", "-q", "-W", "-b", "html", str(DOCS), str(out)],
         capture_output=True,
         text=True,
         timeout=280,

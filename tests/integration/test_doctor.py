@@ -35,11 +35,13 @@ def keys(report: DoctorReport) -> set[str]:
 
 
 @contextmanager
-def c_level_handler() -> Iterator[None]:
-    """A SIGCHLD handler installed with sigaction from C (as libuv or a C extension would)."""
+def c_level_handler(handler: int | None = None, flags: int = 0) -> Iterator[None]:
+    """A SIGCHLD disposition set with sigaction from C (as libuv or a C extension would):
+    a C function as the handler by default, or ``handler`` (0: SIG_DFL, 1: SIG_IGN)."""
     libc = ctypes.CDLL(None, use_errno=True)
     act = _sigchld._SigAction()
-    act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value
+    act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value if handler is None else handler
+    act.sa_flags = flags
     assert libc.sigaction(signal.SIGCHLD, ctypes.byref(act), None) == 0
     try:
         yield
@@ -94,6 +96,30 @@ def test_a_hosts_python_handler_sig_ign_and_a_c_handler() -> None:
         report = childproc.doctor()
         assert (report.sigchld.disposition, report.sigchld.owner) == ("c", "the host (C code)")
         assert report.sigchld.nocldwait is False and "foreign-handler" in keys(report)
+        assert (report.sigchld.kernel_handler or "").startswith("0x")
+    with c_level_handler(handler=1):  # SIG_IGN set from C: Python still says SIG_DFL
+        report = childproc.doctor()
+        assert report.sigchld.disposition == "ignored" and report.sigchld.kernel_handler == "SIG_IGN"
+        assert "sigchld-ignored" in keys(report)
+    with c_level_handler(handler=0, flags=_sigchld.SA_NOCLDWAIT):  # SIG_DFL, but statuses dropped
+        report = childproc.doctor()
+        assert report.sigchld.nocldwait is True and report.sigchld.sa_flags is not None
+        (finding,) = [f for f in report.findings if f.trap == "sigchld-ignored"]
+        assert "SA_NOCLDWAIT" in finding.message and "foreign-handler" not in keys(report)
+
+
+@pytest.mark.timeout(30)
+def test_a_handler_put_in_place_of_childproc_s_is_seen() -> None:
+    with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
+        assert childproc.doctor().sigchld.owner == "childproc"
+        with c_level_handler():
+            report = childproc.doctor()
+            assert report.sigchld.owner == "the host, in place of childproc's"
+            assert "handler-replaced" in keys(report)
+            with pytest.raises(childproc.HandlerReplacedError) as info:
+                ctx.spawn(["true"])
+            assert TRAPS["handler-replaced"].remedy in str(info.value)
+        ctx.setmode(childproc.Hooks(chldowner=SigchldOwner.PIDFD))  # (childproc's handler back out)
 
 
 @pytest.mark.timeout(30)
@@ -102,12 +128,23 @@ def test_foreign_children_zombies_threads_and_limits(monkeypatch: pytest.MonkeyP
     try:
         assert _wait_for(lambda: any(c.pid == pid and c.state == "Z" for c in childproc.doctor().children))
         report = childproc.doctor()
-        assert report.zombies == (pid,)
+        assert report.zombies == (pid,) and report.reapers == ()
         (zombie,) = report.children
-        assert zombie.watched_by == "not childproc" and zombie.command == "true"
-        assert {"foreign-children", "unreaped-zombies"} <= keys(report)  # nothing reaps here
+        assert (zombie.watched_by, zombie.command, zombie.parent) == ("not childproc", "true", os.getpid())
+        assert "unreaped-zombies" in keys(report)  # nothing reaps here
+        assert "foreign-children" not in keys(report)  # (no waitpid(-1) context to take it)
     finally:
         os.waitpid(pid, 0)
+    with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
+        proc = subprocess.Popen(["sleep", "5"])  # the host's child, beside a waitpid(-1) context
+        try:
+            report = childproc.doctor()
+            assert "foreign-children" in keys(report) and "unreaped-zombies" not in keys(report)
+            assert any("LIBXL_ALWAYS" in r for r in report.reapers)
+        finally:
+            proc.kill()
+            ctx.wait(0.5)  # (LIBXL_ALWAYS reaps it: the host's Popen sees it gone)
+            proc.returncode = -9
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait, name="host-worker")
     worker.start()
@@ -212,7 +249,7 @@ if state == "waiting":
 def state_of(pid):
     try:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except OSError:  # ENOENT, or ESRCH while it goes
         return "gone"  # (SIGCHLD ignored: the kernel reaped it)
 while state_of(zombie) not in ("Z", "gone"):
     pass
@@ -251,8 +288,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     [
         ("default", "default", {"unreaped-zombies"}),
         ("ignored", "ignored", {"sigchld-ignored"}),
-        ("python", "caught", {"foreign-handler"}),
-        ("c", "caught", {"foreign-handler"}),
+        ("python", "caught", set()),  # (a handler, whose /proc cannot say: a fact, not a trap)
+        ("c", "caught", set()),
         ("blocked", "default", {"sigchld-blocked", "unreaped-zombies"}),
         ("waiting", "default", set()),
     ],
@@ -281,6 +318,41 @@ def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps:
     assert data["pid"] == pid and data["sigchld"]["disposition"] == disposition
     assert {f["trap"] for f in data["findings"]} == found
     assert text.returncode == 0 and f"childproc doctor for pid {pid}, read from /proc" in text.stdout
+
+
+MODE_HELPER = r"""
+import childproc, sys
+mode = childproc.SigchldOwner[sys.argv[1]]
+with childproc.Context(mode) as ctx:
+    child = ctx.spawn(["sleep", "30"], kill_on_close=True)
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES, ids=[m.name for m in MODES])
+def test_pid_reads_a_process_running_childproc(mode: SigchldOwner) -> None:
+    """From outside, a childproc program in each mode: its handler is seen as a
+    handler (whose, /proc cannot say: no trap blames it), its child and its pidfds."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MODE_HELPER, mode.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        report = childproc.doctor(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    uses_handler = mode in (SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS)
+    assert report.sigchld.disposition == ("caught" if uses_handler else "default")
+    assert "foreign-handler" not in keys(report) and "unreaped-zombies" not in keys(report)
+    assert [c.command for c in report.children] == ["sleep"]
+    if mode in (SigchldOwner.PIDFD, SigchldOwner.SELECTIVE_REAP, SigchldOwner.LIBXL_ALWAYS):
+        assert (report.open_pidfds or 0) >= 1
 
 
 @pytest.mark.timeout(30)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -608,3 +609,16 @@ def test_close_reaps_an_observed_but_undelivered_deferred_zombie() -> None:
     assert child.state is ChildState.EXITED and is_zombie(child.pid)
     ctx.close()
     assert child.pid not in children()
+
+
+@pytest.mark.timeout(30)
+def test_a_relative_program_with_cwd_is_found_there(tmp_path: Path) -> None:
+    """As subprocess: the program runs after the change of directory."""
+    prog = tmp_path / "prog"
+    prog.write_text("#!/bin/sh\nexit 7\n")
+    prog.chmod(0o755)
+    with Context() as ctx:
+        child = ctx.spawn(["./prog"], cwd=str(tmp_path))
+        assert child.wait(10) is not None and child.returncode == 7
+        with pytest.raises(FileNotFoundError):
+            ctx.spawn(["./no-such-prog"], cwd=str(tmp_path))

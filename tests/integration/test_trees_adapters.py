@@ -126,7 +126,7 @@ def main():
             try:
                 if open("/proc/%%d/stat" %% grandchild).read().rsplit(")", 1)[1].split()[0] == "Z":
                     break
-            except FileNotFoundError:
+            except OSError:
                 break
             yield task_sleep(0.01)
         else:
