@@ -13,20 +13,22 @@ Rules of this file
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 __all__ = ["TRAPS", "Trap"]
 
 
-@dataclass(frozen=True)
 class Trap:
     """One trap: ``situation`` (a format string over the facts), what it means for
-    each mode or feature it touches (``effects``), and ``remedy``."""
+    each mode or feature it touches (``effects``), and ``remedy``.
 
-    key: str
-    situation: str
-    effects: str
-    remedy: str
+    A plain class, not a frozen dataclass: with one defined in a module the core
+    imports, CPython 3.10 lost about one SIGINT in 100 in the KeyboardInterrupt storm
+    (tests/torture/test_hostile_torture.py, LIBXL and LIBXL_ALWAYS; bisected to the
+    import alone, mechanism not found)."""
+
+    __slots__ = ("effects", "key", "remedy", "situation")
+
+    def __init__(self, key: str, situation: str, effects: str, remedy: str) -> None:
+        self.key, self.situation, self.effects, self.remedy = key, situation, effects, remedy
 
     def error(self, effect: str, **facts: object) -> str:
         """An exception's message: the situation, what it means for the call that
