@@ -46,7 +46,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -706,18 +706,18 @@ class Context:
 
     # -- handles --------------------------------------------------------------
     def _signal_child(self, child: Child, sig: int) -> None:
-        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
-            raise InvalidArgumentError(f"not a signal number: {sig!r}")
-        _process.refuse_reentry()
-        with _process.LOCK:
-            self._kids.signal(child, sig)
+        self._send(self._kids.signal, child, sig)
 
     def _signal_group(self, child: Child, sig: int) -> None:
+        self._send(self._kids.signal_group, child, sig)
+
+    def _send(self, how: Callable[[Child, int], None], child: Child, sig: int) -> None:
+        """``how(child, sig)`` under the process lock, ``sig`` checked first."""
         if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
             raise InvalidArgumentError(f"not a signal number: {sig!r}")
         _process.refuse_reentry()
         with _process.LOCK:
-            self._kids.signal_group(child, sig)
+            how(child, sig)
 
     def _release_child(self, child: Child) -> None:
         _process.refuse_reentry()
