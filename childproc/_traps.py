@@ -18,12 +18,7 @@ __all__ = ["TRAPS", "Trap"]
 
 class Trap:
     """One trap: ``situation`` (a format string over the facts), what it means for
-    each mode or feature it touches (``effects``), and ``remedy``.
-
-    A plain class, not a frozen dataclass: with one defined in a module the core
-    imports, CPython 3.10 lost about one SIGINT in 100 in the KeyboardInterrupt storm
-    (tests/torture/test_hostile_torture.py, LIBXL and LIBXL_ALWAYS; bisected to the
-    import alone, mechanism not found)."""
+    each mode or feature it touches (``effects``), and ``remedy``."""
 
     __slots__ = ("effects", "key", "remedy", "situation")
 

@@ -36,13 +36,6 @@ class Waker:
             os.write(self.wfd, b"\0")
         except OSError:
             pass  # EAGAIN: already readable, which is all a poke means
-        except SystemError as e:
-            # CPython 3.10, a poke from the SIGCHLD handler while SIGINTs arrive: the
-            # write succeeds with another handler's exception set, and the interpreter
-            # wraps it. The poke was made; the interrupt is the caller's.
-            if isinstance(e.__cause__, KeyboardInterrupt):
-                raise e.__cause__ from None
-            raise
 
     def drain(self) -> bool:
         got = False

@@ -31,6 +31,11 @@ RUNS = {
     "pathcost": ["--n", "5", "--modes", "SELECTIVE_REAP", "--top", "2"],
     "pipe_io": ["--mib", "4", "--rounds", "1"],
 }
+#: The run without --json only checks what is written and printed: the fewest rows.
+LEAN = {
+    **RUNS,
+    "throughput": ["--n", "10", "--rounds", "1", "--only", "subprocess", "--kinds", "spawn", "--conc", "1"],
+}
 #: Counting needs sys.monitoring (3.12+); before, the benchmark says so and exits.
 NEEDS_312 = {"pathcost"}
 
@@ -93,7 +98,7 @@ def test_benchmark_runs_and_writes_json_only_where_told(name: str, tmp_path: Pat
 def test_benchmark_without_json_writes_nothing(name: str, tmp_path: Path) -> None:
     _skip_before_312(name)
     results = _files_under(RESULTS)
-    proc = _run(name, RUNS[name], tmp_path)
+    proc = _run(name, LEAN[name], tmp_path)
     assert not _files_under(tmp_path), "a benchmark wrote a file without --json"
     assert _files_under(RESULTS) == results, "benchmarks/results was touched"
     assert "wrote" not in proc.stdout

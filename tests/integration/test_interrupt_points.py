@@ -49,6 +49,7 @@ from childproc import (
 )
 
 from .procutil import proc_state, wait_until
+from .test_hostile import default_sigint
 
 ALL_MODES = [
     SigchldOwner.LIBXL,
@@ -615,3 +616,56 @@ def test_stale_close_marks_do_not_outlive_their_pid(mode: SigchldOwner) -> None:
         assert got == [3]
         assert_pidfd_closed(pidfd)
         assert_quiet(ctx)
+
+
+# -- 10. a KeyboardInterrupt already pending when the SIGCHLD handler runs -------------
+@pytest.mark.timeout(120)
+def test_interrupt_pending_when_the_sigchld_handler_runs_reaches_the_caller() -> None:
+    """CPython 3.10's ``os.fstat`` runs due signal handlers while it builds its result
+    (a big-int multiplication checks for signals) and carries on past an exception
+    one raised, so with SIGINT and SIGCHLD both due, childproc's handler runs with the
+    KeyboardInterrupt pending. It must pass it on: neither clear it (an attribute
+    lookup that misses the type cache does) nor turn it into a SystemError. The type
+    cache is made to miss on every round by touching the handler's class; every
+    KeyboardInterrupt must reach the loop. (3.11+ never run a handler with one
+    pending: there it checks the plain path.)"""
+    rounds = 1500
+    main = threading.main_thread().ident
+    assert main is not None
+    acked = threading.Semaphore(0)
+    go = threading.Event()
+    lost: list[int] = []
+
+    def send() -> None:
+        go.wait()
+        for k in range(rounds):
+            signal.pthread_kill(main, signal.SIGINT)
+            signal.pthread_kill(main, signal.SIGCHLD)
+            if not acked.acquire(timeout=2.0):
+                lost.append(k)
+                return
+
+    caught = 0
+    cls = type(_sigchld.HANDLER)
+    with Context(SigchldOwner.LIBXL) as ctx, default_sigint():
+        ctx.spawn(["sleep", "60"], kill_on_close=True)
+        assert _sigchld.HANDLER.installed
+        fd = os.open("/", os.O_RDONLY)
+        sender = threading.Thread(target=send, name="test-sigint-sigchld", daemon=True)
+        try:
+            sender.start()
+            go.set()
+            while caught < rounds and not lost:
+                try:
+                    cls._type_cache_miss = caught  # type: ignore[attr-defined]  # a new type version
+                    os.fstat(fd)
+                except KeyboardInterrupt:
+                    caught += 1
+                    acked.release()
+        finally:
+            sender.join(10)
+            os.close(fd)
+            with contextlib.suppress(AttributeError):
+                del cls._type_cache_miss  # type: ignore[attr-defined]
+    assert not lost, f"KeyboardInterrupt #{lost[0]} never reached the caller ({caught} did)"
+    assert caught == rounds
