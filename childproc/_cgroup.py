@@ -37,7 +37,9 @@ childproc touch cgroupfs.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import logging
 import os
 import select
 import signal
@@ -346,9 +348,22 @@ def _remove_if_empty(path: str) -> bool:
         os.rmdir(path)
     except FileNotFoundError:
         return True
-    except OSError:
+    except OSError as e:
+        # EBUSY: processes still in it, the normal "not yet". Anything else will not
+        # pass by waiting: say so, once per cgroup.
+        if e.errno != errno.EBUSY and path not in _unremovable:
+            _unremovable.add(path)
+            logging.getLogger("childproc").warning(
+                "childproc cannot remove the cgroup %s (%s); remove it by hand once it is empty",
+                path,
+                e.strerror or e,
+            )
         return False
     return True
+
+
+#: Cgroups that rmdir refused for another reason than processes in them (warned once).
+_unremovable: set[str] = set()
 
 
 def _remove_tree(path: str) -> bool:

@@ -6,6 +6,7 @@ And every public name is in the API reference with its signature."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import subprocess
@@ -87,8 +88,10 @@ def test_sample_runs(sample: tuple[str, str]) -> None:
 
 @pytest.mark.timeout(300)
 def test_every_public_name_is_in_the_api_reference_with_its_signature(tmp_path: Path) -> None:
-    """Built with Sphinx: each name of ``childproc.__all__`` has an entry in the API
-    reference, and each callable's entry shows its parameters."""
+    """Built with Sphinx: each name of ``__all__`` of ``childproc``, its adapters and
+    its fork server has an entry in the API reference, and each callable's entry
+    (functions, and the methods of every class an application holds) shows its
+    parameters."""
     sphinx = pytest.importorskip("sphinx")
     del sphinx
     out = tmp_path / "html"
@@ -101,20 +104,42 @@ def test_every_public_name_is_in_the_api_reference_with_its_signature(tmp_path: 
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (out / "api.html").read_text()
+    # (the adapters import their hosts: the test extra has them all)
+    modules = [childproc] + [
+        importlib.import_module(f"childproc.{m}")
+        for m in ("asyncio_host", "trio_host", "anyio_host", "twisted_host", "forkserver")
+    ]
+    # The classes whose methods an application calls, with the module that documents them.
+    classes: list[tuple[str, type]] = [("childproc", childproc.Context), ("childproc", childproc.Child)]
+    classes += [
+        (module.__name__, getattr(module, name))
+        for module in modules[1:]
+        for name in module.__all__
+        if isinstance(getattr(module, name), type) and not issubclass(getattr(module, name), BaseException)
+    ]
 
     def entry(ident: str) -> str | None:
         match = re.search(rf'<dt class="sig sig-object py" id="{re.escape(ident)}">(.*?)</dt>', html, re.S)
         return None if match is None else match.group(1)
 
-    missing = [name for name in childproc.__all__ if entry(f"childproc.{name}") is None]
+    missing = [
+        f"{module.__name__}.{name}"
+        for module in modules
+        for name in module.__all__
+        if entry(f"{module.__name__}.{name}") is None
+    ]
     assert not missing, f"public names with no entry in docs/api.rst: {missing}"
-    # Functions, the classes an application constructs, and every public method of
-    # the context and the child handle show their parameters.
     callables = [f"childproc.{n}" for n in childproc.__all__ if inspect.isfunction(getattr(childproc, n))]
     callables += ["childproc.Context", "childproc.Hooks"]
-    for cls in (childproc.Context, childproc.Child):
+    callables += [
+        f"{module.__name__}.{n}"
+        for module in modules[1:]
+        for n in module.__all__
+        if inspect.isfunction(getattr(module, n))
+    ]
+    for where, cls in classes:
         callables += [
-            f"childproc.{cls.__name__}.{m}"
+            f"{where}.{cls.__name__}.{m}"
             for m, v in vars(cls).items()
             if not m.startswith("_") and inspect.isfunction(v)
         ]

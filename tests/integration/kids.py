@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
 
 import childproc
+
+#: The modes in which childproc reaps (all but MAINLOOP).
+REAPING_MODES = [
+    childproc.SigchldOwner.SELECTIVE_REAP,
+    childproc.SigchldOwner.PIDFD,
+    childproc.SigchldOwner.LIBXL,
+    childproc.SigchldOwner.LIBXL_ALWAYS,
+]
 
 
 class Record:
@@ -77,3 +88,41 @@ def drain(ctx: childproc.Context, until: Callable[[], bool], timeout: float = 20
         if left <= 0:
             raise AssertionError(f"timed out waiting; children still outstanding: {sorted(ctx.children)}")
         ctx.wait(left)
+
+
+# -- Twisted: a reactor runs once per process, so each test runs one in a subprocess ----
+_REACTOR_SCRIPT = """
+import os, signal, sys, time
+from twisted.internet import reactor, defer
+import childproc
+from childproc import twisted_host
+out = {{}}
+def task_sleep(s):
+    d = defer.Deferred()
+    reactor.callLater(s, d.callback, None)
+    return d
+@defer.inlineCallbacks
+def main():
+    try:
+        ctx = twisted_host.TwistedContext(reactor)
+{body}
+        ctx.close()
+    finally:
+        reactor.stop()
+reactor.callWhenRunning(main)
+reactor.run()
+{check}
+"""
+
+
+def run_on_a_reactor(body: str, check: str, timeout: float = 50) -> None:
+    """Run ``body`` (the inside of an ``inlineCallbacks`` function with ``ctx``, a
+    ``TwistedContext``, ``out``, a dict, and ``task_sleep(s)``) on a reactor in a new
+    interpreter, then ``check``, which exits non-zero with what went wrong."""
+    code = _REACTOR_SCRIPT.format(
+        body=textwrap.indent(textwrap.dedent(body).strip("\n"), " " * 8), check=check
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,7 @@ from childproc import DEVNULL, PIPE, STDOUT, Context, Hooks, SigchldOwner
 
 from .procutil import wait_until
 
-MODES = [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS]
 MIB = 1 << 20
-
-
-@pytest.fixture(params=MODES, ids=[m.name for m in MODES])
-def ctx(request: pytest.FixtureRequest) -> Iterator[Context]:
-    with Context(request.param) as c:
-        yield c
-
-
-@pytest.fixture
-def sel() -> Iterator[Context]:
-    with Context(SigchldOwner.SELECTIVE_REAP) as c:
-        yield c
 
 
 # -- the constants and the results -------------------------------------------------

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -20,6 +19,8 @@ import uvloop
 
 import childproc
 from childproc import PIPE, STDOUT, anyio_host, asyncio_host, trio_host
+
+from .kids import run_on_a_reactor
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -170,16 +171,9 @@ def test_communicate_after_using_the_streams(loop: str) -> None:
 
 
 # -- Twisted: in a subprocess, because a reactor runs once per process -------------------
-TWISTED_RUN = r"""
-import os, signal, sys, time
-from twisted.internet import reactor, defer
-import childproc
-from childproc import twisted_host
-out = {}
-@defer.inlineCallbacks
-def main():
-    try:
-        ctx = twisted_host.TwistedContext(reactor)
+@pytest.mark.timeout(90)
+def test_twisted_run_returns_a_deferred_of_completed_process() -> None:
+    body = """
         r = yield ctx.run(["/bin/sh", "-c", "echo hi; echo err >&2; exit 3"], capture_output=True)
         out["run"] = (r.returncode, r.stdout, r.stderr, r.event.returncode)
         data = os.urandom(1 << 20) * 8
@@ -206,29 +200,14 @@ def main():
             out["cancelled"] = True
         while ctx.context.children:  # the kill's exit arrives through the reactor
             yield task_sleep(0.01)
-        ctx.close()
-    finally:
-        reactor.stop()
-def task_sleep(s):
-    d = defer.Deferred()
-    reactor.callLater(s, d.callback, None)
-    return d
-reactor.callWhenRunning(main)
-reactor.run()
-print(out)
-want = {"run": (3, b"hi\n", b"err\n", 3), "big": True, "grandchild": True, "timeout": (b"part\n", -9),
+    """
+    check = """
+want = {"run": (3, b"hi\\n", b"err\\n", 3), "big": True, "grandchild": True, "timeout": (b"part\\n", -9),
         "check": 4, "cancelled": True}
 fds = sorted(int(f) for f in os.listdir("/proc/self/fd"))
 sys.exit(0 if out == want and len(fds) < 8 else f"{out} fds={fds}")
 """
-
-
-@pytest.mark.timeout(90)
-def test_twisted_run_returns_a_deferred_of_completed_process() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", TWISTED_RUN], capture_output=True, text=True, timeout=80, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_on_a_reactor(body, check, timeout=80)
 
 
 # -- trio, and anyio on both backends: one structured adapter ------------------------------

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import trio
 import childproc
 from childproc import _cgroup, anyio_host, asyncio_host, trio_host
 
+from .kids import run_on_a_reactor
 from .procutil import wait_until
 from .test_trees import _alive, _pids_of
 
@@ -107,48 +106,25 @@ def test_structured_timeout_and_stop_reach_the_tree(tmp_path: Path, flavour: str
     _structured(flavour, main)
 
 
-TWISTED_STOP = r"""
-import os, signal, sys
-from twisted.internet import reactor, defer
-from childproc import twisted_host
-out = {}
-@defer.inlineCallbacks
-def main():
-    try:
-        ctx = twisted_host.TwistedContext(reactor)
-        child = ctx.spawn(["sh", "-c", "sleep 60 & echo $! > %(report)r; wait"], kill_tree=%(kind)r)
-        while not os.path.exists(%(report)r) or not open(%(report)r).read().strip():
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_twisted_stop_reaches_the_tree(tmp_path: Path, kind: str) -> None:
+    report = str(tmp_path / "pid")
+    body = f"""
+        child = ctx.spawn(["sh", "-c", "sleep 60 & echo $! > {report!r}; wait"], kill_tree={kind!r})
+        while not os.path.exists({report!r}) or not open({report!r}).read().strip():
             yield task_sleep(0.01)
-        grandchild = int(open(%(report)r).read())
+        grandchild = int(open({report!r}).read())
         event = yield child.stop(grace=2)
         out["stop"] = event.returncode
         for _ in range(500):
             try:
-                if open("/proc/%%d/stat" %% grandchild).read().rsplit(")", 1)[1].split()[0] == "Z":
+                if open("/proc/%d/stat" % grandchild).read().rsplit(")", 1)[1].split()[0] == "Z":
                     break
             except OSError:
                 break
             yield task_sleep(0.01)
         else:
             out["grandchild"] = "alive"
-        ctx.close()
-    finally:
-        reactor.stop()
-def task_sleep(s):
-    d = defer.Deferred()
-    reactor.callLater(s, d.callback, None)
-    return d
-reactor.callWhenRunning(main)
-reactor.run()
-sys.exit(0 if out == {"stop": -signal.SIGTERM} else str(out))
-"""
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", KINDS)
-def test_twisted_stop_reaches_the_tree(tmp_path: Path, kind: str) -> None:
-    code = TWISTED_STOP % {"report": str(tmp_path / "pid"), "kind": kind}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    """
+    run_on_a_reactor(body, 'sys.exit(0 if out == {"stop": -signal.SIGTERM} else str(out))')
