@@ -45,19 +45,26 @@ class WaiterBase:
 
     @property
     def pid(self) -> int:
+        """The child's process id."""
         return self.child.pid
 
     @property
     def returncode(self) -> int | None:
+        """:attr:`Child.returncode <childproc.Child.returncode>`: None until the exit
+        was delivered, then the exit code, or ``-N`` for signal N."""
         return self.child.returncode
 
     def send_signal(self, sig: int) -> None:
+        """:meth:`Child.send_signal <childproc.Child.send_signal>`: ``sig`` to the child
+        alone, never to a recycled pid; nothing once it was reaped."""
         self.child.send_signal(sig)
 
     def terminate(self) -> None:
+        """SIGTERM to the child alone (its tree: ``child.child.kill_tree(SIGTERM)``)."""
         self.child.terminate()
 
     def kill(self) -> None:
+        """SIGKILL to the child alone (its tree: ``child.child.kill_tree()``)."""
         self.child.kill()
 
     def _kill_on_cancel(self) -> None:

@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover - not CPython
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _SIGCHLD = int(signal.SIGCHLD)
-#: Calling any C function surfaces an exception pending on entry (see SigchldHandler._handle).
+#: On 3.10, calling a C function surfaces an exception pending on entry (see SigchldHandler._handle).
 _any_c_call = id
 SA_NOCLDWAIT = 2  # <asm-generic/signal-defs.h>; the same on every Linux architecture Python runs on
 
@@ -169,22 +169,28 @@ class SigchldHandler:
         # their result (a big-int multiplication checks for signals) and carry on past
         # an exception one raised. A KeyboardInterrupt may then be pending on entry
         # here, and an attribute lookup that misses the type cache silently clears it.
-        # So the first thing done is a C call, which surfaces a pending exception as a
-        # SystemError caused by it; the wakers are poked, then the cause goes on up as
-        # itself. (3.11 and later never enter with one pending: the call costs ~30 ns.)
+        # So the first thing done is a C call, which on 3.10 surfaces a pending
+        # exception as a SystemError caused by it; the wakers are poked (also when an
+        # interrupt lands right after that call), then the cause goes on up as itself.
+        # 3.11 and later never enter with one pending.
         pending = None
         try:
-            _any_c_call(None)
-        except SystemError as e:
-            pending = e.__cause__
-            if pending is None:  # pragma: no cover - not the case described
-                raise
-        # Iterates a tuple that is replaced, never mutated, so it needs no lock; a poke
-        # never writes to a closed waker (see childproc._waker).
-        for poke in self._pokers:
-            poke()
+            try:
+                _any_c_call(None)
+            except SystemError as e:
+                pending = e.__cause__
+                if pending is None:  # pragma: no cover - not the case described
+                    raise
+        finally:
+            # Iterates a tuple that is replaced, never mutated, so it needs no lock; a
+            # poke never writes to a closed waker (see childproc._waker).
+            for poke in self._pokers:
+                poke()
         if pending is not None:
-            raise pending
+            try:
+                raise pending
+            finally:
+                pending = None  # (no cycle through this frame)
 
     def is_ours(self, handler: object) -> bool:
         return handler == self._handle

@@ -137,11 +137,8 @@ def test_every_public_name_is_in_the_api_reference_with_its_signature(tmp_path: 
         for n in module.__all__
         if inspect.isfunction(getattr(module, n))
     ]
-    for where, cls in classes:
-        callables += [
-            f"{where}.{cls.__name__}.{m}"
-            for m, v in vars(cls).items()
-            if not m.startswith("_") and inspect.isfunction(v)
-        ]
+    for where, cls in classes:  # (inherited methods too: the docs list them under the class)
+        names = {m for base in cls.__mro__[:-1] for m, v in vars(base).items() if inspect.isfunction(v)}
+        callables += [f"{where}.{cls.__name__}.{m}" for m in sorted(names) if not m.startswith("_")]
     unsigned = [c for c in callables if "sig-paren" not in (entry(c) or "")]
     assert not unsigned, f"entries without a signature (or missing): {unsigned}"
