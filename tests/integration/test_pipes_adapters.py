@@ -270,6 +270,42 @@ def test_structured_adapters_run_communicate_and_streams(flavour: str) -> None:
         anyio.run(main, backend=flavour.split("-")[1])
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_adapters_raise_a_callbacks_exception_out_of_the_block(flavour: str) -> None:
+    """The serving task dispatches; an exception from a child's callback ends the
+    task group and comes out of ``open_context()``'s block, the same on every
+    backend (anyio on asyncio keeps the fd registered with the loop instead of
+    ``wait_readable``: the same rule), and the context is left closed and clean."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+
+    class Boom(Exception):
+        pass
+
+    def bad(child: childproc.Child, event: childproc.ChildEvent) -> None:
+        raise Boom(child.pid)
+
+    held: list[Any] = []
+
+    async def main() -> None:
+        async with host.open_context() as ctx:
+            held.append(ctx)
+            ctx.spawn(["/bin/true"], on_event=bad)
+            await (trio.sleep(10) if flavour == "trio" else anyio.sleep(10))
+            raise AssertionError("the callback's exception did not end the block")
+
+    t0 = time.monotonic()
+    with pytest.raises(BaseException) as info:
+        if flavour == "trio":
+            trio.run(main)
+        else:
+            anyio.run(main, backend=flavour.split("-")[1])
+    leaves = getattr(info.value, "exceptions", (info.value,))  # (an exception group: 3.10 has none built in)
+    assert [type(e) for e in leaves] == [Boom], info.value
+    assert time.monotonic() - t0 < 5
+    assert held[0].context.closed
+
+
 def test_anyio_streams_are_anyio_byte_streams() -> None:
     async def main() -> None:
         async with anyio_host.open_context() as ctx:
