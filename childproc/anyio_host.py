@@ -8,8 +8,7 @@ this adapter and gets the same behaviour on either::
         event = await child.wait()                          # exited with status 3
         done = await ctx.run(["uname"], capture_output=True)  # a CompletedProcess
 
-A task waits for the context's fd to be readable and dispatches (on asyncio the fd
-stays registered with the loop, on trio ``anyio.wait_readable``);
+A task waits with ``anyio.wait_readable`` on the context's fd and dispatches;
 ``spawn`` takes the keywords of :meth:`Context.spawn <childproc.Context.spawn>`.
 A child's pipes are anyio byte streams (``stdin``, ``stdout``, ``stderr``);
 ``communicate`` and ``run`` follow the rules of the synchronous ones, and a
@@ -20,7 +19,6 @@ SELECTIVE_REAP. Requires the ``anyio`` extra (anyio >= 4.10).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -116,26 +114,6 @@ class AnyioContext(StructuredContext[AnyioChild]):
 
     _lib = _ANYIO
     _child_type = AnyioChild
-
-    async def _serve(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # anyio on trio: trio's own wait is the cheap one
-            await super()._serve()
-            return
-        # On asyncio, anyio.wait_readable registers the fd with the loop and removes it
-        # again on every wake-up (about a third of this adapter's work per child): the
-        # fd stays registered instead, and sets an event the serving task waits on.
-        fd = self.context.fileno()
-        readable = asyncio.Event()
-        loop.add_reader(fd, readable.set)
-        try:
-            while True:
-                await readable.wait()
-                readable.clear()  # (level-triggered: still readable after the dispatch, set again)
-                self._dispatch()
-        finally:
-            loop.remove_reader(fd)
 
 
 @asynccontextmanager

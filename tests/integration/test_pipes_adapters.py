@@ -275,8 +275,7 @@ def test_structured_adapters_run_communicate_and_streams(flavour: str) -> None:
 def test_structured_adapters_raise_a_callbacks_exception_out_of_the_block(flavour: str) -> None:
     """The serving task dispatches; an exception from a child's callback ends the
     task group and comes out of ``open_context()``'s block, the same on every
-    backend (anyio on asyncio keeps the fd registered with the loop instead of
-    ``wait_readable``: the same rule), and the context is left closed and clean."""
+    backend, and the context is left closed and clean."""
     host: Any = trio_host if flavour == "trio" else anyio_host
 
     class Boom(Exception):
