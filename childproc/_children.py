@@ -49,7 +49,7 @@ from ._plan import Plan
 from ._policy import Destination, Owner, Reaper, SigchldOwner
 from ._reaping import Reaping
 from ._sigchld import HANDLER, on_main_thread
-from ._traps import TRAPS
+from ._traps import TRAPS, ignored_why
 from ._trees import settle
 from ._wakeups import Wakeups
 from ._watchers import Watcher
@@ -83,8 +83,8 @@ def _watch_in_thread(pid: int, poke: Callable[[], None]) -> None:
 
 def refuse_ignored(mode: SigchldOwner, why: str, when: str) -> SigchldIgnoredError:
     """The error for a mode that cannot report exits because SIGCHLD is ignored."""
-    how = "handled with SA_NOCLDWAIT" if why == "SA_NOCLDWAIT" else why
-    return SigchldIgnoredError(TRAPS["sigchld-ignored"].error(f"{mode.name} mode {when}", why=how))
+    message = TRAPS["sigchld-ignored"].error(f"{mode.name} mode {when}", why=ignored_why(why))
+    return SigchldIgnoredError(message)
 
 
 class Children:

@@ -28,9 +28,6 @@ from ._watchers import pidfd as _pidfd
 __all__ = ["DoctorReport", "doctor"]
 
 
-WATCHED = {True: "childproc", False: "not childproc"}
-
-
 def _sigchld_here() -> SigchldInfo:
     """SIGCHLD as the kernel has it (``sigaction``), named with Python's view."""
     d = disposition()

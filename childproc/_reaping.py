@@ -34,7 +34,7 @@ from ._lifecycle import Phase
 from ._orphans import ORPHANAGE
 from ._policy import Destination, Owner
 from ._sigchld import HANDLER
-from ._traps import TRAPS
+from ._traps import TRAPS, ignored_why
 from ._watchers import Reaped, Watcher
 from ._watchers._base import Rusaged, found_from_waitid
 
@@ -249,10 +249,9 @@ class Reaping:
         self.leaving[pid] = child
         why = HANDLER.discards_statuses(fresh=True)
         if why is not None and pid not in self._lost_why:
-            how = "handled with SA_NOCLDWAIT" if why == "SA_NOCLDWAIT" else why
             self._lost_why[pid] = TRAPS["sigchld-ignored"].error(
                 f"child {pid}'s exit status was discarded: SIGCHLD became so after the child started",
-                why=how,
+                why=ignored_why(why),
             )
         self._ledger.stolen(pid)
         self._child_gone(child)

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ._traps import TRAPS
+from ._traps import TRAPS, ignored_why
 
 __all__ = ["ChildInfo", "ContextInfo", "DoctorReport", "Finding", "SigchldInfo", "ThreadInfo", "findings_for"]
 
@@ -197,7 +197,7 @@ def findings_for(
     if ignored:
         add(
             "sigchld-ignored",
-            why="SIG_IGN" if sigchld.disposition == "ignored" else "handled with SA_NOCLDWAIT",
+            why=ignored_why("SIG_IGN" if sigchld.disposition == "ignored" else "SA_NOCLDWAIT"),
         )
     if sigchld.owner.startswith("the host, in place of childproc"):
         add("handler-replaced", handler=sigchld.handler or "a handler")

@@ -13,17 +13,20 @@ Rules of this file
 
 from __future__ import annotations
 
-__all__ = ["TRAPS", "Trap"]
+from dataclasses import dataclass
+
+__all__ = ["TRAPS", "Trap", "ignored_why"]
 
 
+@dataclass(frozen=True)
 class Trap:
     """One trap: ``situation`` (a format string over the facts), what it means for
     each mode or feature it touches (``effects``), and ``remedy``."""
 
-    __slots__ = ("effects", "key", "remedy", "situation")
-
-    def __init__(self, key: str, situation: str, effects: str, remedy: str) -> None:
-        self.key, self.situation, self.effects, self.remedy = key, situation, effects, remedy
+    key: str
+    situation: str
+    effects: str
+    remedy: str
 
     def error(self, effect: str, **facts: object) -> str:
         """An exception's message: the situation, what it means for the call that
@@ -134,3 +137,9 @@ _LIST = [
 
 #: Every trap, by key.
 TRAPS: dict[str, Trap] = {trap.key: trap for trap in _LIST}
+
+
+def ignored_why(why: str) -> str:
+    """The ``why`` fact of the sigchld-ignored trap for what the kernel has:
+    ``"SIG_IGN"`` or ``"SA_NOCLDWAIT"`` (as ``discards_statuses()`` says)."""
+    return "handled with SA_NOCLDWAIT" if why == "SA_NOCLDWAIT" else why
