@@ -17,7 +17,7 @@ import signal
 import threading
 
 from . import _cgroup, _process
-from ._errors import StateError
+from ._errors import InvalidArgumentError, StateError
 from ._orphans import ORPHANAGE
 from ._policy import rules_for
 from ._procfs import SIGCHLD_BIT, children_of, open_pidfds, report_on, task_info
@@ -90,6 +90,10 @@ def _contexts() -> tuple[ContextInfo, ...]:
 def doctor(pid: int | None = None) -> DoctorReport:
     """A report on this process (``pid`` None, or this process's pid), read from the
     inside; or on another process ``pid``, read from ``/proc`` alone."""
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+        raise InvalidArgumentError(
+            f"pid must be a process id (a positive int) or None for this process, not {pid!r}"
+        )
     if pid is not None and pid != os.getpid():
         return report_on(pid)
     me = os.getpid()

@@ -123,6 +123,13 @@ def test_a_handler_put_in_place_of_childproc_s_is_seen() -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("pid", [0, -3, True, "1", 1.5])
+def test_a_pid_that_is_no_process_id_is_refused(pid: object) -> None:
+    with pytest.raises(childproc.InvalidArgumentError, match="positive int"):
+        childproc.doctor(pid)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
 def test_foreign_children_zombies_threads_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     pid = os.posix_spawn("/bin/true", ["true"], os.environ)  # a child childproc did not make
     try:
