@@ -72,6 +72,7 @@ from ._policy import Reaper, SigchldOwner, choose_watcher
 from ._sigchld import HANDLER
 from ._signature import check_callback
 from ._status import ChildEvent
+from ._subreaper import SUBREAPER
 from ._traps import TRAPS
 from ._watchers import make_watcher
 from ._watchers import pidfd as _pidfd
@@ -305,6 +306,7 @@ class Context:
             except BaseException:
                 self._hooks, self._user, kids.plan, kids.watcher = old
                 raise
+            SUBREAPER.release(self)  # (the next process-group tree holds it again, if the mode says so)
         if plan.rules.reaper is Reaper.OWN_CHILDREN and not self._pidfds and not _fallback_logged:
             _fallback_logged = True
             log.warning(
@@ -645,6 +647,8 @@ class Context:
         with _process.LOCK:
             self._check_usable()
             self._kids.check_start_locked(creator, watches_stops, adopt_pidfd)
+            if tree.kill_tree and tree.cgroup is None and rules.orphans_come_back:
+                SUBREAPER.hold(self)  # (before the child exists: its orphans come back here)
             child = Child(
                 self,
                 0,
@@ -1027,6 +1031,7 @@ class Context:
             with _process.LOCK:
                 kids.close_gone_fds()
                 kids.wakeups.close()
+                SUBREAPER.release(self)
                 self._torn_down = True
             kids.settle_trees()  # what is left of exited children's trees (killed: kill_on_close)
             _process.teardown_done(self)

@@ -28,6 +28,7 @@ from ._errors import ChildStolenError
 from ._ledger import Event, EventKind, Ledger
 from ._lifecycle import Phase
 from ._status import ChildEvent, describe_status
+from ._subreaper import SUBREAPER
 from ._traps import TRAPS
 
 if TYPE_CHECKING:
@@ -142,10 +143,13 @@ class Delivery:
 
     def _warn_unknown(self, event: Event[Child]) -> None:
         log.warning(
-            "unknown child [%d] %s (reaped by childproc in %s mode)",
+            "unknown child [%d] %s (reaped by childproc in %s mode%s)",
             event.pid,
             describe_status(event.status),
             self._mode_name(),
+            "; this process is a subreaper for process-group trees: it may be an orphan of one"
+            if SUBREAPER.held
+            else "",
         )
 
 

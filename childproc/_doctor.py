@@ -23,6 +23,7 @@ from ._policy import rules_for
 from ._procfs import SIGCHLD_BIT, children_of, open_pidfds, report_on, task_info
 from ._report import ChildInfo, ContextInfo, DoctorReport, SigchldInfo, ThreadInfo, findings_for
 from ._sigchld import HANDLER, SA_NOCLDWAIT, describe, disposition, on_main_thread
+from ._subreaper import SUBREAPER, is_subreaper
 from ._watchers import pidfd as _pidfd
 
 __all__ = ["DoctorReport", "doctor"]
@@ -63,6 +64,14 @@ def _wakeup_fd() -> str | None:
         signal.set_wakeup_fd(fd)  # (warn_on_full_buffer: Python's default, and asyncio's)
         return f"fd {fd} (the host's, e.g. asyncio's; childproc never takes it)"
     return "none"
+
+
+def _subreaper_here() -> str:
+    """Whether this process is a child subreaper, and whose doing (see ``_subreaper``)."""
+    if SUBREAPER.held:
+        return "yes (childproc: orphans of process-group trees come back to a LIBXL_ALWAYS context)"
+    mark = is_subreaper()
+    return "unknown" if mark is None else "yes (not childproc)" if mark else "no"
 
 
 def _contexts() -> tuple[ContextInfo, ...]:
@@ -133,6 +142,7 @@ def doctor(pid: int | None = None) -> DoctorReport:
         pidfds=pidfds,
         open_pidfds=open_pidfds(me),
         kill_tree="process-group" if trees_why else "cgroup",
+        subreaper=_subreaper_here(),
         rlimit_nofile=(soft, hard),
         threads=threads,
         contexts=contexts,

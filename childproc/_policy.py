@@ -161,6 +161,11 @@ class ModeRules:
     deferred_reap: bool
     #: The mode cannot work without pidfds (setmode() raises where there are none).
     requires_pidfds: bool
+    #: A process-group tree (``kill_tree=True`` without cgroups) makes the process a
+    #: subreaper, so the tree's orphans come back to be reaped here: only where the
+    #: mode reaps every child of the process for the context's whole life (anywhere
+    #: else an orphan that came back would stay a zombie). See ``_subreaper``.
+    orphans_come_back: bool
     #: When to refuse to start while the process has children no context made
     #: (the mode would reap them and their owners would see returncode 0).
     foreign_children_check: ForeignCheck
@@ -180,6 +185,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
+        orphans_come_back=False,
         foreign_children_check=ForeignCheck.FIRST_CHILD,
         app_promise="no children of its own and no SIGCHLD handler",
         use_when="a program whose only children are childproc's",
@@ -193,6 +199,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
+        orphans_come_back=False,
         foreign_children_check=ForeignCheck.NEVER,
         app_promise=(
             "to reap childproc's children and report each with childproc_reaped(), "
@@ -209,6 +216,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=False,
         requires_pidfds=False,
+        orphans_come_back=True,
         foreign_children_check=ForeignCheck.SETMODE,
         app_promise="no SIGCHLD handler, and to take its own children's statuses from reaped_callback",
         use_when="a program that wants childproc to reap all of its children",
@@ -222,6 +230,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=True,
         deferred_reap=True,
         requires_pidfds=False,
+        orphans_come_back=False,
         foreign_children_check=ForeignCheck.NEVER,
         app_promise=(
             "never to reap childproc's children (no waitpid(-1) anywhere in the process); "
@@ -238,6 +247,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
         stop_events=False,
         deferred_reap=True,
         requires_pidfds=True,
+        orphans_come_back=False,
         foreign_children_check=ForeignCheck.NEVER,
         app_promise="never to reap childproc's children (no waitpid(-1) anywhere in the process)",
         use_when=(

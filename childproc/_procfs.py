@@ -143,6 +143,7 @@ def report_on(pid: int) -> DoctorReport:
         pidfds=_pidfd.supported(),
         open_pidfds=pidfds_open,
         kill_tree=None,
+        subreaper=None,
         rlimit_nofile=nofile,
         threads=threads,
         contexts=None,

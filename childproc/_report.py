@@ -106,6 +106,9 @@ class DoctorReport:
     open_pidfds: int | None
     #: What ``kill_tree=True`` gives here: "cgroup" or "process-group" (this process only).
     kill_tree: str | None
+    #: Whether this process is a child subreaper, and whose doing: "no", "yes (childproc: ...)"
+    #: or "yes (not childproc)"; None for another process (not readable from outside).
+    subreaper: str | None
     rlimit_nofile: tuple[int, int] | None
     threads: tuple[ThreadInfo, ...]
     #: Live childproc contexts (None for another process: not readable from outside).
@@ -142,6 +145,8 @@ class DoctorReport:
         ]
         if self.kill_tree is not None:
             lines.append(f"  kill_tree=True      : {self.kill_tree}")
+        if self.subreaper is not None:
+            lines.append(f"  subreaper           : {self.subreaper}")
         if self.rlimit_nofile is not None:
             lines.append(
                 f"  RLIMIT_NOFILE       : soft {self.rlimit_nofile[0]}, hard {self.rlimit_nofile[1]}"

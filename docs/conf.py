@@ -138,6 +138,10 @@ def mode_rules_table() -> str:
         ["Stop/continue events (``events=``)", *(_yes_no(r.stop_events) for r in rules)],
         ["``reap_after_callback``", *(_yes_no(r.deferred_reap) for r in rules)],
         ["Needs pidfds", *(_yes_no(r.requires_pidfds) for r in rules)],
+        [
+            "A process-group tree makes the process a subreaper",
+            *(_yes_no(r.orphans_come_back) for r in rules),
+        ],
     ]
     refuses = [getattr(r, "refuses_foreign_children", None) for r in rules]
     if all(isinstance(flag, bool) for flag in refuses):

@@ -1,6 +1,6 @@
 """Every test must leave the process as it found it: no zombie, no child, no new fd,
 no changed signal disposition or signal mask, no live childproc context, no tree's
-cgroup. Checked after each test."""
+cgroup, no subreaper mark. Checked after each test."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from childproc import _cgroup, _process
+from childproc._subreaper import SUBREAPER, is_subreaper
 from tests.integration.procutil import children, fd_target, open_fds, wait_until
 
 
@@ -89,6 +90,7 @@ def no_leaks() -> Iterator[None]:
     before_sig = _dispositions()
     before_mask = _blocked()
     before_threads = set(threading.enumerate())
+    before_subreaper = is_subreaper()
     yield
     problems: list[str] = []
     # Threads the test started (dispatch threads, peek threads) must be gone; trio's idle
@@ -126,6 +128,10 @@ def no_leaks() -> Iterator[None]:
     leaked = open_fds() - before_fds
     if leaked:
         problems.append("fds leaked: " + ", ".join(f"{fd}->{fd_target(fd)}" for fd in sorted(leaked)))
+    if is_subreaper() != before_subreaper or SUBREAPER.held:
+        problems.append(f"subreaper mark left: {before_subreaper} -> {is_subreaper()} (held: {SUBREAPER.held})")
+        for holder in list(SUBREAPER._holders):
+            SUBREAPER.release(holder)
     snap = _process.snapshot()
     if snap["handler_installed"] or snap["handler_users"] or snap["owned_pids"]:
         problems.append(f"process-wide state left: {snap}")

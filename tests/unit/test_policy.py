@@ -72,13 +72,14 @@ def test_rules_per_mode() -> None:
         assert (rules.handler, rules.reaper) == (handler, reaper), mode
 
 
-#: (app_reports, takes_reaped_callback, pidfd_wakeups, stop_events, deferred_reap, requires_pidfds)
-EXPECTED_FLAGS: dict[SigchldOwner, tuple[bool, bool, bool, bool, bool, bool]] = {
-    SigchldOwner.LIBXL: (False, True, True, True, False, False),
-    SigchldOwner.MAINLOOP: (True, False, False, True, False, False),
-    SigchldOwner.LIBXL_ALWAYS: (False, True, True, True, False, False),
-    SigchldOwner.SELECTIVE_REAP: (False, False, True, True, True, False),
-    SigchldOwner.PIDFD: (False, False, True, False, True, True),
+#: (app_reports, takes_reaped_callback, pidfd_wakeups, stop_events, deferred_reap, requires_pidfds,
+#: orphans_come_back)
+EXPECTED_FLAGS: dict[SigchldOwner, tuple[bool, bool, bool, bool, bool, bool, bool]] = {
+    SigchldOwner.LIBXL: (False, True, True, True, False, False, False),
+    SigchldOwner.MAINLOOP: (True, False, False, True, False, False, False),
+    SigchldOwner.LIBXL_ALWAYS: (False, True, True, True, False, False, True),
+    SigchldOwner.SELECTIVE_REAP: (False, False, True, True, True, False, False),
+    SigchldOwner.PIDFD: (False, False, True, False, True, True, False),
 }
 
 
@@ -96,6 +97,7 @@ def test_rules_flags_per_mode() -> None:
             rules.stop_events,
             rules.deferred_reap,
             rules.requires_pidfds,
+            rules.orphans_come_back,
         )
         assert flags == EXPECTED_FLAGS[mode], mode
 
@@ -136,6 +138,10 @@ def test_rules_are_consistent() -> None:
         # Only the signal-free mode needs pidfds, and only it has no stop/continue events.
         assert rules.requires_pidfds == (mode is SigchldOwner.PIDFD), mode
         assert rules.stop_events == (mode is not SigchldOwner.PIDFD), mode
+        # Orphans come back (subreaper) only where every child is reaped for the
+        # context's whole life: anywhere else one that came back would stay a zombie.
+        if rules.orphans_come_back:
+            assert rules.reaper is Reaper.ANY_CHILD and rules.handler is HandlerPolicy.ALWAYS, mode
         # A mode that cannot do without pidfds never needs SIGCHLD.
         if rules.requires_pidfds:
             assert rules.handler is HandlerPolicy.NEVER, mode

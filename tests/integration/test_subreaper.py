@@ -1,0 +1,123 @@
+"""The process-group fallback of ``kill_tree=True`` and ``PR_SET_CHILD_SUBREAPER``: in
+LIBXL_ALWAYS (the mode that reaps every child of the process) a process-group tree makes
+the process a subreaper, so the tree's orphans come back and are reaped here; in every
+other mode the mark is never set, and a host's own mark is never cleared. Real
+processes; the leak check fails a test that leaves the mark set."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import childproc
+from childproc import Context, Hooks, SigchldOwner
+from childproc._subreaper import SUBREAPER, _set, is_subreaper
+
+from .procutil import children, wait_until
+
+#: Starts an escapee (setsid) in the background, prints its pid and exits: the escapee
+#: is orphaned at once.
+_ORPHAN_MAKER = "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _orphan_of(ctx: Context) -> int:
+    """Spawn the orphan maker as a process-group tree; its escapee's pid, once its
+    parent has exited and been delivered."""
+    child = ctx.spawn(["sh", "-c", _ORPHAN_MAKER], stdout=childproc.PIPE, kill_tree="process-group")
+    assert child.tree_guarantee == "process-group"
+    out, _ = child.communicate(timeout=10)
+    assert child.returncode == 0
+    return int(out.split()[0])
+
+
+@pytest.mark.timeout(30)
+def test_libxl_always_brings_a_trees_orphans_back_and_reaps_them(caplog: pytest.LogCaptureFixture) -> None:
+    reaped: list[tuple[int, int]] = []
+
+    def reaped_callback(pid: int, status: int, user: object) -> bool:
+        reaped.append((pid, status))
+        return False  # (not the host's: childproc warns)
+
+    assert is_subreaper() is False
+    ctx = Context(hooks=Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS, reaped_callback=reaped_callback))
+    try:
+        assert is_subreaper() is False  # not before a process-group tree
+        orphan = _orphan_of(ctx)
+        assert SUBREAPER.held and is_subreaper() is True
+        assert wait_until(lambda: _ppid(orphan) == os.getpid(), timeout=5)  # came back here
+        assert "yes (childproc" in str(childproc.doctor()).split("subreaper")[1].splitlines()[0]
+        os.kill(orphan, signal.SIGKILL)
+        with caplog.at_level(logging.WARNING, logger="childproc"):
+            assert wait_until(lambda: ctx.wait(0.2) >= 0 and bool(reaped), timeout=10)
+        assert reaped == [(orphan, signal.SIGKILL)]  # reaped here, once, with its status
+        assert f"unknown child [{orphan}]" in caplog.text and "subreaper" in caplog.text
+        assert orphan not in children()
+    finally:
+        ctx.close()
+    assert is_subreaper() is False and not SUBREAPER.held  # let go at close
+
+
+@pytest.mark.timeout(30)
+def test_leaving_libxl_always_lets_the_mark_go() -> None:
+    with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
+        child = ctx.spawn(["true"], kill_tree="process-group")
+        assert is_subreaper() is True
+        assert child.wait(10) is not None
+        ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
+        assert is_subreaper() is False
+        ctx.spawn(["true"], kill_tree="process-group").wait(10)
+        assert is_subreaper() is False  # SELECTIVE_REAP never sets it
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "mode", [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD, SigchldOwner.LIBXL], ids=lambda m: m.name
+)
+def test_other_modes_leave_orphans_to_init(mode: SigchldOwner) -> None:
+    """Where nothing would reap an orphan that came back (or not for the context's whole
+    life), the process is never made a subreaper: a tree's orphan goes where it would
+    without childproc."""
+    with Context(mode) as ctx:
+        orphan = _orphan_of(ctx)
+        pidfd = os.pidfd_open(orphan)
+        try:
+            assert is_subreaper() is False and not SUBREAPER.held
+            assert wait_until(lambda: _ppid(orphan) != os.getpid(), timeout=5)
+            assert orphan not in children()
+        finally:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+
+
+@pytest.mark.timeout(30)
+def test_a_host_that_is_a_subreaper_already_stays_one() -> None:
+    assert _set(True)
+    try:
+        with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
+            ctx.spawn(["true"], kill_tree="process-group").wait(10)
+            assert is_subreaper() is True and not SUBREAPER.held  # (the host's mark, not childproc's)
+            assert "yes (not childproc)" in str(childproc.doctor())
+        assert is_subreaper() is True  # not cleared: childproc did not set it
+    finally:
+        _set(False)
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_holds_no_mark() -> None:
+    """The kernel does not pass the mark to a forked child; nor does childproc's record."""
+    with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
+        ctx.spawn(["true"], kill_tree="process-group").wait(10)
+        assert SUBREAPER.held
+        forked = ctx.fork()
+        if forked is None:
+            os._exit(0 if not SUBREAPER.held and is_subreaper() is False else 1)
+        event = forked.wait(10)
+        assert event is not None and event.returncode == 0
