@@ -90,6 +90,11 @@ class Subreaper:
             _set(False)
             self._ours = False
 
+    def release_all(self) -> None:
+        """Every holder lets go (a leak check's clean-up: contexts release their own)."""
+        self._holders.clear()
+        self.release(None)
+
     def _forget_after_fork(self) -> None:
         if self._pid != os.getpid():  # (the kernel cleared the mark in the child)
             self._pid = os.getpid()

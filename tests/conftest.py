@@ -129,9 +129,9 @@ def no_leaks() -> Iterator[None]:
     if leaked:
         problems.append("fds leaked: " + ", ".join(f"{fd}->{fd_target(fd)}" for fd in sorted(leaked)))
     if is_subreaper() != before_subreaper or SUBREAPER.held:
-        problems.append(f"subreaper mark left: {before_subreaper} -> {is_subreaper()} (held: {SUBREAPER.held})")
-        for holder in list(SUBREAPER._holders):
-            SUBREAPER.release(holder)
+        now = is_subreaper()
+        problems.append(f"subreaper mark left: {before_subreaper} -> {now} (held: {SUBREAPER.held})")
+        SUBREAPER.release_all()
     snap = _process.snapshot()
     if snap["handler_installed"] or snap["handler_users"] or snap["owned_pids"]:
         problems.append(f"process-wide state left: {snap}")
