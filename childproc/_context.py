@@ -2,7 +2,12 @@
 
 The façade over parts with one job each:
 
-* :mod:`childproc._creators`: how a child comes to be (fork, spawn, adopt);
+* :mod:`childproc._starter`: the one way a child comes in (checks, creator,
+  pipes, session and tree), and :mod:`childproc._creators`: how a child comes to
+  be (fork, spawn, adopt);
+* :mod:`childproc._dispatching`: the dispatch cycle (reap what is ready,
+  deliver it) and every way of waiting for it (``wait()``, a child's ``wait()``,
+  the dispatch thread, MAINLOOP's reports);
 * :mod:`childproc._wakeups`: the context's fds (epoll, self-pipe, pidfds, exit fds);
 * :mod:`childproc._reaping`: from "ready" to the right ledger, through the watcher
   and :func:`childproc._policy.route`;
@@ -40,37 +45,32 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import threading
-import time
 import warnings
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from . import _process, _stdio, _teardown, _trees
-from ._child import Child, EventCallback, check_events
+from . import _process, _teardown
+from ._child import Child, EventCallback
 from ._children import Children, refuse_ignored
-from ._creators import Adopt, Creator, Fork, Spawn
+from ._creators import Fork
 from ._delivery import Delivery
+from ._dispatching import Dispatcher, check_report, check_timeout
 from ._errors import (
-    AlreadyWatchedError,
     ClosedError,
-    FdLostError,
     ForkedContextError,
     InvalidArgumentError,
     PidfdUnavailableError,
     StateError,
     UnknownChildError,
 )
-from ._fds import above_stdio
 from ._ledger import ChildCallback
 from ._plan import ForkReplacement, Hooks, Plan, ReapedCallback
 from ._policy import Reaper, SigchldOwner, choose_watcher
 from ._sigchld import HANDLER
 from ._signature import check_callback
+from ._starter import EXIT_ONLY, ServedLike, Starter, Stdio, TreeOptions
 from ._status import ChildEvent
 from ._subreaper import SUBREAPER
 from ._traps import TRAPS
@@ -87,40 +87,7 @@ __all__ = ["Context", "ForkReplacement", "Hooks", "ReapedCallback", "ServedLike"
 
 log = logging.getLogger("childproc")
 
-_HANDLER_RECHECK_S = 1.0  # how often a blocked wait() re-checks what it relies on
-_EXIT_ONLY = os.WEXITED
-_NO_TREE = _trees.NO_TREE
 _fallback_logged = False
-
-
-class ServedLike(Protocol):
-    """What :meth:`Context.watch_served` needs of a fork server's child."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def exit_fd(self) -> int | None: ...
-    def detach_fds(self) -> tuple[int | None, int | None]: ...
-
-
-def _await_session(gate: int, pid: int) -> None:
-    """Wait for a forked child's byte on ``gate`` (it called ``setsid()``), or for
-    its death before that. The byte, not EOF: another thread's fork may hold the
-    write end open for as long as its own child lives."""
-    poller = select.poll()
-    poller.register(gate, select.POLLIN)
-    while not poller.poll(50):
-        try:  # (a peek: the child stays unreaped for childproc)
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return
-        except ChildProcessError:
-            return
-
-
-def _validate_pid(pid: object, what: str) -> int:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        raise InvalidArgumentError(f"{what} must be a positive int pid, not {pid!r}")
-    return pid
 
 
 class Context:
@@ -172,16 +139,22 @@ class Context:
             mode_name=lambda: self.mode.name,
             poke=lambda: kids.wakeups.waker.poke(),  # noqa: PLW0108 - the waker is swapped at close
         )
-        self._fds_checked_at = time.monotonic()
-        self._waiters: dict[object, int] = {}  # a blocked wait()'s token -> its thread
-        self._waiters_cv = threading.Condition(threading.Lock())
         self._teardown_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        #: MAINLOOP: the thread that reports exits (the last to call childproc_reaped or
-        #: sigchld_occurred; at first the one that chose the mode), which must not wait.
-        self._reporter = threading.get_ident()
-        #: The pipes of this context's children, closed by close() (if still open).
-        self._pipes: weakref.WeakSet[_stdio.ChildIO] = weakref.WeakSet()
+        self._dispatcher = Dispatcher(
+            kids,
+            self._delivery,
+            enter=self._enter,
+            check_usable=self._check_usable,
+            closed=lambda: self._closed,
+        )
+        self._starter = Starter(
+            self,
+            kids,
+            enter=self._enter,
+            check_usable=self._check_usable,
+            fork_creator=lambda: Fork(self._hooks.fork_replacement, self._user),
+            signal_group=self._signal_group,
+        )
         _process.register_context(self)
         if mode is not None or hooks is not None:
             self.setmode(hooks if hooks is not None else Hooks(chldowner=mode), user)  # type: ignore[arg-type]
@@ -297,7 +270,7 @@ class Context:
                 kids.refuse_foreign_children_locked(hooks.chldowner)
             old = (self._hooks, self._user, kids.plan, kids.watcher)
             self._hooks, self._user, kids.plan = hooks, user, plan
-            self._reporter = threading.get_ident()  # MAINLOOP: who reports exits, until one does
+            self._dispatcher.reporter = threading.get_ident()  # MAINLOOP: who reports, until one does
             kids.watcher = make_watcher(choose_watcher(hooks.chldowner, self._pidfds))
             cb = hooks.reaped_callback
             self._delivery.reaped_callback = None if cb is None else (lambda pid, st: cb(pid, st, self._user))
@@ -334,10 +307,10 @@ class Context:
         SIGCHLD handler and someone else's is installed.
         """
         check_callback(callback, 2, "child_fork()'s callback", "callback(pid, status)")
-        child = self._start(
+        child = self._starter.start(
             Fork(self._hooks.fork_replacement, self._user),
             None,
-            events=_EXIT_ONLY,
+            events=EXIT_ONLY,
             oneshot=False,
             reap_after_callback=False,
             kill_on_close=False,
@@ -388,74 +361,15 @@ class Context:
         ``kill_tree="process-group"`` asks for the process group even where a
         cgroup could be made.
         """
-        pipes, sources = _stdio.prepare(stdin, stdout, stderr)
-        if sources is not None:
-            _stdio.forking(pipes, sources)  # what the forked child keeps (see _stdio)
-        tree, gate = _NO_TREE, None
-        try:
-            tree = _trees.plan(start_new_session, process_group, kill_tree)
-            if tree.setsid:  # fork() returns once the child has its session (see below)
-                gate = tuple(map(above_stdio, os.pipe2(os.O_CLOEXEC)))
-            child = self._start(
-                Fork(self._hooks.fork_replacement, self._user),
-                on_event,
-                events=events if events is _EXIT_ONLY else check_events(events),
-                oneshot=oneshot,
-                reap_after_callback=reap_after_callback,
-                kill_on_close=kill_on_close,
-                io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
-                tree=tree,
-            )
-        except BaseException:
-            if pipes is not None:
-                pipes.close_all()
-            for fd in gate or ():
-                os.close(fd)
-            _trees.settle(tree.cgroup, kill=False)
-            raise
-        finally:
-            if sources is not None:
-                _stdio.forked()
-        if child is None:  # in the forked child
-            if gate is not None:
-                os.write(gate[1], b"s")  # it has its session: the parent may go on
-                os.close(gate[0])
-                os.close(gate[1])
-            if sources is not None:
-                _stdio.redirect_in_child(sources, pipes)
-            return None
-        if pipes is not None:
-            pipes.close_child_ends()
-        if gate is not None:
-            try:
-                os.close(gate[1])
-                _await_session(gate[0], child._pid)
-            finally:
-                os.close(gate[0])
-        return child
-
-    def _io_for(
-        self, pipes: _stdio.Pipes, text: bool, encoding: str | None, errors: str | None
-    ) -> _stdio.ChildIO:
-        io = _stdio.ChildIO(pipes, bool(text or encoding or errors), encoding, errors)
-        self._pipes.add(io)
-        return io
-
-    def _reports_here(self) -> bool:
-        """MAINLOOP, and this thread is the one that reports exits: waiting here for
-        an exit would wait forever."""
-        return self._kids.plan.rules.app_reports and threading.get_ident() == self._reporter
-
-    def _fd_to_dispatch(self) -> int | None:
-        """The fd a thread waiting for a child's exit polls and then dispatches, or
-        None where another thread dispatches (a dispatch thread; the application
-        in MAINLOOP): the exit's delivery wakes the waiter then."""
-        if self._kids.plan.rules.app_reports:
-            return None
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread.ident != threading.get_ident():
-            return None  # (on the dispatch thread itself, in a callback: nobody else would)
-        return self.fileno()
+        return self._starter.fork(
+            on_event,
+            Stdio(stdin, stdout, stderr, text, encoding, errors),
+            TreeOptions(start_new_session, process_group, kill_tree),
+            events=events,
+            oneshot=oneshot,
+            reap_after_callback=reap_after_callback,
+            kill_on_close=kill_on_close,
+        )
 
     def spawn(
         self,
@@ -500,49 +414,19 @@ class Context:
         raises. Wrong argument types raise :class:`InvalidArgumentError`, also a
         :class:`TypeError`.
         """
-        if type(pass_fds) is not tuple and (
-            not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
-        ):
-            raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
-        pipes, src = _stdio.prepare(stdin, stdout, stderr)
-        tree = _NO_TREE
-        try:
-            tree = _trees.plan(start_new_session, process_group, kill_tree)
-            if src is not None:
-                stdin, stdout, stderr = src
-            creator = Spawn(
-                argv,
-                env=env,
-                cwd=cwd,
-                pass_fds=pass_fds,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                setsid=tree.setsid,
-                setpgroup=tree.setpgroup,
-                cgroup_procs=None if tree.cgroup is None else tree.cgroup.procs,
-            )
-            child = self._start(
-                creator,
-                on_event,
-                events=events if events is _EXIT_ONLY else check_events(events),
-                oneshot=oneshot,
-                reap_after_callback=reap_after_callback,
-                kill_on_close=kill_on_close,
-                io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
-                args=argv,
-                tree=tree,
-            )
-        except BaseException:
-            if pipes is not None:
-                pipes.close_all()
-            _trees.settle(tree.cgroup, kill=False)
-            raise
-        finally:
-            if pipes is not None:
-                pipes.close_child_ends()
-        assert child is not None
-        return child
+        return self._starter.spawn(
+            argv,
+            on_event,
+            Stdio(stdin, stdout, stderr, text, encoding, errors),
+            TreeOptions(start_new_session, process_group, kill_tree),
+            env=env,
+            cwd=cwd,
+            pass_fds=pass_fds,
+            events=events,
+            oneshot=oneshot,
+            reap_after_callback=reap_after_callback,
+            kill_on_close=kill_on_close,
+        )
 
     def run(self, argv: Argv, **options: Any) -> CompletedProcess:
         """Run ``argv`` to completion, as ``subprocess.run``: ``run(argv, *, input=None,
@@ -585,128 +469,16 @@ class Context:
         :class:`NotOurChildError` if it is not a child of this process (or was
         already reaped).
         """
-        creator, fd = Adopt.from_args(pid, pidfd, own_pidfd)
-        try:
-            child = self._start(
-                creator,
-                on_event,
-                events=check_events(events),
-                oneshot=oneshot,
-                reap_after_callback=reap_after_callback,
-                kill_on_close=kill_on_close,
-                adopt_pidfd=fd,
-            )
-        except BaseException:
-            if fd is not None and fd != pidfd:
-                os.close(fd)
-            raise
-        assert child is not None
-        self._kids.wakeups.waker.poke()  # it may already be a zombie: look now
-        return child
-
-    def _start(
-        self,
-        creator: Creator,
-        on_event: EventCallback | None,
-        *,
-        events: int,
-        oneshot: bool,
-        reap_after_callback: bool,
-        kill_on_close: bool,
-        adopt_pidfd: int | None = None,
-        on_exit_status: ChildCallback | None = None,
-        io: _stdio.ChildIO | None = None,
-        args: Any = None,
-        tree: _trees.TreePlan = _NO_TREE,
-    ) -> Child | None:
-        """The one way a child comes in: check, make it (through ``creator``) and
-        register it, all under the process lock (see :mod:`childproc._children`)."""
-        if on_event is not None:
-            check_callback(on_event, 2, "on_event", "on_event(child, event)")
-        self._enter()
-        mode = self.mode
-        rules = self._kids.plan.rules
-        watches_stops = events != _EXIT_ONLY
-        if watches_stops and not rules.stop_events:
-            raise InvalidArgumentError(
-                f"stop/continue events need SIGCHLD (pidfds only report exits), and {mode.name} "
-                "mode never uses it; use SELECTIVE_REAP for them"
-            )
-        if reap_after_callback and not rules.deferred_reap:
-            raise InvalidArgumentError(
-                f"reap_after_callback needs a mode that reaps only its own children (SELECTIVE_REAP, "
-                f"PIDFD); {mode.name} reaps by waitpid(-1) or leaves reaping to the application"
-            )
-        if tree.kill_tree and tree.cgroup is None and rules.app_reports:
-            raise StateError(
-                f"kill_tree here makes the child's tree its process group, which is signalled only "
-                f"while childproc knows its leader is unreaped, and in {mode.name} the application "
-                "reaps: use a cgroup tree (where this process may make cgroups) or another mode"
-            )
-        call = creator.prepare()
-        with _process.LOCK:
-            self._check_usable()
-            self._kids.check_start_locked(creator, watches_stops, adopt_pidfd)
-            if tree.kill_tree and tree.cgroup is None and rules.orphans_come_back:
-                SUBREAPER.hold(self)  # (before the child exists: its orphans come back here)
-            child = Child(
-                self,
-                0,
-                on_event,
-                events=events,
-                oneshot=oneshot,
-                defer_reap=reap_after_callback,
-                kill_on_close=kill_on_close,
-                on_exit_status=on_exit_status,
-            )
-            child._io, child._args = io, args  # (before the child exists: its exit may come at once)
-            if tree is not _NO_TREE:
-                child._leads_group = tree.leads_group
-                child._tree = tree.tree_for(partial(self._signal_group, child))
-                if tree.cgroup is not None:
-                    self._kids.trees.append(child)
-            if not self._kids.start_locked(creator, child, call, adopt_pidfd):
-                if tree is not _NO_TREE:
-                    tree.in_forked_child()
-                return None  # in the forked child
-            if tree is not _NO_TREE:  # (the lock held: nobody has reaped the child)
-                tree.in_parent(child._pid, forked=isinstance(creator, Fork), by_pid=not rules.app_reports)
-        return child
-
-    # -- reaping ------------------------------------------------------------
-    def _collect(self, ready: list[tuple[int, int]] | None = None) -> None:
-        """Reap whatever the epoll says is ready (``ready``: what a poll just returned;
-        None polls now), without blocking; apply the journal. Once a second on a quiet
-        call, check that nobody closed our pidfds."""
-        with _process.LOCK:
-            if self._closed:  # closed by another thread since _enter() checked
-                raise ClosedError("this childproc Context is closed; create a new one")
-            self._kids.collect_locked(ready)
-        if not ready and time.monotonic() - self._fds_checked_at >= _HANDLER_RECHECK_S:
-            self._check_fds()
-
-    def _report_lost_fds(self) -> None:
-        if not self._kids.wakeups.lost:
-            return
-        with _process.LOCK:
-            lost = self._kids.wakeups.lost
-            pids = list(lost)
-            del lost[:]
-        if pids:
-            raise FdLostError(
-                f"the pidfd childproc held for child(ren) {', '.join(map(str, pids))} was closed by "
-                "someone else (the number may name another file now, which childproc leaves alone); "
-                "childproc watches them by pid from now on. Do not close fds you did not open "
-                "(closerange()/os.closerange in a host, a daemonize step).",
-                pids,
-            )
-
-    # -- delivery -----------------------------------------------------------
-    def _deliver(self) -> int:
-        try:
-            return self._delivery.deliver(lambda: self._closed)
-        finally:
-            self._kids.close_gone_fds()
+        return self._starter.adopt(
+            pid,
+            on_event,
+            pidfd=pidfd,
+            own_pidfd=own_pidfd,
+            events=events,
+            oneshot=oneshot,
+            reap_after_callback=reap_after_callback,
+            kill_on_close=kill_on_close,
+        )
 
     # -- handles --------------------------------------------------------------
     def _signal_child(self, child: Child, sig: int) -> None:
@@ -728,47 +500,13 @@ class Context:
         _teardown.release(self._kids, child, self._closed)
 
     def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
-        """Dispatch until ``child``'s exit was delivered, by this thread or another
-        (in MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        token = object()
-        try:
-            self._waiters[token] = threading.get_ident()
-            while True:
-                self.dispatch()
-                if child.done:
-                    return child.final
-                remaining = -1.0 if deadline is None else deadline - time.monotonic()
-                if deadline is not None and remaining <= 0:
-                    return None
-                if not self._sleep(
-                    _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
-                ):
-                    self._check_fds()
-        finally:
-            self._waiting_end(token)
+        return self._dispatcher.wait_child(child, timeout)
 
-    def _waiting_end(self, token: object) -> None:
-        self._waiters.pop(token, None)
-        if self._closed:  # close() may be waiting for us
-            with self._waiters_cv:
-                self._waiters_cv.notify_all()
+    def _fd_to_dispatch(self) -> int | None:
+        return self._dispatcher.fd_to_dispatch()
 
-    def _sleep(self, timeout: float) -> list[tuple[int, int]]:
-        """Block until the epoll is readable or ``timeout`` (-1: forever) passed;
-        return what the poll saw."""
-        try:
-            return self._kids.wakeups.poll(timeout)
-        except ValueError:  # closed by another thread
-            self._check_usable()
-            raise
-
-    def _check_fds(self) -> None:
-        """A quiet tick: check that nobody closed our pidfds (their deaths would go unseen)."""
-        self._fds_checked_at = time.monotonic()
-        with _process.LOCK:
-            if not self._closed:
-                self._kids.check_fds_locked()
+    def _reports_here(self) -> bool:
+        return self._dispatcher.reports_here()
 
     # -- the event loop interface ------------------------------------------
     def fileno(self) -> int:
@@ -786,18 +524,7 @@ class Context:
         is consistent again; the events after it stay queued for the next call.
         Raises :class:`FdLostError` once if someone closed a pidfd of childproc's."""
         self._enter()
-        self._collect()
-        delivered = self._deliver()
-        self._report_lost_fds()
-        return delivered
-
-    def _outstanding(self) -> bool:
-        """Something may still be delivered by waiting."""
-        ledger = self._kids.ledger
-        if ledger.running or ledger.next_event() is not None or self._kids.zombies:
-            return True
-        # Modes that reap every child: the host's children are delivered too.
-        return self._kids.plan.rules.reaper is Reaper.ANY_CHILD and bool(_process.foreign_children())
+        return self._dispatcher.pump()
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until at least one event was delivered by this call, or ``timeout``
@@ -806,45 +533,7 @@ class Context:
 
         Raises :class:`ClosedError` if the context is closed meanwhile.
         """
-        deadline = None
-        if timeout is not None:
-            try:
-                ok = timeout >= 0 and timeout is not True and timeout is not False
-                deadline = time.monotonic() + timeout
-            except TypeError:
-                ok = False
-            if not ok:
-                raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
-        token = object()
-        try:
-            self._waiters[token] = threading.get_ident()
-            self._enter()
-            if self._kids.uses_handler():  # report a replaced handler now, not after a sleep
-                with _process.LOCK:
-                    HANDLER.check()
-            while True:
-                # Sleep first (anything already ready makes it return at once), then
-                # dispatch: one dispatch per wake-up, not an idle one before each sleep.
-                ready = None
-                with _process.LOCK:
-                    idle = self._kids.ledger.next_event() is None
-                    if idle and not self._outstanding():
-                        return 0
-                if idle:
-                    remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                    tick = _HANDLER_RECHECK_S if remaining < 0 else min(remaining, _HANDLER_RECHECK_S)
-                    ready = self._sleep(tick)
-                if _process.CHORES:
-                    _process.run_chores()
-                self._collect(ready)
-                delivered = self._deliver()
-                self._report_lost_fds()
-                if delivered:
-                    return delivered
-                if deadline is not None and time.monotonic() >= deadline:
-                    return 0
-        finally:
-            self._waiting_end(token)
+        return self._dispatcher.wait(check_timeout(timeout))
 
     def start_dispatch_thread(self) -> threading.Thread:
         """Run :meth:`wait` forever on a daemon thread, for hosts with no loop.
@@ -856,34 +545,9 @@ class Context:
         :meth:`fileno` in a loop you already have, or :meth:`spawn`.
         """
         self._enter()
-        if self._thread is not None and self._thread.is_alive():
-            raise StateError("this context already has a dispatch thread")
-        thread = threading.Thread(target=self._dispatch_forever, name="childproc-dispatch", daemon=True)
-        self._thread = thread
-        thread.start()
-        return thread
-
-    def _dispatch_forever(self) -> None:
-        while not self._closed:
-            try:
-                if self.wait(_HANDLER_RECHECK_S) == 0 and not self._closed:
-                    self._sleep(_HANDLER_RECHECK_S)  # nothing outstanding: idle, woken by any new child
-            except (ClosedError, ForkedContextError):
-                return
-            except Exception as exc:
-                if exc is self._delivery.raised or not self._closed:  # (a callback's, even if
-                    log.exception("a childproc callback raised on the dispatch thread")  # closing)
-                if self._closed:
-                    return
+        return self._dispatcher.start_thread()
 
     # -- MAINLOOP -----------------------------------------------------------
-    def _require_app_reports(self, what: str) -> None:
-        if not self._kids.plan.rules.app_reports:
-            raise StateError(
-                f"{what} is only for SigchldOwner.MAINLOOP, where the application reaps; this "
-                f"context is in {self.mode.name} mode and reaps its children itself"
-            )
-
     def childproc_reaped(self, pid: int, status: int, rusage: resource.struct_rusage | None = None) -> bool:
         """MAINLOOP: the application reaped ``pid`` with wait status ``status``.
 
@@ -895,31 +559,9 @@ class Context:
         ``os.wait4``/``os.wait3``; it becomes the final event's ``rusage``.
         Do not call it from a signal handler: report from your main loop.
         """
-        _validate_pid(pid, "pid")
-        if rusage is not None and not hasattr(rusage, "ru_utime"):
-            raise InvalidArgumentError(
-                f"rusage must be what os.wait4/os.wait3 return (a resource.struct_rusage), not {rusage!r}"
-            )
-        if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 0xFFFF:
-            raise InvalidArgumentError(f"status must be a wait status (int 0..0xffff), not {status!r}")
-        try:
-            ChildEvent.from_wait_status(pid, status)
-        except ValueError:
-            raise InvalidArgumentError(
-                f"status {status:#x} is not a wait status (exited, killed, stopped or continued)"
-            ) from None
+        check_report(pid, status, rusage)
         self._enter()
-        self._require_app_reports("childproc_reaped()")
-        self._reporter = threading.get_ident()
-        kids = self._kids
-        with _process.LOCK:
-            self._check_usable()
-            if not kids.reported_locked(pid, status, rusage):
-                return False
-        self._deliver()
-        if self._waiters:
-            kids.wakeups.waker.poke()  # a thread in child.wait() may be waiting for this one
-        return True
+        return self._dispatcher.reported(pid, status, rusage)
 
     def sigchld_occurred(self) -> int:
         """MAINLOOP: "a SIGCHLD happened": reap and deliver this context's dead children.
@@ -929,16 +571,7 @@ class Context:
         (``waitid(P_PID, pid, WNOHANG)``). Returns the number of events delivered.
         """
         self._enter()
-        self._require_app_reports("sigchld_occurred()")
-        self._reporter = threading.get_ident()
-        kids = self._kids
-        with _process.LOCK:
-            self._check_usable()
-            kids.scan_locked()
-        delivered = self._deliver()
-        if delivered and self._waiters:
-            kids.wakeups.waker.poke()
-        return delivered
+        return self._dispatcher.sigchld_occurred()
 
     # -- fork server children -------------------------------------------------
     def watch_served(
@@ -955,26 +588,7 @@ class Context:
         pidfd; there is no safe way without one). The exit is reaped by the server;
         only exit events are reported (``reap_after_callback`` does not apply).
         """
-        if served.exit_fd is None:
-            raise InvalidArgumentError("watch_served() needs a child forked with exit_fd=True")
-        if on_event is not None:
-            check_callback(on_event, 2, "on_event", "on_event(child, event)")
-        self._enter()
-        with _process.LOCK:
-            self._check_usable()
-            if self._kids.ledger.is_running(served.pid):
-                raise AlreadyWatchedError(f"pid {served.pid} is already watched by this context")
-            child = Child(
-                self,
-                served.pid,
-                on_event,
-                events=os.WEXITED,
-                oneshot=False,
-                defer_reap=False,
-                kill_on_close=kill_on_close,
-            )
-            self._kids.watch_served_locked(child, *served.detach_fds())
-        return child
+        return self._starter.watch_served(served, on_event, kill_on_close)
 
     # -- teardown -----------------------------------------------------------
     def close(self) -> None:
@@ -1020,14 +634,7 @@ class Context:
             kids.wakeups.waker.poke()
             if kids.doomed:
                 _teardown.reap_killed(kids, list(kids.doomed), closed=True)
-            me = threading.get_ident()
-            thread = self._thread
-            if thread is not None and thread.ident != me:
-                thread.join()
-            with self._waiters_cv:
-                self._waiters_cv.wait_for(
-                    lambda: all(t == me for t in list(self._waiters.values())), timeout=5.0
-                )
+            self._dispatcher.stop()
             with _process.LOCK:
                 kids.close_gone_fds()
                 kids.wakeups.close()
@@ -1035,7 +642,7 @@ class Context:
                 self._torn_down = True
             kids.settle_trees()  # what is left of exited children's trees (killed: kill_on_close)
             _process.teardown_done(self)
-        for io in list(self._pipes):
+        for io in list(self._starter.pipes):
             io.close()
         if orphans:
             app_reaps = kids.plan.rules.reaper is Reaper.APPLICATION

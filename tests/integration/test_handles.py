@@ -260,7 +260,7 @@ def test_signal_refused_once_exit_seen_even_before_delivery() -> None:
     with ctx_in(SigchldOwner.SELECTIVE_REAP) as ctx:
         child = fork_child(ctx, ev, code=3)
         assert wait_until(lambda: is_zombie(child.pid))
-        ctx._collect()  # observe (reap) without delivering
+        ctx._dispatcher.collect()  # observe (reap) without delivering
         assert child.state is ChildState.EXITED and ev.seen == []
         with pytest.raises(ChildExitedError):
             child.terminate()
@@ -605,7 +605,7 @@ def test_close_reaps_an_observed_but_undelivered_deferred_zombie() -> None:
     if child is None:
         os._exit(0)
     assert wait_until(lambda: is_zombie(child.pid))
-    ctx._collect()  # its exit is seen (kept a zombie for the callback), not delivered
+    ctx._dispatcher.collect()  # its exit is seen (kept a zombie for the callback), not delivered
     assert child.state is ChildState.EXITED and is_zombie(child.pid)
     ctx.close()
     assert child.pid not in children()

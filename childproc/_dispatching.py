@@ -1,0 +1,320 @@
+"""A context's dispatch cycle: reap what is ready, deliver it; now, or by waiting.
+
+Rules of this file
+------------------
+* One cycle (:meth:`Dispatcher.pump`): reap what the context's fds say is ready
+  into the journal and apply it (``Children.collect_locked``, under the process
+  lock), run the due callbacks (:class:`~childproc._delivery.Delivery`), close
+  the fds of children that are gone, then report pidfds someone else closed.
+  ``dispatch()`` is one cycle; everything that waits is cycles between sleeps.
+* A sleep is a poll of the context's epoll, never longer than
+  :data:`RECHECK_S`: a wait that is woken by nothing still notices, that often,
+  a closed context, a replaced handler or a pidfd someone closed.
+* Who may wait where: in MAINLOOP the application reports exits, so a thread
+  waiting for one needs another thread to report it; the thread that reports
+  (:attr:`Dispatcher.reporter`) is refused where it would wait forever, and a
+  report pokes the waker so the waiting threads look again.
+* Every waiting thread is registered (:meth:`waiting`) while it waits, so that
+  ``close()`` can wake them and wait (a little) for them to leave.
+* The context's entry check (``enter``: usable here, interrupted work replayed)
+  runs at the start of every public call and of every cycle of a wait;
+  ``check_usable`` (not closed, not inherited) again under the process lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from . import _process
+from ._errors import ClosedError, FdLostError, ForkedContextError, InvalidArgumentError, StateError
+from ._policy import Reaper
+from ._sigchld import HANDLER
+from ._status import ChildEvent
+
+if TYPE_CHECKING:
+    import resource
+
+    from ._child import Child
+    from ._children import Children
+    from ._delivery import Delivery
+
+__all__ = ["RECHECK_S", "Dispatcher", "check_report"]
+
+log = logging.getLogger("childproc")
+
+#: The longest sleep of a wait: how often a blocked wait re-checks what it relies on.
+RECHECK_S = 1.0
+
+
+def check_report(pid: object, status: object, rusage: object) -> None:
+    """``childproc_reaped()``'s arguments checked: a pid, a wait status, and what
+    ``os.wait4`` gives for rusage (or None)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise InvalidArgumentError(f"pid must be a positive int pid, not {pid!r}")
+    if rusage is not None and not hasattr(rusage, "ru_utime"):
+        raise InvalidArgumentError(
+            f"rusage must be what os.wait4/os.wait3 return (a resource.struct_rusage), not {rusage!r}"
+        )
+    if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 0xFFFF:
+        raise InvalidArgumentError(f"status must be a wait status (int 0..0xffff), not {status!r}")
+    try:
+        ChildEvent.from_wait_status(pid, status)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"status {status:#x} is not a wait status (exited, killed, stopped or continued)"
+        ) from None
+
+
+def check_timeout(timeout: object) -> float | None:
+    """A ``timeout=`` argument checked; the deadline it sets (None: no limit)."""
+    if timeout is None:
+        return None
+    try:
+        if timeout is not True and timeout is not False and timeout >= 0:  # type: ignore[operator]
+            return time.monotonic() + timeout  # type: ignore[operator]
+    except TypeError:
+        pass
+    raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
+
+
+class Dispatcher:
+    """Reaping and delivery for one context, now or by waiting (see the rules above)."""
+
+    def __init__(
+        self,
+        kids: Children,
+        delivery: Delivery,
+        *,
+        enter: Callable[[], None],
+        check_usable: Callable[[], None],
+        closed: Callable[[], bool],
+    ) -> None:
+        self._kids = kids
+        self._delivery = delivery
+        self._enter = enter
+        self._check_usable = check_usable
+        self._closed = closed
+        self._fds_checked_at = time.monotonic()
+        self._waiters: dict[object, int] = {}  # a waiting thread's token -> its ident
+        self._waiters_cv = threading.Condition(threading.Lock())
+        #: The dispatch thread, if one was started.
+        self.thread: threading.Thread | None = None
+        #: MAINLOOP: the thread that reports exits (the last to call childproc_reaped or
+        #: sigchld_occurred; at first the one that chose the mode), which must not wait.
+        self.reporter = threading.get_ident()
+
+    # -- one cycle ------------------------------------------------------------
+    def collect(self, ready: list[tuple[int, int]] | None = None) -> None:
+        """Reap whatever the epoll says is ready (``ready``: what a poll just returned;
+        None polls now), without blocking; apply the journal. Once a second on a quiet
+        call, check that nobody closed our pidfds."""
+        with _process.LOCK:
+            if self._closed():  # closed by another thread since enter() checked
+                raise ClosedError("this childproc Context is closed; create a new one")
+            self._kids.collect_locked(ready)
+        if not ready and time.monotonic() - self._fds_checked_at >= RECHECK_S:
+            self.check_fds()
+
+    def deliver(self) -> int:
+        """Run the due callbacks; close the fds of children that are gone."""
+        try:
+            return self._delivery.deliver(self._closed)
+        finally:
+            self._kids.close_gone_fds()
+
+    def report_lost_fds(self) -> None:
+        """Raise :class:`FdLostError` once for pidfds someone else closed."""
+        if not self._kids.wakeups.lost:
+            return
+        with _process.LOCK:
+            lost = self._kids.wakeups.lost
+            pids = list(lost)
+            del lost[:]
+        if pids:
+            raise FdLostError(
+                f"the pidfd childproc held for child(ren) {', '.join(map(str, pids))} was closed by "
+                "someone else (the number may name another file now, which childproc leaves alone); "
+                "childproc watches them by pid from now on. Do not close fds you did not open "
+                "(closerange()/os.closerange in a host, a daemonize step).",
+                pids,
+            )
+
+    def pump(self, ready: list[tuple[int, int]] | None = None) -> int:
+        """One cycle: collect, deliver, report lost fds. Returns how many were delivered."""
+        self.collect(ready)
+        delivered = self.deliver()
+        self.report_lost_fds()
+        return delivered
+
+    def check_fds(self) -> None:
+        """A quiet tick: check that nobody closed our pidfds (their deaths would go unseen)."""
+        self._fds_checked_at = time.monotonic()
+        with _process.LOCK:
+            if not self._closed():
+                self._kids.check_fds_locked()
+
+    def sleep(self, timeout: float) -> list[tuple[int, int]]:
+        """Block until the epoll is readable or ``timeout`` (-1: forever) passed;
+        return what the poll saw."""
+        try:
+            return self._kids.wakeups.poll(timeout)
+        except ValueError:  # closed by another thread
+            self._check_usable()
+            raise
+
+    # -- waiting --------------------------------------------------------------
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """This thread waits meanwhile (``close()`` wakes it and waits for it to leave)."""
+        token = object()
+        try:
+            self._waiters[token] = threading.get_ident()
+            yield
+        finally:
+            self._waiters.pop(token, None)
+            if self._closed():  # close() may be waiting for us
+                with self._waiters_cv:
+                    self._waiters_cv.notify_all()
+
+    def poke_waiters(self) -> None:
+        """Something was delivered without them (a report): let waiting threads look."""
+        if self._waiters:
+            self._kids.wakeups.waker.poke()
+
+    def outstanding(self) -> bool:
+        """Something may still be delivered by waiting."""
+        ledger = self._kids.ledger
+        if ledger.running or ledger.next_event() is not None or self._kids.zombies:
+            return True
+        # Modes that reap every child: the host's children are delivered too.
+        return self._kids.plan.rules.reaper is Reaper.ANY_CHILD and bool(_process.foreign_children())
+
+    def wait(self, deadline: float | None) -> int:
+        """``Context.wait``: cycles until one delivers, ``deadline`` passes, or nothing
+        is outstanding."""
+        with self.waiting():
+            self._enter()
+            if self._kids.uses_handler():  # report a replaced handler now, not after a sleep
+                with _process.LOCK:
+                    HANDLER.check()
+            while True:
+                # Sleep first (anything already ready makes it return at once), then
+                # dispatch: one dispatch per wake-up, not an idle one before each sleep.
+                ready = None
+                with _process.LOCK:
+                    idle = self._kids.ledger.next_event() is None
+                    if idle and not self.outstanding():
+                        return 0
+                if idle:
+                    remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                    ready = self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S))
+                if _process.CHORES:
+                    _process.run_chores()
+                delivered = self.pump(ready)
+                if delivered:
+                    return delivered
+                if deadline is not None and time.monotonic() >= deadline:
+                    return 0
+
+    def wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
+        """Cycles until ``child``'s exit was delivered, by this thread or another (in
+        MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.waiting():
+            while True:
+                self._enter()
+                self.pump()
+                if child.done:
+                    return child.final
+                remaining = -1.0 if deadline is None else deadline - time.monotonic()
+                if deadline is not None and remaining <= 0:
+                    return None
+                if not self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)):
+                    self.check_fds()
+
+    def reports_here(self) -> bool:
+        """MAINLOOP, and this thread is the one that reports exits: waiting here for
+        an exit would wait forever."""
+        return self._kids.plan.rules.app_reports and threading.get_ident() == self.reporter
+
+    def fd_to_dispatch(self) -> int | None:
+        """The fd a thread waiting for a child's exit polls and then dispatches, or
+        None where another thread dispatches (a dispatch thread; the application
+        in MAINLOOP): the exit's delivery wakes the waiter then."""
+        if self._kids.plan.rules.app_reports:
+            return None
+        thread = self.thread
+        if thread is not None and thread.is_alive() and thread.ident != threading.get_ident():
+            return None  # (on the dispatch thread itself, in a callback: nobody else would)
+        self._check_usable()
+        return self._kids.wakeups.fileno()
+
+    # -- the dispatch thread --------------------------------------------------
+    def start_thread(self) -> threading.Thread:
+        if self.thread is not None and self.thread.is_alive():
+            raise StateError("this context already has a dispatch thread")
+        thread = threading.Thread(target=self._dispatch_forever, name="childproc-dispatch", daemon=True)
+        self.thread = thread
+        thread.start()
+        return thread
+
+    def _dispatch_forever(self) -> None:
+        while not self._closed():
+            try:
+                if self.wait(time.monotonic() + RECHECK_S) == 0 and not self._closed():
+                    self.sleep(RECHECK_S)  # nothing outstanding: idle, woken by any new child
+            except (ClosedError, ForkedContextError):
+                return
+            except Exception as exc:
+                if exc is self._delivery.raised or not self._closed():  # (a callback's, even if
+                    log.exception("a childproc callback raised on the dispatch thread")  # closing)
+                if self._closed():
+                    return
+
+    # -- what the application reports (MAINLOOP) --------------------------------
+    def _require_app_reports(self, what: str) -> None:
+        if not self._kids.plan.rules.app_reports:
+            raise StateError(
+                f"{what} is only for SigchldOwner.MAINLOOP, where the application reaps; this "
+                f"context is in {self._kids.plan.mode.name} mode and reaps its children itself"
+            )
+
+    def reported(self, pid: int, status: int, rusage: resource.struct_rusage | None) -> bool:
+        """The application reaped ``pid``: deliver it if it was ours."""
+        self._require_app_reports("childproc_reaped()")
+        self.reporter = threading.get_ident()
+        with _process.LOCK:
+            self._check_usable()
+            if not self._kids.reported_locked(pid, status, rusage):
+                return False
+        self.deliver()
+        self.poke_waiters()  # a thread in child.wait() may be waiting for this one
+        return True
+
+    def sigchld_occurred(self) -> int:
+        """The application saw a SIGCHLD: check each of our children, deliver."""
+        self._require_app_reports("sigchld_occurred()")
+        self.reporter = threading.get_ident()
+        with _process.LOCK:
+            self._check_usable()
+            self._kids.scan_locked()
+        delivered = self.deliver()
+        if delivered:
+            self.poke_waiters()
+        return delivered
+
+    # -- teardown ---------------------------------------------------------------
+    def stop(self) -> None:
+        """The context is closing: end the dispatch thread and let the threads
+        waiting in it leave (they raise :class:`ClosedError`), a few seconds at most."""
+        me = threading.get_ident()
+        thread = self.thread
+        if thread is not None and thread.ident != me:
+            thread.join()
+        with self._waiters_cv:
+            self._waiters_cv.wait_for(lambda: all(t == me for t in list(self._waiters.values())), timeout=5.0)
