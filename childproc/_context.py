@@ -70,7 +70,7 @@ from ._plan import ForkReplacement, Hooks, Plan, ReapedCallback
 from ._policy import Reaper, SigchldOwner, choose_watcher
 from ._sigchld import HANDLER
 from ._signature import check_callback
-from ._starter import EXIT_ONLY, ServedLike, Starter, Stdio, TreeOptions
+from ._starter import EXIT_ONLY, ServedLike, Starter
 from ._status import ChildEvent
 from ._subreaper import SUBREAPER
 from ._traps import TRAPS
@@ -363,12 +363,19 @@ class Context:
         """
         return self._starter.fork(
             on_event,
-            Stdio(stdin, stdout, stderr, text, encoding, errors),
-            TreeOptions(start_new_session, process_group, kill_tree),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            encoding=encoding,
+            errors=errors,
             events=events,
             oneshot=oneshot,
             reap_after_callback=reap_after_callback,
             kill_on_close=kill_on_close,
+            start_new_session=start_new_session,
+            process_group=process_group,
+            kill_tree=kill_tree,
         )
 
     def spawn(
@@ -417,15 +424,22 @@ class Context:
         return self._starter.spawn(
             argv,
             on_event,
-            Stdio(stdin, stdout, stderr, text, encoding, errors),
-            TreeOptions(start_new_session, process_group, kill_tree),
             env=env,
             cwd=cwd,
             pass_fds=pass_fds,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            encoding=encoding,
+            errors=errors,
             events=events,
             oneshot=oneshot,
             reap_after_callback=reap_after_callback,
             kill_on_close=kill_on_close,
+            start_new_session=start_new_session,
+            process_group=process_group,
+            kill_tree=kill_tree,
         )
 
     def run(self, argv: Argv, **options: Any) -> CompletedProcess:

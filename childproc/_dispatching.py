@@ -14,7 +14,7 @@ Rules of this file
   waiting for one needs another thread to report it; the thread that reports
   (:attr:`Dispatcher.reporter`) is refused where it would wait forever, and a
   report pokes the waker so the waiting threads look again.
-* Every waiting thread is registered (:meth:`waiting`) while it waits, so that
+* Every waiting thread is registered (:meth:`Dispatcher.waiting`) while it waits, so that
   ``close()`` can wake them and wait (a little) for them to leave.
 * The context's entry check (``enter``: usable here, interrupted work replayed)
   runs at the start of every public call and of every cycle of a wait;
@@ -26,8 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _process
@@ -168,18 +167,17 @@ class Dispatcher:
             raise
 
     # -- waiting --------------------------------------------------------------
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
-        """This thread waits meanwhile (``close()`` wakes it and waits for it to leave)."""
-        token = object()
-        try:
-            self._waiters[token] = threading.get_ident()
-            yield
-        finally:
-            self._waiters.pop(token, None)
-            if self._closed():  # close() may be waiting for us
-                with self._waiters_cv:
-                    self._waiters_cv.notify_all()
+    def waiting(self, token: object) -> None:
+        """This thread waits from now on: ``close()`` wakes it and waits (a little)
+        for it to leave, which it says with :meth:`done_waiting` and the same token
+        (in a ``finally`` whose ``try`` holds this call)."""
+        self._waiters[token] = threading.get_ident()
+
+    def done_waiting(self, token: object) -> None:
+        self._waiters.pop(token, None)
+        if self._closed():  # close() may be waiting for us
+            with self._waiters_cv:
+                self._waiters_cv.notify_all()
 
     def poke_waiters(self) -> None:
         """Something was delivered without them (a report): let waiting threads look."""
@@ -197,7 +195,9 @@ class Dispatcher:
     def wait(self, deadline: float | None) -> int:
         """``Context.wait``: cycles until one delivers, ``deadline`` passes, or nothing
         is outstanding."""
-        with self.waiting():
+        token = object()
+        try:
+            self.waiting(token)
             self._enter()
             if self._kids.uses_handler():  # report a replaced handler now, not after a sleep
                 with _process.LOCK:
@@ -220,12 +220,16 @@ class Dispatcher:
                     return delivered
                 if deadline is not None and time.monotonic() >= deadline:
                     return 0
+        finally:
+            self.done_waiting(token)
 
     def wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
         """Cycles until ``child``'s exit was delivered, by this thread or another (in
         MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.waiting():
+        token = object()
+        try:
+            self.waiting(token)
             while True:
                 self._enter()
                 self.pump()
@@ -236,6 +240,8 @@ class Dispatcher:
                     return None
                 if not self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)):
                     self.check_fds()
+        finally:
+            self.done_waiting(token)
 
     def reports_here(self) -> bool:
         """MAINLOOP, and this thread is the one that reports exits: waiting here for

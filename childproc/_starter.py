@@ -24,7 +24,7 @@ import select
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _process, _stdio, _trees
 from ._child import Child, ChildOwner, EventCallback, check_events
@@ -39,30 +39,11 @@ if TYPE_CHECKING:
     from ._ledger import ChildCallback
     from ._spawn import Argv
 
-__all__ = ["EXIT_ONLY", "ServedLike", "Starter", "Stdio", "TreeOptions"]
+__all__ = ["EXIT_ONLY", "ServedLike", "Starter"]
 
 #: ``events=`` for exits only (the default): checked by identity on the fast path.
 EXIT_ONLY = os.WEXITED
 _NO_TREE = _trees.NO_TREE
-
-
-class Stdio(NamedTuple):
-    """``spawn``/``fork``'s ``stdin``, ``stdout``, ``stderr``, ``text``, ``encoding``, ``errors``."""
-
-    stdin: Any
-    stdout: Any
-    stderr: Any
-    text: bool
-    encoding: str | None
-    errors: str | None
-
-
-class TreeOptions(NamedTuple):
-    """``spawn``/``fork``'s ``start_new_session``, ``process_group``, ``kill_tree``."""
-
-    start_new_session: bool
-    process_group: int | None
-    kill_tree: bool | str
 
 
 class ServedLike(Protocol):
@@ -190,22 +171,28 @@ class Starter:
     def fork(
         self,
         on_event: EventCallback | None,
-        stdio: Stdio,
-        tree_options: TreeOptions,
         *,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        text: bool,
+        encoding: str | None,
+        errors: str | None,
         events: int,
         oneshot: bool,
         reap_after_callback: bool,
         kill_on_close: bool,
+        start_new_session: bool,
+        process_group: int | None,
+        kill_tree: bool | str,
     ) -> Child | None:
         """``Context.fork``."""
-        stdin, stdout, stderr, text, encoding, errors = stdio
         pipes, sources = _stdio.prepare(stdin, stdout, stderr)
         if sources is not None:
             _stdio.forking(pipes, sources)  # what the forked child keeps (see _stdio)
         tree, gate = _NO_TREE, None
         try:
-            tree = _trees.plan(*tree_options)
+            tree = _trees.plan(start_new_session, process_group, kill_tree)
             if tree.setsid:  # fork() returns once the child has its session (see below)
                 gate = tuple(map(above_stdio, os.pipe2(os.O_CLOEXEC)))
             child = self.start(
@@ -250,19 +237,25 @@ class Starter:
         self,
         argv: Argv,
         on_event: EventCallback | None,
-        stdio: Stdio,
-        tree_options: TreeOptions,
         *,
         env: Mapping[str, str] | None,
         cwd: str | os.PathLike[str] | None,
         pass_fds: Sequence[int],
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        text: bool,
+        encoding: str | None,
+        errors: str | None,
         events: int,
         oneshot: bool,
         reap_after_callback: bool,
         kill_on_close: bool,
+        start_new_session: bool,
+        process_group: int | None,
+        kill_tree: bool | str,
     ) -> Child:
         """``Context.spawn``."""
-        stdin, stdout, stderr, text, encoding, errors = stdio
         if type(pass_fds) is not tuple and (
             not isinstance(pass_fds, Sequence) or isinstance(pass_fds, (str, bytes))
         ):
@@ -270,7 +263,7 @@ class Starter:
         pipes, src = _stdio.prepare(stdin, stdout, stderr)
         tree = _NO_TREE
         try:
-            tree = _trees.plan(*tree_options)
+            tree = _trees.plan(start_new_session, process_group, kill_tree)
             if src is not None:
                 stdin, stdout, stderr = src
             creator = Spawn(
