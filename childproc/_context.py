@@ -51,7 +51,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _process, _teardown
+from . import _process, _teardown, _trees
 from ._child import Child, EventCallback
 from ._children import Children, refuse_ignored
 from ._creators import Fork
@@ -268,18 +268,29 @@ class Context:
                     raise refuse_ignored(hooks.chldowner, why, "leaves SIGCHLD's disposition alone")
             if plan.rules.foreign_children_check.name == "SETMODE":
                 kids.refuse_foreign_children_locked(hooks.chldowner)
-            old = (self._hooks, self._user, kids.plan, kids.watcher)
+            # (first: nothing is outstanding, and the next process-group tree holds it
+            # again if the mode says so)
+            SUBREAPER.release(self)
+            dispatcher, delivery = self._dispatcher, self._delivery
+            old = (
+                self._hooks,
+                self._user,
+                kids.plan,
+                kids.watcher,
+                delivery.reaped_callback,
+                dispatcher.reporter,
+            )
             self._hooks, self._user, kids.plan = hooks, user, plan
-            self._dispatcher.reporter = threading.get_ident()  # MAINLOOP: who reports, until one does
+            dispatcher.reporter = threading.get_ident()  # MAINLOOP: who reports, until one does
             kids.watcher = make_watcher(choose_watcher(hooks.chldowner, self._pidfds))
             cb = hooks.reaped_callback
-            self._delivery.reaped_callback = None if cb is None else (lambda pid, st: cb(pid, st, self._user))
+            delivery.reaped_callback = None if cb is None else (lambda pid, st: cb(pid, st, self._user))
             try:
                 kids.sync_handler_use_locked()
             except BaseException:
-                self._hooks, self._user, kids.plan, kids.watcher = old
+                (self._hooks, self._user, kids.plan, kids.watcher, delivery.reaped_callback) = old[:5]
+                dispatcher.reporter = old[5]
                 raise
-            SUBREAPER.release(self)  # (the next process-group tree holds it again, if the mode says so)
         if plan.rules.reaper is Reaper.OWN_CHILDREN and not self._pidfds and not _fallback_logged:
             _fallback_logged = True
             log.warning(
@@ -648,6 +659,7 @@ class Context:
             kids.wakeups.waker.poke()
             if kids.doomed:
                 _teardown.reap_killed(kids, list(kids.doomed), closed=True)
+            _trees.reap_all_returned()  # (this process a subreaper: what came back of trees)
             self._dispatcher.stop()
             with _process.LOCK:
                 kids.close_gone_fds()

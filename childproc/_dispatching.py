@@ -14,10 +14,10 @@ Rules of this file
   waiting for one needs another thread to report it; the thread that reports
   (:attr:`Dispatcher.reporter`) is refused where it would wait forever, and a
   report pokes the waker so the waiting threads look again.
-* Every waiting thread is registered (:meth:`Dispatcher.waiting`) while it waits, so that
-  ``close()`` can wake them and wait (a little) for them to leave.
+* Every waiting thread is registered (:meth:`Dispatcher.add_waiter`) while it
+  waits, so that ``close()`` can wake them and wait (a little) for them to leave.
 * The context's entry check (``enter``: usable here, interrupted work replayed)
-  runs at the start of every public call and of every cycle of a wait;
+  runs at the start of every public call, and of every cycle of a child's wait;
   ``check_usable`` (not closed, not inherited) again under the process lock.
 """
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ._children import Children
     from ._delivery import Delivery
 
-__all__ = ["RECHECK_S", "Dispatcher", "check_report"]
+__all__ = ["RECHECK_S", "Dispatcher", "check_report", "check_timeout"]
 
 log = logging.getLogger("childproc")
 
@@ -97,7 +97,7 @@ class Dispatcher:
         self._delivery = delivery
         self._enter = enter
         self._check_usable = check_usable
-        self._closed = closed
+        self._is_closed = closed
         self._fds_checked_at = time.monotonic()
         self._waiters: dict[object, int] = {}  # a waiting thread's token -> its ident
         self._waiters_cv = threading.Condition(threading.Lock())
@@ -113,7 +113,7 @@ class Dispatcher:
         None polls now), without blocking; apply the journal. Once a second on a quiet
         call, check that nobody closed our pidfds."""
         with _process.LOCK:
-            if self._closed():  # closed by another thread since enter() checked
+            if self._is_closed():  # closed by another thread since enter() checked
                 raise ClosedError("this childproc Context is closed; create a new one")
             self._kids.collect_locked(ready)
         if not ready and time.monotonic() - self._fds_checked_at >= RECHECK_S:
@@ -122,7 +122,7 @@ class Dispatcher:
     def deliver(self) -> int:
         """Run the due callbacks; close the fds of children that are gone."""
         try:
-            return self._delivery.deliver(self._closed)
+            return self._delivery.deliver(self._is_closed)
         finally:
             self._kids.close_gone_fds()
 
@@ -154,7 +154,7 @@ class Dispatcher:
         """A quiet tick: check that nobody closed our pidfds (their deaths would go unseen)."""
         self._fds_checked_at = time.monotonic()
         with _process.LOCK:
-            if not self._closed():
+            if not self._is_closed():
                 self._kids.check_fds_locked()
 
     def sleep(self, timeout: float) -> list[tuple[int, int]]:
@@ -167,15 +167,16 @@ class Dispatcher:
             raise
 
     # -- waiting --------------------------------------------------------------
-    def waiting(self, token: object) -> None:
+    def add_waiter(self, token: object) -> None:
         """This thread waits from now on: ``close()`` wakes it and waits (a little)
-        for it to leave, which it says with :meth:`done_waiting` and the same token
+        for it to leave, which it says with :meth:`remove_waiter` and the same token
         (in a ``finally`` whose ``try`` holds this call)."""
         self._waiters[token] = threading.get_ident()
 
-    def done_waiting(self, token: object) -> None:
+    def remove_waiter(self, token: object) -> None:
+        """This thread no longer waits (see :meth:`add_waiter`)."""
         self._waiters.pop(token, None)
-        if self._closed():  # close() may be waiting for us
+        if self._is_closed():  # close() may be waiting for us
             with self._waiters_cv:
                 self._waiters_cv.notify_all()
 
@@ -197,7 +198,7 @@ class Dispatcher:
         is outstanding."""
         token = object()
         try:
-            self.waiting(token)
+            self.add_waiter(token)
             self._enter()
             if self._kids.uses_handler():  # report a replaced handler now, not after a sleep
                 with _process.LOCK:
@@ -221,7 +222,7 @@ class Dispatcher:
                 if deadline is not None and time.monotonic() >= deadline:
                     return 0
         finally:
-            self.done_waiting(token)
+            self.remove_waiter(token)
 
     def wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
         """Cycles until ``child``'s exit was delivered, by this thread or another (in
@@ -229,7 +230,7 @@ class Dispatcher:
         deadline = None if timeout is None else time.monotonic() + timeout
         token = object()
         try:
-            self.waiting(token)
+            self.add_waiter(token)
             while True:
                 self._enter()
                 self.pump()
@@ -241,7 +242,7 @@ class Dispatcher:
                 if not self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)):
                     self.check_fds()
         finally:
-            self.done_waiting(token)
+            self.remove_waiter(token)
 
     def reports_here(self) -> bool:
         """MAINLOOP, and this thread is the one that reports exits: waiting here for
@@ -270,16 +271,16 @@ class Dispatcher:
         return thread
 
     def _dispatch_forever(self) -> None:
-        while not self._closed():
+        while not self._is_closed():
             try:
-                if self.wait(time.monotonic() + RECHECK_S) == 0 and not self._closed():
+                if self.wait(time.monotonic() + RECHECK_S) == 0 and not self._is_closed():
                     self.sleep(RECHECK_S)  # nothing outstanding: idle, woken by any new child
             except (ClosedError, ForkedContextError):
                 return
             except Exception as exc:
-                if exc is self._delivery.raised or not self._closed():  # (a callback's, even if
+                if exc is self._delivery.raised or not self._is_closed():  # (a callback's, even if
                     log.exception("a childproc callback raised on the dispatch thread")  # closing)
-                if self._closed():
+                if self._is_closed():
                     return
 
     # -- what the application reports (MAINLOOP) --------------------------------

@@ -30,8 +30,11 @@ class Hooks:
         must not call back into childproc.
     ``reaped_callback``
         LIBXL and LIBXL_ALWAYS only: called as ``reaped_callback(pid, status, user)``
-        for each reaped pid that no childproc context made. Return True or None
-        if the application knows the pid, False if not (then a warning is logged).
+        for each reaped pid that no childproc context made (in LIBXL_ALWAYS with a
+        process-group tree, also a descendant that left the tree's group with
+        ``setsid()`` and came back as an orphan: see ``docs/trees.rst``). Return
+        True or None if the application knows the pid, False if not (then a
+        warning is logged).
         Runs from ``dispatch()``/``wait()``, never from a signal handler.
     """
 

@@ -25,7 +25,9 @@ needs a contract with its host about three things:
    to the callback given to ``child_fork``; a child of another context in the
    same process goes to that context; a child nobody in the library made goes
    to the application's ``reaped_callback`` (or a warning), and only in the
-   modes whose reaper takes every child. (:func:`route`)
+   modes whose reaper takes every child; an orphan of a process-group tree
+   that came back to this process (a subreaper, see ``_subreaper``) goes
+   nowhere: it is the tree's, not the application's. (:func:`route`)
 
 The four modes are libxl's (``libxl_sigchld_owner_*``):
 
@@ -113,6 +115,9 @@ class Owner(enum.Enum):
     THIS_CONTEXT = "this context"
     OTHER_CONTEXT = "another childproc context"
     NOBODY = "no childproc context"
+    #: Seen as a zombie in the group of a process-group tree this subreaper process
+    #: tracks (see ``_subreaper``): an orphan of that tree that came back here.
+    RETURNED = "an orphan of a process-group tree, come back to this subreaper"
 
 
 class Destination(enum.Enum):
@@ -123,6 +128,7 @@ class Destination(enum.Enum):
     REAPED_CALLBACK = "the application's reaped_callback"
     WARNING = "a warning on logger 'childproc'"
     NOT_OURS = "childproc_reaped() returns False"
+    DROPPED = "nobody: logged at debug level on logger 'childproc' (the tree's, not the host's)"
 
 
 class WatcherKind(enum.Enum):
@@ -268,12 +274,15 @@ ROUTE: Final[Mapping[tuple[Reaper, Owner, bool], Destination]] = {
     (Reaper.ANY_CHILD, Owner.OTHER_CONTEXT, False): Destination.OTHER_CONTEXT,
     (Reaper.ANY_CHILD, Owner.NOBODY, True): Destination.REAPED_CALLBACK,
     (Reaper.ANY_CHILD, Owner.NOBODY, False): Destination.WARNING,
+    (Reaper.ANY_CHILD, Owner.RETURNED, True): Destination.DROPPED,
+    (Reaper.ANY_CHILD, Owner.RETURNED, False): Destination.DROPPED,
     (Reaper.OWN_CHILDREN, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
     # childproc_reaped() answers for its own context only, as libxl's does: an
     # application with several contexts reports a pid to each until one says True.
     (Reaper.APPLICATION, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
     (Reaper.APPLICATION, Owner.OTHER_CONTEXT, False): Destination.NOT_OURS,
     (Reaper.APPLICATION, Owner.NOBODY, False): Destination.NOT_OURS,
+    (Reaper.APPLICATION, Owner.RETURNED, False): Destination.NOT_OURS,
 }
 
 #: Whether the handler is wanted, by policy and by which of these holds:

@@ -23,6 +23,7 @@ The caller holds the process lock around every method here.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -34,6 +35,7 @@ from ._lifecycle import Phase
 from ._orphans import ORPHANAGE
 from ._policy import Destination, Owner
 from ._sigchld import HANDLER
+from ._status import describe_status
 from ._traps import TRAPS, ignored_why
 from ._watchers import Reaped, Watcher
 from ._watchers._base import Rusaged, found_from_waitid
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from ._wakeups import Wakeups
 
 __all__ = ["Reaping"]
+
+log = logging.getLogger("childproc")
 
 
 class Reaping:
@@ -154,6 +158,8 @@ class Reaping:
                 self._route(plan, reaped_any)
             j.exited.popleft()
             self._routing = None
+        if j.returned:
+            j.returned.clear()
         while j.gone:
             if plan.echild_means_stolen:
                 self.accept_gone(j.gone[0])
@@ -201,6 +207,8 @@ class Reaping:
             dest = plan.route[Owner.THIS_CONTEXT]
         elif owner is not None:
             dest = plan.route[Owner.OTHER_CONTEXT]
+        elif pid in self.journal.returned:
+            dest = plan.route[Owner.RETURNED]
         else:
             dest = plan.route[Owner.NOBODY]
         if dest is Destination.CHILD_CALLBACK:
@@ -211,6 +219,8 @@ class Reaping:
             self._ledger.foreign(pid, status, EventKind.FOREIGN, uid, news=info)
         elif dest is Destination.WARNING:
             self._ledger.foreign(pid, status, EventKind.UNKNOWN, uid, news=info)
+        elif dest is Destination.DROPPED:
+            log.debug("reaped [%d] %s: an orphan of a process-group tree", pid, describe_status(status))
         else:  # the watcher reaped what this mode never reaps: a bug upstream
             raise AssertionError(f"{plan.mode.name} reaped pid {pid}, which it cannot route ({dest})")
 

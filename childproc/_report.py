@@ -106,9 +106,6 @@ class DoctorReport:
     open_pidfds: int | None
     #: What ``kill_tree=True`` gives here: "cgroup" or "process-group" (this process only).
     kill_tree: str | None
-    #: Whether this process is a child subreaper, and whose doing: "no", "yes (childproc: ...)"
-    #: or "yes (not childproc)"; None for another process (not readable from outside).
-    subreaper: str | None
     rlimit_nofile: tuple[int, int] | None
     threads: tuple[ThreadInfo, ...]
     #: Live childproc contexts (None for another process: not readable from outside).
@@ -118,6 +115,9 @@ class DoctorReport:
     #: in ``wait()``, a LIBXL or LIBXL_ALWAYS context); empty: nothing does.
     reapers: tuple[str, ...]
     findings: tuple[Finding, ...]
+    #: Whether this process is a child subreaper, and whose doing: "no", "yes (childproc: ...)"
+    #: or "yes (not childproc)"; None for another process (not readable from outside).
+    subreaper: str | None = None
 
     @property
     def zombies(self) -> tuple[int, ...]:

@@ -7,7 +7,8 @@ Rules of this file
   prepared, and then, under the process lock, the child is made (or named) and
   registered (``Children.start_locked``) and its tree claimed, so that no reaper
   anywhere in the process can take the pid unseen. ``watch_served`` registers a
-  fork server's child the same way, with no creator.
+  fork server's child under the lock too, but with no creator and none of the
+  mode's checks: the server made and reaps it.
 * What ``fork`` and ``spawn`` add around it, each undone on every path if the
   start fails: the child's pipes (:mod:`childproc._stdio`), its session, group
   and tree (:mod:`childproc._trees`), and, for a forked child that calls
@@ -135,7 +136,7 @@ class Starter:
         with _process.LOCK:
             self._check_usable()
             self._kids.check_start_locked(creator, watches_stops, adopt_pidfd)
-            if tree.kill_tree and tree.cgroup is None and rules.orphans_come_back:
+            if tree.kill_tree and tree.cgroup is None and self._kids.plan.rules.orphans_come_back:
                 SUBREAPER.hold(self._owner)  # (before the child exists: its orphans come back here)
             child = Child(
                 self._owner,
@@ -150,7 +151,7 @@ class Starter:
             child._io, child._args = io, args  # (before the child exists: its exit may come at once)
             if tree is not _NO_TREE:
                 child._leads_group = tree.leads_group
-                child._tree = tree.tree_for(partial(self._signal_group, child))
+                child._tree = tree.tree_for(partial(self._signal_group, child), lambda: child._pid)
                 if tree.cgroup is not None:
                     self._kids.trees.append(child)
             if not self._kids.start_locked(creator, child, call, adopt_pidfd):
@@ -159,6 +160,8 @@ class Starter:
                 return None  # in the forked child
             if tree is not _NO_TREE:  # (the lock held: nobody has reaped the child)
                 tree.in_parent(child._pid, forked=isinstance(creator, Fork), by_pid=not rules.app_reports)
+                if tree.kill_tree and tree.cgroup is None and SUBREAPER.held:
+                    SUBREAPER.track(child._pid)
         return child
 
     def _io_for(

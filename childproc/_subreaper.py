@@ -8,16 +8,27 @@ Rules of this file
   orphans of *every* child of the process, the host's too.
 * So childproc sets it only where the mode reaps every child of the process for
   as long as the context lives (``ModeRules.orphans_come_back``: LIBXL_ALWAYS),
-  and only once a context there has made a process-group tree (the fallback of
-  ``kill_tree=True``). There, an orphan that comes back is reaped like any child
-  childproc did not make: to ``Hooks.reaped_callback``, or a warning. Elsewhere
+  and only once a context there has made a process-group tree
+  (``kill_tree="process-group"``, or ``kill_tree=True`` where there are no
+  cgroups). There, every orphan that comes back is reaped: one still in a
+  tracked tree's group (below) as that tree's (the route's ``RETURNED``: to
+  nobody), any other like a child childproc did not make (to
+  ``Hooks.reaped_callback``, or a warning). Elsewhere
   an orphan that came back would stay a zombie for the life of the process
   (nothing reaps a pid it did not make), so it is never set.
 * A context *holds* the mark from its first process-group tree until it leaves
   that mode (``setmode``) or closes. The mark is cleared when the last holder
   lets go, and only if childproc set it: a host that was a subreaper already
-  stays one. Callers hold the process lock.
-* The mark is not inherited by ``fork()``; after one, the child holds nothing.
+  stays one. :meth:`Subreaper.hold` and :meth:`Subreaper.release` are called
+  with the process lock held.
+* The groups of the process-group trees made while the mark is held are
+  tracked (:meth:`Subreaper.track`) until shortly after their leaders left
+  (:data:`FRESH_S`). What came back of them and has died is reaped when a
+  leader's exit was delivered, after a tree was killed (waiting for it, a
+  little), and when a context closes (:mod:`childproc._trees`): a killed tree
+  leaves no zombie behind.
+* The mark is not inherited by ``fork()`` (after one, the child holds nothing),
+  but it survives ``execve()``: a program that re-execs itself keeps it.
 * Orphans that came back while it was set stay children of this process after
   it is cleared: whatever reaps the process's children then reaps them.
 """
@@ -25,10 +36,19 @@ Rules of this file
 from __future__ import annotations
 
 import ctypes
+import logging
+import math
 import os
+import time
+import weakref
 from typing import Any
 
-__all__ = ["SUBREAPER", "Subreaper", "is_subreaper"]
+__all__ = ["FRESH_S", "SUBREAPER", "Subreaper", "is_subreaper"]
+
+#: How long after a tree's leader left its group is still taken to be the tree's
+#: (for what comes back of it): a group's number can be reused only once the group
+#: is empty and the pid allocator has gone round, which takes far longer.
+FRESH_S = 2.0
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
@@ -36,10 +56,18 @@ _PR_GET_CHILD_SUBREAPER = 37
 _prctl: Any
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
-    _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    # prctl is variadic: only the first parameter is fixed, the others go as c_ulong
+    # (ctypes then makes a variadic call, as the ABI wants).
+    _prctl.argtypes = [ctypes.c_int]
     _prctl.restype = ctypes.c_int
-except AttributeError:  # pragma: no cover - not Linux
+except (OSError, AttributeError):  # pragma: no cover - not Linux
     _prctl = None
+
+log = logging.getLogger("childproc")
+
+
+def _call(option: int, arg: int) -> int:
+    return int(_prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)))
 
 
 def is_subreaper() -> bool | None:
@@ -47,59 +75,94 @@ def is_subreaper() -> bool | None:
     if _prctl is None:  # pragma: no cover - not Linux
         return None
     value = ctypes.c_int(0)
-    if _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.addressof(value), 0, 0, 0) != 0:
-        return None  # pragma: no cover - Linux < 3.4
+    if _call(_PR_GET_CHILD_SUBREAPER, ctypes.addressof(value)) != 0:
+        return None  # pragma: no cover - Linux < 3.4, or a seccomp filter
     return bool(value.value)
 
 
 def _set(on: bool) -> bool:
+    """Set or clear the mark; False where the kernel refuses (trees then work without
+    it, as they do in the other modes)."""
     if _prctl is None:  # pragma: no cover - not Linux
         return False
-    # (fails only before Linux 3.4: trees then work without it, as documented)
-    return bool(_prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0)
+    if _call(_PR_SET_CHILD_SUBREAPER, int(on)) == 0:
+        return True
+    log.debug("prctl(PR_SET_CHILD_SUBREAPER, %d) failed: errno %d", on, ctypes.get_errno())
+    return False
 
 
 class Subreaper:
     """Who holds the mark, and whether childproc set it."""
 
     def __init__(self) -> None:
-        self._holders: set[int] = set()  # id() of the contexts that hold it
+        self._holders: weakref.WeakSet[object] = weakref.WeakSet()  # contexts that hold it
         self._ours = False  # childproc set the mark (it was not set before)
         self._pid = os.getpid()
+        #: The process groups of process-group trees made while the mark is held,
+        #: each until :data:`FRESH_S` after its leader left (inf before): a group's
+        #: number is the tree's while a member exists, and so long after the
+        #: leader's reap no member of it can have been gone and the number reused.
+        self._groups: dict[int, float] = {}
 
     @property
     def held(self) -> bool:
-        """Whether childproc has set the mark and some context holds it."""
+        """Whether childproc has set the mark and some context holds it (read without
+        the lock: a snapshot)."""
         self._forget_after_fork()
         return self._ours and bool(self._holders)
 
     def hold(self, holder: object) -> None:
-        """``holder`` needs orphans to come back (it made a process-group tree)."""
+        """``holder`` needs orphans to come back (it made a process-group tree). Each
+        step can be interrupted and the next call mends it: the kernel is asked each
+        time, and ``_ours`` is set before the mark, so release() clears a mark set
+        just before an interruption."""
         self._forget_after_fork()
-        if id(holder) in self._holders:
-            return
-        self._holders.add(id(holder))  # (first: an interruption before the mark leaves no stray mark)
-        if not self._ours and not is_subreaper():
-            self._ours = _set(True)
+        self._holders.add(holder)
+        if not is_subreaper():
+            self._ours = True
+            if not _set(True):
+                self._ours = False
 
     def release(self, holder: object) -> None:
         """``holder`` no longer needs it (it changed mode, or closed)."""
         self._forget_after_fork()
-        self._holders.discard(id(holder))
-        if not self._holders and self._ours:
+        self._holders.discard(holder)
+        if self._ours and not self._holders:
             _set(False)
             self._ours = False
+        if not self._holders:
+            self._groups.clear()
+
+    def track(self, pgid: int) -> None:
+        """A process-group tree led by ``pgid`` was made while the mark is held."""
+        self._groups[pgid] = math.inf
+
+    def leader_gone(self, pgid: int) -> None:
+        """The leader of a tracked group was reaped (or released)."""
+        if pgid in self._groups:
+            self._groups[pgid] = time.monotonic() + FRESH_S
+
+    def groups(self) -> list[int]:
+        """The tracked groups whose number is still surely their tree's."""
+        if not self._groups:  # (the common case: no getpid())
+            return []
+        self._forget_after_fork()
+        now = time.monotonic()
+        for pgid in [g for g, until in self._groups.items() if until < now]:
+            del self._groups[pgid]
+        return list(self._groups)
 
     def release_all(self) -> None:
         """Every holder lets go (a leak check's clean-up: contexts release their own)."""
         self._holders.clear()
-        self.release(None)
+        self.release(self)
 
     def _forget_after_fork(self) -> None:
         if self._pid != os.getpid():  # (the kernel cleared the mark in the child)
             self._pid = os.getpid()
             self._holders.clear()
             self._ours = False
+            self._groups.clear()
 
 
 #: The process's one record.

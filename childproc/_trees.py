@@ -30,19 +30,36 @@ Rules of this file
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from . import _cgroup
+from . import _cgroup, _process
 from ._errors import InvalidArgumentError, StateError
+from ._status import describe_status
+from ._subreaper import SUBREAPER
 
-__all__ = ["NO_TREE", "GroupTree", "Tree", "TreePlan", "plan", "settle", "tree_guarantee"]
+__all__ = [
+    "NO_TREE",
+    "GroupTree",
+    "Tree",
+    "TreePlan",
+    "plan",
+    "reap_all_returned",
+    "reap_returned",
+    "settle",
+    "tree_guarantee",
+]
+
+log = logging.getLogger("childproc")
 
 #: How long a killed tree's last processes may take to leave it before its cgroup
 #: is left for a later sweep (they are SIGKILLed: milliseconds).
 SETTLE_S = 2.0
+_PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
 
 class Tree(Protocol):
@@ -62,8 +79,14 @@ class GroupTree:
 
     guarantee = "process-group"
 
-    def __init__(self, signal_group: Callable[[int], None]) -> None:
+    def __init__(self, signal_group: Callable[[int], None], leader: Callable[[], int]) -> None:
         self._signal_group = signal_group
+        self._leader = leader
+
+    @property
+    def pgid(self) -> int:
+        """The group's id: its leader's pid."""
+        return self._leader()
 
     def signal(self, sig: int) -> None:
         self._signal_group(sig)
@@ -102,11 +125,12 @@ class TreePlan(NamedTuple):
     def leads_group(self) -> bool:
         return self.setsid or self.setpgroup == 0
 
-    def tree_for(self, signal_group: Callable[[int], None]) -> Tree | None:
-        """The tree the child gets (None without ``kill_tree``)."""
+    def tree_for(self, signal_group: Callable[[int], None], leader: Callable[[], int]) -> Tree | None:
+        """The tree the child gets (None without ``kill_tree``); ``leader()`` is the
+        child's pid once it has one."""
         if not self.kill_tree:
             return None
-        return self.cgroup if self.cgroup is not None else GroupTree(signal_group)
+        return self.cgroup if self.cgroup is not None else GroupTree(signal_group, leader)
 
     def in_forked_child(self) -> None:
         """A forked child's own half, before ``fork()`` returns there: into its
@@ -217,7 +241,14 @@ def tree_guarantee() -> str:
 
 def settle(tree: object, kill: bool) -> None:
     """The tree's child is gone: with ``kill``, SIGKILL what is left and wait (a
-    little) for it to leave; remove the cgroup if empty, else leave it for a sweep."""
+    little) for it to leave; remove the cgroup if empty, else leave it for a sweep.
+    A process-group tree whose members come back here (this process is a
+    subreaper) has those that died reaped (:func:`reap_returned`; killed: waiting
+    a little for the rest)."""
+    if isinstance(tree, GroupTree):
+        if SUBREAPER.held:
+            reap_returned(tree.pgid, SETTLE_S if kill else 0.0)
+        return
     if not isinstance(tree, _cgroup.CgroupTree) or tree.removed:
         return
     home = _cgroup.home()
@@ -228,3 +259,41 @@ def settle(tree: object, kill: bool) -> None:
         home.retire(tree)
     else:  # pragma: no cover - a tree exists only where there is a home
         tree.remove()
+
+
+def reap_all_returned() -> None:
+    """A context closes: reap what came back of every tracked group and has died."""
+    for pgid in SUBREAPER.groups():
+        reap_returned(pgid, 0.0)
+
+
+def reap_returned(pgid: int, timeout: float) -> None:
+    """A killed process-group tree (its leader reaped, this process a subreaper):
+    reap, without a callback, its members that came back to this process, until
+    its group is empty or ``timeout`` passed. The group's id is the tree's as long
+    as a member exists, and ``waitid(P_PGID)`` sees only this process's children;
+    a pid a childproc context watches (a child that joined the group) is left to
+    its context."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _process.LOCK:  # (no reaper of childproc's between the peek and the reap)
+                while (info := os.waitid(os.P_PGID, pgid, _PEEK)) is not None:
+                    if info.si_pid in _process.OWNERS:
+                        return
+                    pid, status = os.waitpid(info.si_pid, os.WNOHANG)
+                    if pid:
+                        log.debug(
+                            "reaped [%d] %s: an orphan of a process-group tree", pid, describe_status(status)
+                        )
+        except ChildProcessError:
+            pass  # no child of ours in the group (now)
+        if timeout <= 0:
+            return
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return  # empty (or the number is a stranger's group now)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)

@@ -58,7 +58,7 @@ class Reaped:
     which names the child, then ``wait4`` on its pid, for its resource usage.
     """
 
-    __slots__ = ("changed", "exited", "fd_lost", "gone", "own", "peeked")
+    __slots__ = ("changed", "exited", "fd_lost", "gone", "own", "peeked", "returned")
 
     def __init__(self) -> None:
         #: Children of ours reaped through their own pidfd (or pid), with the result:
@@ -76,6 +76,10 @@ class Reaped:
         self.gone: deque[int] = deque()
         #: pids of ours whose pidfd someone else closed (``EBADF``).
         self.fd_lost: deque[int] = deque()
+        #: pids ``WaitAnyWatcher`` saw, before reaping them, as zombies in a process-group
+        #: tree's group that this (subreaper) process tracks: routed as that tree's
+        #: orphans unless a context owns them. Cleared once the exits were applied.
+        self.returned: set[int] = set()
 
     def __bool__(self) -> bool:
         return bool(self.own or self.exited or self.peeked or self.changed or self.gone or self.fd_lost)

@@ -4,6 +4,10 @@ Only for modes whose contract says the application has no children of its own
 (LIBXL) or wants the library to reap them (LIBXL_ALWAYS): reaping by "any"
 takes ``subprocess``'s children too, and ``Popen`` then reports returncode 0.
 
+Where this process is a subreaper for process-group trees (LIBXL_ALWAYS; see
+:mod:`childproc._subreaper`), each zombie's process group is read before it is
+reaped, so that a tree's orphans that came back are routed as the tree's.
+
 Each call costs the kernel a walk over the process's live children, so with
 thousands of children alive the cost per reap grows with their number. That is
 the cost floor of reaping by "any", not something a library can avoid;
@@ -19,6 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 from .._policy import WatcherKind
+from .._subreaper import SUBREAPER
 from ._base import Reaped, Watched, check_stops
 
 __all__ = ["WaitAnyWatcher"]
@@ -28,6 +33,15 @@ _NOHANG = (os.WNOHANG,)
 _waitid = os.waitid
 _wait4 = os.wait4
 _reaped: Callable[[Any], Any] = itemgetter(0)  # wait4 reaped it (pid 0: it had not exited)
+
+
+def _note_returned(pid: int, groups: list[int], returned: set[int]) -> None:
+    """Note ``pid`` (a zombie, not reaped yet) if it is in one of ``groups``."""
+    try:
+        if os.getpgid(pid) in groups:
+            returned.add(pid)
+    except ProcessLookupError:
+        pass  # reaped by someone else meanwhile
 
 
 class WaitAnyWatcher:
@@ -54,10 +68,13 @@ class WaitAnyWatcher:
                 check_stops(child, out)
         before = len(out.exited)
         exited = out.exited
+        groups = SUBREAPER.groups()
         try:
             # Each zombie, whoever's: a peek (WNOWAIT) names it (pid, uid), then wait4
             # reaps it with its resource usage, stored from C with the peek.
             while (peek := _waitid(os.P_ALL, 0, _PEEK)) is not None:
+                if groups:  # (this process a subreaper: is it a tree's orphan, come back?)
+                    _note_returned(peek.si_pid, groups, out.returned)
                 try:
                     exited.extend(
                         zip((peek,), filter(_reaped, map(_wait4, (peek.si_pid,), _NOHANG)), strict=False)

@@ -121,3 +121,111 @@ def test_a_forked_child_holds_no_mark() -> None:
             os._exit(0 if not SUBREAPER.held and is_subreaper() is False else 1)
         event = forked.wait(10)
         assert event is not None and event.returncode == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["close", "release"])
+def test_a_killed_tree_leaves_nothing_that_came_back(how: str) -> None:
+    """kill_on_close kills the group; its members come back (the leader dies first)
+    and are reaped before the mark goes: no zombie is left, and a new LIBXL_ALWAYS
+    context finds no foreign child."""
+    ctx = Context(SigchldOwner.LIBXL_ALWAYS)
+    try:
+        child = ctx.spawn(
+            ["sh", "-c", "sleep 30 & sleep 30 & echo started; wait"],
+            stdout=childproc.PIPE,
+            kill_tree="process-group",
+            kill_on_close=True,
+        )
+        assert child.stdout is not None and child.stdout.readline() == b"started\n"
+        if how == "release":
+            child.release()
+            assert not children()
+    finally:
+        ctx.close()
+    assert not children()
+    assert is_subreaper() is False
+    with Context(SigchldOwner.LIBXL_ALWAYS):
+        pass  # (would refuse: "children no context made")
+
+
+@pytest.mark.timeout(30)
+def test_two_holders_the_mark_goes_with_the_last() -> None:
+    a = Context(SigchldOwner.LIBXL_ALWAYS)
+    try:
+        b = Context(SigchldOwner.LIBXL_ALWAYS)
+        try:
+            a.spawn(["true"], kill_tree="process-group").wait(10)
+            b.spawn(["true"], kill_tree="process-group").wait(10)
+        finally:
+            b.close()
+        assert is_subreaper() is True and SUBREAPER.held  # a still holds it
+    finally:
+        a.close()
+    assert is_subreaper() is False and not SUBREAPER.held
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_an_interrupted_hold_or_release_is_mended_by_the_next(
+    monkeypatch: pytest.MonkeyPatch, at: int
+) -> None:
+    """An exception a signal handler raises may land between any two steps of hold()
+    and release() (the prctl, and the record): the next call puts the mark where the
+    record says, and the mark never outlives the last holder."""
+    from childproc import _subreaper  # noqa: PLC0415
+
+    calls = [0]
+    real = _subreaper._set
+
+    def interrupted(on: bool) -> bool:
+        calls[0] += 1
+        result = real(on)
+        if calls[0] == at:
+            raise _Interrupt  # (after the kernel changed the mark, before the record knows)
+        return result
+
+    holder = object.__new__(Context)  # (any weak-referenceable object)
+    monkeypatch.setattr(_subreaper, "_set", interrupted)
+    for step in (SUBREAPER.hold, SUBREAPER.release, SUBREAPER.hold, SUBREAPER.release):
+        try:
+            step(holder)
+        except _Interrupt:
+            pass
+    SUBREAPER.hold(holder)
+    assert is_subreaper() is True and SUBREAPER.held
+    SUBREAPER.release(holder)
+    assert is_subreaper() is False and not SUBREAPER.held
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("with_callback", [False, True], ids=["warning", "reaped_callback"])
+def test_a_killed_trees_members_are_the_trees_not_the_hosts(
+    caplog: pytest.LogCaptureFixture, with_callback: bool
+) -> None:
+    """kill_tree() on a process-group tree: its members come back here as they die, and
+    each is seen in the tree's group before it is reaped, so none reaches the host's
+    reaped_callback or the "unknown child" warning."""
+    reaped: list[int] = []
+    hooks = Hooks(
+        chldowner=SigchldOwner.LIBXL_ALWAYS,
+        reaped_callback=(lambda pid, status, user: reaped.append(pid)) if with_callback else None,
+    )
+    with caplog.at_level(logging.DEBUG, logger="childproc"), Context(hooks=hooks) as ctx:
+        child = ctx.spawn(
+            ["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 30 & done; echo started; wait"],
+            stdout=childproc.PIPE,
+            kill_tree="process-group",
+        )
+        assert child.stdout is not None and child.stdout.readline() == b"started\n"
+        child.stdout.close()
+        child.kill_tree()
+        assert child.wait(10) is not None and child.returncode == -signal.SIGKILL
+        assert wait_until(lambda: ctx.wait(0.05) >= 0 and not children(), timeout=10), children()
+    assert reaped == []
+    assert "unknown child" not in caplog.text
+    assert caplog.text.count("an orphan of a process-group tree") == 6

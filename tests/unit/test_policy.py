@@ -237,6 +237,8 @@ for _mode in (SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS):
             (_mode, Owner.OTHER_CONTEXT, False): Destination.OTHER_CONTEXT,
             (_mode, Owner.NOBODY, True): Destination.REAPED_CALLBACK,
             (_mode, Owner.NOBODY, False): Destination.WARNING,
+            (_mode, Owner.RETURNED, True): Destination.DROPPED,
+            (_mode, Owner.RETURNED, False): Destination.DROPPED,
         }
     )
 EXPECTED_ROUTES.update(
@@ -246,6 +248,7 @@ EXPECTED_ROUTES.update(
         (SigchldOwner.MAINLOOP, Owner.THIS_CONTEXT, False): Destination.CHILD_CALLBACK,
         (SigchldOwner.MAINLOOP, Owner.OTHER_CONTEXT, False): Destination.NOT_OURS,
         (SigchldOwner.MAINLOOP, Owner.NOBODY, False): Destination.NOT_OURS,
+        (SigchldOwner.MAINLOOP, Owner.RETURNED, False): Destination.NOT_OURS,
     }
 )
 ALL_COMBINATIONS = list(itertools.product(ALL_MODES, ALL_OWNERS, BOOLS))
@@ -268,7 +271,7 @@ def test_route_impossible_list_is_what_the_spec_says() -> None:
     impossible = set(IMPOSSIBLE)
     # SELECTIVE_REAP and PIDFD only wait on their own pids: they never meet anybody else's.
     for mode in (SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD):
-        for owner in (Owner.OTHER_CONTEXT, Owner.NOBODY):
+        for owner in (Owner.OTHER_CONTEXT, Owner.NOBODY, Owner.RETURNED):
             for has_cb in BOOLS:
                 assert (mode, owner, has_cb) in impossible
     # Modes without reaped_callback never see has_reaped_callback=True.
@@ -276,9 +279,9 @@ def test_route_impossible_list_is_what_the_spec_says() -> None:
         for owner in ALL_OWNERS:
             assert (mode, owner, True) in impossible
     assert len(impossible) + len(EXPECTED_ROUTES) == len(ALL_COMBINATIONS)
-    # 5 modes x 3 owners x 2 = 30 keys: 6 + 6 (LIBXL, LIBXL_ALWAYS) + 3 (MAINLOOP) + 1 + 1 possible.
-    assert len(ALL_COMBINATIONS) == 30
-    assert len(EXPECTED_ROUTES) == 17
+    # 5 modes x 4 owners x 2 = 40 keys: 8 + 8 (LIBXL, LIBXL_ALWAYS) + 4 (MAINLOOP) + 1 + 1 possible.
+    assert len(ALL_COMBINATIONS) == 40
+    assert len(EXPECTED_ROUTES) == 22
 
 
 def test_expected_routes_agree_with_the_rules() -> None:
@@ -293,7 +296,7 @@ def test_expected_routes_agree_with_the_rules() -> None:
 
 
 def test_route_mainloop_never_claims_foreign_pids() -> None:
-    for owner in (Owner.OTHER_CONTEXT, Owner.NOBODY):
+    for owner in (Owner.OTHER_CONTEXT, Owner.NOBODY, Owner.RETURNED):
         assert route(SigchldOwner.MAINLOOP, owner, False) is Destination.NOT_OURS
 
 
