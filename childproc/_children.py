@@ -49,7 +49,6 @@ from ._plan import Plan
 from ._policy import Destination, Owner, Reaper, SigchldOwner
 from ._reaping import Reaping
 from ._sigchld import HANDLER, on_main_thread
-from ._subreaper import SUBREAPER
 from ._traps import TRAPS, ignored_why
 from ._trees import settle
 from ._wakeups import Wakeups
@@ -284,8 +283,6 @@ class Children:
         self.reaping.stop_watchers.discard(pid)
         if child._pidfd is not None or child._exit_fd is not None or child._tree is not None:
             self.gone.append(child)
-            if child._tree is not None and child._leads_group:
-                SUBREAPER.leader_gone(pid)
 
     def close_gone_fds(self) -> None:
         """Close the fds of children that left (after their callbacks ran)."""

@@ -268,9 +268,8 @@ class Context:
                     raise refuse_ignored(hooks.chldowner, why, "leaves SIGCHLD's disposition alone")
             if plan.rules.foreign_children_check.name == "SETMODE":
                 kids.refuse_foreign_children_locked(hooks.chldowner)
-            # (first: nothing is outstanding, and the next process-group tree holds it
-            # again if the mode says so)
-            SUBREAPER.release(self)
+            if not plan.rules.orphans_come_back:  # (first: before the new mode is in force)
+                SUBREAPER.release(self)
             dispatcher, delivery = self._dispatcher, self._delivery
             old = (
                 self._hooks,

@@ -148,7 +148,7 @@ class Delivery:
             describe_status(event.status),
             self._mode_name(),
             "; this process is a subreaper for process-group trees: it may be an orphan of one"
-            if SUBREAPER.held
+            if SUBREAPER.brings_back
             else "",
         )
 

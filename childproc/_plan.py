@@ -32,7 +32,8 @@ class Hooks:
         LIBXL and LIBXL_ALWAYS only: called as ``reaped_callback(pid, status, user)``
         for each reaped pid that no childproc context made (in LIBXL_ALWAYS with a
         process-group tree, also a descendant that left the tree's group with
-        ``setsid()`` and came back as an orphan: see ``docs/trees.rst``). Return
+        ``setsid()`` and came back as an orphan; but a child of yours that joined
+        such a tree's group is the tree's: see ``docs/trees.rst``). Return
         True or None if the application knows the pid, False if not (then a
         warning is logged).
         Runs from ``dispatch()``/``wait()``, never from a signal handler.

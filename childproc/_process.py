@@ -76,8 +76,10 @@ log = logging.getLogger("childproc")
 
 #: Guards the tables below, the handler's bookkeeping and every context's ledger.
 #: A C-level re-entrant lock, so that ``with LOCK`` runs no Python code and the
-#: thread holding it can be asked for; it is never actually taken twice, because
-#: :func:`refuse_reentry` comes first at every entry point.
+#: thread holding it can be asked for. :func:`refuse_reentry` at every entry point
+#: keeps user code from taking it twice; inside childproc one part that takes it
+#: may be called by another that holds it (reaping what came back of a tree after
+#: a delivery), which never waits while it holds it.
 LOCK = threading.RLock()
 held_here: Callable[[], bool] = LOCK._is_owned  # type: ignore[attr-defined]
 

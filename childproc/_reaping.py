@@ -199,16 +199,19 @@ class Reaping:
             owner = ORPHANAGE
         else:
             owner = _process.owner_of(pid)
+            if owner is None and pid in self.journal.returned:
+                owner = Owner.RETURNED
         self._routing = (info, owner)
+        self.journal.returned.discard(pid)
         if owner is ORPHANAGE:
             ORPHANAGE.accept_reaped(pid, status, uid)
             return
         if owner is self._self:
             dest = plan.route[Owner.THIS_CONTEXT]
+        elif owner is Owner.RETURNED:
+            dest = plan.route[Owner.RETURNED]
         elif owner is not None:
             dest = plan.route[Owner.OTHER_CONTEXT]
-        elif pid in self.journal.returned:
-            dest = plan.route[Owner.RETURNED]
         else:
             dest = plan.route[Owner.NOBODY]
         if dest is Destination.CHILD_CALLBACK:

@@ -160,7 +160,7 @@ class Starter:
                 return None  # in the forked child
             if tree is not _NO_TREE:  # (the lock held: nobody has reaped the child)
                 tree.in_parent(child._pid, forked=isinstance(creator, Fork), by_pid=not rules.app_reports)
-                if tree.kill_tree and tree.cgroup is None and SUBREAPER.held:
+                if tree.kill_tree and tree.cgroup is None and SUBREAPER.brings_back:
                     SUBREAPER.track(child._pid)
         return child
 

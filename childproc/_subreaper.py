@@ -21,12 +21,13 @@ Rules of this file
   lets go, and only if childproc set it: a host that was a subreaper already
   stays one. :meth:`Subreaper.hold` and :meth:`Subreaper.release` are called
   with the process lock held.
-* The groups of the process-group trees made while the mark is held are
-  tracked (:meth:`Subreaper.track`) until shortly after their leaders left
-  (:data:`FRESH_S`). What came back of them and has died is reaped when a
-  leader's exit was delivered, after a tree was killed (waiting for it, a
-  little), and when a context closes (:mod:`childproc._trees`): a killed tree
-  leaves no zombie behind.
+* The groups of the process-group trees made while orphans come back are
+  tracked (:meth:`Subreaper.track`) until each is seen empty: a group's number
+  cannot be reused while it has a member, a zombie included. A zombie child
+  seen in a tracked group (other than its leader) is that tree's: routed as
+  ``Owner.RETURNED``, and reaped after a tree is killed, at a leader's delivery
+  and when a context closes (:mod:`childproc._trees`). So is a child of the
+  host's that joined a tree's group: the kernel cannot tell the two apart.
 * The mark is not inherited by ``fork()`` (after one, the child holds nothing),
   but it survives ``execve()``: a program that re-execs itself keeps it.
 * Orphans that came back while it was set stay children of this process after
@@ -37,18 +38,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import os
-import time
 import weakref
 from typing import Any
 
-__all__ = ["FRESH_S", "SUBREAPER", "Subreaper", "is_subreaper"]
-
-#: How long after a tree's leader left its group is still taken to be the tree's
-#: (for what comes back of it): a group's number can be reused only once the group
-#: is empty and the pid allocator has gone round, which takes far longer.
-FRESH_S = 2.0
+__all__ = ["SUBREAPER", "Subreaper", "is_subreaper"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
@@ -92,17 +86,16 @@ def _set(on: bool) -> bool:
 
 
 class Subreaper:
-    """Who holds the mark, and whether childproc set it."""
+    """Who holds the mark, whether childproc set it, and the groups it brings back."""
 
     def __init__(self) -> None:
         self._holders: weakref.WeakSet[object] = weakref.WeakSet()  # contexts that hold it
         self._ours = False  # childproc set the mark (it was not set before)
+        self._marked = False  # the mark was there (whoever's) when last held
         self._pid = os.getpid()
-        #: The process groups of process-group trees made while the mark is held,
-        #: each until :data:`FRESH_S` after its leader left (inf before): a group's
-        #: number is the tree's while a member exists, and so long after the
-        #: leader's reap no member of it can have been gone and the number reused.
-        self._groups: dict[int, float] = {}
+        #: The process groups of the process-group trees made while orphans come
+        #: back, each until it is seen empty (see :meth:`groups`).
+        self._groups: set[int] = set()
 
     @property
     def held(self) -> bool:
@@ -110,6 +103,13 @@ class Subreaper:
         the lock: a snapshot)."""
         self._forget_after_fork()
         return self._ours and bool(self._holders)
+
+    @property
+    def brings_back(self) -> bool:
+        """Whether some context holds the mark and the process is a subreaper (by
+        childproc's mark or a host's): orphans of trees come back here."""
+        self._forget_after_fork()
+        return self._marked and bool(self._holders)
 
     def hold(self, holder: object) -> None:
         """``holder`` needs orphans to come back (it made a process-group tree). Each
@@ -122,34 +122,39 @@ class Subreaper:
             self._ours = True
             if not _set(True):
                 self._ours = False
+        self._marked = is_subreaper() is True
 
     def release(self, holder: object) -> None:
         """``holder`` no longer needs it (it changed mode, or closed)."""
         self._forget_after_fork()
         self._holders.discard(holder)
-        if self._ours and not self._holders:
+        if self._holders:
+            return
+        self._marked = False
+        self._groups.clear()
+        if self._ours:
             _set(False)
             self._ours = False
-        if not self._holders:
-            self._groups.clear()
 
     def track(self, pgid: int) -> None:
-        """A process-group tree led by ``pgid`` was made while the mark is held."""
-        self._groups[pgid] = math.inf
-
-    def leader_gone(self, pgid: int) -> None:
-        """The leader of a tracked group was reaped (or released)."""
-        if pgid in self._groups:
-            self._groups[pgid] = time.monotonic() + FRESH_S
+        """A process-group tree led by ``pgid`` was made while orphans come back."""
+        self._groups.add(pgid)
 
     def groups(self) -> list[int]:
-        """The tracked groups whose number is still surely their tree's."""
-        if not self._groups:  # (the common case: no getpid())
+        """The tracked groups, each still its tree's. A group's number cannot be
+        reused while a member exists (a zombie too), so a group stays tracked until
+        it is seen empty (``killpg(pgid, 0)``: no such process): each call checks.
+        Called with the process lock held."""
+        if not self._groups:  # (the common case: no system call)
             return []
         self._forget_after_fork()
-        now = time.monotonic()
-        for pgid in [g for g, until in self._groups.items() if until < now]:
-            del self._groups[pgid]
+        for pgid in list(self._groups):
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                self._groups.discard(pgid)
+            except PermissionError:
+                pass  # a member runs as another user: the group exists
         return list(self._groups)
 
     def release_all(self) -> None:
@@ -161,7 +166,7 @@ class Subreaper:
         if self._pid != os.getpid():  # (the kernel cleared the mark in the child)
             self._pid = os.getpid()
             self._holders.clear()
-            self._ours = False
+            self._ours = self._marked = False
             self._groups.clear()
 
 

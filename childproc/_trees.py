@@ -39,6 +39,7 @@ from typing import NamedTuple, Protocol
 
 from . import _cgroup, _process
 from ._errors import InvalidArgumentError, StateError
+from ._orphans import ORPHANAGE
 from ._status import describe_status
 from ._subreaper import SUBREAPER
 
@@ -59,7 +60,10 @@ log = logging.getLogger("childproc")
 #: How long a killed tree's last processes may take to leave it before its cgroup
 #: is left for a later sweep (they are SIGKILLed: milliseconds).
 SETTLE_S = 2.0
-_PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
+#: How long a killed process-group tree is waited for once nothing more of it comes
+#: back and dies (members left are then no child of ours: a zombie whose parent
+#: does not reap it, a descendant still running).
+GRACE_S = 0.2
 
 
 class Tree(Protocol):
@@ -242,11 +246,11 @@ def tree_guarantee() -> str:
 def settle(tree: object, kill: bool) -> None:
     """The tree's child is gone: with ``kill``, SIGKILL what is left and wait (a
     little) for it to leave; remove the cgroup if empty, else leave it for a sweep.
-    A process-group tree whose members come back here (this process is a
-    subreaper) has those that died reaped (:func:`reap_returned`; killed: waiting
-    a little for the rest)."""
+    A process-group tree whose members come back here (a tracked group: see
+    :mod:`childproc._subreaper`) has those that died reaped (:func:`reap_returned`;
+    killed: waiting a little for the rest)."""
     if isinstance(tree, GroupTree):
-        if SUBREAPER.held:
+        if SUBREAPER.brings_back:
             reap_returned(tree.pgid, SETTLE_S if kill else 0.0)
         return
     if not isinstance(tree, _cgroup.CgroupTree) or tree.removed:
@@ -263,37 +267,46 @@ def settle(tree: object, kill: bool) -> None:
 
 def reap_all_returned() -> None:
     """A context closes: reap what came back of every tracked group and has died."""
-    for pgid in SUBREAPER.groups():
+    with _process.LOCK:
+        groups = SUBREAPER.groups()
+    for pgid in groups:
         reap_returned(pgid, 0.0)
 
 
 def reap_returned(pgid: int, timeout: float) -> None:
-    """A killed process-group tree (its leader reaped, this process a subreaper):
-    reap, without a callback, its members that came back to this process, until
-    its group is empty or ``timeout`` passed. The group's id is the tree's as long
-    as a member exists, and ``waitid(P_PGID)`` sees only this process's children;
-    a pid a childproc context watches (a child that joined the group) is left to
-    its context."""
-    deadline = time.monotonic() + timeout
+    """Reap, without a callback, the zombies among this process's children in the
+    tracked group ``pgid`` (a process-group tree's members that came back: see
+    :mod:`childproc._subreaper`), never its leader nor a pid a childproc context or
+    the orphanage watches. With ``timeout`` (never under the process lock), go on
+    until the group is empty, or nothing of it came back and died for
+    :data:`GRACE_S` (what is left is no child of ours), or ``timeout`` passed."""
+    assert timeout == 0 or not _process.held_here(), "reap_returned() would sleep under the lock"
+    start = last = time.monotonic()
     while True:
-        try:
-            with _process.LOCK:  # (no reaper of childproc's between the peek and the reap)
-                while (info := os.waitid(os.P_PGID, pgid, _PEEK)) is not None:
-                    if info.si_pid in _process.OWNERS:
-                        return
-                    pid, status = os.waitpid(info.si_pid, os.WNOHANG)
-                    if pid:
-                        log.debug(
-                            "reaped [%d] %s: an orphan of a process-group tree", pid, describe_status(status)
-                        )
-        except ChildProcessError:
-            pass  # no child of ours in the group (now)
-        if timeout <= 0:
-            return
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return  # empty (or the number is a stranger's group now)
-        if time.monotonic() >= deadline:
+        with _process.LOCK:  # (no reaper of childproc's between the look and the reap)
+            if pgid not in SUBREAPER.groups():
+                return  # not tracked (any more): empty, or never a tracked tree's
+            if _reap_members(pgid):
+                last = time.monotonic()
+        now = time.monotonic()
+        if timeout <= 0 or now - start >= timeout or now - last >= GRACE_S:
             return
         time.sleep(0.005)
+
+
+def _reap_members(pgid: int) -> bool:
+    """One pass of :func:`reap_returned` (the process lock held); whether it reaped."""
+    reaped = False
+    for pid in _process.foreign_children():  # (this process's children no context owns)
+        if pid == pgid or ORPHANAGE.claims(pid):
+            continue
+        try:
+            if os.getpgid(pid) != pgid:
+                continue
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except (ProcessLookupError, ChildProcessError):
+            continue  # gone meanwhile
+        if done:
+            reaped = True
+            log.debug("reaped [%d] %s: an orphan of a process-group tree", pid, describe_status(status))
+    return reaped

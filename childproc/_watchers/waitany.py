@@ -36,9 +36,11 @@ _reaped: Callable[[Any], Any] = itemgetter(0)  # wait4 reaped it (pid 0: it had 
 
 
 def _note_returned(pid: int, groups: list[int], returned: set[int]) -> None:
-    """Note ``pid`` (a zombie, not reaped yet) if it is in one of ``groups``."""
+    """Note ``pid`` (a zombie, not reaped yet) if it is in one of ``groups`` and not
+    its leader (a leader is a child someone made, never an orphan that came back)."""
     try:
-        if os.getpgid(pid) in groups:
+        pgid = os.getpgid(pid)
+        if pgid != pid and pgid in groups:
             returned.add(pid)
     except ProcessLookupError:
         pass  # reaped by someone else meanwhile

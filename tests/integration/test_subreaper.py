@@ -25,17 +25,25 @@ _ORPHAN_MAKER = "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"
 
 
 def _ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(_stat(pid)[1])
 
 
 def _orphan_of(ctx: Context) -> int:
     """Spawn the orphan maker as a process-group tree; its escapee's pid, once its
-    parent has exited and been delivered."""
+    parent has exited and been delivered, and the escapee has left the tree's group
+    (until its ``setsid()`` it is still a member, and would be the tree's)."""
     child = ctx.spawn(["sh", "-c", _ORPHAN_MAKER], stdout=childproc.PIPE, kill_tree="process-group")
     assert child.tree_guarantee == "process-group"
     out, _ = child.communicate(timeout=10)
     assert child.returncode == 0
-    return int(out.split()[0])
+    orphan = int(out.split()[0])
+    assert wait_until(lambda: _stat(orphan)[3] == str(orphan), timeout=10)  # its own session
+    return orphan
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command (0: state, 1: ppid, 2: pgid, 3: sid)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 @pytest.mark.timeout(30)
@@ -229,3 +237,86 @@ def test_a_killed_trees_members_are_the_trees_not_the_hosts(
     assert reaped == []
     assert "unknown child" not in caplog.text
     assert caplog.text.count("an orphan of a process-group tree") == 6
+
+
+@pytest.mark.timeout(30)
+def test_a_released_leaders_exit_is_the_hosts() -> None:
+    """release() hands the child to the application: its exit (it leads a tracked
+    group) goes to reaped_callback, never counted as an orphan that came back."""
+    reaped: list[tuple[int, int]] = []
+    hooks = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS, reaped_callback=lambda p, s, u: reaped.append((p, s)))
+    with Context(hooks=hooks) as ctx:
+        child = ctx.spawn(["sh", "-c", "sleep 0.2; exit 3"], kill_tree="process-group")
+        pid = child.pid
+        child.release()
+        assert wait_until(lambda: ctx.wait(0.05) >= 0 and bool(reaped), timeout=10)
+    assert reaped == [(pid, 3 << 8)]
+
+
+@pytest.mark.timeout(30)
+def test_a_member_that_dies_long_after_its_leader_is_still_the_trees(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shell's background job outlives the shell by seconds: its group is tracked
+    until it is empty, so the job's exit is the tree's, not the host's."""
+    reaped: list[int] = []
+    hooks = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS, reaped_callback=lambda p, s, u: reaped.append(p))
+    with caplog.at_level(logging.DEBUG, logger="childproc"), Context(hooks=hooks) as ctx:
+        child = ctx.spawn(
+            ["sh", "-c", "sleep 2.5 & echo $!"], stdout=childproc.PIPE, kill_tree="process-group"
+        )
+        out, _ = child.communicate(timeout=10)
+        job = int(out)
+        assert wait_until(
+            lambda: ctx.wait(0.1) >= 0 and job not in children() and not _alive(job), timeout=10
+        )
+    assert reaped == []
+    assert f"reaped [{job}]" in caplog.text and "an orphan of a process-group tree" in caplog.text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return _stat(pid)[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(30)
+def test_with_a_hosts_mark_what_comes_back_is_the_trees_too() -> None:
+    reaped: list[int] = []
+    assert _set(True)
+    try:
+        hooks = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS, reaped_callback=lambda p, s, u: reaped.append(p))
+        with Context(hooks=hooks) as ctx:
+            child = ctx.spawn(
+                ["sh", "-c", "sleep 30 & sleep 30 & echo started; wait"],
+                stdout=childproc.PIPE,
+                kill_tree="process-group",
+                kill_on_close=True,
+            )
+            assert child.stdout is not None and child.stdout.readline() == b"started\n"
+        assert not children() and reaped == []
+        assert is_subreaper() is True  # (the host's, left alone)
+    finally:
+        _set(False)
+
+
+@pytest.mark.timeout(30)
+def test_a_watched_child_in_the_group_does_not_hold_up_the_rest() -> None:
+    """A child of the context's own that joined the tree's group is its context's: it is
+    skipped, and what came back of the tree is reaped all the same."""
+    with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
+        tree = ctx.spawn(
+            ["sh", "-c", "sleep 30 & sleep 30 & echo started; wait"],
+            stdout=childproc.PIPE,
+            kill_tree="process-group",
+            kill_on_close=True,
+        )
+        assert tree.stdout is not None and tree.stdout.readline() == b"started\n"
+        joined = ctx.spawn(["sh", "-c", "exit 7"], process_group=tree.pid)
+        assert wait_until(lambda: _stat(joined.pid)[0] == "Z")
+        tree.release()  # kills the group, reaps what came back
+        assert set(children()) == {joined.pid}  # (its own zombie, for its context)
+        event = joined.wait(10)
+        assert event is not None and event.returncode == 7
+    assert not children()
