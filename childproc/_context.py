@@ -658,7 +658,7 @@ class Context:
             kids.wakeups.waker.poke()
             if kids.doomed:
                 _teardown.reap_killed(kids, list(kids.doomed), closed=True)
-            _trees.reap_all_returned()  # (this process a subreaper: what came back of trees)
+            _trees.reap_all_returned(_trees.SETTLE_S)  # (a subreaper: what came back of trees)
             self._dispatcher.stop()
             with _process.LOCK:
                 kids.close_gone_fds()

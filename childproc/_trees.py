@@ -265,12 +265,11 @@ def settle(tree: object, kill: bool) -> None:
         tree.remove()
 
 
-def reap_all_returned() -> None:
-    """A context closes: reap what came back of every tracked group and has died."""
-    with _process.LOCK:
-        groups = SUBREAPER.groups()
-    for pgid in groups:
-        reap_returned(pgid, 0.0)
+def reap_all_returned(timeout: float) -> None:
+    """A context closes: reap what came back of every tracked group, as
+    :func:`reap_returned` does for one (a tree killed just before the close has
+    members still dying: they are waited for, a little)."""
+    _reap_returned(None, timeout)
 
 
 def reap_returned(pgid: int, timeout: float) -> None:
@@ -280,13 +279,20 @@ def reap_returned(pgid: int, timeout: float) -> None:
     the orphanage watches. With ``timeout`` (never under the process lock), go on
     until the group is empty, or nothing of it came back and died for
     :data:`GRACE_S` (what is left is no child of ours), or ``timeout`` passed."""
-    assert timeout == 0 or not _process.held_here(), "reap_returned() would sleep under the lock"
+    _reap_returned(pgid, timeout)
+
+
+def _reap_returned(pgid: int | None, timeout: float) -> None:
+    """:func:`reap_returned` for ``pgid``, or for every tracked group (None)."""
+    assert timeout == 0 or not _process.held_here(), "reaping what came back would sleep under the lock"
     start = last = time.monotonic()
     while True:
         with _process.LOCK:  # (no reaper of childproc's between the look and the reap)
-            if pgid not in SUBREAPER.groups():
-                return  # not tracked (any more): empty, or never a tracked tree's
-            if _reap_members(pgid):
+            tracked = SUBREAPER.groups()
+            groups = tracked if pgid is None else [pgid] if pgid in tracked else []
+            if not groups:
+                return  # nothing tracked (any more): empty, or never a tracked tree's
+            if [g for g in groups if _reap_members(g)]:
                 last = time.monotonic()
         now = time.monotonic()
         if timeout <= 0 or now - start >= timeout or now - last >= GRACE_S:

@@ -320,3 +320,25 @@ def test_a_watched_child_in_the_group_does_not_hold_up_the_rest() -> None:
         event = joined.wait(10)
         assert event is not None and event.returncode == 7
     assert not children()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["kill_tree", "stop"])
+def test_a_tree_killed_just_before_close_leaves_nothing(how: str) -> None:
+    """The user kills the tree and closes at once: members still dying come back after
+    the leader's exit was delivered; close waits for them (a little) and reaps them."""
+    with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
+        child = ctx.spawn(
+            ["sh", "-c", "trap '' TERM; for i in 1 2 3 4; do sleep 30 & done; echo started; wait"],
+            stdout=childproc.PIPE,
+            kill_tree="process-group",
+        )
+        assert child.stdout is not None and child.stdout.readline() == b"started\n"
+        child.stdout.close()
+        if how == "stop":
+            event = child.stop(grace=0.1)
+        else:
+            child.kill_tree()
+            event = child.wait(10)
+        assert event is not None and event.returncode == -signal.SIGKILL
+    assert not children()
