@@ -41,6 +41,20 @@ def _orphan_of(ctx: Context) -> int:
     return orphan
 
 
+def _started_tree(
+    ctx: Context, jobs: int = 2, *, trap_term: bool = False, **options: object
+) -> childproc.Child:
+    """A process-group tree: a shell with ``jobs`` background sleeps in its group,
+    returned once they all started (its stdout closed)."""
+    script = (
+        "trap '' TERM; " if trap_term else ""
+    ) + f"for i in $(seq {jobs}); do sleep 30 & done; echo started; wait"
+    child = ctx.spawn(["sh", "-c", script], stdout=childproc.PIPE, kill_tree="process-group", **options)  # type: ignore[arg-type]
+    assert child.stdout is not None and child.stdout.readline() == b"started\n"
+    child.stdout.close()
+    return child
+
+
 def _stat(pid: int) -> list[str]:
     """Fields of /proc/<pid>/stat after the command (0: state, 1: ppid, 2: pgid, 3: sid)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -139,13 +153,7 @@ def test_a_killed_tree_leaves_nothing_that_came_back(how: str) -> None:
     context finds no foreign child."""
     ctx = Context(SigchldOwner.LIBXL_ALWAYS)
     try:
-        child = ctx.spawn(
-            ["sh", "-c", "sleep 30 & sleep 30 & echo started; wait"],
-            stdout=childproc.PIPE,
-            kill_tree="process-group",
-            kill_on_close=True,
-        )
-        assert child.stdout is not None and child.stdout.readline() == b"started\n"
+        child = _started_tree(ctx, kill_on_close=True)
         if how == "release":
             child.release()
             assert not children()
@@ -224,13 +232,7 @@ def test_a_killed_trees_members_are_the_trees_not_the_hosts(
         reaped_callback=(lambda pid, status, user: reaped.append(pid)) if with_callback else None,
     )
     with caplog.at_level(logging.DEBUG, logger="childproc"), Context(hooks=hooks) as ctx:
-        child = ctx.spawn(
-            ["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 30 & done; echo started; wait"],
-            stdout=childproc.PIPE,
-            kill_tree="process-group",
-        )
-        assert child.stdout is not None and child.stdout.readline() == b"started\n"
-        child.stdout.close()
+        child = _started_tree(ctx, 6)
         child.kill_tree()
         assert child.wait(10) is not None and child.returncode == -signal.SIGKILL
         assert wait_until(lambda: ctx.wait(0.05) >= 0 and not children(), timeout=10), children()
@@ -288,13 +290,7 @@ def test_with_a_hosts_mark_what_comes_back_is_the_trees_too() -> None:
     try:
         hooks = Hooks(chldowner=SigchldOwner.LIBXL_ALWAYS, reaped_callback=lambda p, s, u: reaped.append(p))
         with Context(hooks=hooks) as ctx:
-            child = ctx.spawn(
-                ["sh", "-c", "sleep 30 & sleep 30 & echo started; wait"],
-                stdout=childproc.PIPE,
-                kill_tree="process-group",
-                kill_on_close=True,
-            )
-            assert child.stdout is not None and child.stdout.readline() == b"started\n"
+            _started_tree(ctx, kill_on_close=True)
         assert not children() and reaped == []
         assert is_subreaper() is True  # (the host's, left alone)
     finally:
@@ -306,13 +302,7 @@ def test_a_watched_child_in_the_group_does_not_hold_up_the_rest() -> None:
     """A child of the context's own that joined the tree's group is its context's: it is
     skipped, and what came back of the tree is reaped all the same."""
     with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
-        tree = ctx.spawn(
-            ["sh", "-c", "sleep 30 & sleep 30 & echo started; wait"],
-            stdout=childproc.PIPE,
-            kill_tree="process-group",
-            kill_on_close=True,
-        )
-        assert tree.stdout is not None and tree.stdout.readline() == b"started\n"
+        tree = _started_tree(ctx, kill_on_close=True)
         joined = ctx.spawn(["sh", "-c", "exit 7"], process_group=tree.pid)
         assert wait_until(lambda: _stat(joined.pid)[0] == "Z")
         tree.release()  # kills the group, reaps what came back
@@ -328,13 +318,7 @@ def test_a_tree_killed_just_before_close_leaves_nothing(how: str) -> None:
     """The user kills the tree and closes at once: members still dying come back after
     the leader's exit was delivered; close waits for them (a little) and reaps them."""
     with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
-        child = ctx.spawn(
-            ["sh", "-c", "trap '' TERM; for i in 1 2 3 4; do sleep 30 & done; echo started; wait"],
-            stdout=childproc.PIPE,
-            kill_tree="process-group",
-        )
-        assert child.stdout is not None and child.stdout.readline() == b"started\n"
-        child.stdout.close()
+        child = _started_tree(ctx, 4, trap_term=True)
         if how == "stop":
             event = child.stop(grace=0.1)
         else:
