@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,7 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ProcessLookupError, PermissionError) as exc:
         print(f"childproc doctor: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(found.as_dict(), indent=2) if args.json else found)
+    try:
+        print(json.dumps(found.as_dict(), indent=2) if args.json else found, flush=True)
+    except BrokenPipeError:  # (the reader went away: `doctor | head`)
+        # Python flushes stdout again at exit: point it at /dev/null so that it cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
     return 0
 
 

@@ -382,3 +382,24 @@ def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+@pytest.mark.timeout(60)
+def test_the_command_ends_quietly_when_its_reader_goes_away() -> None:
+    """``python -m childproc doctor | head -1``: the reader closes the pipe first; the
+    command exits 1 without a traceback."""
+    r, w = os.pipe()
+    os.close(r)  # (the reader is gone before the report is written)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "childproc", "doctor", "--json"],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
