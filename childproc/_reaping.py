@@ -23,7 +23,6 @@ The caller holds the process lock around every method here.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -35,8 +34,8 @@ from ._lifecycle import Phase
 from ._orphans import ORPHANAGE
 from ._policy import Destination, Owner
 from ._sigchld import HANDLER
-from ._status import describe_status
 from ._traps import TRAPS, ignored_why
+from ._trees import log_returned
 from ._watchers import Reaped, Watcher
 from ._watchers._base import Rusaged, found_from_waitid
 
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
     from ._wakeups import Wakeups
 
 __all__ = ["Reaping"]
-
-log = logging.getLogger("childproc")
 
 
 class Reaping:
@@ -223,7 +220,7 @@ class Reaping:
         elif dest is Destination.WARNING:
             self._ledger.foreign(pid, status, EventKind.UNKNOWN, uid, news=info)
         elif dest is Destination.DROPPED:
-            log.debug("reaped [%d] %s: an orphan of a process-group tree", pid, describe_status(status))
+            log_returned(pid, status)
         else:  # the watcher reaped what this mode never reaps: a bug upstream
             raise AssertionError(f"{plan.mode.name} reaped pid {pid}, which it cannot route ({dest})")
 

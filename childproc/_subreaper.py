@@ -101,6 +101,8 @@ class Subreaper:
     def held(self) -> bool:
         """Whether childproc has set the mark and some context holds it (read without
         the lock: a snapshot)."""
+        if not (self._ours and self._holders):  # (the common case: no getpid())
+            return False
         self._forget_after_fork()
         return self._ours and bool(self._holders)
 
@@ -108,6 +110,8 @@ class Subreaper:
     def brings_back(self) -> bool:
         """Whether some context holds the mark and the process is a subreaper (by
         childproc's mark or a host's): orphans of trees come back here."""
+        if not (self._marked and self._holders):  # (the common case: no getpid())
+            return False
         self._forget_after_fork()
         return self._marked and bool(self._holders)
 

@@ -49,6 +49,7 @@ __all__ = [
     "Tree",
     "TreePlan",
     "plan",
+    "log_returned",
     "reap_all_returned",
     "reap_returned",
     "settle",
@@ -300,6 +301,11 @@ def _reap_returned(pgid: int | None, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def log_returned(pid: int, status: int) -> None:
+    """Say (at debug level) that ``pid``, an orphan of a tree that came back, was reaped."""
+    log.debug("reaped [%d] %s: an orphan of a process-group tree", pid, describe_status(status))
+
+
 def _reap_members(pgid: int) -> bool:
     """One pass of :func:`reap_returned` (the process lock held); whether it reaped."""
     reaped = False
@@ -314,5 +320,5 @@ def _reap_members(pgid: int) -> bool:
             continue  # gone meanwhile
         if done:
             reaped = True
-            log.debug("reaped [%d] %s: an orphan of a process-group tree", pid, describe_status(status))
+            log_returned(pid, status)
     return reaped

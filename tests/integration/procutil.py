@@ -30,6 +30,21 @@ def fd_target(fd: int) -> str:
         return "?"
 
 
+def stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command (0: state, 1: ppid, 2: pgid,
+    3: sid). Raises ``FileNotFoundError`` if there is no such process."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        return stat_fields(pid)[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def proc_state(pid: int) -> str | None:
     """The state letter of ``/proc/<pid>/stat`` (R, S, T, Z, ...), or None if there is no such process."""
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ import childproc
 from childproc import Context, Hooks, SigchldOwner
 from childproc._subreaper import SUBREAPER, _set, is_subreaper
 
-from .procutil import children, wait_until
+from .procutil import alive, children, stat_fields, wait_until
 
 #: Starts an escapee (setsid) in the background, prints its pid and exits: the escapee
 #: is orphaned at once.
@@ -25,7 +24,7 @@ _ORPHAN_MAKER = "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"
 
 
 def _ppid(pid: int) -> int:
-    return int(_stat(pid)[1])
+    return int(stat_fields(pid)[1])
 
 
 def _orphan_of(ctx: Context) -> int:
@@ -37,7 +36,7 @@ def _orphan_of(ctx: Context) -> int:
     out, _ = child.communicate(timeout=10)
     assert child.returncode == 0
     orphan = int(out.split()[0])
-    assert wait_until(lambda: _stat(orphan)[3] == str(orphan), timeout=10)  # its own session
+    assert wait_until(lambda: stat_fields(orphan)[3] == str(orphan), timeout=10)  # its own session
     return orphan
 
 
@@ -53,11 +52,6 @@ def _started_tree(
     assert child.stdout is not None and child.stdout.readline() == b"started\n"
     child.stdout.close()
     return child
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command (0: state, 1: ppid, 2: pgid, 3: sid)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 @pytest.mark.timeout(30)
@@ -269,18 +263,9 @@ def test_a_member_that_dies_long_after_its_leader_is_still_the_trees(
         )
         out, _ = child.communicate(timeout=10)
         job = int(out)
-        assert wait_until(
-            lambda: ctx.wait(0.1) >= 0 and job not in children() and not _alive(job), timeout=10
-        )
+        assert wait_until(lambda: ctx.wait(0.1) >= 0 and job not in children() and not alive(job), timeout=10)
     assert reaped == []
     assert f"reaped [{job}]" in caplog.text and "an orphan of a process-group tree" in caplog.text
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return _stat(pid)[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.timeout(30)
@@ -304,7 +289,7 @@ def test_a_watched_child_in_the_group_does_not_hold_up_the_rest() -> None:
     with Context(SigchldOwner.LIBXL_ALWAYS) as ctx:
         tree = _started_tree(ctx, kill_on_close=True)
         joined = ctx.spawn(["sh", "-c", "exit 7"], process_group=tree.pid)
-        assert wait_until(lambda: _stat(joined.pid)[0] == "Z")
+        assert wait_until(lambda: stat_fields(joined.pid)[0] == "Z")
         tree.release()  # kills the group, reaps what came back
         assert set(children()) == {joined.pid}  # (its own zombie, for its context)
         event = joined.wait(10)

@@ -23,24 +23,11 @@ from childproc import (
     _reaping,
 )
 
-from .procutil import children, wait_until
+from .procutil import alive, children, stat_fields, wait_until
 
 CGROUPS = _cgroup.home() is not None
 needs_cgroups = pytest.mark.skipif(not CGROUPS, reason="this process may not make cgroups here")
 KINDS = [pytest.param("cgroup", marks=needs_cgroups), "process-group"]
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command (index 0 = state, 2 = pgid, 3 = sid)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = _stat(pid)[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def _pids_of(report: Path, count: int) -> list[int]:
@@ -59,10 +46,12 @@ def test_spawn_and_fork_start_new_session_and_process_group(ctx: Context) -> Non
     if d is None:
         os.execvp("sleep", ["sleep", "30"])
     try:
-        assert wait_until(lambda: _stat(d.pid)[2] == str(d.pid), timeout=5)
-        assert _stat(a.pid)[3] == str(a.pid) and _stat(a.pid)[2] == str(a.pid)  # session and group leader
-        assert _stat(b.pid)[2] == str(b.pid) and _stat(b.pid)[3] != str(b.pid)
-        assert _stat(c.pid)[2] == str(b.pid)
+        assert wait_until(lambda: stat_fields(d.pid)[2] == str(d.pid), timeout=5)
+        assert stat_fields(a.pid)[3] == str(a.pid) and stat_fields(a.pid)[2] == str(
+            a.pid
+        )  # session and group leader
+        assert stat_fields(b.pid)[2] == str(b.pid) and stat_fields(b.pid)[3] != str(b.pid)
+        assert stat_fields(c.pid)[2] == str(b.pid)
         assert (a.tree_guarantee, b.tree_guarantee) == (None, None)
     finally:
         for child in (a, b, c, d):
@@ -98,11 +87,11 @@ def test_signal_group_reaches_the_group_while_the_leader_is_unreaped(ctx: Contex
     report = tmp_path / "pids"
     leader = ctx.spawn(["sh", "-c", f'sleep 60 & echo $! >> "{report}"; wait'], process_group=0)
     (grandchild,) = _pids_of(report, 1)
-    assert _stat(grandchild)[2] == str(leader.pid)
+    assert stat_fields(grandchild)[2] == str(leader.pid)
     leader.signal_group(signal.SIGTERM)
     event = leader.wait(10)
     assert event is not None and event.returncode == -signal.SIGTERM
-    assert wait_until(lambda: not _alive(grandchild), timeout=5)
+    assert wait_until(lambda: not alive(grandchild), timeout=5)
     with pytest.raises(ChildExitedError, match="process group id may now name another group"):
         leader.signal_group(signal.SIGTERM)  # reaped: never a stranger's group
 
@@ -155,7 +144,7 @@ def test_a_reap_after_callback_zombie_keeps_its_group_signallable(tmp_path: Path
         )
         (grandchild,) = _pids_of(report, 1)
         assert child.wait(10) is not None and seen == [child.pid]
-        assert wait_until(lambda: not _alive(grandchild), timeout=5)
+        assert wait_until(lambda: not alive(grandchild), timeout=5)
 
 
 # -- trees -------------------------------------------------------------------------
@@ -192,9 +181,7 @@ def test_a_cgroup_tree_kill_leaves_nothing(ctx: Context, tmp_path: Path) -> None
     child.kill_tree()
     event = child.wait(10)
     assert event is not None and event.returncode == -signal.SIGKILL
-    assert wait_until(lambda: not any(_alive(p) for p in members), timeout=5), [
-        p for p in members if _alive(p)
-    ]
+    assert wait_until(lambda: not any(alive(p) for p in members), timeout=5), [p for p in members if alive(p)]
 
 
 @pytest.mark.timeout(60)
@@ -205,14 +192,16 @@ def test_a_process_group_tree_kill_leaves_only_the_documented_escapes(ctx: Conte
     assert child.tree_guarantee == "process-group"
     time.sleep(0.2)
     pids = [int(p) for p in (tmp_path / "tree").read_text().split()]
-    in_group = [p for p in pids if _alive(p) and _stat(p)[2] == str(child.pid)]
-    escaped = [p for p in pids if _alive(p) and _stat(p)[2] != str(child.pid)]
+    in_group = [p for p in pids if alive(p) and stat_fields(p)[2] == str(child.pid)]
+    escaped = [p for p in pids if alive(p) and stat_fields(p)[2] != str(child.pid)]
     assert len(in_group) >= 30 and escaped
     child.kill_tree()
     try:
         assert child.wait(10) is not None
-        assert wait_until(lambda: not any(_alive(p) for p in in_group), timeout=5)
-        assert all(_stat(p)[3] == _stat(p)[2] for p in escaped if _alive(p))  # each one left by setsid
+        assert wait_until(lambda: not any(alive(p) for p in in_group), timeout=5)
+        assert all(
+            stat_fields(p)[3] == stat_fields(p)[2] for p in escaped if alive(p)
+        )  # each one left by setsid
     finally:
         for p in escaped:
             try:
@@ -235,7 +224,7 @@ def test_run_timeout_kills_the_whole_tree(ctx: Context, tmp_path: Path, kind: st
     assert time.monotonic() - t0 < 5
     assert info.value.event is not None and info.value.event.returncode == -signal.SIGKILL
     for pid in _pids_of(report, 2):
-        assert wait_until(lambda p=pid: not _alive(p), timeout=5)
+        assert wait_until(lambda p=pid: not alive(p), timeout=5)
 
 
 @pytest.mark.timeout(60)
@@ -245,7 +234,7 @@ def test_kill_on_close_kills_the_tree(tmp_path: Path, kind: str) -> None:
     with Context(SigchldOwner.PIDFD) as c:
         c.spawn(["sh", "-c", f'sleep 60 & echo $! >> "{report}"; wait'], kill_tree=kind, kill_on_close=True)
         (grandchild,) = _pids_of(report, 1)
-    assert wait_until(lambda: not _alive(grandchild), timeout=5)
+    assert wait_until(lambda: not alive(grandchild), timeout=5)
 
 
 @pytest.mark.timeout(60)
@@ -260,7 +249,7 @@ def test_descendants_left_after_the_child_exited_are_reached_and_the_cgroup_goes
     tree = child._tree
     assert isinstance(tree, _cgroup.CgroupTree) and not tree.removed and tree.pids() == [orphan]
     child.kill_tree()  # after the exit: still exactly its tree
-    assert wait_until(lambda: not _alive(orphan), timeout=5)
+    assert wait_until(lambda: not alive(orphan), timeout=5)
     assert wait_until(lambda: tree.wait_empty(0), timeout=5)
 
 
@@ -305,7 +294,7 @@ def test_freeze_thaw_and_cpu_time(sel: Context, tmp_path: Path) -> None:
         assert wait_until(lambda: sum(child.tree_cpu_times()) > 0.02, timeout=20)
         assert child.freeze() is True
         assert child._tree.events()["frozen"].strip() == "1"  # type: ignore[union-attr]
-        assert _stat(child.pid)[0] in "ST"  # frozen tasks sleep
+        assert stat_fields(child.pid)[0] in "ST"  # frozen tasks sleep
         child.thaw()
         assert wait_until(lambda: child._tree.events()["frozen"].strip() == "0", timeout=5)  # type: ignore[union-attr]
         user, system = child.tree_cpu_times()
@@ -337,7 +326,7 @@ def test_a_cgroup_tree_signals_other_than_sigkill_reach_every_member(sel: Contex
     child.kill_tree(signal.SIGTERM)
     event = child.wait(10)
     assert event is not None and event.returncode == -signal.SIGTERM
-    assert wait_until(lambda: not _alive(escapee), timeout=5)
+    assert wait_until(lambda: not alive(escapee), timeout=5)
 
 
 # -- stop --------------------------------------------------------------------------
@@ -363,7 +352,7 @@ def test_stop_kills_a_tree_that_ignores_the_signal(ctx: Context, tmp_path: Path,
     event = child.stop(grace=0.3)
     assert event is not None and event.returncode == -signal.SIGKILL
     assert 0.3 <= time.monotonic() - t0 < 5
-    assert wait_until(lambda: not _alive(grandchild), timeout=5)
+    assert wait_until(lambda: not alive(grandchild), timeout=5)
     assert calls == [child.pid]  # the callback ran once
 
 
@@ -379,7 +368,7 @@ def test_stop_waits_for_the_tree_not_only_the_child(sel: Context, tmp_path: Path
     time.sleep(0.1)  # (its trap is set)
     event = child.stop(grace=0.5)
     assert event is not None and event.returncode == -signal.SIGTERM
-    assert wait_until(lambda: not _alive(stubborn), timeout=5)
+    assert wait_until(lambda: not alive(stubborn), timeout=5)
 
 
 # -- cgroups left behind -------------------------------------------------------------

@@ -19,8 +19,8 @@ import childproc
 from childproc import _cgroup, anyio_host, asyncio_host, trio_host
 
 from .kids import run_on_a_reactor
-from .procutil import wait_until
-from .test_trees import _alive, _pids_of
+from .procutil import alive, wait_until
+from .test_trees import _pids_of
 
 CGROUPS = _cgroup.home() is not None
 KINDS = [pytest.param("cgroup", marks=pytest.mark.skipif(not CGROUPS, reason="no cgroups")), "process-group"]
@@ -33,7 +33,7 @@ def _script(report: Path) -> list[str]:
 
 def _all_gone(report: Path) -> bool:
     pids = _pids_of(report, 2)
-    return wait_until(lambda: not any(_alive(p) for p in pids), timeout=5)
+    return wait_until(lambda: not any(alive(p) for p in pids), timeout=5)
 
 
 @pytest.mark.timeout(60)
