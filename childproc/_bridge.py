@@ -131,13 +131,14 @@ class Bridge(Generic[W]):
         if entry is None:
             return
         waiter, user = entry
-        if event.terminal:
+        terminal = event.terminal
+        if terminal:
             del self._waiters[child.pid]
         try:
             if user is not None:
                 user(child, event)
         finally:
-            if event.terminal:
+            if terminal:
                 self._finish(waiter, event)
 
     def _wrap(self, child: Child, on_event: EventCallback | None) -> W:

@@ -166,9 +166,7 @@ class StructuredChild(WaiterBase):
         rules). On ``timeout`` raises :class:`~childproc.TimeoutExpired` with the
         output so far, and a later call carries on; cancelled, the same."""
         io_ = self.child._io
-        if any(stream is not None for stream in self._streams):
-            raise StateError("communicate() reads the pipes itself: not after using the child's streams")
-        if io_ is None or io_.pipes is None:
+        if io_ is None or io_.pipes is None:  # (no pipes: no streams either)
             if input:
                 raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
             if timeout is None:
@@ -178,6 +176,8 @@ class StructuredChild(WaiterBase):
                 await self._done.wait()
                 return None, None
             raise TimeoutExpired(command_of(self.child.args), timeout or 0.0, pid=self.pid)
+        if any(stream is not None for stream in self._streams):
+            raise StateError("communicate() reads the pipes itself: not after using the child's streams")
         if not io_.lock.acquire(blocking=False):
             raise StateError(f"communicate() is already running for child {self.pid}")
         try:
@@ -190,6 +190,9 @@ class StructuredChild(WaiterBase):
 
 
 C = TypeVar("C", bound=StructuredChild)
+
+
+_SERVING_CHECK_S = 0.05  # how often a killed child's waiter checks that the serving task runs
 
 
 class StructuredContext(Bridge[C]):
@@ -220,7 +223,7 @@ class StructuredContext(Bridge[C]):
         except BaseException as exc:  # a timeout, a cancellation, any error: kill and reap first
             kill(child.child)
             with self._lib.shield():
-                await child._done.wait()
+                await self._reap_killed(child)
             settle(child.child._tree, kill=True)
             if isinstance(exc, TimeoutExpired):
                 exc.event = child.child.final
@@ -229,6 +232,26 @@ class StructuredContext(Bridge[C]):
             if child.child._io is not None:
                 child.child._io.close()
         return result(child.child, out, err, req.check)
+
+    #: The serving task runs (it ends when a callback raised, or at the block's end).
+    _serving = True
+
+    async def _reap_killed(self, child: C) -> None:
+        """Wait for a killed child's exit. Once the serving task has stopped (a callback
+        raised: the task group is being cancelled), nobody else dispatches: this does,
+        in short blocking steps (a SIGKILLed child is gone within milliseconds)."""
+        while not child._done.is_set():
+            if self._serving:
+                with self._lib.move_on_after(_SERVING_CHECK_S):
+                    await child._done.wait()
+            else:
+                self.context.wait(_SERVING_CHECK_S)
+
+    async def _serve_while_open(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._serving = False
 
     async def _serve(self) -> None:
         fd = self.context.fileno()
@@ -262,7 +285,7 @@ async def open_structured(
     ctx = kind(context)
     try:
         async with kind._lib.open_nursery() as nursery:
-            nursery.start_soon(ctx._serve)
+            nursery.start_soon(ctx._serve_while_open)
             try:
                 yield ctx
             finally:

@@ -8,8 +8,11 @@ this adapter and gets the same behaviour on either::
         event = await child.wait()                          # exited with status 3
         done = await ctx.run(["uname"], capture_output=True)  # a CompletedProcess
 
-A task waits with ``anyio.wait_readable`` on the context's fd and dispatches;
-``spawn`` takes the keywords of :meth:`Context.spawn <childproc.Context.spawn>`.
+On the trio backend a task waits with ``anyio.wait_readable`` on the context's
+fd and dispatches; on the asyncio backend the loop dispatches as soon as the fd
+is readable (``loop.add_reader``, as :mod:`childproc.asyncio_host` does), and the
+task only carries what a dispatch raised into the task group. ``spawn`` takes
+the keywords of :meth:`Context.spawn <childproc.Context.spawn>`.
 A child's pipes are anyio byte streams (``stdin``, ``stdout``, ``stderr``);
 ``communicate`` and ``run`` follow the rules of the synchronous ones, and a
 cancelled ``run`` kills the child, waits for its exit and closes its pipes
@@ -19,6 +22,7 @@ SELECTIVE_REAP. Requires the ``anyio`` extra (anyio >= 4.10).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -114,6 +118,50 @@ class AnyioContext(StructuredContext[AnyioChild]):
 
     _lib = _ANYIO
     _child_type = AnyioChild
+
+    async def _serve(self) -> None:
+        """On asyncio, the loop calls the dispatch when the fd is readable: one reader
+        for the context's lifetime (``wait_readable`` adds and removes one, with a
+        future, for every exit) and no turn of the loop for a task in between. What
+        a dispatch raises ends this task, as it ended the waiting one."""
+        if anyio.get_cancelled_exc_class() is not asyncio.CancelledError:
+            await super()._serve()  # trio: no reader callbacks, a task waits
+            return
+        loop = asyncio.get_running_loop()
+        fd = self.context.fileno()
+        failed: asyncio.Future[None] = loop.create_future()
+        _mark_asyncio()  # (the reader's calls run in this task's context: see _mark_asyncio)
+
+        def readable() -> None:
+            try:
+                self._dispatch()
+            except Exception as exc:
+                loop.remove_reader(fd)
+                if failed.done():  # (this task is being cancelled: the loop's handler reports it)
+                    raise
+                failed.set_exception(exc)
+
+        try:
+            loop.add_reader(fd, readable)
+        except NotImplementedError:  # pragma: no cover - a loop without readers: anyio's own way
+            await super()._serve()
+            return
+        try:
+            await failed
+        finally:
+            loop.remove_reader(fd)
+
+
+def _mark_asyncio() -> None:
+    """Say "asyncio" to sniffio in the current task's context, which the loop's reader
+    callbacks copy: a callback (``on_event``) then runs outside any task, where
+    sniffio, which anyio asks for the backend, finds none under a plain
+    ``asyncio.run()`` (``anyio.run()`` sets the same)."""
+    try:
+        import sniffio  # noqa: PLC0415 - anyio's optional helper
+    except ImportError:  # pragma: no cover - anyio then asks asyncio for its running loop
+        return
+    sniffio.current_async_library_cvar.set("asyncio")
 
 
 @asynccontextmanager

@@ -312,7 +312,7 @@ class AsyncContext(Bridge[AsyncChild]):
         self._closed = False
 
     def _check_events(self, events: int) -> None:
-        if _is_uvloop(self.loop) and events & (os.WSTOPPED | os.WCONTINUED):
+        if events & (os.WSTOPPED | os.WCONTINUED) and _is_uvloop(self.loop):
             raise StateError(
                 "stop/continue events need childproc's SIGCHLD handler, and under uvloop libuv owns "
                 "SIGCHLD: ask for os.WEXITED only"

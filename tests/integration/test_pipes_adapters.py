@@ -271,8 +271,9 @@ def test_structured_adapters_run_communicate_and_streams(flavour: str) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "in-run"])
 @pytest.mark.parametrize("flavour", STRUCTURED)
-def test_structured_adapters_raise_a_callbacks_exception_out_of_the_block(flavour: str) -> None:
+def test_structured_adapters_raise_a_callbacks_exception_out_of_the_block(flavour: str, busy: bool) -> None:
     """The serving task dispatches; an exception from a child's callback ends the
     task group and comes out of ``open_context()``'s block, the same on every
     backend, and the context is left closed and clean."""
@@ -290,6 +291,9 @@ def test_structured_adapters_raise_a_callbacks_exception_out_of_the_block(flavou
         async with host.open_context() as ctx:
             held.append(ctx)
             ctx.spawn(["/bin/true"], on_event=bad)
+            if busy:  # a run() under way when the task group is cancelled: its child is
+                # killed and reaped though the serving task is gone (it hung for good once)
+                await ctx.run(["/bin/sleep", "10"])
             await (trio.sleep(10) if flavour == "trio" else anyio.sleep(10))
             raise AssertionError("the callback's exception did not end the block")
 
@@ -352,3 +356,22 @@ def test_asyncio_communicate_through_streams_after_a_timeout_finishes_the_input(
             assert out == data and child.returncode == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_anyio_callbacks_can_use_anyio_under_plain_asyncio_run() -> None:
+    """On asyncio the loop calls the dispatch (no task): an on_event callback that makes
+    anyio objects still finds its backend, also under asyncio.run() (not anyio.run())."""
+    made: list[object] = []
+
+    def on_event(child: childproc.Child, event: childproc.ChildEvent) -> None:
+        made.append(anyio.current_time())  # asks anyio (through sniffio) which loop runs
+
+    async def main() -> None:
+        async with anyio_host.open_context() as ctx:
+            child = ctx.spawn(["/bin/true"], on_event=on_event)
+            assert (await child.wait()).returncode == 0
+            assert (await ctx.run(["/bin/true"])).returncode == 0
+
+    asyncio.run(main())
+    assert len(made) == 1
