@@ -192,6 +192,7 @@ class StructuredChild(WaiterBase):
 C = TypeVar("C", bound=StructuredChild)
 
 
+_REAP_POLL_S = 0.005  # how often it dispatches itself once the serving task is gone
 _SERVING_CHECK_S = 0.05  # how often a killed child's waiter checks that the serving task runs
 
 
@@ -237,15 +238,23 @@ class StructuredContext(Bridge[C]):
     _serving = True
 
     async def _reap_killed(self, child: C) -> None:
-        """Wait for a killed child's exit. Once the serving task has stopped (a callback
-        raised: the task group is being cancelled), nobody else dispatches: this does,
-        in short blocking steps (a SIGKILLed child is gone within milliseconds)."""
+        """Wait for a killed child's exit. Once the serving task has stopped, nobody
+        else dispatches: this does, without blocking the loop (dispatch() never
+        blocks; a MAINLOOP host's reporting task keeps running), and another child's
+        callback error waits until the killed child is reaped."""
+        error: Exception | None = None
         while not child._done.is_set():
-            if self._serving:
-                with self._lib.move_on_after(_SERVING_CHECK_S):
-                    await child._done.wait()
-            else:
-                self.context.wait(_SERVING_CHECK_S)
+            if not self._serving:
+                try:
+                    self._dispatch()  # (routes a ChildStolenError to its waiter)
+                except Exception as exc:
+                    error = error or exc
+                if child._done.is_set() or self.context.closed:
+                    break  # (closed: nothing more will come)
+            with self._lib.move_on_after(_SERVING_CHECK_S if self._serving else _REAP_POLL_S):
+                await child._done.wait()
+        if error is not None:
+            raise error
 
     async def _serve_while_open(self) -> None:
         try:

@@ -130,16 +130,18 @@ class AnyioContext(StructuredContext[AnyioChild]):
         loop = asyncio.get_running_loop()
         fd = self.context.fileno()
         failed: asyncio.Future[None] = loop.create_future()
+        raised: list[BaseException] = []
         _mark_asyncio()  # (the reader's calls run in this task's context: see _mark_asyncio)
 
         def readable() -> None:
             try:
                 self._dispatch()
-            except Exception as exc:
+            except BaseException as exc:
                 loop.remove_reader(fd)
-                if failed.done():  # (this task is being cancelled: the loop's handler reports it)
+                if failed.done() or isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
-                failed.set_exception(exc)
+                raised.append(exc)  # (not set_exception: a Future refuses StopIteration)
+                failed.set_result(None)
 
         try:
             loop.add_reader(fd, readable)
@@ -150,6 +152,7 @@ class AnyioContext(StructuredContext[AnyioChild]):
             await failed
         finally:
             loop.remove_reader(fd)
+        raise raised[0]
 
 
 def _mark_asyncio() -> None:

@@ -375,3 +375,77 @@ def test_anyio_callbacks_can_use_anyio_under_plain_asyncio_run() -> None:
 
     asyncio.run(main())
     assert len(made) == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["PIDFD", "MAINLOOP"])
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_run_cancelled_from_outside_reaps_and_leaves(flavour: str, mode: str) -> None:
+    """The block cancelled from outside while a run() is under way: the serving task
+    is cancelled too, so run() reaps its killed child itself, without ever blocking
+    the loop (in MAINLOOP the exit comes only when the host's own task reports it)."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+    lib: Any = trio if flavour == "trio" else anyio
+    owner = getattr(childproc.SigchldOwner, mode)
+    held: list[Any] = []
+    left: list[float] = []
+
+    async def reporter() -> None:  # MAINLOOP's host: reports from a task of its own
+        while True:
+            await lib.sleep(0.01)
+            if mode == "MAINLOOP" and held and not held[0].context.closed:
+                held[0].context.sigchld_occurred()
+
+    async def main() -> None:
+        group = lib.open_nursery() if flavour == "trio" else anyio.create_task_group()
+        async with group as outer:
+            outer.start_soon(reporter)
+            t0 = time.monotonic()
+            with lib.move_on_after(0.3):
+                async with host.open_context(owner) as ctx:
+                    held.append(ctx)
+                    await ctx.run(["/bin/sleep", "10"])
+            left.append(time.monotonic() - t0)
+            outer.cancel_scope.cancel()
+
+    if flavour == "trio":
+        trio.run(main)
+    else:
+        anyio.run(main, backend=flavour.split("-")[1])
+    assert left and left[0] < 5, left
+    assert held[0].context.closed and held[0].context.children == frozenset()
+
+
+class _Abort(BaseException):
+    pass
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("raised", [StopIteration, _Abort], ids=["StopIteration", "BaseException"])
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_callbacks_odd_exceptions_still_end_the_block(flavour: str, raised: type) -> None:
+    """A callback raising StopIteration (which a Future refuses to carry) or a
+    BaseException that is no Exception still ends the block with it (wrapped as the
+    library of the block wraps it), and nothing is left waiting for a dispatch."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+
+    def bad(child: childproc.Child, event: childproc.ChildEvent) -> None:
+        raise raised()
+
+    async def main() -> None:
+        async with host.open_context() as ctx:
+            ctx.spawn(["/bin/true"], on_event=bad)
+            await (trio.sleep(10) if flavour == "trio" else anyio.sleep(10))
+            raise AssertionError("the callback's exception did not end the block")
+
+    t0 = time.monotonic()
+    with pytest.raises(BaseException) as info:
+        if flavour == "trio":
+            trio.run(main)
+        else:
+            anyio.run(main, backend=flavour.split("-")[1])
+    assert time.monotonic() - t0 < 5
+    assert "did not end the block" not in repr(info.value)
+    leaves = getattr(info.value, "exceptions", (info.value,))
+    names = {type(e).__name__ for e in leaves} | {type(e.__cause__).__name__ for e in leaves}
+    assert raised.__name__ in names or "RuntimeError" in names, info.value  # (StopIteration: a RuntimeError)
