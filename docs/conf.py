@@ -350,6 +350,7 @@ def forkfaults_page(path: Path) -> str:
 
 THROUGHPUT_JSON = DOCS.parent / "benchmarks" / "results" / "throughput.json"
 THROUGHPUT_REALTIME_JSON = DOCS.parent / "benchmarks" / "results" / "throughput-realtime.json"
+THROUGHPUT_ADAPTERS_JSON = DOCS.parent / "benchmarks" / "results" / "throughput-adapters.json"
 LATENCY_JSON = DOCS.parent / "benchmarks" / "results" / "latency.json"
 
 
@@ -420,6 +421,37 @@ def throughput_page(
             widths,
         )
     return page
+
+
+def _versus(cell: Mapping[str, float]) -> str:
+    return f"{cell['adapter']:.2f} ({cell['floor']:.2f})"
+
+
+def adapters_page(path: Path) -> str:
+    """Each adapter's throughput over its host's own API, beside its loop's floor's
+    (benchmarks/throughput.py, the adapter rows)."""
+    command = (
+        'python benchmarks/throughput.py --kinds spawn --only "asyncio,trio,Twisted,anyio" '
+        "--json benchmarks/results/throughput-adapters.json"
+    )
+    if not path.is_file():
+        return f".. note::\n\n   No measurements yet: run ``{command}``.\n"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    versus = data.get("adapter_and_loop_floor_over_host_api", {})
+    keys = [k for k in data["keys"] if any(k in per for per in versus.values())]
+    rows = [
+        [
+            _text(name),
+            *(f"{per[k]['adapter']:.2f} ({per[k]['floor']:.2f})" if k in per else "-" for k in keys),
+        ]
+        for name, per in versus.items()
+    ]
+    title = (
+        "Each adapter's throughput over its host's own API (in brackets: the host loop's no-library floor's, "
+        f"the most an adapter on that loop can reach), {data['n']} children per run, median of "
+        f"{data['rounds']} rounds, Python {data['python']}"
+    )
+    return _list_table(title, ["Adapter", *keys], rows, " ".join(["30"] + ["22"] * len(keys)))
 
 
 def latency_page(path: Path) -> str:
@@ -607,6 +639,10 @@ def write_generated(app: Sphinx | None = None) -> None:
                 "python benchmarks/throughput.py --realtime "
                 "--json benchmarks/results/throughput-realtime.json",
             ),
+        ),
+        "throughput_adapters.rst": (
+            _shown(THROUGHPUT_ADAPTERS_JSON),
+            adapters_page(THROUGHPUT_ADAPTERS_JSON),
         ),
         "latency.rst": (_shown(LATENCY_JSON), latency_page(LATENCY_JSON)),
         "coexistence.rst": (

@@ -449,3 +449,30 @@ def test_structured_callbacks_odd_exceptions_still_end_the_block(flavour: str, r
     leaves = getattr(info.value, "exceptions", (info.value,))
     names = {type(e).__name__ for e in leaves} | {type(e.__cause__).__name__ for e in leaves}
     assert raised.__name__ in names or "RuntimeError" in names, info.value  # (StopIteration: a RuntimeError)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_run_in_an_already_cancelled_scope_returns(flavour: str) -> None:
+    """The block entered inside a scope that is already cancelled: the serving task
+    never dispatches, and run() (cancelled at once) kills and reaps its child itself."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+    lib: Any = trio if flavour == "trio" else anyio
+    left: list[float] = []
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        with lib.CancelScope() as scope:
+            scope.cancel()
+            async with host.open_context() as ctx:
+                try:
+                    await ctx.run(["/bin/sleep", "10"])
+                finally:
+                    left.append(time.monotonic() - t0)
+        assert ctx.context.closed
+
+    if flavour == "trio":
+        trio.run(main)
+    else:
+        anyio.run(main, backend=flavour.split("-")[1])
+    assert left and left[0] < 5, left
