@@ -106,16 +106,18 @@ class Wakeups:
         return fd
 
     def close_pidfd(self, pid: int) -> None:
-        """Close ``pid``'s pidfd (if still ours). Safe to run again after an
-        interruption: the fd leaves the tables only once it is closed."""
+        """Close ``pid``'s pidfd (if still ours), out of the epoll first. Safe to run
+        again after an interruption: the fd leaves the tables only once it is closed."""
         fd = self.pidfds.get(pid)
         if fd is None:
             return
         child = self.polled.get(fd)
-        if child is not None and child._pid == pid:  # (the close takes it out of the epoll)
+        if child is not None and child._pid != pid:
+            child = None  # (the number is another child's pidfd now: a replay)
+        self._close(pid, fd, unregister=child is not None)
+        if child is not None:
             child._polled = False
-            del self.polled[fd]
-        self._close(pid, fd)
+            self.polled.pop(fd, None)
         self.pidfds.pop(pid, None)
         self._ids.pop(pid, None)
         self._closed.pop(pid, None)
@@ -182,11 +184,10 @@ class Wakeups:
         if fd is None:
             return
         key = -child._pid
-        if self.served.get(fd) is child:
-            if key not in self._closed:
-                self._unregister(fd, self._ids.get(key))
-            del self.served[fd]
-        self._close(key, fd)
+        served = self.served.get(fd) is child
+        self._close(key, fd, unregister=served)
+        if served:
+            self.served.pop(fd, None)
         self._ids.pop(key, None)
         self._closed.pop(key, None)
 
@@ -222,14 +223,23 @@ class Wakeups:
             except (OSError, ValueError):
                 pass
 
-    def _close(self, key: int, fd: int) -> None:
+    def _close(self, key: int, fd: int, unregister: bool = False) -> None:
         """Close ``fd`` (``key``'s) unless an earlier, interrupted call did, or it names
-        another object now (then report it)."""
+        another object now (then report it); with ``unregister``, take it out of the
+        epoll first. A close alone would not: the epoll keeps an fd for as long as its
+        file lives, and a child being spawned holds a copy of every fd of ours until
+        its exec has closed them, which may be after ``posix_spawn`` returned (a
+        callback that starts the next child closes the last one's pidfd right then)."""
         if key in self._closed:
             return
         identity = self._ids.get(key)
         state = OURS if identity is None else fd_state(fd, identity)
         if state == OURS:
+            if unregister:
+                try:
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass
             self._closed[key] = fd  # the mark and the close: nothing runs between them
             try:
                 os.close(fd)

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -267,3 +268,38 @@ def test_restoring_a_saved_default_given_as_the_signal_module_enum() -> None:
         _sigchld.HANDLER.saved = signal.SIG_DFL
     assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
     assert not _process.snapshot()["handler_installed"]
+
+
+_PIDFD_MODES = [
+    SigchldOwner.SELECTIVE_REAP,
+    SigchldOwner.PIDFD,
+    SigchldOwner.LIBXL,
+    SigchldOwner.LIBXL_ALWAYS,
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", _PIDFD_MODES)
+def test_a_delivered_childs_pidfd_leaves_the_epoll_when_its_callback_spawns(mode: SigchldOwner) -> None:
+    """A callback that starts the next child (a job runner's way): that child holds
+    copies of the parent's fds until its exec has closed them, which may be after
+    ``posix_spawn`` returned. The delivered child's pidfd, closed meanwhile, must
+    not stay in the context's epoll through that copy: it was readable there, and a
+    loop polling ``fileno()`` spun until the exec was over (about 10 turns per
+    child under Twisted's reactor). It is unregistered before it is closed."""
+    with Context(mode=mode) as ctx:
+        left = [12]
+        spurious: list[int] = []
+
+        def next_one(child: Any, event: Any) -> None:
+            left[0] -= 1
+            if left[0] > 0:
+                ctx.spawn(["/bin/sleep", "0.05"], next_one)
+
+        ctx.spawn(["/bin/sleep", "0.05"], next_one)
+        while left[0] > 0:
+            if ctx.wait(5):  # delivered: the next child runs (and sleeps) now
+                ready, _, _ = select.select([ctx.fileno()], [], [], 0)
+                if ready and left[0] > 0:
+                    spurious.append(left[0])
+        assert spurious == [], f"the context's fd was readable with nothing due after {len(spurious)} of 11"
