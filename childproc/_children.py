@@ -295,8 +295,7 @@ class Children:
                     self.wakeups.close_pidfd(child._pid)
                     child._pidfd = None
                 if child._exit_fd is not None:
-                    self.wakeups.remove_served(child)
-                    child._exit_fd = None
+                    self.wakeups.remove_served(child)  # (clears child._exit_fd)
                 if child._tree is not None:
                     settle(child._tree, kill=False)  # its cgroup, if nothing is left in it
                     if getattr(child._tree, "removed", False) and child in self.trees:

@@ -106,18 +106,18 @@ class Wakeups:
         return fd
 
     def close_pidfd(self, pid: int) -> None:
-        """Close ``pid``'s pidfd (if still ours), out of the epoll first. Safe to run
-        again after an interruption: the fd leaves the tables only once it is closed."""
+        """Close ``pid``'s pidfd (if still ours), out of the epoll first: a close alone
+        leaves it there, and readable, for as long as another copy of its file lives
+        (a child being spawned holds one until its exec has closed it, which may be
+        after ``posix_spawn`` returned; an adopter keeps its own with
+        ``own_pidfd=False``). Safe to run again after an interruption: the fd leaves
+        the epoll and the tables while its number is still ours, and the pidfd table
+        only once it is closed."""
         fd = self.pidfds.get(pid)
         if fd is None:
             return
-        child = self.polled.get(fd)
-        if child is not None and child._pid != pid:
-            child = None  # (the number is another child's pidfd now: a replay)
-        self._close(pid, fd, unregister=child is not None)
-        if child is not None:
-            child._polled = False
-            self.polled.pop(fd, None)
+        self._unpoll(pid, fd)
+        self._close(pid, fd)
         self.pidfds.pop(pid, None)
         self._ids.pop(pid, None)
         self._closed.pop(pid, None)
@@ -144,7 +144,7 @@ class Wakeups:
     def _unpoll(self, pid: int, fd: int) -> None:
         child = self.polled.get(fd)
         if child is not None and child._pid == pid:
-            if pid not in self._closed:  # (a close takes it out of the epoll)
+            if pid not in self._closed:  # (closed: a replay, and the number may be another's)
                 self._unregister(fd, self._ids.get(pid))
             child._polled = False
             self.polled.pop(fd, None)
@@ -174,6 +174,7 @@ class Wakeups:
     def add_served(self, child: Child, exit_fd: int) -> int:
         if exit_fd <= 2:
             exit_fd = above_stdio(exit_fd)
+        self._closed.pop(-child._pid, None)  # (a stale mark of an earlier child with this pid)
         self._ids[-child._pid] = identify(exit_fd)
         self.served[exit_fd] = child
         self._epoll.register(exit_fd, select.EPOLLIN)
@@ -184,10 +185,12 @@ class Wakeups:
         if fd is None:
             return
         key = -child._pid
-        served = self.served.get(fd) is child
-        self._close(key, fd, unregister=served)
-        if served:
-            self.served.pop(fd, None)
+        if self.served.get(fd) is child:
+            if key not in self._closed:
+                self._unregister(fd, self._ids.get(key))
+            del self.served[fd]
+        self._close(key, fd)
+        child._exit_fd = None  # (before the marks go: a replay must not close the number again)
         self._ids.pop(key, None)
         self._closed.pop(key, None)
 
@@ -223,23 +226,14 @@ class Wakeups:
             except (OSError, ValueError):
                 pass
 
-    def _close(self, key: int, fd: int, unregister: bool = False) -> None:
+    def _close(self, key: int, fd: int) -> None:
         """Close ``fd`` (``key``'s) unless an earlier, interrupted call did, or it names
-        another object now (then report it); with ``unregister``, take it out of the
-        epoll first. A close alone would not: the epoll keeps an fd for as long as its
-        file lives, and a child being spawned holds a copy of every fd of ours until
-        its exec has closed them, which may be after ``posix_spawn`` returned (a
-        callback that starts the next child closes the last one's pidfd right then)."""
+        another object now (then report it)."""
         if key in self._closed:
             return
         identity = self._ids.get(key)
         state = OURS if identity is None else fd_state(fd, identity)
         if state == OURS:
-            if unregister:
-                try:
-                    self._epoll.unregister(fd)
-                except (OSError, ValueError):
-                    pass
             self._closed[key] = fd  # the mark and the close: nothing runs between them
             try:
                 os.close(fd)

@@ -303,3 +303,25 @@ def test_a_delivered_childs_pidfd_leaves_the_epoll_when_its_callback_spawns(mode
                 if ready and left[0] > 0:
                     spurious.append(left[0])
         assert spurious == [], f"the context's fd was readable with nothing due after {len(spurious)} of 11"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", [SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD])
+def test_an_adopted_childs_pidfd_copy_leaves_the_epoll_though_the_adopter_keeps_its_own(
+    mode: SigchldOwner,
+) -> None:
+    """``adopt(pidfd=..., own_pidfd=False)``: childproc watches a copy and the caller
+    keeps the original, so the file outlives childproc's close. Delivered, the copy is
+    taken out of the epoll first: the context's fd does not stay readable (it did,
+    for as long as the caller kept its pidfd: some 40,000 turns in 0.3 s)."""
+    with Context(mode=mode) as ctx:
+        pid = os.posix_spawn("/bin/sleep", ["sleep", "0.05"], os.environ)
+        mine = os.pidfd_open(pid)
+        try:
+            child = ctx.adopt(pidfd=mine, own_pidfd=False)
+            while child.returncode is None:
+                ctx.wait(5)
+            ready, _, _ = select.select([ctx.fileno()], [], [], 0.05)
+            assert ready == [], "the context's fd stays readable with nothing to deliver"
+        finally:
+            os.close(mine)
