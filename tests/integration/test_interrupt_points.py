@@ -679,3 +679,74 @@ def test_interrupt_pending_when_the_sigchld_handler_runs_reaches_the_caller() ->
                 del cls._type_cache_miss  # type: ignore[attr-defined]
     assert not lost, f"KeyboardInterrupt #{lost[0]} never reached the caller ({caught} did)"
     assert caught == rounds
+
+
+# -- 11. a fork server's exit fd: its close interrupted, and the replay ------------------
+@pytest.mark.timeout(60)
+def test_ki_right_after_an_exit_fds_close_leaves_no_stale_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interruption right after ``os.close`` of a served child's exit fd returns:
+    the fd left the epoll and the served table before the close (while its number
+    was ours), so the next child's pidfd at that number is a pidfd, not an exit fd
+    (it was read as one: every later wait raised EINVAL and nothing was delivered)."""
+    from childproc import _wakeups  # noqa: PLC0415
+    from childproc.forkserver import ForkServer  # noqa: PLC0415
+
+    server = ForkServer.start()
+    try:
+        with Context(SigchldOwner.PIDFD) as ctx:
+            served = ctx.watch_served(server.spawn(["/bin/true"]))
+            once = Once("right after the exit fd's os.close returned")
+            target = served._exit_fd
+            fake_os = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+
+            def close(fd: int) -> None:
+                os.close(fd)
+                if fd == target:
+                    once.fire()
+
+            fake_os.close = close
+            monkeypatch.setattr(_wakeups, "os", fake_os)
+            with pytest.raises(KeyboardInterrupt):
+                while ctx.children:
+                    ctx.wait(5)
+            monkeypatch.undo()
+            assert once.fired
+            got: list[int] = []
+            for _ in range(4):  # one of their pidfds lands on the freed number
+                ctx.spawn(["/bin/sh", "-c", "exit 5"], lambda c, ev: got.append(ev.returncode))
+            while ctx.children:
+                ctx.wait(5)
+            assert got == [5, 5, 5, 5]
+            assert_quiet(ctx)
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_ki_right_after_remove_served_returns_leaves_the_hosts_fd(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An interruption right after ``Wakeups.remove_served`` returned, then the host
+    opens a file (it gets the freed number): the replay must not close it (it did:
+    the fd's marks were dropped while the child still named the number)."""
+    from childproc import _wakeups  # noqa: PLC0415
+    from childproc.forkserver import ForkServer  # noqa: PLC0415
+
+    server = ForkServer.start()
+    try:
+        with Context(SigchldOwner.PIDFD) as ctx:
+            ctx.watch_served(server.spawn(["/bin/true"]))
+            once = Once("right after Wakeups.remove_served returned")
+            after_return(monkeypatch, _wakeups.Wakeups, "remove_served", once)
+            with pytest.raises(KeyboardInterrupt):
+                while ctx.children:
+                    ctx.wait(5)
+            monkeypatch.undo()
+            with open(tmp_path / "host", "w") as host:
+                ctx.spawn(["/bin/true"])
+                while ctx.children:
+                    ctx.wait(5)
+                assert fd_is_open(host.fileno()), "childproc closed the host's file"
+            assert_quiet(ctx)
+    finally:
+        server.stop()
