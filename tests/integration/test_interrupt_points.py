@@ -711,7 +711,7 @@ def test_ki_right_after_an_exit_fds_close_leaves_no_stale_entry(monkeypatch: pyt
                     ctx.wait(5)
             monkeypatch.undo()
             assert once.fired
-            got: list[int] = []
+            got: list[int | None] = []
             for _ in range(4):  # one of their pidfds lands on the freed number
                 ctx.spawn(["/bin/sh", "-c", "exit 5"], lambda c, ev: got.append(ev.returncode))
             while ctx.children:
