@@ -7,8 +7,12 @@ fd of each fork-server child. Rules:
 * Every fd is opened above 2 (:func:`childproc._fds.above_stdio`): a host that
   closes and ``dup2``\\ s back its stdio never replaces one of ours.
 * Each fd's identity is remembered when opened and checked before it is
-  closed or unregistered: an fd someone else closed (and whose number now
-  names another object) is left alone, and reported (:attr:`Wakeups.lost`).
+  closed: an fd someone else closed (and whose number now names another
+  object) is left alone, and reported (:attr:`Wakeups.lost`). Taking an fd out
+  of the epoll needs no such check: the epoll finds a registration by the file
+  the number names now, so a host's file there is not found (ENOENT), and one of
+  ours there is another child's, which the tables (``polled``, ``served``) tell
+  apart before the call.
 * A pidfd reaches the table from C (``dict.update(zip(..., map(os.pidfd_open,
   ...)))``), so an exception a signal handler raises cannot separate an opened
   pidfd from its record.
@@ -23,7 +27,7 @@ import select
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ._fds import OTHER, OURS, FdIdentity, above_stdio, fd_state, identify, still_ours
+from ._fds import OTHER, OURS, FdIdentity, above_stdio, fd_state, identify
 from ._waker import CLOSED_WAKER, Waker
 
 if TYPE_CHECKING:
@@ -145,7 +149,7 @@ class Wakeups:
         child = self.polled.get(fd)
         if child is not None and child._pid == pid:
             if pid not in self._closed:  # (closed: a replay, and the number may be another's)
-                self._unregister(fd, self._ids.get(pid))
+                self._unregister(fd)
             child._polled = False
             self.polled.pop(fd, None)
 
@@ -187,7 +191,7 @@ class Wakeups:
         key = -child._pid
         if self.served.get(fd) is child:
             if key not in self._closed:
-                self._unregister(fd, self._ids.get(key))
+                self._unregister(fd)
             del self.served[fd]
         self._close(key, fd)
         child._exit_fd = None  # (before the marks go: a replay must not close the number again)
@@ -219,12 +223,11 @@ class Wakeups:
         if pid not in self.lost:
             self.lost.append(pid)
 
-    def _unregister(self, fd: int, identity: FdIdentity | None) -> None:
-        if identity is None or still_ours(fd, identity):
-            try:
-                self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass
+    def _unregister(self, fd: int) -> None:
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass  # (not registered, or the number names a file that is not: see the rules)
 
     def _close(self, key: int, fd: int) -> None:
         """Close ``fd`` (``key``'s) unless an earlier, interrupted call did, or it names
