@@ -230,15 +230,23 @@ class SigchldHandler:
 
         Adding raises :class:`SigchldConflictError` when the handler would be
         installed over a foreign one; ``key`` is then not a user. Removing never raises.
+
+        A call that finds ``key`` already as wanted still finishes what an
+        interrupted call left: the pokers not rebuilt, the handler not put back.
         """
-        if (key in self._users) == wanted:
+        if (key in self._users) != wanted:
+            if wanted:
+                if not on_main_thread():  # the install waits for the main thread: check now
+                    self._refuse_foreign()
+                self._users[key] = poke
+            else:
+                del self._users[key]
+        elif (
+            bool(self._users) == self.installed
+            and len(self._pokers) == len(self._users)
+            and not self._swapping
+        ):
             return
-        if wanted:
-            if not on_main_thread():  # the install waits for the main thread: check now
-                self._refuse_foreign()
-            self._users[key] = poke
-        else:
-            del self._users[key]
         self._pokers = tuple(self._users.values())
         try:
             self.sync(may_raise=wanted)

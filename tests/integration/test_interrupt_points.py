@@ -750,3 +750,67 @@ def test_ki_right_after_remove_served_returns_leaves_the_hosts_fd(
             assert_quiet(ctx)
     finally:
         server.stop()
+
+
+# -- 11. in the handler's release at close() (SigchldHandler.set_user(..., False)) ----
+def _ki_at_restore_entry(monkeypatch: pytest.MonkeyPatch, once: Once) -> None:
+    original = _sigchld.HANDLER._restore
+
+    def restore() -> None:
+        once.fire()  # (a handler run at the function's entry)
+        original()
+
+    monkeypatch.setattr(_sigchld.HANDLER, "_restore", restore)
+
+
+def _ki_after_restoring_swap(monkeypatch: pytest.MonkeyPatch, once: Once) -> None:
+    after_return(monkeypatch, _sigchld, "_raw_signal", once, when=lambda sig, handler: handler in (0, 1))
+
+
+def _ki_after_the_user_left(monkeypatch: pytest.MonkeyPatch, once: Once) -> None:
+    """Right after ``set_user`` rebuilt its tuple of pokers without the context's (the
+    user gone, the handler not put back yet)."""
+
+    def interrupted_tuple(items: Any) -> tuple[Any, ...]:
+        result = tuple(items)
+        if not result:
+            once.fire()
+        return result
+
+    monkeypatch.setattr(_sigchld, "tuple", interrupted_tuple, raising=False)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", LIBXL_MODES, ids=_ids(LIBXL_MODES))
+@pytest.mark.parametrize(
+    "inject",
+    [_ki_after_the_user_left, _ki_at_restore_entry, _ki_after_restoring_swap],
+    ids=["user-left", "restore-entry", "after-swap"],
+)
+def test_ki_in_the_handlers_release_at_close(
+    mode: SigchldOwner,
+    inject: Callable[[pytest.MonkeyPatch, Once], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() interrupted after its context stopped being a user of the handler but
+    before the handler was put back (the LIBXL modes: the pidfd modes use the handler
+    only without pidfds) (CI caught it once: the handler stayed installed
+    with no user, and every later test saw it). close() again, or the next context's
+    release, must put SIGCHLD back as it was."""
+    once = Once("in the SIGCHLD handler's release")
+    ctx = Context(mode)
+    try:
+        child = ctx.spawn(["sleep", "30"], kill_on_close=True)
+        assert _sigchld.HANDLER.installed
+        inject(monkeypatch, once)
+        with pytest.raises(KeyboardInterrupt, match="simulated"):
+            ctx.close()
+        assert once.fired
+        monkeypatch.undo()
+    finally:
+        ctx.close()
+    assert wait_until(lambda: proc_state(child.pid) is None, 5)
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    assert not _sigchld.HANDLER.installed and _sigchld.HANDLER.user_count == 0
+    assert_new_context_works(mode)
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
