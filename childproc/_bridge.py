@@ -21,12 +21,13 @@ from ._errors import ChildStolenError, ClosedError
 from ._policy import SigchldOwner
 from ._run import kill
 from ._status import ChildEvent
+from ._trees import settle_steps
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
     from ._spawn import Argv
 
-__all__ = ["STOP_POLL_S", "Bridge", "WaiterBase", "default_mode", "stop"]
+__all__ = ["STOP_POLL_S", "Bridge", "WaiterBase", "default_mode", "settle", "stop"]
 
 
 def default_mode() -> SigchldOwner:
@@ -99,6 +100,19 @@ async def stop(
 
 #: How often an adapter's ``stop()`` looks at the child and its tree.
 STOP_POLL_S = 0.01
+
+
+async def settle(tree: object, kill: bool, sleep: Callable[[float], Awaitable[object]]) -> None:
+    """:func:`childproc._trees.settle` for an event loop: the same looks, with
+    ``await sleep`` between them instead of blocking the loop (a killed tree's last
+    processes, a process-group tree's members coming back). Cancelled, the tree's
+    cgroup is still removed if empty (else left for a sweep)."""
+    steps = settle_steps(tree, kill)
+    try:
+        for pause in steps:
+            await sleep(pause)
+    finally:
+        steps.close()
 
 
 W = TypeVar("W", bound=WaiterBase)

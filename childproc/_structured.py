@@ -23,14 +23,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ._bridge import Bridge, WaiterBase, default_mode, stop
+from ._bridge import Bridge, WaiterBase, default_mode, settle, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner
 from ._pump import Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import RunRequest, kill, result, settle
+from ._run import RunRequest, kill, result
 from ._status import ChildEvent
 from ._stdio import command_of
 
@@ -225,7 +225,7 @@ class StructuredContext(Bridge[C]):
             kill(child.child)
             with self._lib.shield():
                 await self._reap_killed(child)
-            settle(child.child._tree, kill=True)
+                await settle(child.child._tree, True, self._lib.sleep)
             if isinstance(exc, TimeoutExpired):
                 exc.event = child.child.final
             raise

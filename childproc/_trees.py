@@ -34,7 +34,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import NamedTuple, Protocol
 
 from . import _cgroup, _process
@@ -53,6 +53,7 @@ __all__ = [
     "reap_all_returned",
     "reap_returned",
     "settle",
+    "settle_steps",
     "tree_guarantee",
 ]
 
@@ -65,6 +66,8 @@ SETTLE_S = 2.0
 #: back and dies (members left are then no child of ours: a zombie whose parent
 #: does not reap it, a descendant still running).
 GRACE_S = 0.2
+#: How often a settling tree is looked at.
+_STEP_S = 0.005
 
 
 class Tree(Protocol):
@@ -249,28 +252,43 @@ def settle(tree: object, kill: bool) -> None:
     little) for it to leave; remove the cgroup if empty, else leave it for a sweep.
     A process-group tree whose members come back here (a tracked group: see
     :mod:`childproc._subreaper`) has those that died reaped (:func:`reap_returned`;
-    killed: waiting a little for the rest)."""
+    killed: waiting a little for the rest). Blocks: an event loop drives
+    :func:`settle_steps` instead."""
+    for pause in settle_steps(tree, kill):
+        time.sleep(pause)
+
+
+def settle_steps(tree: object, kill: bool) -> Generator[float, None, None]:
+    """:func:`settle` as steps that never block: each look is done at once, and what
+    is yielded is how long to wait before the next one (a loop awaits its own
+    sleep). Closed before its end (the waiting cancelled), the cgroup is still
+    removed if empty, else left for a sweep."""
     if isinstance(tree, GroupTree):
         if SUBREAPER.brings_back:
-            reap_returned(tree.pgid, SETTLE_S if kill else 0.0)
+            yield from _returned_steps(tree.pgid, SETTLE_S if kill else 0.0)
         return
     if not isinstance(tree, _cgroup.CgroupTree) or tree.removed:
         return
-    home = _cgroup.home()
-    if kill:
-        tree.signal(signal.SIGKILL)
-        tree.wait_empty(SETTLE_S)
-    if home is not None:
-        home.retire(tree)
-    else:  # pragma: no cover - a tree exists only where there is a home
-        tree.remove()
+    try:
+        if kill:
+            tree.signal(signal.SIGKILL)
+            deadline = time.monotonic() + SETTLE_S
+            while not tree.wait_empty(0) and time.monotonic() < deadline:
+                yield _STEP_S
+    finally:
+        home = _cgroup.home()
+        if home is not None:
+            home.retire(tree)
+        else:  # pragma: no cover - a tree exists only where there is a home
+            tree.remove()
 
 
 def reap_all_returned(timeout: float) -> None:
     """A context closes: reap what came back of every tracked group, as
     :func:`reap_returned` does for one (a tree killed just before the close has
     members still dying: they are waited for, a little)."""
-    _reap_returned(None, timeout)
+    for pause in _returned_steps(None, timeout):
+        time.sleep(pause)
 
 
 def reap_returned(pgid: int, timeout: float) -> None:
@@ -280,11 +298,13 @@ def reap_returned(pgid: int, timeout: float) -> None:
     the orphanage watches. With ``timeout`` (never under the process lock), go on
     until the group is empty, or nothing of it came back and died for
     :data:`GRACE_S` (what is left is no child of ours), or ``timeout`` passed."""
-    _reap_returned(pgid, timeout)
+    for pause in _returned_steps(pgid, timeout):
+        time.sleep(pause)
 
 
-def _reap_returned(pgid: int | None, timeout: float) -> None:
-    """:func:`reap_returned` for ``pgid``, or for every tracked group (None)."""
+def _returned_steps(pgid: int | None, timeout: float) -> Generator[float, None, None]:
+    """:func:`reap_returned` for ``pgid``, or for every tracked group (None), as
+    steps (see :func:`settle_steps`)."""
     assert timeout == 0 or not _process.held_here(), "reaping what came back would sleep under the lock"
     start = last = time.monotonic()
     while True:
@@ -298,7 +318,7 @@ def _reap_returned(pgid: int | None, timeout: float) -> None:
         now = time.monotonic()
         if timeout <= 0 or now - start >= timeout or now - last >= GRACE_S:
             return
-        time.sleep(0.005)
+        yield _STEP_S
 
 
 def log_returned(pid: int, status: int) -> None:

@@ -34,14 +34,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._aio_pipes import reader_for, writer_for
-from ._bridge import Bridge, WaiterBase, default_mode, stop
+from ._bridge import Bridge, WaiterBase, default_mode, settle, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner, wants_handler
 from ._pump import PIPE_LINGER_S, Driver, Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import RunRequest, kill, result, settle
+from ._run import RunRequest, kill, result
 from ._sink import Sink
 from ._status import ChildEvent
 from ._stdio import ChildIO, command_of, default_encoding
@@ -347,16 +347,16 @@ class AsyncContext(Bridge[AsyncChild]):
         except TimeoutExpired as exc:
             kill(child.child)
             await child._exited()
-            settle(child.child._tree, kill=True)
+            await settle(child.child._tree, True, asyncio.sleep)
             exc.event = child.child.final
             raise
         except BaseException:
             kill(child.child)
-            try:
-                await child._exited()  # (a second cancellation lands here: see close())
+            try:  # (a second cancellation lands here: see close())
+                await child._exited()
+                await settle(child.child._tree, True, asyncio.sleep)
             except BaseException:
                 pass
-            settle(child.child._tree, kill=True)
             raise
         finally:
             if child.child._io is not None:

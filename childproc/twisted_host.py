@@ -28,14 +28,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._bridge import Bridge, WaiterBase, stop
+from ._bridge import Bridge, WaiterBase, settle, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import PidfdUnavailableError
 from ._policy import SigchldOwner
 from ._pump import Driver, Pump
 from ._results import CompletedProcess, TimeoutExpired
-from ._run import RunRequest, kill, result, settle
+from ._run import RunRequest, kill, result
 from ._status import ChildEvent
 from ._stdio import command_of
 from ._watchers import pidfd as _pidfd
@@ -62,11 +62,12 @@ class TwistedChild(WaiterBase):
         """:meth:`Child.stop <childproc.Child.stop>` in the reactor: ``sig`` (to the
         tree, if the child has one), up to ``grace`` seconds for the exit (and a
         cgroup tree's last process), then SIGKILL: a ``Deferred`` of the final event."""
+        return Deferred.fromCoroutine(stop(self.child, grace, sig, _sleep_in(self._reactor)))
 
-        def sleep(seconds: float) -> Deferred[None]:
-            return deferLater(self._reactor, seconds, lambda: None)
 
-        return Deferred.fromCoroutine(stop(self.child, grace, sig, sleep))
+def _sleep_in(reactor: Any) -> Callable[[float], Deferred[None]]:
+    """An awaitable sleep in ``reactor``, for the shared coroutines (``stop``, ``settle``)."""
+    return lambda seconds: deferLater(reactor, seconds, lambda: None)
 
 
 @implementer(IReadDescriptor)
@@ -285,8 +286,19 @@ class _Run:
             self.pump.io.lock.release()
         if child._io is not None:
             child._io.close()
-        if self.failure is not None:
-            settle(child._tree, kill=True)  # killed: what is left of its tree, then its cgroup
+        if self.failure is None or child._tree is None:
+            self._report(out, err)
+            return
+        # Killed: what is left of its tree, then its cgroup, without blocking the reactor.
+        settled = Deferred.fromCoroutine(settle(child._tree, True, _sleep_in(self.reactor)))
+        settled.addBoth(self._report_after, out, err)
+
+    def _report_after(self, outcome: object, out: Any, err: Any) -> object:
+        self._report(out, err)
+        return outcome  # (a settle that raised stays this Deferred's failure: Twisted logs it)
+
+    def _report(self, out: Any, err: Any) -> None:
+        child = self.waiter.child
         if self.deferred.called:  # cancelled: Twisted failed it with CancelledError already
             return
         failure = self.failure

@@ -752,7 +752,7 @@ def test_ki_right_after_remove_served_returns_leaves_the_hosts_fd(
         server.stop()
 
 
-# -- 11. in the handler's release at close() (SigchldHandler.set_user(..., False)) ----
+# -- 12. in the handler's release at close() (SigchldHandler.set_user(..., False)) ----
 def _ki_at_restore_entry(monkeypatch: pytest.MonkeyPatch, once: Once) -> None:
     original = _sigchld.HANDLER._restore
 

@@ -128,3 +128,178 @@ def test_twisted_stop_reaches_the_tree(tmp_path: Path, kind: str) -> None:
             out["grandchild"] = "alive"
     """
     run_on_a_reactor(body, 'sys.exit(0 if out == {"stop": -signal.SIGTERM} else str(out))')
+
+
+# -- a killed tree that is slow to leave does not block the loop ----------------------
+#: How long the injected slowness keeps a killed tree from settling.
+SLOW_S = 0.5
+
+# Once SIGKILLed, a cgroup tree's processes take SLOW_S to leave (as in an
+# uninterruptible sleep): its cgroup stays populated, and a wait for it to empty blocks
+# as the real one would. A process-group tree's members keep coming back and dying for
+# SLOW_S after the SIGKILL. The same text runs in Twisted's subprocess.
+_SLOW_TREE = f"""
+import time as _time
+from childproc import _cgroup as _cg, _trees as _tr
+from childproc._subreaper import SUBREAPER as _SUBREAPER
+_until = []
+_tracked = []
+def _start():
+    if not _until:
+        _until.append(_time.monotonic() + {SLOW_S})
+def _slow():
+    return bool(_until) and _time.monotonic() < _until[0]
+def _slow_signal(self, sig, _real=_cg.CgroupTree.signal):
+    if sig == 9:
+        _start()
+    _real(self, sig)
+def _slow_wait_empty(self, timeout, _real=_cg.CgroupTree.wait_empty):
+    if _slow():
+        if timeout <= 0:
+            return False
+        _time.sleep(min(timeout, _until[0] - _time.monotonic()))
+    return _real(self, timeout)
+def _slow_remove_tree(path, _real=_cg._remove_tree):
+    return not _slow() and _real(path)
+def _slow_group_signal(self, sig, _real=_tr.GroupTree.signal):
+    if sig == 9:
+        _start()
+    _real(self, sig)
+def _slow_track(pgid, _real=_SUBREAPER.track):
+    _tracked.append(pgid)
+    _real(pgid)
+def _slow_groups(_real=_SUBREAPER.groups):
+    return sorted(set(_real()) | set(_tracked)) if _slow() else _real()
+def _slow_reap_members(pgid, _real=_tr._reap_members):
+    return _real(pgid) or _slow()
+PATCHES = [
+    (_cg.CgroupTree, "signal", _slow_signal),
+    (_cg.CgroupTree, "wait_empty", _slow_wait_empty),
+    (_cg, "_remove_tree", _slow_remove_tree),
+    (_tr.GroupTree, "signal", _slow_group_signal),
+    (_SUBREAPER, "track", _slow_track),
+    (_SUBREAPER, "groups", _slow_groups),
+    (_tr, "_reap_members", _slow_reap_members),
+]
+"""
+
+
+def _slow_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a killed tree take SLOW_S to settle."""
+    scope: dict[str, Any] = {}
+    exec(_SLOW_TREE, scope)
+    for owner, name, value in scope["PATCHES"]:
+        monkeypatch.setattr(owner, name, value)
+
+
+def _check_ticks(ticks: int, took: float) -> None:
+    """The loop ran its 10 ms ticker all along the settle (it was blocked before)."""
+    assert took >= SLOW_S * 0.8, f"the settle took {took:.3f} s: the slowness was not injected"
+    assert ticks >= took / 0.01 * 0.5, f"only {ticks} ticks of 10 ms in {took:.3f} s: the loop was blocked"
+
+
+#: Where a killed tree is waited for: a cgroup tree, in the adapters' default mode; a
+#: process-group tree, where its members come back to be reaped (LIBXL_ALWAYS).
+SLOW_CASES = [
+    pytest.param("cgroup", None, marks=pytest.mark.skipif(not CGROUPS, reason="no cgroups"), id="cgroup"),
+    pytest.param("process-group", childproc.SigchldOwner.LIBXL_ALWAYS, id="process-group"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("kind", "mode"), SLOW_CASES)
+def test_asyncio_run_settles_a_slow_tree_without_blocking_the_loop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str, mode: childproc.SigchldOwner | None
+) -> None:
+    _slow_tree(monkeypatch)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def main() -> None:
+        async with asyncio_host.open_context(mode) as ctx:
+            tick = asyncio.ensure_future(ticker())
+            report = tmp_path / "pids"
+            t0 = time.monotonic()
+            with pytest.raises(childproc.TimeoutExpired):
+                await ctx.run(_script(report), kill_tree=kind, timeout=0.1)
+            took = time.monotonic() - t0 - 0.1
+            tick.cancel()
+            _check_ticks(ticks, took)
+            assert _all_gone(report)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flavour", STRUCTURED)
+@pytest.mark.parametrize(("kind", "mode"), SLOW_CASES)
+def test_structured_run_settles_a_slow_tree_without_blocking_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    flavour: str,
+    kind: str,
+    mode: childproc.SigchldOwner | None,
+) -> None:
+    _slow_tree(monkeypatch)
+
+    async def main(host: Any) -> None:
+        ticks = 0
+        took = 0.0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await anyio.sleep(0.01)
+                ticks += 1
+
+        async with host.open_context(mode) as ctx, anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            report = tmp_path / "pids"
+            t0 = time.monotonic()
+            with pytest.raises(childproc.TimeoutExpired):
+                await ctx.run(_script(report), kill_tree=kind, timeout=0.1)
+            took = time.monotonic() - t0 - 0.1
+            tg.cancel_scope.cancel()
+        _check_ticks(ticks, took)
+        assert _all_gone(report)
+
+    _structured(flavour, main)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not CGROUPS, reason="no cgroups")
+def test_twisted_run_settles_a_slow_tree_without_blocking_the_reactor(tmp_path: Path) -> None:
+    """(A cgroup tree: a process-group tree's members come back only in LIBXL_ALWAYS,
+    which Twisted's own SIGCHLD handler rules out.)"""
+    report = tmp_path / "pids"
+    body = (
+        _SLOW_TREE
+        + f"""
+for _owner, _name, _value in PATCHES:
+    setattr(_owner, _name, _value)
+ticks = [0]
+def tick():
+    ticks[0] += 1
+from twisted.internet import task
+loop = task.LoopingCall(tick)
+loop.start(0.01, now=False)
+t0 = time.monotonic()
+try:
+    yield ctx.run({_script(report)!r}, kill_tree="cgroup", timeout=0.1)
+except childproc.TimeoutExpired:
+    out["timeout"] = True
+took = time.monotonic() - t0 - 0.1
+loop.stop()
+out["slow"] = took >= {SLOW_S} * 0.8 or took
+out["ticking"] = ticks[0] >= took / 0.01 * 0.5 or ticks[0]
+"""
+    )
+    run_on_a_reactor(
+        body, 'sys.exit(0 if out == {"timeout": True, "slow": True, "ticking": True} else str(out))'
+    )
+    assert _all_gone(report)
