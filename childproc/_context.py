@@ -157,7 +157,11 @@ class Context:
         )
         _process.register_context(self)
         if mode is not None or hooks is not None:
-            self.setmode(hooks if hooks is not None else Hooks(chldowner=mode), user)  # type: ignore[arg-type]
+            try:
+                self.setmode(hooks if hooks is not None else Hooks(chldowner=mode), user)  # type: ignore[arg-type]
+            except BaseException:  # refused (a foreign handler, an ignored SIGCHLD), interrupted
+                self.close()  # (nobody else holds this context to close it)
+                raise
 
     # -- small helpers ------------------------------------------------------
     @property

@@ -231,24 +231,26 @@ class SigchldHandler:
         Adding raises :class:`SigchldConflictError` when the handler would be
         installed over a foreign one; ``key`` is then not a user. Removing never raises.
 
-        A call that finds ``key`` already as wanted still finishes what an
-        interrupted call left: the pokers not rebuilt, the handler not put back.
+        Interrupted, an add is undone (``key`` is not a user) and a removal is
+        finished, by the ``except`` below; a removal that finds ``key`` gone already
+        still finishes what an interruption of that ``except`` left (the pokers not
+        rebuilt, the handler not put back).
         """
-        if (key in self._users) != wanted:
+        if (key in self._users) == wanted:
+            if wanted or (
+                bool(self._users) == self.installed
+                and len(self._pokers) == len(self._users)
+                and not self._swapping
+            ):
+                return
+        elif wanted and not on_main_thread():  # the install waits for the main thread: check now
+            self._refuse_foreign()
+        try:
             if wanted:
-                if not on_main_thread():  # the install waits for the main thread: check now
-                    self._refuse_foreign()
                 self._users[key] = poke
             else:
-                del self._users[key]
-        elif (
-            bool(self._users) == self.installed
-            and len(self._pokers) == len(self._users)
-            and not self._swapping
-        ):
-            return
-        self._pokers = tuple(self._users.values())
-        try:
+                self._users.pop(key, None)
+            self._pokers = tuple(self._users.values())
             self.sync(may_raise=wanted)
         except BaseException:
             self._users.pop(key, None)
@@ -288,11 +290,11 @@ class SigchldHandler:
         self.saved = current
         self._swapping = True
         _raw_signal(_SIGCHLD, self._handle)
+        self.installed = True
+        self._checked_at = 0.0
         self._swapping = False
         if self._trampoline is None:  # CPython's C-level handler: one address for the process
-            self._trampoline = disposition().address
-        self._checked_at = 0.0
-        self.installed = True
+            self._trampoline = disposition().address  # (interrupted: learnt at the next install)
 
     def replaced(self) -> bool:
         """childproc's handler is installed and someone replaced it since (at the

@@ -352,11 +352,14 @@ class AsyncContext(Bridge[AsyncChild]):
             raise
         except BaseException:
             kill(child.child)
-            try:  # (a second cancellation lands here: see close())
-                await child._exited()
-                await settle(child.child._tree, True, asyncio.sleep)
+            try:
+                await child._exited()  # (a second cancellation lands here: see close())
             except BaseException:
                 pass
+            try:
+                await settle(child.child._tree, True, asyncio.sleep)
+            except asyncio.CancelledError:
+                pass  # (cut short by another cancellation: its cgroup was retired all the same)
             raise
         finally:
             if child.child._io is not None:

@@ -814,3 +814,99 @@ def test_ki_in_the_handlers_release_at_close(
     assert not _sigchld.HANDLER.installed and _sigchld.HANDLER.user_count == 0
     assert_new_context_works(mode)
     assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+
+
+def _handler_consistent() -> None:
+    """The handler's bookkeeping says what SIGCHLD really is."""
+    handler = _sigchld.HANDLER
+    assert handler.is_ours(signal.getsignal(signal.SIGCHLD)) == handler.installed
+    assert len(handler._pokers) == handler.user_count
+    assert handler.installed == (handler.user_count > 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", LIBXL_MODES, ids=_ids(LIBXL_MODES))
+def test_ki_while_the_first_install_learns_the_trampoline(
+    mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first install in a process reads back CPython's C-level handler address
+    after the swap; interrupted there, the swap must be recorded, so that the undo
+    puts SIGCHLD back (it left childproc's handler there, with nobody using it)."""
+    once = Once("while _install learns the trampoline")
+    real = _sigchld.disposition
+
+    def disposition() -> Any:
+        if sys._getframe(1).f_code.co_name == "_install":
+            once.fire()
+        return real()
+
+    monkeypatch.setattr(_sigchld.HANDLER, "_trampoline", None)
+    monkeypatch.setattr(_sigchld, "disposition", disposition)
+    with Context() as ctx:
+        with pytest.raises(KeyboardInterrupt, match="simulated"):
+            ctx.setmode(Hooks(chldowner=mode))  # (LIBXL_ALWAYS installs here)
+            ctx.spawn(["/bin/true"])  # (LIBXL here)
+        assert once.fired
+        _handler_consistent()
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        assert ctx.children == frozenset()
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    assert_new_context_works(mode)
+    _handler_consistent()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", LIBXL_MODES, ids=_ids(LIBXL_MODES))
+def test_ki_right_after_a_user_is_added(mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interruption right after ``set_user`` added the context to the users (the
+    pokers not rebuilt, the handler not installed): the add is undone, so that the
+    next start installs the handler (it ran without, and nothing repaired it)."""
+    once = Once("right after a user was added")
+
+    def interrupted_tuple(items: Any) -> tuple[Any, ...]:
+        result = tuple(items)
+        if result:
+            once.fire()
+        return result
+
+    ctx = Context()
+    try:
+        monkeypatch.setattr(_sigchld, "tuple", interrupted_tuple, raising=False)
+        with pytest.raises(KeyboardInterrupt, match="simulated"):
+            ctx.setmode(Hooks(chldowner=mode))
+            ctx.spawn(["/bin/true"])
+        monkeypatch.undo()
+        assert once.fired
+        _handler_consistent()
+        if mode is SigchldOwner.LIBXL_ALWAYS:
+            ctx.setmode(Hooks(chldowner=mode))
+        got: list[int | None] = []
+        ctx.spawn(["/bin/sh", "-c", "exit 3"], lambda c, ev: got.append(ev.returncode))
+        assert _sigchld.HANDLER.installed and _sigchld.HANDLER.is_ours(signal.getsignal(signal.SIGCHLD))
+        _handler_consistent()
+        assert ctx.wait(10) == 1 and got == [3]
+    finally:
+        ctx.close()
+    _handler_consistent()
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", LIBXL_MODES, ids=_ids(LIBXL_MODES))
+def test_ki_in_the_constructors_setmode_closes_the_context(
+    mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Context(mode)`` interrupted right after its setmode: the half-made context
+    is closed (nobody holds it to close it: it stayed registered, with its fds open
+    and, in LIBXL_ALWAYS, the SIGCHLD handler in place). A setmode that refuses (a
+    foreign handler, an ignored SIGCHLD) goes the same way."""
+    once = Once("in Context()'s setmode")
+    after_return(monkeypatch, Context, "setmode", once)
+    with pytest.raises(KeyboardInterrupt, match="simulated"):
+        Context(mode)
+    monkeypatch.undo()
+    assert once.fired
+    assert not [c for c in _process.live_contexts() if not c.closed]
+    _handler_consistent()
+    assert_new_context_works(mode)

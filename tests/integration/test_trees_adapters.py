@@ -303,3 +303,64 @@ out["ticking"] = ticks[0] >= took / 0.01 * 0.5 or ticks[0]
         body, 'sys.exit(0 if out == {"timeout": True, "slow": True, "ticking": True} else str(out))'
     )
     assert _all_gone(report)
+
+
+def _settled_now(took: float) -> None:
+    """The run waited for its slow tree, and its cgroup is gone (not left pending)."""
+    home = _cgroup.home()
+    assert home is not None
+    assert took >= SLOW_S * 0.8, f"run() raised {took:.3f} s in: it did not wait for the killed tree"
+    assert not home.pending and not home.trees_on_disk(), (list(home.pending), home.trees_on_disk())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not CGROUPS, reason="no cgroups")
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_asyncio_cancelled_run_settles_its_tree(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cancels: int
+) -> None:
+    """A cancelled run() (once, or again while it waits for the killed child's exit:
+    an enclosing timeout and a task group) still waits for its tree before it raises."""
+    _slow_tree(monkeypatch)
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            report = tmp_path / "pids"
+            task = asyncio.ensure_future(ctx.run(_script(report), kill_tree="cgroup"))
+            while not report.exists() or len(report.read_text().split()) < 2:
+                await asyncio.sleep(0.01)  # (the task must run to spawn)
+            t0 = time.monotonic()
+            task.cancel()
+            for _ in range(cancels - 1):
+                await asyncio.sleep(0)  # (run() now waits for the exit)
+                task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            _settled_now(time.monotonic() - t0)
+            assert _all_gone(report)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not CGROUPS, reason="no cgroups")
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_cancelled_run_settles_its_tree(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flavour: str
+) -> None:
+    _slow_tree(monkeypatch)
+
+    async def main(host: Any) -> None:
+        async with host.open_context() as ctx:
+            report = tmp_path / "pids"
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: ctx.run(_script(report), kill_tree="cgroup"))
+                    while not report.exists() or len(report.read_text().split()) < 2:
+                        await anyio.sleep(0.01)
+                    t0 = time.monotonic()
+                    scope.cancel()
+            _settled_now(time.monotonic() - t0)
+            assert _all_gone(report)
+
+    _structured(flavour, main)
