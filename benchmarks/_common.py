@@ -2,7 +2,9 @@
 
 Run a benchmark as a script from the repository root::
 
-    python benchmarks/NAME.py [options]      # NAME: throughput, scaling, latency, bigparent, forkfaults
+    python benchmarks/NAME.py [options]
+
+(NAME: throughput, scaling, latency, bigparent, forkfaults, pathcost, phases, pipe_io.)
 
 It prints a table and writes nothing, unless ``--json PATH`` says where to
 write its results (``benchmarks/results/NAME.json`` holds the recorded runs the

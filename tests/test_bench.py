@@ -30,6 +30,7 @@ RUNS = {
     "forkfaults": ["--rounds", "1", "--batch", "5"],
     "pathcost": ["--n", "5", "--modes", "SELECTIVE_REAP", "--top", "2"],
     "pipe_io": ["--mib", "4", "--rounds", "1"],
+    "phases": ["--n", "5", "--modes", "PIDFD"],
 }
 #: The run without --json only checks what is written and printed: the fewest rows.
 LEAN = {
