@@ -9,6 +9,7 @@ spawn/fork/adopt and routing exits to waiters, lives here once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -84,17 +85,24 @@ async def stop(
     """:meth:`Child.stop` for an event loop: the same steps, but looking every
     ``STOP_POLL_S`` (``await sleep``) instead of blocking the loop: ``sig`` (to the
     tree), until ``grace`` is over for the exit and, for a cgroup tree, for the
-    tree to be empty; then SIGKILL (the tree) and wait for the exit."""
+    tree to be empty; then SIGKILL (the tree) and wait for the exit. Cancelled
+    (or cut short by any exception), it SIGKILLs the child (the tree) before the
+    exception goes on, without waiting."""
     deadline = time.monotonic() + grace
-    if not child.done or not child._tree_empty():  # (descendants left after the child: them)
-        child._send_everywhere(sig)
-    while not (child.done and child._tree_empty()):
-        if time.monotonic() >= deadline:
+    try:
+        if not child.done or not child._tree_empty():  # (descendants left after the child: them)
+            child._send_everywhere(sig)
+        while not (child.done and child._tree_empty()):
+            if time.monotonic() >= deadline:
+                child._send_everywhere(signal.SIGKILL)
+                break
+            await sleep(STOP_POLL_S)
+        while not child.done and not child.context.closed:
+            await sleep(STOP_POLL_S)
+    except BaseException:
+        with contextlib.suppress(Exception):  # (the first exception goes on)
             child._send_everywhere(signal.SIGKILL)
-            break
-        await sleep(STOP_POLL_S)
-    while not child.done and not child.context.closed:
-        await sleep(STOP_POLL_S)
+        raise
     return child.final
 
 

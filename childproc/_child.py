@@ -10,6 +10,7 @@ through the ledger and the lifecycle table, at the moment childproc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import os
@@ -287,12 +288,22 @@ class Child:
         self._ctx._signal_child(self, sig)
 
     def terminate(self) -> None:
-        """``send_signal(SIGTERM)``."""
-        self.send_signal(signal.SIGTERM)
+        """``send_signal(SIGTERM)``, except that it does nothing once the child has
+        exited (as ``Popen.terminate``): what it asks for holds. A released child
+        raises as with ``send_signal``: it may still run, unwatched."""
+        self._end(signal.SIGTERM)
 
     def kill(self) -> None:
-        """``send_signal(SIGKILL)``."""
-        self.send_signal(signal.SIGKILL)
+        """``send_signal(SIGKILL)``; nothing once the child has exited (see
+        :meth:`terminate`)."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: int) -> None:
+        try:
+            self.send_signal(sig)
+        except ChildExitedError:
+            if self.phase in (Phase.RELEASED, Phase.ORPHANED):
+                raise
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the child's process group; the child must lead it
@@ -346,17 +357,24 @@ class Child:
         to be gone), then SIGKILL (the tree) and wait for the exit.
         Returns the final :class:`~childproc.ChildEvent` (None if someone else
         reaped it). The exit is delivered once, as always: every waiter sees it
-        and the callback runs once."""
+        and the callback runs once. Cut short (a ``KeyboardInterrupt``, an error
+        in a callback it ran), it SIGKILLs the child (the tree) before the
+        exception goes on, as :meth:`Context.run` does, without waiting."""
         deadline = time.monotonic() + grace
-        if not self.done or not self._tree_empty():  # (descendants left after the child: them)
-            self._send_everywhere(sig)
-        if not self.done:
-            self.wait(grace)
-        if not self.done:
-            self._send_everywhere(signal.SIGKILL)
-        elif self._tree is not None and not self._tree.wait_empty(max(0.0, deadline - time.monotonic())):
-            self._send_everywhere(signal.SIGKILL)  # the child went; descendants did not
-        return self.wait()
+        try:
+            if not self.done or not self._tree_empty():  # (descendants left after the child: them)
+                self._send_everywhere(sig)
+            if not self.done:
+                self.wait(grace)
+            if not self.done:
+                self._send_everywhere(signal.SIGKILL)
+            elif self._tree is not None and not self._tree.wait_empty(max(0.0, deadline - time.monotonic())):
+                self._send_everywhere(signal.SIGKILL)  # the child went; descendants did not
+            return self.wait()
+        except BaseException:
+            with contextlib.suppress(Exception):  # (the first exception goes on)
+                self._send_everywhere(signal.SIGKILL)
+            raise
 
     def _tree_empty(self) -> bool:
         """Nothing left in the child's tree (True without a tree, or for a process group,

@@ -467,7 +467,14 @@ class Context:
         then :class:`TimeoutExpired` is raised with the output so far (both are
         ``subprocess``'s classes too). Output is read by the rules of
         :meth:`Child.communicate`. In MAINLOOP, call it from a thread other than the
-        one that reports exits (there it raises :class:`StateError`)."""
+        one that reports exits (there it raises :class:`StateError`).
+
+        The child is spawned with ``kill_on_close=True`` unless told otherwise, so
+        with ``kill_tree=True`` what its tree left running after it exited (``sleep
+        100 &``) is killed by :meth:`close` (a spawned child's is left running):
+        pass ``kill_on_close=False`` to leave it running too. Arguments ``run``
+        does not take (``shell=True``, a misspelling) raise an
+        :class:`InvalidArgumentError` that is also a ``TypeError``, saying what to do."""
         from ._run import run  # noqa: PLC0415 - subprocess's classes load on first use
 
         return run(self, argv, **options)

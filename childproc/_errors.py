@@ -134,11 +134,12 @@ def spawn_error(err: int, message: str, filename: str | bytes | None = None) -> 
     return cls(err, message, filename)
 
 
-class ChildExitedError(StateError):
+class ChildExitedError(StateError, ProcessLookupError):
     """The child's exit was already seen: it cannot be signalled any more.
 
     childproc refuses rather than call ``kill()`` on a pid that may by now name
-    another process.
+    another process. Also a :class:`ProcessLookupError`, as asyncio's
+    ``Process.send_signal`` raises for a process that has exited.
     """
 
 

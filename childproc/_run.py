@@ -10,10 +10,11 @@ every pipe is closed on every path.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._errors import ChildprocError, ChildStolenError, InvalidArgumentError, StateError
+from ._errors import ArgumentTypeError, ChildprocError, ChildStolenError, InvalidArgumentError, StateError
 from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
 from ._spawn import PIPE
 from ._stdio import command_of
@@ -36,11 +37,57 @@ class Context(Protocol):
 __all__ = ["RunRequest", "kill", "result", "run", "settle"]
 
 
+#: The keywords ``run`` hands to ``spawn`` (``Context.spawn``'s keyword-only
+#: parameters; a unit test keeps the two the same).
+SPAWN_OPTIONS = frozenset(
+    {
+        "env", "cwd", "pass_fds", "stdin", "stdout", "stderr", "text", "encoding", "errors",
+        "events", "oneshot", "reap_after_callback", "kill_on_close", "start_new_session",
+        "process_group", "kill_tree",
+    }
+)  # fmt: skip
+_RUN_OPTIONS = frozenset({"input", "timeout", "check", "capture_output", "universal_newlines"})
+
+#: ``subprocess.run``/``Popen`` arguments childproc does not take, and what to do instead.
+_NOT_TAKEN = {
+    "shell": "childproc runs argv as given and never parses a command line: run "
+    "['/bin/sh', '-c', command] for a shell",
+    "executable": "give the program's path as argv[0]",
+    "preexec_fn": "fork with ctx.fork(), run the function in the child, then os.execv() "
+    "(see 'from subprocess to childproc')",
+    "close_fds": "the child gets stdin, stdout, stderr, pass_fds and the fds you made inheritable "
+    "(Python's are close-on-exec); there is no sweep: leave it out, and keep your fds close-on-exec",
+    "restore_signals": "the child always starts with SIGPIPE, SIGXFSZ and SIGCHLD at their "
+    "defaults (restore_signals=True): leave it out",
+    "bufsize": "the pipes' file objects use Python's default buffering: leave it out",
+    "user": "not supported: start the child through a program that changes user (setpriv, runuser)",
+    "group": "not supported: start the child through a program that changes group (setpriv)",
+    "extra_groups": "not supported: start the child through setpriv",
+    "umask": "not supported: set it in a shell (['/bin/sh', '-c', 'umask 077 && exec \"$@\"', 'sh', ...])",
+    "pipesize": "not supported: the pipes have the system's default size",
+    "startupinfo": "Windows only",
+    "creationflags": "Windows only",
+}
+
+
+def _refuse_options(unknown: set[str]) -> None:
+    name = sorted(unknown)[0]
+    why = _NOT_TAKEN.get(name)
+    if why is None:
+        close = difflib.get_close_matches(name, sorted(SPAWN_OPTIONS | _RUN_OPTIONS), n=1)
+        why = f"did you mean {close[0]!r}?" if close else "Context.run and Context.spawn say what it takes"
+        raise ArgumentTypeError(f"run() got an unexpected keyword argument {name!r}: {why}")
+    raise ArgumentTypeError(f"run() does not take {name}=: {why}")
+
+
 class RunRequest:
     """``run()``'s arguments (``subprocess.run``'s) sorted out once for every
     adapter: what goes to ``spawn`` (``spawn_options``, the child owned with
     ``kill_on_close`` unless told otherwise), and what ``run`` itself uses.
-    Refusals are ``subprocess``'s, as :class:`InvalidArgumentError` (a ``ValueError``)."""
+    Refusals are ``subprocess``'s, as :class:`InvalidArgumentError` (a ``ValueError``);
+    an argument ``run`` does not take (``shell=True``, a misspelling) is an
+    :class:`InvalidArgumentError` that is also a ``TypeError`` (as Python's own for
+    an unexpected keyword), saying what to do."""
 
     __slots__ = ("check", "input", "spawn_options", "timeout")
 
@@ -62,6 +109,9 @@ class RunRequest:
             if options.get("text") and not universal_newlines:
                 raise InvalidArgumentError("text and universal_newlines are given and differ")
             options["text"] = bool(universal_newlines)
+        unknown = options.keys() - SPAWN_OPTIONS
+        if unknown:
+            _refuse_options(unknown)
         options.setdefault("kill_on_close", True)
         self.spawn_options = options
 

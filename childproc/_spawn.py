@@ -226,7 +226,7 @@ def _cwd(cwd: str | os.PathLike[str]) -> str:
     where = os.fspath(cwd)
     if not os.path.isdir(where):
         err = errno.ENOTDIR if os.path.exists(where) else errno.ENOENT
-        raise OSError(err, f"{os.strerror(err)}: cwd", where)
+        raise OSError(err, os.strerror(err), where)  # (the caller says it was the cwd)
     return where
 
 

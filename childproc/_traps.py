@@ -45,7 +45,7 @@ class Trap:
 _LIST = [
     Trap(
         "sigchld-ignored",
-        "SIGCHLD is {why} in this process, so the kernel discards every child's exit status",
+        "SIGCHLD is {why} in the process, so the kernel discards every child's exit status",
         "SELECTIVE_REAP, PIDFD and MAINLOOP refuse to start children (SigchldIgnoredError); LIBXL "
         "works only from the main thread (its handler replaces the disposition while it has "
         "children); LIBXL_ALWAYS replaces it while it runs; asyncio's own child watcher waits forever",

@@ -245,10 +245,11 @@ def test_signal_after_exit_is_refused(pidfds: bool, monkeypatch: pytest.MonkeyPa
         child.wait(20)
         assert child.returncode == -signal.SIGUSR1
         n = len(kills)
-        with pytest.raises(ChildExitedError, match="may now name another process"):
+        with pytest.raises(ChildExitedError, match="may now name another process") as info:
             child.send_signal(signal.SIGTERM)
-        with pytest.raises(ChildExitedError):
-            child.kill()
+        assert isinstance(info.value, ProcessLookupError)  # (what asyncio's send_signal raises)
+        child.kill()  # nothing, as Popen.kill once the child has exited
+        child.terminate()
         assert len(kills) == n  # no kill() on a number that may be recycled
         with pytest.raises(InvalidArgumentError, match="signal"):
             fork_child(ctx, ev).send_signal(9999)
@@ -263,7 +264,8 @@ def test_signal_refused_once_exit_seen_even_before_delivery() -> None:
         ctx._dispatcher.collect()  # observe (reap) without delivering
         assert child.state is ChildState.EXITED and ev.seen == []
         with pytest.raises(ChildExitedError):
-            child.terminate()
+            child.send_signal(signal.SIGTERM)
+        child.terminate()  # (dead: nothing to do, and nothing sent)
         ctx.dispatch()
         assert [e.returncode for e in ev.exits(child.pid)] == [3]
 
@@ -622,3 +624,36 @@ def test_a_relative_program_with_cwd_is_found_there(tmp_path: Path) -> None:
         assert child.wait(10) is not None and child.returncode == 7
         with pytest.raises(FileNotFoundError):
             ctx.spawn(["./no-such-prog"], cwd=str(tmp_path))
+
+
+@pytest.mark.timeout(30)
+def test_kill_after_the_exit_does_nothing_as_popens() -> None:
+    """Code ported from subprocess kills in a ``finally`` or after a timeout whether or
+    not the child is still there: Popen's kill() and terminate() then do nothing, and
+    so do childproc's (sync and asyncio), sending nothing. send_signal still refuses,
+    with an error that is also asyncio's ProcessLookupError."""
+    import asyncio  # noqa: PLC0415
+
+    from childproc import asyncio_host  # noqa: PLC0415
+
+    with Context(SigchldOwner.PIDFD) as ctx:
+        child = ctx.spawn(["/bin/sh", "-c", "exit 0"], stdout=subprocess.PIPE)
+        try:
+            child.communicate(timeout=5)
+        finally:
+            child.kill()
+            child.terminate()
+        assert child.returncode == 0
+        with pytest.raises(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as actx:
+            achild = actx.spawn(["/bin/sh", "-c", "exit 0"])
+            try:
+                await achild.wait()
+            finally:
+                achild.kill()
+            assert achild.returncode == 0
+
+    asyncio.run(main())

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,37 @@ def test_run_argument_errors_are_value_errors(sel: Context) -> None:
         sel.spawn(["true"], stdin=-7)
     with pytest.raises(childproc.InvalidArgumentError, match="stdout must be"):
         sel.spawn(["true"], stdout="out.txt")
+
+
+@pytest.mark.timeout(30)
+def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> None:
+    """subprocess.run arguments run() does not take, and misspellings: a TypeError (as
+    Python's own for an unexpected keyword) of childproc's that says what to do, not
+    an error naming Context.spawn. Nothing is started."""
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"shell": True}, r"shell=: .*\['/bin/sh', '-c', command\]"),
+        ({"executable": "/bin/true"}, "argv\\[0\\]"),
+        ({"preexec_fn": print}, "ctx.fork"),
+        ({"close_fds": True}, "close-on-exec"),
+        ({"capture_ouput": True}, "did you mean 'capture_output'"),
+        ({"kill_tre": True}, "did you mean 'kill_tree'"),
+        ({"frobnicate": 1}, "Context.run and Context.spawn say"),
+    ]
+    for options, says in cases:
+        with pytest.raises(childproc.InvalidArgumentError, match=says) as info:
+            sel.run(["true"], **options)
+        assert isinstance(info.value, TypeError)
+    assert sel.children == frozenset()
+
+
+def test_run_hands_spawn_every_keyword_spawn_takes() -> None:
+    """run()'s list of what goes to spawn is Context.spawn's keyword-only parameters."""
+    import inspect  # noqa: PLC0415
+
+    from childproc import _run  # noqa: PLC0415
+
+    params = inspect.signature(Context.spawn).parameters.values()
+    assert {p.name for p in params if p.kind is p.KEYWORD_ONLY} == _run.SPAWN_OPTIONS
 
 
 @pytest.mark.timeout(30)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from childproc import _cgroup, anyio_host, asyncio_host, trio_host
 
 from .kids import run_on_a_reactor
 from .procutil import alive, wait_until
+from .test_hostile import default_sigint
 from .test_trees import _pids_of
 
 CGROUPS = _cgroup.home() is not None
@@ -337,3 +339,53 @@ def test_structured_cancelled_run_settles_its_tree(
             assert _all_gone(report)
 
     _structured(flavour, main)
+
+
+# -- a stop() cut short still ends the tree ------------------------------------------
+_TERM_IGNORED = "trap '' TERM; "
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cancelled_stop_kills_the_tree(tmp_path: Path, kind: str) -> None:
+    """``await child.stop()`` cancelled during its grace (a deadline around a
+    shutdown) SIGKILLs the tree before the cancellation goes on: it left the child
+    and its tree running, ignoring SIGTERM, for good."""
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            report = tmp_path / "pids"
+            child = ctx.spawn(["sh", "-c", _TERM_IGNORED + " ".join(_script(report)[2:])], kill_tree=kind)
+            while not report.exists() or len(report.read_text().split()) < 2:
+                await asyncio.sleep(0.01)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(child.stop(grace=30), 0.2)
+            event = await child.wait()
+            assert event.returncode == -signal.SIGKILL
+            assert _all_gone(report)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_interrupted_stop_kills_the_tree(tmp_path: Path, kind: str) -> None:
+    """The sync ``child.stop()`` interrupted by Ctrl-C during its grace: the tree is
+    SIGKILLed before the KeyboardInterrupt goes on."""
+    main = threading.main_thread().ident
+    assert main is not None
+    report = tmp_path / "pids"
+    with default_sigint(), childproc.Context() as ctx:
+        child = ctx.spawn(["sh", "-c", _TERM_IGNORED + " ".join(_script(report)[2:])], kill_tree=kind)
+        _pids_of(report, 2)
+        timer = threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                child.stop(grace=30)
+        finally:
+            timer.cancel()
+            timer.join()
+        event = child.wait(10)
+        assert event is not None and event.returncode == -signal.SIGKILL
+        assert _all_gone(report)
