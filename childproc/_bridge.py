@@ -58,15 +58,18 @@ class WaiterBase:
 
     def send_signal(self, sig: int) -> None:
         """:meth:`Child.send_signal <childproc.Child.send_signal>`: ``sig`` to the child
-        alone, never to a recycled pid; nothing once it was reaped."""
+        alone, never to a recycled pid; :class:`~childproc.ChildExitedError` (a
+        ``ProcessLookupError``) once its exit was seen."""
         self.child.send_signal(sig)
 
     def terminate(self) -> None:
-        """SIGTERM to the child alone (its tree: ``child.child.kill_tree(SIGTERM)``)."""
+        """SIGTERM to the child alone (its tree: ``child.child.kill_tree(SIGTERM)``);
+        nothing once it has exited."""
         self.child.terminate()
 
     def kill(self) -> None:
-        """SIGKILL to the child alone (its tree: ``child.child.kill_tree()``)."""
+        """SIGKILL to the child alone (its tree: ``child.child.kill_tree()``); nothing
+        once it has exited."""
         self.child.kill()
 
     def _kill_on_cancel(self) -> None:
@@ -85,9 +88,10 @@ async def stop(
     """:meth:`Child.stop` for an event loop: the same steps, but looking every
     ``STOP_POLL_S`` (``await sleep``) instead of blocking the loop: ``sig`` (to the
     tree), until ``grace`` is over for the exit and, for a cgroup tree, for the
-    tree to be empty; then SIGKILL (the tree) and wait for the exit. Cancelled
-    (or cut short by any exception), it SIGKILLs the child (the tree) before the
-    exception goes on, without waiting."""
+    tree to be empty; then SIGKILL (the tree) and wait for the exit. Cancelled,
+    it SIGKILLs the child (the tree) before the cancellation goes on, without
+    waiting."""
+    child._check_stop(grace, sig)
     deadline = time.monotonic() + grace
     try:
         if not child.done or not child._tree_empty():  # (descendants left after the child: them)
@@ -99,9 +103,10 @@ async def stop(
             await sleep(STOP_POLL_S)
         while not child.done and not child.context.closed:
             await sleep(STOP_POLL_S)
-    except BaseException:
-        with contextlib.suppress(Exception):  # (the first exception goes on)
-            child._send_everywhere(signal.SIGKILL)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # (cancelled, interrupted: the stop is abandoned)
+            with contextlib.suppress(Exception):  # (the cancellation goes on)
+                child._send_everywhere(signal.SIGKILL)
         raise
     return child.final
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _process
 from ._errors import ChildExitedError, InvalidArgumentError, StateError
-from ._lifecycle import FINISHED, Phase
+from ._lifecycle import FINISHED, SIGNALLABLE, Phase
 from ._status import ChildEvent
 
 if TYPE_CHECKING:
@@ -81,6 +81,12 @@ _PUBLIC_STATE = {
     Phase.STOPPED: ChildState.STOPPED,
     Phase.ORPHANED: ChildState.RUNNING,  # last seen running
 }
+
+
+def check_signal(sig: object) -> None:
+    """Refuse what is not a signal number (0 .. NSIG - 1)."""
+    if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
+        raise InvalidArgumentError(f"not a signal number: {sig!r}")
 
 
 class Child:
@@ -302,7 +308,10 @@ class Child:
         try:
             self.send_signal(sig)
         except ChildExitedError:
-            if self.phase in (Phase.RELEASED, Phase.ORPHANED):
+            # Dead: its exit status was seen, or the kernel said so (pidfd_send_signal
+            # ESRCH, the phase not updated yet). Anything else may run on, unwatched: a
+            # released child, an orphaned one, one whose fork server went away (lost).
+            if self._status is None and self.phase not in SIGNALLABLE:
                 raise
 
     def signal_group(self, sig: int) -> None:
@@ -335,6 +344,7 @@ class Child:
         fallback (see :attr:`tree_guarantee`). In a cgroup tree this also reaches
         descendants left after the child exited. Raises :class:`~childproc.StateError`
         for a child without ``kill_tree=True``."""
+        check_signal(sig)
         self._own_tree().signal(sig)
 
     def freeze(self, timeout: float = 5.0) -> bool:
@@ -357,9 +367,10 @@ class Child:
         to be gone), then SIGKILL (the tree) and wait for the exit.
         Returns the final :class:`~childproc.ChildEvent` (None if someone else
         reaped it). The exit is delivered once, as always: every waiter sees it
-        and the callback runs once. Cut short (a ``KeyboardInterrupt``, an error
-        in a callback it ran), it SIGKILLs the child (the tree) before the
-        exception goes on, as :meth:`Context.run` does, without waiting."""
+        and the callback runs once. Interrupted (``KeyboardInterrupt``), it SIGKILLs
+        the child (the tree) before the interrupt goes on, without waiting; an error
+        a callback raised meanwhile (any child's) goes on and leaves it be."""
+        self._check_stop(grace, sig)
         deadline = time.monotonic() + grace
         try:
             if not self.done or not self._tree_empty():  # (descendants left after the child: them)
@@ -371,10 +382,17 @@ class Child:
             elif self._tree is not None and not self._tree.wait_empty(max(0.0, deadline - time.monotonic())):
                 self._send_everywhere(signal.SIGKILL)  # the child went; descendants did not
             return self.wait()
-        except BaseException:
-            with contextlib.suppress(Exception):  # (the first exception goes on)
-                self._send_everywhere(signal.SIGKILL)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # (an interrupt: the stop is abandoned)
+                with contextlib.suppress(Exception):  # (the interrupt goes on)
+                    self._send_everywhere(signal.SIGKILL)
             raise
+
+    def _check_stop(self, grace: float, sig: int) -> None:
+        """Refuse ``stop()``'s bad arguments before anything is sent."""
+        check_signal(sig)
+        if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not grace >= 0:
+            raise InvalidArgumentError(f"grace must be a number of seconds >= 0, not {grace!r}")
 
     def _tree_empty(self) -> bool:
         """Nothing left in the child's tree (True without a tree, or for a process group,

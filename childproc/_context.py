@@ -45,14 +45,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _process, _teardown, _trees
-from ._child import Child, EventCallback
+from ._child import Child, EventCallback, check_signal
 from ._children import Children, refuse_ignored
 from ._creators import Fork
 from ._delivery import Delivery
@@ -470,9 +469,11 @@ class Context:
         one that reports exits (there it raises :class:`StateError`).
 
         The child is spawned with ``kill_on_close=True`` unless told otherwise, so
-        with ``kill_tree=True`` what its tree left running after it exited (``sleep
-        100 &``) is killed by :meth:`close` (a spawned child's is left running):
-        pass ``kill_on_close=False`` to leave it running too. Arguments ``run``
+        with a cgroup tree (``kill_tree=True`` where cgroups can be made) what the
+        tree left running after the child exited (``sleep 100 &``) is killed by
+        :meth:`close` (a spawned child's is left running; a process-group tree's
+        cannot be signalled once its leader was reaped): pass
+        ``kill_on_close=False`` to leave it running. Arguments ``run``
         does not take (``shell=True``, a misspelling) raise an
         :class:`InvalidArgumentError` that is also a ``TypeError``, saying what to do."""
         from ._run import run  # noqa: PLC0415 - subprocess's classes load on first use
@@ -524,8 +525,7 @@ class Context:
 
     def _send(self, how: Callable[[Child, int], None], child: Child, sig: int) -> None:
         """``how(child, sig)`` under the process lock, ``sig`` checked first."""
-        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
-            raise InvalidArgumentError(f"not a signal number: {sig!r}")
+        check_signal(sig)
         _process.refuse_reentry()
         with _process.LOCK:
             how(child, sig)

@@ -74,7 +74,7 @@ def _refuse_options(unknown: set[str]) -> None:
     name = sorted(unknown)[0]
     why = _NOT_TAKEN.get(name)
     if why is None:
-        close = difflib.get_close_matches(name, sorted(SPAWN_OPTIONS | _RUN_OPTIONS), n=1)
+        close = difflib.get_close_matches(name, sorted(SPAWN_OPTIONS | _RUN_OPTIONS | {"on_event"}), n=1)
         why = f"did you mean {close[0]!r}?" if close else "Context.run and Context.spawn say what it takes"
         raise ArgumentTypeError(f"run() got an unexpected keyword argument {name!r}: {why}")
     raise ArgumentTypeError(f"run() does not take {name}=: {why}")
@@ -109,7 +109,7 @@ class RunRequest:
             if options.get("text") and not universal_newlines:
                 raise InvalidArgumentError("text and universal_newlines are given and differ")
             options["text"] = bool(universal_newlines)
-        unknown = options.keys() - SPAWN_OPTIONS
+        unknown = options.keys() - SPAWN_OPTIONS - {"on_event"}
         if unknown:
             _refuse_options(unknown)
         options.setdefault("kill_on_close", True)

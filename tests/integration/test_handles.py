@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from childproc import (
     ChildEvent,
     ChildExitedError,
     ChildState,
+    ChildStolenError,
     Context,
     EventCode,
     Hooks,
@@ -657,3 +659,61 @@ def test_kill_after_the_exit_does_nothing_as_popens() -> None:
             assert achild.returncode == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_kill_of_a_child_whose_fork_server_went_away_still_refuses() -> None:
+    """A served child whose server stopped first is lost, not known dead (it runs
+    on, adopted): kill() refuses there as send_signal does, never quietly."""
+    from childproc.forkserver import ForkServer, ForkServerDied  # noqa: PLC0415
+
+    server = ForkServer.start()
+    try:
+        with Context(SigchldOwner.PIDFD) as ctx:
+            child = ctx.watch_served(server.spawn(["sleep", "30"]))
+            pidfd = os.pidfd_open(child.pid)
+            try:
+                server.stop_server_only()
+                with pytest.raises(ChildStolenError):
+                    child.wait(5)
+                with pytest.raises(ChildExitedError):
+                    child.kill()
+                signal.pidfd_send_signal(pidfd, 0)  # (it does run on)
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+    finally:
+        with contextlib.suppress(ForkServerDied):  # (its server part was stopped above)
+            server.stop()
+
+
+@pytest.mark.timeout(30)
+def test_stop_refuses_bad_arguments_before_sending_anything() -> None:
+    with Context() as ctx:
+        child = ctx.spawn(["sleep", "30"], kill_on_close=True)
+        with pytest.raises(InvalidArgumentError, match="not a signal number"):
+            child.stop(sig=99999)
+        with pytest.raises(InvalidArgumentError, match="grace"):
+            child.stop(grace=-1)
+        assert child.returncode is None and proc_state(child.pid) not in (None, "Z")
+
+
+@pytest.mark.timeout(30)
+def test_stop_leaves_its_child_be_when_another_childs_callback_raises() -> None:
+    """stop() kills on an interrupt only: an error from another child's callback,
+    run while it waited, goes on and the stopping child exits as it would."""
+
+    def boom(child: Child, event: ChildEvent) -> None:
+        raise RuntimeError("another child's callback")
+
+    with Context() as ctx:
+        a = ctx.spawn(
+            ["sh", "-c", "trap 'sleep 0.3; exit 0' TERM; echo ready; while :; do sleep 0.05; done"],
+            stdout=subprocess.PIPE,
+        )
+        a.stdout.readline()
+        ctx.spawn(["sh", "-c", "sleep 0.1"], boom)
+        with pytest.raises(RuntimeError, match="another child's callback"):
+            a.stop(grace=5)
+        event = a.wait(5)
+        assert event is not None and event.returncode == 0

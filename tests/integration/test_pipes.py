@@ -107,6 +107,13 @@ def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> No
     assert sel.children == frozenset()
 
 
+@pytest.mark.timeout(30)
+def test_run_passes_on_event_to_spawn(sel: Context) -> None:
+    seen: list[int | None] = []
+    done = sel.run(["sh", "-c", "exit 3"], on_event=lambda child, event: seen.append(event.returncode))
+    assert done.returncode == 3 and seen == [3]
+
+
 def test_run_hands_spawn_every_keyword_spawn_takes() -> None:
     """run()'s list of what goes to spawn is Context.spawn's keyword-only parameters."""
     import inspect  # noqa: PLC0415
