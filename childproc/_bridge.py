@@ -83,14 +83,19 @@ class WaiterBase:
 
 
 async def stop(
-    child: Child, grace: float, sig: int, sleep: Callable[[float], Awaitable[object]]
+    child: Child,
+    grace: float,
+    sig: int,
+    sleep: Callable[[float], Awaitable[object]],
+    cancelled: tuple[type[BaseException], ...] = (),
 ) -> ChildEvent | None:
     """:meth:`Child.stop` for an event loop: the same steps, but looking every
     ``STOP_POLL_S`` (``await sleep``) instead of blocking the loop: ``sig`` (to the
     tree), until ``grace`` is over for the exit and, for a cgroup tree, for the
     tree to be empty; then SIGKILL (the tree) and wait for the exit. Cancelled,
     it SIGKILLs the child (the tree) before the cancellation goes on, without
-    waiting."""
+    waiting: a cancellation is a ``BaseException`` that is no ``Exception``
+    (asyncio's, trio's), or one of ``cancelled`` (Twisted's ``CancelledError``)."""
     child._check_stop(grace, sig)
     deadline = time.monotonic() + grace
     try:
@@ -104,7 +109,7 @@ async def stop(
         while not child.done and not child.context.closed:
             await sleep(STOP_POLL_S)
     except BaseException as exc:
-        if not isinstance(exc, Exception):  # (cancelled, interrupted: the stop is abandoned)
+        if not isinstance(exc, Exception) or isinstance(exc, cancelled):  # (the stop is abandoned)
             with contextlib.suppress(Exception):  # (the cancellation goes on)
                 child._send_everywhere(signal.SIGKILL)
         raise

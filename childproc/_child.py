@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _process
 from ._errors import ChildExitedError, InvalidArgumentError, StateError
-from ._lifecycle import FINISHED, SIGNALLABLE, Phase
+from ._lifecycle import FINISHED, Phase
 from ._status import ChildEvent
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ class Child:
         "_pid",
         "_pidfd",
         "_polled",
+        "_runs_on",
         "_rusage",
         "_status",
         "_tree",
@@ -139,6 +140,8 @@ class Child:
         self._pid = pid
         self._pidfd: int | None = None
         self._exit_fd: int | None = None  # a fork server's child: where its exit arrives
+        #: Its status is lost while it may still run: its fork server went away first.
+        self._runs_on = False
         self._polled = False  # the pidfd is in the context's epoll
         self._on_event = on_event
         #: ``child_fork``'s ``callback(pid, wait_status)``, called in place of ``_on_event``.
@@ -308,10 +311,10 @@ class Child:
         try:
             self.send_signal(sig)
         except ChildExitedError:
-            # Dead: its exit status was seen, or the kernel said so (pidfd_send_signal
-            # ESRCH, the phase not updated yet). Anything else may run on, unwatched: a
-            # released child, an orphaned one, one whose fork server went away (lost).
-            if self._status is None and self.phase not in SIGNALLABLE:
+            # Dead (its exit seen, reaped by someone else, or ESRCH from its pidfd),
+            # unless it may run on, unwatched: released, orphaned by a close, or a
+            # served child whose fork server went away first.
+            if self.phase in (Phase.RELEASED, Phase.ORPHANED) or self._runs_on:
                 raise
 
     def signal_group(self, sig: int) -> None:

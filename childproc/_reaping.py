@@ -272,7 +272,8 @@ class Reaping:
             _, status = EXIT_EVENT.unpack(data)
             self.accept_exit(child._pid, status, None)
             return
-        # The server went away before the child: its status is lost.
+        # The server went away before the child: its status is lost (it may run on).
+        child._runs_on = True
         self.leaving[child._pid] = child
         if child.phase in (Phase.RUNNING, Phase.STOPPED) and child._pid not in self._lost_why:
             self._lost_why[child._pid] = (

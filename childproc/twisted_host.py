@@ -62,7 +62,8 @@ class TwistedChild(WaiterBase):
         """:meth:`Child.stop <childproc.Child.stop>` in the reactor: ``sig`` (to the
         tree, if the child has one), up to ``grace`` seconds for the exit (and a
         cgroup tree's last process), then SIGKILL: a ``Deferred`` of the final event."""
-        return Deferred.fromCoroutine(stop(self.child, grace, sig, _sleep_in(self._reactor)))
+        sleep = _sleep_in(self._reactor)
+        return Deferred.fromCoroutine(stop(self.child, grace, sig, sleep, (CancelledError,)))
 
 
 def _sleep_in(reactor: Any) -> Callable[[float], Deferred[None]]:

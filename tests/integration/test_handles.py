@@ -717,3 +717,21 @@ def test_stop_leaves_its_child_be_when_another_childs_callback_raises() -> None:
             a.stop(grace=5)
         event = a.wait(5)
         assert event is not None and event.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_kill_of_a_child_someone_else_reaped_does_nothing() -> None:
+    """Reaped behind childproc's back, the child is dead whenever childproc notices:
+    kill() does nothing, before the context notices and after (the same answer)."""
+    with Context(SigchldOwner.PIDFD) as ctx:
+        for notice in (False, True):
+            child = ctx.spawn(["/bin/sh", "-c", "exit 0"])
+            os.waitpid(child.pid, 0)  # (stolen)
+            if notice:
+                with pytest.raises(ChildStolenError):
+                    child.wait(5)
+            child.kill()
+            child.terminate()
+        while ctx.children:
+            with contextlib.suppress(ChildStolenError):
+                ctx.wait(5)

@@ -389,3 +389,24 @@ def test_an_interrupted_stop_kills_the_tree(tmp_path: Path, kind: str) -> None:
         event = child.wait(10)
         assert event is not None and event.returncode == -signal.SIGKILL
         assert _all_gone(report)
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_twisted_stop_kills_the_child() -> None:
+    """Twisted's CancelledError is an Exception: stop() must still take it for a
+    cancellation and SIGKILL the child (it ran on, ignoring SIGTERM)."""
+    body = """
+        c = ctx.spawn(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
+                      stdout=childproc.PIPE)
+        yield task_sleep(0.3)
+        d = c.stop(grace=30)
+        yield task_sleep(0.2)
+        d.cancel()
+        try:
+            yield d
+        except defer.CancelledError:
+            out["cancelled"] = True
+        event = yield c.deferred
+        out["returncode"] = event.returncode
+    """
+    run_on_a_reactor(body, 'sys.exit(0 if out == {"cancelled": True, "returncode": -9} else str(out))')
