@@ -34,7 +34,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import NamedTuple, Protocol
 
 from . import _cgroup, _process
@@ -254,8 +254,7 @@ def settle(tree: object, kill: bool) -> None:
     :mod:`childproc._subreaper`) has those that died reaped (:func:`reap_returned`;
     killed: waiting a little for the rest). Blocks: an event loop drives
     :func:`settle_steps` instead."""
-    for pause in settle_steps(tree, kill):
-        time.sleep(pause)
+    _block(settle_steps(tree, kill))
 
 
 def settle_steps(tree: object, kill: bool) -> Generator[float, None, None]:
@@ -287,8 +286,7 @@ def reap_all_returned(timeout: float) -> None:
     """A context closes: reap what came back of every tracked group, as
     :func:`reap_returned` does for one (a tree killed just before the close has
     members still dying: they are waited for, a little)."""
-    for pause in _returned_steps(None, timeout):
-        time.sleep(pause)
+    _block(_returned_steps(None, timeout))
 
 
 def reap_returned(pgid: int, timeout: float) -> None:
@@ -298,7 +296,12 @@ def reap_returned(pgid: int, timeout: float) -> None:
     the orphanage watches. With ``timeout`` (never under the process lock), go on
     until the group is empty, or nothing of it came back and died for
     :data:`GRACE_S` (what is left is no child of ours), or ``timeout`` passed."""
-    for pause in _returned_steps(pgid, timeout):
+    _block(_returned_steps(pgid, timeout))
+
+
+def _block(steps: Iterator[float]) -> None:
+    """Run ``steps`` (see :func:`settle_steps`) here, sleeping between them."""
+    for pause in steps:
         time.sleep(pause)
 
 
