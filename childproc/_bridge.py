@@ -63,14 +63,20 @@ class WaiterBase:
         self.child.send_signal(sig)
 
     def terminate(self) -> None:
-        """SIGTERM to the child alone (its tree: ``child.child.kill_tree(SIGTERM)``);
+        """SIGTERM to the child alone (its tree: ``kill_tree(signal.SIGTERM)``);
         nothing once it has exited."""
         self.child.terminate()
 
     def kill(self) -> None:
-        """SIGKILL to the child alone (its tree: ``child.child.kill_tree()``); nothing
-        once it has exited."""
+        """SIGKILL to the child alone (its tree: :meth:`kill_tree`); nothing once it
+        has exited."""
         self.child.kill()
+
+    def kill_tree(self, sig: int = signal.SIGKILL) -> None:
+        """:meth:`Child.kill_tree <childproc.Child.kill_tree>`: ``sig`` (default
+        SIGKILL) to the child and every descendant, for a child spawned with
+        ``kill_tree=True`` (:class:`~childproc.StateError` otherwise)."""
+        self.child.kill_tree(sig)
 
     def _kill_on_cancel(self) -> None:
         """A wait was cancelled with ``kill_on_cancel``: kill (its tree too), and own it
@@ -101,12 +107,16 @@ async def stop(
     try:
         if not child.done or not child._tree_empty():  # (descendants left after the child: them)
             child._send_everywhere(sig)
-        while not (child.done and child._tree_empty()):
+        while True:
+            if child.done and child._tree_empty():
+                break
             if time.monotonic() >= deadline:
                 child._send_everywhere(signal.SIGKILL)
                 break
             await sleep(STOP_POLL_S)
-        while not child.done and not child.context.closed:
+        while True:
+            if child.done or child.context.closed:
+                break
             await sleep(STOP_POLL_S)
     except BaseException as exc:
         if not isinstance(exc, Exception) or isinstance(exc, cancelled):  # (the stop is abandoned)

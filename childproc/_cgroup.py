@@ -309,21 +309,22 @@ class Home:
         if os.getpid() != self.owner_pid:
             return
         with self._lock:
-            for name, tree in list(self.pending.items()):
-                if tree.remove():
-                    del self.pending[name]
-            try:
-                names = os.listdir(self.dir)
-            except FileNotFoundError:
-                return
-            now = time.monotonic()
-            for name in names:
-                if not name.isdigit() or name in self.live or name in self.pending:
-                    continue
-                if now - self._made.get(name, 0.0) >= _UNCLAIMED_S and _remove_tree(
-                    os.path.join(self.dir, name)
-                ):
-                    self._made.pop(name, None)
+            self._sweep_locked()
+
+    def _sweep_locked(self) -> None:
+        for name, tree in list(self.pending.items()):
+            if tree.remove():
+                del self.pending[name]
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        now = time.monotonic()
+        for name in names:
+            if not name.isdigit() or name in self.live or name in self.pending:
+                continue
+            if now - self._made.get(name, 0.0) >= _UNCLAIMED_S and _remove_tree(os.path.join(self.dir, name)):
+                self._made.pop(name, None)
 
     def trees_on_disk(self) -> list[str]:
         """The trees' cgroups that exist now (names)."""

@@ -289,7 +289,9 @@ class Children:
         if not self.gone:
             return
         with _process.LOCK:
-            while self.gone:
+            while True:
+                if not self.gone:
+                    break
                 child = self.gone[0]
                 if child._pidfd is not None:
                     self.wakeups.close_pidfd(child._pid)
@@ -324,7 +326,7 @@ class Children:
     def reap_leftover_zombies(self) -> None:
         if self.reaping.zombies:
             with _process.LOCK:
-                due = [c for c in self.reaping.zombies.values() if c.phase is Phase.REAP_DUE]
+                due = list(c for c in self.reaping.zombies.values() if c.phase is Phase.REAP_DUE)
             for child in due:
                 self.reap_zombie(child)
 

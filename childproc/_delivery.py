@@ -74,7 +74,9 @@ class Delivery:
         ledger = self._ledger
         with self._lock:
             self._reap_leftovers()  # (zombies an interruption left unreaped after delivery)
-            while not closed():
+            while True:
+                if closed():
+                    break
                 with _process.LOCK:
                     event = ledger.next_event()
                     if event is None:

@@ -56,7 +56,9 @@ def run(out: TextIO = sys.stdout) -> int:
         installed = signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, signal.SIG_IGN)
         say(f"   handler installed while children run: {installed}")
         os.kill(c, signal.SIGTERM)
-        while ctx.children:
+        while True:
+            if not ctx.children:
+                break
             ctx.wait(10)
         check(f"child {a}", seen[a], "exited with status 0")
         check(f"child {b}", seen[b], "exited with status 3")
@@ -98,7 +100,9 @@ def run(out: TextIO = sys.stdout) -> int:
         host_pid = os.fork()
         if host_pid == 0:
             os._exit(6)
-        while lib_pid not in seen or host_pid not in host_seen:
+        while True:
+            if lib_pid in seen and host_pid in host_seen:
+                break
             ctx.wait(10)
         check(f"childproc's child {lib_pid}", seen[lib_pid], "exited with status 5")
         check(f"host's child {host_pid} via reaped_callback", host_seen[host_pid], "exited with status 6")
@@ -113,7 +117,9 @@ def run(out: TextIO = sys.stdout) -> int:
         ctx.setmode(Hooks(chldowner=SigchldOwner.SELECTIVE_REAP))
         lib_pid = _fork_exiting(ctx, 7, recorder(seen))
         proc = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, "8"])
-        while lib_pid not in seen:
+        while True:
+            if lib_pid in seen:
+                break
             ctx.wait(10)
         check(f"childproc's child {lib_pid}", seen[lib_pid], "exited with status 7")
         check(f"subprocess.Popen child {proc.pid} returncode", str(proc.wait(10)), "8")

@@ -51,9 +51,8 @@ def pid_of_pidfd(fd: int) -> int | None:
     or None if ``fd`` is not a pidfd."""
     try:
         with open(f"/proc/self/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
+            pid = next((line.split()[1] for line in f if line.startswith("Pid:")), None)
+            return None if pid is None else int(pid)
     except (OSError, ValueError):
         pass
     return None

@@ -79,8 +79,9 @@ class Orphanage:
                     self._orphans[pid] = None
                     self._ids.pop(pid, None)
                     continue
-                if done:
-                    self._forget(pid)
+                if not done:
+                    continue
+                self._forget(pid)
 
     def _run(self) -> None:
         poller = select.poll()
@@ -92,7 +93,7 @@ class Orphanage:
                     if self._thread is threading.current_thread():
                         self._thread = None
                     return
-                fds = {fd for fd in self._orphans.values() if fd is not None}
+                fds = set(fd for fd in self._orphans.values() if fd is not None)
                 fdless = len(fds) < len(self._orphans)
             for fd in polled - fds:
                 poller.unregister(fd)

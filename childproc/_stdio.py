@@ -133,9 +133,10 @@ class Pipes:
                 pipes.parent[target] = ours
                 pipes.child[target] = theirs
                 for ends in (pipes.parent, pipes.child):
-                    if ends[target] <= 2:  # the host had closed one of its stdio fds
-                        low, ends[target] = ends[target], -1
-                        ends[target] = above_stdio(low)  # (closes the low number)
+                    if ends[target] > 2:
+                        continue
+                    low, ends[target] = ends[target], -1  # the host had closed one of its stdio fds
+                    ends[target] = above_stdio(low)  # (closes the low number)
         except BaseException:
             for r, w in made:
                 os.close(r)
@@ -224,19 +225,18 @@ def redirect_in_child(sources: Sequence[int | None], pipes: Pipes | None) -> Non
     try:
         copies: dict[int, int] = {}
         for target, source in enumerate(sources):
+            if source is None:
+                continue
             if source == DEVNULL:
                 copies[target] = os.open(os.devnull, os.O_RDONLY if target == 0 else os.O_WRONLY)
-            elif source is not None:
+            else:
                 copies[target] = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 3)
         for target, fd in copies.items():
             os.dup2(fd, target)  # (inheritable: the child's own stdio)
             os.close(fd)
         if pipes is not None:
             pipes.close_all()
-        for fd in _KEPT:  # other children's pipe ends, kept only to be copied here
-            if fd > 2:
-                os.close(fd)
-        _KEPT.clear()
+        _close_kept()
     except OSError as exc:
         try:
             os.write(2, f"childproc: cannot set up the forked child's stdio: {exc}\n".encode())
@@ -254,6 +254,15 @@ def command_of(argv: Any) -> Any:
 _FORKING: dict[int, tuple[Pipes | None, frozenset[int]]] = {}
 #: In a forked child: other records' fds kept because its stdio comes from them.
 _KEPT: list[int] = []
+
+
+def _close_kept() -> None:
+    """In a forked child: close the other children's pipe ends kept only to be copied
+    onto this one's stdio."""
+    for fd in _KEPT:
+        if fd > 2:
+            os.close(fd)
+    _KEPT.clear()
 
 
 def forking(pipes: Pipes | None, sources: Sequence[int | None] | None) -> None:

@@ -82,7 +82,9 @@ async def _read(lib: Lib, pump: Pump, fd: int) -> None:
 
 async def _write(lib: Lib, pump: Pump, fd: int) -> None:
     try:
-        while pump.stdin == fd:
+        while True:
+            if pump.stdin != fd:
+                break
             await lib.wait_writable(fd)
             if pump.writable(fd, False):
                 pump.close_stdin()

@@ -272,7 +272,9 @@ def settle_steps(tree: object, kill: bool) -> Generator[float, None, None]:
         if kill:
             tree.signal(signal.SIGKILL)
             deadline = time.monotonic() + SETTLE_S
-            while not tree.wait_empty(0) and time.monotonic() < deadline:
+            while True:
+                if tree.wait_empty(0) or time.monotonic() >= deadline:
+                    break
                 yield _STEP_S
     finally:
         home = _cgroup.home()
@@ -316,7 +318,7 @@ def _returned_steps(pgid: int | None, timeout: float) -> Generator[float, None, 
             groups = tracked if pgid is None else [pgid] if pgid in tracked else []
             if not groups:
                 return  # nothing tracked (any more): empty, or never a tracked tree's
-            if [g for g in groups if _reap_members(g)]:
+            if any([_reap_members(g) for g in groups]):
                 last = time.monotonic()
         now = time.monotonic()
         if timeout <= 0 or now - start >= timeout or now - last >= GRACE_S:

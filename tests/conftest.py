@@ -93,6 +93,12 @@ def no_leaks() -> Iterator[None]:
     before_subreaper = is_subreaper()
     yield
     problems: list[str] = []
+    # The process lock not left held (a KeyboardInterrupt that skipped a `with LOCK:`
+    # would leave it so on 3.13: see tests/backedges.py); first, as threads wait for it.
+    if _process.held_here():
+        problems.append("childproc's process lock left held by the test's thread")
+        while _process.held_here():
+            _process.LOCK.release()
     # Threads the test started (dispatch threads, peek threads) must be gone; trio's idle
     # worker-thread cache is trio's.
     extra = [

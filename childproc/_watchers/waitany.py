@@ -74,7 +74,10 @@ class WaitAnyWatcher:
         try:
             # Each zombie, whoever's: a peek (WNOWAIT) names it (pid, uid), then wait4
             # reaps it with its resource usage, stored from C with the peek.
-            while (peek := _waitid(os.P_ALL, 0, _PEEK)) is not None:
+            while True:
+                peek = _waitid(os.P_ALL, 0, _PEEK)
+                if peek is None:
+                    break
                 if groups:  # (this process a subreaper: is it a tree's orphan, come back?)
                     _note_returned(peek.si_pid, groups, out.returned)
                 try:

@@ -7,7 +7,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 def open_fds() -> set[int]:
@@ -53,6 +53,11 @@ def proc_state(pid: int) -> str | None:
     except OSError:
         return None
     return stat[stat.rindex(")") + 2]
+
+
+def proc_states(pids: Iterable[int]) -> dict[int, str | None]:
+    """:func:`proc_state` of each of ``pids``."""
+    return {pid: proc_state(pid) for pid in pids}
 
 
 def children() -> dict[int, str]:

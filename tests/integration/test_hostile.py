@@ -46,7 +46,7 @@ import pytest
 import childproc
 from childproc import ChildStolenError, ClosedError, Context, Hooks, SigchldOwner, _sigchld
 
-from .procutil import children, open_fds, proc_state, wait_until
+from .procutil import children, open_fds, proc_state, proc_states, wait_until
 
 if TYPE_CHECKING:
     from childproc import Child, ChildEvent, EventCallback
@@ -389,18 +389,22 @@ class Storm:
         choose = self.rng.choice
         ops = self.ops
         started = False  # the first SIGINT may land inside it.start() itself
+        # (Loops that leave by ``break``: see tests/backedges.py.)
         try:
-            while not (started and it.finished()):
+            while True:
                 try:
-                    while not (started and it.finished()):
+                    while True:
                         try:
                             it.ack()
                             if not started:
                                 started = True
                                 it.start()
+                            elif it.finished():
+                                break
                             self.step(choose(ops))
                         except KeyboardInterrupt:
                             it.caught()
+                    break
                 except KeyboardInterrupt:  # one that landed on the loop's back-edge
                     it.caught()
         finally:
@@ -611,23 +615,21 @@ def test_sigint_during_close(mode: SigchldOwner, caplog: pytest.LogCaptureFixtur
     fd left (the autouse fixture counts fds), the interrupt reaches the caller."""
     caplog.set_level(logging.WARNING, logger="childproc")
     rng = random.Random(5)
-    with default_sigint():
-        for _ in range(12):
-            ctx = Context()
-            try:
-                ctx.setmode(Hooks(chldowner=mode))
-                pids = []
-                if mode is not MAINLOOP:  # (in MAINLOOP close() leaves exited children to the application)
-                    pids += [ctx.spawn(["/bin/sh", "-c", f"exit {c}"]).pid for c in (3, 4, 5)]
-                    assert wait_until(lambda: all(proc_state(p) in ("Z", None) for p in pids), 5)  # noqa: B023
-                pids += [ctx.spawn(["sleep", "30"], kill_on_close=True).pid for _ in range(2)]
+    for _ in range(12):
+        ctx = Context()
+        try:
+            ctx.setmode(Hooks(chldowner=mode))
+            pids = []
+            if mode is not MAINLOOP:  # (in MAINLOOP close() leaves exited children to the application)
+                pids += [ctx.spawn(["/bin/sh", "-c", f"exit {c}"]).pid for c in (3, 4, 5)]
+                assert wait_until(lambda: all(proc_state(p) in ("Z", None) for p in pids), 5)  # noqa: B023
+            pids += [ctx.spawn(["sleep", "30"], kill_on_close=True).pid for _ in range(2)]
+            with default_sigint():
                 close_interrupted(ctx, rng.uniform(0, 0.002))
-            finally:
-                ctx.close()
-            assert ctx.closed
-            assert wait_until(lambda: all(proc_state(p) is None for p in pids), 3), {  # noqa: B023
-                p: proc_state(p) for p in pids
-            }
+        finally:
+            ctx.close()
+        assert ctx.closed
+        assert wait_until(lambda: all(proc_state(p) is None for p in pids), 3), proc_states(pids)  # noqa: B023
     no_unknown_warnings(caplog)
 
 

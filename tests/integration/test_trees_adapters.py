@@ -75,6 +75,14 @@ def test_asyncio_timeout_cancellation_and_stop_reach_the_tree(tmp_path: Path, ki
             assert _all_gone(fourth)
             await child.wait()
 
+            fifth = tmp_path / "fifth"
+            child = ctx.spawn(_script(fifth), kill_tree=kind)
+            _pids_of(fifth, 2)
+            child.kill_tree()
+            event = await child.wait()
+            assert event.returncode == -signal.SIGKILL
+            assert _all_gone(fifth)
+
     asyncio.run(main())
 
 
@@ -106,6 +114,18 @@ def test_structured_timeout_and_stop_reach_the_tree(tmp_path: Path, flavour: str
             assert event is not None and event.returncode == -signal.SIGKILL
             assert 0.3 <= time.monotonic() - t0 < 5
             assert _all_gone(second)
+
+            third = tmp_path / "third"
+            child = ctx.spawn(_script(third), kill_tree=kind)
+            _pids_of(third, 2)
+            child.kill_tree(signal.SIGTERM)
+            event = await child.wait()
+            assert event.returncode == -signal.SIGTERM
+            assert _all_gone(third)
+            plain = ctx.spawn(["true"])
+            with pytest.raises(childproc.StateError):
+                plain.kill_tree()  # (spawned without kill_tree=)
+            await plain.wait()
 
     _structured(flavour, main)
 

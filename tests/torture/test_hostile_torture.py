@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from childproc import Context, Hooks, SigchldOwner
-from tests.integration.procutil import proc_state, wait_until
+from tests.integration.procutil import proc_state, proc_states, wait_until
 from tests.integration.test_hostile import (
     MAINLOOP,
     MODE_IDS,
@@ -69,19 +69,17 @@ def test_sigint_in_close_again_and_again(
     caplog.set_level(logging.WARNING, logger="childproc")
     rounds = 300 if request.config.getoption("--torture-long") else 30
     rng = random.Random(9)
-    with default_sigint():
-        for _ in range(rounds):
-            ctx = Context()
-            pids: list[int] = []
-            try:
-                ctx.setmode(Hooks(chldowner=mode))
-                if mode is not MAINLOOP:  # MAINLOOP's close() leaves exited children to the application
-                    pids += [ctx.spawn(["/bin/sh", "-c", f"exit {c}"]).pid for c in (1, 2)]
-                pids += [ctx.spawn(["sleep", "30"], kill_on_close=True).pid]
+    for _ in range(rounds):
+        ctx = Context()
+        pids: list[int] = []
+        try:
+            ctx.setmode(Hooks(chldowner=mode))
+            if mode is not MAINLOOP:  # MAINLOOP's close() leaves exited children to the application
+                pids += [ctx.spawn(["/bin/sh", "-c", f"exit {c}"]).pid for c in (1, 2)]
+            pids += [ctx.spawn(["sleep", "30"], kill_on_close=True).pid]
+            with default_sigint():
                 close_interrupted(ctx, rng.uniform(0, 0.003))
-            finally:
-                ctx.close()
-            assert wait_until(lambda: all(proc_state(p) is None for p in pids), 3), {  # noqa: B023
-                p: proc_state(p) for p in pids
-            }
+        finally:
+            ctx.close()
+        assert wait_until(lambda: all(proc_state(p) is None for p in pids), 3), proc_states(pids)  # noqa: B023
     no_unknown_warnings(caplog)
