@@ -85,14 +85,18 @@ and A'/A, the JSON also CPU per child. The floors and the peers do not run.
 
 Contenders: every childproc mode that reaps (and MAINLOOP, reaping by pid),
 asyncio ``create_subprocess_exec`` (default child watcher), trio
-``run_process``, Twisted ``spawnProcess`` and Tornado ``Subprocess`` where
-installed, and childproc's adapters' ``await ctx.run(argv)`` beside each.
+``run_process``, anyio ``run_process`` (on its asyncio backend, nothing
+captured), Twisted ``spawnProcess`` and Tornado ``Subprocess`` where
+installed, and childproc's adapters' ``await ctx.run(argv)`` beside each. The
+anyio rows run under anyio's task group and limiter, the asyncio rows under
+``gather`` and a semaphore: each adapter is driven as its host's own API is.
 
 An adapter can be no faster than its loop lets anything be, so each host has a
-floor of its own: ``asyncio pidfd floor``, ``trio pidfd floor`` and
-``Twisted pidfd floor`` (no library) spawn with ``posix_spawn``, give the
-child's pidfd to the loop (``add_reader``, ``wait_readable``,
-``reactor.addReader``), ``waitid`` it and complete a future, nothing else. A
+floor of its own: ``asyncio pidfd floor``, ``trio pidfd floor``, ``anyio
+pidfd floor`` and ``Twisted pidfd floor`` (no library) spawn with
+``posix_spawn``, give the child's pidfd to the loop (``add_reader``,
+``wait_readable``, ``reactor.addReader``), ``waitid`` it and complete a
+future, nothing else. A
 last table gives each adapter's throughput over its host's own API beside
 that floor's over the same: the second figure is the most any adapter on that
 loop can reach. (On Python 3.12+ asyncio's own API watches with a pidfd too,
@@ -370,6 +374,25 @@ def trio_run(n: int, conc: int) -> None:
     trio.run(main)
 
 
+def anyio_run(n: int, conc: int) -> None:
+    """anyio's own ``run_process`` on its asyncio backend, nothing captured (as the
+    other rows), driven as childproc's anyio row is (a task group, a limiter)."""
+    import anyio  # noqa: PLC0415
+
+    async def main() -> None:
+        limit = anyio.CapacityLimiter(conc)
+
+        async def one() -> None:
+            async with limit:
+                await anyio.run_process(ARGV, stdout=None, stderr=None, env=ENV)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(n):
+                group.start_soon(one)
+
+    anyio.run(main, backend="asyncio")
+
+
 _TWISTED = """
 import os, resource, sys, time
 sys.path[:0] = {path!r}
@@ -422,6 +445,39 @@ def asyncio_pidfd_floor(n: int, conc: int) -> None:
         await asyncio.gather(*(one() for _ in range(n)))
 
     asyncio.run(main())
+
+
+def anyio_pidfd_floor(n: int, conc: int) -> None:
+    """The least an adapter under anyio's asyncio backend can do, driven as the
+    anyio rows are: ``posix_spawn``, a pidfd in the loop's ``add_reader``, ``waitid``
+    and a future per child; no library, no checks."""
+    import asyncio  # noqa: PLC0415
+
+    import anyio  # noqa: PLC0415
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        limit = anyio.CapacityLimiter(conc)
+
+        async def one() -> None:
+            async with limit:
+                fd = os.pidfd_open(os.posix_spawn(TRUE, ARGV, ENV))
+                exited: asyncio.Future[None] = loop.create_future()
+
+                def readable() -> None:
+                    loop.remove_reader(fd)
+                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
+                    os.close(fd)
+                    exited.set_result(None)
+
+                loop.add_reader(fd, readable)
+                await exited
+
+        async with anyio.create_task_group() as group:
+            for _ in range(n):
+                group.start_soon(one)
+
+    anyio.run(main, backend="asyncio")
 
 
 def trio_pidfd_floor(n: int, conc: int) -> None:
@@ -578,11 +634,11 @@ AA = "raw floor (A/A)"
 PIDFD_FLOOR = "pidfd floor (no library)"
 SIGCHLD_FLOOR = "SIGCHLD floor (no library)"
 SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
-LOOP_FLOORS = {loop: f"{loop} pidfd floor (no library)" for loop in ("asyncio", "trio", "Twisted")}
+LOOP_FLOORS = {loop: f"{loop} pidfd floor (no library)" for loop in ("asyncio", "trio", "Twisted", "anyio")}
 # Each adapter's row, its host's own API, and the host's no-library floor.
 HOSTS = [
     ("childproc asyncio_host run", "asyncio create_subprocess_exec", LOOP_FLOORS["asyncio"]),
-    ("childproc anyio_host run (asyncio)", "asyncio create_subprocess_exec", LOOP_FLOORS["asyncio"]),
+    ("childproc anyio_host run (asyncio)", "anyio run_process (asyncio)", LOOP_FLOORS["anyio"]),
     ("childproc trio_host run", "trio run_process", LOOP_FLOORS["trio"]),
     ("childproc twisted_host run", "Twisted spawnProcess", LOOP_FLOORS["Twisted"]),
 ]
@@ -616,7 +672,10 @@ def contenders(kind: str, peers: bool = True) -> dict[str, Callable[[int, int], 
             if pidfds:
                 table[LOOP_FLOORS["trio"]] = trio_pidfd_floor
         if _available("anyio"):
+            table["anyio run_process (asyncio)"] = anyio_run
             table["childproc anyio_host run (asyncio)"] = childproc_structured_run("anyio")
+            if pidfds:
+                table[LOOP_FLOORS["anyio"]] = anyio_pidfd_floor
         if _available("twisted"):
             table["Twisted spawnProcess"] = twisted_run
             table["childproc twisted_host run"] = childproc_twisted_run

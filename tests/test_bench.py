@@ -142,17 +142,23 @@ def test_throughput_adapters_beside_their_hosts_and_the_loops_floors(tmp_path: P
     """``--only`` runs just the rows named, and each adapter gets its throughput
     over its host's API beside the host loop's own no-library floor's."""
     pytest.importorskip("trio")
+    pytest.importorskip("anyio")
     if not hasattr(os, "pidfd_open"):
         pytest.skip("the loop floors watch pidfds")
     out = tmp_path / "t.json"
-    args = ["--n", "6", "--rounds", "1", "--kinds", "spawn", "--only", "asyncio,trio"]
+    args = ["--n", "6", "--rounds", "1", "--kinds", "spawn", "--only", "asyncio,trio,anyio"]
     _run("throughput", [*args, "--json", str(out)], tmp_path)
     data = _strict_json(out)
     rows = set(data["ratio_to_floor"])
-    assert "asyncio pidfd floor (no library)" in rows and "trio pidfd floor (no library)" in rows
+    floors = {f"{loop} pidfd floor (no library)" for loop in ("asyncio", "trio", "anyio")}
+    assert floors | {"anyio run_process (asyncio)"} <= rows
     assert not any("SELECTIVE_REAP" in row or "spawnProcess" in row for row in rows)
     versus = data["adapter_and_loop_floor_over_host_api"]
-    assert {"childproc asyncio_host run", "childproc trio_host run"} <= set(versus)
+    assert {
+        "childproc asyncio_host run",
+        "childproc trio_host run",
+        "childproc anyio_host run (asyncio)",
+    } <= set(versus)
     for per in versus.values():
         for figures in per.values():
             assert figures["adapter"] > 0 and figures["floor"] > 0
