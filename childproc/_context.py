@@ -372,7 +372,9 @@ class Context:
         is in its tree before this returns there. ``kill_tree="cgroup"`` insists
         on a cgroup (:class:`StateError` where there can be none);
         ``kill_tree="process-group"`` asks for the process group even where a
-        cgroup could be made.
+        cgroup could be made. An exception that cuts the call short in the parent
+        once the child exists (a ``KeyboardInterrupt``) SIGKILLs the child, and its
+        tree, before it goes on.
         """
         return self._starter.fork(
             on_event,
@@ -432,7 +434,9 @@ class Context:
         or ``cwd`` cannot be used; it is also a :class:`FileNotFoundError`,
         :class:`PermissionError` or :class:`NotADirectoryError` as ``subprocess``
         raises. Wrong argument types raise :class:`InvalidArgumentError`, also a
-        :class:`TypeError`.
+        :class:`TypeError`. An exception that cuts the call short once the child
+        exists (a ``KeyboardInterrupt``) SIGKILLs it, and its tree, before it goes
+        on: the caller has no handle to stop it with.
         """
         return self._starter.spawn(
             argv,

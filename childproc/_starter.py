@@ -33,6 +33,7 @@ from ._children import Children
 from ._creators import Adopt, Creator, Fork, Spawn
 from ._errors import AlreadyWatchedError, InvalidArgumentError, StateError
 from ._fds import above_stdio
+from ._run import kill
 from ._signature import check_callback
 from ._subreaper import SUBREAPER
 
@@ -71,6 +72,17 @@ def _await_session(gate: int, pid: int) -> None:
             return
 
 
+def _unreturned(made: list[Child]) -> None:
+    """A ``spawn`` or ``fork`` cut short (a KeyboardInterrupt, say) after its child
+    was made: the caller gets the exception, not the handle, and could never stop
+    it. So the child (its tree too) is SIGKILLed and left owned, so that ``close()``
+    reaps it; its exit is delivered to ``on_event`` as any other. Nothing in a
+    forked child, where the handle never had a pid."""
+    if made and made[0]._pid:
+        made[0].kill_on_close = True
+        kill(made[0])
+
+
 class Starter:
     """Takes children into one context (see the rules above)."""
 
@@ -107,9 +119,11 @@ class Starter:
         io: _stdio.ChildIO | None = None,
         args: Any = None,
         tree: _trees.TreePlan = _NO_TREE,
+        made: list[Child] | None = None,
     ) -> Child | None:
         """Check, make the child (through ``creator``) and register it, all under the
-        process lock (see :mod:`childproc._children`). None in a forked child."""
+        process lock (see :mod:`childproc._children`). None in a forked child.
+        ``made`` receives the handle before the child exists (see :func:`_unreturned`)."""
         if on_event is not None:
             check_callback(on_event, 2, "on_event", "on_event(child, event)")
         self._enter()
@@ -148,6 +162,8 @@ class Starter:
                 kill_on_close=kill_on_close,
                 on_exit_status=on_exit_status,
             )
+            if made is not None:
+                made.append(child)
             child._io, child._args = io, args  # (before the child exists: its exit may come at once)
             if tree is not _NO_TREE:
                 child._leads_group = tree.leads_group
@@ -194,6 +210,7 @@ class Starter:
         if sources is not None:
             _stdio.forking(pipes, sources)  # what the forked child keeps (see _stdio)
         tree, gate = _NO_TREE, None
+        made: list[Child] = []
         try:
             tree = _trees.plan(start_new_session, process_group, kill_tree)
             if tree.setsid:  # fork() returns once the child has its session (see below)
@@ -207,8 +224,10 @@ class Starter:
                 kill_on_close=kill_on_close,
                 io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
                 tree=tree,
+                made=made,
             )
         except BaseException:
+            _unreturned(made)
             if pipes is not None:
                 pipes.close_all()
             for fd in gate or ():
@@ -226,14 +245,18 @@ class Starter:
             if sources is not None:
                 _stdio.redirect_in_child(sources, pipes)
             return None
-        if pipes is not None:
-            pipes.close_child_ends()
-        if gate is not None:
-            try:
-                os.close(gate[1])
-                _await_session(gate[0], child._pid)
-            finally:
-                os.close(gate[0])
+        try:
+            if pipes is not None:
+                pipes.close_child_ends()
+            if gate is not None:
+                try:
+                    os.close(gate[1])
+                    _await_session(gate[0], child._pid)
+                finally:
+                    os.close(gate[0])
+        except BaseException:
+            _unreturned(made)
+            raise
         return child
 
     def spawn(
@@ -265,6 +288,7 @@ class Starter:
             raise InvalidArgumentError(f"pass_fds must be a sequence of fds, not {pass_fds!r}")
         pipes, src = _stdio.prepare(stdin, stdout, stderr)
         tree = _NO_TREE
+        made: list[Child] = []
         try:
             tree = _trees.plan(start_new_session, process_group, kill_tree)
             if src is not None:
@@ -291,15 +315,16 @@ class Starter:
                 io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
                 args=argv,
                 tree=tree,
+                made=made,
             )
+            if pipes is not None:
+                pipes.close_child_ends()
         except BaseException:
+            _unreturned(made)
             if pipes is not None:
                 pipes.close_all()
             _trees.settle(tree.cgroup, kill=False)
             raise
-        finally:
-            if pipes is not None:
-                pipes.close_child_ends()
         assert child is not None
         return child
 

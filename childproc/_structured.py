@@ -73,10 +73,13 @@ async def communicate(
     return pump.finish()
 
 
+# Each task looks again after its wait: the fd may have been closed while it was
+# ready to run (the exit closes stdin; notify_closing wakes only a task still
+# waiting), and its number may name another file by then.
 async def _read(lib: Lib, pump: Pump, fd: int) -> None:
     while fd in pump.reading:
         await lib.wait_readable(fd)
-        if pump.readable(fd, False, time.monotonic()):
+        if fd in pump.reading and pump.readable(fd, False, time.monotonic()):
             pump.close_read(fd)
 
 
@@ -86,7 +89,7 @@ async def _write(lib: Lib, pump: Pump, fd: int) -> None:
             if pump.stdin != fd:
                 break
             await lib.wait_writable(fd)
-            if pump.writable(fd, False):
+            if pump.stdin == fd and pump.writable(fd, False):
                 pump.close_stdin()
     except lib.closed_error:
         pass  # the child exited: the rest of the input is for nobody
@@ -144,11 +147,14 @@ class StructuredChild(WaiterBase):
 
     async def wait(self, *, kill_on_cancel: bool = False) -> ChildEvent:
         """The child's final :class:`~childproc.ChildEvent` once it has exited
-        (cancellation-safe; ``kill_on_cancel`` kills it when cancelled)."""
+        (cancellation-safe). ``kill_on_cancel`` kills it when the wait is cancelled
+        or interrupted (trio raises a ``KeyboardInterrupt`` in the task it lands in),
+        and its tree, whose processes may outlive the child, even once it has exited."""
         try:
             await self._done.wait()
-        except self._lib.cancelled():
-            if kill_on_cancel and not self._done.is_set():
+        except BaseException as exc:  # (a cancellation or an interrupt is no Exception)
+            running = not self._done.is_set() or self.child._tree is not None  # (a tree may outlive it)
+            if kill_on_cancel and running and not isinstance(exc, Exception):
                 self._kill_on_cancel()
             raise
         if self._error is not None:

@@ -141,12 +141,14 @@ class AsyncChild(WaiterBase):
         """The child's final :class:`~childproc.ChildEvent`, once it has exited.
 
         Cancellation-safe: the exit is never lost (the next ``wait()`` gets it).
-        With ``kill_on_cancel``, a cancelled wait also SIGKILLs the child.
+        With ``kill_on_cancel``, a cancelled (or interrupted) wait also SIGKILLs the
+        child, and its tree (``kill_tree=True``), whose processes may outlive the child.
         """
         try:
             return await self._exited()
-        except asyncio.CancelledError:
-            if kill_on_cancel and not self._exit.done():
+        except BaseException as exc:  # (a cancellation or an interrupt is no Exception)
+            running = not self._exit.done() or self.child._tree is not None  # (a tree may outlive it)
+            if kill_on_cancel and running and not isinstance(exc, Exception):
                 self._kill_on_cancel()
             raise
 

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from childproc import (
+    PIPE,
     Child,
     ChildEvent,
     ChildStolenError,
@@ -45,7 +46,10 @@ from childproc import (
     _ledger,
     _process,
     _sigchld,
+    _starter,
+    _stdio,
     _teardown,
+    _trees,
 )
 
 from .procutil import proc_state, wait_until
@@ -557,7 +561,9 @@ def test_ki_from_the_sigint_mask_around_fork(
     SIGINT was blocked is raised by the call that restores it (the child exists).
     Either way the caller gets the KeyboardInterrupt, the thread's signal mask is what
     it was (a lost old mask kept SIGINT blocked for the rest of the process: every
-    later Ctrl-C vanished), and a child that was made is delivered exactly once."""
+    later Ctrl-C vanished), and a child that was made is delivered exactly once
+    (SIGKILLed by the interrupted fork, whose caller has no handle, unless it had
+    exited already)."""
     how = signal.SIG_BLOCK if where == "block" else signal.SIG_SETMASK
     parent = os.getpid()
     once = Once(f"pthread_sigmask({where})")
@@ -586,7 +592,11 @@ def test_ki_from_the_sigint_mask_around_fork(
         fork(7)
         while ctx.children:
             ctx.wait(10)
-        assert sorted(rc for _, rc in got) == ([7] if where == "block" else [6, 7])
+        statuses = sorted(rc for _, rc in got)
+        if where == "block":
+            assert statuses == [7]
+        else:
+            assert statuses in ([6, 7], [7, signal.SIGKILL])
         assert len({pid for pid, _ in got}) == len(got)
         assert_quiet(ctx)
     assert _main_thread_mask() == before
@@ -912,3 +922,85 @@ def test_ki_in_the_constructors_setmode_closes_the_context(
     assert not [c for c in _process.live_contexts() if not c.closed]
     _handler_consistent()
     assert_new_context_works(mode)
+
+
+# -- 13. a spawn or fork cut short after its child was made ----------------------------
+def _collect(ctx: Context) -> None:
+    """``ctx.wait`` until every child registered is delivered (10 s at most)."""
+    for _ in range(100):
+        if not ctx.children:
+            return
+        ctx.wait(0.1)
+    assert not ctx.children, f"still outstanding: {ctx.children}"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "where",
+    [
+        "register",  # right after the child is registered (no tree)
+        "cgroup",  # right after the parent put it in its tree (the trial's real SIGINTs landed there)
+        "pipes",  # right after the parent closed the child's pipe ends
+    ],
+)
+def test_an_interrupted_spawn_kills_the_child_it_made(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller gets the KeyboardInterrupt and no handle: the child (its tree) is
+    SIGKILLed, its exit delivered once to ``on_event``, and ``close()`` has nothing
+    left to leave behind (a new user's trial saw the tree outlive the program)."""
+    once = Once(where)
+    kwargs: dict[str, Any] = {}
+    if where == "register":
+        after_return(monkeypatch, _children.Children, "register_locked", once)
+    elif where == "cgroup":
+        after_return(monkeypatch, _trees.TreePlan, "in_parent", once)
+        kwargs["kill_tree"] = True
+    else:
+        after_return(monkeypatch, _stdio.Pipes, "close_child_ends", once)
+        kwargs["stdout"] = PIPE
+    report = tmp_path / "pid"
+    got: list[ChildEvent] = []
+    with Context(SigchldOwner.SELECTIVE_REAP) as ctx:
+        with pytest.raises(KeyboardInterrupt):
+            ctx.spawn(
+                ["sh", "-c", f'sleep 60 & echo $! > "{report}"; wait'],
+                lambda c, ev: got.append(ev),
+                **kwargs,
+            )
+        assert once.fired
+        (pid,) = ctx.children
+        _collect(ctx)
+    assert [ev.returncode for ev in got] == [-signal.SIGKILL]
+    assert wait_until(lambda: proc_state(pid) is None, 5)
+    if where == "cgroup" and report.exists() and report.read_text().strip():
+        grandchild = int(report.read_text())
+        assert wait_until(lambda: proc_state(grandchild) in (None, "Z"), 5), "the tree outlived the spawn"
+
+
+@pytest.mark.timeout(30)
+def test_a_fork_interrupted_while_it_waits_for_the_childs_session_kills_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``fork(start_new_session=True)`` waits for the child's ``setsid()``; interrupted
+    there, it kills the child rather than leave it running without a handle."""
+
+    def interrupted(gate: int, pid: int) -> None:
+        raise KeyboardInterrupt("simulated: waiting for the forked child's session")
+
+    monkeypatch.setattr(_starter, "_await_session", interrupted)
+    got: list[ChildEvent] = []
+    parent = os.getpid()
+    with Context(SigchldOwner.SELECTIVE_REAP) as ctx:
+        with pytest.raises(KeyboardInterrupt):
+            child = ctx.fork(lambda c, ev: got.append(ev), start_new_session=True)
+            if child is None:  # the forked child: waits to be killed
+                try:
+                    signal.pause()
+                finally:
+                    os._exit(0)
+        assert os.getpid() == parent
+        (pid,) = ctx.children
+        _collect(ctx)
+    assert [ev.returncode for ev in got] == [-signal.SIGKILL]
+    assert wait_until(lambda: proc_state(pid) is None, 5)

@@ -451,3 +451,27 @@ def test_structured_run_in_an_already_cancelled_scope_returns(flavour: str) -> N
 
     _run_structured(flavour, main)
     assert left and left[0] < 5, left
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_communicate_to_a_child_that_leaves_input_unread(flavour: str) -> None:
+    """The child exits with most of its input unwritten: the exit closes stdin while
+    the writer task may be ready to run, which must then write nothing (it wrote to
+    the closed number: EBADF out of communicate(), or into whatever file had it)."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+
+    async def main() -> None:
+        async with host.open_context() as ctx:
+
+            async def worker() -> None:
+                for _ in range(10):
+                    child = ctx.spawn(["head", "-c", "70000"], stdin=childproc.PIPE, stdout=childproc.PIPE)
+                    out, _ = await child.communicate(b"x" * 1_000_000, timeout=10)
+                    assert out == b"x" * 70000
+
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(worker)
+
+    _run_structured(flavour, main)

@@ -6,6 +6,7 @@ fails a test that leaves a tree's cgroup behind."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
@@ -430,3 +431,41 @@ def test_a_cancelled_twisted_stop_kills_the_child() -> None:
         out["returncode"] = event.returncode
     """
     run_on_a_reactor(body, 'sys.exit(0 if out == {"cancelled": True, "returncode": -9} else str(out))')
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not CGROUPS, reason="no cgroups")
+@pytest.mark.parametrize("flavour", STRUCTURED)
+@pytest.mark.parametrize("how", ["cancelled", "interrupted"])
+def test_a_cancelled_wait_kills_what_outlives_an_exited_child(tmp_path: Path, flavour: str, how: str) -> None:
+    """A terminal's Ctrl-C kills a shell before its task is cancelled (or, under trio,
+    interrupted), while the shell's background job, which ignores SIGINT, lives on in
+    its tree: ``wait(kill_on_cancel=True)`` then kills what is left of the tree
+    (a new user's trial found it outliving the program, its cgroup too)."""
+    report = tmp_path / "pid"
+
+    async def main(host: Any) -> None:
+        async with host.open_context() as ctx:
+            child = ctx.spawn(["sh", "-c", f'sleep 60 & echo $! > "{report}"; wait'], kill_tree="cgroup")
+            (grandchild,) = _pids_of(report, 1)
+            os.kill(child.pid, signal.SIGKILL)  # the leader alone dies
+            await child.wait()
+            assert alive(grandchild)
+            if how == "cancelled":
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await child.wait(kill_on_cancel=True)
+                assert scope.cancelled_caught
+            else:
+                with pytest.raises(KeyboardInterrupt):
+                    await _interrupted(child.wait(kill_on_cancel=True))
+            assert wait_until(lambda: not alive(grandchild), timeout=5), "the tree outlived the wait"
+
+    _structured(flavour, main)
+
+
+async def _interrupted(waiting: Any) -> None:
+    """``waiting``, with a KeyboardInterrupt raised into it at its first suspension
+    (where trio delivers Ctrl-C to the task that waits)."""
+    waiting.send(None)  # (an exited child's wait passes one checkpoint first)
+    waiting.throw(KeyboardInterrupt())
