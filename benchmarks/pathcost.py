@@ -12,7 +12,12 @@ the same code give the same numbers, whatever the machine is doing.
 
 A ``floor`` row does the same with no library (``os.posix_spawn`` or
 ``os.fork``, ``pidfd_open``, an epoll, ``waitid`` and a dict of callbacks): what
-childproc adds beyond it is the library's own path. The table also lists the
+childproc adds beyond it is the library's own path.
+
+``--kinds asyncio-run`` counts ``await ctx.run(["/bin/true"])`` through the
+asyncio adapter instead, one at a time on one loop, against an asyncio floor
+(``posix_spawn``, the pidfd in ``loop.add_reader``, ``waitid``, a future): the
+loop's own work is in both. The table also lists the
 functions that execute the most instructions per child (``--top``), which is
 where a leaner path starts.
 
@@ -36,10 +41,49 @@ from typing import Any
 import _common
 
 MODES = ["SELECTIVE_REAP", "PIDFD", "LIBXL", "LIBXL_ALWAYS"]
-KINDS = ["spawn", "fork"]
+KINDS = ["spawn", "fork"]  # (and "asyncio-run", asked for by name)
+
+
+def _run_asyncio(n: int, mode: str | None) -> None:
+    """``n`` children one at a time on an asyncio loop: through the adapter's
+    ``run`` in ``mode``, or with no library (None)."""
+    import asyncio  # noqa: PLC0415
+
+    env = dict(os.environ)
+
+    async def floor(loop: asyncio.AbstractEventLoop) -> None:
+        fd = os.pidfd_open(os.posix_spawn("/bin/true", ["/bin/true"], env))
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            os.waitid(os.P_PIDFD, fd, os.WEXITED)
+            os.close(fd)
+            exited.set_result(None)
+
+        loop.add_reader(fd, readable)
+        await exited
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if mode is None:
+            for _ in range(n):
+                await floor(loop)
+            return
+        import childproc  # noqa: PLC0415
+        from childproc import asyncio_host  # noqa: PLC0415
+
+        async with asyncio_host.open_context(childproc.SigchldOwner[mode]) as ctx:
+            for _ in range(n):
+                await ctx.run(["/bin/true"], env=env)
+
+    asyncio.run(main())
 
 
 def _run_floor(kind: str, n: int) -> None:
+    if kind == "asyncio-run":
+        _run_asyncio(n, None)
+        return
     env = dict(os.environ)
     ep = select.epoll()
     done: list[int] = []
@@ -66,6 +110,9 @@ def _run_floor(kind: str, n: int) -> None:
 
 
 def _run_childproc(mode: str, kind: str, n: int) -> None:
+    if kind == "asyncio-run":
+        _run_asyncio(n, mode)
+        return
     import childproc  # noqa: PLC0415 - the tree under test, as PYTHONPATH says
 
     env = dict(os.environ)
@@ -160,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Per child ({args.n} children per row, one at a time), counted with sys.monitoring:")
     print("instructions / calls; 'beyond floor' is what the library adds to a loop with no library")
+    width = {kind: max(14, len(kind) + 8) for kind in kinds}
     header = f"{'row':34s}" + "".join(
-        f"{kind + ' instr':>14s}{'calls':>8s}{'beyond floor':>14s}" for kind in kinds
+        f"{kind + ' instr':>{width[kind]}s}{'calls':>8s}{'beyond floor':>14s}" for kind in kinds
     )
     print(header)
     print("-" * len(header))
@@ -170,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             got = per[kind]
             extra = got["instructions"] - rows["floor"][kind]["instructions"]
-            line += f"{got['instructions']:14.0f}{got['calls']:8.0f}{extra:14.0f}"
+            line += f"{got['instructions']:{width[kind]}.0f}{got['calls']:8.0f}{extra:14.0f}"
         print(line)
     if args.top:
         for row, per in rows.items():

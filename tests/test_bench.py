@@ -137,6 +137,18 @@ def test_pathcost_counts_exactly_and_refuses_before_312(tmp_path: Path) -> None:
     assert 0 < floor["calls"] < pidfd["calls"]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="counting needs sys.monitoring")
+def test_pathcost_counts_the_asyncio_adapters_run_against_an_asyncio_floor(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    args = ["--n", "5", "--modes", "PIDFD", "--kinds", "asyncio-run", "--top", "80"]
+    _run("pathcost", [*args, "--json", str(out)], tmp_path)
+    rows = _strict_json(out)["rows"]
+    floor, adapter = rows["floor"]["asyncio-run"], rows["PIDFD"]["asyncio-run"]
+    assert 500 < floor["instructions"] < adapter["instructions"]  # (the loop's own work is in both)
+    assert any("asyncio_host" in name or "_run.py" in name for name, _ in adapter["top"])
+
+
 @pytest.mark.timeout(200)
 def test_throughput_adapters_beside_their_hosts_and_the_loops_floors(tmp_path: Path) -> None:
     """``--only`` runs just the rows named, and each adapter gets its throughput
