@@ -20,7 +20,7 @@ from ._child import Child, EventCallback
 from ._context import Context
 from ._errors import ChildStolenError, ClosedError
 from ._policy import SigchldOwner
-from ._run import kill
+from ._run import kill, kill_unreturned
 from ._status import ChildEvent
 from ._trees import settle_steps
 from ._watchers import pidfd as _pidfd
@@ -211,15 +211,28 @@ class Bridge(Generic[W]):
         """:meth:`Context.spawn <childproc.Context.spawn>` (the same keywords; ``on_event``
         is a keyword here), returning a waiter."""
         self._check_events(options.get("events", os.WEXITED))
-        return self._wrap(self.context.spawn(argv, self._on_event, **options), on_event)
+        child = None
+        try:
+            child = self.context.spawn(argv, self._on_event, **options)
+            return self._wrap(child, on_event)
+        except BaseException:
+            if child is not None:  # (made, but no waiter for the caller: see kill_unreturned)
+                kill_unreturned(child)
+            raise
 
     def fork(self, *, on_event: EventCallback | None = None, **options: Any) -> W | None:
         """:meth:`Context.fork <childproc.Context.fork>` (the same keywords): a waiter in
         the parent, None in the child (which must exec or ``os._exit``; it must not
         touch the event loop)."""
         self._check_events(options.get("events", os.WEXITED))
-        child = self.context.fork(self._on_event, **options)
-        return None if child is None else self._wrap(child, on_event)
+        child = None
+        try:
+            child = self.context.fork(self._on_event, **options)
+            return None if child is None else self._wrap(child, on_event)
+        except BaseException:
+            if child is not None:  # (made, but no waiter for the caller: see kill_unreturned)
+                kill_unreturned(child)
+            raise
 
     def adopt(
         self, pid: int | None = None, *, pidfd: int | None = None, on_event: EventCallback | None = None

@@ -127,7 +127,7 @@ class Children:
         """Finish starts and apply journal entries an interruption left."""
         self.dirty = True
         for start in list(self.starting):
-            if len(start) > 1 and start[1] > 0:
+            if len(start) > 1 and type(start[1]) is int and start[1] > 0:
                 self.register_locked(start[0], start[1])
             self.starting.remove(start)
         if self.reaping.journal or self.reaping.served_news or self.reaping.leaving:

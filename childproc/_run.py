@@ -157,6 +157,18 @@ def result(child: Any, out: Any, err: Any, check: bool) -> CompletedProcess:
     return done
 
 
+def kill_unreturned(child: Any) -> None:
+    """A call that makes a child, cut short (a ``KeyboardInterrupt``) once the child
+    exists: the caller gets the exception, not the handle, and could never stop it.
+    So the child (its tree too) is SIGKILLed and left owned, so that ``close()``
+    reaps it; its exit is delivered to ``on_event`` as any other. Nothing for a
+    handle without a child's pid (in a forked child it never had one)."""
+    pid = child._pid
+    if type(pid) is int and pid > 1:
+        child.kill_on_close = True
+        kill(child)
+
+
 def kill(child: Any) -> None:
     """SIGKILL ``child`` (its whole tree if it has one: ``kill_tree=True``) unless it
     exited already. The caller waits for the exit, then settles the tree (:func:`settle`)."""

@@ -33,7 +33,7 @@ from ._children import Children
 from ._creators import Adopt, Creator, Fork, Spawn
 from ._errors import AlreadyWatchedError, InvalidArgumentError, StateError
 from ._fds import above_stdio
-from ._run import kill
+from ._run import kill_unreturned
 from ._signature import check_callback
 from ._subreaper import SUBREAPER
 
@@ -73,14 +73,9 @@ def _await_session(gate: int, pid: int) -> None:
 
 
 def _unreturned(made: list[Child]) -> None:
-    """A ``spawn`` or ``fork`` cut short (a KeyboardInterrupt, say) after its child
-    was made: the caller gets the exception, not the handle, and could never stop
-    it. So the child (its tree too) is SIGKILLed and left owned, so that ``close()``
-    reaps it; its exit is delivered to ``on_event`` as any other. Nothing in a
-    forked child, where the handle never had a pid."""
-    if made and made[0]._pid:
-        made[0].kill_on_close = True
-        kill(made[0])
+    """A ``spawn`` or ``fork`` cut short once its child exists: see :func:`kill_unreturned`."""
+    if made:
+        kill_unreturned(made[0])
 
 
 class Starter:
@@ -227,12 +222,14 @@ class Starter:
                 made=made,
             )
         except BaseException:
-            _unreturned(made)
-            if pipes is not None:
-                pipes.close_all()
-            for fd in gate or ():
-                os.close(fd)
-            _trees.settle(tree.cgroup, kill=False)
+            try:
+                _unreturned(made)
+            finally:
+                if pipes is not None:
+                    pipes.close_all()
+                for fd in gate or ():
+                    os.close(fd)
+                _trees.settle(tree.cgroup, kill=False)
             raise
         finally:
             if sources is not None:
@@ -320,10 +317,12 @@ class Starter:
             if pipes is not None:
                 pipes.close_child_ends()
         except BaseException:
-            _unreturned(made)
-            if pipes is not None:
-                pipes.close_all()
-            _trees.settle(tree.cgroup, kill=False)
+            try:
+                _unreturned(made)
+            finally:
+                if pipes is not None:
+                    pipes.close_all()
+                _trees.settle(tree.cgroup, kill=False)
             raise
         assert child is not None
         return child

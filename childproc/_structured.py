@@ -77,10 +77,15 @@ async def communicate(
 # ready to run (the exit closes stdin; notify_closing wakes only a task still
 # waiting), and its number may name another file by then.
 async def _read(lib: Lib, pump: Pump, fd: int) -> None:
-    while fd in pump.reading:
-        await lib.wait_readable(fd)
-        if fd in pump.reading and pump.readable(fd, False, time.monotonic()):
-            pump.close_read(fd)
+    try:
+        while True:
+            if fd not in pump.reading:
+                break
+            await lib.wait_readable(fd)
+            if fd in pump.reading and pump.readable(fd, False, time.monotonic()):
+                pump.close_read(fd)
+    except lib.closed_error:
+        pass  # (its stream was closed by the application meanwhile)
 
 
 async def _write(lib: Lib, pump: Pump, fd: int) -> None:
@@ -152,9 +157,9 @@ class StructuredChild(WaiterBase):
         and its tree, whose processes may outlive the child, even once it has exited."""
         try:
             await self._done.wait()
-        except BaseException as exc:  # (a cancellation or an interrupt is no Exception)
+        except BaseException as exc:  # (a cancellation or an interrupt: no Exception, no close())
             running = not self._done.is_set() or self.child._tree is not None  # (a tree may outlive it)
-            if kill_on_cancel and running and not isinstance(exc, Exception):
+            if kill_on_cancel and running and not isinstance(exc, (Exception, GeneratorExit)):
                 self._kill_on_cancel()
             raise
         if self._error is not None:

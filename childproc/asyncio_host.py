@@ -146,9 +146,9 @@ class AsyncChild(WaiterBase):
         """
         try:
             return await self._exited()
-        except BaseException as exc:  # (a cancellation or an interrupt is no Exception)
+        except BaseException as exc:  # (a cancellation or an interrupt: no Exception, no close())
             running = not self._exit.done() or self.child._tree is not None  # (a tree may outlive it)
-            if kill_on_cancel and running and not isinstance(exc, Exception):
+            if kill_on_cancel and running and not isinstance(exc, (Exception, GeneratorExit)):
                 self._kill_on_cancel()
             raise
 

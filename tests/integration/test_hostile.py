@@ -327,9 +327,13 @@ class Storm:
         self._cb_iter = iter(self.cbs)
         self.last: Any = None
         self.reported: list[tuple[str, int]] = []
-        #: While a spawn or fork runs: ctx.children before it. A call the interrupt cuts
-        #: short once its child exists SIGKILLs that child (the caller has no handle):
-        #: such pids, in ``unreturned``, may end by SIGKILL, before reporting even.
+        #: A spawn or fork that an interrupt cuts short once its child exists SIGKILLs
+        #: that child (the caller has no handle), maybe before it reported: SIGKILL is
+        #: a true status only for a pid no call returned. ``unreturned``: the pids seen
+        #: registered after such a call (``making``: ctx.children before it), each of
+        #: which must still be delivered exactly once.
+        self.returned: set[int] = set()
+        self.killed: set[int] = set()  # (found by verify())
         self.making: frozenset[int] | None = None
         self.unreturned: set[int] = set()
         wait_for_gate = f"read x <&{self.gate_r}; " if gated else ""
@@ -369,13 +373,16 @@ class Storm:
             self.making = ctx.children
             self.last = ctx.spawn(self.spawn_argv, cast("EventCallback", self.q.put), pass_fds=self.pass_fds)
             self.making = None
+            self.returned.add(self.last.pid)
         elif op == "fork":
             self.making = ctx.children
             child = ctx.fork(cast("EventCallback", self.q.put))
             if child is None:
                 self._child_body(b"f")
             self.making = None
+            assert child is not None  # (the forked child never gets here)
             self.last = child
+            self.returned.add(child.pid)
         elif op == "child_fork":
             cb = next(self._cb_iter, None)
             if cb is not None and ctx.child_fork(cb) == 0:
@@ -471,14 +478,15 @@ class Storm:
         delivered = drain_queue(self.q)
         per_child = collections.Counter(delivered)
         dup = {c.pid: n for c, n in per_child.items() if n != 1}
-        killed = {c.pid for c in per_child if c.pid in self.unreturned and c.returncode == -signal.SIGKILL}
+        killed = {c.pid for c in per_child if c.pid not in self.returned and c.returncode == -signal.SIGKILL}
+        self.killed = killed
         wrong = {
             c.pid: c.returncode for c in per_child if c.returncode != c.pid % 200 and c.pid not in killed
         }
         got = collections.Counter(c.pid for c in per_child)
         want = collections.Counter(pid for tag, pid in reports if tag in "sf")
         adopted = collections.Counter(pid for tag, pid in reports if tag == "a")
-        lost = want - got
+        lost = want - got + collections.Counter(self.unreturned - set(got))
         # An adopted child shows up in the queue iff adopt() registered it; one whose
         # adopt() a KI prevented (in the test's code) is the test's: reaped below.
         stranger = {pid: n for pid, n in (got - want - adopted).items() if pid not in killed}
@@ -534,15 +542,18 @@ def run_storm(
         with default_sigint():
             storm.run()
         storm.it.check()
+        maybe_killed: list[int] = []
         if gated:
             # Every child is still running at the gate: each must be registered, found by pid.
             time.sleep(0.3)  # the last ones to start write their pid
             missing, no_handle = [], []
             outstanding = ctx.children
             for tag, pid in storm.read_reports():
-                if tag == "a" or (pid in storm.unreturned and pid not in outstanding):
-                    continue  # (killed by the spawn or fork an interrupt cut short: may be gone)
-                if pid not in outstanding:
+                if tag == "a":
+                    continue
+                if pid not in outstanding and pid not in storm.returned:
+                    maybe_killed.append(pid)  # (by the spawn or fork an interrupt cut short)
+                elif pid not in outstanding:
                     missing.append(pid)
                 else:
                     try:
@@ -562,6 +573,8 @@ def run_storm(
         assert wait_until(lambda: all(s == "Z" for s in children().values()), 10)
         figures = storm.verify()
         unadopted = figures["unadopted"]
+        gone = sorted(set(maybe_killed) - storm.killed)
+        assert not gone, f"running children gone from ctx.children before the gate opened: {gone[:20]}"
         no_unknown_warnings(caplog)
     finally:
         if host is not None:

@@ -469,3 +469,48 @@ async def _interrupted(waiting: Any) -> None:
     (where trio delivers Ctrl-C to the task that waits)."""
     waiting.send(None)  # (an exited child's wait passes one checkpoint first)
     waiting.throw(KeyboardInterrupt())
+
+
+@pytest.mark.timeout(30)
+def test_an_adapter_spawn_cut_short_kills_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt between the context's spawn and the waiter the caller gets (a
+    review found the gap) kills the child, as an interrupted ``Context.spawn`` does."""
+    original = asyncio_host.AsyncContext._new_waiter
+
+    def interrupted(self: Any, child: Any) -> Any:
+        monkeypatch.setattr(asyncio_host.AsyncContext, "_new_waiter", original)
+        raise KeyboardInterrupt("simulated: before the waiter")
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            monkeypatch.setattr(asyncio_host.AsyncContext, "_new_waiter", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                ctx.spawn(["sleep", "60"], kill_tree=True)
+            (pid,) = ctx.context.children
+            for _ in range(500):
+                if not ctx.context.children:
+                    break
+                await asyncio.sleep(0.01)
+            assert not ctx.context.children and not alive(pid)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("flavour", ["asyncio", *STRUCTURED])
+def test_a_wait_closed_unfinished_kills_nothing(flavour: str) -> None:
+    """A ``wait(kill_on_cancel=True)`` coroutine closed without a cancellation (a task
+    dropped with its loop; ``GeneratorExit``) kills nothing: nobody asked it to."""
+
+    async def main(host: Any) -> None:
+        async with host.open_context() as ctx:
+            child = ctx.spawn(["sleep", "60"])
+            waiting = child.wait(kill_on_cancel=True)
+            waiting.send(None)  # (suspended in the wait)
+            waiting.close()
+            await (asyncio.sleep(0.2) if flavour == "asyncio" else anyio.sleep(0.2))
+            assert child.returncode is None and alive(child.pid)
+            child.kill()
+            await child.wait()
+
+    _structured(flavour, main)
