@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 import threading
 
 from . import _process
@@ -48,6 +49,11 @@ class Orphanage:
         if pidfd is not None and pid not in self._ids:
             self._ids[pid] = identify(pidfd, pid)
         self._orphans[pid] = pidfd
+        if sys.is_finalizing():
+            # A context left open until the interpreter exits: a thread started now
+            # never runs (3.11's start() then waits for it forever; 3.12+ refuse).
+            # The process is ending anyway: its children go to init, which reaps them.
+            return
         thread = self._thread
         if thread is None or not thread.is_alive():
             thread = threading.Thread(target=self._run, name="childproc-orphans", daemon=True)

@@ -35,6 +35,8 @@ import random
 import re
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -974,6 +976,37 @@ def test_forgotten_context_warns_and_orphan_is_reaped(mode: SigchldOwner) -> Non
     assert any(pid_in(pid, m) for m in found), f"no ResourceWarning naming {pid}: {found}"
     assert wait_until(lambda: proc_state(pid) is None, 2.5), f"child {pid} left as {proc_state(pid)}"
     assert drain_queue(q) == []
+
+
+_LEFT_OPEN = """
+import sys
+from childproc import DEVNULL, Context, SigchldOwner
+ctx = Context(SigchldOwner[sys.argv[1]])
+print(ctx.spawn(["sleep", "30"], stdout=DEVNULL, stderr=DEVNULL).pid, flush=True)
+# no close(): the interpreter exits with the context open and its child running
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", NOT_MAINLOOP, ids=[m.name for m in NOT_MAINLOOP])
+def test_a_context_left_open_at_interpreter_exit_lets_it_exit(mode: SigchldOwner) -> None:
+    """The context is torn down during the interpreter's finalization, where a new
+    thread never runs: the orphan reaper is not started then (3.11 waited for it for
+    good; 3.13 printed PythonFinalizationError). The child is init's after the exit."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _LEFT_OPEN, mode.name],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    pid = int(proc.stdout.split()[0])
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.timeout(20)
