@@ -272,3 +272,20 @@ def ab_main(
             done += 1
             progress(done, total, f"A/B {key} {row}")
     return runs
+
+
+async def pidfd_on_loop(loop: Any, argv: list[str], env: Mapping[str, str]) -> None:
+    """The least an adapter on an asyncio loop can do for one child: ``posix_spawn``,
+    its pidfd in ``loop.add_reader``, ``waitid`` and a future; no library, no checks.
+    (The loop floors of ``throughput.py`` and ``pathcost.py``.)"""
+    fd = os.pidfd_open(os.posix_spawn(argv[0], argv, env))
+    exited = loop.create_future()
+
+    def readable() -> None:
+        loop.remove_reader(fd)
+        os.waitid(os.P_PIDFD, fd, os.WEXITED)
+        os.close(fd)
+        exited.set_result(None)
+
+    loop.add_reader(fd, readable)
+    await exited

@@ -51,24 +51,11 @@ def _run_asyncio(n: int, mode: str | None) -> None:
 
     env = dict(os.environ)
 
-    async def floor(loop: asyncio.AbstractEventLoop) -> None:
-        fd = os.pidfd_open(os.posix_spawn("/bin/true", ["/bin/true"], env))
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            loop.remove_reader(fd)
-            os.waitid(os.P_PIDFD, fd, os.WEXITED)
-            os.close(fd)
-            exited.set_result(None)
-
-        loop.add_reader(fd, readable)
-        await exited
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         if mode is None:
             for _ in range(n):
-                await floor(loop)
+                await _common.pidfd_on_loop(loop, ["/bin/true"], env)
             return
         import childproc  # noqa: PLC0415
         from childproc import asyncio_host  # noqa: PLC0415

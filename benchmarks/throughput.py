@@ -430,17 +430,7 @@ def asyncio_pidfd_floor(n: int, conc: int) -> None:
 
         async def one() -> None:
             async with sem:
-                fd = os.pidfd_open(os.posix_spawn(TRUE, ARGV, ENV))
-                exited: asyncio.Future[None] = loop.create_future()
-
-                def readable() -> None:
-                    loop.remove_reader(fd)
-                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
-                    os.close(fd)
-                    exited.set_result(None)
-
-                loop.add_reader(fd, readable)
-                await exited
+                await _common.pidfd_on_loop(loop, ARGV, ENV)
 
         await asyncio.gather(*(one() for _ in range(n)))
 
@@ -461,17 +451,7 @@ def anyio_pidfd_floor(n: int, conc: int) -> None:
 
         async def one() -> None:
             async with limit:
-                fd = os.pidfd_open(os.posix_spawn(TRUE, ARGV, ENV))
-                exited: asyncio.Future[None] = loop.create_future()
-
-                def readable() -> None:
-                    loop.remove_reader(fd)
-                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
-                    os.close(fd)
-                    exited.set_result(None)
-
-                loop.add_reader(fd, readable)
-                await exited
+                await _common.pidfd_on_loop(loop, ARGV, ENV)
 
         async with anyio.create_task_group() as group:
             for _ in range(n):

@@ -72,10 +72,21 @@ def _await_session(gate: int, pid: int) -> None:
             return
 
 
-def _unreturned(made: list[Child]) -> None:
-    """A ``spawn`` or ``fork`` cut short once its child exists: see :func:`kill_unreturned`."""
-    if made:
-        kill_unreturned(made[0])
+def _undo_start(
+    made: list[Child], pipes: _stdio.Pipes | None, tree: _trees.TreePlan, gate: tuple[int, ...] | None = None
+) -> None:
+    """A ``spawn`` or ``fork`` that raised: kill the child it made, if it made one
+    (see :func:`~childproc._run.kill_unreturned`), then close its pipes (and a
+    fork's session gate) and settle its cgroup, whatever the kill did."""
+    try:
+        if made:
+            kill_unreturned(made[0])
+    finally:
+        if pipes is not None:
+            pipes.close_all()
+        for fd in gate or ():
+            os.close(fd)
+        _trees.settle(tree.cgroup, kill=False)
 
 
 class Starter:
@@ -222,14 +233,7 @@ class Starter:
                 made=made,
             )
         except BaseException:
-            try:
-                _unreturned(made)
-            finally:
-                if pipes is not None:
-                    pipes.close_all()
-                for fd in gate or ():
-                    os.close(fd)
-                _trees.settle(tree.cgroup, kill=False)
+            _undo_start(made, pipes, tree, gate)
             raise
         finally:
             if sources is not None:
@@ -252,7 +256,7 @@ class Starter:
                 finally:
                     os.close(gate[0])
         except BaseException:
-            _unreturned(made)
+            kill_unreturned(child)
             raise
         return child
 
@@ -317,12 +321,7 @@ class Starter:
             if pipes is not None:
                 pipes.close_child_ends()
         except BaseException:
-            try:
-                _unreturned(made)
-            finally:
-                if pipes is not None:
-                    pipes.close_all()
-                _trees.settle(tree.cgroup, kill=False)
+            _undo_start(made, pipes, tree)
             raise
         assert child is not None
         return child
