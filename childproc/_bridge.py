@@ -14,13 +14,14 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._child import Child, EventCallback
 from ._context import Context
 from ._errors import ChildStolenError, ClosedError
 from ._policy import SigchldOwner
-from ._run import kill, kill_unreturned
+from ._run import kill_and_own
 from ._status import ChildEvent
 from ._trees import settle_steps
 from ._watchers import pidfd as _pidfd
@@ -79,10 +80,8 @@ class WaiterBase:
         self.child.kill_tree(sig)
 
     def _kill_on_cancel(self) -> None:
-        """A wait was cancelled with ``kill_on_cancel``: kill (its tree too), and own it
-        so that ``close()`` reaps it if its exit is never collected."""
-        self.child.kill_on_close = True
-        kill(self.child)
+        """A wait was cancelled with ``kill_on_cancel``: see :func:`~childproc._run.kill_and_own`."""
+        kill_and_own(self.child)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.child!r}>"
@@ -183,6 +182,18 @@ class Bridge(Generic[W]):
             if terminal:
                 self._finish(waiter, event)
 
+    def _make(self, make: Callable[[], Child | None], on_event: EventCallback | None) -> W | None:
+        """``make()`` a child and wrap it (None in a forked child). Cut short between
+        the two, the child is killed: the caller has no waiter to stop it with."""
+        child = None
+        try:
+            child = make()
+            return None if child is None else self._wrap(child, on_event)
+        except BaseException:
+            if child is not None:
+                kill_and_own(child)
+            raise
+
     def _wrap(self, child: Child, on_event: EventCallback | None) -> W:
         waiter = self._new_waiter(child)
         self._waiters[child.pid] = (waiter, on_event)
@@ -211,28 +222,16 @@ class Bridge(Generic[W]):
         """:meth:`Context.spawn <childproc.Context.spawn>` (the same keywords; ``on_event``
         is a keyword here), returning a waiter."""
         self._check_events(options.get("events", os.WEXITED))
-        child = None
-        try:
-            child = self.context.spawn(argv, self._on_event, **options)
-            return self._wrap(child, on_event)
-        except BaseException:
-            if child is not None:  # (made, but no waiter for the caller: see kill_unreturned)
-                kill_unreturned(child)
-            raise
+        waiter = self._make(partial(self.context.spawn, argv, self._on_event, **options), on_event)
+        assert waiter is not None
+        return waiter
 
     def fork(self, *, on_event: EventCallback | None = None, **options: Any) -> W | None:
         """:meth:`Context.fork <childproc.Context.fork>` (the same keywords): a waiter in
         the parent, None in the child (which must exec or ``os._exit``; it must not
         touch the event loop)."""
         self._check_events(options.get("events", os.WEXITED))
-        child = None
-        try:
-            child = self.context.fork(self._on_event, **options)
-            return None if child is None else self._wrap(child, on_event)
-        except BaseException:
-            if child is not None:  # (made, but no waiter for the caller: see kill_unreturned)
-                kill_unreturned(child)
-            raise
+        return self._make(partial(self.context.fork, self._on_event, **options), on_event)
 
     def adopt(
         self, pid: int | None = None, *, pidfd: int | None = None, on_event: EventCallback | None = None

@@ -157,12 +157,13 @@ def result(child: Any, out: Any, err: Any, check: bool) -> CompletedProcess:
     return done
 
 
-def kill_unreturned(child: Any) -> None:
-    """A call that makes a child, cut short (a ``KeyboardInterrupt``) once the child
-    exists: the caller gets the exception, not the handle, and could never stop it.
-    So the child (its tree too) is SIGKILLed and left owned, so that ``close()``
-    reaps it; its exit is delivered to ``on_event`` as any other. Nothing for a
-    handle without a child's pid (in a forked child it never had one)."""
+def kill_and_own(child: Any) -> None:
+    """SIGKILL ``child`` (its tree too) and own it (``kill_on_close``), so that
+    ``close()`` reaps it if its exit is never collected; the exit is delivered to
+    ``on_event`` as any other. For a wait abandoned with ``kill_on_cancel``, and
+    for a call that makes a child cut short (a ``KeyboardInterrupt``) once the
+    child exists: its caller got the exception, not the handle, and could never
+    stop it. Nothing for a handle without a child's pid (a forked child's)."""
     pid = child._pid
     if type(pid) is int and pid > 1:
         child.kill_on_close = True

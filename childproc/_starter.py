@@ -33,7 +33,7 @@ from ._children import Children
 from ._creators import Adopt, Creator, Fork, Spawn
 from ._errors import AlreadyWatchedError, InvalidArgumentError, StateError
 from ._fds import above_stdio
-from ._run import kill_unreturned
+from ._run import kill_and_own
 from ._signature import check_callback
 from ._subreaper import SUBREAPER
 
@@ -76,11 +76,11 @@ def _undo_start(
     made: list[Child], pipes: _stdio.Pipes | None, tree: _trees.TreePlan, gate: tuple[int, ...] | None = None
 ) -> None:
     """A ``spawn`` or ``fork`` that raised: kill the child it made, if it made one
-    (see :func:`~childproc._run.kill_unreturned`), then close its pipes (and a
+    (see :func:`~childproc._run.kill_and_own`), then close its pipes (and a
     fork's session gate) and settle its cgroup, whatever the kill did."""
     try:
         if made:
-            kill_unreturned(made[0])
+            kill_and_own(made[0])
     finally:
         if pipes is not None:
             pipes.close_all()
@@ -129,7 +129,7 @@ class Starter:
     ) -> Child | None:
         """Check, make the child (through ``creator``) and register it, all under the
         process lock (see :mod:`childproc._children`). None in a forked child.
-        ``made`` receives the handle before the child exists (see :func:`_unreturned`)."""
+        ``made`` receives the handle before the child exists (see :func:`_undo_start`)."""
         if on_event is not None:
             check_callback(on_event, 2, "on_event", "on_event(child, event)")
         self._enter()
@@ -256,7 +256,7 @@ class Starter:
                 finally:
                     os.close(gate[0])
         except BaseException:
-            kill_unreturned(child)
+            kill_and_own(child)
             raise
         return child
 
