@@ -27,6 +27,16 @@ in time: the throughput benchmark (``benchmarks/throughput.py``) stays the
 judge of speed.
 
 ``--baseline SRC`` counts the childproc in ``SRC`` too, for a before/after.
+
+``--ablate`` prices the guarantees: it adds rows (PIDFD, spawn) that count the
+same path with one guarantee switched off by patching the tree under test in
+the measuring interpreter (never in the library): the pidfd identity checks
+(``fstat`` when a pidfd is opened and before it is closed), the read of
+SIGCHLD's disposition from the kernel at each start, the callback signature
+check, the entry checks (forked, re-entered, chores, recovery), ``wait4``
+after the ``waitid`` peek (the rusage), and the SIGCHLD handler bookkeeping;
+then all of them at once. What is left when all are off is the cost of the
+path's structure, not of what it checks.
 """
 
 from __future__ import annotations
@@ -119,11 +129,51 @@ def _run_childproc(mode: str, kind: str, n: int) -> None:
                 ctx.wait()
 
 
+def _ablate(name: str) -> None:
+    """Switch off one guarantee in the childproc this interpreter imported (see
+    ``--ablate``), by rebinding the name its caller looks up."""
+    from childproc import _children, _context, _sigchld, _starter, _wakeups  # noqa: PLC0415
+    from childproc._status import status_from_siginfo  # noqa: PLC0415
+    from childproc._watchers import _base  # noqa: PLC0415
+
+    def reap_own(into: Any, child: Any) -> None:  # one waitid that reaps: no wait4
+        info = os.waitid(os.P_PIDFD, child._pidfd, os.WEXITED | os.WNOHANG)
+        if info is not None:
+            into.append((child, info, (info.si_pid, status_from_siginfo(info.si_code, info.si_status), None)))
+
+    patches: dict[str, list[tuple[object, str, object]]] = {
+        "fd identity": [
+            (_wakeups, "identify", lambda fd, pid=0: (0, 0, 0, 0)),
+            (_wakeups, "fd_state", lambda fd, identity: "ours"),
+        ],
+        "SIGCHLD read per start": [(_sigchld.HANDLER, "discards_statuses", lambda fresh=False: None)],
+        "callback check": [(_starter, "check_callback", lambda *args: None)],
+        "entry checks": [(_context.Context, "_enter", lambda self: None)],
+        "rusage (wait4)": [(_base, "_reap_own", reap_own)],
+        "handler bookkeeping": [(_children.Children, "sync_handler_use_locked", lambda self: None)],
+    }
+    for target, attribute, value in patches[name]:
+        assert hasattr(target, attribute), (name, attribute)  # (renamed: this ablation is stale)
+        setattr(target, attribute, value)
+
+
+ABLATIONS = [
+    "fd identity",
+    "SIGCHLD read per start",
+    "callback check",
+    "entry checks",
+    "rusage (wait4)",
+    "handler bookkeeping",
+]
+
+
 def measure(payload: dict[str, Any]) -> dict[str, Any]:
     """Count one row (``payload``: mode or "floor", kind, n, top) in this interpreter."""
     mon: Any = sys.monitoring  # type: ignore[attr-defined, unused-ignore]  # (3.12+)
     tool = mon.PROFILER_ID
     mode, kind, n, top = payload["mode"], payload["kind"], payload["n"], payload["top"]
+    for name in payload.get("ablate", ()):
+        _ablate(name)
 
     def run(count: int) -> None:
         if mode == "floor":
@@ -170,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--top", type=int, default=8, help="functions listed per row (0: none)")
+    parser.add_argument(
+        "--ablate", action="store_true", help="also price each guarantee (PIDFD, spawn; see above)"
+    )
     args = parser.parse_args(argv)
     if sys.version_info < (3, 12):
         parser.error("counting needs sys.monitoring: run it with Python 3.12 or later")
@@ -179,29 +232,39 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     modes = args.modes.split(",")
     kinds = args.kinds.split(",")
-    jobs = [("floor", kind, "floor") for kind in kinds]
+    jobs: list[tuple[str, str, str, list[str]]] = [("floor", kind, "floor", []) for kind in kinds]
     for mode in modes:
         for side in trees:
             row = f"{mode} ({side})" if len(trees) > 1 else mode
-            jobs.extend((row, kind, side) for kind in kinds)
-    for i, (row, kind, side) in enumerate(jobs):
+            jobs.extend((row, kind, side, []) for kind in kinds)
+    if args.ablate:
+        if "spawn" not in kinds:
+            parser.error("--ablate counts spawn: add it to --kinds")
+        kinds = ["spawn"]  # (the table shows the kind the ablations count)
+        jobs = [job for job in jobs if job[1] == "spawn"]
+        offs = [[name] for name in ABLATIONS] + [ABLATIONS]
+        for off in offs:
+            row = "PIDFD without " + (off[0] if len(off) == 1 else "all of these")
+            jobs.append((row, "spawn", "this checkout", off))
+    for i, (row, kind, side, off) in enumerate(jobs):
         _common.progress(i, len(jobs), f"{row} {kind}")
-        mode = "floor" if side == "floor" else row.split(" (")[0]
+        mode = "floor" if side == "floor" else "PIDFD" if off else row.split(" (")[0]
         tree = trees["this checkout"] if side == "floor" else trees[side]
-        payload = {"mode": mode, "kind": kind, "n": args.n, "top": args.top}
+        payload = {"mode": mode, "kind": kind, "n": args.n, "top": args.top, "ablate": off}
         rows.setdefault(row, {})[kind] = _common.measure_in(tree, "pathcost", payload)
     _common.progress(len(jobs), len(jobs), "done")
 
     print(f"Per child ({args.n} children per row, one at a time), counted with sys.monitoring:")
     print("instructions / calls; 'beyond floor' is what the library adds to a loop with no library")
     width = {kind: max(14, len(kind) + 8) for kind in kinds}
-    header = f"{'row':34s}" + "".join(
+    name_width = max(34, *(len(row) + 2 for row in rows))
+    header = f"{'row':{name_width}s}" + "".join(
         f"{kind + ' instr':>{width[kind]}s}{'calls':>8s}{'beyond floor':>14s}" for kind in kinds
     )
     print(header)
     print("-" * len(header))
     for row, per in rows.items():
-        line = f"{row:34s}"
+        line = f"{row:{name_width}s}"
         for kind in kinds:
             got = per[kind]
             extra = got["instructions"] - rows["floor"][kind]["instructions"]

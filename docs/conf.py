@@ -427,6 +427,34 @@ def _versus(cell: Mapping[str, float]) -> str:
     return f"{cell['adapter']:.2f} ({cell['floor']:.2f})"
 
 
+PATHCOST_ABLATE_JSON = DOCS.parent / "benchmarks" / "results" / "pathcost-ablate.json"
+
+
+def ablate_page(path: Path) -> str:
+    """The price of each guarantee on the per-child path (``pathcost.py --ablate``)."""
+    if not path.is_file():
+        return (
+            ".. note::\n\n   No measurements yet: run ``python benchmarks/pathcost.py --modes PIDFD\n"
+            "   --kinds spawn --ablate --json benchmarks/results/pathcost-ablate.json``.\n"
+        )
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows_in = {name: per["spawn"] for name, per in data["rows"].items()}
+    floor, whole = rows_in["floor"]["instructions"], rows_in["PIDFD"]["instructions"]
+    rows = []
+    for name, got in rows_in.items():
+        saved = "" if name in ("floor", "PIDFD") else f"{whole - got['instructions']:.0f}"
+        rows.append([_text(name), f"{got['instructions']:.0f}", f"{got['calls']:.0f}", saved])
+    left = rows_in["PIDFD without all of these"]["instructions"] - floor
+    return _list_table(
+        f"Instructions and calls per child, spawn and wait one at a time ({data['n']} children "
+        f"per row, Python {data['python']}); with every guarantee off, {left:.0f} instructions "
+        "beyond the floor are left",
+        ["Row", "Instructions", "Calls", "Saved"],
+        rows,
+        "52 16 16 16",
+    )
+
+
 def adapters_page(path: Path) -> str:
     """Each adapter's throughput over its host's own API, beside its loop's floor's
     (benchmarks/throughput.py, the adapter rows)."""
@@ -645,6 +673,7 @@ def write_generated(app: Sphinx | None = None) -> None:
             adapters_page(THROUGHPUT_ADAPTERS_JSON),
         ),
         "latency.rst": (_shown(LATENCY_JSON), latency_page(LATENCY_JSON)),
+        "pathcost_ablate.rst": (_shown(PATHCOST_ABLATE_JSON), ablate_page(PATHCOST_ABLATE_JSON)),
         "coexistence.rst": (
             "docs/coexistence.json (checked by tests/coexistence)",
             coexistence_table(COEXISTENCE_JSON),

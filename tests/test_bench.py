@@ -149,6 +149,25 @@ def test_pathcost_counts_the_asyncio_adapters_run_against_an_asyncio_floor(tmp_p
     assert any("asyncio_host" in name or "_run.py" in name for name, _ in adapter["top"])
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="counting needs sys.monitoring")
+def test_pathcost_ablate_prices_each_guarantee(tmp_path: Path) -> None:
+    """Each ablation reaches the code it names (the count drops: a patch that missed
+    its target, after a rename say, would leave it as it was), and all of them
+    together drop it most."""
+    out = tmp_path / "run.json"
+    args = ["--n", "5", "--modes", "PIDFD", "--kinds", "spawn", "--top", "0", "--ablate"]
+    _run("pathcost", [*args, "--json", str(out)], tmp_path)
+    rows = {name: per["spawn"] for name, per in _strict_json(out)["rows"].items()}
+    whole = rows.pop("PIDFD")
+    together = rows.pop("PIDFD without all of these")
+    del rows["floor"]
+    assert len(rows) == 6, rows
+    for name, got in rows.items():  # (wait4's price is a call, hardly an instruction)
+        assert got["instructions"] < whole["instructions"] or got["calls"] < whole["calls"], (name, got)
+        assert together["instructions"] < got["instructions"], (name, got)
+
+
 @pytest.mark.timeout(200)
 def test_throughput_adapters_beside_their_hosts_and_the_loops_floors(tmp_path: Path) -> None:
     """``--only`` runs just the rows named, and each adapter gets its throughput
