@@ -61,16 +61,53 @@ async def communicate(
     """Run ``pump`` until the child's exit (``await exited()``) and the linger are
     over; raise its :class:`~childproc.TimeoutExpired` on ``timeout``."""
     pump.start(input)
-    with lib.move_on_after(float("inf") if timeout is None else timeout) as scope:
-        async with lib.open_nursery() as nursery:
-            for fd in list(pump.reading):
-                nursery.start_soon(_read, lib, pump, fd)
-            if pump.stdin is not None:
-                nursery.start_soon(_write, lib, pump, pump.stdin)
-            nursery.start_soon(_linger, lib, pump, exited, nursery.cancel_scope)
+    try:
+        with lib.move_on_after(float("inf") if timeout is None else timeout) as scope:
+            async with lib.open_nursery() as nursery:
+                for fd in list(pump.reading):
+                    nursery.start_soon(_read, lib, pump, fd)
+                if pump.stdin is not None:
+                    nursery.start_soon(_write, lib, pump, pump.stdin)
+                nursery.start_soon(_linger, lib, pump, exited, nursery.cancel_scope)
+    except BaseException as exc:
+        if _is_group(exc):
+            _raise_sole(exc, lib.cancelled())
+        raise
     if scope.cancelled_caught:
         raise pump.timed_out(timeout)
     return pump.finish()
+
+
+def _raise_sole(group: BaseException, cancelled: type[BaseException]) -> None:
+    """Raise the one exception an internal nursery's ``group`` stands for, if there is
+    one: trio (and anyio on trio) wrap whatever a nursery's tasks raise, a single
+    ``KeyboardInterrupt`` included, and ``communicate()``'s nursery is not the
+    caller's business (``except KeyboardInterrupt`` must catch a Ctrl-C in it).
+    Cancellations beside it are dropped (the scope that cancelled sees its own);
+    with two or more other exceptions, or none, the group goes on (returns)."""
+    leaves: list[BaseException] = []
+    _leaves_of(group, cancelled, leaves)
+    if len(leaves) == 1:
+        sole = leaves[0]
+        context = sole.__context__
+        try:
+            raise sole
+        finally:
+            sole.__context__ = context  # (its own, not the group's)
+            del sole, context
+
+
+def _is_group(exc: BaseException) -> bool:
+    """An exception group (3.10 has none built in: trio's and anyio's backport's there)."""
+    return any(kind.__name__ == "BaseExceptionGroup" for kind in type(exc).__mro__)
+
+
+def _leaves_of(exc: BaseException, cancelled: type[BaseException], into: list[BaseException]) -> None:
+    if _is_group(exc):
+        for inner in exc.exceptions:  # type: ignore[attr-defined]
+            _leaves_of(inner, cancelled, into)
+    elif not isinstance(exc, cancelled):
+        into.append(exc)
 
 
 # Each task looks again after its wait: the fd may have been closed while it was

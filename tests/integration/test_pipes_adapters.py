@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -21,6 +22,8 @@ import childproc
 from childproc import PIPE, STDOUT, anyio_host, asyncio_host, trio_host
 
 from .kids import run_on_a_reactor
+from .procutil import alive
+from .test_hostile import default_sigint
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -323,6 +326,46 @@ def test_structured_adapters_raise_a_callbacks_exception_out_of_the_block(
     assert [type(e) for e in got] == [error], info.value
     assert time.monotonic() - t0 < 5
     assert held[0].context.closed
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["communicate", "run"])
+@pytest.mark.parametrize("flavour", ["trio", "anyio-trio"])
+def test_a_ctrl_c_in_communicate_is_a_keyboard_interrupt(flavour: str, call: str) -> None:
+    """trio wraps whatever a nursery's tasks raise, a lone KeyboardInterrupt too, and
+    ``communicate()`` runs its pipes in a nursery of its own: a Ctrl-C there must come
+    out as the KeyboardInterrupt a caller's ``except`` catches, not a group (a new
+    user's trial found it wrapped). ``communicate()`` leaves the child running and a
+    later call loses nothing; ``run()`` kills and reaps it first."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+    main_thread = threading.main_thread().ident
+    argv = ["sh", "-c", "echo hi; exec sleep 30"]
+
+    async def main() -> None:
+        async with host.open_context() as ctx:
+            child = ctx.spawn(argv, stdout=PIPE) if call == "communicate" else None
+            timer = threading.Timer(0.5, signal.pthread_kill, (main_thread, signal.SIGINT))
+            timer.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    if child is not None:
+                        await child.communicate()
+                    else:
+                        await ctx.run(argv, capture_output=True)
+            finally:
+                timer.cancel()
+                timer.join()
+            if child is None:
+                assert not ctx.context.children  # killed and reaped before the interrupt went on
+                return
+            assert alive(child.pid)
+            child.kill()
+            out, err = await child.communicate(timeout=10)
+            assert (out, err) == (b"hi\n", None)
+            assert child.returncode == -signal.SIGKILL
+
+    with default_sigint():
+        _run_structured(flavour, main)
 
 
 def test_anyio_streams_are_anyio_byte_streams() -> None:
