@@ -27,9 +27,13 @@ from ._trees import settle_steps
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from typing_extensions import Self
+
     from ._spawn import Argv
 
-__all__ = ["STOP_POLL_S", "Bridge", "WaiterBase", "default_mode", "settle", "stop"]
+__all__ = ["STOP_POLL_S", "AsyncHandle", "Bridge", "WaiterBase", "default_mode", "settle", "stop"]
 
 
 def default_mode() -> SigchldOwner:
@@ -85,6 +89,40 @@ class WaiterBase:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.child!r}>"
+
+
+class AsyncHandle(WaiterBase):
+    """A child handle on an ``async`` loop (asyncio, trio, anyio): awaiting it gives it
+    at once, and it closes as trio's and anyio's ``Process`` does."""
+
+    __slots__ = ()
+
+    async def wait(self, *, kill_on_cancel: bool = False) -> ChildEvent:
+        raise NotImplementedError
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        """``await ctx.spawn(...)`` is the handle itself, at once, as ``await
+        asyncio.create_subprocess_exec(...)``, ``await trio.lowlevel.open_process(...)``
+        and ``await anyio.open_process(...)`` give their process: code written for
+        those ports by changing the call. Wait for the exit with ``await child.wait()``."""
+        yield from ()
+        return self
+
+    async def aclose(self) -> None:
+        """Close the pipes, then wait for the exit; cancelled or interrupted meanwhile,
+        kill the child (and its tree) before that goes on (as ``Process.aclose()`` of
+        trio and anyio)."""
+        io_ = self.child._io
+        if io_ is not None:
+            io_.close()
+        await self.wait(kill_on_cancel=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """``async with await ctx.spawn(...) as child:`` ends with :meth:`aclose`."""
+        await self.aclose()
 
 
 async def stop(

@@ -89,6 +89,10 @@ def check_signal(sig: object) -> None:
         raise InvalidArgumentError(f"not a signal number: {sig!r}")
 
 
+#: How long leaving a handle's ``with`` block by a Ctrl-C waits for the child (as ``Popen``).
+_INTERRUPTED_WAIT_S = 0.25
+
+
 class Child:
     """A child process watched by a :class:`~childproc.Context`.
 
@@ -419,19 +423,38 @@ class Child:
         return self._ctx._wait_child(self, timeout)
 
     def release(self) -> None:
-        """Stop watching this child: no more callbacks.
+        """Stop watching this child: no more callbacks; its pipes are closed.
 
         With ``kill_on_close``, the child is killed with SIGKILL and reaped
-        (this waits for it to die). Without, it is left running and the
-        application inherits it, as with :meth:`Context.close`. Idempotent.
+        (this waits for it to die). Without, it is left running and becomes the
+        application's to reap (``os.waitpid(pid, 0)`` once it exits; unlike
+        :meth:`Context.close`, which leaves such a child running but reaps it
+        when it exits). Idempotent.
         """
         self._ctx._release_child(self)
 
     def __enter__(self) -> Child:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """As ``with Popen(...)``: write what ``stdin`` buffered, close the pipes and
+        wait for the exit (``returncode`` is then set). With ``kill_on_close`` (or once
+        released), :meth:`release` instead: killed and reaped. Left by a Ctrl-C, it
+        waits at most a quarter of a second (in a terminal the child got the SIGINT
+        too) and lets the ``KeyboardInterrupt`` go on; the child stays watched."""
+        if self.kill_on_close or self.released:
+            self.release()
+            return
+        io_ = self._io
+        if io_ is not None:
+            try:
+                io_.flush_stdin()
+            finally:
+                io_.close()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.wait(_INTERRUPTED_WAIT_S)
+            return
+        self.wait()
 
     def __repr__(self) -> str:
         fd = f" pidfd={self._pidfd}" if self._pidfd is not None else ""

@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._errors import InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError
 from ._results import TimeoutExpired
 from ._sink import Sink
-from ._stdio import ChildIO, command_of, default_encoding
+from ._stdio import ChildIO, command_of, default_encoding, held_text
 
 __all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "Driver", "Pump", "Readiness"]
 
@@ -61,8 +61,16 @@ class Pump:
             )
         if input is not None and pipes.parent[0] < 0 and not io_.started:
             raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
-        if isinstance(input, str) and not io_.text:
-            raise InvalidArgumentError("input is str: spawn with text=True, or give bytes")
+        if isinstance(input, str):
+            if not io_.text:
+                raise ArgumentTypeError("input is str: spawn with text=True, or give bytes")
+        elif input is not None:
+            try:
+                memoryview(input).release()
+            except TypeError:
+                raise ArgumentTypeError(
+                    f"input must be bytes (or str with text=True), not {type(input).__name__}"
+                ) from None
         for fd in pipes.parent:
             if fd >= 0:
                 os.set_blocking(fd, False)  # (also again after a timeout, which left them blocking)
@@ -84,12 +92,16 @@ class Pump:
             if pipes.parent[target] >= 0:
                 io_.sinks[target] = sink = Sink()
                 f = io_._files[target]
-                if f is not None and not io_.text and not f.closed:
-                    # Bytes the application's reader already buffered come first (peek
-                    # does not block now: the fd is non-blocking).
-                    buffered = f.peek()
-                    if buffered:
-                        sink.write(f.read(len(buffered)))
+                if f is None or f.closed:
+                    continue
+                # What the application's reader already buffered comes first (this
+                # does not block now: the fd is non-blocking).
+                if io_.text:
+                    io_.held[target] = held_text(f)
+                    continue
+                buffered = f.peek()
+                if buffered:
+                    sink.write(f.read(len(buffered)))
         if pipes.parent[0] >= 0:
             if input:
                 io_.input = memoryview(input).cast("B")
@@ -160,14 +172,24 @@ class Pump:
         sinks = self.io.sinks
         out = sinks.pop(1).take() if 1 in sinks else None
         err = sinks.pop(2).take() if 2 in sinks else None
-        return self._decode(out), self._decode(err)
+        return self._decode(out, 1), self._decode(err, 2)
 
-    def _decode(self, data: bytes | None) -> Any:
+    def _decode(self, data: bytes | None, target: int) -> Any:
         io_ = self.io
         if data is None or not io_.text:
             return data
         text = data.decode(io_.encoding or default_encoding(), io_.errors or "strict")
-        return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+        text = text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+        return io_.held.pop(target, "") + text
+
+    def _held_bytes(self, target: int) -> bytes:
+        """What the application's text reader held (see :func:`~childproc._stdio.held_text`),
+        as bytes again, for a timeout's exception (``subprocess`` gives bytes there)."""
+        held = self.io.held.get(target)
+        if not held:
+            return b""
+        errors = "surrogateescape" if self.io.errors == "surrogateescape" else "replace"
+        return held.encode(self.io.encoding or default_encoding(), errors)
 
     def blocking_again(self) -> None:
         """Leave the pipes blocking for the application's own reads, as ``subprocess``
@@ -178,9 +200,9 @@ class Pump:
 
     def timed_out(self, timeout: float | None) -> TimeoutExpired:
         """The timeout's exception, carrying a copy of what was read so far."""
-        sinks = self.io.sinks
-        out = sinks[1].snapshot() if 1 in sinks else None
-        err = sinks[2].snapshot() if 2 in sinks else None
+        sinks = self.io.sinks  # (None where nothing was read yet, as subprocess has it)
+        out = (self._held_bytes(1) + sinks[1].snapshot() or None) if 1 in sinks else None
+        err = (self._held_bytes(2) + sinks[2].snapshot() or None) if 2 in sinks else None
         return TimeoutExpired(command_of(self._args), timeout or 0.0, out, err, pid=self._pid)
 
 

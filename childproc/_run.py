@@ -67,6 +67,12 @@ _NOT_TAKEN = {
     "pipesize": "not supported: the pipes have the system's default size",
     "startupinfo": "Windows only",
     "creationflags": "Windows only",
+    # trio's and anyio's run_process spell some of it differently:
+    "capture_stdout": "that is trio's name: give stdout=PIPE (capture_output=True for both pipes)",
+    "capture_stderr": "that is trio's name: give stderr=PIPE (capture_output=True for both pipes)",
+    "deliver_cancel": "a cancelled run() kills the child with SIGKILL (and its tree, with "
+    "kill_tree=True) and waits for its exit: leave it out",
+    "task_status": "run() is awaited, not started in a nursery: await ctx.run(...)",
 }
 
 
@@ -97,6 +103,11 @@ class RunRequest:
         self.check = bool(options.pop("check", False))
         capture_output = options.pop("capture_output", False)
         universal_newlines = options.pop("universal_newlines", None)
+        if isinstance(options.get("stdin"), (bytes, bytearray, memoryview, str)):
+            raise ArgumentTypeError(
+                "stdin takes where the child reads from (PIPE, DEVNULL, an fd, a file); to feed it "
+                "data give input=... (trio's and anyio's run_process take the data as stdin=)"
+            )
         if self.input is not None:
             if options.get("stdin") is not None:
                 raise InvalidArgumentError("stdin and input arguments may not both be used")

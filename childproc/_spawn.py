@@ -98,7 +98,17 @@ def _fd(value: object, what: str) -> int:
 
 
 def _args(argv: Argv) -> list[str | bytes]:
-    if isinstance(argv, (str, bytes)) or not argv:
+    if isinstance(argv, (str, bytes)) and argv:
+        how = (
+            f"give [{argv!r}]"
+            if not argv.split()[1:]
+            else f"give its words as a list (shlex.split), or ['/bin/sh', '-c', {argv!r}] for a shell"
+        )
+        raise ArgumentTypeError(
+            f"argv must be a list of arguments, not the {type(argv).__name__} {argv!r}: {how} "
+            "(childproc parses no command lines)"
+        )
+    if not argv or isinstance(argv, (str, bytes)):
         raise InvalidArgumentError(f"argv must be a non-empty list of arguments, not {argv!r}")
     try:
         args: list[str | bytes] = list(map(os.fspath, argv))  # type: ignore[arg-type]

@@ -310,6 +310,13 @@ class PipeFile(io.FileIO):
 
     _pipes: Pipes | None = None
     _target = -1
+    #: Reads say "nothing yet" without reading the pipe (see :func:`held_text`).
+    holding = False
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.holding:
+            return None
+        return super().readinto(buffer)
 
     def close(self) -> None:
         pipes = self._pipes
@@ -333,6 +340,26 @@ def file_for(pipes: Pipes, target: int, text: bool, encoding: str | None, errors
     )
 
 
+def held_text(f: Any) -> str:
+    """What the application's text reader ``f`` holds and has not returned yet (its
+    decoded characters, then its buffer's bytes, decoded), read through it without
+    reading the pipe. A character split at the end of those bytes, or a ``\\r``
+    there, stays in its decoder: only what a child wrote in two pieces at exactly
+    that point can be lost."""
+    raw: PipeFile = f.buffer.raw
+    raw.holding = True
+    try:
+        parts: list[str] = []
+        while True:
+            got = f.read(1 << 20)
+            if not got:
+                break
+            parts.append(got)
+        return "".join(parts)
+    finally:
+        raw.holding = False
+
+
 def default_encoding() -> str:
     """What ``subprocess`` decodes text with: UTF-8 in UTF-8 mode, else the locale's."""
     import locale  # noqa: PLC0415 - only for text mode
@@ -354,6 +381,7 @@ class ChildIO:
         "closing",
         "encoding",
         "errors",
+        "held",
         "input",
         "input_at",
         "lock",
@@ -373,6 +401,9 @@ class ChildIO:
         self.input: memoryview | None = None
         self.input_at = 0
         self.sinks: dict[int, Sink] = {}  # what communicate() read so far, per target
+        #: What the application's text readers held when communicate() started, per
+        #: target: it comes before what the sink reads from the pipe.
+        self.held: dict[int, str] = {}
         self.lock = threading.Lock()  # held by a communicate() while it runs
         self.closing = False  # close() came while it did: it closes them when it stops
 
@@ -385,6 +416,16 @@ class ChildIO:
         if f is None and pipes.parent[target] >= 0:
             f = self._files[target] = file_for(pipes, target, self.text, self.encoding, self.errors)
         return f
+
+    def flush_stdin(self) -> None:
+        """Write what the stdin file object buffered (as closing ``Popen.stdin`` does);
+        a child that closed its end is no error."""
+        f = self._files[0]
+        if f is not None and not f.closed:
+            try:
+                f.flush()
+            except BrokenPipeError:
+                pass
 
     def close(self) -> None:
         """Close every pipe fd (the file objects then report closed). While a

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ._bridge import Bridge, WaiterBase, default_mode, settle, stop
+from ._bridge import AsyncHandle, Bridge, default_mode, settle, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
@@ -147,7 +147,7 @@ async def _linger(lib: Lib, pump: Pump, exited: Callable[[], Awaitable[object]],
     readers.cancel()
 
 
-class StructuredChild(WaiterBase):
+class StructuredChild(AsyncHandle):
     """A child whose exit can be awaited (``await child.wait()``), whose pipes can
     be talked to (``communicate``, the streams), under trio or anyio."""
 

@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._aio_pipes import reader_for, writer_for
-from ._bridge import Bridge, WaiterBase, default_mode, settle, stop
+from ._bridge import AsyncHandle, Bridge, default_mode, settle, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
@@ -75,8 +75,10 @@ def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.split(".")[0] == "uvloop"
 
 
-class AsyncChild(WaiterBase):
-    """A child whose exit can be awaited: ``await child`` or ``await child.wait()``."""
+class AsyncChild(AsyncHandle):
+    """A child whose exit can be awaited: ``await child.wait()`` (``await child`` is
+    the handle itself, as ``await asyncio.create_subprocess_exec(...)`` gives its
+    process)."""
 
     __slots__ = ("_awaiting", "_exit", "_streams", "_tasks")
 
@@ -129,7 +131,9 @@ class AsyncChild(WaiterBase):
 
     @property
     def stdout(self) -> asyncio.StreamReader | None:
-        """The stdout pipe as an :class:`asyncio.StreamReader` (``stdout=PIPE``), else None."""
+        """The stdout pipe as an :class:`asyncio.StreamReader` (``stdout=PIPE``), else None.
+        Bytes, as asyncio's streams are, even with ``text=True`` (which applies to
+        :meth:`communicate` and ``run``)."""
         return self._stream(1)  # type: ignore[no-any-return]
 
     @property
@@ -157,9 +161,6 @@ class AsyncChild(WaiterBase):
         if the child has one), up to ``grace`` seconds for the exit (and a cgroup
         tree's last process), then SIGKILL; the final event."""
         return await stop(self.child, grace, sig, asyncio.sleep)
-
-    def __await__(self) -> Any:
-        return self.wait().__await__()
 
     async def communicate(self, input: Any = None, *, timeout: float | None = None) -> tuple[Any, Any]:
         """:meth:`Child.communicate <childproc.Child.communicate>` on the loop: feed

@@ -53,7 +53,7 @@ def test_asyncio_awaits_exits_beside_asyncio_subprocesses(loop: str) -> None:
             assert ctx.mode is SigchldOwner.PIDFD
             mine = ctx.spawn(sh(3))
             theirs = await asyncio.create_subprocess_exec(*sh(4))
-            event = await mine
+            event = await mine.wait()
             assert isinstance(event, ChildEvent) and event.returncode == 3
             assert await theirs.wait() == 4
             assert (await ctx.run(sh(5))).returncode == 5
@@ -124,7 +124,7 @@ def test_asyncio_under_uvloop_refuses_modes_that_need_a_handler() -> None:
             while child.returncode is None:
                 ctx.context.sigchld_occurred()
                 await asyncio.sleep(0.01)
-            assert (await child).returncode == 7
+            assert (await child.wait()).returncode == 7
 
     uvloop.run(main())
 

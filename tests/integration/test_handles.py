@@ -493,8 +493,11 @@ def test_spawn_errors() -> None:
         assert info.value.errno == 2 and isinstance(info.value, OSError)
         with pytest.raises(InvalidArgumentError, match="argv"):
             ctx.spawn([])
-        with pytest.raises(InvalidArgumentError, match="argv"):
-            ctx.spawn("/bin/true")  # a string, not a list
+        with pytest.raises(TypeError, match=r"give \['/bin/true'\]") as wrong_type:
+            ctx.spawn("/bin/true")  # a string, not a list: a TypeError, as an int argv is
+        assert isinstance(wrong_type.value, InvalidArgumentError)
+        with pytest.raises(TypeError, match=r"shlex\.split"):
+            ctx.spawn("ls -l /")
         with pytest.raises(InvalidArgumentError, match="pass_fds"):
             ctx.spawn([TRUE], pass_fds=[-1])
         assert ctx.children == frozenset()

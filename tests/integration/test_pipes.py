@@ -17,7 +17,7 @@ import pytest
 import childproc
 from childproc import DEVNULL, PIPE, STDOUT, Context, Hooks, SigchldOwner
 
-from .procutil import wait_until
+from .procutil import children, wait_until
 
 MIB = 1 << 20
 
@@ -65,9 +65,10 @@ def test_run_timeout_kills_reaps_and_keeps_the_output(ctx: Context) -> None:
     assert time.monotonic() - t0 < 5
     exc = info.value
     assert isinstance(exc, childproc.TimeoutExpired) and isinstance(exc, childproc.ChildprocError)
-    assert exc.output in (b"", b"partial\n") and exc.timeout == 0.5  # (b"" only on a very slow machine)
+    assert exc.output in (None, b"partial\n") and exc.timeout == 0.5  # (None only on a very slow machine)
     assert exc.event is not None and exc.event.returncode == -signal.SIGKILL
     assert ctx.children == frozenset()
+    assert exc.stderr is None  # (nothing read from it: None, as subprocess has it, not b"")
     again = pickle.loads(pickle.dumps(exc))
     assert (again.output, again.timeout) == (b"partial\n", 0.5)
 
@@ -87,6 +88,19 @@ def test_run_argument_errors_are_value_errors(sel: Context) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_input_of_the_wrong_type_is_a_type_error_as_in_subprocess(sel: Context) -> None:
+    """``subprocess`` raises TypeError for str input to a binary pipe: an ``except
+    TypeError`` written for it still catches childproc's error (a trial found a
+    ValueError only)."""
+    for bad in ("text", 5):
+        with pytest.raises(TypeError, match="input") as info:
+            sel.run(["cat"], input=bad, stdout=PIPE)
+        assert isinstance(info.value, childproc.ChildprocError)
+    assert not sel.children
+    assert sel.run(["cat"], input=bytearray(b"ok"), capture_output=True).stdout == b"ok"
+
+
+@pytest.mark.timeout(30)
 def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> None:
     """subprocess.run arguments run() does not take, and misspellings: a TypeError (as
     Python's own for an unexpected keyword) of childproc's that says what to do, not
@@ -99,6 +113,10 @@ def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> No
         ({"capture_ouput": True}, "did you mean 'capture_output'"),
         ({"kill_tre": True}, "did you mean 'kill_tree'"),
         ({"frobnicate": 1}, "Context.run and Context.spawn say"),
+        # trio's and anyio's run_process, ported by changing the call:
+        ({"capture_stdout": True}, "stdout=PIPE"),
+        ({"stdin": b"data"}, "input="),
+        ({"task_status": object()}, "await ctx.run"),
     ]
     for options, says in cases:
         with pytest.raises(childproc.InvalidArgumentError, match=says) as info:
@@ -175,7 +193,7 @@ def test_communicate_timeout_then_again_loses_nothing(ctx: Context) -> None:
     child = ctx.spawn(["/bin/sh", "-c", "echo a; echo b >&2; sleep 0.8; echo c"], stdout=PIPE, stderr=STDOUT)
     with pytest.raises(subprocess.TimeoutExpired) as info:
         child.communicate(timeout=0.3)
-    assert b"a\nb\n".startswith(info.value.output)  # all of it unless the machine is very slow
+    assert b"a\nb\n".startswith(info.value.output or b"")  # all of it unless the machine is very slow
     assert child.returncode is None  # not killed
     with pytest.raises(childproc.InvalidArgumentError, match="no new input"):
         child.communicate(b"more")
@@ -211,6 +229,27 @@ def test_communicate_after_reading_part_through_the_file_object(sel: Context) ->
     child = sel.spawn(["/bin/sh", "-c", "echo one; echo two; echo three"], stdout=PIPE)
     assert child.stdout.readline() == b"one\n"  # (the reader may have buffered the rest)
     assert child.communicate() == (b"two\nthree\n", None)
+
+
+@pytest.mark.timeout(30)
+def test_communicate_after_reading_part_through_a_text_reader(sel: Context) -> None:
+    """A text reader holds decoded characters (and bytes) of its own: communicate()
+    starts with them, as ``subprocess`` does with one pipe, and with two pipes, a
+    timeout between, and CRLF line ends too (a new user's trial found them lost)."""
+    child = sel.spawn(["printf", "l1\\nl2\\nl3\\n"], stdout=PIPE, text=True)
+    assert child.stdout.readline() == "l1\n"
+    assert child.communicate() == ("l2\nl3\n", None)
+    child = sel.spawn(["printf", "abcdef"], stdout=PIPE, text=True)
+    assert child.stdout.read(2) == "ab"
+    assert child.communicate() == ("cdef", None)
+    script = "printf 'one\\r\\ntwo\\r\\n'; printf 'é\\n' >&2; sleep 1; echo three"
+    child = sel.spawn(["sh", "-c", script], stdout=PIPE, stderr=PIPE, text=True, encoding="utf-8")
+    assert child.stdout.readline() == "one\n"
+    assert child.stderr.read(1) == "é"
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        child.communicate(timeout=0.5)
+    assert info.value.output == b"two\n" and info.value.stderr == b"\n"  # (bytes, as subprocess)
+    assert child.communicate(timeout=10) == ("two\nthree\n", "\n")
 
 
 @pytest.mark.timeout(30)
@@ -384,9 +423,38 @@ def test_after_a_timed_out_communicate_the_pipe_reads_blocking(sel: Context) -> 
     child = sel.spawn(["/bin/sh", "-c", "echo a; sleep 0.4; echo b"], stdout=PIPE)
     with pytest.raises(childproc.TimeoutExpired) as info:
         child.communicate(timeout=0.1)
-    assert b"a\n".startswith(info.value.output)
-    assert info.value.output + child.stdout.read() == b"a\nb\n"  # (blocking again, as subprocess)
+    assert b"a\n".startswith(info.value.output or b"")
+    assert (info.value.output or b"") + child.stdout.read() == b"a\nb\n"  # (blocking again, as subprocess)
     assert child.wait(10) is not None
+
+
+@pytest.mark.timeout(30)
+def test_a_handle_s_with_block_closes_its_pipes_and_waits_as_popen_s(sel: Context) -> None:
+    """``with ctx.spawn(...) as p:`` is ``with Popen(...) as p:`` ported by one line:
+    the buffered input is written, the pipes closed, the exit waited for, and
+    ``returncode`` set; no zombie is left (it released the child once, leaving one
+    per block for good)."""
+    with sel.spawn(["sh", "-c", 'read line; [ "$line" = x ] && exit 3'], stdin=PIPE, stdout=PIPE) as p:
+        p.stdin.write(b"x\n")  # (buffered: written when the block ends, as Popen's)
+        out = p.stdout
+    assert out.closed and p.returncode == 3 and p.poll() == 3
+    final = p.wait()
+    assert final is not None and final.returncode == 3
+    assert p.pid not in children()
+    with sel.spawn(["sh", "-c", "exit 4"]) as q:  # no pipes: waits all the same
+        pass
+    assert q.returncode == 4 and q.pid not in children()
+
+
+@pytest.mark.timeout(30)
+def test_a_handle_s_with_block_left_by_ctrl_c_waits_briefly_and_keeps_watching(sel: Context) -> None:
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), sel.spawn(["sleep", "30"]) as p:
+        raise KeyboardInterrupt
+    assert time.monotonic() - started < 5
+    assert p.returncode is None and p.pid in sel.children  # still watched: reaped once it dies
+    p.kill()
+    assert p.wait(10) is not None and p.returncode == -signal.SIGKILL
 
 
 @pytest.mark.timeout(30)
