@@ -105,23 +105,29 @@ class SpawnError(ForkError):
     """
 
 
-class _SpawnFileNotFoundError(SpawnError, FileNotFoundError):
-    pass
+# What spawn_error() raises: a SpawnError that is also the OSError subclass Python
+# raises for the same errno. Public (childproc.SpawnFileNotFoundError ...), so a
+# traceback names them plainly; catch SpawnError or the built-in class.
+class SpawnFileNotFoundError(SpawnError, FileNotFoundError):
+    """A :class:`SpawnError` for a missing program or ``cwd`` (``ENOENT``)."""
 
 
-class _SpawnPermissionError(SpawnError, PermissionError):
-    pass
+class SpawnPermissionError(SpawnError, PermissionError):
+    """A :class:`SpawnError` for a program or ``cwd`` that may not be used (``EACCES``, ``EPERM``)."""
 
 
-class _SpawnNotADirectoryError(SpawnError, NotADirectoryError):
-    pass
+class SpawnNotADirectoryError(SpawnError, NotADirectoryError):
+    """A :class:`SpawnError` for a ``cwd`` (or a path in it) that is not a directory (``ENOTDIR``)."""
 
+
+for _cls in (SpawnFileNotFoundError, SpawnPermissionError, SpawnNotADirectoryError):
+    _cls.__module__ = "childproc"  # (where they are found, by tracebacks and pickle)
 
 _SPAWN_ERRORS = {
-    errno.ENOENT: _SpawnFileNotFoundError,
-    errno.EACCES: _SpawnPermissionError,
-    errno.EPERM: _SpawnPermissionError,
-    errno.ENOTDIR: _SpawnNotADirectoryError,
+    errno.ENOENT: SpawnFileNotFoundError,
+    errno.EACCES: SpawnPermissionError,
+    errno.EPERM: SpawnPermissionError,
+    errno.ENOTDIR: SpawnNotADirectoryError,
 }
 
 
