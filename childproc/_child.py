@@ -40,6 +40,7 @@ class ChildOwner(Protocol):
     def _wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None: ...
     def _release_child(self, child: Child) -> None: ...
     def _fd_to_dispatch(self) -> int | None: ...
+    def _reports_here(self) -> bool: ...
 
 
 __all__ = ["EVENT_MASK", "Child", "ChildState", "EventCallback", "check_events"]
@@ -441,7 +442,9 @@ class Child:
         wait for the exit (``returncode`` is then set). With ``kill_on_close`` (or once
         released), :meth:`release` instead: killed and reaped. Left by a Ctrl-C, it
         waits at most a quarter of a second (in a terminal the child got the SIGINT
-        too) and lets the ``KeyboardInterrupt`` go on; the child stays watched."""
+        too) and lets the ``KeyboardInterrupt`` go on; the child stays watched. In
+        MAINLOOP, on the thread that reports exits, it raises :class:`StateError`
+        rather than wait for ever."""
         if self.kill_on_close or self.released:
             self.release()
             return
@@ -454,6 +457,14 @@ class Child:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.wait(_INTERRUPTED_WAIT_S)
             return
+        if not self.done and self._ctx._reports_here():
+            if exc_type is not None:
+                return  # (the block's own exception goes on; the child stays watched)
+            raise StateError(
+                f"leaving 'with' for child {self._pid} waits for its exit, and in MAINLOOP this "
+                "thread is the one that reports exits (childproc_reaped, sigchld_occurred): wait "
+                "for it on another thread, or report its exit before the block ends"
+            )
         self.wait()
 
     def __repr__(self) -> str:

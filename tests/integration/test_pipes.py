@@ -349,6 +349,11 @@ def test_mainloop_run_from_another_thread_and_refused_on_the_reporting_one() -> 
         t.join()
         (r,) = got
         assert isinstance(r, childproc.CompletedProcess) and r.stdout == b"via-host\n"
+        # A handle's with-block waits for the exit: refused here too, not a hang.
+        with pytest.raises(childproc.StateError, match="reports exits"), ctx.spawn(["true"]) as child:
+            pass
+        pid, status = os.waitpid(child.pid, 0)
+        assert ctx.childproc_reaped(pid, status) and child.returncode == 0
 
 
 @pytest.mark.timeout(30)
