@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             row = f"{mode} ({side})" if len(trees) > 1 else mode
             jobs.extend((row, kind, side, []) for kind in kinds)
     if args.ablate:
-        if "spawn" not in kinds:
-            parser.error("--ablate counts spawn: add it to --kinds")
+        if "spawn" not in kinds or "PIDFD" not in modes or args.baseline is not None:
+            parser.error("--ablate counts PIDFD and spawn in this checkout: give them, without --baseline")
         kinds = ["spawn"]  # (the table shows the kind the ablations count)
         jobs = [job for job in jobs if job[1] == "spawn"]
         offs = [[name] for name in ABLATIONS] + [ABLATIONS]

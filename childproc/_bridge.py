@@ -93,7 +93,7 @@ class WaiterBase:
 
 class AsyncHandle(WaiterBase):
     """A child handle on an ``async`` loop (asyncio, trio, anyio): awaiting it gives it
-    at once, and it closes as trio's and anyio's ``Process`` does."""
+    at once, and ``async with`` it closes it as anyio's ``Process`` does."""
 
     __slots__ = ()
 
@@ -104,18 +104,31 @@ class AsyncHandle(WaiterBase):
         """``await ctx.spawn(...)`` is the handle itself, at once, as ``await
         asyncio.create_subprocess_exec(...)``, ``await trio.lowlevel.open_process(...)``
         and ``await anyio.open_process(...)`` give their process: code written for
-        those ports by changing the call. Wait for the exit with ``await child.wait()``."""
+        those ports by changing the call. Wait for the exit with ``await child.wait()``
+        (``await child`` used to wait for it)."""
         yield from ()
         return self
 
     async def aclose(self) -> None:
-        """Close the pipes, then wait for the exit; cancelled or interrupted meanwhile,
-        kill the child (and its tree) before that goes on (as ``Process.aclose()`` of
-        trio and anyio)."""
-        io_ = self.child._io
-        if io_ is not None:
-            io_.close()
+        """Close the pipes (the read ends first, then stdin once what was written to
+        it is out), then wait for the exit; cancelled or interrupted meanwhile, kill
+        the child (and its tree) before that goes on, without waiting for its exit
+        (it is delivered as any other). As anyio's ``Process.aclose()``."""
+        try:
+            await self._close_streams()  # (stdin's data may wait for the child to read it)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled or interrupted: as a cancelled wait
+                self._kill_on_cancel()
+            raise
+        finally:
+            io_ = self.child._io
+            if io_ is not None:
+                io_.close()
         await self.wait(kill_on_cancel=True)
+
+    async def _close_streams(self) -> None:
+        """Close the library's streams over the pipes, the read ones first."""
+        raise NotImplementedError
 
     async def __aenter__(self) -> Self:
         return self

@@ -438,9 +438,10 @@ class Child:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        """As ``with Popen(...)``: write what ``stdin`` buffered, close the pipes and
-        wait for the exit (``returncode`` is then set). With ``kill_on_close`` (or once
-        released), :meth:`release` instead: killed and reaped. Left by a Ctrl-C, it
+        """As ``with Popen(...)``: close the read pipes, write what ``stdin`` buffered and
+        close it, and wait for the exit (``returncode`` is then set, unless the context
+        was closed meanwhile). With ``kill_on_close``, :meth:`release` instead: killed
+        and reaped (a handle already released: only its pipes). Left by a Ctrl-C, it
         waits at most a quarter of a second (in a terminal the child got the SIGINT
         too) and lets the ``KeyboardInterrupt`` go on; the child stays watched. In
         MAINLOOP, on the thread that reports exits, it raises :class:`StateError`
@@ -448,12 +449,8 @@ class Child:
         if self.kill_on_close or self.released:
             self.release()
             return
-        io_ = self._io
-        if io_ is not None:
-            try:
-                io_.flush_stdin()
-            finally:
-                io_.close()
+        if self._io is not None:
+            self._io.close_as_popen_exits()
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.wait(_INTERRUPTED_WAIT_S)
             return

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._held import take_binary, take_text
 from ._results import TimeoutExpired
 from ._sink import Sink
-from ._stdio import ChildIO, command_of, default_encoding, held_text
+from ._stdio import ChildIO, command_of, default_encoding
 
 __all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "Driver", "Pump", "Readiness"]
 
@@ -94,14 +95,12 @@ class Pump:
                 f = io_._files[target]
                 if f is None or f.closed:
                     continue
-                # What the application's reader already buffered comes first (this
-                # does not block now: the fd is non-blocking).
+                # What the application's reader took and has not returned comes first.
                 if io_.text:
-                    io_.held[target] = held_text(f)
-                    continue
-                buffered = f.peek()
-                if buffered:
-                    sink.write(f.read(len(buffered)))
+                    io_.held[target], pending = take_text(f)
+                    sink.write(pending)
+                else:
+                    sink.write(take_binary(f))
         if pipes.parent[0] >= 0:
             if input:
                 io_.input = memoryview(input).cast("B")
@@ -178,13 +177,14 @@ class Pump:
         io_ = self.io
         if data is None or not io_.text:
             return data
-        text = data.decode(io_.encoding or default_encoding(), io_.errors or "strict")
-        text = text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
-        return io_.held.pop(target, "") + text
+        decoded = data.decode(io_.encoding or default_encoding(), io_.errors or "strict")
+        text = io_.held.pop(target, "") + decoded  # (a \r held back may meet the \n read after)
+        return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
     def _held_bytes(self, target: int) -> bytes:
-        """What the application's text reader held (see :func:`~childproc._stdio.held_text`),
-        as bytes again, for a timeout's exception (``subprocess`` gives bytes there)."""
+        """What the application's text reader held (see :mod:`childproc._held`), as
+        bytes again, for a timeout's exception (``subprocess`` gives bytes there): its
+        line ends already read as ``\\n``."""
         held = self.io.held.get(target)
         if not held:
             return b""

@@ -304,18 +304,24 @@ def abandon_after_fork() -> None:
     _RECORDS.clear()
 
 
+class HeldOnly(Exception):
+    """(Internal) The readers above a :class:`PipeFile` asked its pipe for more while
+    what they hold was being taken."""
+
+
 class PipeFile(io.FileIO):
     """A parent's pipe end as a raw file object that does not own its fd: closing
     it closes the end through its :class:`Pipes` record (exactly once)."""
 
     _pipes: Pipes | None = None
     _target = -1
-    #: Reads say "nothing yet" without reading the pipe (see :func:`held_text`).
+    #: Set while what the readers above hold is taken (:mod:`childproc._held`): a
+    #: read of the pipe itself raises :class:`HeldOnly` instead of reading.
     holding = False
 
     def readinto(self, buffer: Any) -> int | None:
         if self.holding:
-            return None
+            raise HeldOnly
         return super().readinto(buffer)
 
     def close(self) -> None:
@@ -338,26 +344,6 @@ def file_for(pipes: Pipes, target: int, text: bool, encoding: str | None, errors
     return io.TextIOWrapper(
         buffered, encoding=encoding or default_encoding(), errors=errors, write_through=target == 0
     )
-
-
-def held_text(f: Any) -> str:
-    """What the application's text reader ``f`` holds and has not returned yet (its
-    decoded characters, then its buffer's bytes, decoded), read through it without
-    reading the pipe. A character split at the end of those bytes, or a ``\\r``
-    there, stays in its decoder: only what a child wrote in two pieces at exactly
-    that point can be lost."""
-    raw: PipeFile = f.buffer.raw
-    raw.holding = True
-    try:
-        parts: list[str] = []
-        while True:
-            got = f.read(1 << 20)
-            if not got:
-                break
-            parts.append(got)
-        return "".join(parts)
-    finally:
-        raw.holding = False
 
 
 def default_encoding() -> str:
@@ -417,15 +403,27 @@ class ChildIO:
             f = self._files[target] = file_for(pipes, target, self.text, self.encoding, self.errors)
         return f
 
-    def flush_stdin(self) -> None:
-        """Write what the stdin file object buffered (as closing ``Popen.stdin`` does);
-        a child that closed its end is no error."""
-        f = self._files[0]
-        if f is not None and not f.closed:
-            try:
-                f.flush()
-            except BrokenPipeError:
-                pass
+    def close_as_popen_exits(self) -> None:
+        """Close as ``Popen.__exit__`` does: the read ends first (a child blocked
+        writing to one goes on), then stdin once what its file object buffered is
+        written (a child that closed its end is no error). While a ``communicate()``
+        runs, as :meth:`close`."""
+        if not self.lock.acquire(blocking=False):
+            self.closing = True
+            return
+        try:
+            if self.pipes is not None:
+                self.pipes.close(1)
+                self.pipes.close(2)
+            f = self._files[0]
+            if f is not None and not f.closed:
+                try:
+                    f.flush()
+                except BrokenPipeError:
+                    pass
+            self._close_all()
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         """Close every pipe fd (the file objects then report closed). While a

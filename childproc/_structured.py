@@ -171,6 +171,12 @@ class StructuredChild(AsyncHandle):
             stream = self._streams[target] = self._make_stream(io_, target)
         return stream
 
+    async def _close_streams(self) -> None:
+        for target in (1, 2, 0):  # (the read ends first, as Popen's exit)
+            stream = self._streams[target]
+            if stream is not None:
+                await stream.aclose()
+
     @property
     def stdin(self) -> Any:
         """The stdin pipe as the library's send stream (``stdin=PIPE``), else None;

@@ -25,6 +25,7 @@ wrapped context's ``dispatch``/``wait`` yourself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -122,6 +123,18 @@ class AsyncChild(AsyncHandle):
             stream = writer_for(loop, io_.pipes) if target == 0 else reader_for(loop, io_.pipes, target)
             self._streams[target] = stream
         return stream
+
+    async def _close_streams(self) -> None:
+        io_ = self.child._io
+        if io_ is None or io_.pipes is None:
+            return
+        io_.pipes.close(1)  # (the readers' transports stop first: their pipes' hooks)
+        io_.pipes.close(2)
+        writer = self._streams[0]
+        if writer is not None:
+            writer.close()  # (the pipe closes once what was written is out)
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     @property
     def stdin(self) -> asyncio.StreamWriter | None:

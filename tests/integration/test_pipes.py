@@ -242,6 +242,16 @@ def test_communicate_after_reading_part_through_a_text_reader(sel: Context) -> N
     child = sel.spawn(["printf", "abcdef"], stdout=PIPE, text=True)
     assert child.stdout.read(2) == "ab"
     assert child.communicate() == ("cdef", None)
+    # What the reader's decoder keeps back: half of a character, a \r before its \n.
+    halves = "printf 'ab\\303'; sleep 0.3; printf '\\251z\\r'; sleep 0.3; printf '\\nw'"
+    child = sel.spawn(["sh", "-c", halves], stdout=PIPE, text=True, encoding="utf-8")
+    time.sleep(0.1)  # (the first piece is in the pipe: the reader decodes "ab", keeps \303)
+    assert child.stdout.read(2) == "ab"
+    assert child.communicate() == ("éz\nw", None)
+    child = sel.spawn(["sh", "-c", "printf 'ab\\r'; sleep 0.3; printf 'c'"], stdout=PIPE, text=True)
+    time.sleep(0.1)
+    assert child.stdout.read(2) == "ab"  # (the reader keeps the \r back: is a \n next?)
+    assert child.communicate() == ("\nc", None)
     script = "printf 'one\\r\\ntwo\\r\\n'; printf 'é\\n' >&2; sleep 1; echo three"
     child = sel.spawn(["sh", "-c", script], stdout=PIPE, stderr=PIPE, text=True, encoding="utf-8")
     assert child.stdout.readline() == "one\n"
@@ -449,6 +459,17 @@ def test_a_handle_s_with_block_closes_its_pipes_and_waits_as_popen_s(sel: Contex
     with sel.spawn(["sh", "-c", "exit 4"]) as q:  # no pipes: waits all the same
         pass
     assert q.returncode == 4 and q.pid not in children()
+
+
+@pytest.mark.timeout(30)
+def test_a_handle_s_with_block_closes_the_read_ends_before_it_writes_stdin(sel: Context) -> None:
+    """As Popen's: a child that writes more than a pipe holds before it reads its stdin
+    must not deadlock the block's end (the reader closed first lets it go on)."""
+    script = "head -c 200000 /dev/zero; cat > /dev/null"
+    with sel.spawn(["sh", "-c", script], stdin=PIPE, stdout=PIPE) as p:
+        p.stdin.write(b"y" * 65536)
+        p.stdin.write(b"z" * 100)  # (buffered: written at the end)
+    assert p.returncode is not None
 
 
 @pytest.mark.timeout(30)

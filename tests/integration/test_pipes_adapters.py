@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -226,11 +227,17 @@ def _run_structured(flavour: str, main: Callable[[], Coroutine[Any, Any, Any]]) 
 
 
 async def _send(stream: Any, data: bytes) -> None:
+    if isinstance(stream, asyncio.StreamWriter):
+        stream.write(data)
+        await stream.drain()
+        return
     await (stream.send_all(data) if hasattr(stream, "send_all") else stream.send(data))
 
 
 async def _receive(stream: Any) -> bytes:
     """The next bytes, b"" at EOF (trio's way; anyio raises EndOfStream)."""
+    if isinstance(stream, asyncio.StreamReader):
+        return await stream.read(65536)
     if hasattr(stream, "receive_some"):
         return bytes(await stream.receive_some(65536))
     try:
@@ -349,17 +356,27 @@ def test_awaiting_spawn_gives_the_child_as_create_subprocess_exec_does(loop: str
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("flavour", ["asyncio", *STRUCTURED])
-def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str) -> None:
+def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str, tmp_path: Path) -> None:
     """``async with await open_process(...) as proc:`` (trio's, anyio's) ports by changing
     the call: the block's end closes the pipes and waits for the exit; a cancelled
     block kills the child first."""
     host: Any = {"asyncio": asyncio_host, "trio": trio_host}.get(flavour, anyio_host)
+    counted = tmp_path / "count"
 
     async def main() -> None:
         async with host.open_context() as ctx:
             async with await ctx.spawn(["sh", "-c", "read x; exit 5"], stdin=PIPE) as proc:
                 pass  # (stdin closed at the end: read sees EOF, the child exits 5)
             assert proc.returncode == 5
+            # Streams in use: closed too (trio's own hung here), the read ends first.
+            async with await ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE) as cat:
+                await _send(cat.stdin, b"hi\n")
+                assert await _receive(cat.stdout) == b"hi\n"
+            assert cat.returncode == 0
+            if flavour == "asyncio":  # written but not drained: it goes out before the close
+                async with await ctx.spawn(["sh", "-c", f"wc -c > {counted}"], stdin=PIPE) as wc:
+                    wc.stdin.write(b"x" * 300_000)
+                assert wc.returncode == 0 and counted.read_text().strip() == "300000"
             with anyio.move_on_after(0.3) as scope:
                 async with await ctx.spawn(["sleep", "30"]) as sleeper:
                     await anyio.sleep(30)

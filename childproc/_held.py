@@ -1,0 +1,68 @@
+"""What the application's reader of a pipe took from it and has not returned yet.
+
+``communicate()`` reads a child's pipes from their fds. When the application
+read part of one through ``child.stdout`` (or ``stderr``) first, that file
+object may hold more than it returned: a ``BufferedReader``'s buffer, and in
+text mode a ``TextIOWrapper``'s decoded characters, plus what its decoder keeps
+back (the bytes of a character not complete yet, a ``\\r`` kept to see whether
+``\\n`` follows). All of it comes first in ``communicate()``'s output, in order.
+
+A ``BufferedReader`` shows its buffer (``peek``). A ``TextIOWrapper`` shows
+nothing: it is read one character at a time while its pipe raises
+:class:`~childproc._stdio.HeldOnly` instead of reading (a read that found the
+pipe empty would look to it like the end of the stream, and its decoder would
+flush what it keeps back: a character cut in two would raise
+``UnicodeDecodeError``). One character per call, because a ``read`` that raises
+drops what that call had gathered. Its decoder, which the C ``TextIOWrapper``
+does not expose, is then found among the objects it refers to
+(:func:`gc.get_referents`) and asked for its state.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+from typing import Any
+
+from ._stdio import HeldOnly, PipeFile
+
+__all__ = ["take_binary", "take_text"]
+
+
+def take_binary(f: Any) -> bytes:
+    """What the ``BufferedReader`` ``f`` holds (its fd is non-blocking: no wait)."""
+    buffered: bytes = f.peek()
+    return f.read(len(buffered)) if buffered else b""
+
+
+def take_text(f: Any) -> tuple[str, bytes]:
+    """What the ``TextIOWrapper`` ``f`` holds: (its characters, with a ``\\r`` its
+    decoder kept back last; the bytes its decoder keeps of a character not complete
+    yet), which come in that order before what the pipe still has."""
+    raw: PipeFile = f.buffer.raw
+    chars: list[str] = []
+    raw.holding = True
+    try:
+        while True:
+            try:
+                char = f.read(1)
+            except HeldOnly:
+                break  # (all it held is out, but what its decoder keeps back)
+            if not char:
+                break  # (it had seen the end of the stream)
+            chars.append(char)
+    finally:
+        raw.holding = False
+    pending, cr = _kept_back(f)
+    return "".join(chars) + ("\r" if cr else ""), pending
+
+
+def _kept_back(f: Any) -> tuple[bytes, bool]:
+    """What ``f``'s newline decoder keeps back (bytes of its codec's decoder, a
+    ``\\r``), taken out of it: (b"", False) if it has none to show."""
+    for obj in gc.get_referents(f):
+        if isinstance(obj, io.IncrementalNewlineDecoder):
+            pending, flag = obj.getstate()
+            obj.reset()
+            return bytes(pending), bool(flag & 1)
+    return b"", False
