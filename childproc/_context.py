@@ -71,6 +71,7 @@ from ._sigchld import HANDLER
 from ._signature import check_callback
 from ._starter import EXIT_ONLY, ServedLike, Starter
 from ._status import ChildEvent
+from ._stdio import FileOptions
 from ._subreaper import SUBREAPER
 from ._traps import TRAPS
 from ._watchers import make_watcher
@@ -341,6 +342,8 @@ class Context:
         text: bool = False,
         encoding: str | None = None,
         errors: str | None = None,
+        universal_newlines: bool | None = None,
+        bufsize: int = -1,
         events: int = os.WEXITED,
         oneshot: bool = False,
         reap_after_callback: bool = False,
@@ -381,9 +384,7 @@ class Context:
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
-            text=text,
-            encoding=encoding,
-            errors=errors,
+            files=FileOptions.of(text, encoding, errors, universal_newlines, bufsize),
             events=events,
             oneshot=oneshot,
             reap_after_callback=reap_after_callback,
@@ -407,6 +408,8 @@ class Context:
         text: bool = False,
         encoding: str | None = None,
         errors: str | None = None,
+        universal_newlines: bool | None = None,
+        bufsize: int = -1,
         events: int = os.WEXITED,
         oneshot: bool = False,
         reap_after_callback: bool = False,
@@ -423,8 +426,10 @@ class Context:
         ``stdin``, ``stdout``, ``stderr``: :data:`PIPE` (a pipe, then
         :attr:`Child.stdin` etc.), :data:`DEVNULL`, :data:`STDOUT` (stderr only),
         an fd, a file object with ``fileno()``, or None (inherited), as with
-        ``subprocess`` (whose constants are the same); ``text``, ``encoding``,
-        ``errors`` make the pipes text files. SIGPIPE and SIGXFSZ start at their
+        ``subprocess`` (whose constants are the same); ``text`` (or
+        ``universal_newlines``), ``encoding``, ``errors`` make the pipes text files,
+        and ``bufsize`` buffers them as ``Popen``'s (0: unbuffered; 1: a text stdin
+        flushed at each line end). SIGPIPE and SIGXFSZ start at their
         defaults, as with ``subprocess``; so does SIGCHLD, and no signal is
         blocked. ``argv[0]`` without a ``/`` is looked up on the ``PATH`` of
         ``env`` (or of this process). The child is registered before anyone can
@@ -447,9 +452,7 @@ class Context:
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
-            text=text,
-            encoding=encoding,
-            errors=errors,
+            files=FileOptions.of(text, encoding, errors, universal_newlines, bufsize),
             events=events,
             oneshot=oneshot,
             reap_after_callback=reap_after_callback,

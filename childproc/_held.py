@@ -30,7 +30,10 @@ __all__ = ["take_binary", "take_text"]
 
 
 def take_binary(f: Any) -> bytes:
-    """What the ``BufferedReader`` ``f`` holds (its fd is non-blocking: no wait)."""
+    """What the ``BufferedReader`` ``f`` holds (its fd is non-blocking: no wait);
+    nothing for an unbuffered reader (``bufsize=0``)."""
+    if not isinstance(f, io.BufferedReader):
+        return b""
     buffered: bytes = f.peek()
     return f.read(len(buffered)) if buffered else b""
 
@@ -39,7 +42,7 @@ def take_text(f: Any) -> tuple[str, bytes]:
     """What the ``TextIOWrapper`` ``f`` holds: (its characters, with a ``\\r`` its
     decoder kept back last; the bytes its decoder keeps of a character not complete
     yet), which come in that order before what the pipe still has."""
-    raw: PipeFile = f.buffer.raw
+    raw: PipeFile = getattr(f.buffer, "raw", f.buffer)  # (bufsize=0: the pipe's file itself)
     chars: list[str] = []
     raw.holding = True
     try:

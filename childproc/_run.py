@@ -42,11 +42,12 @@ __all__ = ["RunRequest", "kill", "result", "run", "settle"]
 SPAWN_OPTIONS = frozenset(
     {
         "env", "cwd", "pass_fds", "stdin", "stdout", "stderr", "text", "encoding", "errors",
+        "universal_newlines", "bufsize",
         "events", "oneshot", "reap_after_callback", "kill_on_close", "start_new_session",
         "process_group", "kill_tree",
     }
 )  # fmt: skip
-_RUN_OPTIONS = frozenset({"input", "timeout", "check", "capture_output", "universal_newlines"})
+_RUN_OPTIONS = frozenset({"input", "timeout", "check", "capture_output"})
 
 #: ``subprocess.run``/``Popen`` arguments childproc does not take, and what to do instead.
 _NOT_TAKEN = {
@@ -59,7 +60,6 @@ _NOT_TAKEN = {
     "(Python's are close-on-exec); there is no sweep: leave it out, and keep your fds close-on-exec",
     "restore_signals": "the child always starts with SIGPIPE, SIGXFSZ and SIGCHLD at their "
     "defaults (restore_signals=True): leave it out",
-    "bufsize": "the pipes' file objects use Python's default buffering: leave it out",
     "user": "not supported: start the child through a program that changes user (setpriv, runuser)",
     "group": "not supported: start the child through a program that changes group (setpriv)",
     "extra_groups": "not supported: start the child through setpriv",
@@ -102,7 +102,6 @@ class RunRequest:
         self.timeout: float | None = options.pop("timeout", None)
         self.check = bool(options.pop("check", False))
         capture_output = options.pop("capture_output", False)
-        universal_newlines = options.pop("universal_newlines", None)
         if isinstance(options.get("stdin"), (bytes, bytearray, memoryview, str)):
             raise ArgumentTypeError(
                 "stdin takes where the child reads from (PIPE, DEVNULL, an fd, a file); to feed it "
@@ -116,10 +115,6 @@ class RunRequest:
             if options.get("stdout") is not None or options.get("stderr") is not None:
                 raise InvalidArgumentError("stdout and stderr arguments may not be used with capture_output")
             options["stdout"] = options["stderr"] = PIPE
-        if universal_newlines is not None:
-            if options.get("text") and not universal_newlines:
-                raise InvalidArgumentError("text and universal_newlines are given and differ")
-            options["text"] = bool(universal_newlines)
         unknown = options.keys() - SPAWN_OPTIONS - {"on_event"}
         if unknown:
             _refuse_options(unknown)

@@ -186,10 +186,8 @@ class Starter:
                     SUBREAPER.track(child._pid)
         return child
 
-    def _io_for(
-        self, pipes: _stdio.Pipes, text: bool, encoding: str | None, errors: str | None
-    ) -> _stdio.ChildIO:
-        io = _stdio.ChildIO(pipes, bool(text or encoding or errors), encoding, errors)
+    def _io_for(self, pipes: _stdio.Pipes, files: _stdio.FileOptions) -> _stdio.ChildIO:
+        io = _stdio.ChildIO(pipes, files)
         self.pipes.add(io)
         return io
 
@@ -200,9 +198,7 @@ class Starter:
         stdin: Any,
         stdout: Any,
         stderr: Any,
-        text: bool,
-        encoding: str | None,
-        errors: str | None,
+        files: _stdio.FileOptions,
         events: int,
         oneshot: bool,
         reap_after_callback: bool,
@@ -228,7 +224,7 @@ class Starter:
                 oneshot=oneshot,
                 reap_after_callback=reap_after_callback,
                 kill_on_close=kill_on_close,
-                io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
+                io=None if pipes is None else self._io_for(pipes, files),
                 tree=tree,
                 made=made,
             )
@@ -271,9 +267,7 @@ class Starter:
         stdin: Any,
         stdout: Any,
         stderr: Any,
-        text: bool,
-        encoding: str | None,
-        errors: str | None,
+        files: _stdio.FileOptions,
         events: int,
         oneshot: bool,
         reap_after_callback: bool,
@@ -313,7 +307,7 @@ class Starter:
                 oneshot=oneshot,
                 reap_after_callback=reap_after_callback,
                 kill_on_close=kill_on_close,
-                io=None if pipes is None else self._io_for(pipes, text, encoding, errors),
+                io=None if pipes is None else self._io_for(pipes, files),
                 args=argv,
                 tree=tree,
                 made=made,

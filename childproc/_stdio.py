@@ -32,9 +32,9 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._errors import InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError
 from ._fds import above_stdio
 from ._sink import Sink
 from ._spawn import DEVNULL, PIPE, STDOUT
@@ -324,6 +324,11 @@ class PipeFile(io.FileIO):
             raise HeldOnly
         return super().readinto(buffer)
 
+    def read(self, size: int | None = -1) -> bytes:  # (what a text reader with bufsize=0 calls)
+        if self.holding:
+            raise HeldOnly
+        return super().read(size)
+
     def close(self) -> None:
         pipes = self._pipes
         if pipes is not None and not self.closed:
@@ -331,18 +336,58 @@ class PipeFile(io.FileIO):
         super().close()
 
 
-def file_for(pipes: Pipes, target: int, text: bool, encoding: str | None, errors: str | None) -> Any:
-    """The application's file object for ``target``'s parent end: binary buffered
-    (a ``BufferedWriter`` for stdin, a ``BufferedReader`` otherwise) or, with
-    ``text``, a ``TextIOWrapper`` over it (universal newlines, as ``subprocess``)."""
+class FileOptions(NamedTuple):
+    """How the pipes' file objects are made, as ``Popen`` takes it: ``text`` (or its
+    old name ``universal_newlines``), ``encoding`` and ``errors`` (either makes the
+    pipes text too), ``bufsize`` (0: unbuffered; 1: a text stdin flushed at each
+    line end; more: the buffer's size; negative: the default)."""
+
+    text: bool = False
+    encoding: str | None = None
+    errors: str | None = None
+    bufsize: int = -1
+
+    @classmethod
+    def of(
+        cls,
+        text: bool,
+        encoding: str | None,
+        errors: str | None,
+        universal_newlines: bool | None,
+        bufsize: int,
+    ) -> FileOptions:
+        """Checked: raises :class:`InvalidArgumentError` (an ``ArgumentTypeError`` for a
+        wrong type) as ``Popen`` would refuse them."""
+        if universal_newlines is not None:
+            if text and not universal_newlines:
+                raise InvalidArgumentError("text and universal_newlines are given and differ")
+            text = bool(universal_newlines)
+        if not isinstance(bufsize, int) or isinstance(bufsize, bool):
+            raise ArgumentTypeError(f"bufsize must be an int (0, 1, a size, or -1), not {bufsize!r}")
+        return cls(bool(text or encoding or errors), encoding, errors, bufsize)
+
+
+def file_for(pipes: Pipes, target: int, options: FileOptions) -> Any:
+    """The application's file object for ``target``'s parent end, as ``Popen`` makes
+    them: binary buffered (a ``BufferedWriter`` for stdin, a ``BufferedReader``
+    otherwise; the raw file with ``bufsize=0``) or, with ``text``, a
+    ``TextIOWrapper`` over it (universal newlines)."""
     raw = PipeFile(pipes.parent[target], "wb" if target == 0 else "rb", closefd=False)
     raw._pipes, raw._target = pipes, target
     pipes.views[target] = raw
-    buffered: Any = io.BufferedWriter(raw) if target == 0 else io.BufferedReader(raw)
-    if not text:
-        return buffered
+    bufsize = options.bufsize
+    binary: Any = raw
+    if bufsize != 0:
+        size = bufsize if bufsize > 1 else io.DEFAULT_BUFFER_SIZE
+        binary = io.BufferedWriter(raw, size) if target == 0 else io.BufferedReader(raw, size)
+    if not options.text:
+        return binary
     return io.TextIOWrapper(
-        buffered, encoding=encoding or default_encoding(), errors=errors, write_through=target == 0
+        binary,
+        encoding=options.encoding or default_encoding(),
+        errors=options.errors,
+        write_through=target == 0,
+        line_buffering=target == 0 and bufsize == 1,
     )
 
 
@@ -371,17 +416,17 @@ class ChildIO:
         "input",
         "input_at",
         "lock",
+        "options",
         "pipes",
         "sinks",
         "started",
         "text",
     )
 
-    def __init__(self, pipes: Pipes | None, text: bool, encoding: str | None, errors: str | None) -> None:
+    def __init__(self, pipes: Pipes | None, options: FileOptions) -> None:
         self.pipes = pipes
-        self.text = text
-        self.encoding = encoding
-        self.errors = errors
+        self.options = options
+        self.text, self.encoding, self.errors = options.text, options.encoding, options.errors
         self._files: list[Any] = [None, None, None]
         self.started = False
         self.input: memoryview | None = None
@@ -400,7 +445,7 @@ class ChildIO:
             return None
         f = self._files[target]
         if f is None and pipes.parent[target] >= 0:
-            f = self._files[target] = file_for(pipes, target, self.text, self.encoding, self.errors)
+            f = self._files[target] = file_for(pipes, target, self.options)
         return f
 
     def close_as_popen_exits(self) -> None:

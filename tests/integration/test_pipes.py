@@ -263,6 +263,28 @@ def test_communicate_after_reading_part_through_a_text_reader(sel: Context) -> N
 
 
 @pytest.mark.timeout(30)
+def test_popen_s_bufsize_and_universal_newlines(sel: Context) -> None:
+    """``Popen(..., universal_newlines=True, bufsize=1)`` ports by changing the call: a
+    line protocol over a text stdin flushed at each line end, and an unbuffered
+    binary one; a wrong type is a TypeError, text and universal_newlines that
+    differ a ValueError, as Popen's."""
+    with sel.spawn(["cat"], stdin=PIPE, stdout=PIPE, universal_newlines=True, bufsize=1) as cat:
+        for word in ("one", "two"):
+            cat.stdin.write(word + "\n")  # (no flush: line buffering sends it)
+            assert cat.stdout.readline() == word + "\n"
+    with sel.spawn(["cat"], stdin=PIPE, stdout=PIPE, bufsize=0) as cat:
+        cat.stdin.write(b"raw\n")  # (unbuffered: straight to the pipe)
+        assert cat.stdout.read(4) == b"raw\n"
+        assert cat.communicate() == (b"", None)
+    assert sel.run(["printf", "a\\r\\nb"], capture_output=True, universal_newlines=True).stdout == "a\nb"
+    with pytest.raises(TypeError, match="bufsize"):
+        sel.spawn(["true"], bufsize="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="universal_newlines"):
+        sel.spawn(["true"], text=True, universal_newlines=False)
+    assert not sel.children
+
+
+@pytest.mark.timeout(30)
 def test_devnull_fd_and_file_object_sources(sel: Context, tmp_path: Path) -> None:
     r = sel.run(["cat"], stdin=DEVNULL, capture_output=True)
     assert (r.returncode, r.stdout) == (0, b"")
