@@ -358,6 +358,8 @@ class FileOptions(NamedTuple):
     ) -> FileOptions:
         """Checked: raises :class:`InvalidArgumentError` (an ``ArgumentTypeError`` for a
         wrong type) as ``Popen`` would refuse them."""
+        if bufsize == -1 and not (text or encoding or errors or universal_newlines is not None):
+            return _BINARY  # (the common case: nothing to check)
         if universal_newlines is not None:
             if text and not universal_newlines:
                 raise InvalidArgumentError("text and universal_newlines are given and differ")
@@ -365,6 +367,9 @@ class FileOptions(NamedTuple):
         if not isinstance(bufsize, int) or isinstance(bufsize, bool):
             raise ArgumentTypeError(f"bufsize must be an int (0, 1, a size, or -1), not {bufsize!r}")
         return cls(bool(text or encoding or errors), encoding, errors, bufsize)
+
+
+_BINARY = FileOptions()
 
 
 def file_for(pipes: Pipes, target: int, options: FileOptions) -> Any:
