@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -704,6 +705,8 @@ class Context:
                 return
         except AttributeError:  # __init__ failed
             return
+        if sys.is_finalizing():
+            return  # (the process is ending, and imports no longer work: its children go to their new parent)
         if not self._closed:
             warnings.warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning, stacklevel=2)
             self._closed = True

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import gc
 import io
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._stdio import HeldOnly, PipeFile
 
-__all__ = ["take_binary", "take_text"]
+__all__ = ["Held", "take_binary", "take_text"]
 
 
 def take_binary(f: Any) -> bytes:
@@ -38,10 +38,19 @@ def take_binary(f: Any) -> bytes:
     return f.read(len(buffered)) if buffered else b""
 
 
-def take_text(f: Any) -> tuple[str, bytes]:
-    """What the ``TextIOWrapper`` ``f`` holds: (its characters, with a ``\\r`` its
-    decoder kept back last; the bytes its decoder keeps of a character not complete
-    yet), which come in that order before what the pipe still has."""
+class Held(NamedTuple):
+    """What a text reader held, in stream order: its characters (with a ``\\r`` its
+    decoder kept back last), then ``pending``, the bytes its codec's decoder keeps
+    of a character not complete yet; ``state`` is that decoder's state (a
+    ``utf-16`` decoder's byte order, say), to decode what follows with, or None."""
+
+    text: str
+    pending: bytes
+    state: int | None
+
+
+def take_text(f: Any) -> Held:
+    """What the ``TextIOWrapper`` ``f`` holds (see :class:`Held`)."""
     raw: PipeFile = getattr(f.buffer, "raw", f.buffer)  # (bufsize=0: the pipe's file itself)
     chars: list[str] = []
     raw.holding = True
@@ -56,16 +65,10 @@ def take_text(f: Any) -> tuple[str, bytes]:
             chars.append(char)
     finally:
         raw.holding = False
-    pending, cr = _kept_back(f)
-    return "".join(chars) + ("\r" if cr else ""), pending
-
-
-def _kept_back(f: Any) -> tuple[bytes, bool]:
-    """What ``f``'s newline decoder keeps back (bytes of its codec's decoder, a
-    ``\\r``), taken out of it: (b"", False) if it has none to show."""
+    text = "".join(chars)
     for obj in gc.get_referents(f):
         if isinstance(obj, io.IncrementalNewlineDecoder):
-            pending, flag = obj.getstate()
+            pending, flag = obj.getstate()  # (its codec decoder's state, shifted, and the \r)
             obj.reset()
-            return bytes(pending), bool(flag & 1)
-    return b"", False
+            return Held(text + "\r" * (flag & 1), bytes(pending), flag >> 1)
+    return Held(text, b"", None)

@@ -13,13 +13,14 @@ cancellation interrupted is carried on by the next, losing nothing.
 
 from __future__ import annotations
 
+import codecs
 import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._errors import ArgumentTypeError, InvalidArgumentError
-from ._held import take_binary, take_text
+from ._held import Held, take_binary, take_text
 from ._results import TimeoutExpired
 from ._sink import Sink
 from ._stdio import ChildIO, command_of, default_encoding
@@ -72,6 +73,10 @@ class Pump:
                 raise ArgumentTypeError(
                     f"input must be bytes (or str with text=True), not {type(input).__name__}"
                 ) from None
+        if not io_.started:
+            # What the application wrote through child.stdin goes first, while the pipe
+            # still blocks (it may wait for the child to read, as Popen's does).
+            io_.flush_stdin()
         for fd in pipes.parent:
             if fd >= 0:
                 os.set_blocking(fd, False)  # (also again after a timeout, which left them blocking)
@@ -83,12 +88,6 @@ class Pump:
         io_, pipes = self.io, self.pipes
         if isinstance(input, str):
             input = input.encode(io_.encoding or default_encoding(), io_.errors or "strict")
-        stdin = io_._files[0]
-        if stdin is not None and not stdin.closed:
-            try:
-                stdin.flush()  # what the application wrote through child.stdin goes first
-            except BrokenPipeError:
-                pass
         for target in (1, 2):
             if pipes.parent[target] >= 0:
                 io_.sinks[target] = sink = Sink()
@@ -97,8 +96,8 @@ class Pump:
                     continue
                 # What the application's reader took and has not returned comes first.
                 if io_.text:
-                    io_.held[target], pending = take_text(f)
-                    sink.write(pending)
+                    io_.held[target] = held = take_text(f)
+                    sink.write(held.pending)
                 else:
                     sink.write(take_binary(f))
         if pipes.parent[0] >= 0:
@@ -177,19 +176,25 @@ class Pump:
         io_ = self.io
         if data is None or not io_.text:
             return data
-        decoded = data.decode(io_.encoding or default_encoding(), io_.errors or "strict")
-        text = io_.held.pop(target, "") + decoded  # (a \r held back may meet the \n read after)
+        encoding, errors = io_.encoding or default_encoding(), io_.errors or "strict"
+        held: Held | None = io_.held.pop(target, None)
+        if held is None or held.state is None:
+            text = ("" if held is None else held.text) + data.decode(encoding, errors)
+        else:  # the rest decoded as the reader's decoder would have (a utf-16 byte order)
+            decoder = codecs.getincrementaldecoder(encoding)(errors)
+            decoder.setstate((b"", held.state))
+            text = held.text + decoder.decode(data, final=True)  # (a \r held back may meet its \n)
         return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
     def _held_bytes(self, target: int) -> bytes:
         """What the application's text reader held (see :mod:`childproc._held`), as
         bytes again, for a timeout's exception (``subprocess`` gives bytes there): its
         line ends already read as ``\\n``."""
-        held = self.io.held.get(target)
-        if not held:
+        held: Held | None = self.io.held.get(target)
+        if held is None or not held.text:
             return b""
         errors = "surrogateescape" if self.io.errors == "surrogateescape" else "replace"
-        return held.encode(self.io.encoding or default_encoding(), errors)
+        return held.text.encode(self.io.encoding or default_encoding(), errors)
 
     def blocking_again(self) -> None:
         """Leave the pipes blocking for the application's own reads, as ``subprocess``

@@ -30,6 +30,7 @@ import io
 import itertools
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -354,10 +355,12 @@ class FileOptions(NamedTuple):
         encoding: str | None,
         errors: str | None,
         universal_newlines: bool | None,
-        bufsize: int,
+        bufsize: int | None,
     ) -> FileOptions:
         """Checked: raises :class:`InvalidArgumentError` (an ``ArgumentTypeError`` for a
         wrong type) as ``Popen`` would refuse them."""
+        if bufsize is None:
+            bufsize = -1  # (as Popen takes it)
         if bufsize == -1 and not (text or encoding or errors or universal_newlines is not None):
             return _BINARY  # (the common case: nothing to check)
         if universal_newlines is not None:
@@ -366,7 +369,14 @@ class FileOptions(NamedTuple):
             text = bool(universal_newlines)
         if not isinstance(bufsize, int) or isinstance(bufsize, bool):
             raise ArgumentTypeError(f"bufsize must be an int (0, 1, a size, or -1), not {bufsize!r}")
-        return cls(bool(text or encoding or errors), encoding, errors, bufsize)
+        text = bool(text or encoding or errors)
+        if bufsize == 1 and not text:
+            warnings.warn(
+                "line buffering (bufsize=1) is for text pipes; binary ones get the default buffer",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return cls(text, encoding, errors, bufsize)
 
 
 _BINARY = FileOptions()
@@ -439,7 +449,7 @@ class ChildIO:
         self.sinks: dict[int, Sink] = {}  # what communicate() read so far, per target
         #: What the application's text readers held when communicate() started, per
         #: target: it comes before what the sink reads from the pipe.
-        self.held: dict[int, str] = {}
+        self.held: dict[int, Any] = {}  # (childproc._held.Held)
         self.lock = threading.Lock()  # held by a communicate() while it runs
         self.closing = False  # close() came while it did: it closes them when it stops
 
@@ -465,15 +475,22 @@ class ChildIO:
             if self.pipes is not None:
                 self.pipes.close(1)
                 self.pipes.close(2)
-            f = self._files[0]
-            if f is not None and not f.closed:
-                try:
-                    f.flush()
-                except BrokenPipeError:
-                    pass
-            self._close_all()
+            self.flush_stdin()
         finally:
-            self.lock.release()
+            try:
+                self._close_all()  # (also after an interrupted flush, as BufferedWriter.close)
+            finally:
+                self.lock.release()
+
+    def flush_stdin(self) -> None:
+        """Write what the application wrote through the stdin file object and it
+        buffered (this may block, as ``Popen``'s does); a closed end is no error."""
+        f = self._files[0]
+        if f is not None and not f.closed:
+            try:
+                f.flush()
+            except BrokenPipeError:
+                pass
 
     def close(self) -> None:
         """Close every pipe fd (the file objects then report closed). While a

@@ -172,9 +172,11 @@ class StructuredChild(AsyncHandle):
         return stream
 
     async def _close_streams(self) -> None:
-        for target in (1, 2, 0):  # (the read ends first, as Popen's exit)
-            stream = self._streams[target]
-            if stream is not None:
+        with self._lib.shield():  # (a stream's aclose() ends with a checkpoint: all of them close)
+            for target in (1, 2, 0):  # (the read ends first, as Popen's exit)
+                stream = self._streams[target]
+                if stream is None:
+                    continue
                 await stream.aclose()
 
     @property

@@ -128,8 +128,13 @@ class AsyncChild(AsyncHandle):
         io_ = self.child._io
         if io_ is None or io_.pipes is None:
             return
-        io_.pipes.close(1)  # (the readers' transports stop first: their pipes' hooks)
-        io_.pipes.close(2)
+        if not io_.lock.acquire(blocking=False):
+            return  # a communicate() runs: the pipes are its to close when it stops
+        try:
+            io_.pipes.close(1)  # (the readers' transports stop first: their pipes' hooks)
+            io_.pipes.close(2)
+        finally:
+            io_.lock.release()
         writer = self._streams[0]
         if writer is not None:
             writer.close()  # (the pipe closes once what was written is out)

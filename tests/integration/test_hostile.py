@@ -979,11 +979,13 @@ def test_forgotten_context_warns_and_orphan_is_reaped(mode: SigchldOwner) -> Non
 
 
 _LEFT_OPEN = """
-import sys
+import sys, time
 from childproc import DEVNULL, Context, SigchldOwner
 ctx = Context(SigchldOwner[sys.argv[1]])
 print(ctx.spawn(["sleep", "30"], stdout=DEVNULL, stderr=DEVNULL).pid, flush=True)
-# no close(): the interpreter exits with the context open and its child running
+ctx.spawn(["true"])
+time.sleep(0.3)  # (a zombie too: reaping it at exit used to fail, wait4 importing resource)
+# no close(): the interpreter exits with the context open, a child running and one dead
 """
 
 

@@ -18,6 +18,7 @@ import childproc
 from childproc import DEVNULL, PIPE, STDOUT, Context, Hooks, SigchldOwner
 
 from .procutil import children, wait_until
+from .test_hostile import default_sigint
 
 MIB = 1 << 20
 
@@ -252,6 +253,16 @@ def test_communicate_after_reading_part_through_a_text_reader(sel: Context) -> N
     time.sleep(0.1)
     assert child.stdout.read(2) == "ab"  # (the reader keeps the \r back: is a \n next?)
     assert child.communicate() == ("\nc", None)
+
+    # A decoder with a state of its own: utf-16's byte order, read off the BOM.
+    def utf16be(word: str) -> str:
+        return "".join(f"\\000{c}" for c in word)
+
+    script = f"printf '\\376\\377{utf16be('he')}'; sleep 0.3; printf '{utf16be('llo')}'"
+    child = sel.spawn(["sh", "-c", script], stdout=PIPE, encoding="utf-16")
+    time.sleep(0.1)
+    assert child.stdout.read(2) == "he"
+    assert child.communicate() == ("llo", None)  # (not the rest read as little-endian)
     script = "printf 'one\\r\\ntwo\\r\\n'; printf 'é\\n' >&2; sleep 1; echo three"
     child = sel.spawn(["sh", "-c", script], stdout=PIPE, stderr=PIPE, text=True, encoding="utf-8")
     assert child.stdout.readline() == "one\n"
@@ -279,6 +290,9 @@ def test_popen_s_bufsize_and_universal_newlines(sel: Context) -> None:
     assert sel.run(["printf", "a\\r\\nb"], capture_output=True, universal_newlines=True).stdout == "a\nb"
     with pytest.raises(TypeError, match="bufsize"):
         sel.spawn(["true"], bufsize="1")  # type: ignore[arg-type]
+    assert sel.run(["echo"], stdout=PIPE, bufsize=None).stdout == b"\n"  # (None is -1, as Popen's)
+    with pytest.warns(RuntimeWarning, match="line buffering"):
+        sel.run(["true"], stdout=PIPE, bufsize=1)  # (binary: as Popen, a warning)
     with pytest.raises(ValueError, match="universal_newlines"):
         sel.spawn(["true"], text=True, universal_newlines=False)
     assert not sel.children
@@ -492,6 +506,37 @@ def test_a_handle_s_with_block_closes_the_read_ends_before_it_writes_stdin(sel: 
         p.stdin.write(b"y" * 65536)
         p.stdin.write(b"z" * 100)  # (buffered: written at the end)
     assert p.returncode is not None
+
+
+@pytest.mark.timeout(30)
+def test_what_was_written_to_stdin_goes_first_in_communicate(sel: Context) -> None:
+    """More than a pipe holds, written through ``child.stdin`` before ``communicate()``:
+    written first, waiting for the child to read it, as Popen's (the pipe made
+    non-blocking first raised BlockingIOError)."""
+    child = sel.spawn(["sh", "-c", "sleep 0.3; wc -c"], stdin=PIPE, stdout=PIPE)
+    child.stdin.write(b"y" * 65536)
+    child.stdin.write(b"z" * 100)  # (buffered)
+    assert child.communicate(b"!") == (b"65637\n", None)
+
+
+@pytest.mark.timeout(30)
+def test_a_ctrl_c_in_the_with_block_s_stdin_flush_still_closes_stdin(sel: Context) -> None:
+    """Interrupted while it writes stdin's buffer into a full pipe, the block's end
+    still closes stdin (as BufferedWriter.close() does): the child sees EOF."""
+    main_thread = threading.main_thread().ident
+    child = sel.spawn(["sh", "-c", "sleep 1; cat > /dev/null"], stdin=PIPE)
+    timer = threading.Timer(0.3, signal.pthread_kill, (main_thread, signal.SIGINT))
+    with default_sigint():
+        try:
+            with pytest.raises(KeyboardInterrupt), child:
+                child.stdin.write(b"y" * 65536)
+                child.stdin.write(b"z" * 100)  # (left in the buffer: the pipe is full)
+                timer.start()
+        finally:
+            timer.cancel()
+            timer.join()
+    assert child.stdin.closed
+    assert child.wait(10) is not None and child.returncode == 0
 
 
 @pytest.mark.timeout(30)

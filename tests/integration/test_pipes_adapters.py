@@ -378,10 +378,27 @@ def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str, tm
                     wc.stdin.write(b"x" * 300_000)
                 assert wc.returncode == 0 and counted.read_text().strip() == "300000"
             with anyio.move_on_after(0.3) as scope:
-                async with await ctx.spawn(["sleep", "30"]) as sleeper:
+                async with await ctx.spawn(["sleep", "30"], stdin=PIPE, stdout=PIPE, stderr=PIPE) as sleeper:
+                    assert sleeper.stdin and sleeper.stdout and sleeper.stderr  # (streams made)
                     await anyio.sleep(30)
-            assert scope.cancelled_caught
+            assert scope.cancelled_caught  # (every stream closed all the same: the leak check)
             assert (await sleeper.wait()).returncode == -signal.SIGKILL
+            # aclose() beside a communicate() in another task: the pipes are its to close
+            # (closed under it, their numbers went to the next child, whose reads it took).
+            talker = await ctx.spawn(["sh", "-c", "echo one; sleep 0.5; echo two"], stdout=PIPE)
+            async with anyio.create_task_group() as group:
+                said: list[Any] = []
+
+                async def talk() -> None:
+                    said.append(await talker.communicate())
+
+                group.start_soon(talk)
+                await anyio.sleep(0.2)
+                group.start_soon(talker.aclose)
+                await anyio.sleep(0.05)
+                other = await ctx.spawn(["sh", "-c", "sleep 0.3; echo other"], stdout=PIPE)
+                assert await other.communicate() == (b"other\n", None)
+            assert said == [(b"one\ntwo\n", None)]
 
     if flavour == "asyncio":
         anyio.run(main, backend="asyncio")
