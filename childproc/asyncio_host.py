@@ -167,6 +167,10 @@ class AsyncChild(AsyncHandle):
         child, and its tree (``kill_tree=True``), whose processes may outlive the child.
         """
         try:
+            if kill_on_cancel and self.child._tree is not None and self._exit.done():
+                # A checkpoint, as trio's and anyio's waits have: awaiting a done future
+                # does not suspend, so a cancellation due would miss what is left of the tree.
+                await asyncio.sleep(0)
             return await self._exited()
         except BaseException as exc:  # (a cancellation or an interrupt: no Exception, no close())
             running = not self._exit.done() or self.child._tree is not None  # (a tree may outlive it)

@@ -435,7 +435,7 @@ def test_a_cancelled_twisted_stop_kills_the_child() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not CGROUPS, reason="no cgroups")
-@pytest.mark.parametrize("flavour", STRUCTURED)
+@pytest.mark.parametrize("flavour", ["asyncio", *STRUCTURED])
 @pytest.mark.parametrize("how", ["cancelled", "interrupted"])
 def test_a_cancelled_wait_kills_what_outlives_an_exited_child(tmp_path: Path, flavour: str, how: str) -> None:
     """A terminal's Ctrl-C kills a shell before its task is cancelled (or, under trio,
