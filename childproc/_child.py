@@ -25,7 +25,7 @@ from ._lifecycle import FINISHED, Phase
 from ._status import ChildEvent
 
 if TYPE_CHECKING:
-    from ._stdio import ChildIO
+    from ._childio import ChildIO
     from ._trees import Tree
 
 

@@ -28,10 +28,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ._childio import ChildIO
 from ._errors import ClosedError, InvalidArgumentError, StateError
 from ._pump import PIPE_LINGER_S, PIPE_QUIET_S, Pump
 from ._results import TimeoutExpired
-from ._stdio import ChildIO, command_of
+from ._stdio import command_of
 from ._waker import Waker
 
 

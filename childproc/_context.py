@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _process, _teardown, _trees
 from ._child import Child, EventCallback, check_signal
+from ._childio import FileOptions
 from ._children import Children, refuse_ignored
 from ._creators import Fork
 from ._delivery import Delivery
@@ -72,7 +73,6 @@ from ._sigchld import HANDLER
 from ._signature import check_callback
 from ._starter import EXIT_ONLY, ServedLike, Starter
 from ._status import ChildEvent
-from ._stdio import FileOptions
 from ._subreaper import SUBREAPER
 from ._traps import TRAPS
 from ._watchers import make_watcher

@@ -9,7 +9,7 @@ back (the bytes of a character not complete yet, a ``\\r`` kept to see whether
 
 A ``BufferedReader`` shows its buffer (``peek``). A ``TextIOWrapper`` shows
 nothing: it is read one character at a time while its pipe raises
-:class:`~childproc._stdio.HeldOnly` instead of reading (a read that found the
+:class:`~childproc._childio.HeldOnly` instead of reading (a read that found the
 pipe empty would look to it like the end of the stream, and its decoder would
 flush what it keeps back: a character cut in two would raise
 ``UnicodeDecodeError``). One character per call, because a ``read`` that raises
@@ -24,7 +24,7 @@ import gc
 import io
 from typing import Any, NamedTuple
 
-from ._stdio import HeldOnly, PipeFile
+from ._childio import HeldOnly, PipeFile
 
 __all__ = ["Held", "take_binary", "take_text"]
 

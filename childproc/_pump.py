@@ -7,7 +7,7 @@ and, once the child's exit is known, stop by the rules of
 :data:`PIPE_LINGER_S` after the exit). It does no waiting of its own: the
 synchronous loop (``select.poll``) and the event-loop adapters (readers and
 writers on their loop) tell it what is ready and when the exit came. Its state
-lives on the child (:class:`~childproc._stdio.ChildIO`), so a call a timeout or a
+lives on the child (:class:`~childproc._childio.ChildIO`), so a call a timeout or a
 cancellation interrupted is carried on by the next, losing nothing.
 """
 
@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ._childio import ChildIO, default_encoding
 from ._errors import ArgumentTypeError, InvalidArgumentError
 from ._held import Held, take_binary, take_text
 from ._results import TimeoutExpired
 from ._sink import Sink
-from ._stdio import ChildIO, command_of, default_encoding
+from ._stdio import command_of
 
 __all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "Driver", "Pump", "Readiness"]
 

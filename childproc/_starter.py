@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _process, _stdio, _trees
+from . import _childio, _process, _stdio, _trees
 from ._child import Child, ChildOwner, EventCallback, check_events
 from ._children import Children
 from ._creators import Adopt, Creator, Fork, Spawn
@@ -109,7 +109,7 @@ class Starter:
         self._fork_creator = fork_creator
         self._signal_group = signal_group
         #: The pipes of this context's children, closed by close() (if still open).
-        self.pipes: weakref.WeakSet[_stdio.ChildIO] = weakref.WeakSet()
+        self.pipes: weakref.WeakSet[_childio.ChildIO] = weakref.WeakSet()
 
     def start(
         self,
@@ -122,7 +122,7 @@ class Starter:
         kill_on_close: bool,
         adopt_pidfd: int | None = None,
         on_exit_status: ChildCallback | None = None,
-        io: _stdio.ChildIO | None = None,
+        io: _childio.ChildIO | None = None,
         args: Any = None,
         tree: _trees.TreePlan = _NO_TREE,
         made: list[Child] | None = None,
@@ -186,8 +186,8 @@ class Starter:
                     SUBREAPER.track(child._pid)
         return child
 
-    def _io_for(self, pipes: _stdio.Pipes, files: _stdio.FileOptions) -> _stdio.ChildIO:
-        io = _stdio.ChildIO(pipes, files)
+    def _io_for(self, pipes: _stdio.Pipes, files: _childio.FileOptions) -> _childio.ChildIO:
+        io = _childio.ChildIO(pipes, files)
         self.pipes.add(io)
         return io
 
@@ -198,7 +198,7 @@ class Starter:
         stdin: Any,
         stdout: Any,
         stderr: Any,
-        files: _stdio.FileOptions,
+        files: _childio.FileOptions,
         events: int,
         oneshot: bool,
         reap_after_callback: bool,
@@ -267,7 +267,7 @@ class Starter:
         stdin: Any,
         stdout: Any,
         stderr: Any,
-        files: _stdio.FileOptions,
+        files: _childio.FileOptions,
         events: int,
         oneshot: bool,
         reap_after_callback: bool,

@@ -31,9 +31,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ._childio import ChildIO
 from ._context import Hooks
 from ._policy import SigchldOwner
-from ._stdio import ChildIO, Pipes
+from ._stdio import Pipes
 from ._structured import Lib, StructuredChild, StructuredContext, open_structured
 
 __all__ = ["AnyioChild", "AnyioContext", "open_context"]

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ._aio_pipes import reader_for, writer_for
 from ._bridge import AsyncHandle, Bridge, default_mode, settle, stop
 from ._child import Child
+from ._childio import ChildIO, default_encoding
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
 from ._policy import SigchldOwner, wants_handler
@@ -45,7 +46,7 @@ from ._results import CompletedProcess, TimeoutExpired
 from ._run import RunRequest, kill, result
 from ._sink import Sink
 from ._status import ChildEvent
-from ._stdio import ChildIO, command_of, default_encoding
+from ._stdio import command_of
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
