@@ -115,6 +115,10 @@ class AsyncHandle(WaiterBase):
         the child (and its tree) before that goes on, without waiting for its exit
         (it is delivered as any other). As anyio's ``Process.aclose()``."""
         try:
+            io_ = self.child._io
+            if io_ is not None:  # what was written through the sync file (child.child.stdin)
+                with contextlib.suppress(BlockingIOError):  # (its pipe made non-blocking: a stream's)
+                    io_.flush_stdin()
             await self._close_streams()  # (stdin's data may wait for the child to read it)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled or interrupted: as a cancelled wait

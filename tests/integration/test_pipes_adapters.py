@@ -373,6 +373,9 @@ def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str, tm
                 await _send(cat.stdin, b"hi\n")
                 assert await _receive(cat.stdout) == b"hi\n"
             assert cat.returncode == 0
+            async with await ctx.spawn(["sh", "-c", f"wc -c > {counted}"], stdin=PIPE) as wc:
+                wc.child.stdin.write(b"abc")  # (the sync file object, buffered: written at the end)
+            assert counted.read_text().strip() == "3"
             if flavour == "asyncio":  # written but not drained: it goes out before the close
                 async with await ctx.spawn(["sh", "-c", f"wc -c > {counted}"], stdin=PIPE) as wc:
                     wc.stdin.write(b"x" * 300_000)
