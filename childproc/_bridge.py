@@ -87,6 +87,15 @@ class WaiterBase:
         """A wait was cancelled with ``kill_on_cancel``: see :func:`~childproc._run.kill_and_own`."""
         kill_and_own(self.child)
 
+    def _wait_ended_by(self, exc: BaseException, kill_on_cancel: bool, exited: bool) -> None:
+        """A wait left by ``exc``: with ``kill_on_cancel``, a cancellation or an interrupt
+        (no ``Exception``, no ``close()`` of the coroutine) kills the child, or what is
+        left of its tree once it has exited (a tree may outlive it)."""
+        if not kill_on_cancel or isinstance(exc, (Exception, GeneratorExit)):
+            return
+        if not exited or self.child._tree is not None:
+            self._kill_on_cancel()
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.child!r}>"
 
@@ -114,8 +123,8 @@ class AsyncHandle(WaiterBase):
         it is out), then wait for the exit; cancelled or interrupted meanwhile, kill
         the child (and its tree) before that goes on, without waiting for its exit
         (it is delivered as any other). As anyio's ``Process.aclose()``."""
+        io_ = self.child._io
         try:
-            io_ = self.child._io
             if io_ is not None:  # what was written through the sync file (child.child.stdin)
                 with contextlib.suppress(BlockingIOError):  # (its pipe made non-blocking: a stream's)
                     io_.flush_stdin()
@@ -125,7 +134,6 @@ class AsyncHandle(WaiterBase):
                 self._kill_on_cancel()
             raise
         finally:
-            io_ = self.child._io
             if io_ is not None:
                 io_.close()
         await self.wait(kill_on_cancel=True)

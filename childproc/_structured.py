@@ -202,10 +202,8 @@ class StructuredChild(AsyncHandle):
         and its tree, whose processes may outlive the child, even once it has exited."""
         try:
             await self._done.wait()
-        except BaseException as exc:  # (a cancellation or an interrupt: no Exception, no close())
-            running = not self._done.is_set() or self.child._tree is not None  # (a tree may outlive it)
-            if kill_on_cancel and running and not isinstance(exc, (Exception, GeneratorExit)):
-                self._kill_on_cancel()
+        except BaseException as exc:
+            self._wait_ended_by(exc, kill_on_cancel, exited=self._done.is_set())
             raise
         if self._error is not None:
             raise self._error

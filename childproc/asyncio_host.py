@@ -173,10 +173,8 @@ class AsyncChild(AsyncHandle):
                 # does not suspend, so a cancellation due would miss what is left of the tree.
                 await asyncio.sleep(0)
             return await self._exited()
-        except BaseException as exc:  # (a cancellation or an interrupt: no Exception, no close())
-            running = not self._exit.done() or self.child._tree is not None  # (a tree may outlive it)
-            if kill_on_cancel and running and not isinstance(exc, (Exception, GeneratorExit)):
-                self._kill_on_cancel()
+        except BaseException as exc:
+            self._wait_ended_by(exc, kill_on_cancel, exited=self._exit.done())
             raise
 
     async def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> ChildEvent | None:

@@ -207,6 +207,12 @@ def _seconds(value: object) -> float | None:
     return float(value)
 
 
+def _not_yet(command: str) -> str:
+    """What a page says where its benchmark has no recorded run: the command that makes one
+    (then rebuild the docs)."""
+    return f".. note::\n\n   No measurements yet: run ``{command}`` (then rebuild the docs).\n"
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the source tree where it is inside it."""
     try:
@@ -259,11 +265,7 @@ def scaling_table(data: Mapping[str, object], source: str = "benchmarks/results/
 def scaling_page(path: Path) -> str:
     """The text of ``_generated/scaling.rst``: the table, or how to get one."""
     if not path.is_file():
-        return (
-            ".. note::\n\n"
-            "   No measurements yet: run ``python benchmarks/scaling.py --json\n"
-            "   benchmarks/results/scaling.json`` to fill this table (rebuild the docs afterwards).\n"
-        )
+        return _not_yet("python benchmarks/scaling.py --json benchmarks/results/scaling.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
@@ -276,10 +278,7 @@ BIGPARENT_JSON = DOCS.parent / "benchmarks" / "results" / "bigparent.json"
 def bigparent_page(path: Path) -> str:
     """The big-parent table (benchmarks/bigparent.py), or how to get one."""
     if not path.is_file():
-        return (
-            ".. note::\n\n   No measurements yet: run\n"
-            "   ``python benchmarks/bigparent.py --json benchmarks/results/bigparent.json``.\n"
-        )
+        return _not_yet("python benchmarks/bigparent.py --json benchmarks/results/bigparent.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     sizes = [int(s) for s in data["sizes_mib"]]
     rows = []
@@ -324,10 +323,7 @@ FORKFAULTS_JSON = DOCS.parent / "benchmarks" / "results" / "forkfaults.json"
 def forkfaults_page(path: Path) -> str:
     """Page faults per fork through each fork server (benchmarks/forkfaults.py)."""
     if not path.is_file():
-        return (
-            ".. note::\n\n   No measurements yet: run\n"
-            "   ``python benchmarks/forkfaults.py --json benchmarks/results/forkfaults.json``.\n"
-        )
+        return _not_yet("python benchmarks/forkfaults.py --json benchmarks/results/forkfaults.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = [
         [
@@ -359,7 +355,7 @@ def throughput_page(
 ) -> str:
     """Throughput relative to the raw floor (benchmarks/throughput.py)."""
     if not path.is_file():
-        return f".. note::\n\n   No measurements yet: run ``{command}``.\n"
+        return _not_yet(command)
     data = json.loads(path.read_text(encoding="utf-8"))
     keys = data["keys"]
     floor = data["children_per_second"]["raw floor"]
@@ -433,9 +429,9 @@ PATHCOST_ABLATE_JSON = DOCS.parent / "benchmarks" / "results" / "pathcost-ablate
 def ablate_page(path: Path) -> str:
     """The price of each guarantee on the per-child path (``pathcost.py --ablate``)."""
     if not path.is_file():
-        return (
-            ".. note::\n\n   No measurements yet: run ``python benchmarks/pathcost.py --modes PIDFD\n"
-            "   --kinds spawn --ablate --json benchmarks/results/pathcost-ablate.json``.\n"
+        return _not_yet(
+            "python benchmarks/pathcost.py --modes PIDFD --kinds spawn --ablate "
+            "--json benchmarks/results/pathcost-ablate.json"
         )
     data = json.loads(path.read_text(encoding="utf-8"))
     rows_in = {name: per["spawn"] for name, per in data["rows"].items()}
@@ -463,7 +459,7 @@ def adapters_page(path: Path) -> str:
         "--json benchmarks/results/throughput-adapters.json"
     )
     if not path.is_file():
-        return f".. note::\n\n   No measurements yet: run ``{command}``.\n"
+        return _not_yet(command)
     data = json.loads(path.read_text(encoding="utf-8"))
     versus = data.get("adapter_and_loop_floor_over_host_api", {})
     keys = [k for k in data["keys"] if any(k in per for per in versus.values())]
@@ -485,10 +481,7 @@ def adapters_page(path: Path) -> str:
 def latency_page(path: Path) -> str:
     """Exit-to-callback latency (benchmarks/latency.py)."""
     if not path.is_file():
-        return (
-            ".. note::\n\n   No measurements yet: run\n"
-            "   ``python benchmarks/latency.py --json benchmarks/results/latency.json``.\n"
-        )
+        return _not_yet("python benchmarks/latency.py --json benchmarks/results/latency.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = []
     for scenario, s in data["seconds"].items():
