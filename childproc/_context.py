@@ -81,6 +81,8 @@ from ._watchers import pidfd as _pidfd
 if TYPE_CHECKING:
     import resource
 
+    from typing_extensions import Never
+
     from ._results import CompletedProcess
     from ._spawn import Argv
 
@@ -418,6 +420,7 @@ class Context:
         start_new_session: bool = False,
         process_group: int | None = None,
         kill_tree: bool | str = False,
+        **not_taken: Never,
     ) -> Child:
         """Run a program with ``posix_spawn``, without forking the interpreter.
 
@@ -440,10 +443,16 @@ class Context:
         or ``cwd`` cannot be used; it is also a :class:`FileNotFoundError`,
         :class:`PermissionError` or :class:`NotADirectoryError` as ``subprocess``
         raises. Wrong argument types raise :class:`InvalidArgumentError`, also a
-        :class:`TypeError`. An exception that cuts the call short once the child
+        :class:`TypeError`; so do ``Popen``'s arguments childproc does not take
+        (``not_taken``: ``shell``, ``close_fds``, ``preexec_fn`` ...), saying what to
+        do instead. An exception that cuts the call short once the child
         exists (a ``KeyboardInterrupt``) SIGKILLs it, and its tree, before it goes
         on: the caller has no handle to stop it with.
         """
+        if not_taken:
+            from ._run import refuse_options  # noqa: PLC0415 - an error path only
+
+            refuse_options(not_taken, "spawn")
         return self._starter.spawn(
             argv,
             on_event,

@@ -11,8 +11,8 @@ every pipe is closed on every path.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ._errors import ArgumentTypeError, ChildprocError, ChildStolenError, InvalidArgumentError, StateError
 from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
@@ -76,14 +76,18 @@ _NOT_TAKEN = {
 }
 
 
-def _refuse_options(unknown: set[str]) -> None:
+def refuse_options(unknown: Collection[str], call: str = "run") -> NoReturn:
+    """Raise :class:`ArgumentTypeError` for the first of ``unknown``, keywords that
+    ``call`` (``run``, ``spawn``) does not take: what to do instead, or the name
+    it probably meant."""
     name = sorted(unknown)[0]
     why = _NOT_TAKEN.get(name)
     if why is None:
-        close = difflib.get_close_matches(name, sorted(SPAWN_OPTIONS | _RUN_OPTIONS | {"on_event"}), n=1)
-        why = f"did you mean {close[0]!r}?" if close else "Context.run and Context.spawn say what it takes"
-        raise ArgumentTypeError(f"run() got an unexpected keyword argument {name!r}: {why}")
-    raise ArgumentTypeError(f"run() does not take {name}=: {why}")
+        known = SPAWN_OPTIONS | {"on_event"} | (_RUN_OPTIONS if call == "run" else frozenset())
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        why = f"did you mean {close[0]!r}?" if close else f"Context.{call} says what it takes"
+        raise ArgumentTypeError(f"{call}() got an unexpected keyword argument {name!r}: {why}")
+    raise ArgumentTypeError(f"{call}() does not take {name}=: {why}")
 
 
 class RunRequest:
@@ -117,7 +121,7 @@ class RunRequest:
             options["stdout"] = options["stderr"] = PIPE
         unknown = options.keys() - SPAWN_OPTIONS - {"on_event"}
         if unknown:
-            _refuse_options(unknown)
+            refuse_options(unknown)
         options.setdefault("kill_on_close", True)
         self.spawn_options = options
 

@@ -113,7 +113,7 @@ def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> No
         ({"close_fds": True}, "close-on-exec"),
         ({"capture_ouput": True}, "did you mean 'capture_output'"),
         ({"kill_tre": True}, "did you mean 'kill_tree'"),
-        ({"frobnicate": 1}, "Context.run and Context.spawn say"),
+        ({"frobnicate": 1}, "Context.run says"),
         # trio's and anyio's run_process, ported by changing the call:
         ({"capture_stdout": True}, "stdout=PIPE"),
         ({"stdin": b"data"}, "input="),
@@ -122,6 +122,26 @@ def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> No
     for options, says in cases:
         with pytest.raises(childproc.InvalidArgumentError, match=says) as info:
             sel.run(["true"], **options)
+        assert isinstance(info.value, TypeError)
+    assert sel.children == frozenset()
+
+
+@pytest.mark.timeout(30)
+def test_spawn_refuses_popen_only_arguments_saying_what_to_do(sel: Context) -> None:
+    """``Popen(argv, shell=..., close_fds=...)`` ported as ``ctx.spawn(...)``: the
+    same childproc TypeError as run() gives, naming spawn, not Python's bare one.
+    Nothing is started."""
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"shell": True}, r"spawn\(\) does not take shell=: .*\['/bin/sh', '-c', command\]"),
+        ({"close_fds": False}, "close-on-exec"),
+        ({"preexec_fn": print}, "ctx.fork"),
+        ({"startupinfo": None}, "Windows only"),
+        ({"stdoutt": PIPE}, "did you mean 'stdout'"),
+        ({"capture_output": True}, "Context.spawn says"),  # (run's, not spawn's)
+    ]
+    for options, says in cases:
+        with pytest.raises(childproc.InvalidArgumentError, match=says) as info:
+            sel.spawn(["true"], **options)
         assert isinstance(info.value, TypeError)
     assert sel.children == frozenset()
 
