@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         SpawnPermissionError,
         StateError,
         UnknownChildError,
+        UnknownEncodingError,
     )
     from ._ledger import ChildCallback
     from ._policy import SigchldOwner
@@ -88,6 +89,7 @@ _LAZY = {
             "SpawnPermissionError",
             "StateError",
             "UnknownChildError",
+            "UnknownEncodingError",
         ),
         "_errors",
     ),
@@ -171,6 +173,7 @@ __all__ = [
     "SpawnNotADirectoryError",
     "ChildExitedError",
     "UnknownChildError",
+    "UnknownEncodingError",
     "AlreadyWatchedError",
     "NotOurChildError",
     "PidfdUnavailableError",

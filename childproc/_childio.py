@@ -12,12 +12,13 @@ that the next one carries on.
 
 from __future__ import annotations
 
+import codecs
 import io
 import threading
 import warnings
 from typing import Any, NamedTuple
 
-from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError, UnknownEncodingError
 from ._sink import Sink
 from ._stdio import Pipes
 
@@ -88,6 +89,8 @@ class FileOptions(NamedTuple):
             text = bool(universal_newlines)
         if not isinstance(bufsize, int) or isinstance(bufsize, bool):
             raise ArgumentTypeError(f"bufsize must be an int (0, 1, a size, or -1), not {bufsize!r}")
+        if encoding is not None:
+            _check_encoding(encoding)
         text = bool(text or encoding or errors)
         if bufsize == 1 and not text:
             warnings.warn(
@@ -99,6 +102,20 @@ class FileOptions(NamedTuple):
 
 
 _BINARY = FileOptions()
+
+
+def _check_encoding(encoding: object) -> None:
+    """Refuse an ``encoding`` Python has no codec for before any child starts (``Popen``
+    starts the child, then raises ``LookupError`` making the text file)."""
+    if not isinstance(encoding, str):
+        raise ArgumentTypeError(f"encoding must be a str naming a codec, not {encoding!r}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UnknownEncodingError(
+            f"unknown encoding {encoding!r}: give a codec's name, such as 'utf-8' or 'latin-1' "
+            "(the codecs module's documentation lists them under 'Standard Encodings')"
+        ) from None
 
 
 def file_for(pipes: Pipes, target: int, options: FileOptions) -> Any:

@@ -39,6 +39,11 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument has the wrong type (also a :class:`TypeError`, as ``subprocess`` raises)."""
 
 
+class UnknownEncodingError(InvalidArgumentError, LookupError):
+    """``encoding=`` names no codec Python knows. Also a :class:`LookupError`, as
+    ``Popen`` raises (after its child started; childproc refuses before)."""
+
+
 class StateError(ChildprocError):
     """The call does not fit the context's mode or state (e.g. ``setmode`` with
     children outstanding, ``childproc_reaped`` outside MAINLOOP)."""

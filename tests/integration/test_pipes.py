@@ -147,6 +147,24 @@ def test_spawn_refuses_popen_only_arguments_saying_what_to_do(sel: Context) -> N
 
 
 @pytest.mark.timeout(30)
+def test_an_unknown_encoding_is_refused_before_the_child_starts(sel: Context) -> None:
+    """Popen starts the child, then raises LookupError making its text file; childproc
+    refuses first, with an error that is also a LookupError, and opens no pipe."""
+    fds = len(os.listdir("/proc/self/fd"))
+    for call in (sel.spawn, sel.run):
+        with pytest.raises(
+            childproc.UnknownEncodingError, match=r"unknown encoding 'utf-99'.*'utf-8'"
+        ) as info:
+            call(["true"], stdout=PIPE, encoding="utf-99")
+        assert isinstance(info.value, LookupError) and isinstance(info.value, childproc.InvalidArgumentError)
+    with pytest.raises(TypeError, match="encoding must be a str") as wrong:
+        sel.spawn(["true"], stdout=PIPE, encoding=8)  # type: ignore[arg-type]
+    assert isinstance(wrong.value, childproc.InvalidArgumentError)
+    assert sel.children == frozenset() and len(os.listdir("/proc/self/fd")) == fds
+    assert sel.run(["printf", "\\303\\251"], capture_output=True, encoding="UTF8").stdout == "\u00e9"
+
+
+@pytest.mark.timeout(30)
 def test_run_passes_on_event_to_spawn(sel: Context) -> None:
     seen: list[int | None] = []
     done = sel.run(["sh", "-c", "exit 3"], on_event=lambda child, event: seen.append(event.returncode))
