@@ -9,7 +9,7 @@ with the raw floor (no library: ``os.posix_spawn``/``os.fork`` and
 throughput relative to the floor of the same round (1.00 = as fast as no
 library at all): the median of the rounds, with the quartiles in the JSON.
 
-Four reference rows bound what a library can reach:
+Five reference rows bound what a library can reach:
 
 * ``raw floor (A/A)``: the floor measured against itself, the same way. Its
   spread is the machine's noise; no ratio is meaningful closer than that.
@@ -18,6 +18,11 @@ Four reference rows bound what a library can reach:
   ``waitid(P_PIDFD)`` with a dict of callbacks, no checks, no locks. What
   childproc's pidfd modes cost beyond this is the library; what this costs
   beyond the raw floor is the kernel's pidfd path and Python itself.
+* ``guarantees floor (no structure)``: the pidfd floor plus every system call
+  and record childproc's promise needs per child (see :func:`guarantees_floor`),
+  written out in one loop: what the guarantees cost, with no structure at all.
+  childproc's pidfd modes cannot be faster than this row while they keep their
+  promise; what they cost beyond it is their structure.
 * ``SIGCHLD floor (no library)``: the same for the signal-driven reapers
   (LIBXL, LIBXL_ALWAYS): ``SIGCHLD`` caught, :func:`signal.set_wakeup_fd` on a
   pipe, ``select`` on it and ``waitpid(-1, WNOHANG)``. The wake-up fd is what
@@ -109,11 +114,14 @@ Usage: python benchmarks/throughput.py [--n 400] [--rounds 7] [--realtime] [--on
 from __future__ import annotations
 
 import argparse
+import fcntl
+import itertools
 import os
 import resource
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -193,6 +201,107 @@ def pidfd_floor(kind: str) -> Callable[[int, int], None]:
                     os.close(fd)
                     assert info is not None
                     callback(pid, info.si_status)
+        finally:
+            ep.close()
+
+    return run
+
+
+class _Record:
+    """A child as the guarantees floor keeps it: the least a handle can be."""
+
+    __slots__ = ("callback", "done", "fd", "ident", "pid", "rusage", "status")
+
+    def __init__(self, callback: Callable[[_Record, ChildEvent], None]) -> None:
+        self.callback = callback
+        self.pid = 0
+        self.fd = -1
+        self.ident: tuple[int, int] = (0, 0)
+        self.status: int | None = None
+        self.rusage: Any = None
+        self.done = False
+
+
+def guarantees_floor(kind: str) -> Callable[[int, int], None]:
+    """The pidfd floor plus what childproc's guarantees cost per child, with no
+    structure: the system calls and records the promise needs, written out in one
+    loop, and nothing else. Per start: the fork check (``getpid``), SIGCHLD's
+    disposition read from the kernel (``sigaction`` through ctypes, as childproc
+    must: Python has no call for it), for a fork SIGINT blocked around it
+    (``pthread_sigmask`` three times), the pid stored from C, the process lock,
+    the pidfd kept off fds 0-2 and identified (``fstat``). Per exit: the fork
+    check, a ``WNOWAIT`` peek then ``wait4`` for the resource usage, the exit
+    recorded once (a record that is either running or dead), the callback called
+    with a :class:`~childproc.ChildEvent` after the record is marked delivered,
+    the pidfd checked (``fstat``) before it is closed.
+
+    What childproc's PIDFD mode costs beyond this row is its structure (the
+    journal, the ledger and its table, the seams, the modes); what this row
+    costs beyond the pidfd floor is the guarantees themselves. No library code
+    runs but ``ChildEvent`` (the value a callback gets) and the ctypes
+    ``sigaction`` reader childproc uses."""
+    from childproc._sigchld import _read_kernel  # noqa: PLC0415 - the one helper borrowed
+
+    def run(n: int, conc: int) -> None:
+        ep = select.epoll()
+        lock = threading.RLock()
+        records: dict[int, _Record] = {}  # pidfd -> record
+        me = os.getpid()
+        pending = [0]
+
+        def done(record: _Record, event: ChildEvent) -> None:
+            pending[0] -= 1
+
+        started = 0
+        try:
+            while started < n or pending[0]:
+                while started < n and pending[0] < conc:
+                    handler, flags = _read_kernel()
+                    if os.getpid() != me or handler == 1 or (flags or 0) & 0x20:  # SIG_IGN, SA_NOCLDWAIT
+                        raise RuntimeError("forked, or SIGCHLD ignored")
+                    record = _Record(done)
+                    got: list[int] = []
+                    with lock:
+                        if kind == "spawn":
+                            got.extend(itertools.starmap(os.posix_spawn, ((TRUE, ARGV, ENV),)))
+                        else:
+                            mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+                            signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT,))
+                            try:
+                                got.extend(itertools.starmap(os.fork, ((),)))
+                            finally:
+                                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                            if got[0] == 0:
+                                os._exit(0)
+                        record.pid = got[0]
+                        fd = os.pidfd_open(record.pid)
+                        if fd <= 2:
+                            fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                        st = os.fstat(fd)
+                        record.fd, record.ident = fd, (st.st_dev, st.st_ino)
+                        ep.register(fd, select.EPOLLIN)
+                        records[fd] = record
+                    pending[0] += 1
+                    started += 1
+                for fd, _ in ep.poll(1.0):  # never unbounded: a lost wake-up shows as slowness
+                    if os.getpid() != me:
+                        raise RuntimeError("forked")
+                    with lock:
+                        record = records[fd]
+                        if os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                            continue
+                        _, status, rusage = os.wait4(record.pid, os.WNOHANG)
+                        if record.status is None:  # recorded once
+                            record.status, record.rusage = status, rusage
+                        event = ChildEvent.from_wait_status(record.pid, status, None, rusage)
+                    record.done = True
+                    record.callback(record, event)
+                    with lock:
+                        st = os.fstat(fd)
+                        if (st.st_dev, st.st_ino) == record.ident:
+                            ep.unregister(fd)
+                            os.close(fd)
+                        del records[fd]
         finally:
             ep.close()
 
@@ -612,6 +721,7 @@ def _available(module: str) -> bool:
 
 AA = "raw floor (A/A)"
 PIDFD_FLOOR = "pidfd floor (no library)"
+GUARANTEES_FLOOR = "guarantees floor (no structure)"
 SIGCHLD_FLOOR = "SIGCHLD floor (no library)"
 SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
 LOOP_FLOORS = {loop: f"{loop} pidfd floor (no library)" for loop in ("asyncio", "trio", "Twisted", "anyio")}
@@ -635,6 +745,7 @@ def contenders(kind: str, peers: bool = True) -> dict[str, Callable[[int, int], 
     python_level = signal.getsignal(signal.SIGCHLD) is not None  # the SIGCHLD floors can put it back
     if pidfds:
         table[PIDFD_FLOOR] = pidfd_floor(kind)
+        table[GUARANTEES_FLOOR] = guarantees_floor(kind)
     if python_level:
         table[SIGCHLD_FLOOR] = sigchld_floor(kind)
     if pidfds and python_level:

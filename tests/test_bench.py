@@ -195,6 +195,29 @@ def test_throughput_adapters_beside_their_hosts_and_the_loops_floors(tmp_path: P
             assert figures["adapter"] > 0 and figures["floor"] > 0
 
 
+@pytest.mark.timeout(120)
+def test_throughput_guarantees_floor_runs_every_kind_beside_the_pidfd_floor(tmp_path: Path) -> None:
+    """The row that prices the guarantees with no structure: it starts and reaps
+    every child (a lost one would hang it past the timeout, a stray status raise),
+    for spawn and fork, at both concurrencies, and leaves no child behind."""
+    out = tmp_path / "t.json"
+    _run(
+        "throughput",
+        ["--n", "12", "--rounds", "1", "--only", "pidfd floor (no,guarantees", "--json", str(out)],
+        tmp_path,
+    )
+    ratios = _strict_json(out)["ratio_to_floor"]
+    if "pidfd floor (no library)" not in ratios:
+        pytest.skip("no pidfds here: the guarantees floor is a pidfd floor")
+    assert set(ratios["guarantees floor (no structure)"]) == {
+        "spawn c=1",
+        "spawn c=64",
+        "fork c=1",
+        "fork c=64",
+    }
+    assert all(v > 0 for v in ratios["guarantees floor (no structure)"].values())
+
+
 @pytest.mark.timeout(200)
 def test_throughput_baseline_ab_against_the_current_tree(tmp_path: Path) -> None:
     out = tmp_path / "ab.json"
