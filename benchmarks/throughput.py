@@ -18,11 +18,11 @@ Five reference rows bound what a library can reach:
   ``waitid(P_PIDFD)`` with a dict of callbacks, no checks, no locks. What
   childproc's pidfd modes cost beyond this is the library; what this costs
   beyond the raw floor is the kernel's pidfd path and Python itself.
-* ``guarantees floor (no structure)``: the pidfd floor plus every system call
-  and record childproc's promise needs per child (see :func:`guarantees_floor`),
-  written out in one loop: what the guarantees cost, with no structure at all.
-  childproc's pidfd modes cannot be faster than this row while they keep their
-  promise; what they cost beyond it is their structure.
+* ``promise floor (no structure)``: the pidfd floor plus every system call and
+  record childproc's promise and API require per child (see
+  :func:`promise_floor`), written out in one loop: what they cost with no
+  structure at all. What childproc's pidfd modes cost beyond this row is
+  their structure.
 * ``SIGCHLD floor (no library)``: the same for the signal-driven reapers
   (LIBXL, LIBXL_ALWAYS): ``SIGCHLD`` caught, :func:`signal.set_wakeup_fd` on a
   pipe, ``select`` on it and ``waitpid(-1, WNOHANG)``. The wake-up fd is what
@@ -113,6 +113,7 @@ Usage: python benchmarks/throughput.py [--n 400] [--rounds 7] [--realtime] [--on
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found, unused-ignore]
 import argparse
 import fcntl
 import itertools
@@ -208,12 +209,11 @@ def pidfd_floor(kind: str) -> Callable[[int, int], None]:
 
 
 class _Record:
-    """A child as the guarantees floor keeps it: the least a handle can be."""
+    """A child as the promise floor keeps it: the least a handle can be."""
 
-    __slots__ = ("callback", "done", "fd", "ident", "pid", "rusage", "status")
+    __slots__ = ("done", "fd", "ident", "pid", "rusage", "status")
 
-    def __init__(self, callback: Callable[[_Record, ChildEvent], None]) -> None:
-        self.callback = callback
+    def __init__(self) -> None:
         self.pid = 0
         self.fd = -1
         self.ident: tuple[int, int] = (0, 0)
@@ -222,34 +222,49 @@ class _Record:
         self.done = False
 
 
-def guarantees_floor(kind: str) -> Callable[[int, int], None]:
-    """The pidfd floor plus what childproc's guarantees cost per child, with no
-    structure: the system calls and records the promise needs, written out in one
-    loop, and nothing else. Per start: the fork check (``getpid``), SIGCHLD's
-    disposition read from the kernel (``sigaction`` through ctypes, as childproc
-    must: Python has no call for it), for a fork SIGINT blocked around it
-    (``pthread_sigmask`` three times), the pid stored from C, the process lock,
-    the pidfd kept off fds 0-2 and identified (``fstat``). Per exit: the fork
-    check, a ``WNOWAIT`` peek then ``wait4`` for the resource usage, the exit
-    recorded once (a record that is either running or dead), the callback called
-    with a :class:`~childproc.ChildEvent` after the record is marked delivered,
-    the pidfd checked (``fstat``) before it is closed.
+def promise_floor(kind: str) -> Callable[[int, int], None]:
+    """The pidfd floor plus the work childproc's promise and API require per child,
+    with no structure: the system calls and records, written out in one loop, and
+    nothing else.
+
+    Per start: the fork check (``getpid``); SIGCHLD's disposition read from the
+    kernel and a start refused if it discards statuses (required at every
+    spawn and fork: ``sigaction`` through ctypes, as childproc must, Python
+    having no call for it); for a fork, SIGINT blocked around it
+    (``pthread_sigmask`` three times, through ``_signal`` as childproc calls it);
+    the pid and the pidfd stored from C (so that an interrupt between two
+    bytecodes cannot lose them); the pidfd kept off fds 0-2 and identified
+    (``fstat``: enough on kernels with pidfs, 6.9 and later, as here; before,
+    childproc also reads the pidfd's fdinfo); the process lock. Per exit: the
+    fork check; a ``WNOWAIT`` peek, then ``wait4`` for the resource usage, its
+    result stored from C; the exit recorded once; the record marked delivered
+    before the callback, which gets what childproc's gets (a
+    :class:`~childproc.ChildEvent` for spawn, ``(pid, status)`` for
+    ``child_fork``); the pidfd checked (``fstat``) before it is closed, after
+    the callback.
 
     What childproc's PIDFD mode costs beyond this row is its structure (the
     journal, the ledger and its table, the seams, the modes); what this row
-    costs beyond the pidfd floor is the guarantees themselves. No library code
-    runs but ``ChildEvent`` (the value a callback gets) and the ctypes
-    ``sigaction`` reader childproc uses."""
-    from childproc._sigchld import _read_kernel  # noqa: PLC0415 - the one helper borrowed
+    costs beyond the pidfd floor is the promise and the API. Borrowed from
+    childproc: ``ChildEvent`` and the ctypes ``sigaction`` reader."""
+    from childproc._sigchld import SA_NOCLDWAIT, _read_kernel  # noqa: PLC0415 - borrowed
+
+    sigmask = _signal.pthread_sigmask  # (signal's wrapper makes an enum of every signal)
+    block, setmask, sigint = int(signal.SIG_BLOCK), int(signal.SIG_SETMASK), (int(signal.SIGINT),)
 
     def run(n: int, conc: int) -> None:
         ep = select.epoll()
         lock = threading.RLock()
         records: dict[int, _Record] = {}  # pidfd -> record
+        pidfds: dict[int, int] = {}  # pid -> pidfd, stored from C
+        reaped: list[tuple[_Record, tuple[int, int, Any]]] = []  # stored from C
         me = os.getpid()
         pending = [0]
 
         def done(record: _Record, event: ChildEvent) -> None:
+            pending[0] -= 1
+
+        def done_pid(pid: int, status: int) -> None:
             pending[0] -= 1
 
         started = 0
@@ -257,26 +272,29 @@ def guarantees_floor(kind: str) -> Callable[[int, int], None]:
             while started < n or pending[0]:
                 while started < n and pending[0] < conc:
                     handler, flags = _read_kernel()
-                    if os.getpid() != me or handler == 1 or (flags or 0) & 0x20:  # SIG_IGN, SA_NOCLDWAIT
+                    if os.getpid() != me or handler == 1 or (flags or 0) & SA_NOCLDWAIT:
                         raise RuntimeError("forked, or SIGCHLD ignored")
-                    record = _Record(done)
+                    record = _Record()
                     got: list[int] = []
                     with lock:
                         if kind == "spawn":
                             got.extend(itertools.starmap(os.posix_spawn, ((TRUE, ARGV, ENV),)))
                         else:
-                            mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-                            signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT,))
+                            mask = sigmask(block, ())
+                            sigmask(block, sigint)
                             try:
                                 got.extend(itertools.starmap(os.fork, ((),)))
                             finally:
-                                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                                sigmask(setmask, mask)
                             if got[0] == 0:
                                 os._exit(0)
-                        record.pid = got[0]
-                        fd = os.pidfd_open(record.pid)
-                        if fd <= 2:
-                            fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                        pid = record.pid = got[0]
+                        pidfds.update(zip((pid,), map(os.pidfd_open, (pid,)), strict=True))
+                        fd = pidfds[pid]
+                        if fd <= 2:  # (a host may have closed one: never leave ours there)
+                            pidfds[pid] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                            os.close(fd)
+                            fd = pidfds[pid]
                         st = os.fstat(fd)
                         record.fd, record.ident = fd, (st.st_dev, st.st_ino)
                         ep.register(fd, select.EPOLLIN)
@@ -290,18 +308,23 @@ def guarantees_floor(kind: str) -> Callable[[int, int], None]:
                         record = records[fd]
                         if os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
                             continue
-                        _, status, rusage = os.wait4(record.pid, os.WNOHANG)
+                        reaped.extend(
+                            zip((record,), map(os.wait4, (record.pid,), (os.WNOHANG,)), strict=True)
+                        )
+                        _, (_, status, rusage) = reaped.pop()
                         if record.status is None:  # recorded once
                             record.status, record.rusage = status, rusage
-                        event = ChildEvent.from_wait_status(record.pid, status, None, rusage)
                     record.done = True
-                    record.callback(record, event)
+                    if kind == "spawn":
+                        done(record, ChildEvent.from_wait_status(record.pid, status, None, rusage))
+                    else:
+                        done_pid(record.pid, status)
                     with lock:
                         st = os.fstat(fd)
                         if (st.st_dev, st.st_ino) == record.ident:
                             ep.unregister(fd)
                             os.close(fd)
-                        del records[fd]
+                        del records[fd], pidfds[record.pid]
         finally:
             ep.close()
 
@@ -721,7 +744,7 @@ def _available(module: str) -> bool:
 
 AA = "raw floor (A/A)"
 PIDFD_FLOOR = "pidfd floor (no library)"
-GUARANTEES_FLOOR = "guarantees floor (no structure)"
+PROMISE_FLOOR = "promise floor (no structure)"
 SIGCHLD_FLOOR = "SIGCHLD floor (no library)"
 SIGCHLD_PIDFD_FLOOR = "SIGCHLD+pidfd floor (no library)"
 LOOP_FLOORS = {loop: f"{loop} pidfd floor (no library)" for loop in ("asyncio", "trio", "Twisted", "anyio")}
@@ -745,7 +768,7 @@ def contenders(kind: str, peers: bool = True) -> dict[str, Callable[[int, int], 
     python_level = signal.getsignal(signal.SIGCHLD) is not None  # the SIGCHLD floors can put it back
     if pidfds:
         table[PIDFD_FLOOR] = pidfd_floor(kind)
-        table[GUARANTEES_FLOOR] = guarantees_floor(kind)
+        table[PROMISE_FLOOR] = promise_floor(kind)
     if python_level:
         table[SIGCHLD_FLOOR] = sigchld_floor(kind)
     if pidfds and python_level:

@@ -9,6 +9,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -196,26 +197,26 @@ def test_throughput_adapters_beside_their_hosts_and_the_loops_floors(tmp_path: P
 
 
 @pytest.mark.timeout(120)
-def test_throughput_guarantees_floor_runs_every_kind_beside_the_pidfd_floor(tmp_path: Path) -> None:
-    """The row that prices the guarantees with no structure: it starts and reaps
-    every child (a lost one would hang it past the timeout, a stray status raise),
-    for spawn and fork, at both concurrencies, and leaves no child behind."""
-    out = tmp_path / "t.json"
-    _run(
-        "throughput",
-        ["--n", "12", "--rounds", "1", "--only", "pidfd floor (no,guarantees", "--json", str(out)],
-        tmp_path,
-    )
-    ratios = _strict_json(out)["ratio_to_floor"]
-    if "pidfd floor (no library)" not in ratios:
-        pytest.skip("no pidfds here: the guarantees floor is a pidfd floor")
-    assert set(ratios["guarantees floor (no structure)"]) == {
-        "spawn c=1",
-        "spawn c=64",
-        "fork c=1",
-        "fork c=64",
-    }
-    assert all(v > 0 for v in ratios["guarantees floor (no structure)"].values())
+def test_throughput_promise_floor_reaps_every_child_and_closes_every_fd(throughput: ModuleType) -> None:
+    """The row that prices the promise with no structure: for spawn and fork, at
+    both concurrencies, it starts and reaps every child (a lost one would hang it
+    past the timeout), leaves no child and no fd behind, and refuses to run where
+    SIGCHLD's disposition discards statuses, as childproc does at every start."""
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("the promise floor is a pidfd floor")
+    fds = sorted(os.listdir("/proc/self/fd"))
+    for kind in ("spawn", "fork"):
+        for conc in (1, 8):
+            throughput.promise_floor(kind)(12, conc)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with pytest.raises(RuntimeError, match="SIGCHLD ignored"):
+            throughput.promise_floor("spawn")(1, 1)
+    finally:
+        signal.signal(signal.SIGCHLD, old)
 
 
 @pytest.mark.timeout(200)
