@@ -145,8 +145,15 @@ class AsyncHandle(WaiterBase):
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        """``async with await ctx.spawn(...) as child:`` ends with :meth:`aclose`."""
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        """``async with await ctx.spawn(...) as child:`` ends with :meth:`aclose`. Left
+        by a cancellation or an interrupt, the child (and its tree) is killed first:
+        asyncio cancels a task once, so the wait in :meth:`aclose` would not be
+        cancelled again, and would wait for the child's own exit."""
+        if exc is not None and not isinstance(exc, (Exception, GeneratorExit)):
+            self._kill_on_cancel()
         await self.aclose()
 
 
@@ -162,7 +169,8 @@ async def stop(
     tree), until ``grace`` is over for the exit and, for a cgroup tree, for the
     tree to be empty; then SIGKILL (the tree) and wait for the exit. Cancelled,
     it SIGKILLs the child (the tree) before the cancellation goes on, without
-    waiting: a cancellation is a ``BaseException`` that is no ``Exception``
+    waiting, and owns it (``kill_on_close``: as a cancelled ``wait(kill_on_cancel=True)``,
+    ``close()`` reaps it without a warning): a cancellation is a ``BaseException`` that is no ``Exception``
     (asyncio's, trio's), or one of ``cancelled`` (Twisted's ``CancelledError``)."""
     child._check_stop(grace, sig)
     deadline = time.monotonic() + grace
@@ -182,6 +190,7 @@ async def stop(
             await sleep(STOP_POLL_S)
     except BaseException as exc:
         if not isinstance(exc, Exception) or isinstance(exc, cancelled):  # (the stop is abandoned)
+            child.kill_on_close = True  # (killed: close() reaps it, with no warning that it ran)
             with contextlib.suppress(Exception):  # (the cancellation goes on)
                 child._send_everywhere(signal.SIGKILL)
         raise

@@ -410,6 +410,33 @@ def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str, tm
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("body", ["wait", "sleep"])
+def test_an_asyncio_cancelled_async_with_kills_the_child_at_once(loop: str, body: str) -> None:
+    """asyncio cancels a task once (anyio's and trio's scopes cancel again inside the
+    block's end): a block cancelled by ``wait_for`` (or Ctrl-C under ``asyncio.run``)
+    must kill the child, not wait for its own exit in ``aclose()`` (a new user's trial
+    waited for a ``sleep 30`` to end)."""
+    handles: list[asyncio_host.AsyncChild] = []
+
+    async def block(ctx: asyncio_host.AsyncContext) -> None:
+        async with await ctx.spawn(["sleep", "30"], stdout=PIPE, kill_tree=body == "sleep") as child:
+            handles.append(child)
+            await (child.wait() if body == "wait" else asyncio.sleep(30))
+
+    async def main() -> float:
+        async with asyncio_host.open_context() as ctx:
+            t0 = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(block(ctx), 0.3)
+            left = time.monotonic() - t0
+            assert (await handles[0].wait()).returncode == -signal.SIGKILL
+            return left
+
+    assert run_on(loop, main) < 5
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("call", ["communicate", "run"])
 @pytest.mark.parametrize("flavour", ["trio", "anyio-trio"])
 def test_a_ctrl_c_in_communicate_is_a_keyboard_interrupt(flavour: str, call: str) -> None:

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +387,31 @@ def test_a_cancelled_stop_kills_the_tree(tmp_path: Path, kind: str) -> None:
             assert _all_gone(report)
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_context_closed_right_after_a_cancelled_stop_reaps_without_a_warning() -> None:
+    """A cancelled ``stop()`` killed the child: the context closed next (Ctrl-C under
+    ``asyncio.run`` leaves the ``open_context()`` block at once) reaps it, and does
+    not warn that a child it had killed still ran (a new user's trial saw it warn)."""
+    pids: list[int] = []
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with asyncio_host.open_context() as ctx:
+            child = ctx.spawn(["sh", "-c", _TERM_IGNORED + "sleep 30 & wait"], kill_tree=True)
+            pids.append(child.pid)
+            await asyncio.sleep(0.05)
+            asyncio.get_running_loop().call_later(0.2, task.cancel)  # (as Ctrl-C does)
+            await child.stop(grace=30)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(main())
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pids[0], os.WNOHANG)  # (reaped by the close)
 
 
 @pytest.mark.timeout(60)
