@@ -7,7 +7,10 @@ What ``/proc`` tells about another process, without touching it:
   per thread; ``SigIgn`` and ``SigCgt``, the process's dispositions): whether
   SIGCHLD is ignored, caught by a handler (whose, it cannot say), or blocked
   everywhere; ``SA_NOCLDWAIT`` is not shown;
-* which threads are blocked in ``wait()`` right now (``wchan``: ``do_wait``);
+* which threads are blocked in ``wait()`` right now (``wchan``: ``do_wait``), and,
+  where ``/proc/<pid>/task/<tid>/syscall`` is readable, whether that wait may take
+  any child (``waitpid(-1)``, ``waitid(P_ALL)``, a process group) or names one
+  (``Popen.wait()``, asyncio's per-child watcher thread: not a reaper of others);
 * its children (``/proc/<pid>/task/<tid>/children``), their states (``Z`` for a
   zombie) and commands;
 * its open pidfds (``anon_inode:[pidfd]`` among its fds, where readable).
@@ -42,8 +45,33 @@ def _status_fields(text: str) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
+#: (wait4, waitid) system call numbers, where known.
+_WAIT_CALLS = {"x86_64": (61, 247), "aarch64": (260, 95)}.get(platform.machine())
+_P_ALL, _P_PGID = 0, 2
+
+
+def _waits_for_any(pid: int, tid: int) -> bool:
+    """A thread blocked in ``wait()``: whether that wait may reap any child (True where
+    its arguments cannot be read), rather than one it names by pid or pidfd."""
+    text = _read(f"/proc/{pid}/task/{tid}/syscall")
+    if _WAIT_CALLS is None or not text:
+        return True
+    fields = text.split()
+    try:
+        number, first = int(fields[0]), int(fields[1], 16) & 0xFFFFFFFF
+    except (IndexError, ValueError):
+        return True
+    signed = first - (1 << 32) if first >= 1 << 31 else first
+    if number == _WAIT_CALLS[0]:  # wait4(pid, ...): -1 any, 0 or < -1 a process group
+        return signed <= 0
+    if number == _WAIT_CALLS[1]:  # waitid(idtype, id, ...)
+        return signed in (_P_ALL, _P_PGID)
+    return True
+
+
 def task_info(pid: int) -> Iterator[tuple[int, str, int, int, int, bool | None]]:
-    """For each thread of ``pid``: (tid, name, SigBlk, SigIgn, SigCgt, blocked in wait())."""
+    """For each thread of ``pid``: (tid, name, SigBlk, SigIgn, SigCgt, blocked in a
+    ``wait()`` that may reap any child)."""
     try:
         tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except OSError:
@@ -54,13 +82,14 @@ def task_info(pid: int) -> Iterator[tuple[int, str, int, int, int, bool | None]]
             continue  # (it exited meanwhile)
         fields = _status_fields(text)
         wchan = _read(f"/proc/{pid}/task/{tid}/wchan")
+        waiting = None if wchan is None else wchan.strip() in ("do_wait", "kernel_wait4", "do_sys_waitid")
         yield (
             tid,
             fields.get("Name", "?").strip(),
             int(fields.get("SigBlk", "0"), 16),
             int(fields.get("SigIgn", "0"), 16),
             int(fields.get("SigCgt", "0"), 16),
-            None if wchan is None else wchan.strip() in ("do_wait", "kernel_wait4", "do_sys_waitid"),
+            waiting and _waits_for_any(pid, tid),
         )
 
 
@@ -123,7 +152,7 @@ def report_on(pid: int) -> DoctorReport:
     if ignored:
         sigchld = SigchldInfo("ignored", None, None, "nobody")
     elif caught:
-        sigchld = SigchldInfo("caught", "a handler (whose cannot be read from /proc)", None, "unknown")
+        sigchld = SigchldInfo("caught", "by a handler /proc cannot name", None, "unknown")
     else:
         sigchld = SigchldInfo("default", None, None, "nobody")
     children = tuple(ChildInfo(p, state, command, "unknown", pid) for p, state, command in children_of(pid))

@@ -133,7 +133,7 @@ class DoctorReport:
     def __str__(self) -> str:
         s = self.sigchld
         handler = f" ({s.handler})" if s.handler else ""
-        unknown = ", SA_NOCLDWAIT: unknown (not in /proc)"
+        unknown = "; SA_NOCLDWAIT not shown in /proc"
         nocld_text = {True: ", SA_NOCLDWAIT", False: "", None: unknown}[s.nocldwait]
         lines = [
             f"childproc doctor for pid {self.pid}, read from {self.source} (Linux {self.kernel}"

@@ -102,7 +102,7 @@ _LIST = [
         "pid space",
         "Whoever made them must wait for them (Popen.wait(), asyncio's Process.wait()), or hand them "
         "to childproc with ctx.adopt(pid); nothing here reaps children by any pid (no SIGCHLD "
-        "handler, no thread in wait(), no LIBXL or LIBXL_ALWAYS context)",
+        "handler, no thread in a wait() that may take any child, no LIBXL or LIBXL_ALWAYS context)",
     ),
     Trap(
         "threads-before-fork-server",

@@ -247,9 +247,12 @@ elif state == "c":
 elif state == "blocked":
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
 zombie = os.posix_spawn("/bin/true", ["true"], os.environ)
-if state == "waiting":
+if state in ("waiting", "waiting-one"):
     waiter = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
-    thread = threading.Thread(target=os.waitpid, args=(waiter, 0), daemon=True)
+    # A wait that may take any child (for stops only: it leaves the zombie be), or
+    # one that names its child, as Popen.wait() and asyncio's watcher thread do.
+    how = (os.waitid, (os.P_ALL, 0, os.WSTOPPED)) if state == "waiting" else (os.waitpid, (waiter, 0))
+    thread = threading.Thread(target=how[0], args=how[1], daemon=True)
     thread.start()
     while open(f"/proc/self/task/{thread.native_id}/wchan").read() != "do_wait":
         pass  # (until it is blocked in waitpid)
@@ -299,6 +302,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("c", "caught", set()),
         ("blocked", "default", {"sigchld-blocked", "unreaped-zombies"}),
         ("waiting", "default", set()),
+        ("waiting-one", "default", {"unreaped-zombies"}),  # (a wait for one pid reaps no other)
     ],
 )
 def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps: set[str]) -> None:
@@ -318,6 +322,8 @@ def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps:
         assert len(report.zombies) == 1
     if state == "waiting":
         assert any(t.waiting_for_children for t in report.threads)
+    if state == "waiting-one":
+        assert not any(t.waiting_for_children for t in report.threads)
     if state == "blocked":
         assert all(t.sigchld_blocked for t in report.threads)
     assert proc.returncode == 0, proc.stderr
