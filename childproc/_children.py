@@ -39,6 +39,7 @@ from ._errors import (
     AlreadyWatchedError,
     ChildExitedError,
     NotOurChildError,
+    SigchldConflictError,
     SigchldIgnoredError,
     StateError,
 )
@@ -145,9 +146,20 @@ class Children:
         if plan.first_child_check and not self.ledger.running:
             self.refuse_foreign_children_locked(mode, creator.pid if isinstance(creator, Adopt) else None)
         if plan.wants_handler[2 + (watches_stops or len(self.reaping.stop_watchers) > 0)]:
-            HANDLER.check()
-            if not HANDLER.uses(self.handler_key):
-                HANDLER.set_user(self.handler_key, self.wakeups.waker.poke, True)
+            try:
+                HANDLER.check()
+                if not HANDLER.uses(self.handler_key):
+                    HANDLER.set_user(self.handler_key, self.wakeups.waker.poke, True)
+            except SigchldConflictError as exc:
+                if not watches_stops or plan.wants_handler[2] or type(exc) is not SigchldConflictError:
+                    raise
+                # Only this child's stop events want the handler: say so, and the way out.
+                raise SigchldConflictError(
+                    f"stop/continue events (events with WSTOPPED or WCONTINUED) need childproc's own "
+                    f"SIGCHLD handler in {mode.name} mode, and {exc}. Without them (events=os.WEXITED, "
+                    f"the default) {mode.name} works beside that handler.",
+                    exc.handler,
+                ) from None
         why = HANDLER.discards_statuses(fresh=True)  # (an adopted child's status too)
         if why is not None:
             self.sync_handler_use_locked()

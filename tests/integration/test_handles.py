@@ -26,6 +26,7 @@ from childproc import (
     Hooks,
     InvalidArgumentError,
     NotOurChildError,
+    SigchldConflictError,
     SigchldOwner,
     SpawnError,
     StateError,
@@ -188,6 +189,22 @@ def test_stop_events_refused_where_they_cannot_work() -> None:
         with pytest.raises(InvalidArgumentError, match="events must be"):
             ctx.fork(events=os.WSTOPPED)
         assert ctx.children == frozenset()
+
+
+@pytest.mark.timeout(30)
+def test_stop_events_beside_a_host_handler_say_that_they_are_the_cause() -> None:
+    """SELECTIVE_REAP works beside a host's SIGCHLD handler; only stop events need
+    childproc's own. The refusal says so, and how to go on (it used to tell the user to
+    remove the host's handler, as if childproc could not run beside it at all)."""
+    old = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    try:
+        with ctx_in(SigchldOwner.SELECTIVE_REAP) as ctx:
+            assert ctx.spawn(["true"]).wait(10) is not None
+            with pytest.raises(SigchldConflictError, match=r"stop/continue events.*events=os\.WEXITED"):
+                ctx.spawn(["true"], events=os.WEXITED | os.WSTOPPED)
+            assert ctx.children == frozenset()
+    finally:
+        signal.signal(signal.SIGCHLD, old)
 
 
 # -- callback before reap ----------------------------------------------------------------
