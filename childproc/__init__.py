@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._doctor import DoctorReport, doctor
     from ._errors import (
         AlreadyWatchedError,
+        ArgumentTypeError,
         ChildExitedError,
         ChildprocError,
         ChildStolenError,
@@ -70,6 +71,7 @@ _LAZY = {
     **dict.fromkeys(
         (
             "AlreadyWatchedError",
+            "ArgumentTypeError",
             "ChildExitedError",
             "ChildprocError",
             "ChildStolenError",
@@ -160,6 +162,7 @@ __all__ = [
     "TimeoutExpired",
     "ChildprocError",
     "InvalidArgumentError",
+    "ArgumentTypeError",
     "StateError",
     "SigchldConflictError",
     "HandlerReplacedError",

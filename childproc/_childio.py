@@ -105,8 +105,8 @@ _BINARY = FileOptions()
 
 
 def _check_encoding(encoding: object) -> None:
-    """Refuse an ``encoding`` Python has no codec for before any child starts (``Popen``
-    starts the child, then raises ``LookupError`` making the text file)."""
+    """Refuse an ``encoding`` Python has no codec for before any child starts, as
+    ``Popen`` does (with a ``LookupError``), and whether or not a pipe would use it."""
     if not isinstance(encoding, str):
         raise ArgumentTypeError(f"encoding must be a str naming a codec, not {encoding!r}")
     try:

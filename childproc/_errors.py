@@ -40,8 +40,8 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
 
 
 class UnknownEncodingError(InvalidArgumentError, LookupError):
-    """``encoding=`` names no codec Python knows. Also a :class:`LookupError`, as
-    ``Popen`` raises (after its child started; childproc refuses before)."""
+    """``encoding=`` names no codec Python knows; no child was started. Also a
+    :class:`LookupError`, as ``Popen`` raises."""
 
 
 class StateError(ChildprocError):

@@ -75,13 +75,26 @@ _NOT_TAKEN = {
     "task_status": "run() is awaited, not started in a nursery: await ctx.run(...)",
 }
 
+#: What ``spawn`` says instead, where ``_NOT_TAKEN``'s advice is ``run()``'s.
+_NOT_TAKEN_BY_SPAWN = {
+    **dict.fromkeys(
+        _RUN_OPTIONS,
+        "that is run()'s: use ctx.run(...), or give stdin=PIPE/stdout=PIPE/stderr=PIPE "
+        "and call child.communicate(input, timeout=...)",
+    ),
+    "capture_stdout": "that is trio's run_process's: give stdout=PIPE",
+    "capture_stderr": "that is trio's run_process's: give stderr=PIPE",
+    "deliver_cancel": "that is trio's run_process's: ctx.run(...) kills a cancelled child with SIGKILL",
+    "task_status": "that is trio's run_process's: spawn() starts the child and returns its handle",
+}
+
 
 def refuse_options(unknown: Collection[str], call: str = "run") -> NoReturn:
     """Raise :class:`ArgumentTypeError` for the first of ``unknown``, keywords that
     ``call`` (``run``, ``spawn``) does not take: what to do instead, or the name
     it probably meant."""
     name = sorted(unknown)[0]
-    why = _NOT_TAKEN.get(name)
+    why = (_NOT_TAKEN_BY_SPAWN.get(name) if call == "spawn" else None) or _NOT_TAKEN.get(name)
     if why is None:
         known = SPAWN_OPTIONS | {"on_event"} | (_RUN_OPTIONS if call == "run" else frozenset())
         close = difflib.get_close_matches(name, sorted(known), n=1)

@@ -137,7 +137,10 @@ def test_spawn_refuses_popen_only_arguments_saying_what_to_do(sel: Context) -> N
         ({"preexec_fn": print}, "ctx.fork"),
         ({"startupinfo": None}, "Windows only"),
         ({"stdoutt": PIPE}, "did you mean 'stdout'"),
-        ({"capture_output": True}, "Context.spawn says"),  # (run's, not spawn's)
+        ({"capture_output": True}, r"that is run\(\)'s: use ctx.run\(...\), or .*child.communicate"),
+        ({"timeout": 5}, r"that is run\(\)'s"),  # (not "did you mean 'stdout'")
+        ({"capture_stdout": True}, "give stdout=PIPE$"),
+        ({"frobnicate": 1}, "Context.spawn says what it takes"),
     ]
     for options, says in cases:
         with pytest.raises(childproc.InvalidArgumentError, match=says) as info:
@@ -148,8 +151,10 @@ def test_spawn_refuses_popen_only_arguments_saying_what_to_do(sel: Context) -> N
 
 @pytest.mark.timeout(30)
 def test_an_unknown_encoding_is_refused_before_the_child_starts(sel: Context) -> None:
-    """Popen starts the child, then raises LookupError making its text file; childproc
-    refuses first, with an error that is also a LookupError, and opens no pipe."""
+    """Refused before the child starts, with an error that is also a LookupError (as
+    Popen raises), and no pipe left open (childproc used to start the child and
+    fail only when the pipe was read). Refused with no pipe too: the argument is
+    wrong whether or not a pipe would use it."""
     fds = len(os.listdir("/proc/self/fd"))
     for call in (sel.spawn, sel.run):
         with pytest.raises(
@@ -160,6 +165,8 @@ def test_an_unknown_encoding_is_refused_before_the_child_starts(sel: Context) ->
     with pytest.raises(TypeError, match="encoding must be a str") as wrong:
         sel.spawn(["true"], stdout=PIPE, encoding=8)  # type: ignore[arg-type]
     assert isinstance(wrong.value, childproc.InvalidArgumentError)
+    with pytest.raises(childproc.UnknownEncodingError):
+        sel.spawn(["true"], encoding="utf-99")
     assert sel.children == frozenset() and len(os.listdir("/proc/self/fd")) == fds
     assert sel.run(["printf", "\\303\\251"], capture_output=True, encoding="UTF8").stdout == "\u00e9"
 
