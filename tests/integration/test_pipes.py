@@ -101,12 +101,9 @@ def test_input_of_the_wrong_type_is_a_type_error_as_in_subprocess(sel: Context) 
     assert sel.run(["cat"], input=bytearray(b"ok"), capture_output=True).stdout == b"ok"
 
 
-@pytest.mark.timeout(30)
-def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> None:
-    """subprocess.run arguments run() does not take, and misspellings: a TypeError (as
-    Python's own for an unexpected keyword) of childproc's that says what to do, not
-    an error naming Context.spawn. Nothing is started."""
-    cases: list[tuple[dict[str, Any], str]] = [
+#: What run() and spawn() refuse, and what each says (a regular expression).
+_REFUSED: dict[str, list[tuple[dict[str, Any], str]]] = {
+    "run": [
         ({"shell": True}, r"shell=: .*\['/bin/sh', '-c', command\]"),
         ({"executable": "/bin/true"}, "argv\\[0\\]"),
         ({"preexec_fn": print}, "ctx.fork"),
@@ -118,20 +115,9 @@ def test_run_refuses_what_it_does_not_take_saying_what_to_do(sel: Context) -> No
         ({"capture_stdout": True}, "stdout=PIPE"),
         ({"stdin": b"data"}, "input="),
         ({"task_status": object()}, "await ctx.run"),
-    ]
-    for options, says in cases:
-        with pytest.raises(childproc.InvalidArgumentError, match=says) as info:
-            sel.run(["true"], **options)
-        assert isinstance(info.value, TypeError)
-    assert sel.children == frozenset()
-
-
-@pytest.mark.timeout(30)
-def test_spawn_refuses_popen_only_arguments_saying_what_to_do(sel: Context) -> None:
-    """``Popen(argv, shell=..., close_fds=...)`` ported as ``ctx.spawn(...)``: the
-    same childproc TypeError as run() gives, naming spawn, not Python's bare one.
-    Nothing is started."""
-    cases: list[tuple[dict[str, Any], str]] = [
+    ],
+    # Popen(argv, shell=..., close_fds=...) ported as ctx.spawn(...):
+    "spawn": [
         ({"shell": True}, r"spawn\(\) does not take shell=: .*\['/bin/sh', '-c', command\]"),
         ({"close_fds": False}, "close-on-exec"),
         ({"preexec_fn": print}, "ctx.fork"),
@@ -141,11 +127,21 @@ def test_spawn_refuses_popen_only_arguments_saying_what_to_do(sel: Context) -> N
         ({"timeout": 5}, r"that is run\(\)'s"),  # (not "did you mean 'stdout'")
         ({"capture_stdout": True}, "give stdout=PIPE$"),
         ({"frobnicate": 1}, "Context.spawn says what it takes"),
-    ]
-    for options, says in cases:
-        with pytest.raises(childproc.InvalidArgumentError, match=says) as info:
-            sel.spawn(["true"], **options)
-        assert isinstance(info.value, TypeError)
+    ],
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", sorted(_REFUSED))
+def test_run_and_spawn_refuse_what_they_do_not_take_saying_what_to_do(sel: Context, call: str) -> None:
+    """subprocess.run/Popen arguments run() or spawn() does not take, and misspellings:
+    a TypeError (as Python's own for an unexpected keyword) of childproc's that says
+    what to do, naming the call (spawn's used to be Python's bare one). Nothing is
+    started."""
+    for options, says in _REFUSED[call]:
+        with pytest.raises(childproc.ArgumentTypeError, match=says) as info:
+            getattr(sel, call)(["true"], **options)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, childproc.InvalidArgumentError)
     assert sel.children == frozenset()
 
 
