@@ -149,12 +149,16 @@ class AsyncHandle(WaiterBase):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         """``async with await ctx.spawn(...) as child:`` ends with :meth:`aclose`. Left
-        by a cancellation or an interrupt, the child (and its tree) is killed first:
-        asyncio cancels a task once, so the wait in :meth:`aclose` would not be
-        cancelled again, and would wait for the child's own exit."""
-        if exc is not None and not isinstance(exc, (Exception, GeneratorExit)):
-            self._kill_on_cancel()
-        await self.aclose()
+        by a cancellation, an interrupt or the close of the generator it was in
+        (``GeneratorExit``: asyncio closes them when ``asyncio.run`` stops), the child
+        (and its tree) is killed first: asyncio cancels a task once, so the wait in
+        :meth:`aclose` would not be cancelled again and would wait for the child's own
+        exit. An ``Exception`` leaves it to exit by itself, as ``Popen``'s ``with`` does."""
+        try:
+            if exc is not None and not isinstance(exc, Exception):
+                self._kill_on_cancel()
+        finally:
+            await self.aclose()
 
 
 async def stop(

@@ -376,8 +376,9 @@ class Child:
         Returns the final :class:`~childproc.ChildEvent` (None if someone else
         reaped it). The exit is delivered once, as always: every waiter sees it
         and the callback runs once. Interrupted (``KeyboardInterrupt``), it SIGKILLs
-        the child (the tree) before the interrupt goes on, without waiting; an error
-        a callback raised meanwhile (any child's) goes on and leaves it be."""
+        the child (the tree) before the interrupt goes on, without waiting, and sets
+        ``kill_on_close`` (``close()`` reaps it without a warning); an error a
+        callback raised meanwhile (any child's) goes on and leaves it be."""
         self._check_stop(grace, sig)
         deadline = time.monotonic() + grace
         try:
@@ -392,6 +393,7 @@ class Child:
             return self.wait()
         except BaseException as exc:
             if not isinstance(exc, Exception):  # (an interrupt: the stop is abandoned)
+                self.kill_on_close = True  # (killed: close() reaps it, with no warning that it ran)
                 with contextlib.suppress(Exception):  # (the interrupt goes on)
                     self._send_everywhere(signal.SIGKILL)
             raise

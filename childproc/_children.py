@@ -49,7 +49,7 @@ from ._orphans import ORPHANAGE
 from ._plan import Plan
 from ._policy import Destination, Owner, Reaper, SigchldOwner
 from ._reaping import Reaping
-from ._sigchld import HANDLER, on_main_thread
+from ._sigchld import HANDLER, describe, on_main_thread
 from ._traps import TRAPS, ignored_why
 from ._trees import settle
 from ._wakeups import Wakeups
@@ -156,8 +156,9 @@ class Children:
                 # Only this child's stop events want the handler: say so, and the way out.
                 raise SigchldConflictError(
                     f"stop/continue events (events with WSTOPPED or WCONTINUED) need childproc's own "
-                    f"SIGCHLD handler in {mode.name} mode, and {exc}. Without them (events=os.WEXITED, "
-                    f"the default) {mode.name} works beside that handler.",
+                    f"SIGCHLD handler, and SIGCHLD already has one: {describe(exc.handler)}, which "
+                    f"childproc will not replace. Watch exits only (events=os.WEXITED, the default): "
+                    f"{mode.name} works beside that handler",
                     exc.handler,
                 ) from None
         why = HANDLER.discards_statuses(fresh=True)  # (an adopted child's status too)

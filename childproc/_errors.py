@@ -125,9 +125,6 @@ class SpawnNotADirectoryError(SpawnError, NotADirectoryError):
     """A :class:`SpawnError` for a ``cwd`` (or a path in it) that is not a directory (``ENOTDIR``)."""
 
 
-for _cls in (SpawnFileNotFoundError, SpawnPermissionError, SpawnNotADirectoryError):
-    _cls.__module__ = "childproc"  # (where they are found, by tracebacks and pickle)
-
 _SPAWN_ERRORS = {
     errno.ENOENT: SpawnFileNotFoundError,
     errno.EACCES: SpawnPermissionError,
@@ -179,3 +176,31 @@ class FdLostError(StateError):
 
 class PidfdUnavailableError(StateError):
     """The PIDFD mode needs pidfds (Linux >= 5.3, not blocked by seccomp); this system has none."""
+
+
+# Every public exception is shown (by tracebacks, pickle, the docs) where users find it.
+for _cls in (
+    ChildprocError,
+    InvalidArgumentError,
+    ArgumentTypeError,
+    UnknownEncodingError,
+    StateError,
+    SigchldConflictError,
+    SigchldIgnoredError,
+    HandlerReplacedError,
+    ForkError,
+    ClosedError,
+    ForkedContextError,
+    ChildStolenError,
+    SpawnError,
+    SpawnFileNotFoundError,
+    SpawnPermissionError,
+    SpawnNotADirectoryError,
+    ChildExitedError,
+    UnknownChildError,
+    AlreadyWatchedError,
+    NotOurChildError,
+    FdLostError,
+    PidfdUnavailableError,
+):
+    _cls.__module__ = "childproc"  # (tracebacks then name the class as users import it)

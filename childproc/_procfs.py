@@ -52,20 +52,23 @@ _P_ALL, _P_PGID = 0, 2
 
 def _waits_for_any(pid: int, tid: int) -> bool:
     """A thread blocked in ``wait()``: whether that wait may reap any child (True where
-    its arguments cannot be read), rather than one it names by pid or pidfd."""
+    its arguments cannot be read), rather than one it names by pid or pidfd, or only
+    stops (``waitid`` without ``WEXITED``). A process group's wait counts as one that
+    may: which group a zombie is in is not checked."""
     text = _read(f"/proc/{pid}/task/{tid}/syscall")
     if _WAIT_CALLS is None or not text:
         return True
     fields = text.split()
     try:
         number, first = int(fields[0]), int(fields[1], 16) & 0xFFFFFFFF
+        options = int(fields[4], 16) if number == _WAIT_CALLS[1] else os.WEXITED
     except (IndexError, ValueError):
         return True
     signed = first - (1 << 32) if first >= 1 << 31 else first
     if number == _WAIT_CALLS[0]:  # wait4(pid, ...): -1 any, 0 or < -1 a process group
         return signed <= 0
-    if number == _WAIT_CALLS[1]:  # waitid(idtype, id, ...)
-        return signed in (_P_ALL, _P_PGID)
+    if number == _WAIT_CALLS[1]:  # waitid(idtype, id, infop, options): exits only with WEXITED
+        return signed in (_P_ALL, _P_PGID) and bool(options & os.WEXITED)
     return True
 
 

@@ -47,8 +47,9 @@ class ThreadInfo:
     name: str
     #: SIGCHLD is in the thread's signal mask.
     sigchld_blocked: bool
-    #: The thread is blocked in ``wait()``/``waitpid()``/``waitid()`` right now (None:
-    #: its ``wchan`` may not be read).
+    #: The thread is blocked in a ``wait()``/``waitpid()``/``waitid()`` right now that
+    #: may reap any child, not one it names by pid or pidfd (None: its ``wchan`` may
+    #: not be read).
     waiting_for_children: bool | None
 
 
@@ -155,7 +156,7 @@ class DoctorReport:
         blocking = [t.tid for t in self.threads if t.sigchld_blocked]
         lines.append(
             f"  threads             : {len(self.threads)}"
-            + (f"; in wait(): {', '.join(map(str, waiting))}" if waiting else "")
+            + (f"; in a wait() for any child: {', '.join(map(str, waiting))}" if waiting else "")
             + (f"; SIGCHLD blocked in: {', '.join(map(str, blocking))}" if blocking else "")
         )
         if self.contexts is None:

@@ -105,3 +105,7 @@ def _rebuild_called(fields: tuple[Any, ...]) -> CalledProcessError:
 def _rebuild_timeout(fields: tuple[Any, ...]) -> TimeoutExpired:
     cmd, timeout, output, stderr, event, pid = fields
     return TimeoutExpired(cmd, timeout, output, stderr, event=event, pid=pid)
+
+
+for _cls in (CompletedProcess, CalledProcessError, TimeoutExpired):
+    _cls.__module__ = "childproc"  # (where users find them: tracebacks, pickle, the docs)

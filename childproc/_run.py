@@ -78,13 +78,15 @@ _NOT_TAKEN = {
 #: What ``spawn`` says instead, where ``_NOT_TAKEN``'s advice is ``run()``'s.
 _NOT_TAKEN_BY_SPAWN = {
     **dict.fromkeys(
-        _RUN_OPTIONS,
+        ("capture_output", "input", "timeout"),
         "that is run()'s: use ctx.run(...), or give stdin=PIPE/stdout=PIPE/stderr=PIPE "
         "and call child.communicate(input, timeout=...)",
     ),
+    "check": "that is run()'s: use ctx.run(..., check=True), or look at child.wait().returncode",
     "capture_stdout": "that is trio's run_process's: give stdout=PIPE",
     "capture_stderr": "that is trio's run_process's: give stderr=PIPE",
-    "deliver_cancel": "that is trio's run_process's: ctx.run(...) kills a cancelled child with SIGKILL",
+    "deliver_cancel": "that is trio's run_process's: to kill the child when a wait is cancelled, "
+    "await child.wait(kill_on_cancel=True), or hold it in 'async with'",
     "task_status": "that is trio's run_process's: spawn() starts the child and returns its handle",
 }
 

@@ -247,11 +247,16 @@ elif state == "c":
 elif state == "blocked":
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
 zombie = os.posix_spawn("/bin/true", ["true"], os.environ)
-if state in ("waiting", "waiting-one"):
-    waiter = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
-    # A wait that may take any child (for stops only: it leaves the zombie be), or
-    # one that names its child, as Popen.wait() and asyncio's watcher thread do.
-    how = (os.waitid, (os.P_ALL, 0, os.WSTOPPED)) if state == "waiting" else (os.waitpid, (waiter, 0))
+if state.startswith("waiting"):
+    waiter = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ, setpgroup=0)
+    # A wait that may take children (a process group's: the doctor does not match
+    # groups), one that names its child (Popen.wait(), asyncio's watcher thread), or
+    # one for stops only: blocked in wait() all three, beside the zombie.
+    how = {
+        "waiting": (os.waitpid, (-waiter, 0)),
+        "waiting-one": (os.waitpid, (waiter, 0)),
+        "waiting-stops": (os.waitid, (os.P_ALL, 0, os.WSTOPPED)),
+    }[state]
     thread = threading.Thread(target=how[0], args=how[1], daemon=True)
     thread.start()
     while open(f"/proc/self/task/{thread.native_id}/wchan").read() != "do_wait":
@@ -303,6 +308,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("blocked", "default", {"sigchld-blocked", "unreaped-zombies"}),
         ("waiting", "default", set()),
         ("waiting-one", "default", {"unreaped-zombies"}),  # (a wait for one pid reaps no other)
+        ("waiting-stops", "default", {"unreaped-zombies"}),  # (nor does one without WEXITED)
     ],
 )
 def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps: set[str]) -> None:
@@ -322,7 +328,7 @@ def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps:
         assert len(report.zombies) == 1
     if state == "waiting":
         assert any(t.waiting_for_children for t in report.threads)
-    if state == "waiting-one":
+    if state in ("waiting-one", "waiting-stops"):
         assert not any(t.waiting_for_children for t in report.threads)
     if state == "blocked":
         assert all(t.sigchld_blocked for t in report.threads)

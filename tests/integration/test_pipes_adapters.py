@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -411,24 +411,36 @@ def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str, tm
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("loop", LOOPS)
-@pytest.mark.parametrize("body", ["wait", "sleep"])
+@pytest.mark.parametrize("body", ["wait", "tree", "generator"])
 def test_an_asyncio_cancelled_async_with_kills_the_child_at_once(loop: str, body: str) -> None:
     """asyncio cancels a task once (anyio's and trio's scopes cancel again inside the
     block's end): a block cancelled by ``wait_for`` (or Ctrl-C under ``asyncio.run``)
-    must kill the child, not wait for its own exit in ``aclose()`` (a new user's trial
-    waited for a ``sleep 30`` to end)."""
+    must kill the child, and its tree, not wait for its own exit in ``aclose()`` (a new
+    user's trial waited for a ``sleep 30`` to end). The same for a block in an async
+    generator closed on the way out (``GeneratorExit``), as ``asyncio.run`` closes them."""
     handles: list[asyncio_host.AsyncChild] = []
+    argv = ["sh", "-c", "sleep 30 & wait"] if body == "tree" else ["sleep", "30"]
 
-    async def block(ctx: asyncio_host.AsyncContext) -> None:
-        async with await ctx.spawn(["sleep", "30"], stdout=PIPE, kill_tree=body == "sleep") as child:
+    async def block(ctx: asyncio_host.AsyncContext) -> AsyncGenerator[None, None]:
+        async with await ctx.spawn(argv, stdout=PIPE, kill_tree=body == "tree") as child:
             handles.append(child)
-            await (child.wait() if body == "wait" else asyncio.sleep(30))
+            if body == "generator":
+                yield
+            await child.wait()
+
+    async def run_block(ctx: asyncio_host.AsyncContext) -> None:
+        gen = block(ctx)
+        try:
+            async for _ in gen:
+                await asyncio.sleep(30)  # (cancelled here: the generator is closed, not cancelled)
+        finally:
+            await gen.aclose()
 
     async def main() -> float:
         async with asyncio_host.open_context() as ctx:
             t0 = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(block(ctx), 0.3)
+                await asyncio.wait_for(run_block(ctx), 0.3)
             left = time.monotonic() - t0
             assert (await handles[0].wait()).returncode == -signal.SIGKILL
             return left

@@ -365,6 +365,7 @@ def test_structured_cancelled_run_settles_its_tree(
 
 # -- a stop() cut short still ends the tree ------------------------------------------
 _TERM_IGNORED = "trap '' TERM; "
+_READY = "sleep 30 & echo ready; wait"  # (read "ready" first: a TERM before the trap would end it)
 
 
 @pytest.mark.timeout(60)
@@ -400,9 +401,9 @@ def test_a_context_closed_right_after_a_cancelled_stop_reaps_without_a_warning()
         task = asyncio.current_task()
         assert task is not None
         async with asyncio_host.open_context() as ctx:
-            child = ctx.spawn(["sh", "-c", _TERM_IGNORED + "sleep 30 & wait"], kill_tree=True)
+            child = ctx.spawn(["sh", "-c", _TERM_IGNORED + _READY], kill_tree=True, stdout=childproc.PIPE)
             pids.append(child.pid)
-            await asyncio.sleep(0.05)
+            assert child.stdout is not None and await child.stdout.readline() == b"ready\n"
             asyncio.get_running_loop().call_later(0.2, task.cancel)  # (as Ctrl-C does)
             await child.stop(grace=30)
 
@@ -410,6 +411,30 @@ def test_a_context_closed_right_after_a_cancelled_stop_reaps_without_a_warning()
         warnings.simplefilter("error", ResourceWarning)
         with pytest.raises(asyncio.CancelledError):
             asyncio.run(main())
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pids[0], os.WNOHANG)  # (reaped by the close)
+
+
+@pytest.mark.timeout(60)
+def test_a_context_closed_right_after_an_interrupted_sync_stop_reaps_without_a_warning() -> None:
+    """The sync ``stop()`` interrupted by Ctrl-C inside ``with Context()``: the close
+    that follows reaps the child it killed, with no warning that it still ran."""
+    main = threading.main_thread().ident
+    assert main is not None
+    pids: list[int] = []
+    timer = threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT))
+    with default_sigint(), warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        try:
+            with pytest.raises(KeyboardInterrupt), childproc.Context() as ctx:
+                child = ctx.spawn(["sh", "-c", _TERM_IGNORED + _READY], kill_tree=True, stdout=childproc.PIPE)
+                pids.append(child.pid)
+                assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+                timer.start()
+                child.stop(grace=30)
+        finally:
+            timer.cancel()
+            timer.join()
     with pytest.raises(ChildProcessError):
         os.waitpid(pids[0], os.WNOHANG)  # (reaped by the close)
 
