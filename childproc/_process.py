@@ -28,13 +28,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Protocol
 
 from . import _stdio
 from ._errors import StateError
 from ._sigchld import HANDLER, on_main_thread
+from ._weakbag import WeakBag
 
 __all__ = [
     "LOCK",
@@ -101,7 +101,7 @@ def refuse_reentry() -> None:
 #: pid -> a weak reference to the Children of the context that watches it; every watched pid.
 OWNERS: dict[int, Callable[[], Owner | None]] = {}
 
-_contexts: weakref.WeakSet[Teardown] = weakref.WeakSet()
+_contexts: WeakBag[Teardown] = WeakBag()
 #: Contexts whose teardown an exception (a KeyboardInterrupt) interrupted.
 _unfinished: set[Teardown] = set()
 #: Truthy when :func:`run_chores` has work (read on every entry point).

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import select
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +35,7 @@ from ._fds import above_stdio
 from ._run import kill_and_own
 from ._signature import check_callback
 from ._subreaper import SUBREAPER
+from ._weakbag import WeakBag
 
 if TYPE_CHECKING:
     from ._ledger import ChildCallback
@@ -109,7 +109,7 @@ class Starter:
         self._fork_creator = fork_creator
         self._signal_group = signal_group
         #: The pipes of this context's children, closed by close() (if still open).
-        self.pipes: weakref.WeakSet[_childio.ChildIO] = weakref.WeakSet()
+        self.pipes: WeakBag[_childio.ChildIO] = WeakBag()
 
     def start(
         self,

@@ -30,13 +30,13 @@ import io
 import itertools
 import os
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import InvalidArgumentError
 from ._fds import above_stdio
 from ._spawn import DEVNULL, PIPE, STDOUT
+from ._weakbag import WeakBag
 
 __all__ = [
     "DEVNULL",
@@ -57,7 +57,7 @@ __all__ = [
 _NAMES = ("stdin", "stdout", "stderr")
 
 #: Every record with fds still open, for :func:`abandon_after_fork`.
-_RECORDS: weakref.WeakSet[Pipes] = weakref.WeakSet()
+_RECORDS: WeakBag[Pipes] = WeakBag()
 
 
 class StdioPlan:

@@ -39,8 +39,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import weakref
 from typing import Any
+
+from ._weakbag import WeakBag
 
 __all__ = ["SUBREAPER", "Subreaper", "is_subreaper"]
 
@@ -89,7 +90,7 @@ class Subreaper:
     """Who holds the mark, whether childproc set it, and the groups it brings back."""
 
     def __init__(self) -> None:
-        self._holders: weakref.WeakSet[object] = weakref.WeakSet()  # contexts that hold it
+        self._holders: WeakBag[object] = WeakBag()  # contexts that hold it
         self._ours = False  # childproc set the mark (it was not set before)
         self._marked = False  # the mark was there (whoever's) when last held
         self._pid = os.getpid()
