@@ -194,9 +194,7 @@ async def stop(
             await sleep(STOP_POLL_S)
     except BaseException as exc:
         if not isinstance(exc, Exception) or isinstance(exc, cancelled):  # (the stop is abandoned)
-            child.kill_on_close = True  # (killed: close() reaps it, with no warning that it ran)
-            with contextlib.suppress(Exception):  # (the cancellation goes on)
-                child._send_everywhere(signal.SIGKILL)
+            child._abandon_stop()
         raise
     return child.final
 

@@ -393,10 +393,16 @@ class Child:
             return self.wait()
         except BaseException as exc:
             if not isinstance(exc, Exception):  # (an interrupt: the stop is abandoned)
-                self.kill_on_close = True  # (killed: close() reaps it, with no warning that it ran)
-                with contextlib.suppress(Exception):  # (the interrupt goes on)
-                    self._send_everywhere(signal.SIGKILL)
+                self._abandon_stop()
             raise
+
+    def _abandon_stop(self) -> None:
+        """A stop cut short (an interrupt, a cancellation): SIGKILL the child (its tree),
+        never raising over what cut it short, and own it (``kill_on_close``: ``close()``
+        reaps it, with no warning that it still ran)."""
+        self.kill_on_close = True
+        with contextlib.suppress(Exception):
+            self._send_everywhere(signal.SIGKILL)
 
     def _check_stop(self, grace: float, sig: int) -> None:
         """Refuse ``stop()``'s bad arguments before anything is sent."""

@@ -23,6 +23,10 @@ __all__ = [
     "SigchldIgnoredError",
     "FdLostError",
     "ArgumentTypeError",
+    "UnknownEncodingError",
+    "SpawnFileNotFoundError",
+    "SpawnPermissionError",
+    "SpawnNotADirectoryError",
     "spawn_error",
 ]
 
@@ -178,29 +182,6 @@ class PidfdUnavailableError(StateError):
     """The PIDFD mode needs pidfds (Linux >= 5.3, not blocked by seccomp); this system has none."""
 
 
-# Every public exception is shown (by tracebacks, pickle, the docs) where users find it.
-for _cls in (
-    ChildprocError,
-    InvalidArgumentError,
-    ArgumentTypeError,
-    UnknownEncodingError,
-    StateError,
-    SigchldConflictError,
-    SigchldIgnoredError,
-    HandlerReplacedError,
-    ForkError,
-    ClosedError,
-    ForkedContextError,
-    ChildStolenError,
-    SpawnError,
-    SpawnFileNotFoundError,
-    SpawnPermissionError,
-    SpawnNotADirectoryError,
-    ChildExitedError,
-    UnknownChildError,
-    AlreadyWatchedError,
-    NotOurChildError,
-    FdLostError,
-    PidfdUnavailableError,
-):
-    _cls.__module__ = "childproc"  # (tracebacks then name the class as users import it)
+# Every exception here is public: shown (by tracebacks, pickle, the docs) where users import it.
+for _cls in [c for c in tuple(globals().values()) if isinstance(c, type) and issubclass(c, ChildprocError)]:
+    _cls.__module__ = "childproc"
