@@ -15,12 +15,12 @@ from __future__ import annotations
 import codecs
 import io
 import threading
-import warnings
 from typing import Any, NamedTuple
 
 from ._errors import ArgumentTypeError, InvalidArgumentError, UnknownEncodingError
 from ._sink import Sink
 from ._stdio import Pipes
+from ._warn import warn
 
 __all__ = ["ChildIO", "FileOptions", "HeldOnly", "PipeFile", "default_encoding", "file_for"]
 
@@ -93,10 +93,9 @@ class FileOptions(NamedTuple):
             _check_encoding(encoding)
         text = bool(text or encoding or errors)
         if bufsize == 1 and not text:
-            warnings.warn(
+            warn(
                 "line buffering (bufsize=1) is for text pipes; binary ones get the default buffer",
                 RuntimeWarning,
-                stacklevel=4,
             )
         return cls(text, encoding, errors, bufsize)
 

@@ -47,7 +47,6 @@ import logging
 import os
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +74,7 @@ from ._starter import EXIT_ONLY, ServedLike, Starter
 from ._status import ChildEvent
 from ._subreaper import SUBREAPER
 from ._traps import TRAPS
+from ._warn import warn
 from ._watchers import make_watcher
 from ._watchers import pidfd as _pidfd
 
@@ -699,7 +699,7 @@ class Context:
             io.close()
         if orphans:
             app_reaps = kids.plan.rules.reaper is Reaper.APPLICATION
-            warnings.warn(_teardown.orphan_warning(orphans, app_reaps), ResourceWarning, stacklevel=3)
+            warn(_teardown.orphan_warning(orphans, app_reaps), ResourceWarning)
         _process.run_chores()
 
     def __enter__(self) -> Context:
@@ -717,7 +717,7 @@ class Context:
         if sys.is_finalizing():
             return  # (the process is ending, and imports no longer work: its children go to their new parent)
         if not self._closed:
-            warnings.warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning, stacklevel=2)
+            warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning)
             self._closed = True
             _process.teardown_started(self)
         if not _process.held_here():

@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import signal
+import sys
 import threading
 
 from . import _cgroup, _process
@@ -157,5 +158,6 @@ def doctor(pid: int | None = None) -> DoctorReport:
             trees_why=trees_why,
             reapers=reapers,
             modes=tuple(c.mode for c in contexts),
+            fork_server_used="childproc.forkserver" in sys.modules,
         ),
     )

@@ -190,9 +190,12 @@ def findings_for(
     trees_why: str | None,
     reapers: tuple[str, ...],
     modes: tuple[str, ...] | None,
+    fork_server_used: bool = False,
 ) -> tuple[Finding, ...]:
     """The traps that apply to these facts. ``modes``: the live contexts' modes in
-    this process (None: another process, where childproc's own traps do not apply)."""
+    this process (None: another process, where childproc's own traps do not apply);
+    ``fork_server_used``: the program imported :mod:`childproc.forkserver` (only then
+    do threads already running matter)."""
     out: list[Finding] = []
     inside = modes is not None
 
@@ -220,7 +223,7 @@ def findings_for(
     if zombies and not reapers:
         add("unreaped-zombies", pids=", ".join(map(str, zombies[:10])))
     others = [t.name for t in threads[1:]]
-    if others and inside:
+    if others and inside and fork_server_used:
         add("threads-before-fork-server", count=len(others), names=", ".join(others[:5]))
     if nofile is not None and nofile < 4096 and inside:
         add("low-nofile", soft=nofile)

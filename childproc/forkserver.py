@@ -87,6 +87,7 @@ from ._forkserver_wire import (
 from ._spawn import spawn_process
 from ._status import ChildEvent
 from ._traps import TRAPS
+from ._warn import warn
 
 if TYPE_CHECKING:
     import _socket
@@ -436,10 +437,8 @@ class ForkServer:
         import threading  # noqa: PLC0415
 
         if threading.active_count() > 1:
-            import warnings  # noqa: PLC0415
-
             names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-            warnings.warn(
+            warn(
                 "ForkServer.start(): "
                 + TRAPS["threads-before-fork-server"].error(
                     "the server and its children are forked from a multi-threaded process",
@@ -447,7 +446,6 @@ class ForkServer:
                     names=", ".join(names[:5]),
                 ),
                 RuntimeWarning,
-                stacklevel=2,
             )
         table = dict(entries or {})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

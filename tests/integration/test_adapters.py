@@ -26,6 +26,8 @@ from childproc import (
     trio_host,
 )
 
+from .procutil import children, wait_until
+
 SLEEP = ["/bin/sleep", "30"]
 
 
@@ -180,6 +182,33 @@ def test_trio_close_fails_pending_waits() -> None:
             await child.wait()
 
     trio.run(main)
+
+
+def test_a_close_warning_names_the_applications_line_through_an_adapter() -> None:
+    """A ResourceWarning from a context closed with children running points at the
+    ``async with`` that closed it, not into childproc or contextlib."""
+    exits: list[int] = []
+
+    async def with_asyncio() -> None:
+        async with asyncio_host.open_context() as ctx:
+            exits.append(ctx.spawn(["sleep", "0.2"]).pid)
+
+    async def with_trio() -> None:
+        async with trio_host.open_context() as ctx:
+            exits.append(ctx.spawn(["sleep", "0.2"]).pid)
+
+    def asyncio_run() -> None:
+        asyncio.run(with_asyncio())
+
+    def trio_run() -> None:
+        trio.run(with_trio)
+
+    for run in (asyncio_run, trio_run):
+        with pytest.warns(ResourceWarning, match="still ran") as record:
+            run()
+        found = [(w.filename, w.lineno) for w in record if issubclass(w.category, ResourceWarning)]
+        assert all(name == __file__ for name, _ in found), found
+    assert wait_until(lambda: not set(exits) & set(children()), timeout=10)  # the orphanage reaped them
 
 
 # -- Twisted: in a subprocess, because a reactor runs once per process -------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import childproc
-from childproc import Context, DoctorReport, SigchldIgnoredError, SigchldOwner, _cgroup, _sigchld
+from childproc import Context, DoctorReport, SigchldIgnoredError, SigchldOwner, _cgroup, _sigchld, forkserver
 from childproc._traps import TRAPS
 from childproc._watchers import pidfd as pidfd_mod
 
@@ -158,7 +158,11 @@ def test_foreign_children_zombies_threads_and_limits(monkeypatch: pytest.MonkeyP
     try:
         report = childproc.doctor()
         assert "host-worker" in {t.name for t in report.threads}
-        assert "threads-before-fork-server" in keys(report)
+        # A threaded program that uses no fork server is told nothing about one.
+        monkeypatch.delitem(sys.modules, "childproc.forkserver", raising=False)
+        assert "threads-before-fork-server" not in keys(childproc.doctor())
+        monkeypatch.setitem(sys.modules, "childproc.forkserver", forkserver)
+        assert "threads-before-fork-server" in keys(childproc.doctor())
     finally:
         stop.set()
         worker.join()

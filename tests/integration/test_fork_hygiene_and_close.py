@@ -183,8 +183,9 @@ def test_close_leaves_live_children_running_and_reaps_them_later() -> None:
     rec = Record()
     ctx = Context(SigchldOwner.LIBXL)
     pid = fork(ctx, rec, child_pause)
-    with pytest.warns(ResourceWarning, match=str(pid)):
+    with pytest.warns(ResourceWarning, match=str(pid)) as record:
         ctx.close()
+    assert {w.filename for w in record} == {__file__}  # (the close() here)
     assert ctx.children == frozenset()
     assert set(children()) == {pid} and not is_zombie(pid)  # still running
     assert _process.snapshot()["owned_pids"] == 0

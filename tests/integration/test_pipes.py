@@ -332,8 +332,9 @@ def test_popen_s_bufsize_and_universal_newlines(sel: Context) -> None:
     with pytest.raises(TypeError, match="bufsize"):
         sel.spawn(["true"], bufsize="1")  # type: ignore[arg-type]
     assert sel.run(["echo"], stdout=PIPE, bufsize=None).stdout == b"\n"  # (None is -1, as Popen's)
-    with pytest.warns(RuntimeWarning, match="line buffering"):
+    with pytest.warns(RuntimeWarning, match="line buffering") as record:
         sel.run(["true"], stdout=PIPE, bufsize=1)  # (binary: as Popen, a warning)
+    assert {w.filename for w in record} == {__file__}  # (this line, not childproc's)
     with pytest.raises(ValueError, match="universal_newlines"):
         sel.spawn(["true"], text=True, universal_newlines=False)
     assert not sel.children
