@@ -141,4 +141,7 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
     finally:
         child._remove_exit_waker(waker.poke)
         waker.close()
+        # The write end goes with the waker's last reference: not this frame's, which
+        # a TimeoutExpired kept by the application (its traceback) would keep alive.
+        del waker
     return pump.finish()

@@ -101,9 +101,28 @@ class Spawn(Creator):
         if isinstance(filename, os.PathLike):
             filename = os.fspath(filename)
         err = exc.errno or errno.EAGAIN
+        why = exc.strerror or str(exc)
+        if err not in _ABOUT_A_FILE:  # (EMFILE, ENOMEM, EAGAIN: this process's resources)
+            return spawn_error(err, f"cannot start the child: {why}", filename)
         cwd = self._options.get("cwd")
-        what = "cwd" if cwd is not None and filename == os.fspath(cwd) else "program"
-        return spawn_error(err, f"posix_spawn failed: {exc.strerror or exc} ({what})", filename)
+        what = "the cwd" if cwd is not None and filename == os.fspath(cwd) else "the program"
+        return spawn_error(err, f"cannot start the child: {why} ({what})", filename)
+
+
+#: The errors of ``posix_spawn`` that are about the program or the cwd named.
+_ABOUT_A_FILE = frozenset(
+    {
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        errno.ENOEXEC,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.EISDIR,
+        errno.ETXTBSY,
+    }
+)
 
 
 class Adopt(Creator):

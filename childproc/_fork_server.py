@@ -701,7 +701,7 @@ class Server:
                     _close_quietly(fd)
                 if isinstance(e, OSError):
                     raise Bad(
-                        f"posix_spawn failed: {e.strerror}: {argv[0]!r}", "SPAWN_ERROR", e.errno
+                        f"cannot start the child: {e.strerror}: {argv[0]!r}", "SPAWN_ERROR", e.errno
                     ) from None
                 raise
         finally:

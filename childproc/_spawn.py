@@ -248,11 +248,14 @@ def _redirections(
     kept: Sequence[int],
 ) -> list[tuple[Any, ...]]:
     """File actions putting each source fd at its target (0-2 from ``stdin``,
-    ``stdout``, ``stderr``; the rest from ``fd_map``, target -> source), where
-    sources and targets may cross (``stdout=2, stderr=1``; 5->6 and 6->5): every
-    source is first copied above every number involved, then each copy is put
-    in place and closed (above the ``kept`` fds too: pass_fds must survive).
-    :data:`DEVNULL` opens ``/dev/null`` at its target."""
+    ``stdout``, ``stderr``; the rest from ``fd_map``, target -> source).
+    :data:`DEVNULL` opens ``/dev/null`` at its target.
+
+    Sources and targets may cross (``stdout=2, stderr=1``; 5->6 and 6->5): a
+    source that another action overwrites is first copied to a spare number
+    (:func:`_spare_fds`), used from there and closed at the end. Only a crossing
+    costs a copy, so a child whose pipes took the last fds the limit allows
+    still starts (as ``subprocess``'s does)."""
     moves: dict[int, int] = {}
     opens: list[int] = []
     for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
@@ -262,17 +265,37 @@ def _redirections(
             moves[target] = _fd(fd, "stdin/stdout/stderr")
     if fd_map:
         moves.update(fd_map)
-    base = max([*moves, *moves.values(), *kept, 2]) + 1
-    actions: list[tuple[Any, ...]] = [
-        (os.POSIX_SPAWN_DUP2, source, base + i) for i, source in enumerate(moves.values())
-    ]
+    written = {*opens, *(target for target, source in moves.items() if source != target)}
+    crossed = sorted({source for source in moves.values() if source in written})
+    spare = _spare_fds(len(crossed), avoid={*written, *moves.values(), *kept}) if crossed else []
+    copy = dict(zip(crossed, spare, strict=True))
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, source, copy[source]) for source in crossed]
     for target in opens:
         flags = os.O_RDONLY if target == 0 else os.O_WRONLY
         actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, flags, 0))
-    for i, target in enumerate(moves):
-        actions.append((os.POSIX_SPAWN_DUP2, base + i, target))
-        actions.append((os.POSIX_SPAWN_CLOSE, base + i))
+    for target, source in moves.items():
+        actions.append((os.POSIX_SPAWN_DUP2, copy.get(source, source), target))
+    actions.extend((os.POSIX_SPAWN_CLOSE, fd) for fd in spare)
     return actions
+
+
+def _spare_fds(count: int, avoid: set[int]) -> list[int]:
+    """``count`` numbers above 2, none in ``avoid`` and none open here (so the child
+    loses no fd it inherits), below the fd limit: ``OSError`` EMFILE if there are
+    not so many."""
+    limit = os.sysconf("SC_OPEN_MAX")
+    found: list[int] = []
+    fd = 3
+    while len(found) < count:
+        if fd >= limit:
+            raise OSError(errno.EMFILE, "no fd number free below the limit for the child's stdio")
+        if fd not in avoid:
+            try:
+                os.get_inheritable(fd)  # (open: someone's; leave it)
+            except OSError:
+                found.append(fd)
+        fd += 1
+    return found
 
 
 def refused(exc: TypeError | ValueError, env: Mapping[str, str] | None) -> Exception:

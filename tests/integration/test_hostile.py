@@ -1139,6 +1139,7 @@ def test_missing_program_is_file_not_found(ctx: Context, name: str) -> None:
     assert e.errno == errno.ENOENT
     assert e.filename == name
     assert isinstance(e, OSError)
+    assert "(the program)" in str(e)
     assert ctx.children == frozenset() and children() == {}
 
 
@@ -1164,6 +1165,7 @@ def test_missing_cwd_is_file_not_found(ctx: Context, tmp_path: Any) -> None:
     assert isinstance(info.value, FileNotFoundError), type(info.value).__mro__
     assert info.value.filename == where
     assert info.value.errno == errno.ENOENT
+    assert "(the cwd)" in str(info.value)
 
 
 @pytest.mark.timeout(10)

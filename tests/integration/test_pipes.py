@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import childproc
 from childproc import DEVNULL, PIPE, STDOUT, Context, Hooks, SigchldOwner
 
-from .procutil import children, wait_until
+from .procutil import children, open_fds, wait_until
 from .test_hostile import default_sigint
 
 MIB = 1 << 20
@@ -72,6 +73,28 @@ def test_run_timeout_kills_reaps_and_keeps_the_output(ctx: Context) -> None:
     assert exc.stderr is None  # (nothing read from it: None, as subprocess has it, not b"")
     again = pickle.loads(pickle.dumps(exc))
     assert (again.output, again.timeout) == (b"partial\n", 0.5)
+
+
+@pytest.mark.timeout(30)
+def test_a_kept_timeout_error_holds_no_fd(ctx: Context) -> None:
+    """An application may keep the TimeoutExpired (a list of failures): its traceback
+    keeps the frames it came through, and none of them may keep an fd of childproc's."""
+    before = open_fds()
+    kept: list[BaseException] = []
+    for _ in range(3):
+        try:
+            ctx.run(["sleep", "30"], capture_output=True, timeout=0.05)
+        except subprocess.TimeoutExpired as exc:
+            kept.append(exc)
+        child = ctx.spawn(["sleep", "30"], stdout=PIPE)
+        try:
+            child.communicate(timeout=0.05)
+        except subprocess.TimeoutExpired as exc:
+            kept.append(exc)
+        child.kill()
+        child.communicate()
+        child.release()
+    assert len(kept) == 6 and open_fds() == before
 
 
 @pytest.mark.timeout(30)
@@ -348,9 +371,54 @@ def test_devnull_fd_and_file_object_sources(sel: Context, tmp_path: Path) -> Non
     with target.open("wb") as f:
         sel.run(["/bin/sh", "-c", "echo o; echo e >&2"], stdout=f.fileno(), stderr=STDOUT)
     assert sorted(target.read_bytes().split()) == [b"e", b"o"]
-    # Sources that cross: the child's stdout goes where our fd 2 points and the other way.
     r = sel.run(["/bin/sh", "-c", "echo x"], stdout=DEVNULL, stderr=PIPE)
     assert (r.stdout, r.stderr) == (None, b"")
+
+
+_CROSSED = """
+import os, resource, sys
+from childproc import PIPE, Context
+out, err = (os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) for p in sys.argv[1:3])
+os.dup2(out, 1); os.dup2(err, 2); os.close(out); os.close(err)
+kept = os.open("/dev/null", os.O_RDONLY)  # inheritable, the lowest number free
+os.set_inheritable(kept, True)
+with Context() as ctx:
+    # Crossed: the child's stdout goes where our fd 2 points, its stderr where fd 1 does.
+    ctx.run(["/bin/sh", "-c", f"echo to-stdout; echo to-stderr >&2; [ -e /dev/fd/{kept} ] || echo lost >&2"],
+            stdout=2, stderr=1)
+    # Pipes on the last fds the limit allows: nothing more is needed for the child's stdio.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    hog = []
+    while True:
+        try:
+            hog.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            break
+    for fd in hog[-4:]:
+        os.close(fd)
+    r = ctx.run(["echo", "near the limit"], capture_output=True)
+    for fd in hog[:-4]:
+        os.close(fd)
+    print(r.stdout.decode().strip(), file=sys.stderr)
+"""
+
+
+@pytest.mark.timeout(30)
+def test_crossed_sources_keep_inherited_fds_and_pipes_at_the_fd_limit(tmp_path: Path) -> None:
+    """Sources that cross (``stdout=2, stderr=1``) are copied aside only as far as
+    needed, on numbers no open fd has (an inherited one stays the child's); and a
+    child whose two pipes took the last fds below ``RLIMIT_NOFILE`` starts."""
+    out, err = tmp_path / "out", tmp_path / "err"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CROSSED, str(out), str(err)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr, out.read_text(), err.read_text())
+    assert out.read_text().split() == ["to-stderr"]
+    assert err.read_text().split() == ["to-stdout", "near", "the", "limit"]
 
 
 @pytest.mark.timeout(30)
