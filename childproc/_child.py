@@ -378,8 +378,16 @@ class Child:
         and the callback runs once. Interrupted (``KeyboardInterrupt``), it SIGKILLs
         the child (the tree) before the interrupt goes on, without waiting, and sets
         ``kill_on_close`` (``close()`` reaps it without a warning); an error a
-        callback raised meanwhile (any child's) goes on and leaves it be."""
+        callback raised meanwhile (any child's) goes on and leaves it be. In
+        MAINLOOP, on the thread that reports exits, it raises :class:`StateError`
+        before sending anything (it would wait for ever)."""
         self._check_stop(grace, sig)
+        if not self.done and self._ctx._reports_here():
+            raise StateError(
+                f"stop() waits for child {self._pid}'s exit, and in MAINLOOP this thread is the one "
+                "that reports exits (childproc_reaped, sigchld_occurred): stop it from another "
+                "thread, or send the signal yourself (child.terminate(), child.kill())"
+            )
         deadline = time.monotonic() + grace
         try:
             if not self.done or not self._tree_empty():  # (descendants left after the child: them)
@@ -428,7 +436,9 @@ class Child:
 
     def wait(self, timeout: float | None = None) -> ChildEvent | None:
         """Run the context's :meth:`~childproc.Context.wait` until this child's exit
-        was delivered; return its final event (None on timeout, or if stolen)."""
+        was delivered; return its final event (None on timeout, or if stolen).
+        In MAINLOOP the exit comes when the application reports it, so on the
+        thread that reports it raises :class:`StateError` (but for ``timeout=0``)."""
         return self._ctx._wait_child(self, timeout)
 
     def release(self) -> None:
@@ -460,7 +470,8 @@ class Child:
         if self._io is not None:
             self._io.close_as_popen_exits()
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self.wait(_INTERRUPTED_WAIT_S)
+            if not self._ctx._reports_here():  # (there, nothing to wait for: it would raise)
+                self.wait(_INTERRUPTED_WAIT_S)
             return
         if not self.done and self._ctx._reports_here():
             if exc_type is not None:

@@ -284,18 +284,17 @@ class Context:
                 kids.plan,
                 kids.watcher,
                 delivery.reaped_callback,
-                dispatcher.reporter,
             )
             self._hooks, self._user, kids.plan = hooks, user, plan
-            dispatcher.reporter = threading.get_ident()  # MAINLOOP: who reports, until one does
+            reporting = dispatcher.report_expected()  # (MAINLOOP)
             kids.watcher = make_watcher(choose_watcher(hooks.chldowner, self._pidfds))
             cb = hooks.reaped_callback
             delivery.reaped_callback = None if cb is None else (lambda pid, st: cb(pid, st, self._user))
             try:
                 kids.sync_handler_use_locked()
             except BaseException:
-                (self._hooks, self._user, kids.plan, kids.watcher, delivery.reaped_callback) = old[:5]
-                dispatcher.reporter = old[5]
+                (self._hooks, self._user, kids.plan, kids.watcher, delivery.reaped_callback) = old
+                dispatcher.restore_reporting(reporting)
                 raise
         if plan.rules.reaper is Reaper.OWN_CHILDREN and not self._pidfds and not _fallback_logged:
             _fallback_logged = True

@@ -12,8 +12,13 @@ Rules of this file
   a closed context, a replaced handler or a pidfd someone closed.
 * Who may wait where: in MAINLOOP the application reports exits, so a thread
   waiting for one needs another thread to report it; the thread that reports
-  (:attr:`Dispatcher.reporter`) is refused where it would wait forever, and a
-  report pokes the waker so the waiting threads look again.
+  (:attr:`Dispatcher.reporter`, the last to report) is refused where it would
+  wait forever, and a report pokes the waker so the waiting threads look again.
+  Until a first report nobody knows which thread reports: the thread that chose
+  the mode (:attr:`Dispatcher.suspect`) may wait, but an endless wait of its for
+  a child that has exited and was not reported for :data:`REPORT_GRACE_S` raises
+  :class:`StateError` (it is taken to be the one that must report). Any other
+  wait for a report that is late logs a warning once (:data:`LATE_REPORT_S`).
 * Every waiting thread is registered (:meth:`Dispatcher.add_waiter`) while it
   waits, so that ``close()`` can wake them and wait (a little) for them to leave.
 * The context's entry check (``enter``: usable here, interrupted work replayed)
@@ -24,6 +29,7 @@ Rules of this file
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +54,11 @@ log = logging.getLogger("childproc")
 
 #: The longest sleep of a wait: how often a blocked wait re-checks what it relies on.
 RECHECK_S = 1.0
+#: MAINLOOP: how long after a child's exit an endless wait on the thread that chose
+#: the mode, before any thread reported, takes that thread to be the one that reports.
+REPORT_GRACE_S = 2.0
+#: MAINLOOP: how long after a child's exit a wait for its report logs that it is late.
+LATE_REPORT_S = 10.0
 
 
 def check_report(pid: object, status: object, rusage: object) -> None:
@@ -104,8 +115,11 @@ class Dispatcher:
         #: The dispatch thread, if one was started.
         self.thread: threading.Thread | None = None
         #: MAINLOOP: the thread that reports exits (the last to call childproc_reaped or
-        #: sigchld_occurred; at first the one that chose the mode), which must not wait.
-        self.reporter = threading.get_ident()
+        #: sigchld_occurred; None before any did), which must not wait.
+        self.reporter: int | None = None
+        #: MAINLOOP, before any report: the thread that chose the mode, perhaps the one
+        #: that will report (see the rules above).
+        self.suspect = threading.get_ident()
 
     # -- one cycle ------------------------------------------------------------
     def collect(self, ready: list[tuple[int, int]] | None = None) -> None:
@@ -227,8 +241,16 @@ class Dispatcher:
     def wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
         """Cycles until ``child``'s exit was delivered, by this thread or another (in
         MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
+        if timeout != 0 and not child.done and self.reports_here():
+            raise StateError(
+                f"waiting for child {child.pid}'s exit on the thread that reports exits in MAINLOOP "
+                "(childproc_reaped, sigchld_occurred) would wait "
+                f"{'for ever' if timeout is None else 'out its timeout'} for a report only this thread "
+                "can make: wait on another thread, or report the exit first"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         token = object()
+        report = _ReportWatch(self, child, endless=deadline is None)
         try:
             self.add_waiter(token)
             while True:
@@ -241,6 +263,8 @@ class Dispatcher:
                     return None
                 if not self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)):
                     self.check_fds()
+                    if self._kids.plan.rules.app_reports:
+                        report.check()
         finally:
             self.remove_waiter(token)
 
@@ -260,6 +284,16 @@ class Dispatcher:
             return None  # (on the dispatch thread itself, in a callback: nobody else would)
         self._check_usable()
         return self._kids.wakeups.fileno()
+
+    def report_expected(self) -> tuple[int | None, int]:
+        """MAINLOOP (again): nobody has reported yet, and this thread chose the mode.
+        Returns what it replaced (for :meth:`restore_reporting`)."""
+        old = (self.reporter, self.suspect)
+        self.reporter, self.suspect = None, threading.get_ident()
+        return old
+
+    def restore_reporting(self, old: tuple[int | None, int]) -> None:
+        self.reporter, self.suspect = old
 
     # -- the dispatch thread --------------------------------------------------
     def start_thread(self) -> threading.Thread:
@@ -325,3 +359,56 @@ class Dispatcher:
             thread.join()
         with self._waiters_cv:
             self._waiters_cv.wait_for(lambda: all(t == me for t in list(self._waiters.values())), timeout=5.0)
+
+
+class _ReportWatch:
+    """MAINLOOP: a wait for ``child``'s report, watching that the report comes once
+    the child has exited (see the rules at the top)."""
+
+    __slots__ = ("_child", "_dead_since", "_dispatcher", "_endless", "_warned")
+
+    def __init__(self, dispatcher: Dispatcher, child: Child, *, endless: bool) -> None:
+        self._dispatcher, self._child, self._endless = dispatcher, child, endless
+        self._dead_since: float | None = None
+        self._warned = False
+
+    def check(self) -> None:
+        """Called when a sleep found nothing: raise or warn if the report is late."""
+        now = time.monotonic()
+        if self._dead_since is None:
+            if _has_exited(self._child):
+                self._dead_since = now
+            return
+        late = now - self._dead_since
+        d, pid = self._dispatcher, self._child.pid
+        suspect = d.reporter is None and threading.get_ident() == d.suspect
+        if self._endless and suspect and late > REPORT_GRACE_S:
+            raise StateError(
+                f"child {pid} exited {late:.0f} s ago and no thread has reported an exit yet, while "
+                "this thread, the one that chose MAINLOOP, waits for it: if this thread is the one "
+                "that reports (childproc_reaped, sigchld_occurred), it cannot do so while it waits; "
+                "wait on another thread, or report first"
+            )
+        if late > LATE_REPORT_S and not self._warned:
+            self._warned = True
+            log.warning(
+                "child %d exited %.0f s ago and its exit has not been reported: in MAINLOOP the "
+                "application must reap it and call childproc_reaped(), or call sigchld_occurred()",
+                pid,
+                late,
+            )
+
+
+def _has_exited(child: Child) -> bool:
+    """Whether ``child`` has exited: a zombie, or already reaped by the application
+    (not reported yet). Looks without reaping (``WNOWAIT``)."""
+    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+    try:
+        pidfd = child.pidfd
+        if pidfd is not None:
+            return os.waitid(os.P_PIDFD, pidfd, flags) is not None
+        return os.waitid(os.P_PID, child.pid, flags) is not None
+    except ChildProcessError:
+        return True
+    except OSError:  # (its pidfd closed meanwhile: the next look tells)
+        return False

@@ -211,7 +211,7 @@ RULES: Final[Mapping[SigchldOwner, ModeRules]] = {
             "to reap childproc's children and report each with childproc_reaped(), "
             "or to call sigchld_occurred() on every SIGCHLD"
         ),
-        use_when="a host that owns SIGCHLD and reaps (its own loop, Twisted, a C library)",
+        use_when="a host that owns SIGCHLD, reaps and reports (its own loop, a C library)",
     ),
     SigchldOwner.LIBXL_ALWAYS: ModeRules(
         handler=HandlerPolicy.ALWAYS,

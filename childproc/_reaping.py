@@ -157,8 +157,13 @@ class Reaping:
             self._routing = None
         if j.returned:
             j.returned.clear()
+        # ECHILD: stolen, where nobody else may reap (in MAINLOOP the application may
+        # have reaped it and report it yet), or where the kernel discards statuses now.
+        stolen = bool(j.gone) and (
+            plan.echild_means_stolen or HANDLER.discards_statuses(fresh=True) is not None
+        )
         while j.gone:
-            if plan.echild_means_stolen:
+            if stolen:
                 self.accept_gone(j.gone[0])
             j.gone.popleft()
         while j.fd_lost:

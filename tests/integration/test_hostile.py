@@ -788,6 +788,21 @@ def test_sig_ign_set_after_child_started_blames_sig_ign(mode: SigchldOwner) -> N
         assert drain_queue(q) == []
 
 
+@pytest.mark.timeout(20)
+def test_sig_ign_set_after_child_started_blames_sig_ign_in_mainloop() -> None:
+    """MAINLOOP with a host that reports by sigchld_occurred(): the kernel discarded the
+    status (ECHILD), which is no report to wait for but a stolen exit that says why."""
+    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    with Context(SigchldOwner.MAINLOOP) as ctx:  # (the host: this test's thread)
+        child = ctx.spawn(["/bin/sh", "-c", "sleep 0.3; exit 3"], cast("EventCallback", q.put))
+        with ignored_sigchld("SIG_IGN"):
+            assert wait_until(lambda: proc_state(child.pid) is None, timeout=10)  # discarded
+            with pytest.raises(ChildStolenError, match="SIG_IGN") as info:
+                ctx.sigchld_occurred()
+        assert info.value.pid == child.pid and "calls waitpid()" not in str(info.value)
+        assert ctx.children == frozenset() and drain_queue(q) == []
+
+
 # == A.3 fds closed and reused by the host ==========================================
 def ident(fd: int) -> tuple[int, int] | None:
     try:

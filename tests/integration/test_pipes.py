@@ -3,6 +3,7 @@ by the leak check (tests/conftest.py), in every mode where it matters."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
@@ -10,15 +11,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import childproc
-from childproc import DEVNULL, PIPE, STDOUT, Context, Hooks, SigchldOwner
+from childproc import DEVNULL, PIPE, STDOUT, Context, Hooks, SigchldOwner, _dispatching
 
-from .procutil import children, open_fds, wait_until
+from .procutil import children, open_fds, proc_state, wait_until
 from .test_hostile import default_sigint
 
 MIB = 1 << 20
@@ -485,8 +487,12 @@ def test_communicate_with_a_dispatch_thread(sel: Context) -> None:
 def test_mainloop_run_from_another_thread_and_refused_on_the_reporting_one() -> None:
     with Context(SigchldOwner.LIBXL) as ctx:
         ctx.setmode(Hooks(chldowner=SigchldOwner.MAINLOOP))
-        with pytest.raises(childproc.StateError, match="reports exits"):
+        # No thread has reported yet: this one, which chose the mode, may be the one
+        # that reports. Its run() waits, and says so once the child's report is late.
+        t0 = time.monotonic()
+        with pytest.raises(childproc.StateError, match="no thread has reported"):
             ctx.run(["true"])
+        assert time.monotonic() - t0 < 10
         got: list[object] = []
 
         def worker() -> None:
@@ -510,6 +516,76 @@ def test_mainloop_run_from_another_thread_and_refused_on_the_reporting_one() -> 
             pass
         pid, status = os.waitpid(child.pid, 0)
         assert ctx.childproc_reaped(pid, status) and child.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_mainloop_the_reporting_thread_is_the_one_that_reports() -> None:
+    """The host's loop runs on a worker thread and reports; the thread that made the
+    context runs children (it was once refused, taken for the reporter). On the
+    reporting thread, waits that would last for ever are refused; a poll is not."""
+    with Context(SigchldOwner.MAINLOOP) as ctx:
+        stop = threading.Event()
+        asked: list[Callable[[], object]] = []
+        answers: list[object] = []
+
+        def host_loop() -> None:
+            while not stop.is_set():
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    pid = 0
+                if pid:
+                    ctx.childproc_reaped(pid, status)
+                while asked:  # (what the test asks of the reporting thread)
+                    try:
+                        answers.append(asked.pop()())
+                    except Exception as exc:
+                        answers.append(exc)
+                time.sleep(0.01)
+
+        loop = threading.Thread(target=host_loop)
+        loop.start()
+        try:
+            for _ in range(2):
+                assert ctx.run(["/bin/sh", "-c", "exit 5"]).returncode == 5
+            child = ctx.spawn(["sleep", "30"])
+            refused = (child.wait, lambda: child.wait(0.5), child.stop)
+            for ask in (*refused, lambda: child.wait(0)):
+                asked.append(ask)
+                assert wait_until(lambda: bool(answers), timeout=10)
+                answer = answers.pop()
+                if ask in refused:
+                    assert isinstance(answer, childproc.StateError), answer
+                    assert "reports exits" in str(answer)
+                else:
+                    assert answer is None  # (a look: allowed)
+            assert proc_state(child.pid) in ("R", "S"), "stop() sent a signal before refusing"
+            ev = child.stop(grace=5)  # (here, another thread: the host reports the exit)
+            assert ev is not None and ev.returncode == -signal.SIGTERM
+        finally:
+            stop.set()
+            loop.join()
+
+
+@pytest.mark.timeout(30)
+def test_mainloop_a_late_report_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host that reaped a child and forgot to report it leaves a waiter waiting; the
+    waiter says so in the log, once, after LATE_REPORT_S."""
+    monkeypatch.setattr(_dispatching, "LATE_REPORT_S", 0.5)
+    with Context(SigchldOwner.MAINLOOP) as ctx:
+        child = ctx.spawn(["true"])
+        os.waitpid(child.pid, 0)  # the host reaps, and does not report
+        with caplog.at_level(logging.WARNING, logger="childproc"):
+            got: list[object] = []
+            waiter = threading.Thread(target=lambda: got.append(child.wait(4)))
+            waiter.start()
+            waiter.join()
+        assert got == [None]
+        late = [r.getMessage() for r in caplog.records if "has not been reported" in r.getMessage()]
+        assert len(late) == 1 and str(child.pid) in late[0], late
+        ctx.childproc_reaped(child.pid, 0)
 
 
 @pytest.mark.timeout(30)
