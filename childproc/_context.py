@@ -559,6 +559,12 @@ class Context:
     def _reports_here(self) -> bool:
         return self._dispatcher.reports_here()
 
+    def _unreported_locked(self) -> list[int]:
+        """MAINLOOP, for the doctor: the pids whose exit the application has not
+        reported yet, fork-server children aside (theirs come on their exit fds).
+        The process lock held."""
+        return [pid for pid, child in self._kids.ledger.running.items() if child._exit_fd is None]
+
     # -- the event loop interface ------------------------------------------
     def fileno(self) -> int:
         """An fd that is readable when :meth:`dispatch` has work (an epoll fd).

@@ -2,10 +2,16 @@
 
 The report is a frozen dataclass (:class:`DoctorReport`): ``str()`` for people,
 :meth:`DoctorReport.as_dict` for JSON. It reads this process from the inside
-(SIGCHLD's disposition through ``sigaction``, the wake-up fd slot, the live
-contexts) and from ``/proc`` (threads' signal masks, children and zombies).
-Another process is read from ``/proc`` alone (:mod:`childproc._procfs`). The
-report's types and the choice of traps are :mod:`childproc._report`'s.
+(SIGCHLD's disposition through ``sigaction``, the live contexts and the children
+MAINLOOP ones still wait to hear about) and from ``/proc`` (threads' signal masks,
+children and zombies). Another process is read from ``/proc`` alone
+(:mod:`childproc._procfs`). The report's types and the choice of traps are
+:mod:`childproc._report`'s.
+
+It changes nothing it reads. So it never calls :func:`signal.set_wakeup_fd`: Python
+shows that slot only by replacing it, which resets the host's
+``warn_on_full_buffer`` and loses the wake-up of a signal arriving in between; the
+report says the slot was not read (:data:`~childproc._report.WAKEUP_FD_NOT_READ`).
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ import threading
 from . import _cgroup, _process
 from ._errors import InvalidArgumentError, StateError
 from ._orphans import ORPHANAGE
-from ._policy import rules_for
-from ._procfs import SIGCHLD_BIT, children_of, open_pidfds, report_on, task_info
-from ._report import ChildInfo, ContextInfo, DoctorReport, SigchldInfo, ThreadInfo, findings_for
-from ._sigchld import HANDLER, SA_NOCLDWAIT, describe, disposition, on_main_thread
+from ._policy import SigchldOwner, rules_for
+from ._procfs import SIGCHLD_BIT, children_of, open_pidfds, process_stat, report_on, task_info
+from ._report import (
+    WAKEUP_FD_NOT_READ,
+    ChildInfo,
+    ContextInfo,
+    DoctorReport,
+    SigchldInfo,
+    ThreadInfo,
+    findings_for,
+)
+from ._sigchld import HANDLER, SA_NOCLDWAIT, describe, disposition
 from ._subreaper import SUBREAPER, is_subreaper
 from ._watchers import pidfd as _pidfd
 
@@ -57,16 +71,6 @@ def _sigchld_here() -> SigchldInfo:
     return info("python", describe(current), "the host")
 
 
-def _wakeup_fd() -> str | None:
-    if not on_main_thread():
-        return None  # (only the main thread may read it)
-    fd = signal.set_wakeup_fd(-1)  # the only way to read the slot is to swap it; put it straight back
-    if fd != -1:
-        signal.set_wakeup_fd(fd)  # (warn_on_full_buffer: Python's default, and asyncio's)
-        return f"fd {fd} (the host's, e.g. asyncio's; childproc never takes it)"
-    return "none"
-
-
 def _subreaper_here() -> str:
     """Whether this process is a child subreaper, and whose doing (see ``_subreaper``)."""
     if SUBREAPER.held:
@@ -97,6 +101,43 @@ def _contexts() -> tuple[ContextInfo, ...]:
     return tuple(out)
 
 
+def _unreported() -> frozenset[int]:
+    """The pids of MAINLOOP contexts' children whose exit nobody has reported to them
+    yet (still running as far as childproc knows), fork-server children aside (their
+    exits come on their exit fds, not from the host). Read under the process lock,
+    so that no child is half registered; empty from a signal handler that interrupted
+    childproc on this thread (its books may be mid-change)."""
+    from ._context import Context  # noqa: PLC0415 - the façade imports the doctor's table, not this
+
+    if _process.held_here():
+        return frozenset()
+    pids: set[int] = set()
+    with _process.LOCK:
+        for ctx in _process.live_contexts():
+            if isinstance(ctx, Context) and not ctx.closed and ctx.mode is SigchldOwner.MAINLOOP:
+                pids.update(ctx._unreported_locked())
+    return frozenset(pids)
+
+
+def _children(me: int, unreported: frozenset[int]) -> tuple[ChildInfo, ...]:
+    """This process's children from ``/proc``; a MAINLOOP child the listing missed
+    (``/proc/<pid>/task/<tid>/children`` is missing from some kernels) is looked up
+    by its pid, so that a child still here is never taken for one the host reaped."""
+    found = children_of(me)
+    listed = {p for p, _, _ in found}
+    for p in unreported - listed:
+        stat = process_stat(p)
+        if stat is not None and stat[2] == me:
+            found.append((p, stat[0], stat[1]))
+    owned = set(_process.OWNERS)
+    return tuple(
+        ChildInfo(
+            p, state, command, "childproc" if p in owned or ORPHANAGE.claims(p) else "not childproc", me
+        )
+        for p, state, command in sorted(found)
+    )
+
+
 def doctor(pid: int | None = None) -> DoctorReport:
     """A report on this process (``pid`` None, or this process's pid), read from the
     inside; or on another process ``pid``, read from ``/proc`` alone."""
@@ -112,13 +153,11 @@ def doctor(pid: int | None = None) -> DoctorReport:
         ThreadInfo(tid, names.get(tid, comm), bool(blocked & SIGCHLD_BIT), waiting)
         for tid, comm, blocked, _, _, waiting in task_info(me)
     )
-    owned = set(_process.OWNERS)
-    children = tuple(
-        ChildInfo(
-            p, state, command, "childproc" if p in owned or ORPHANAGE.claims(p) else "not childproc", me
-        )
-        for p, state, command in children_of(me)
-    )
+    # Unreported before and after the children are read: a child started or reported
+    # meanwhile is not taken for one whose exit went unreported.
+    before = _unreported()
+    children = _children(me, before)
+    unreported = before & _unreported()
     sigchld = _sigchld_here()
     contexts = _contexts()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -139,7 +178,7 @@ def doctor(pid: int | None = None) -> DoctorReport:
         kernel=platform.release(),
         python=platform.python_version(),
         sigchld=sigchld,
-        wakeup_fd=_wakeup_fd(),
+        wakeup_fd=WAKEUP_FD_NOT_READ,
         pidfds=pidfds,
         open_pidfds=open_pidfds(me),
         kill_tree="process-group" if trees_why else "cgroup",
@@ -159,5 +198,6 @@ def doctor(pid: int | None = None) -> DoctorReport:
             reapers=reapers,
             modes=tuple(c.mode for c in contexts),
             fork_server_used="childproc.forkserver" in sys.modules,
+            unreported=unreported,
         ),
     )

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from ._report import ChildInfo, DoctorReport, SigchldInfo, ThreadInfo, findings_for
 from ._watchers import pidfd as _pidfd
 
-__all__ = ["SIGCHLD_BIT", "children_of", "open_pidfds", "report_on", "task_info"]
+__all__ = ["SIGCHLD_BIT", "children_of", "open_pidfds", "process_stat", "report_on", "task_info"]
 
 SIGCHLD_BIT = 1 << (17 - 1)  # SIGCHLD is 17 on Linux; masks in /proc count from signal 1
 
@@ -96,6 +96,20 @@ def task_info(pid: int) -> Iterator[tuple[int, str, int, int, int, bool | None]]
         )
 
 
+def process_stat(pid: int) -> tuple[str, str, int] | None:
+    """``pid``'s (state letter, command, parent pid) from ``/proc/<pid>/stat``; None
+    if there is no such process (or it may not be read)."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    try:
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return fields[0], command, int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def children_of(pid: int) -> list[tuple[int, str, str]]:
     """``pid``'s children: (pid, state letter, command)."""
     out: list[tuple[int, str, str]] = []
@@ -105,11 +119,9 @@ def children_of(pid: int) -> list[tuple[int, str, str]]:
         return out
     for tid in tids:
         for child in (_read(f"/proc/{pid}/task/{tid}/children") or "").split():
-            stat = _read(f"/proc/{child}/stat")
-            if stat is None:
-                continue
-            command = stat[stat.index("(") + 1 : stat.rindex(")")]
-            out.append((int(child), stat[stat.rindex(")") + 2], command))
+            stat = process_stat(int(child))
+            if stat is not None:
+                out.append((int(child), stat[0], stat[1]))
     return sorted(out)
 
 

@@ -13,7 +13,22 @@ from typing import Any
 
 from ._traps import TRAPS, ignored_why
 
-__all__ = ["ChildInfo", "ContextInfo", "DoctorReport", "Finding", "SigchldInfo", "ThreadInfo", "findings_for"]
+__all__ = [
+    "WAKEUP_FD_NOT_READ",
+    "ChildInfo",
+    "ContextInfo",
+    "DoctorReport",
+    "Finding",
+    "SigchldInfo",
+    "ThreadInfo",
+    "findings_for",
+]
+
+#: :attr:`DoctorReport.wakeup_fd` for this process: why the slot is not shown.
+WAKEUP_FD_NOT_READ = (
+    "not read (Python shows the slot only by replacing it, which would reset the host's "
+    "warn_on_full_buffer and could lose a signal's wake-up; childproc never takes it)"
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +113,10 @@ class DoctorReport:
     #: Python's version, for this process (None for another).
     python: str | None
     sigchld: SigchldInfo
-    #: Who holds :func:`signal.set_wakeup_fd`'s slot; None where it cannot be read.
+    #: :func:`signal.set_wakeup_fd`'s slot, which the doctor does not read: Python shows
+    #: it only by replacing it, which would reset the host's ``warn_on_full_buffer`` and
+    #: lose the wake-up of a signal arriving meanwhile. For this process the text says
+    #: so (:data:`WAKEUP_FD_NOT_READ`); None for another process.
     wakeup_fd: str | None
     #: The kernel has working pidfds (for this process: childproc can use them).
     pidfds: bool
@@ -191,13 +209,18 @@ def findings_for(
     reapers: tuple[str, ...],
     modes: tuple[str, ...] | None,
     fork_server_used: bool = False,
+    unreported: frozenset[int] = frozenset(),
 ) -> tuple[Finding, ...]:
     """The traps that apply to these facts. ``modes``: the live contexts' modes in
     this process (None: another process, where childproc's own traps do not apply);
     ``fork_server_used``: the program imported :mod:`childproc.forkserver` (only then
-    do threads already running matter)."""
+    do threads already running matter); ``unreported``: the pids of children made by
+    MAINLOOP contexts whose exit no one has reported to them (still running as far
+    as childproc knows; fork-server children aside, whose exits come on their exit fd):
+    each is a zombie among ``children``, alive, or not a child any more (reaped)."""
     out: list[Finding] = []
     inside = modes is not None
+    only_mainloop = bool(modes) and all(m == "MAINLOOP" for m in modes or ())
 
     def add(key: str, **facts: object) -> None:
         out.append(Finding(key, TRAPS[key].finding(**facts)))
@@ -210,7 +233,8 @@ def findings_for(
         )
     if sigchld.owner.startswith("the host, in place of childproc"):
         add("handler-replaced", handler=sigchld.handler or "a handler")
-    elif sigchld.disposition in ("python", "c") and not ignored and inside:
+    elif sigchld.disposition in ("python", "c") and not ignored and inside and not only_mainloop:
+        # (A host's handler is what MAINLOOP expects: the host reaps and reports.)
         add("foreign-handler", handler=sigchld.handler or "a handler")
     if not pidfds:
         add("no-pidfds")
@@ -222,6 +246,19 @@ def findings_for(
     zombies = [c.pid for c in foreign if c.state == "Z"]
     if zombies and not reapers:
         add("unreaped-zombies", pids=", ".join(map(str, zombies[:10])))
+    if unreported:
+        dead = sorted(c.pid for c in children if c.pid in unreported and c.state == "Z")
+        reaped = sorted(unreported - {c.pid for c in children})
+        which = [
+            f"{label}: {', '.join(map(str, pids[:10]))}{', ...' * (len(pids) > 10)}"
+            for label, pids in (
+                ("zombies nobody reaped", dead),
+                ("reaped by someone, never reported", reaped),
+            )
+            if pids
+        ]
+        if which:
+            add("unreported-exits", which="; ".join(which))
     others = [t.name for t in threads[1:]]
     if others and inside and fork_server_used:
         add("threads-before-fork-server", count=len(others), names=", ".join(others[:5]))

@@ -105,6 +105,16 @@ _LIST = [
         "handler, no thread in a wait() that may take any child, no LIBXL or LIBXL_ALWAYS context)",
     ),
     Trap(
+        "unreported-exits",
+        "children of a MAINLOOP context exited and nobody reported them to it ({which})",
+        "childproc never learns of these exits: their callbacks do not run, whatever waits for them "
+        "(wait(), run(), communicate()) waits on, and each stays outstanding; an unreaped one holds "
+        "its pid, and its process group id, until it is reaped",
+        "In MAINLOOP the host's loop must report every exit: pass each child it reaps (waitpid(-1) "
+        "included) to ctx.childproc_reaped(pid, status), or, if it reaps only its own children, call "
+        "ctx.sigchld_occurred() on each SIGCHLD (which reaps childproc's)",
+    ),
+    Trap(
         "threads-before-fork-server",
         "{count} thread(s) already running ({names})",
         "a fork server started now is forked from a multi-threaded process (a lock another thread "

@@ -5,13 +5,17 @@ the traps they name are the errors' own words."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +23,17 @@ from pathlib import Path
 import pytest
 
 import childproc
-from childproc import Context, DoctorReport, SigchldIgnoredError, SigchldOwner, _cgroup, _sigchld, forkserver
+from childproc import (
+    Context,
+    DoctorReport,
+    SigchldIgnoredError,
+    SigchldOwner,
+    _cgroup,
+    _doctor,
+    _sigchld,
+    forkserver,
+)
+from childproc._report import WAKEUP_FD_NOT_READ
 from childproc._traps import TRAPS
 from childproc._watchers import pidfd as pidfd_mod
 
@@ -122,6 +136,87 @@ def test_a_handler_put_in_place_of_childproc_s_is_seen() -> None:
         ctx.setmode(childproc.Hooks(chldowner=SigchldOwner.PIDFD))  # (childproc's handler back out)
 
 
+@contextmanager
+def host_sigchld_handler(c_level: bool) -> Iterator[None]:
+    """A MAINLOOP host's own SIGCHLD handler: a Python one, or one installed from C."""
+    if c_level:
+        with c_level_handler():
+            yield
+        return
+    signal.signal(signal.SIGCHLD, host_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("c_level", [False, True], ids=["python-handler", "c-handler"])
+def test_a_mainloop_host_s_own_handler_is_no_trap(c_level: bool) -> None:
+    """A host's SIGCHLD handler is what MAINLOOP expects (the host reaps and reports):
+    no foreign-handler finding while every context is in MAINLOOP; one in another
+    mode is told about it again."""
+    with host_sigchld_handler(c_level), Context(SigchldOwner.MAINLOOP):
+        report = childproc.doctor()
+        assert report.sigchld.owner.startswith("the host") and "foreign-handler" not in keys(report)
+        with Context(SigchldOwner.SELECTIVE_REAP):
+            assert "foreign-handler" in keys(childproc.doctor())
+
+
+def _pids_in(text: str) -> set[int]:
+    return {int(word) for word in re.findall(r"\b\d+\b", text)}
+
+
+@pytest.mark.timeout(60)
+def test_mainloop_exits_nobody_reported_are_a_trap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In MAINLOOP, a child of childproc's left a zombie (the host reaps only its own and
+    never calls sigchld_occurred()) and one the host reaped but never reported are
+    named, with what the host must do; a running child, a fork server's child (its exit
+    comes on its exit fd) and reported ones are not."""
+    signal.signal(signal.SIGCHLD, host_handler)
+    try:
+        with forkserver.ForkServer.start() as server, Context(SigchldOwner.MAINLOOP) as ctx:
+            zombie, reaped = ctx.spawn(["true"]), ctx.spawn(["true"])
+            running = ctx.spawn(["sleep", "30"])
+            served = ctx.watch_served(server.fork("tests.integration.fs_entries:pause_forever"))
+            assert _wait_for(
+                lambda: (
+                    {c.pid for c in childproc.doctor().children if c.state == "Z"} >= {zombie.pid, reaped.pid}
+                )
+            )
+            _, status = os.waitpid(reaped.pid, 0)  # the host reaps it, and does not report it
+            report = childproc.doctor()
+            (finding,) = [f for f in report.findings if f.trap == "unreported-exits"]
+            zombies, gone = finding.message.split("zombies nobody reaped: ")[1].split("; reaped by someone")
+            assert _pids_in(zombies.split(")")[0]) == {zombie.pid}
+            assert _pids_in(gone.split(")")[0]) == {reaped.pid}
+            assert {running.pid, served.pid}.isdisjoint(_pids_in(finding.message))
+            assert TRAPS["unreported-exits"].remedy in finding.message
+            assert "ctx.childproc_reaped(pid, status)" in finding.message
+            assert "ctx.sigchld_occurred()" in finding.message
+            assert "foreign-handler" not in keys(report)  # (the host's handler is MAINLOOP's)
+            with monkeypatch.context() as m:  # a kernel without /proc/<pid>/task/<tid>/children
+                m.setattr(_doctor, "children_of", lambda pid: [])
+                blind = childproc.doctor()
+                (again,) = [f for f in blind.findings if f.trap == "unreported-exits"]
+            assert again.message == finding.message  # (the children still here are looked up)
+            states = {c.pid: c.state for c in blind.children}
+            assert states[zombie.pid] == "Z" and states[running.pid] != "Z"
+            assert ctx.childproc_reaped(reaped.pid, status)
+            (finding,) = [f for f in childproc.doctor().findings if f.trap == "unreported-exits"]
+            assert _pids_in(finding.message.split(")")[0]) == {zombie.pid}
+            ctx.sigchld_occurred()  # (reaps childproc's zombie)
+            assert zombie.returncode == 0 and "unreported-exits" not in keys(childproc.doctor())
+            running.kill()
+            _, status = os.waitpid(running.pid, 0)
+            assert ctx.childproc_reaped(running.pid, status)
+            served.kill()
+            assert _wait_for(lambda: ctx.dispatch() >= 0 and served.returncode is not None, 10)
+            assert "unreported-exits" not in keys(childproc.doctor())
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("pid", [0, -3, True, "1", 1.5])
 def test_a_pid_that_is_no_process_id_is_refused(pid: object) -> None:
@@ -171,14 +266,51 @@ def test_foreign_children_zombies_threads_and_limits(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.timeout(30)
-def test_wakeup_fd_is_seen_and_left_in_place() -> None:
-    r, w = os.pipe2(os.O_NONBLOCK)
-    old = signal.set_wakeup_fd(w)
+def test_the_wakeup_fd_is_left_alone_its_setting_and_every_signal_s_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The doctor does not touch :func:`signal.set_wakeup_fd`'s slot (Python shows it
+    only by replacing it): a signal at any point of ``doctor()`` still writes its byte
+    to the host's fd, and the host's ``warn_on_full_buffer=False`` still holds (a full
+    pipe is not reported as "Exception ignored ... signal wakeup fd")."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # (a small pipe, quickly full)
+    signal.signal(signal.SIGUSR1, host_handler)
+    old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    raised, written = 0, bytearray()
+
+    def signal_everywhere(frame: object, event: str, arg: object) -> None:
+        # After every C call the doctor makes (set_wakeup_fd(-1) among them, if it swapped
+        # the slot): a signal, whose byte must reach the host's fd.
+        nonlocal raised
+        if event == "c_return":
+            signal.raise_signal(signal.SIGUSR1)
+            raised += 1
+            with contextlib.suppress(BlockingIOError):
+                written.extend(os.read(r, 4096))
+
     try:
-        assert (childproc.doctor().wakeup_fd or "").startswith(f"fd {w}")
-        assert signal.set_wakeup_fd(w) == w  # still the host's
+        sys.setprofile(signal_everywhere)
+        try:
+            report = childproc.doctor()
+        finally:
+            sys.setprofile(None)
+        with contextlib.suppress(BlockingIOError):
+            written.extend(os.read(r, 4096))
+        unraisable: list[object] = []
+        monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(w, b"x" * 4096)  # the host's loop is busy: its pipe is full
+        signal.raise_signal(signal.SIGUSR1)
+        for _ in range(100):  # (the report of a failed write is a pending call: let it run)
+            time.sleep(0)
+        lost = raised - written.count(signal.SIGUSR1)
+        assert raised > 0 and (lost, unraisable) == (0, [])  # (warn_on_full_buffer=False still holds)
+        assert report.wakeup_fd == WAKEUP_FD_NOT_READ and "not read" in str(report)
     finally:
-        signal.set_wakeup_fd(old)
+        assert signal.set_wakeup_fd(old) == w  # still the host's
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         os.close(r)
         os.close(w)
 
@@ -384,14 +516,12 @@ def test_cli_on_this_machine_and_on_a_missing_pid() -> None:
     assert out.returncode == 0 and "SIGCHLD             : default; held by nobody" in out.stdout
     assert "kill_tree=True      : cgroup" in out.stdout
     data = json.loads(cli("--json").stdout)
-    assert data["pidfds"] is True and data["contexts"] == [] and data["wakeup_fd"] == "none"
+    assert data["pidfds"] is True and data["contexts"] == [] and data["wakeup_fd"] == WAKEUP_FD_NOT_READ
     missing = cli("--pid", "999999999")
     assert missing.returncode == 1 and "no process 999999999" in missing.stderr
 
 
 def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
-    import time  # noqa: PLC0415
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
