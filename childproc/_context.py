@@ -43,11 +43,13 @@ an interruption left.
 
 from __future__ import annotations
 
+import _thread
 import logging
+import operator
 import os
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import _process, _teardown, _trees
@@ -92,6 +94,10 @@ log = logging.getLogger("childproc")
 
 _fallback_logged = False
 
+#: A closed context's ``_on_death``: C code that takes no argument and does nothing
+#: (``NoneType()``). See :attr:`Context.__del__`.
+_NOTHING: Callable[[], object] = type(None)
+
 
 class Context:
     """A set of children and the machinery to learn, exactly once, when each dies.
@@ -124,6 +130,7 @@ class Context:
             raise InvalidArgumentError(
                 f"mode={mode.name} and hooks.chldowner={hooks.chldowner.name} disagree: give one"
             )
+        self._on_death = _NOTHING  # (first: an __init__ that fails leaves nothing to do)
         self._pid = os.getpid()
         self._closed = False
         self._torn_down = False
@@ -159,6 +166,7 @@ class Context:
             signal_group=self._signal_group,
         )
         _process.register_context(self)
+        self._on_death = partial(_thread.start_new_thread, _process.tear_down_forgotten, (self,))
         if mode is not None or hooks is not None:
             try:
                 self.setmode(hooks if hooks is not None else Hooks(chldowner=mode), user)  # type: ignore[arg-type]
@@ -672,6 +680,7 @@ class Context:
             return
         if self._forked or self._pid != os.getpid():
             self._closed = True
+            self._on_death = _NOTHING
             return
         _process.refuse_reentry()
         self._closed = True
@@ -698,6 +707,7 @@ class Context:
                 kids.wakeups.close()
                 SUBREAPER.release(self)
                 self._torn_down = True
+                self._on_death = _NOTHING
             kids.settle_trees()  # what is left of exited children's trees (killed: kill_on_close)
             _process.teardown_done(self)
         for io in list(self._starter.pipes):
@@ -713,26 +723,37 @@ class Context:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        try:
-            if self._torn_down or self._forked or self._pid != os.getpid():
-                return
-        except AttributeError:  # __init__ failed
+    # A context freed while open is closed on a thread of its own, and its finalizer
+    # runs no Python code. Python code that the garbage collector runs cannot pass an
+    # exception on: CPython prints it ("Exception ignored") and goes on. A signal that
+    # came during a collection has its handler run in the first Python code run after
+    # it, so a Ctrl-C pressed while a collection freed a context would be lost in a
+    # Python ``__del__``. So ``__del__`` is a property whose getter (``attrgetter``, C)
+    # gives the context's ``_on_death``, which the finalizer then calls: while the
+    # context is open, a ``partial`` of ``_thread.start_new_thread`` (C), which starts
+    # :func:`_process.tear_down_forgotten` off the main thread, where no
+    # ``KeyboardInterrupt`` is raised; once it is closed (or inherited through
+    # ``fork()``, or the interpreter is exiting), ``NoneType``, which does nothing.
+    __del__ = property(operator.attrgetter("_on_death"))
+
+    def _tear_down_forgotten(self) -> None:
+        """Freed while open (on a thread of its own: see ``__del__``): warn, close."""
+        if self._closed:
             return
-        if sys.is_finalizing():
-            return  # (the process is ending, and imports no longer work: its children go to their new parent)
-        if not self._closed:
-            warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning)
-            self._closed = True
-            _process.teardown_started(self)
-        if not _process.held_here():
-            self._finish_teardown()
+        warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning)
+        self.close()
+
+    def _leave_at_exit(self) -> None:
+        """The interpreter is exiting: a thread started now would never run. The
+        children of a context left open go to init."""
+        self._on_death = _NOTHING
 
     def _abandon_after_fork(self) -> None:
         """In a forked child: disable this inherited context and close its fds."""
         self._forked = True
         self._closed = True
         self._torn_down = True
+        self._on_death = _NOTHING
         self._kids.wakeups.abandon_after_fork()
         for child in self._kids.ledger.running_handles():
             child._pidfd = None

@@ -25,6 +25,7 @@ Rules of this file
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -70,6 +71,12 @@ class Teardown(Protocol):
 
     def _abandon_after_fork(self) -> None:
         """In a forked child: disable, close fds."""
+
+    def _tear_down_forgotten(self) -> None:
+        """Freed while open: warn, close (on a thread of its own)."""
+
+    def _leave_at_exit(self) -> None:
+        """The interpreter is exiting: do nothing when freed."""
 
 
 log = logging.getLogger("childproc")
@@ -153,6 +160,24 @@ def run_chores() -> None:
             HANDLER.sync(may_raise=False)
         if HANDLER.pending and not on_main_thread():
             CHORES[:] = [True]
+
+
+def tear_down_forgotten(ctx: Teardown) -> None:
+    """Close ``ctx``, which was freed while open: run on a thread of its own, started
+    by the context's finalizer (C code only: see ``Context.__del__``)."""
+    try:
+        ctx._tear_down_forgotten()
+    except Exception:  # (a bug: said, not raised into a thread nobody joins)
+        log.exception("childproc could not close a context freed while open")
+
+
+def _at_exit() -> None:
+    """Before the interpreter finalizes: contexts freed from now on start no thread."""
+    for ctx in list(_contexts):
+        ctx._leave_at_exit()
+
+
+atexit.register(_at_exit)
 
 
 def foreign_children() -> list[int]:

@@ -84,6 +84,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+def _unknown_threads() -> int:
+    """The threads of this process that ``threading`` does not know: a context freed
+    while open is closed on one (``Context.__del__``), which the checks below wait
+    for. Counted from ``/proc`` (a thread is there once started, before it runs)."""
+    return len(os.listdir("/proc/self/task")) - len(threading.enumerate())
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     before_fds = open_fds()
@@ -91,6 +98,7 @@ def no_leaks() -> Iterator[None]:
     before_mask = _blocked()
     before_threads = set(threading.enumerate())
     before_subreaper = is_subreaper()
+    before_unknown = _unknown_threads()
     yield
     problems: list[str] = []
     # The process lock not left held (a KeyboardInterrupt that skipped a `with LOCK:`
@@ -112,6 +120,8 @@ def no_leaks() -> Iterator[None]:
     if alive:
         problems.append(f"threads still running: {alive}")
     gc.collect()
+    if not wait_until(lambda: _unknown_threads() <= before_unknown, timeout=5.0):
+        problems.append("a context freed while open was not closed (its thread still runs)")
     _process.run_chores()
     live = [c for c in _process.live_contexts() if not c.closed]
     if live:
