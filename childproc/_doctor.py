@@ -22,6 +22,7 @@ import resource
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from . import _cgroup, _process
 from ._errors import InvalidArgumentError, StateError
@@ -40,6 +41,9 @@ from ._report import (
 from ._sigchld import HANDLER, SA_NOCLDWAIT, describe, disposition
 from ._subreaper import SUBREAPER, is_subreaper
 from ._watchers import pidfd as _pidfd
+
+if TYPE_CHECKING:
+    from . import _context
 
 __all__ = ["DoctorReport", "doctor"]
 
@@ -111,12 +115,21 @@ def _unreported() -> frozenset[int]:
 
     if _process.held_here():
         return frozenset()
-    pids: set[int] = set()
+    mainloop = [
+        ctx
+        for ctx in _process.live_contexts()
+        if isinstance(ctx, Context) and not ctx.closed and ctx.mode is SigchldOwner.MAINLOOP
+    ]
     with _process.LOCK:
-        for ctx in _process.live_contexts():
-            if isinstance(ctx, Context) and not ctx.closed and ctx.mode is SigchldOwner.MAINLOOP:
-                pids.update(ctx._unreported_locked())
-    return frozenset(pids)
+        return frozenset(_unreported_locked(mainloop))
+
+
+def _unreported_locked(contexts: list[_context.Context]) -> list[int]:
+    """(A loop of its own, not in the ``with LOCK`` block: see ``tests/backedges.py``.)"""
+    pids: list[int] = []
+    for ctx in contexts:
+        pids.extend(ctx._unreported_locked())
+    return pids
 
 
 def _children(me: int, unreported: frozenset[int]) -> tuple[ChildInfo, ...]:
