@@ -38,6 +38,7 @@ from ._creators import Adopt, Creator, Fork
 from ._errors import (
     AlreadyWatchedError,
     ChildExitedError,
+    InvalidArgumentError,
     NotOurChildError,
     SigchldConflictError,
     SigchldIgnoredError,
@@ -390,9 +391,27 @@ class Children:
         if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
             self.ledger.changed(pid, status, None)
         else:
+            self._refuse_if_running(pid)
             self.reaping.accept_exit(pid, status, None, rusage)
         self.sync_handler_use_locked()
         return True
+
+    def _refuse_if_running(self, pid: int) -> None:
+        """An exit reported for a child whose pidfd says it still runs (a wrong pid, a
+        report before the reap) would lose that child for good: refuse it."""
+        child = self.ledger.handle(pid)
+        pidfd = None if child is None else child._pidfd
+        if pidfd is None:
+            return
+        try:
+            running = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except OSError:  # ECHILD: reaped, as a report says
+            return
+        if running:
+            raise InvalidArgumentError(
+                f"childproc_reaped({pid}, ...) reports an exit, but child {pid} is still running "
+                "(its pidfd says so): report a pid once waitpid() has returned it"
+            )
 
     def scan_locked(self) -> None:
         """Check each running child (``waitid(P_PID, WNOHANG)``) and record what changed."""

@@ -568,6 +568,20 @@ def test_mainloop_the_reporting_thread_is_the_one_that_reports() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_mainloop_an_exit_reported_for_a_running_child_is_refused() -> None:
+    """A host that reports a pid it did not reap (a wrong pid, a report before the
+    reap) would make childproc forget a child that runs on: refused, the child kept."""
+    with Context(SigchldOwner.MAINLOOP) as ctx:
+        child = ctx.spawn(["sleep", "30"])
+        with pytest.raises(childproc.InvalidArgumentError, match="still running"):
+            ctx.childproc_reaped(child.pid, 0)
+        assert ctx.children == {child.pid} and child.returncode is None
+        child.kill()  # (still signalled through its pidfd: it is still the context's)
+        pid, status = os.waitpid(child.pid, 0)
+        assert ctx.childproc_reaped(pid, status) and child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(30)
 def test_mainloop_a_late_report_is_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
