@@ -250,7 +250,8 @@ class Dispatcher:
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         token = object()
-        report = _ReportWatch(self, child, endless=deadline is None)
+        app_reports = self._kids.plan.rules.app_reports
+        report = _ReportWatch(self, child, endless=deadline is None) if app_reports else None
         try:
             self.add_waiter(token)
             while True:
@@ -263,7 +264,7 @@ class Dispatcher:
                     return None
                 if not self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)):
                     self.check_fds()
-                    if self._kids.plan.rules.app_reports:
+                    if report is not None:
                         report.check()
         finally:
             self.remove_waiter(token)
