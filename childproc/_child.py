@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from ._trees import Tree
 
 
+class ReportCheck(Protocol):
+    """MAINLOOP: watches, during a wait, that a child's exit is reported once it exited."""
+
+    def check(self) -> None:
+        """Called when the wait found nothing: raise or warn if the report is late."""
+
+
 class ChildOwner(Protocol):
     """What a handle asks of the context that watches it (a :class:`~childproc.Context`)."""
 
@@ -41,6 +48,7 @@ class ChildOwner(Protocol):
     def _release_child(self, child: Child) -> None: ...
     def _fd_to_dispatch(self) -> int | None: ...
     def _reports_here(self) -> bool: ...
+    def _report_watch(self, child: Child, *, endless: bool) -> ReportCheck | None: ...
 
 
 __all__ = ["EVENT_MASK", "Child", "ChildState", "EventCallback", "check_events"]
@@ -382,7 +390,7 @@ class Child:
         MAINLOOP, on the thread that reports exits, it raises :class:`StateError`
         before sending anything (it would wait for ever)."""
         self._check_stop(grace, sig)
-        if not self.done and self._ctx._reports_here():
+        if not self.done and self._waits_for_report_here():
             raise StateError(
                 f"stop() waits for child {self._pid}'s exit, and in MAINLOOP this thread is the one "
                 "that reports exits (childproc_reaped, sigchld_occurred): stop it from another "
@@ -434,6 +442,12 @@ class Child:
         except ChildExitedError:
             pass
 
+    def _waits_for_report_here(self) -> bool:
+        """MAINLOOP, on the thread that reports exits, for a child whose exit the
+        application reports (a fork server's comes on its exit fd): a wait for it
+        here would last for ever."""
+        return self._exit_fd is None and self._ctx._reports_here()
+
     def wait(self, timeout: float | None = None) -> ChildEvent | None:
         """Run the context's :meth:`~childproc.Context.wait` until this child's exit
         was delivered; return its final event (None on timeout, or if stolen).
@@ -470,10 +484,10 @@ class Child:
         if self._io is not None:
             self._io.close_as_popen_exits()
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            if not self._ctx._reports_here():  # (there, nothing to wait for: it would raise)
+            if not self._waits_for_report_here():  # (there, nothing to wait for: it would raise)
                 self.wait(_INTERRUPTED_WAIT_S)
             return
-        if not self.done and self._ctx._reports_here():
+        if not self.done and self._waits_for_report_here():
             if exc_type is not None:
                 return  # (the block's own exception goes on; the child stays watched)
             raise StateError(

@@ -51,6 +51,7 @@ class Child(Protocol):
     def done(self) -> bool: ...
     def _add_exit_waker(self, poke: Callable[[], None]) -> None: ...
     def _remove_exit_waker(self, poke: Callable[[], None]) -> None: ...
+    def _waits_for_report_here(self) -> bool: ...
 
 
 __all__ = ["PIPE_LINGER_S", "PIPE_QUIET_S", "communicate"]  # (the constants: see _pump)
@@ -82,7 +83,7 @@ _HUP = select.POLLHUP | select.POLLERR
 
 def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) -> tuple[Any, Any]:
     ctx = child._ctx
-    if not child.done and ctx._reports_here():
+    if not child.done and child._waits_for_report_here():
         raise StateError(
             "communicate() waits for the child's exit, and in MAINLOOP this thread is the one "
             "that reports exits (childproc_reaped, sigchld_occurred): call it from another thread"
@@ -90,6 +91,7 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
     deadline = None if timeout is None else time.monotonic() + timeout
     pump = Pump(io_, child.args, child.pid)
     pump.start(input)
+    report = ctx._report_watch(child, endless=deadline is None)  # (MAINLOOP: a report that never comes)
     waker = Waker()
     poller = select.poll()
     child._add_exit_waker(waker.poke)
@@ -121,6 +123,8 @@ def _communicate(child: Child, io_: ChildIO, input: Any, timeout: float | None) 
             ready = poller.poll(max(0.0, wait_s) * 1000)
             if not ready and dispatch_fd is not None and not child.done:
                 ctx.dispatch()  # a quiet tick: dispatch's own checks (lost pidfds, the handler)
+            if not ready and report is not None and not child.done:
+                report.check()
             for fd, what in ready:
                 if fd in pump.reading:
                     if pump.readable(fd, bool(what & _HUP), time.monotonic()):

@@ -58,7 +58,7 @@ from ._childio import FileOptions
 from ._children import Children, refuse_ignored
 from ._creators import Fork
 from ._delivery import Delivery
-from ._dispatching import Dispatcher, check_report, check_timeout
+from ._dispatching import Dispatcher, ReportWatch, check_report, check_timeout
 from ._errors import (
     ClosedError,
     ForkedContextError,
@@ -130,7 +130,6 @@ class Context:
             raise InvalidArgumentError(
                 f"mode={mode.name} and hooks.chldowner={hooks.chldowner.name} disagree: give one"
             )
-        self._on_death = _NOTHING  # (first: an __init__ that fails leaves nothing to do)
         self._pid = os.getpid()
         self._closed = False
         self._torn_down = False
@@ -166,7 +165,8 @@ class Context:
             signal_group=self._signal_group,
         )
         _process.register_context(self)
-        self._on_death = partial(_thread.start_new_thread, _process.tear_down_forgotten, (self,))
+        if not _process.exiting():
+            self._on_death = partial(_thread.start_new_thread, _process.tear_down_forgotten, (self,))
         if mode is not None or hooks is not None:
             try:
                 self.setmode(hooks if hooks is not None else Hooks(chldowner=mode), user)  # type: ignore[arg-type]
@@ -567,6 +567,9 @@ class Context:
     def _reports_here(self) -> bool:
         return self._dispatcher.reports_here()
 
+    def _report_watch(self, child: Child, *, endless: bool) -> ReportWatch | None:
+        return self._dispatcher.report_watch(child, endless=endless)
+
     def _unreported_locked(self) -> list[int]:
         """MAINLOOP, for the doctor: the pids whose exit the application has not
         reported yet, fork-server children aside (theirs come on their exit fds).
@@ -735,13 +738,17 @@ class Context:
     # ``KeyboardInterrupt`` is raised; once it is closed (or inherited through
     # ``fork()``, or the interpreter is exiting), ``NoneType``, which does nothing.
     __del__ = property(operator.attrgetter("_on_death"))
+    _on_death: Callable[[], object] = _NOTHING  # (until __init__ arms it; an __init__ that fails)
 
     def _tear_down_forgotten(self) -> None:
-        """Freed while open (on a thread of its own: see ``__del__``): warn, close."""
-        if self._closed:
+        """Freed while open (on a thread of its own: see ``__del__``): warn, close
+        (also when the warning is an error: the finalizer runs only once)."""
+        if self._closed or self._forked or self._pid != os.getpid():
             return
-        warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning)
-        self.close()
+        try:
+            warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning)
+        finally:
+            self.close()
 
     def _leave_at_exit(self) -> None:
         """The interpreter is exiting: a thread started now would never run. The

@@ -116,10 +116,10 @@ class Dispatcher:
         self.thread: threading.Thread | None = None
         #: MAINLOOP: the thread that reports exits (the last to call childproc_reaped or
         #: sigchld_occurred; None before any did), which must not wait.
-        self.reporter: int | None = None
+        self.reporter: ThreadId | None = None
         #: MAINLOOP, before any report: the thread that chose the mode, perhaps the one
         #: that will report (see the rules above).
-        self.suspect = threading.get_ident()
+        self.suspect = this_thread()
 
     # -- one cycle ------------------------------------------------------------
     def collect(self, ready: list[tuple[int, int]] | None = None) -> None:
@@ -241,7 +241,7 @@ class Dispatcher:
     def wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
         """Cycles until ``child``'s exit was delivered, by this thread or another (in
         MAINLOOP, the thread calling childproc_reaped pokes the waker)."""
-        if timeout != 0 and not child.done and self.reports_here():
+        if timeout != 0 and not child.done and child._waits_for_report_here():
             raise StateError(
                 f"waiting for child {child.pid}'s exit on the thread that reports exits in MAINLOOP "
                 "(childproc_reaped, sigchld_occurred) would wait "
@@ -250,8 +250,7 @@ class Dispatcher:
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         token = object()
-        app_reports = self._kids.plan.rules.app_reports
-        report = _ReportWatch(self, child, endless=deadline is None) if app_reports else None
+        report = self.report_watch(child, endless=deadline is None)
         try:
             self.add_waiter(token)
             while True:
@@ -269,10 +268,17 @@ class Dispatcher:
         finally:
             self.remove_waiter(token)
 
+    def report_watch(self, child: Child, *, endless: bool) -> ReportWatch | None:
+        """For a wait for ``child``'s exit: in MAINLOOP, what watches that its report
+        comes (None elsewhere, and for a fork server's child, whose exit needs none)."""
+        if not self._kids.plan.rules.app_reports or child._exit_fd is not None:
+            return None
+        return ReportWatch(self, child, endless=endless)
+
     def reports_here(self) -> bool:
         """MAINLOOP, and this thread is the one that reports exits: waiting here for
         an exit would wait forever."""
-        return self._kids.plan.rules.app_reports and threading.get_ident() == self.reporter
+        return self._kids.plan.rules.app_reports and this_thread() == self.reporter
 
     def fd_to_dispatch(self) -> int | None:
         """The fd a thread waiting for a child's exit polls and then dispatches, or
@@ -286,14 +292,14 @@ class Dispatcher:
         self._check_usable()
         return self._kids.wakeups.fileno()
 
-    def report_expected(self) -> tuple[int | None, int]:
+    def report_expected(self) -> tuple[ThreadId | None, ThreadId]:
         """MAINLOOP (again): nobody has reported yet, and this thread chose the mode.
         Returns what it replaced (for :meth:`restore_reporting`)."""
         old = (self.reporter, self.suspect)
-        self.reporter, self.suspect = None, threading.get_ident()
+        self.reporter, self.suspect = None, this_thread()
         return old
 
-    def restore_reporting(self, old: tuple[int | None, int]) -> None:
+    def restore_reporting(self, old: tuple[ThreadId | None, ThreadId]) -> None:
         self.reporter, self.suspect = old
 
     # -- the dispatch thread --------------------------------------------------
@@ -329,7 +335,7 @@ class Dispatcher:
     def reported(self, pid: int, status: int, rusage: resource.struct_rusage | None) -> bool:
         """The application reaped ``pid``: deliver it if it was ours."""
         self._require_app_reports("childproc_reaped()")
-        self.reporter = threading.get_ident()
+        self.reporter = this_thread()
         with _process.LOCK:
             self._check_usable()
             if not self._kids.reported_locked(pid, status, rusage):
@@ -341,7 +347,7 @@ class Dispatcher:
     def sigchld_occurred(self) -> int:
         """The application saw a SIGCHLD: check each of our children, deliver."""
         self._require_app_reports("sigchld_occurred()")
-        self.reporter = threading.get_ident()
+        self.reporter = this_thread()
         with _process.LOCK:
             self._check_usable()
             self._kids.scan_locked()
@@ -362,7 +368,16 @@ class Dispatcher:
             self._waiters_cv.wait_for(lambda: all(t == me for t in list(self._waiters.values())), timeout=5.0)
 
 
-class _ReportWatch:
+#: A thread, as the MAINLOOP rules name it: its ident with its kernel id (an ident
+#: alone is reused by the next thread as soon as one ends).
+ThreadId = tuple[int, int]
+
+
+def this_thread() -> ThreadId:
+    return threading.get_ident(), threading.get_native_id()
+
+
+class ReportWatch:
     """MAINLOOP: a wait for ``child``'s report, watching that the report comes once
     the child has exited (see the rules at the top)."""
 
@@ -382,7 +397,7 @@ class _ReportWatch:
             return
         late = now - self._dead_since
         d, pid = self._dispatcher, self._child.pid
-        suspect = d.reporter is None and threading.get_ident() == d.suspect
+        suspect = d.reporter is None and this_thread() == d.suspect
         if self._endless and suspect and late > REPORT_GRACE_S:
             raise StateError(
                 f"child {pid} exited {late:.0f} s ago and no thread has reported an exit yet, while "

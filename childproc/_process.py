@@ -122,11 +122,13 @@ def owner_of(pid: int) -> Owner | None:
 
 
 def register_context(ctx: Teardown) -> None:
-    _contexts.add(ctx)
+    with LOCK:  # (a WeakBag is not thread-safe by itself)
+        _contexts.add(ctx)
 
 
 def live_contexts() -> list[Teardown]:
-    return list(_contexts)
+    with LOCK:
+        return _contexts.members()
 
 
 def teardown_started(ctx: Teardown) -> None:
@@ -164,17 +166,43 @@ def run_chores() -> None:
 
 def tear_down_forgotten(ctx: Teardown) -> None:
     """Close ``ctx``, which was freed while open: run on a thread of its own, started
-    by the context's finalizer (C code only: see ``Context.__del__``)."""
+    by the context's finalizer (C code only: see ``Context.__del__``). SIGCHLD's
+    handler, if that was its last user, is put back by the main thread: it is asked
+    to at once (:meth:`~childproc._sigchld.SigchldHandler.restore_soon`)."""
     try:
         ctx._tear_down_forgotten()
     except Exception:  # (a bug: said, not raised into a thread nobody joins)
         log.exception("childproc could not close a context freed while open")
+    HANDLER.restore_soon()
+
+
+_exiting: list[bool] = []
+
+
+def exiting() -> bool:
+    """Whether the interpreter is exiting (this module's ``atexit`` hook has run)."""
+    return bool(_exiting)
 
 
 def _at_exit() -> None:
-    """Before the interpreter finalizes: contexts freed from now on start no thread."""
-    for ctx in list(_contexts):
+    """Before the interpreter finalizes: contexts freed from now on start no thread
+    (one started then would never run)."""
+    _exiting.append(True)
+    for ctx in live_contexts():
         ctx._leave_at_exit()
+
+
+def _restore_from_handler() -> None:
+    """Run by childproc's SIGCHLD handler on the main thread when its last user left
+    on another thread: put the prior disposition back, unless this thread is inside
+    childproc (then its next call does)."""
+    if held_here():
+        return
+    with LOCK:
+        HANDLER.sync(may_raise=False)
+
+
+HANDLER.restore_hook = _restore_from_handler
 
 
 atexit.register(_at_exit)

@@ -161,6 +161,9 @@ class SigchldHandler:
         self._swapping = False  # between recording a swap and knowing it happened
         self._ignored: str | None = None  # what discards_statuses() last read from the kernel
         self._ignored_at = -1.0
+        #: Run by the handler, on the main thread, when its last user left on another
+        #: thread (``_process`` sets it: it takes the process lock, which is not here).
+        self.restore_hook: Callable[[], None] | None = None
 
     # -- what the kernel calls ------------------------------------------------------
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -191,6 +194,16 @@ class SigchldHandler:
                 raise pending
             finally:
                 pending = None  # (no cycle through this frame)
+        if self.pending and not self._users and self.restore_hook is not None:
+            self.restore_hook()  # (the last user left on another thread: put the old one back)
+
+    def restore_soon(self) -> None:
+        """From another thread, after the last user left: have the main thread put the
+        prior disposition back now (a SIGCHLD to it runs this handler), not at its next
+        childproc call, which may never come (a host whose ``SIG_IGN`` reaped for it)."""
+        main = _main_ident
+        if self.pending and self.installed and not self._users and main is not None and not on_main_thread():
+            signal.pthread_kill(main, _SIGCHLD)
 
     def is_ours(self, handler: object) -> bool:
         return handler == self._handle

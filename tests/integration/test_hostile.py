@@ -994,6 +994,40 @@ def test_forgotten_context_warns_and_orphan_is_reaped(mode: SigchldOwner) -> Non
     assert drain_queue(q) == []
 
 
+@pytest.mark.timeout(20)
+def test_a_forgotten_context_is_closed_even_when_its_warning_is_an_error() -> None:
+    """The finalizer runs once: the close must not depend on the warning going well."""
+    pids: list[int] = []
+
+    def forget() -> None:
+        ctx = Context(SigchldOwner.PIDFD)
+        pids.append(ctx.spawn(["sleep", "30"], kill_on_close=True).pid)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        forget()
+        gc.collect()
+        assert wait_until(lambda: proc_state(pids[0]) is None, 5.0), "the context was not closed"
+
+
+@pytest.mark.timeout(20)
+def test_a_forgotten_context_puts_sigchld_back_without_another_call() -> None:
+    """Closed on a thread of its own, a forgotten context that was the handler's last
+    user has the main thread put the old disposition back at once (a host whose SIG_IGN
+    reaped for it must not wait for a childproc call that may never come)."""
+
+    def forget() -> None:
+        ctx = Context(SigchldOwner.LIBXL_ALWAYS)
+        assert _sigchld.HANDLER.is_ours(signal.getsignal(signal.SIGCHLD))
+        del ctx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        forget()
+        gc.collect()
+        assert wait_until(lambda: signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL, 5.0)
+
+
 _CTRL_C_IN_A_COLLECTION = """
 import gc, os, signal, sys, threading, time
 from childproc import Context

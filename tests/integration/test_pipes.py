@@ -568,6 +568,70 @@ def test_mainloop_the_reporting_thread_is_the_one_that_reports() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_mainloop_communicate_on_the_thread_that_chose_the_mode_says_why_it_cannot_end() -> None:
+    """Before any report, the thread that chose MAINLOOP may be the one that reports:
+    its communicate() (run(capture_output=True) too) waits, and raises StateError once
+    the child's exit is late to be reported, rather than wait for ever."""
+    with Context(SigchldOwner.MAINLOOP) as ctx:
+        child = ctx.spawn(["/bin/sh", "-c", "echo out"], stdout=PIPE)
+        with pytest.raises(childproc.StateError, match="no thread has reported"):
+            child.communicate()
+        with pytest.raises(childproc.StateError, match="no thread has reported"):
+            ctx.run(["true"], capture_output=True)
+        pid, status = os.waitpid(child.pid, 0)
+        assert ctx.childproc_reaped(pid, status)
+        assert child.communicate() == (b"out\n", None)  # (nothing lost by the first call)
+
+
+@pytest.mark.timeout(30)
+def test_mainloop_a_fork_server_child_needs_no_report() -> None:
+    """A fork server's child's exit comes on its exit fd: waiting for it is fine on the
+    thread that reports, and on the one that chose the mode (no late-report error)."""
+    from childproc import forkserver  # noqa: PLC0415
+
+    with forkserver.ForkServer.start() as server, Context(SigchldOwner.MAINLOOP) as ctx:
+        served = ctx.watch_served(server.fork("tests.integration.fs_entries:sleep_then", 3.5, 4))
+        ev = served.wait(10)  # (this thread chose the mode: >2 s after the exit, no StateError)
+        assert ev is not None and ev.returncode == 4
+        helper = ctx.spawn(["true"])  # this thread becomes the one that reports
+        pid, status = os.waitpid(helper.pid, 0)
+        assert ctx.childproc_reaped(pid, status) and ctx._reports_here()
+        served = ctx.watch_served(server.fork("tests.integration.fs_entries:exit_with", 5))
+        ev = served.wait(10)
+        assert ev is not None and ev.returncode == 5
+
+
+@pytest.mark.timeout(30)
+def test_mainloop_a_new_thread_is_not_the_old_reporter() -> None:
+    """The thread that reports is named by its ident and its kernel id: a new thread
+    that got the ident of a reporter that ended is not taken for it."""
+    with Context(SigchldOwner.MAINLOOP) as ctx:
+        seen: list[tuple[int, bool]] = []
+
+        def report_one() -> None:
+            child = ctx.spawn(["true"])
+            pid, status = os.waitpid(child.pid, 0)
+            ctx.childproc_reaped(pid, status)
+            seen.append((threading.get_ident(), ctx._reports_here()))
+
+        def look() -> None:
+            seen.append((threading.get_ident(), ctx._reports_here()))
+
+        for _ in range(20):  # (until the new thread gets the reporter's ident, as it mostly does)
+            seen.clear()
+            for target in (report_one, look):
+                t = threading.Thread(target=target)
+                t.start()
+                t.join()
+            (ident_a, a_reports), (ident_b, b_reports) = seen
+            assert a_reports and not b_reports, seen
+            if ident_a == ident_b:
+                break
+        else:
+            pytest.skip("no thread got a dead thread's ident here")
+
+
+@pytest.mark.timeout(30)
 def test_mainloop_an_exit_reported_for_a_running_child_is_refused() -> None:
     """A host that reports a pid it did not reap (a wrong pid, a report before the
     reap) would make childproc forget a child that runs on: refused, the child kept."""
