@@ -483,6 +483,16 @@ def test_communicate_with_a_dispatch_thread(sel: Context) -> None:
     assert time.monotonic() - t0 < 5  # woken by the delivery, not by a tick
 
 
+def report_an_exit(ctx: Context) -> None:
+    """One turn of a MAINLOOP host's loop: reap a child that exited, if any; report it."""
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return
+    if pid:
+        ctx.childproc_reaped(pid, status)
+
+
 @pytest.mark.timeout(30)
 def test_mainloop_run_from_another_thread_and_refused_on_the_reporting_one() -> None:
     with Context(SigchldOwner.LIBXL) as ctx:
@@ -500,13 +510,8 @@ def test_mainloop_run_from_another_thread_and_refused_on_the_reporting_one() -> 
 
         t = threading.Thread(target=worker)
         t.start()
-        while t.is_alive():  # the host's loop: reap and report
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pid = 0
-            if pid:
-                ctx.childproc_reaped(pid, status)
+        while t.is_alive():  # the host's loop
+            report_an_exit(ctx)
             time.sleep(0.01)
         t.join()
         (r,) = got
@@ -530,12 +535,7 @@ def test_mainloop_the_reporting_thread_is_the_one_that_reports() -> None:
 
         def host_loop() -> None:
             while not stop.is_set():
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    pid = 0
-                if pid:
-                    ctx.childproc_reaped(pid, status)
+                report_an_exit(ctx)
                 while asked:  # (what the test asks of the reporting thread)
                     try:
                         answers.append(asked.pop()())
