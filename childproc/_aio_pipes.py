@@ -194,9 +194,11 @@ class _WriteTransport(asyncio.WriteTransport):
         return {"pipe": self._fd}.get(name, default)
 
 
-def reader_for(loop: asyncio.AbstractEventLoop, pipes: Pipes, target: int) -> asyncio.StreamReader:
-    """A ``StreamReader`` fed from ``target``'s read end (1 or 2)."""
-    reader = asyncio.StreamReader(limit=2**16, loop=loop)
+def reader_for(
+    loop: asyncio.AbstractEventLoop, pipes: Pipes, target: int, limit: int
+) -> asyncio.StreamReader:
+    """A ``StreamReader`` fed from ``target``'s read end (1 or 2), with buffer ``limit``."""
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
     reader.set_transport(_ReadTransport(loop, pipes, target, reader))
     return reader
 

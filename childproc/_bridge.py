@@ -121,22 +121,31 @@ class AsyncHandle(WaiterBase):
     async def aclose(self) -> None:
         """Close the pipes (the read ends first, then stdin once what was written to
         it is out), then wait for the exit; cancelled or interrupted meanwhile, kill
-        the child (and its tree) before that goes on, without waiting for its exit
-        (it is delivered as any other). As anyio's ``Process.aclose()``."""
+        the child (and its tree) and wait for its exit shielded from the cancellation
+        (``returncode`` is then set) before that goes on. As anyio's ``Process.aclose()``."""
         io_ = self.child._io
         try:
-            if io_ is not None:  # what was written through the sync file (child.child.stdin)
-                with contextlib.suppress(BlockingIOError):  # (its pipe made non-blocking: a stream's)
-                    io_.flush_stdin()
-            await self._close_streams()  # (stdin's data may wait for the child to read it)
+            try:
+                if io_ is not None:  # what was written through the sync file (child.child.stdin)
+                    with contextlib.suppress(BlockingIOError):  # (its pipe made non-blocking: a stream's)
+                        io_.flush_stdin()
+                await self._close_streams()  # (stdin's data may wait for the child to read it)
+            finally:
+                if io_ is not None:
+                    io_.close()
+            await self.wait(kill_on_cancel=True)
         except BaseException as exc:
-            if not isinstance(exc, Exception):  # cancelled or interrupted: as a cancelled wait
-                self._kill_on_cancel()
+            if isinstance(exc, Exception):
+                raise
+            self._kill_on_cancel()  # cancelled or interrupted: as a cancelled wait
+            with self._shielded(), contextlib.suppress(Exception):
+                await self.wait()  # (a SIGKILLed child's exit: promptly)
             raise
-        finally:
-            if io_ is not None:
-                io_.close()
-        await self.wait(kill_on_cancel=True)
+
+    def _shielded(self) -> contextlib.AbstractContextManager[object]:
+        """A scope in which a wait is not cancelled again (asyncio cancels a task once:
+        nothing is needed there)."""
+        return contextlib.nullcontext()
 
     async def _close_streams(self) -> None:
         """Close the library's streams over the pipes, the read ones first."""

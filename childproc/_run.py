@@ -124,7 +124,7 @@ class RunRequest:
         if isinstance(options.get("stdin"), (bytes, bytearray, memoryview, str)):
             raise ArgumentTypeError(
                 "stdin takes where the child reads from (PIPE, DEVNULL, an fd, a file); to feed it "
-                "data give input=... (trio's and anyio's run_process take the data as stdin=)"
+                "data give input=... (trio's run_process takes the data as stdin=)"
             )
         if self.input is not None:
             if options.get("stdin") is not None:

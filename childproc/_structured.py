@@ -17,11 +17,13 @@ their library plugged in:
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
 from ._bridge import AsyncHandle, Bridge, default_mode, settle, stop
 from ._child import Child
@@ -33,6 +35,9 @@ from ._results import CompletedProcess, TimeoutExpired
 from ._run import RunRequest, kill, result
 from ._status import ChildEvent
 from ._stdio import command_of
+
+if sys.version_info < (3, 11):  # (trio and anyio depend on the backport there)
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
 if TYPE_CHECKING:
     from ._spawn import Argv
@@ -170,6 +175,9 @@ class StructuredChild(AsyncHandle):
         if stream is None and io_ is not None and io_.pipes is not None and io_.pipes.parent[target] >= 0:
             stream = self._streams[target] = self._make_stream(io_, target)
         return stream
+
+    def _shielded(self) -> contextlib.AbstractContextManager[object]:
+        return self._lib.shield()  # type: ignore[no-any-return]
 
     async def _close_streams(self) -> None:
         with self._lib.shield():  # (a stream's aclose() ends with a checkpoint: all of them close)
@@ -340,7 +348,7 @@ async def open_structured(
     if hooks is None:
         hooks = Hooks(chldowner=mode if mode is not None else default_mode())
     elif mode is not None:
-        raise StateError("give either mode= or hooks=, not both")
+        raise InvalidArgumentError("give either mode= or hooks=, not both")
     context = Context()
     try:
         context.setmode(hooks)
@@ -348,12 +356,40 @@ async def open_structured(
         context.close()
         raise
     ctx = kind(context)
+    raised: list[BaseException] = []  # what the block raised
     try:
         async with kind._lib.open_nursery() as nursery:
             nursery.start_soon(ctx._serve_while_open)
             try:
                 yield ctx
+            except BaseException as exc:
+                raised.append(exc)
+                raise
             finally:
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps what the block raised in a group: give it back as itself,
+        # so that the block's own `except CalledProcessError` (or a caller's) still
+        # matches, as with the host's own API (trio.run_process, anyio.run_process).
+        if not raised or _leaves(group) != raised:
+            raise
+        _reraise(raised.pop())
     finally:
         ctx._close()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` with the context it had (raising it here would set the group)."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context  # (no cycle through this frame)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._aio_pipes import reader_for, writer_for
 from ._bridge import AsyncHandle, Bridge, default_mode, settle, stop
-from ._child import Child
+from ._child import Child, EventCallback
 from ._childio import ChildIO, default_encoding
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
@@ -52,7 +52,10 @@ from ._watchers import pidfd as _pidfd
 if TYPE_CHECKING:
     from ._spawn import Argv
 
-__all__ = ["AsyncChild", "AsyncContext", "default_mode", "open_context"]
+__all__ = ["STREAM_LIMIT", "AsyncChild", "AsyncContext", "default_mode", "open_context"]
+
+#: The default buffer limit of a child's ``StreamReader`` objects (asyncio's own).
+STREAM_LIMIT = 2**16
 
 
 def _refuse_stealing_watcher() -> None:
@@ -82,10 +85,11 @@ class AsyncChild(AsyncHandle):
     the handle itself, as ``await asyncio.create_subprocess_exec(...)`` gives its
     process)."""
 
-    __slots__ = ("_awaiting", "_exit", "_streams", "_tasks")
+    __slots__ = ("_awaiting", "_exit", "_limit", "_streams", "_tasks")
 
     def __init__(self, child: Child, exit_future: asyncio.Future[ChildEvent]) -> None:
         super().__init__(child)
+        self._limit = STREAM_LIMIT  # the StreamReaders' buffer limit (spawn's limit=)
         self._exit = exit_future  # the record: done once the exit (or a failure) is known
         self._awaiting: list[asyncio.Future[ChildEvent]] = []  # see _exited()
         self._streams: list[Any] = [None, None, None]
@@ -121,7 +125,11 @@ class AsyncChild(AsyncHandle):
         stream = self._streams[target]
         if stream is None and io_ is not None and io_.pipes is not None and io_.pipes.parent[target] >= 0:
             loop = self._exit.get_loop()
-            stream = writer_for(loop, io_.pipes) if target == 0 else reader_for(loop, io_.pipes, target)
+            stream = (
+                writer_for(loop, io_.pipes)
+                if target == 0
+                else reader_for(loop, io_.pipes, target, self._limit)
+            )
             self._streams[target] = stream
         return stream
 
@@ -319,7 +327,7 @@ class AsyncContext(Bridge[AsyncChild]):
         if hooks is None:
             hooks = Hooks(chldowner=mode if mode is not None else default_mode())
         elif mode is not None:
-            raise StateError("give either mode= or hooks=, not both")
+            raise InvalidArgumentError("give either mode= or hooks=, not both")
         if _is_uvloop(self.loop) and wants_handler(hooks.chldowner, 1, _pidfd.supported(), 0):
             raise StateError(
                 f"{hooks.chldowner.name} mode would install a SIGCHLD handler, but under uvloop libuv "
@@ -344,6 +352,19 @@ class AsyncContext(Bridge[AsyncChild]):
 
     def _new_waiter(self, child: Child) -> AsyncChild:
         return AsyncChild(child, self.loop.create_future())
+
+    def spawn(
+        self, argv: Argv, *, on_event: EventCallback | None = None, limit: int = STREAM_LIMIT, **options: Any
+    ) -> AsyncChild:
+        """:meth:`Context.spawn <childproc.Context.spawn>` (the same keywords), returning
+        an :class:`AsyncChild`. ``limit``: the buffer limit of its ``StreamReader``
+        objects, as ``asyncio.create_subprocess_exec`` takes it (64 KiB: a longer line
+        makes ``readline()`` raise)."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise InvalidArgumentError(f"limit must be a number of bytes (an int > 0), not {limit!r}")
+        child = super().spawn(argv, on_event=on_event, **options)
+        child._limit = limit
+        return child
 
     def _finish(self, waiter: AsyncChild, event: ChildEvent) -> None:
         waiter._settle(event, None)

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from ._context import Hooks
+from ._errors import StateError
 from ._policy import SigchldOwner
 from ._structured import Lib, StructuredChild, StructuredContext, open_structured
 
@@ -67,5 +68,12 @@ async def open_context(
     mode: SigchldOwner | None = None, *, hooks: Hooks | None = None
 ) -> AsyncIterator[TrioContext]:
     """``async with open_context() as ctx``: a context served for the block's lifetime."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        raise StateError(
+            "childproc.trio_host runs under trio (trio.run); under asyncio use "
+            "childproc.asyncio_host, and for code that runs on either, childproc.anyio_host"
+        ) from None
     async with open_structured(TrioContext, mode, hooks=hooks) as ctx:
         yield ctx

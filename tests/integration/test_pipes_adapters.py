@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine
@@ -20,7 +21,7 @@ import trio
 import uvloop
 
 import childproc
-from childproc import PIPE, STDOUT, anyio_host, asyncio_host, trio_host
+from childproc import PIPE, STDOUT, Hooks, SigchldOwner, anyio_host, asyncio_host, trio_host
 
 from .kids import run_on_a_reactor
 from .procutil import alive
@@ -335,6 +336,70 @@ def test_structured_adapters_raise_a_callbacks_exception_out_of_the_block(
     assert held[0].context.closed
 
 
+@pytest.mark.timeout(30)
+def test_asyncio_spawn_takes_the_stream_limit_as_create_subprocess_exec_does() -> None:
+    line = ["/bin/sh", "-c", "head -c 200000 /dev/zero | tr '\\0' x; echo"]
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            async with await ctx.spawn(line, stdout=PIPE, limit=1 << 20) as child:
+                assert child.stdout is not None and len(await child.stdout.readline()) == 200_001
+            async with await ctx.spawn(line, stdout=PIPE) as child:  # (64 KiB, asyncio's)
+                assert child.stdout is not None
+                with pytest.raises(ValueError):
+                    await child.stdout.readline()
+            with pytest.raises(childproc.InvalidArgumentError, match="limit"):
+                ctx.spawn(["true"], limit=0)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("raised", ["CalledProcessError", "ValueError", "KeyboardInterrupt"])
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_structured_blocks_raise_their_own_exception_not_a_group(flavour: str, raised: str) -> None:
+    """What the block raises comes out of ``open_context()`` as itself, as it would from
+    the host's own API, not in the exception group the nursery wraps it in: a ported
+    program's ``except CalledProcessError`` (or a caller's) still matches. Wrong
+    arguments to ``open_context`` are an InvalidArgumentError (a ValueError)."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+    if raised == "KeyboardInterrupt" and flavour == "anyio-asyncio" and sys.version_info < (3, 11):
+        pytest.skip("asyncio.run on 3.10 turns a Ctrl-C into a CancelledError (anyio's own too)")
+
+    async def main() -> None:
+        async with host.open_context() as ctx:
+            if raised == "CalledProcessError":
+                await ctx.run(["/bin/sh", "-c", "exit 4"], check=True)
+            elif raised == "ValueError":
+                raise ValueError("the block's own")
+            else:
+                await ctx.run(["/bin/sh", "-c", "kill -INT $PPID; sleep 5"])  # (a Ctrl-C)
+
+    error = {"CalledProcessError": subprocess.CalledProcessError, "ValueError": ValueError}.get(
+        raised, KeyboardInterrupt
+    )
+    with pytest.raises(error) as info:
+        _run_structured(flavour, main)
+    assert type(info.value) is error or isinstance(info.value, subprocess.CalledProcessError)
+
+    async def both() -> None:
+        async with host.open_context(SigchldOwner.PIDFD, hooks=Hooks()):
+            pass
+
+    with pytest.raises(childproc.InvalidArgumentError, match="either mode= or hooks="):
+        _run_structured(flavour, both)
+
+
+@pytest.mark.timeout(30)
+def test_the_trio_adapter_under_asyncio_says_which_adapter_to_use() -> None:
+    async def main() -> None:
+        async with trio_host.open_context():
+            pass
+
+    with pytest.raises(childproc.StateError, match="asyncio_host"):
+        asyncio.run(main())
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_awaiting_spawn_gives_the_child_as_create_subprocess_exec_does(loop: str) -> None:
@@ -385,6 +450,8 @@ def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str, tm
                     assert sleeper.stdin and sleeper.stdout and sleeper.stderr  # (streams made)
                     await anyio.sleep(30)
             assert scope.cancelled_caught  # (every stream closed all the same: the leak check)
+            if flavour != "asyncio":  # (waited for, shielded, as anyio's Process does; asyncio's
+                assert sleeper.returncode == -signal.SIGKILL  # own cancellation comes once)
             assert (await sleeper.wait()).returncode == -signal.SIGKILL
             # aclose() beside a communicate() in another task: the pipes are its to close
             # (closed under it, their numbers went to the next child, whose reads it took).
