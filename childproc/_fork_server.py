@@ -700,8 +700,10 @@ class Server:
                 for fd in made:
                     _close_quietly(fd)
                 if isinstance(e, OSError):
+                    about_cwd = cwd is not None and e.filename == cwd
+                    what = f"{cwd!r} (the cwd)" if about_cwd else f"{argv[0]!r}"
                     raise Bad(
-                        f"cannot start the child: {e.strerror}: {argv[0]!r}", "SPAWN_ERROR", e.errno
+                        f"cannot start the child: {e.strerror}: {what}", "SPAWN_ERROR", e.errno
                     ) from None
                 raise
         finally:
@@ -799,7 +801,8 @@ def _child_main(
         _print_exc_quietly()
     finally:
         _flush_stdio()
-        os._exit(code)
+        os._exit(code & 0xFF)  # (an exit status is a byte: 300 is 44, as the shell has it; os._exit
+        # refuses an int beyond a C int, and would raise here, into the server's own code)
 
 
 def _print_exc_quietly() -> None:

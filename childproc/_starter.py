@@ -355,7 +355,10 @@ class Starter:
     def watch_served(self, served: ServedLike, on_event: EventCallback | None, kill_on_close: bool) -> Child:
         """``Context.watch_served``."""
         if served.exit_fd is None:
-            raise InvalidArgumentError("watch_served() needs a child forked with exit_fd=True")
+            raise InvalidArgumentError(
+                "watch_served() needs a child forked with exit_fd=True whose exit fd no context "
+                "has taken yet (watch_served() takes it: once per child)"
+            )
         if on_event is not None:
             check_callback(on_event, 2, "on_event", "on_event(child, event)")
         self._enter()

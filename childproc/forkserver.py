@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import marshal
 import os
@@ -150,9 +151,15 @@ class ServedChild:
     #: A pidfd for the child, for signalling it safely (where the kernel has pidfds).
     pidfd: int | None = None
     _closed: bool = field(default=False, repr=False)
+    _handed_over: bool = field(default=False, repr=False)  # (detach_fds: a Context's now)
 
     def wait(self) -> ChildEvent:
         """Block until the child exits; its exit event (needs the exit fd)."""
+        if self._handed_over:
+            raise InvalidArgumentError(
+                "this child's exit fd was handed to a Context (watch_served()): wait through "
+                "the handle watch_served() returned"
+            )
         if self.exit_fd is None:
             raise InvalidArgumentError("this child was forked without exit_fd=True")
         os.set_blocking(self.exit_fd, True)
@@ -184,6 +191,7 @@ class ServedChild:
         """Hand the exit fd and pidfd over to someone else (a Context): ours no more."""
         fds = (self.exit_fd, self.pidfd)
         self.exit_fd = self.pidfd = None
+        self._handed_over = True
         return fds
 
 
@@ -274,8 +282,16 @@ class _Connection:
         self._reading = False
         self._next_id = 1
         self._dead: str | None = None
+        self._pid = os.getpid()  # the process whose connection it is
 
     def request(self, op: int, body: bytes = b"", fds: Sequence[int] = (), want: int = 0) -> _Reply:
+        if os.getpid() != self._pid:
+            raise ForkServerError(
+                f"this fork server connection belongs to process {self._pid}, which forked this one: "
+                "parent and child would share one socket and take each other's replies. Start a "
+                "server in the child (or use the server_conn a served child is given)",
+                "FORKED",
+            )
         with self._cv:
             if self._dead:
                 raise ForkServerDied(self._dead)
@@ -331,16 +347,19 @@ class _Connection:
             if self._dead:
                 raise ForkServerDied(self._dead)
             if self._reading:
-                self._cv.wait()
+                self._cv.wait(1.0)  # (a notify an interrupt skipped is made up for)
                 continue
-            self._reading = True
-            self._cv.release()
             try:
+                self._reading = True
+                self._cv.release()
                 got = self._read_one()
             finally:
-                self._cv.acquire()
+                # Whatever happened, someone else may read now; interrupted before the
+                # release or after it, the lock is this thread's again either way.
                 self._reading = False
-                self._cv.notify_all()  # whatever happened, someone else may read now
+                if not self._cv._is_owned():  # type: ignore[attr-defined]
+                    self._cv.acquire()
+                self._cv.notify_all()
             if got is not None:
                 if got[0] in self._abandoned:
                     self._abandoned.discard(got[0])
@@ -366,11 +385,15 @@ class _Connection:
         A reply read is the reader's to hand over, maybe to another thread: if an
         exception (KeyboardInterrupt) cuts in once it has arrived, it is lost, and
         so is the connection, or its owner would wait for ever."""
-        arrived = False
+        arrived: list[tuple[bytes, list[tuple[int, int, bytes]], int, Any]] = []
         try:
             # Close-on-exec: the fds we are sent must not leak into programs spawned later.
-            data, ancdata, flags, _ = self.sock.recvmsg(MAX_PACKET, ANCDATA_SIZE, MSG_CMSG_CLOEXEC)
-            arrived = True
+            # The message lands in ``arrived`` from C: an interrupt right after the call
+            # still knows it came.
+            arrived.extend(
+                itertools.starmap(self.sock.recvmsg, ((MAX_PACKET, ANCDATA_SIZE, MSG_CMSG_CLOEXEC),))
+            )
+            data, ancdata, flags, _ = arrived[0]
             fds = fds_in_ancdata(ancdata) if ancdata else []
         except OSError as e:
             if arrived:

@@ -80,6 +80,79 @@ def test_fork_with_socket_and_exit_fd(server: ForkServer) -> None:
     child.close()
 
 
+@pytest.mark.timeout(30)
+def test_a_new_users_fork_server_misuses_get_errors_that_say_why(
+    server: ForkServer, tmp_path: object
+) -> None:
+    """An exit code beyond a byte is the byte, as the shell has it (2**31 + 7 escaped into
+    the server's own code in the child); a cwd that does not exist is named; a child
+    watched once cannot be watched or waited for again through the ServedChild."""
+    big = server.fork(f"{E}:exit_with", 2**31 + 7)
+    assert big.wait().returncode == 7
+    big.close()
+    with pytest.raises(ForkServerError, match="the cwd"):
+        server.spawn(["/bin/true"], cwd=str(tmp_path) + "/no-such-dir")
+    with Context(SigchldOwner.PIDFD) as ctx:
+        served = server.fork(f"{E}:exit_with", 3)
+        handle = ctx.watch_served(served)
+        with pytest.raises(InvalidArgumentError, match="no context has taken"):
+            ctx.watch_served(served)
+        with pytest.raises(InvalidArgumentError, match="handed to a Context"):
+            served.wait()
+        ev = handle.wait(10)
+        assert ev is not None and ev.returncode == 3
+        served.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_may_not_use_its_parents_server(server: ForkServer) -> None:
+    """Parent and child would share one socket and take each other's replies: the
+    child is refused, and the parent's connection goes on unharmed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            server.ping()
+            os.write(w, b"used")
+        except ForkServerError as exc:
+            os.write(w, exc.code.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 100) == b"FORKED"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert server.ping() == server.pid
+
+
+@pytest.mark.timeout(30)
+def test_an_interrupt_right_after_the_reader_lets_go_of_the_lock_leaves_the_connection_usable(
+    server: ForkServer,
+) -> None:
+    """A KeyboardInterrupt right after the reading thread released the connection's lock
+    (a call returning is where CPython runs signal handlers) once left the reader's
+    flag set, and the lock released twice: every later call hung or raised RuntimeError."""
+    cv = server._conn._cv
+    real = cv.release
+    fired: list[bool] = []
+
+    def release() -> None:
+        real()
+        if not fired:
+            fired.append(True)
+            raise KeyboardInterrupt("simulated: right after the release")
+
+    cv.release = release  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.ping()
+    finally:
+        cv.release = real  # type: ignore[method-assign]
+    assert fired and server.ping() == server.pid
+
+
 def test_entry_forms_and_exit_codes() -> None:
     local = lambda server, sock, code: code  # noqa: E731 - a closure: only reachable by name
     with ForkServer.start(entries={"local": local}) as srv:
