@@ -61,6 +61,16 @@ class WaiterBase:
         was delivered, then the exit code, or ``-N`` for signal N."""
         return self.child.returncode
 
+    @property
+    def args(self) -> object:
+        """The argv the child was spawned with (None for a fork), as trio's ``Process.args``."""
+        return self.child.args
+
+    def poll(self) -> int | None:
+        """:attr:`returncode` (None while it runs), as trio's ``Process.poll()``: the loop
+        keeps it current, so this neither waits nor dispatches."""
+        return self.child.returncode
+
     def send_signal(self, sig: int) -> None:
         """:meth:`Child.send_signal <childproc.Child.send_signal>`: ``sig`` to the child
         alone, never to a recycled pid; :class:`~childproc.ChildExitedError` (a

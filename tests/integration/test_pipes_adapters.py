@@ -431,8 +431,8 @@ def test_async_with_a_child_closes_its_pipes_and_waits_or_kills(flavour: str, tm
     async def main() -> None:
         async with host.open_context() as ctx:
             async with await ctx.spawn(["sh", "-c", "read x; exit 5"], stdin=PIPE) as proc:
-                pass  # (stdin closed at the end: read sees EOF, the child exits 5)
-            assert proc.returncode == 5
+                assert proc.args == ["sh", "-c", "read x; exit 5"] and proc.poll() is None  # (trio's)
+            assert proc.returncode == 5 and proc.poll() == 5
             # Streams in use: closed too (trio's own hung here), the read ends first.
             async with await ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE) as cat:
                 await _send(cat.stdin, b"hi\n")
