@@ -18,8 +18,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._child import Child, EventCallback
-from ._context import Context
-from ._errors import ChildStolenError, ClosedError
+from ._context import Context, Hooks
+from ._errors import ChildStolenError, ClosedError, InvalidArgumentError
 from ._policy import SigchldOwner
 from ._run import kill_and_own
 from ._status import ChildEvent
@@ -34,6 +34,16 @@ if TYPE_CHECKING:
     from ._spawn import Argv
 
 __all__ = ["STOP_POLL_S", "AsyncHandle", "Bridge", "WaiterBase", "default_mode", "settle", "stop"]
+
+
+def hooks_for(mode: SigchldOwner | None, hooks: Hooks | None) -> Hooks:
+    """An adapter's ``mode=``/``hooks=`` as the :class:`Hooks` to set (one of them, or
+    :func:`default_mode`)."""
+    if hooks is None:
+        return Hooks(chldowner=mode if mode is not None else default_mode())
+    if mode is not None:
+        raise InvalidArgumentError("give either mode= or hooks=, not both")
+    return hooks
 
 
 def default_mode() -> SigchldOwner:

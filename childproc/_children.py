@@ -55,7 +55,7 @@ from ._traps import TRAPS, ignored_why
 from ._trees import settle
 from ._wakeups import Wakeups
 from ._watchers import Watcher
-from ._watchers._base import reap_zombie
+from ._watchers._base import reap_zombie, still_running
 from ._watchers.scan import scan
 
 __all__ = ["Children"]
@@ -399,15 +399,8 @@ class Children:
     def _refuse_if_running(self, pid: int) -> None:
         """An exit reported for a child whose pidfd says it still runs (a wrong pid, a
         report before the reap) would lose that child for good: refuse it."""
-        child = self.ledger.handle(pid)
-        pidfd = None if child is None else child._pidfd
-        if pidfd is None:
-            return
-        try:
-            running = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-        except OSError:  # ECHILD: reaped, as a report says
-            return
-        if running:
+        child = self.ledger.handle(pid)  # (through its pidfd only: a pid may name another by now)
+        if child is not None and child._pidfd is not None and still_running(child):
             raise InvalidArgumentError(
                 f"childproc_reaped({pid}, ...) reports an exit, but child {pid} is still running "
                 "(its pidfd says so): report a pid once waitpid() has returned it"

@@ -29,7 +29,6 @@ Rules of this file
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from ._errors import ClosedError, FdLostError, ForkedContextError, InvalidArgume
 from ._policy import Reaper
 from ._sigchld import HANDLER
 from ._status import ChildEvent
+from ._watchers._base import still_running
 
 if TYPE_CHECKING:
     import resource
@@ -392,7 +392,7 @@ class ReportWatch:
         """Called when a sleep found nothing: raise or warn if the report is late."""
         now = time.monotonic()
         if self._dead_since is None:
-            if _has_exited(self._child):
+            if still_running(self._child) is False:
                 self._dead_since = now
             return
         late = now - self._dead_since
@@ -413,18 +413,3 @@ class ReportWatch:
                 pid,
                 late,
             )
-
-
-def _has_exited(child: Child) -> bool:
-    """Whether ``child`` has exited: a zombie, or already reaped by the application
-    (not reported yet). Looks without reaping (``WNOWAIT``)."""
-    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-    try:
-        pidfd = child.pidfd
-        if pidfd is not None:
-            return os.waitid(os.P_PIDFD, pidfd, flags) is not None
-        return os.waitid(os.P_PID, child.pid, flags) is not None
-    except ChildProcessError:
-        return True
-    except OSError:  # (its pidfd closed meanwhile: the next look tells)
-        return False

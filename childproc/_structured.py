@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
-from ._bridge import AsyncHandle, Bridge, default_mode, settle, stop
+from ._bridge import AsyncHandle, Bridge, hooks_for, settle, stop
 from ._child import Child
 from ._context import Context, Hooks
 from ._errors import InvalidArgumentError, StateError
@@ -345,10 +345,7 @@ async def open_structured(
     kind: type[X], mode: SigchldOwner | None = None, *, hooks: Hooks | None = None
 ) -> AsyncIterator[X]:
     """``async with``: a context of ``kind``, served by a task for the block's lifetime."""
-    if hooks is None:
-        hooks = Hooks(chldowner=mode if mode is not None else default_mode())
-    elif mode is not None:
-        raise InvalidArgumentError("give either mode= or hooks=, not both")
+    hooks = hooks_for(mode, hooks)
     context = Context()
     try:
         context.setmode(hooks)

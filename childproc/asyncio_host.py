@@ -35,7 +35,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._aio_pipes import reader_for, writer_for
-from ._bridge import AsyncHandle, Bridge, default_mode, settle, stop
+from ._bridge import AsyncHandle, Bridge, default_mode, hooks_for, settle, stop
 from ._child import Child, EventCallback
 from ._childio import ChildIO, default_encoding
 from ._context import Context, Hooks
@@ -324,10 +324,7 @@ class AsyncContext(Bridge[AsyncChild]):
     ) -> None:
         self.loop = loop if loop is not None else asyncio.get_running_loop()
         _refuse_stealing_watcher()
-        if hooks is None:
-            hooks = Hooks(chldowner=mode if mode is not None else default_mode())
-        elif mode is not None:
-            raise InvalidArgumentError("give either mode= or hooks=, not both")
+        hooks = hooks_for(mode, hooks)
         if _is_uvloop(self.loop) and wants_handler(hooks.chldowner, 1, _pidfd.supported(), 0):
             raise StateError(
                 f"{hooks.chldowner.name} mode would install a SIGCHLD handler, but under uvloop libuv "

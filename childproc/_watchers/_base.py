@@ -23,6 +23,7 @@ __all__ = [
     "check_stops",
     "found_from_waitid",
     "reap_zombie",
+    "still_running",
 ]
 
 #: ``(pid, wait status, uid or None)``
@@ -169,6 +170,22 @@ def check_stops(child: Watched, out: Reaped) -> None:
         return  # gone: the exit check reports it
     except OSError as exc:
         _lost(child, out, exc)
+
+
+def still_running(child: Watched) -> bool | None:
+    """Whether ``child`` still runs, looked at without reaping it (``WNOWAIT``): True,
+    False (it exited: a zombie, or reaped already by someone), or None (its pidfd was
+    closed behind childproc's back: cannot tell now). Through its pidfd where there is
+    one, else by pid."""
+    pidfd = child._pidfd
+    try:
+        if pidfd is not None:
+            return _waitid(_P_PIDFD, pidfd, PEEK_FLAGS) is None
+        return _waitid(_P_PID, child._pid, PEEK_FLAGS) is None
+    except ChildProcessError:
+        return False
+    except OSError:
+        return None
 
 
 def check_exit(child: Watched, out: Reaped) -> None:
