@@ -690,11 +690,23 @@ class Context:
         _process.teardown_started(self)
         self._finish_teardown()
 
-    def _finish_teardown(self) -> None:
-        """Carry out (or finish) the teardown :meth:`close` began."""
+    def _finish_teardown(self, *, wait: bool = True) -> None:
+        """Carry out (or finish) the teardown :meth:`close` began.
+
+        ``wait=False`` (the chores): if another thread is at it, leave it that thread
+        and have the chores look again later (should it be interrupted). Waiting
+        could deadlock: that thread may be waiting for this one, as a close joins
+        its dispatch thread, which runs chores.
+        """
         orphans: list[int] = []
         kids = self._kids
-        with self._teardown_lock:
+        lock = self._teardown_lock
+        taken: list[bool] = []
+        try:
+            taken.extend(map(lock.acquire, (wait,)))  # (lands from C: no interruption between)
+            if not taken[0]:
+                _process.want_chores()
+                return
             if self._torn_down:
                 return
             with _process.LOCK:
@@ -713,6 +725,9 @@ class Context:
                 self._on_death = _NOTHING
             kids.settle_trees()  # what is left of exited children's trees (killed: kill_on_close)
             _process.teardown_done(self)
+        finally:
+            if taken and taken[0]:
+                lock.release()
         for io in list(self._starter.pipes):
             io.close()
         if orphans:

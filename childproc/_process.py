@@ -66,8 +66,9 @@ class Teardown(Protocol):
 
     def close(self) -> None: ...
 
-    def _finish_teardown(self) -> None:
-        """Finish a teardown an exception interrupted. LOCK not held."""
+    def _finish_teardown(self, *, wait: bool = True) -> None:
+        """Finish a teardown an exception interrupted. LOCK not held. ``wait=False``:
+        pass if another thread is at it."""
 
     def _abandon_after_fork(self) -> None:
         """In a forked child: disable, close fds."""
@@ -153,7 +154,7 @@ def run_chores() -> None:
     CHORES.clear()
     for ctx in list(_unfinished):
         try:
-            ctx._finish_teardown()
+            ctx._finish_teardown(wait=False)
         except Exception:  # a bug: say so once, but never poison every later call
             _unfinished.discard(ctx)
             log.exception("childproc could not finish closing a context")

@@ -214,3 +214,29 @@ def test_setmode_on_worker_thread_installs_at_next_main_thread_call() -> None:
         pid = fork_exit(ctx, rec, 4)  # a main-thread call: the handler goes in first
         assert signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, signal.SIG_IGN)
         drain(ctx, lambda: pid in rec.calls)
+
+
+@pytest.mark.timeout(30)
+def test_a_callback_using_another_context_while_its_own_closes() -> None:
+    """A close holds its teardown while it joins its dispatch thread. A callback on
+    that thread that calls another context runs the process's chores, which finish
+    interrupted teardowns: this one, in progress, is left to the closing thread (it
+    waited for it: both threads waited for ever, as CI's dispatch thread did once
+    when its own wait() ran the chores as its context began closing)."""
+    in_callback, closing = threading.Event(), threading.Event()
+    seen: list[int] = []
+    with Context(SigchldOwner.PIDFD) as other:
+        ctx = Context(SigchldOwner.PIDFD)
+        ctx.start_dispatch_thread()
+
+        def on_exit(child: object, event: object) -> None:
+            in_callback.set()
+            assert closing.wait(10)
+            time.sleep(0.3)  # the main thread is in close(), joining this thread
+            seen.append(other.dispatch())  # (the chores ran here)
+
+        ctx.spawn(["true"], on_exit)
+        assert in_callback.wait(10)
+        closing.set()
+        ctx.close()
+    assert seen == [0]
