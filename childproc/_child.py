@@ -285,7 +285,8 @@ class Child:
         but a descendant holding a pipe open does not hold it up (see the I/O
         rules in the docs). On timeout raises :class:`~childproc.TimeoutExpired`
         (also ``subprocess``'s) with the output so far; the child is not killed,
-        and calling again carries on, losing nothing."""
+        and calling again carries on, losing nothing. Once it has returned, a
+        later call returns the same output again (as ``Popen``'s)."""
         from ._communicate import communicate  # noqa: PLC0415 - the I/O half loads on first use
 
         return communicate(self, input, timeout)

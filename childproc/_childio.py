@@ -167,6 +167,7 @@ class ChildIO:
         "input_at",
         "lock",
         "options",
+        "output",
         "pipes",
         "sinks",
         "started",
@@ -187,6 +188,17 @@ class ChildIO:
         self.held: dict[int, Any] = {}  # (childproc._held.Held)
         self.lock = threading.Lock()  # held by a communicate() while it runs
         self.closing = False  # close() came while it did: it closes them when it stops
+        self.output: tuple[Any, Any] | None = None  # what a communicate() returned
+
+    def output_again(self, input: Any) -> tuple[Any, Any]:
+        """A ``communicate()`` after one returned: the same output (as ``Popen``'s)."""
+        if input:
+            raise InvalidArgumentError(
+                "communicate() already sent this child its input and returned its output: give no "
+                "input (a call without it returns the same output again)"
+            )
+        assert self.output is not None
+        return self.output
 
     def file(self, target: int) -> Any:
         """The application's file object for ``target`` (None if it is not piped)."""

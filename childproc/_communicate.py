@@ -62,6 +62,8 @@ _TICK_S = 1.0  # the longest sleep: closing contexts and lost wake-ups are notic
 def communicate(child: Child, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
     """See :meth:`Child.communicate`."""
     io_: ChildIO | None = child._io
+    if io_ is not None and io_.output is not None:
+        return io_.output_again(input)
     if io_ is None or io_.pipes is None:
         if input:
             raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")

@@ -171,7 +171,8 @@ class Pump:
         sinks = self.io.sinks
         out = sinks.pop(1).take() if 1 in sinks else None
         err = sinks.pop(2).take() if 2 in sinks else None
-        return self._decode(out, 1), self._decode(err, 2)
+        self.io.output = (self._decode(out, 1), self._decode(err, 2))
+        return self.io.output
 
     def _decode(self, data: bytes | None, target: int) -> Any:
         io_ = self.io

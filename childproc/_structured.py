@@ -230,6 +230,8 @@ class StructuredChild(AsyncHandle):
         rules). On ``timeout`` raises :class:`~childproc.TimeoutExpired` with the
         output so far, and a later call carries on; cancelled, the same."""
         io_ = self.child._io
+        if io_ is not None and io_.output is not None:
+            return io_.output_again(input)
         if io_ is None or io_.pipes is None:  # (no pipes: no streams either)
             if input:
                 raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")

@@ -199,6 +199,8 @@ class AsyncChild(AsyncHandle):
         later call carries on; cancelled, the same (nothing is lost, the child is
         not killed)."""
         io_ = self.child._io
+        if io_ is not None and io_.output is not None:
+            return io_.output_again(input)
         if io_ is None or io_.pipes is None:
             if input:
                 raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")

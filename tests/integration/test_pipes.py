@@ -266,6 +266,10 @@ def test_communicate_timeout_then_again_loses_nothing(ctx: Context) -> None:
         child.communicate(b"more")
     assert child.communicate() == (b"a\nb\nc\n", None)
     assert child.returncode == 0
+    # Once it returned, the same output again (as Popen's); no new input.
+    assert child.communicate() == (b"a\nb\nc\n", None)
+    with pytest.raises(childproc.InvalidArgumentError, match="give no input"):
+        child.communicate(b"more")
 
 
 @pytest.mark.timeout(30)

@@ -113,6 +113,7 @@ def test_communicate_timeout_then_again_loses_nothing(loop: str) -> None:
             assert b"a\n".startswith(info.value.output or b"") and child.returncode is None
             assert await child.communicate() == (b"a\nb\n", None)
             assert child.returncode == 0
+            assert await child.communicate() == (b"a\nb\n", None)  # (again: as Popen's)
 
     run_on(loop, main)
 
@@ -274,6 +275,7 @@ def test_structured_adapters_run_communicate_and_streams(flavour: str) -> None:
             with pytest.raises(childproc.TimeoutExpired):
                 await child.communicate(timeout=0.2)
             assert await child.communicate() == (b"a\nb\n", None)
+            assert await child.communicate() == (b"a\nb\n", None)  # (again: as Popen's)
             talker = ctx.spawn(["cat"], stdin=PIPE, stdout=PIPE)
             assert talker.stdin is not None and talker.stdout is not None
             await _send(talker.stdin, b"ping")
