@@ -599,7 +599,10 @@ class Context:
         seconds passed (None: no limit). Returns the number delivered (0 on timeout,
         and at once when nothing is outstanding: no child, no undelivered event).
 
-        Raises :class:`ClosedError` if the context is closed meanwhile.
+        Raises :class:`ClosedError` if the context is closed meanwhile. In
+        MAINLOOP, on the thread that reports exits, raises :class:`StateError`
+        instead of waiting for reports only that thread can make (``timeout=0``,
+        a look, is fine; so is a wait that a fork server's child may end).
         """
         return self._dispatcher.wait(check_timeout(timeout))
 
@@ -675,7 +678,9 @@ class Context:
         * A dispatch thread is stopped; other threads blocked in :meth:`wait`
           wake up with :class:`ClosedError`.
 
-        Idempotent; safe from a callback. In a forked child it only marks the
+        Idempotent; safe from a callback, where it waits for no other thread (a
+        close already under way on another thread finishes there; the dispatch
+        thread ends on its own). In a forked child it only marks the
         inherited context closed. Interrupted (``KeyboardInterrupt``), the rest
         of the teardown is done by the next childproc call, or by ``close()`` again.
         """
@@ -688,7 +693,8 @@ class Context:
         _process.refuse_reentry()
         self._closed = True
         _process.teardown_started(self)
-        self._finish_teardown()
+        # (from a callback: if another thread is closing, it may be waiting for this one)
+        self._finish_teardown(wait=not _process.delivering_here())
 
     def _finish_teardown(self, *, wait: bool = True) -> None:
         """Carry out (or finish) the teardown :meth:`close` began.
@@ -764,6 +770,9 @@ class Context:
             warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning)
         finally:
             self.close()
+
+    def _delivering_here(self) -> bool:
+        return self._delivery.delivering_here()
 
     def _leave_at_exit(self) -> None:
         """The interpreter is exiting: a thread started now would never run. The

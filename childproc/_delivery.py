@@ -68,6 +68,10 @@ class Delivery:
         #: The exception the last raising callback raised.
         self.raised: BaseException | None = None
 
+    def delivering_here(self) -> bool:
+        """This thread is in :meth:`deliver` (maybe in a callback)."""
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def deliver(self, closed: Callable[[], bool]) -> int:
         """Deliver every queued event (until one raises); return how many were delivered."""
         delivered = 0

@@ -227,6 +227,8 @@ class Dispatcher:
                         return 0
                 if idle:
                     remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                    if remaining != 0 and self.reports_here():
+                        self._refuse_a_wait_for_reports()
                     ready = self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S))
                 if _process.CHORES:
                     _process.run_chores()
@@ -237,6 +239,20 @@ class Dispatcher:
                     return 0
         finally:
             self.remove_waiter(token)
+
+    def _refuse_a_wait_for_reports(self) -> None:
+        """``Context.wait`` on the thread that reports exits in MAINLOOP: unless a fork
+        server's child may end it (its exit needs no report), it would wait for a
+        report only this thread can make."""
+        with _process.LOCK:
+            children = list(self._kids.ledger.running.values())
+        if all(child._exit_fd is None for child in children):
+            raise StateError(
+                f"waiting for the exits of {len(children)} child(ren) on the thread that reports exits "
+                "in MAINLOOP (childproc_reaped, sigchld_occurred) would wait for reports only this "
+                "thread can make: report the exits first (then wait(0) delivers what is left), or "
+                "wait on another thread"
+            )
 
     def wait_child(self, child: Child, timeout: float | None) -> ChildEvent | None:
         """Cycles until ``child``'s exit was delivered, by this thread or another (in
@@ -318,7 +334,9 @@ class Dispatcher:
                     self.sleep(RECHECK_S)  # nothing outstanding: idle, woken by any new child
             except (ClosedError, ForkedContextError):
                 return
-            except Exception as exc:
+            except BaseException as exc:  # (a callback's SystemExit too: the thread goes on)
+                if exc is not self._delivery.raised and not isinstance(exc, Exception):
+                    raise
                 if exc is self._delivery.raised or not self._is_closed():  # (a callback's, even if
                     log.exception("a childproc callback raised on the dispatch thread")  # closing)
                 if self._is_closed():
@@ -359,7 +377,11 @@ class Dispatcher:
     # -- teardown ---------------------------------------------------------------
     def stop(self) -> None:
         """The context is closing: end the dispatch thread and let the threads
-        waiting in it leave (they raise :class:`ClosedError`), a few seconds at most."""
+        waiting in it leave (they raise :class:`ClosedError`), a few seconds at most.
+        From a callback (of any context) it waits for neither: they may be waiting
+        for this thread, and they leave on their own once they see the close."""
+        if _process.delivering_here():
+            return  # (a callback: the thread it delivers for, or a waiter, may wait for it)
         me = threading.get_ident()
         thread = self.thread
         if thread is not None and thread.ident != me:

@@ -79,6 +79,9 @@ class Teardown(Protocol):
     def _leave_at_exit(self) -> None:
         """The interpreter is exiting: do nothing when freed."""
 
+    def _delivering_here(self) -> bool:
+        """This thread is delivering this context's events (maybe in a callback)."""
+
 
 log = logging.getLogger("childproc")
 
@@ -130,6 +133,14 @@ def register_context(ctx: Teardown) -> None:
 def live_contexts() -> list[Teardown]:
     with LOCK:
         return _contexts.members()
+
+
+def delivering_here() -> bool:
+    """This thread is delivering some context's events: it may be in a callback,
+    holding that context's delivery, which its dispatch thread (or a thread waiting
+    for a child) may be waiting for. Such a thread must not wait for other threads
+    at a close: they may be waiting for it."""
+    return any(ctx._delivering_here() for ctx in live_contexts())
 
 
 def teardown_started(ctx: Teardown) -> None:

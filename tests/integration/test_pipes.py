@@ -553,8 +553,8 @@ def test_mainloop_the_reporting_thread_is_the_one_that_reports() -> None:
             for _ in range(2):
                 assert ctx.run(["/bin/sh", "-c", "exit 5"]).returncode == 5
             child = ctx.spawn(["sleep", "30"])
-            refused = (child.wait, lambda: child.wait(0.5), child.stop)
-            for ask in (*refused, lambda: child.wait(0)):
+            refused = (child.wait, lambda: child.wait(0.5), child.stop, ctx.wait, lambda: ctx.wait(0.5))
+            for ask in (*refused, lambda: child.wait(0), lambda: ctx.wait(0) or None):
                 asked.append(ask)
                 assert wait_until(lambda: bool(answers), timeout=10)
                 answer = answers.pop()
@@ -603,6 +603,8 @@ def test_mainloop_a_fork_server_child_needs_no_report() -> None:
         served = ctx.watch_served(server.fork("tests.integration.fs_entries:exit_with", 5))
         ev = served.wait(10)
         assert ev is not None and ev.returncode == 5
+        served = ctx.watch_served(server.fork("tests.integration.fs_entries:exit_with", 6))
+        assert ctx.wait(10) == 1 and served.returncode == 6  # (its exit may end a ctx.wait() here)
 
 
 @pytest.mark.timeout(30)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
+import childproc
 from childproc import Context, Hooks, PidfdUnavailableError, SigchldOwner, _process
 from childproc._watchers import pidfd as pidfd_mod
 
 from .kids import Record, child_pause, drain, fork, fork_exit
+from .procutil import wait_until
 
 MODES = [SigchldOwner.LIBXL, SigchldOwner.LIBXL_ALWAYS, SigchldOwner.SELECTIVE_REAP, SigchldOwner.PIDFD]
 
@@ -240,3 +245,80 @@ def test_a_callback_using_another_context_while_its_own_closes() -> None:
         closing.set()
         ctx.close()
     assert seen == [0]
+
+
+# A close waits for its dispatch thread and for the threads waiting in the context; a
+# callback may close a context (its own, another). Neither may wait for the other.
+@pytest.mark.timeout(30)
+def test_a_callback_closes_its_context_while_another_thread_closes_it() -> None:
+    in_callback = threading.Event()
+    ctx = Context(SigchldOwner.PIDFD)
+    ctx.start_dispatch_thread()
+
+    def on_exit(child: object, event: object) -> None:
+        in_callback.set()
+        time.sleep(0.3)  # the main thread is in close(), joining this thread
+        ctx.close()  # (it went on waiting for that close to end)
+
+    ctx.spawn(["true"], on_exit)
+    assert in_callback.wait(10)
+    ctx.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("rounds", range(3))
+def test_a_callback_delivered_to_a_waiting_thread_closes_the_context(rounds: int) -> None:
+    """The main thread, in child.wait(), delivers every due event; the callback closes
+    the context while the dispatch thread waits for that delivery (its close joined
+    the thread: for ever; delivered on the dispatch thread instead, its close waited
+    5 s for the main thread to leave)."""
+    took: list[float] = []
+    ctx = Context(SigchldOwner.PIDFD)
+    ctx.start_dispatch_thread()
+
+    def on_exit(child: object, event: object) -> None:
+        time.sleep(0.5)  # the other thread reaches the delivery
+        t0 = time.monotonic()
+        ctx.close()
+        took.append(time.monotonic() - t0)
+
+    ctx.spawn(["true"], on_exit)
+    with contextlib.suppress(childproc.ClosedError):
+        ctx.spawn(["sleep", "0.3"]).wait()
+    assert wait_until(lambda: bool(took), timeout=10)
+    assert took[0] < 2, took
+
+
+@pytest.mark.timeout(30)
+def test_callbacks_of_two_contexts_close_each_other() -> None:
+    """Each close joined the other's dispatch thread, which was in a callback's close."""
+    a, b = Context(SigchldOwner.PIDFD), Context(SigchldOwner.PIDFD)
+    together = threading.Barrier(2)
+
+    def closes(other: Context) -> Callable[[object, object], None]:
+        def on_exit(child: object, event: object) -> None:
+            together.wait(5)
+            other.close()
+
+        return on_exit
+
+    for ctx, other in ((a, b), (b, a)):
+        ctx.start_dispatch_thread()
+        ctx.spawn(["true"], closes(other))
+    assert wait_until(lambda: a.closed and b.closed, timeout=10)
+    a.close()
+    b.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_callback_raising_systemexit_leaves_the_dispatch_thread_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """threading drops a SystemExit silently: the dispatch thread ended, and a run()
+    on another thread, which leaves the dispatching to it, waited for ever."""
+    with Context(SigchldOwner.PIDFD) as ctx:
+        thread = ctx.start_dispatch_thread()
+        ctx.spawn(["true"], lambda child, event: sys.exit(1))
+        assert wait_until(lambda: "callback raised" in caplog.text, timeout=10)
+        assert thread.is_alive()
+        assert ctx.run(["/bin/sh", "-c", "exit 3"], timeout=10).returncode == 3
