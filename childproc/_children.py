@@ -298,6 +298,13 @@ class Children:
         if child._pidfd is not None or child._exit_fd is not None or child._tree is not None:
             self.gone.append(child)
 
+    def disown_all_locked(self) -> None:
+        """The context is closed: no pid is its any more. (An interruption inside
+        :meth:`gone_locked`, after the ledger forgot the child, left its entry.)"""
+        owners = _process.OWNERS
+        for pid in [pid for pid, ref in owners.items() if ref is self.ref]:
+            del owners[pid]
+
     def close_gone_fds(self) -> None:
         """Close the fds of children that left (after their callbacks ran)."""
         if not self.gone:

@@ -725,6 +725,7 @@ class Context:
             self._dispatcher.stop()
             with _process.LOCK:
                 kids.close_gone_fds()
+                kids.disown_all_locked()
                 kids.wakeups.close()
                 SUBREAPER.release(self)
                 self._torn_down = True

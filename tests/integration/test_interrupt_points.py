@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,32 @@ def test_ki_after_owners_del(
     assert_new_context_works(mode)
     assert got == [(pid, 7)] and foreign == []
     assert unknown_child_warnings(caplog) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", SELECTIVE_MODES, ids=_ids(SELECTIVE_MODES))
+def test_ki_in_gone_locked_at_close_leaves_no_pid_owned(
+    mode: SigchldOwner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KI inside ``Children.gone_locked`` during ``close()``, once the ledger forgot the
+    child handed to the orphanage (where ``watcher.remove`` returns): the teardown
+    finished by the next close() no longer sees the child, and its ``OWNERS`` entry
+    stayed for good (CI's torture run: every later test failed the leak check)."""
+    ctx = Context(mode=mode)
+    child = ctx.spawn(["sleep", "30"])
+    pid = child.pid
+    once = Once("after watcher.remove() returned")
+    after_return(monkeypatch, type(ctx._kids.watcher), "remove", once)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # (it ran on: an orphan now)
+            with pytest.raises(KeyboardInterrupt, match="after watcher"):
+                ctx.close()
+            ctx.close()
+        assert once.fired and pid not in _process.OWNERS
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: proc_state(pid) is None, timeout=10), "the orphanage did not reap it"
 
 
 # -- 2. after the ledger's commit (Ledger.exited / Ledger.stolen) -------------------
