@@ -23,7 +23,7 @@ from ._errors import ChildStolenError, ClosedError, InvalidArgumentError
 from ._policy import SigchldOwner
 from ._run import kill_and_own
 from ._status import ChildEvent
-from ._trees import settle_steps
+from ._trees import SETTLE_S, settle_steps
 from ._watchers import pidfd as _pidfd
 
 if TYPE_CHECKING:
@@ -219,6 +219,11 @@ async def stop(
             await sleep(STOP_POLL_S)
         while True:
             if child.done or child.context.closed:
+                break
+            await sleep(STOP_POLL_S)
+        killed_at = time.monotonic()
+        while True:  # (a killed tree: its last members die at once, bar an uninterruptible sleep)
+            if child._tree_empty() or time.monotonic() - killed_at >= SETTLE_S:
                 break
             await sleep(STOP_POLL_S)
     except BaseException as exc:

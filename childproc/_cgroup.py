@@ -54,12 +54,19 @@ _FREEZE_FOR_SIGNAL_S = 0.2  # how long a signal waits for the tree to freeze (an
 _UNCLAIMED_S = 5.0  # a tree with no started child after this long was left by an interruption
 
 
+_WRITE, _READ = os.O_WRONLY | os.O_CLOEXEC, os.O_RDONLY | os.O_CLOEXEC
+
+
 def _write(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fds: list[int] = []
     try:
-        os.write(fd, data)
+        # The fd lands in ``fds`` from C: an interrupt cannot come between the open
+        # and its record (and leak the fd).
+        fds.extend(itertools.starmap(os.open, ((path, _WRITE),)))
+        os.write(fds[0], data)
     finally:
-        os.close(fd)
+        if fds:
+            os.close(fds[0])
 
 
 def _read(path: str) -> str:
@@ -133,19 +140,22 @@ class CgroupTree:
 
     def events(self) -> dict[str, str]:
         try:
-            return _fields(os.path.join(self.path, "cgroup.events"))
+            return _fields(self._file("cgroup.events"))
         except FileNotFoundError:
             return {"populated": "0", "frozen": "0"}
 
     def populated(self) -> bool:
         return self.events().get("populated", "0").strip() == "1"
 
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
     def _control(self, name: str, value: bytes) -> bool:
         """Write a control file; False if the cgroup is gone (it was empty: nothing to do)."""
         if self.removed:
             return False
         try:
-            _write(os.path.join(self.path, name), value)
+            _write(self._file(name), value)
         except FileNotFoundError:
             return False  # removed meanwhile (by another thread's settle): empty
         return True
@@ -163,26 +173,37 @@ class CgroupTree:
         if sig == signal.SIGKILL:
             self.kill()
             return
+        if self.removed:
+            return
         was_frozen = self.events().get("frozen", "0").strip() == "1"
-        if not was_frozen:
-            # (A member in an uninterruptible sleep delays the freeze: signalled all the same.)
-            self.freeze(_FREEZE_FOR_SIGNAL_S)
+        freezer: list[int] = []  # cgroup.freeze, open while this call has the tree frozen
         try:
+            if not was_frozen:
+                freezer.extend(itertools.starmap(os.open, ((self._file("cgroup.freeze"), _WRITE),)))
+                os.write(freezer[0], b"1")
+                # (A member in an uninterruptible sleep delays the freeze: signalled all the same.)
+                self._wait_for("frozen", "1", _FREEZE_FOR_SIGNAL_S)
             for pid in self.pids():
+                fds: list[int] = []
                 try:
-                    fd = os.pidfd_open(pid)
-                except ProcessLookupError:
-                    continue
-                try:
+                    fds.extend(itertools.starmap(os.pidfd_open, ((pid,),)))  # (as in _write)
                     if self._is_member(_read(f"/proc/{pid}/cgroup")):
-                        signal.pidfd_send_signal(fd, sig)
+                        signal.pidfd_send_signal(fds[0], sig)
                 except (ProcessLookupError, FileNotFoundError):
                     pass
                 finally:
-                    os.close(fd)
+                    if fds:
+                        os.close(fds[0])
+        except FileNotFoundError:
+            return  # removed meanwhile (by another thread's settle): it was empty
         finally:
-            if not was_frozen:
-                self.thaw()
+            if freezer:
+                try:
+                    # The thaw is one call on an fd open since the freeze: an interrupt
+                    # (a Ctrl-C) cannot leave the tree frozen for good.
+                    os.write(freezer[0], b"0")
+                finally:
+                    os.close(freezer[0])
 
     def _is_member(self, proc_cgroup: str) -> bool:
         """Whether ``/proc/<pid>/cgroup``'s text puts the process in this tree (here
@@ -207,7 +228,7 @@ class CgroupTree:
         if self._last_cpu is not None and self.removed:
             return self._last_cpu
         try:
-            stat = _fields(os.path.join(self.path, "cpu.stat"))
+            stat = _fields(self._file("cpu.stat"))
         except FileNotFoundError:
             return self._last_cpu or (0.0, 0.0)
         self._last_cpu = int(stat["user_usec"]) / 1e6, int(stat["system_usec"]) / 1e6
@@ -221,12 +242,13 @@ class CgroupTree:
         """Wait until ``cgroup.events`` says ``key value`` (the kernel notifies each
         change as POLLPRI on the file; a short poll step bounds a missed one)."""
         deadline = time.monotonic() + timeout
-        path = os.path.join(self.path, "cgroup.events")
+        opened: list[int] = []
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return key == "populated"
-        try:
+            try:
+                opened.extend(itertools.starmap(os.open, ((self._file("cgroup.events"), _READ),)))  # (_write)
+            except FileNotFoundError:
+                return key == "populated"
+            fd = opened[0]
             poller = select.poll()
             poller.register(fd, select.POLLPRI)
             while True:
@@ -238,7 +260,8 @@ class CgroupTree:
                     return False
                 poller.poll(min(left, _WAIT_STEP_S) * 1000)
         finally:
-            os.close(fd)
+            if opened:
+                os.close(opened[0])
 
     def remove(self) -> bool:
         """Remove the cgroup if it is empty; True once it is gone."""

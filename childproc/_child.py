@@ -23,6 +23,7 @@ from . import _process
 from ._errors import ChildExitedError, InvalidArgumentError, StateError
 from ._lifecycle import FINISHED, Phase
 from ._status import ChildEvent
+from ._trees import SETTLE_S
 
 if TYPE_CHECKING:
     from ._childio import ChildIO
@@ -403,11 +404,14 @@ class Child:
                 self._send_everywhere(sig)
             if not self.done:
                 self.wait(grace)
-            if not self.done:
-                self._send_everywhere(signal.SIGKILL)
-            elif self._tree is not None and not self._tree.wait_empty(max(0.0, deadline - time.monotonic())):
-                self._send_everywhere(signal.SIGKILL)  # the child went; descendants did not
-            return self.wait()
+            tree = self._tree
+            if self.done and (tree is None or tree.wait_empty(max(0.0, deadline - time.monotonic()))):
+                return self.wait()
+            self._send_everywhere(signal.SIGKILL)  # (the child, or descendants it left)
+            event = self.wait()
+            if tree is not None:
+                tree.wait_empty(SETTLE_S)  # (killed at once, bar an uninterruptible sleep)
+            return event
         except BaseException as exc:
             if not isinstance(exc, Exception):  # (an interrupt: the stop is abandoned)
                 self._abandon_stop()

@@ -36,6 +36,21 @@ PIPE_LINGER_S = 0.5
 _CHUNK = 1 << 20  # bytes offered to the stdin pipe per write
 
 
+def check_input(input: Any, text: bool) -> None:
+    """Raise :class:`ArgumentTypeError` for an ``input`` that is not bytes-like (or a
+    str in text mode)."""
+    if isinstance(input, str):
+        if not text:
+            raise ArgumentTypeError("input is str: spawn with text=True, or give bytes")
+    elif input is not None:
+        try:
+            memoryview(input).release()
+        except TypeError:
+            raise ArgumentTypeError(
+                f"input must be bytes (or str with text=True), not {type(input).__name__}"
+            ) from None
+
+
 class Pump:
     """One ``communicate()``'s work on a child's pipes (see the module docstring)."""
 
@@ -64,16 +79,7 @@ class Pump:
             )
         if input is not None and pipes.parent[0] < 0 and not io_.started:
             raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
-        if isinstance(input, str):
-            if not io_.text:
-                raise ArgumentTypeError("input is str: spawn with text=True, or give bytes")
-        elif input is not None:
-            try:
-                memoryview(input).release()
-            except TypeError:
-                raise ArgumentTypeError(
-                    f"input must be bytes (or str with text=True), not {type(input).__name__}"
-                ) from None
+        check_input(input, io_.text)
         if not io_.started:
             # What the application wrote through child.stdin goes first, while the pipe
             # still blocks (it may wait for the child to read, as Popen's does).

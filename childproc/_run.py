@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ._errors import ArgumentTypeError, ChildprocError, ChildStolenError, InvalidArgumentError, StateError
+from ._pump import check_input
 from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
 from ._spawn import PIPE
 from ._stdio import command_of
@@ -129,6 +130,8 @@ class RunRequest:
         if self.input is not None:
             if options.get("stdin") is not None:
                 raise InvalidArgumentError("stdin and input arguments may not both be used")
+            text = any(options.get(k) for k in ("text", "encoding", "errors", "universal_newlines"))
+            check_input(self.input, text)  # (before a child exists)
             options["stdin"] = PIPE
         if capture_output:
             if options.get("stdout") is not None or options.get("stderr") is not None:
@@ -160,7 +163,7 @@ def run(ctx: Context, argv: Argv, **options: Any) -> CompletedProcess:
         exc.event = child.final
         raise
     except BaseException:
-        kill(child)
+        kill_and_own(child)  # (kill_on_close=False too: release() then reaps it)
         child.release()
         settle(child._tree, kill=True)
         raise

@@ -78,6 +78,22 @@ def test_run_timeout_kills_reaps_and_keeps_the_output(ctx: Context) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_run_cut_short_kills_and_reaps_a_child_not_killed_on_close(sel: Context) -> None:
+    """A Ctrl-C in run(kill_on_close=False): the child is killed and reaped before the
+    interrupt goes on (it was killed and forgotten: a zombie for good)."""
+    with default_sigint():
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                sel.run(["sleep", "30"], kill_on_close=False, capture_output=True)
+        finally:
+            timer.join()
+    assert not sel.children
+    assert wait_until(lambda: not children(), timeout=5), children()
+
+
+@pytest.mark.timeout(30)
 def test_a_kept_timeout_error_holds_no_fd(ctx: Context) -> None:
     """An application may keep the TimeoutExpired (a list of failures): its traceback
     keeps the frames it came through, and none of them may keep an fd of childproc's."""
@@ -114,15 +130,20 @@ def test_run_argument_errors_are_value_errors(sel: Context) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_input_of_the_wrong_type_is_a_type_error_as_in_subprocess(sel: Context) -> None:
+def test_input_of_the_wrong_type_is_a_type_error_as_in_subprocess(
+    sel: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``subprocess`` raises TypeError for str input to a binary pipe: an ``except
     TypeError`` written for it still catches childproc's error (a trial found a
-    ValueError only)."""
+    ValueError only). No child starts (one did, and was killed)."""
+    started: list[object] = []
+    spawn = sel.spawn
+    monkeypatch.setattr(sel, "spawn", lambda *a, **k: started.append(a) or spawn(*a, **k))
     for bad in ("text", 5):
         with pytest.raises(TypeError, match="input") as info:
             sel.run(["cat"], input=bad, stdout=PIPE)
         assert isinstance(info.value, childproc.ChildprocError)
-    assert not sel.children
+    assert not started
     assert sel.run(["cat"], input=bytearray(b"ok"), capture_output=True).stdout == b"ok"
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,7 @@ from childproc import (
 )
 
 from .procutil import alive, children, stat_fields, wait_until
+from .test_hostile import default_sigint
 
 CGROUPS = _cgroup.home() is not None
 needs_cgroups = pytest.mark.skipif(not CGROUPS, reason="this process may not make cgroups here")
@@ -304,6 +308,36 @@ def test_freeze_thaw_and_cpu_time(sel: Context, tmp_path: Path) -> None:
         child.wait()
 
 
+@pytest.mark.timeout(60)
+@needs_cgroups
+def test_a_ctrl_c_in_kill_tree_leaves_the_tree_thawed_and_no_fd(sel: Context) -> None:
+    """kill_tree(sig) freezes the tree while it signals each member. A Ctrl-C once the
+    freeze began left it frozen for good (and a later kill_tree took that for the
+    user's freeze); one right after an open leaked the fd (the leak check counts)."""
+    rng = random.Random(3)
+    child = sel.spawn(["sh", "-c", "trap '' WINCH; sleep 60 & sleep 60 & wait"], kill_tree=True)
+    tree: Any = child._tree
+
+    def frozen_after_an_interrupted_kill_tree() -> str:
+        timer = threading.Timer(rng.uniform(0, 0.003), os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            while True:
+                child.kill_tree(signal.SIGWINCH)
+        except KeyboardInterrupt:
+            pass
+        timer.join()
+        return str(tree.events()["frozen"].strip())
+
+    try:
+        with default_sigint():
+            states = [frozen_after_an_interrupted_kill_tree() for _ in range(100)]
+        assert set(states) == {"0"}, states.count("1")
+    finally:
+        child.kill_tree()
+        child.wait()
+
+
 @pytest.mark.timeout(30)
 def test_freeze_needs_a_cgroup(sel: Context) -> None:
     child = sel.spawn(["sleep", "30"], kill_tree="process-group")
@@ -360,15 +394,19 @@ def test_stop_kills_a_tree_that_ignores_the_signal(ctx: Context, tmp_path: Path,
 @needs_cgroups
 def test_stop_waits_for_the_tree_not_only_the_child(sel: Context, tmp_path: Path) -> None:
     """The child obeys SIGTERM at once; a descendant that ignores it is SIGKILLed
-    when the grace runs out."""
+    when the grace runs out, and stop() returns once the tree is empty (it returned
+    at the child's exit, with the descendant still dying)."""
     report = tmp_path / "pids"
     script = f'sh -c "trap \'\' TERM; sleep 60" & echo $! >> "{report}"; sleep 60'
-    child = sel.spawn(["sh", "-c", script], kill_tree=True)
-    (stubborn,) = _pids_of(report, 1)
-    time.sleep(0.1)  # (its trap is set)
-    event = child.stop(grace=0.5)
-    assert event is not None and event.returncode == -signal.SIGTERM
-    assert wait_until(lambda: not alive(stubborn), timeout=5)
+    for _ in range(3):
+        report.unlink(missing_ok=True)
+        child = sel.spawn(["sh", "-c", script], kill_tree=True)
+        (stubborn,) = _pids_of(report, 1)
+        time.sleep(0.1)  # (its trap is set)
+        event = child.stop(grace=0.5)
+        assert event is not None and event.returncode == -signal.SIGTERM
+        assert child._tree is not None and child._tree.wait_empty(0)
+        assert wait_until(lambda: not alive(stubborn), timeout=5)  # noqa: B023
 
 
 # -- cgroups left behind -------------------------------------------------------------

@@ -39,6 +39,7 @@ HARNESS: dict[str, set[str] | None] = {
         "test_interrupt_pending_when_the_sigchld_handler_runs_reaches_the_caller"
     },
     "tests/torture/test_hostile_torture.py": None,
+    "tests/integration/test_trees.py": {"test_a_ctrl_c_in_kill_tree_leaves_the_tree_thawed_and_no_fd"},
 }
 
 needs_313 = pytest.mark.skipif(sys.version_info < (3, 13), reason="CPython 3.13's compiler (gh-130279)")
