@@ -691,8 +691,8 @@ class Context:
             self._on_death = _NOTHING
             return
         _process.refuse_reentry()
+        _process.teardown_started(self)  # (first: interrupted after it, the chores finish)
         self._closed = True
-        _process.teardown_started(self)
         # (from a callback: if another thread is closing, it may be waiting for this one)
         self._finish_teardown(wait=not _process.delivering_here())
 
@@ -715,6 +715,7 @@ class Context:
                 return
             if self._torn_down:
                 return
+            self._closed = True  # (close() may have been interrupted before it said so)
             with _process.LOCK:
                 kids.recover_locked()
                 _teardown.teardown_locked(kids, orphans)

@@ -113,8 +113,9 @@ def refuse_reentry() -> None:
 OWNERS: dict[int, Callable[[], Owner | None]] = {}
 
 _contexts: WeakBag[Teardown] = WeakBag()
-#: Contexts whose teardown an exception (a KeyboardInterrupt) interrupted.
-_unfinished: set[Teardown] = set()
+#: Contexts whose teardown an exception (a KeyboardInterrupt) interrupted (a dict: its
+#: store, and CHORES' after it, are no calls, between which an interrupt may land).
+_unfinished: dict[Teardown, None] = {}
 #: Truthy when :func:`run_chores` has work (read on every entry point).
 CHORES: list[bool] = []
 _state_pid = os.getpid()
@@ -145,12 +146,12 @@ def delivering_here() -> bool:
 
 def teardown_started(ctx: Teardown) -> None:
     """``ctx`` begins a teardown: until :func:`teardown_done`, chores finish it."""
-    _unfinished.add(ctx)
+    _unfinished[ctx] = None
     CHORES[:] = [True]
 
 
 def teardown_done(ctx: Teardown) -> None:
-    _unfinished.discard(ctx)
+    _unfinished.pop(ctx, None)
 
 
 def want_chores() -> None:
@@ -167,7 +168,7 @@ def run_chores() -> None:
         try:
             ctx._finish_teardown(wait=False)
         except Exception:  # a bug: say so once, but never poison every later call
-            _unfinished.discard(ctx)
+            _unfinished.pop(ctx, None)
             log.exception("childproc could not finish closing a context")
     if HANDLER.pending:
         with LOCK:

@@ -21,6 +21,7 @@ interruption, and only there.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -259,6 +260,30 @@ def test_ki_in_gone_locked_at_close_leaves_no_pid_owned(
     finally:
         os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: proc_state(pid) is None, timeout=10), "the orphanage did not reap it"
+
+
+@pytest.mark.timeout(60)
+def test_ki_as_close_begins_leaves_no_half_closed_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KI where close() calls ``teardown_started`` (at its entry): the context was
+    marked closed but its teardown recorded nowhere, so no later call finished it, and
+    once freed it was taken for closed (its child ran on, its handler stayed). Now
+    it is either still open or its teardown is among the chores."""
+    ctx = Context(mode=SigchldOwner.PIDFD)
+    pid = ctx.spawn(["sleep", "30"], kill_on_close=True).pid
+
+    def interrupted(_: object) -> None:
+        raise KeyboardInterrupt("simulated: entering teardown_started")
+
+    monkeypatch.setattr(_process, "teardown_started", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="teardown_started"):
+        ctx.close()
+    monkeypatch.undo()
+    assert not ctx.closed or ctx in _process._unfinished
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # ("unclosed": it is, still)
+        del ctx
+        gc.collect()  # (closed on a thread of its own: its child killed and reaped)
+        assert wait_until(lambda: proc_state(pid) is None, timeout=10), proc_state(pid)
 
 
 # -- 2. after the ledger's commit (Ledger.exited / Ledger.stolen) -------------------
