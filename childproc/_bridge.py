@@ -9,9 +9,11 @@ spawn/fork/adopt and routing exits to waiters, lives here once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -259,6 +261,10 @@ class Bridge(Generic[W]):
     def __init__(self, context: Context) -> None:
         self.context = context
         self._waiters: dict[int, tuple[W, EventCallback | None]] = {}
+        self._loop_thread = threading.get_ident()  # (made by the loop's code, on its thread)
+        #: Exits delivered on another thread (a sync wait on ``waiter.child`` there): their
+        #: waiters complete on the loop's thread, at its next dispatch.
+        self._delivered_elsewhere: collections.deque[tuple[W, ChildEvent]] = collections.deque()
 
     # -- what an adapter provides --------------------------------------------
     def _new_waiter(self, child: Child) -> W:
@@ -287,8 +293,11 @@ class Bridge(Generic[W]):
             if user is not None:
                 user(child, event)
         finally:
-            if terminal:
+            if terminal and threading.get_ident() == self._loop_thread:
                 self._finish(waiter, event)
+            elif terminal:  # (a loop's futures and events are not for other threads to set)
+                self._delivered_elsewhere.append((waiter, event))
+                self.context._wake()
 
     def _make(self, make: Callable[[], Child | None], on_event: EventCallback | None) -> W | None:
         """``make()`` a child and wrap it (None in a forked child). Cut short between
@@ -317,6 +326,9 @@ class Bridge(Generic[W]):
             if entry is None:
                 raise
             self._fail(entry[0], lost)
+        finally:
+            while self._delivered_elsewhere:
+                self._finish(*self._delivered_elsewhere.popleft())
 
     def _check_events(self, events: int) -> None:
         """An adapter may refuse event kinds its host cannot support."""

@@ -773,6 +773,10 @@ class Context:
         finally:
             self.close()
 
+    def _wake(self) -> None:
+        """Make :meth:`fileno` readable: whoever watches it dispatches (an adapter's loop)."""
+        self._kids.wakeups.waker.poke()
+
     def _delivering_here(self) -> bool:
         return self._delivery.delivering_here()
 

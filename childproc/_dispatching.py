@@ -29,6 +29,7 @@ Rules of this file
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from ._errors import ClosedError, FdLostError, ForkedContextError, InvalidArgume
 from ._policy import Reaper
 from ._sigchld import HANDLER
 from ._status import ChildEvent
+from ._waker import Waker
 from ._watchers._base import still_running
 
 if TYPE_CHECKING:
@@ -267,6 +269,7 @@ class Dispatcher:
         deadline = None if timeout is None else time.monotonic() + timeout
         token = object()
         report = self.report_watch(child, endless=deadline is None)
+        waker: Waker | None = None
         try:
             self.add_waiter(token)
             while True:
@@ -277,12 +280,36 @@ class Dispatcher:
                 remaining = -1.0 if deadline is None else deadline - time.monotonic()
                 if deadline is not None and remaining <= 0:
                     return None
-                if not self.sleep(RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)):
+                if waker is None:
+                    waker = Waker()
+                    child._add_exit_waker(waker.poke)
+                nap = RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)
+                if not self._sleep_until_woken(waker, nap):
                     self.check_fds()
                     if report is not None:
                         report.check()
         finally:
+            if waker is not None:
+                child._remove_exit_waker(waker.poke)
+                waker.close()
             self.remove_waiter(token)
+
+    def _sleep_until_woken(self, waker: Waker, timeout: float) -> bool:
+        """A wait for one child sleeps on the context's fd (to dispatch) and on its own
+        ``waker``, poked when that child's exit is delivered, by whichever thread: the
+        context's fd alone is shared with every thread that dispatches, and one of them
+        may take its wake-up and deliver while this one sleeps on. True if woken."""
+        poller = select.poll()
+        try:
+            poller.register(self._kids.wakeups.fileno(), select.POLLIN)
+        except ValueError:  # closed by another thread
+            self._check_usable()
+            raise
+        poller.register(waker.rfd, select.POLLIN)
+        woken = bool(poller.poll(timeout * 1000))
+        if woken:
+            waker.drain()
+        return woken
 
     def report_watch(self, child: Child, *, endless: bool) -> ReportWatch | None:
         """For a wait for ``child``'s exit: in MAINLOOP, what watches that its report

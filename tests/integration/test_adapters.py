@@ -297,3 +297,31 @@ def test_asyncio_close_after_the_context_was_closed() -> None:
         ctx.close()  # must not raise, and must detach from the loop
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_an_exit_delivered_on_another_thread_completes_the_waiter_on_the_loop() -> None:
+    """A sync wait on ``waiter.child`` in a worker thread delivers the exit there. The
+    waiter's future completes on the loop's thread (set from the worker, asyncio's
+    debug mode raised there and the awaiting task hung), and the worker's wait ends
+    at the exit even when the loop's dispatch took the wake-up first (it slept on,
+    a second)."""
+
+    async def main() -> None:
+        async with asyncio_host.open_context() as ctx:
+            for _ in range(4):
+                child = ctx.spawn(["sleep", "0.3"])
+                awaiting = asyncio.ensure_future(child.wait())
+                await asyncio.sleep(0.05)
+                t0 = loop.time()
+                event = await asyncio.to_thread(child.child.wait)
+                assert event is not None and event.returncode == 0
+                assert (await asyncio.wait_for(awaiting, 5)).returncode == 0
+                assert loop.time() - t0 < 0.8, loop.time() - t0
+
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -168,8 +168,6 @@ def _pids_in(text: str) -> set[int]:
 
 
 @pytest.mark.timeout(60)
-# (an earlier test's trio may leave an idle worker thread: the server warns, rightly)
-@pytest.mark.filterwarnings(r"ignore:ForkServer\.start\(\). \d+ thread.s. already running:RuntimeWarning")
 def test_mainloop_exits_nobody_reported_are_a_trap(monkeypatch: pytest.MonkeyPatch) -> None:
     """In MAINLOOP, a child of childproc's left a zombie (the host reaps only its own and
     never calls sigchld_occurred()) and one the host reaped but never reported are
