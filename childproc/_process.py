@@ -211,8 +211,19 @@ def _restore_from_handler() -> None:
     childproc (then its next call does)."""
     if held_here():
         return
-    with LOCK:
-        HANDLER.sync(may_raise=False)
+    # Not waiting for the lock: the thread holding it may wait for one this thread
+    # holds where the handler interrupted it (threading's, a logging handler's).
+    # Then the next SIGCHLD, or this thread's next childproc call, restores.
+    taken: list[bool] = []
+    try:
+        taken.extend(map(LOCK.acquire, (False,)))  # (lands from C: no interruption between)
+        if taken[0]:
+            HANDLER.sync(may_raise=False)
+        else:
+            want_chores()
+    finally:
+        if taken and taken[0]:
+            LOCK.release()
 
 
 HANDLER.restore_hook = _restore_from_handler

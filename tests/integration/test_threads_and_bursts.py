@@ -322,3 +322,30 @@ def test_a_callback_raising_systemexit_leaves_the_dispatch_thread_running(
         assert wait_until(lambda: "callback raised" in caplog.text, timeout=10)
         assert thread.is_alive()
         assert ctx.run(["/bin/sh", "-c", "exit 3"], timeout=10).returncode == 3
+
+
+@pytest.mark.timeout(30)
+def test_the_sigchld_handlers_restore_does_not_wait_for_the_process_lock() -> None:
+    """The handler puts SIGCHLD's old disposition back (its last user left on another
+    thread) on the main thread, which it interrupted anywhere: maybe holding a lock
+    (threading's, a logging handler's) that the thread holding childproc's lock waits
+    for. So it does not wait: a busy lock leaves the restore to the chores."""
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with _process.LOCK:
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        t0 = time.monotonic()
+        _process._restore_from_handler()
+        assert time.monotonic() - t0 < 1
+        assert _process.CHORES
+    finally:
+        release.set()
+        thread.join()
+    _process.run_chores()
