@@ -320,8 +320,8 @@ def test_a_ctrl_c_in_kill_tree_leaves_the_tree_thawed_and_no_fd(sel: Context) ->
 
     def frozen_after_an_interrupted_kill_tree() -> str:
         timer = threading.Timer(rng.uniform(0, 0.003), os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
         try:
+            timer.start()  # (its SIGINT may come before start() returns)
             while True:
                 child.kill_tree(signal.SIGWINCH)
         except KeyboardInterrupt:
