@@ -57,6 +57,12 @@ _UNCLAIMED_S = 5.0  # a tree with no started child after this long was left by a
 _WRITE, _READ = os.O_WRONLY | os.O_CLOEXEC, os.O_RDONLY | os.O_CLOEXEC
 
 
+def _removed(exc: OSError) -> bool:
+    """Whether ``exc`` says the cgroup was removed (by another thread's settle, once
+    empty): ENOENT opening one of its files, ENODEV using one opened before."""
+    return exc.errno in (errno.ENOENT, errno.ENODEV)
+
+
 def _write(path: str, data: bytes) -> None:
     fds: list[int] = []
     try:
@@ -156,8 +162,10 @@ class CgroupTree:
             return False
         try:
             _write(self._file(name), value)
-        except FileNotFoundError:
-            return False  # removed meanwhile (by another thread's settle): empty
+        except OSError as exc:
+            if not _removed(exc):
+                raise
+            return False  # removed meanwhile: it was empty
         return True
 
     def kill(self) -> None:
@@ -194,14 +202,19 @@ class CgroupTree:
                 finally:
                     if fds:
                         os.close(fds[0])
-        except FileNotFoundError:
-            return  # removed meanwhile (by another thread's settle): it was empty
+        except OSError as exc:
+            if not _removed(exc):
+                raise
+            return  # removed meanwhile: it was empty
         finally:
             if freezer:
                 try:
                     # The thaw is one call on an fd open since the freeze: an interrupt
                     # (a Ctrl-C) cannot leave the tree frozen for good.
                     os.write(freezer[0], b"0")
+                except OSError as exc:
+                    if not _removed(exc):
+                        raise
                 finally:
                     os.close(freezer[0])
 
@@ -244,10 +257,7 @@ class CgroupTree:
         deadline = time.monotonic() + timeout
         opened: list[int] = []
         try:
-            try:
-                opened.extend(itertools.starmap(os.open, ((self._file("cgroup.events"), _READ),)))  # (_write)
-            except FileNotFoundError:
-                return key == "populated"
+            opened.extend(itertools.starmap(os.open, ((self._file("cgroup.events"), _READ),)))  # (_write)
             fd = opened[0]
             poller = select.poll()
             poller.register(fd, select.POLLPRI)
@@ -259,6 +269,10 @@ class CgroupTree:
                 if left <= 0:
                     return False
                 poller.poll(min(left, _WAIT_STEP_S) * 1000)
+        except OSError as exc:
+            if not _removed(exc):
+                raise
+            return key == "populated"  # removed: it was empty
         finally:
             if opened:
                 os.close(opened[0])

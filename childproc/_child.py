@@ -382,7 +382,8 @@ class Child:
     def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> ChildEvent | None:
         """Stop the child: send ``sig`` (to its tree, if it has one), wait up to
         ``grace`` seconds for its exit (and, for a cgroup tree, for the whole tree
-        to be gone), then SIGKILL (the tree) and wait for the exit.
+        to be gone), then SIGKILL (the tree) and wait for the exit (and, a little,
+        for a cgroup tree to be empty).
         Returns the final :class:`~childproc.ChildEvent` (None if someone else
         reaped it). The exit is delivered once, as always: every waiter sees it
         and the callback runs once. Interrupted (``KeyboardInterrupt``), it SIGKILLs

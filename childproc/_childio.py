@@ -190,14 +190,14 @@ class ChildIO:
         self.closing = False  # close() came while it did: it closes them when it stops
         self.output: tuple[Any, Any] | None = None  # what a communicate() returned
 
-    def output_again(self, input: Any) -> tuple[Any, Any]:
-        """A ``communicate()`` after one returned: the same output (as ``Popen``'s)."""
-        if input:
+    def returned(self, input: Any) -> tuple[Any, Any] | None:
+        """For a ``communicate()``: what one returned already (a later call returns it
+        again, as ``Popen``'s does), or None."""
+        if self.output is not None and input:
             raise InvalidArgumentError(
                 "communicate() already sent this child its input and returned its output: give no "
                 "input (a call without it returns the same output again)"
             )
-        assert self.output is not None
         return self.output
 
     def file(self, target: int) -> Any:

@@ -62,8 +62,6 @@ _TICK_S = 1.0  # the longest sleep: closing contexts and lost wake-ups are notic
 def communicate(child: Child, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
     """See :meth:`Child.communicate`."""
     io_: ChildIO | None = child._io
-    if io_ is not None and io_.output is not None:
-        return io_.output_again(input)
     if io_ is None or io_.pipes is None:
         if input:
             raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
@@ -73,7 +71,8 @@ def communicate(child: Child, input: Any = None, timeout: float | None = None) -
     if not io_.lock.acquire(blocking=False):
         raise StateError(f"communicate() is already running for child {child.pid} on another thread")
     try:
-        return _communicate(child, io_, input, timeout)
+        # (checked holding the lock: another thread's call may have just returned)
+        return io_.returned(input) or _communicate(child, io_, input, timeout)
     finally:
         if io_.closing:  # the context was closed meanwhile: close() left the pipes to us
             io_._close_all()

@@ -14,6 +14,7 @@ import difflib
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
+from ._childio import FileOptions
 from ._errors import ArgumentTypeError, ChildprocError, ChildStolenError, InvalidArgumentError, StateError
 from ._pump import check_input
 from ._results import CalledProcessError, CompletedProcess, TimeoutExpired
@@ -130,8 +131,14 @@ class RunRequest:
         if self.input is not None:
             if options.get("stdin") is not None:
                 raise InvalidArgumentError("stdin and input arguments may not both be used")
-            text = any(options.get(k) for k in ("text", "encoding", "errors", "universal_newlines"))
-            check_input(self.input, text)  # (before a child exists)
+            files = FileOptions.of(
+                options.get("text", False),
+                options.get("encoding"),
+                options.get("errors"),
+                options.get("universal_newlines"),
+                None,  # (bufsize: spawn checks it, and warns once)
+            )
+            check_input(self.input, files.text)  # (before a child exists)
             options["stdin"] = PIPE
         if capture_output:
             if options.get("stdout") is not None or options.get("stderr") is not None:

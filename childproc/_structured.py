@@ -228,10 +228,9 @@ class StructuredChild(AsyncHandle):
     async def communicate(self, input: Any = None, *, timeout: float | None = None) -> tuple[Any, Any]:
         """:meth:`Child.communicate <childproc.Child.communicate>` here (the same
         rules). On ``timeout`` raises :class:`~childproc.TimeoutExpired` with the
-        output so far, and a later call carries on; cancelled, the same."""
+        output so far, and a later call carries on; cancelled, the same. Once it
+        has returned, a later call returns the same output again."""
         io_ = self.child._io
-        if io_ is not None and io_.output is not None:
-            return io_.output_again(input)
         if io_ is None or io_.pipes is None:  # (no pipes: no streams either)
             if input:
                 raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
@@ -247,6 +246,8 @@ class StructuredChild(AsyncHandle):
         if not io_.lock.acquire(blocking=False):
             raise StateError(f"communicate() is already running for child {self.pid}")
         try:
+            if (output := io_.returned(input)) is not None:
+                return output
             pump = Pump(io_, self.child.args, self.pid)
             return await communicate(self._lib, pump, input, timeout, self._done.wait)
         finally:

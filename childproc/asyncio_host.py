@@ -197,10 +197,8 @@ class AsyncChild(AsyncHandle):
         descendant holding a pipe holds nobody up), await the exit. On ``timeout``
         raises :class:`~childproc.TimeoutExpired` with the output so far, and a
         later call carries on; cancelled, the same (nothing is lost, the child is
-        not killed)."""
+        not killed). Once it has returned, a later call returns the same output."""
         io_ = self.child._io
-        if io_ is not None and io_.output is not None:
-            return io_.output_again(input)
         if io_ is None or io_.pipes is None:
             if input:
                 raise InvalidArgumentError("communicate(input=...) needs the child spawned with stdin=PIPE")
@@ -215,6 +213,8 @@ class AsyncChild(AsyncHandle):
         if not io_.lock.acquire(blocking=False):
             raise StateError(f"communicate() is already running for child {self.pid}")
         try:
+            if (output := io_.returned(input)) is not None:
+                return output
             if any(stream is not None for stream in self._streams):
                 return await self._communicate_streams(io_, input, timeout)
             return await _LoopPump(self, io_).run(input, timeout)

@@ -339,6 +339,30 @@ def test_a_ctrl_c_in_kill_tree_leaves_the_tree_thawed_and_no_fd(sel: Context) ->
 
 
 @pytest.mark.timeout(30)
+@needs_cgroups
+def test_a_tree_removed_while_kill_tree_signals_it_is_no_error() -> None:
+    """kill_tree(sig) freezes the tree, signals each member, thaws. If the tree empties
+    meanwhile (its last process ends; another thread's kill_tree()), the dispatch
+    thread removes its cgroup: the thaw, on the fd opened at the freeze, then gets
+    ENODEV, which came out of kill_tree() (and stop()) as a bare OSError."""
+    with Context(mode=SigchldOwner.PIDFD) as ctx:
+        ctx.start_dispatch_thread()
+        child = ctx.spawn(["sleep", "30"], kill_tree=True)
+        tree: Any = child._tree
+        members = tree.pids
+
+        def members_then_removed() -> list[int]:
+            found = members()
+            tree.kill()  # (another thread's kill_tree(), say)
+            assert wait_until(lambda: tree.removed, timeout=5)  # (the dispatch thread's settle)
+            return list(found)
+
+        tree.pids = members_then_removed
+        child.kill_tree(signal.SIGTERM)
+        assert child.wait(10) is not None and tree.wait_empty(0)
+
+
+@pytest.mark.timeout(30)
 def test_freeze_needs_a_cgroup(sel: Context) -> None:
     child = sel.spawn(["sleep", "30"], kill_tree="process-group")
     try:
