@@ -29,7 +29,6 @@ Rules of this file
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +39,6 @@ from ._errors import ClosedError, FdLostError, ForkedContextError, InvalidArgume
 from ._policy import Reaper
 from ._sigchld import HANDLER
 from ._status import ChildEvent
-from ._waker import Waker
 from ._watchers._base import still_running
 
 if TYPE_CHECKING:
@@ -56,6 +54,10 @@ log = logging.getLogger("childproc")
 
 #: The longest sleep of a wait: how often a blocked wait re-checks what it relies on.
 RECHECK_S = 1.0
+#: The longest sleep of a wait for one child: another thread may deliver its exit
+#: while this one sleeps (see ``Dispatcher.wait_child``). A pipe of its own per wait
+#: would wake it at once, but a Ctrl-C as it is made leaks the pipe.
+CHILD_WAIT_TICK_S = 0.05
 #: MAINLOOP: how long after a child's exit an endless wait on the thread that chose
 #: the mode, before any thread reported, takes that thread to be the one that reports.
 REPORT_GRACE_S = 2.0
@@ -269,7 +271,6 @@ class Dispatcher:
         deadline = None if timeout is None else time.monotonic() + timeout
         token = object()
         report = self.report_watch(child, endless=deadline is None)
-        waker: Waker | None = None
         try:
             self.add_waiter(token)
             while True:
@@ -280,36 +281,14 @@ class Dispatcher:
                 remaining = -1.0 if deadline is None else deadline - time.monotonic()
                 if deadline is not None and remaining <= 0:
                     return None
-                if waker is None:
-                    waker = Waker()
-                    child._add_exit_waker(waker.poke)
-                nap = RECHECK_S if remaining < 0 else min(remaining, RECHECK_S)
-                if not self._sleep_until_woken(waker, nap):
-                    self.check_fds()
-                    if report is not None:
-                        report.check()
+                # The context's fd is shared with every thread that dispatches: one of
+                # them (an event loop's reader, a host's loop) may take its wake-up and
+                # deliver this child while this thread sleeps on. So it looks often.
+                nap = CHILD_WAIT_TICK_S if remaining < 0 else min(remaining, CHILD_WAIT_TICK_S)
+                if not self.sleep(nap) and report is not None:
+                    report.check()
         finally:
-            if waker is not None:
-                child._remove_exit_waker(waker.poke)
-                waker.close()
             self.remove_waiter(token)
-
-    def _sleep_until_woken(self, waker: Waker, timeout: float) -> bool:
-        """A wait for one child sleeps on the context's fd (to dispatch) and on its own
-        ``waker``, poked when that child's exit is delivered, by whichever thread: the
-        context's fd alone is shared with every thread that dispatches, and one of them
-        may take its wake-up and deliver while this one sleeps on. True if woken."""
-        poller = select.poll()
-        try:
-            poller.register(self._kids.wakeups.fileno(), select.POLLIN)
-        except ValueError:  # closed by another thread
-            self._check_usable()
-            raise
-        poller.register(waker.rfd, select.POLLIN)
-        woken = bool(poller.poll(timeout * 1000))
-        if woken:
-            waker.drain()
-        return woken
 
     def report_watch(self, child: Child, *, endless: bool) -> ReportWatch | None:
         """For a wait for ``child``'s exit: in MAINLOOP, what watches that its report

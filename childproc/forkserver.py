@@ -284,7 +284,17 @@ class _Connection:
         self._dead: str | None = None
         self._pid = os.getpid()  # the process whose connection it is
 
-    def request(self, op: int, body: bytes = b"", fds: Sequence[int] = (), want: int = 0) -> _Reply:
+    def request(
+        self,
+        op: int,
+        body: bytes = b"",
+        fds: Sequence[int] = (),
+        want: int = 0,
+        into: list[_Reply] | None = None,
+    ) -> _Reply:
+        """Send a request and wait for its reply. ``into``: where the reply lands, from
+        C, as soon as this thread takes it, so that a caller interrupted anywhere after
+        that (a ``KeyboardInterrupt``) still holds it, and closes its fds."""
         if os.getpid() != self._pid:
             raise ForkServerError(
                 f"this fork server connection belongs to process {self._pid}, which forked this one: "
@@ -314,7 +324,7 @@ class _Connection:
                 raise InvalidArgumentError(f"cannot send the request to the fork server: {what}") from e
             self._die(f"the fork server is gone ({e.strerror})")
             raise ForkServerDied(self._dead or "the fork server is gone") from e
-        return self._await(rid)
+        return self._await(rid, [] if into is None else into)
 
     def _die(self, why: str) -> None:
         with self._cv:
@@ -322,13 +332,15 @@ class _Connection:
                 self._dead = why
             self._cv.notify_all()
 
-    def _await(self, rid: int) -> _Reply:
+    def _await(self, rid: int, got: list[_Reply]) -> _Reply:
         with self._cv:
             try:
-                reply = self._wait_for(rid)
+                self._wait_for(rid, got)
             except BaseException:  # ForkServerDied, or KeyboardInterrupt while waiting
-                self._abandon(rid)
+                if not got:  # (taken: the caller closes its fds)
+                    self._abandon(rid)
                 raise
+        reply = got[0]
         if not reply.ok:
             self._close_fds(reply)
             result = reply.result
@@ -339,11 +351,13 @@ class _Connection:
             )
         return reply
 
-    def _wait_for(self, rid: int) -> _Reply:
-        """Reply ``rid``, read by this thread or by another; called holding ``_cv``."""
+    def _wait_for(self, rid: int, got: list[_Reply]) -> None:
+        """Reply ``rid``, read by this thread or by another, into ``got``; called
+        holding ``_cv``."""
         while True:
             if rid in self._replies:
-                return self._replies.pop(rid)
+                got.extend(map(self._replies.pop, (rid,)))  # (lands from C: see request)
+                return
             if self._dead:
                 raise ForkServerDied(self._dead)
             if self._reading:
@@ -352,7 +366,7 @@ class _Connection:
             try:
                 self._reading = True
                 self._cv.release()
-                got = self._read_one()
+                read = self._read_one()
             finally:
                 # Whatever happened, someone else may read now; interrupted before the
                 # release or after it, the lock is this thread's again either way.
@@ -360,12 +374,12 @@ class _Connection:
                 if not self._cv._is_owned():  # type: ignore[attr-defined]
                     self._cv.acquire()
                 self._cv.notify_all()
-            if got is not None:
-                if got[0] in self._abandoned:
-                    self._abandoned.discard(got[0])
-                    self._close_fds(got[1])
+            if read is not None:
+                if read[0] in self._abandoned:
+                    self._abandoned.discard(read[0])
+                    self._close_fds(read[1])
                 else:
-                    self._replies[got[0]] = got[1]
+                    self._replies[read[0]] = read[1]
 
     def _abandon(self, rid: int) -> None:
         """The caller of ``rid`` is leaving without its reply: close its fds when it comes."""
@@ -376,8 +390,11 @@ class _Connection:
 
     @staticmethod
     def _close_fds(reply: _Reply) -> None:
-        for fd in reply.fds:
-            os.close(fd)
+        """Close the reply's fds not taken yet (each is out of the list before it is
+        closed: repeated after an interruption, none is closed twice)."""
+        fds = reply.fds
+        while fds:
+            os.close(fds.pop())
 
     def _read_one(self) -> tuple[int, _Reply] | None:
         """Read one reply, or None if the connection is now dead (``_die`` says why).
@@ -707,7 +724,7 @@ class ForkServer:
         """
         want = (WANT_SOCKET if socket else 0) | (WANT_EXIT_FD if exit_fd else 0)
         want |= WANT_SERVER_CONN if server_conn else 0
-        return self._served(self._conn.request(FORK, _call_body(entry, args, self._names), want=want))
+        return self._served(FORK, _call_body(entry, args, self._names), (), want)
 
     def spawn(
         self,
@@ -738,22 +755,35 @@ class ForkServer:
             "pass_fds": list(pass_fds),
             "stdio": [fd for fd in (stdin, stdout, stderr)],
         }
-        reply = self._conn.request(SPAWN, json.dumps(body).encode(), send, WANT_EXIT_FD if exit_fd else 0)
-        return self._served(reply)
+        return self._served(SPAWN, json.dumps(body).encode(), send, WANT_EXIT_FD if exit_fd else 0)
 
-    def _served(self, reply: _Reply) -> ServedChild:
-        it = iter(reply.fds)
-        child = ServedChild(pid=reply.pid)
-        if reply.has & HAS_SOCKET:
-            child.socket = socket.socket(fileno=next(it))
-        if reply.has & HAS_EXIT_FD:
-            child.exit_fd = next(it)
-            os.set_blocking(child.exit_fd, False)
-        if reply.has & HAS_PIDFD:
-            child.pidfd = next(it)
-        for extra in it:  # never expected; never leaked
-            os.close(extra)
-        return child
+    def _served(self, op: int, body: bytes, send: Sequence[int], want: int) -> ServedChild:
+        """A fork or spawn request's child. Interrupted once its reply came (a
+        ``KeyboardInterrupt``), the fds that came with it are closed, whoever holds
+        them by then (the child runs on: see "Errors" in the docs)."""
+        got: list[_Reply] = []
+        made: list[ServedChild] = []
+        try:
+            reply = self._conn.request(op, body, send, want, into=got)
+            made.append(ServedChild(pid=reply.pid))
+            child, fds = made[0], reply.fds
+            # Each fd leaves the reply's list before its new holder has it: interrupted
+            # in between, it leaks, but it is never closed twice.
+            if reply.has & HAS_SOCKET:
+                child.socket = socket.socket(fileno=fds.pop(0))
+            if reply.has & HAS_EXIT_FD:
+                child.exit_fd = fds.pop(0)
+                os.set_blocking(child.exit_fd, False)
+            if reply.has & HAS_PIDFD:
+                child.pidfd = fds.pop(0)
+            _Connection._close_fds(reply)  # (never expected; never leaked)
+            return child
+        except BaseException:
+            for child in made:
+                child.close()
+            for reply in got:
+                _Connection._close_fds(reply)
+            raise
 
     def kill_all(self, sig: int = signal.SIGTERM) -> int:
         """Send ``sig`` to every child of the server except the caller (libforks_kill_all);
@@ -771,8 +801,16 @@ class ForkServer:
 
     def connect(self) -> ForkServer:
         """A new, independent connection to the same server (counts toward ``max_clients``)."""
-        fds = self._conn.request(CONNECT).fds
-        return ForkServer(_Connection(socket.socket(fileno=fds[0])), self._pid, self._names, owner=False)
+        got: list[_Reply] = []
+        try:
+            reply = self._conn.request(CONNECT, into=got)
+            sock = socket.socket(fileno=reply.fds.pop(0))  # (out of the list first: as in _served)
+            _Connection._close_fds(reply)
+        except BaseException:
+            for reply in got:
+                _Connection._close_fds(reply)
+            raise
+        return ForkServer(_Connection(sock), self._pid, self._names, owner=False)
 
     def ping(self) -> int:
         """Round-trip to the server; returns its pid."""

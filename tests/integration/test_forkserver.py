@@ -35,7 +35,7 @@ from childproc.forkserver import (
 
 from . import fs_entries, fs_lean
 from .kids import drain
-from .procutil import proc_state, wait_until
+from .procutil import open_fds, proc_state, wait_until
 
 E = "tests.integration.fs_entries"
 
@@ -151,6 +151,39 @@ def test_an_interrupt_right_after_the_reader_lets_go_of_the_lock_leaves_the_conn
     finally:
         cv.release = real  # type: ignore[method-assign]
     assert fired and server.ping() == server.pid
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["the reply taken", "the exit fd made non-blocking"])
+def test_a_fork_interrupted_once_its_reply_came_closes_its_fds(
+    server: ForkServer, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A KeyboardInterrupt in fork() once its reply came (where a call returns: CPython
+    runs signal handlers there) left the reply's fds open for good: the socket, exit fd
+    and pidfd of a child the caller never got. They are closed; the child runs on, as
+    documented (the server's kill_all() reaches it)."""
+    fired: list[bool] = []
+
+    def after(real: Callable[..., object]) -> Callable[..., object]:
+        def call(*args: object, **kwargs: object) -> object:
+            result = real(*args, **kwargs)
+            if not fired:
+                fired.append(True)
+                raise KeyboardInterrupt(f"simulated: right after {where}")
+            return result
+
+        return call
+
+    before = open_fds()
+    if where == "the reply taken":
+        monkeypatch.setattr(server._conn, "request", after(server._conn.request))
+    else:
+        monkeypatch.setattr(os, "set_blocking", after(os.set_blocking))
+    with pytest.raises(KeyboardInterrupt, match="simulated"):
+        server.fork(f"{E}:pause_forever", socket=True)
+    monkeypatch.undo()
+    assert fired and open_fds() == before
+    assert server.kill_all(signal.SIGKILL) == 1
 
 
 def test_entry_forms_and_exit_codes() -> None:
