@@ -31,10 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run()
     from ._doctor import doctor  # noqa: PLC0415
+    from ._errors import InvalidArgumentError  # noqa: PLC0415
 
     try:
         found = doctor(args.pid)
-    except (ProcessLookupError, PermissionError) as exc:
+    except (ProcessLookupError, PermissionError, InvalidArgumentError) as exc:
         print(f"childproc doctor: {exc}", file=sys.stderr)
         return 1
     try:

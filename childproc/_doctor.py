@@ -61,18 +61,21 @@ def _sigchld_here() -> SigchldInfo:
     def info(disposition: str, handler: str | None, owner: str) -> SigchldInfo:
         return SigchldInfo(disposition, handler, nocldwait, owner, kernel, flags, python)
 
+    # childproc's handler in use, and Python has another (signal.signal): replaced.
+    instead = "the host, in place of childproc's"
+    replaced = HANDLER.installed and not HANDLER.is_ours(current) and current is not None
     if address == 1 or (address is None and current == signal.SIG_IGN):
-        return info("ignored", None, "nobody")
+        return info("ignored", "SIG_IGN" if replaced else None, instead if replaced else "nobody")
     if address == 0 or (address is None and current == signal.SIG_DFL):
-        return info("default", None, "nobody")
+        return info("default", describe(current) if replaced else None, instead if replaced else "nobody")
     if HANDLER.is_ours(current):
         if HANDLER.replaced():
             who = "a handler installed from C" if address is not None else "another handler"
-            return info("c", who, "the host, in place of childproc's")
+            return info("c", who, instead)
         return info("childproc", "childproc's handler", "childproc")
     if d.c_level_foreign or current is None or not callable(current):
         return info("c", describe(None), "the host (C code)")
-    return info("python", describe(current), "the host")
+    return info("python", describe(current), instead if replaced else "the host")
 
 
 def _subreaper_here() -> str:
@@ -143,12 +146,21 @@ def _children(me: int, unreported: frozenset[int]) -> tuple[ChildInfo, ...]:
         if stat is not None and stat[2] == me:
             found.append((p, stat[0], stat[1]))
     owned = set(_process.OWNERS)
-    return tuple(
-        ChildInfo(
-            p, state, command, "childproc" if p in owned or ORPHANAGE.claims(p) else "not childproc", me
-        )
-        for p, state, command in sorted(found)
-    )
+    servers = _fork_servers()
+
+    def watched_by(p: int) -> str:
+        if p in owned or ORPHANAGE.claims(p):
+            return "childproc"
+        return "not childproc: a childproc fork server" if p in servers else "not childproc"
+
+    return tuple(ChildInfo(p, state, command, watched_by(p), me) for p, state, command in sorted(found))
+
+
+def _fork_servers() -> dict[int, None]:
+    """The fork servers this process started (none if it never imported the module:
+    the doctor does not import it)."""
+    module = sys.modules.get("childproc.forkserver")
+    return dict(getattr(module, "SERVERS", {}))
 
 
 def doctor(pid: int | None = None) -> DoctorReport:
@@ -210,7 +222,8 @@ def doctor(pid: int | None = None) -> DoctorReport:
             trees_why=trees_why,
             reapers=reapers,
             modes=tuple(c.mode for c in contexts),
-            fork_server_used="childproc.forkserver" in sys.modules,
+            # (threads before a fork server: only while none has been started yet)
+            fork_server_used="childproc.forkserver" in sys.modules and not _fork_servers(),
             unreported=unreported,
         ),
     )

@@ -25,7 +25,7 @@ import os
 import platform
 from collections.abc import Iterator
 
-from ._report import ChildInfo, DoctorReport, SigchldInfo, ThreadInfo, findings_for
+from ._report import HELD_BY_A_PIDFD, ChildInfo, DoctorReport, SigchldInfo, ThreadInfo, findings_for
 from ._watchers import pidfd as _pidfd
 
 __all__ = ["SIGCHLD_BIT", "children_of", "open_pidfds", "process_stat", "report_on", "task_info"]
@@ -127,18 +127,30 @@ def children_of(pid: int) -> list[tuple[int, str, str]]:
 
 def open_pidfds(pid: int) -> int | None:
     """How many pidfds ``pid`` holds (None where its fds may not be read)."""
-    count = 0
+    targets = pidfd_targets(pid)
+    return None if targets is None else len(targets)
+
+
+def pidfd_targets(pid: int) -> list[int] | None:
+    """The processes ``pid`` holds pidfds for (a pid per pidfd, 0 where its fdinfo
+    does not say; None where its fds may not be read)."""
+    targets = []
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return None
     for fd in fds:
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[pidfd]":
-                count += 1
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[pidfd]":
+                continue
         except OSError:
-            pass
-    return count
+            continue
+        held = 0
+        for line in (_read(f"/proc/{pid}/fdinfo/{fd}") or "").splitlines():
+            if line.startswith("Pid:") and line.split()[1:2] != ["-1"]:
+                held = int(line.split()[1])
+        targets.append(held)
+    return targets
 
 
 def _nofile(pid: int) -> tuple[int, int] | None:
@@ -170,8 +182,13 @@ def report_on(pid: int) -> DoctorReport:
         sigchld = SigchldInfo("caught", "by a handler /proc cannot name", None, "unknown")
     else:
         sigchld = SigchldInfo("default", None, None, "nobody")
-    children = tuple(ChildInfo(p, state, command, "unknown", pid) for p, state, command in children_of(pid))
-    pidfds_open = open_pidfds(pid)
+    targets = pidfd_targets(pid)
+    pidfds_open = None if targets is None else len(targets)
+    held = set(targets or ())
+    children = tuple(
+        ChildInfo(p, state, command, HELD_BY_A_PIDFD if p in held else "unknown", pid)
+        for p, state, command in children_of(pid)
+    )
     nofile = _nofile(pid)
     reapers = tuple(
         ["a SIGCHLD handler"] * caught

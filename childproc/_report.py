@@ -79,6 +79,11 @@ class ContextInfo:
     reaper: str
 
 
+#: A child's ``watched_by`` from ``/proc`` when the process holds a pidfd for it:
+#: something there watches it, and may reap it (its zombie is no trap yet).
+HELD_BY_A_PIDFD = "unknown: the process holds a pidfd for it"
+
+
 @dataclass(frozen=True)
 class ChildInfo:
     """A child of the process."""
@@ -87,8 +92,9 @@ class ChildInfo:
     #: The state letter of ``/proc/<pid>/stat`` ("R", "S", "Z" for a zombie, ...).
     state: str
     command: str
-    #: "childproc" (a context, or its orphanage, reaps it), "not childproc", or
-    #: "unknown" (another process's report).
+    #: "childproc" (a context, or its orphanage, reaps it), "not childproc" (with
+    #: ": a childproc fork server" for one this process started), or "unknown"
+    #: (another process's report).
     watched_by: str
     #: Its parent: the process the report is about.
     parent: int = 0
@@ -213,8 +219,9 @@ def findings_for(
 ) -> tuple[Finding, ...]:
     """The traps that apply to these facts. ``modes``: the live contexts' modes in
     this process (None: another process, where childproc's own traps do not apply);
-    ``fork_server_used``: the program imported :mod:`childproc.forkserver` (only then
-    do threads already running matter); ``unreported``: the pids of children made by
+    ``fork_server_used``: the program imported :mod:`childproc.forkserver` and started no
+    server yet (only then do threads already running matter); ``unreported``: the pids
+    of children made by
     MAINLOOP contexts whose exit no one has reported to them (still running as far
     as childproc knows; fork-server children aside, whose exits come on their exit fd):
     each is a zombie among ``children``, alive, or not a child any more (reaped)."""
@@ -243,7 +250,11 @@ def findings_for(
     foreign = [c for c in children if c.watched_by != "childproc"]
     if foreign and modes and {"LIBXL", "LIBXL_ALWAYS"} & set(modes):
         add("foreign-children", pids=", ".join(str(c.pid) for c in foreign[:10]))
-    zombies = [c.pid for c in foreign if c.state == "Z"]
+    reaping = [m for m in modes or () if m != "MAINLOOP"]  # (in MAINLOOP the host reaps: expected)
+    waiting = [str(t.tid) for t in threads if t.waiting_for_children]
+    if waiting and reaping:
+        add("reaper-thread", tids=", ".join(waiting), modes=" or ".join(sorted(set(reaping))))
+    zombies = [c.pid for c in foreign if c.state == "Z" and c.watched_by != HELD_BY_A_PIDFD]
     if zombies and not reapers:
         add("unreaped-zombies", pids=", ".join(map(str, zombies[:10])))
     if unreported:

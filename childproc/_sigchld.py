@@ -135,6 +135,10 @@ def describe(handler: object) -> str:
     """A handler, named for a person."""
     if handler is None or (handler in (signal.SIG_DFL, signal.SIG_IGN) and disposition().c_level_foreign):
         return "a handler installed outside Python (C code, e.g. libuv under uvloop)"
+    if handler == signal.SIG_DFL:
+        return "SIG_DFL (the default disposition)"
+    if handler == signal.SIG_IGN:
+        return "SIG_IGN"
     name = getattr(handler, "__qualname__", None) or repr(handler)
     module = getattr(handler, "__module__", None)
     return f"{module}.{name}" if module else name

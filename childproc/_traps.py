@@ -96,6 +96,16 @@ _LIST = [
         "(see the mode guide)",
     ),
     Trap(
+        "reaper-thread",
+        "thread(s) {tids} wait for any child (waitpid(-1) or alike) beside a {modes} context",
+        "such a wait reaps childproc's children too, and takes their exit statuses: childproc "
+        "delivers ChildStolenError for each, and a LIBXL context's waitpid(-1) takes that code's "
+        "children in turn",
+        "Let one party reap: have that code wait for its own children by pid (os.waitpid(pid, 0), "
+        "Popen.wait()), or let the host reap every child and report childproc's "
+        "(SigchldOwner.MAINLOOP, ctx.childproc_reaped())",
+    ),
+    Trap(
         "unreaped-zombies",
         "this process has zombie children nobody reaped yet (pids {pids})",
         "each holds its pid, and its process group id, until it is reaped; many of them exhaust the "

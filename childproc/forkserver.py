@@ -445,6 +445,11 @@ class _Connection:
         self.sock.close()
 
 
+#: The fork servers this process started and has not reaped (pids, in order; the
+#: doctor reads it: they are children of this process, and none start after threads).
+SERVERS: dict[int, None] = {}
+
+
 class ForkServer:
     """A connection to a fork server; thread-safe. Start one with :meth:`start`."""
 
@@ -454,6 +459,8 @@ class ForkServer:
         self._names = entries  # id(callable) -> name, for entries registered at start
         self._owner = owner  # the process that started it (may stop it)
         self._reaped = False
+        if owner:
+            SERVERS[pid] = None
 
     # -- lifecycle --------------------------------------------------------------
     @classmethod
@@ -691,6 +698,7 @@ class ForkServer:
             self._reaped = True
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._pid, 0)
+            SERVERS.pop(self._pid, None)
 
     def close(self) -> None:
         """Drop this connection (libforks_free_conn); the server runs on for others.

@@ -10,6 +10,8 @@ it), so nothing is lost when fds run out.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -23,17 +25,27 @@ _supported: bool | None = None
 
 
 def supported() -> bool:
-    """Whether this kernel and Python give usable pidfds (probed once)."""
+    """Whether this kernel and Python give usable pidfds (probed once: but a probe
+    that found this process out of fds is no answer, and is made again later)."""
     global _supported
     if _supported is None:
         ok = hasattr(os, "pidfd_open") and hasattr(os, "P_PIDFD")
         if ok:
+            opened: list[int] = []
             try:
-                os.close(os.pidfd_open(os.getpid()))
-            except OSError:  # ENOSYS on old kernels, EPERM under seccomp
+                opened.extend(itertools.starmap(os.pidfd_open, ((os.getpid(),),)))  # (from C: no leak)
+            except OSError as exc:  # ENOSYS on old kernels, EPERM under seccomp
+                if exc.errno in _OUT_OF_FDS:
+                    return True  # (the kernel has them; each child's open copes with EMFILE)
                 ok = False
+            finally:
+                if opened:
+                    os.close(opened[0])
         _supported = ok
     return _supported
+
+
+_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 class PidfdWatcher:

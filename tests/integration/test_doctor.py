@@ -37,6 +37,8 @@ from childproc._report import WAKEUP_FD_NOT_READ
 from childproc._traps import TRAPS
 from childproc._watchers import pidfd as pidfd_mod
 
+from .procutil import fd_room
+
 MODES = list(SigchldOwner)
 
 
@@ -134,6 +136,30 @@ def test_a_handler_put_in_place_of_childproc_s_is_seen() -> None:
                 ctx.spawn(["true"])
             assert TRAPS["handler-replaced"].remedy in str(info.value)
         ctx.setmode(childproc.Hooks(chldowner=SigchldOwner.PIDFD))  # (childproc's handler back out)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("replacement", ["SIG_DFL", "SIG_IGN", "host_handler"])
+def test_a_handler_put_in_place_of_childproc_s_from_python_is_seen(replacement: str) -> None:
+    """signal.signal() over childproc's handler: the doctor said "default; held by
+    nobody" (or that a LIBXL context would refuse to start), while the next call
+    raised HandlerReplacedError naming the handler as "0"."""
+    new = getattr(signal, replacement, host_handler)
+    with Context(SigchldOwner.LIBXL) as ctx:
+        child = ctx.spawn(["sleep", "30"])
+        signal.signal(signal.SIGCHLD, new)
+        try:
+            report = childproc.doctor()
+            assert report.sigchld.owner == "the host, in place of childproc's"
+            assert "handler-replaced" in keys(report) and "foreign-handler" not in keys(report)
+            (finding,) = [f for f in report.findings if f.trap == "handler-replaced"]
+            with pytest.raises(childproc.HandlerReplacedError) as info:
+                ctx.wait(0)
+            assert replacement in finding.message and replacement in str(info.value)
+        finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (first: SIG_IGN would discard its exit)
+            child.kill()
+        assert child.wait(10) is not None
 
 
 @contextmanager
@@ -258,6 +284,11 @@ def test_foreign_children_zombies_threads_and_limits(monkeypatch: pytest.MonkeyP
         assert "threads-before-fork-server" not in keys(childproc.doctor())
         monkeypatch.setitem(sys.modules, "childproc.forkserver", forkserver)
         assert "threads-before-fork-server" in keys(childproc.doctor())
+        # Started before the threads, as the docs say: nothing to warn of, and the
+        # server is named among the children (it was "not childproc", bare).
+        monkeypatch.setitem(forkserver.SERVERS, 4242, None)
+        report = childproc.doctor()
+        assert "threads-before-fork-server" not in keys(report)
     finally:
         stop.set()
         worker.join()
@@ -383,6 +414,8 @@ elif state == "c":
 elif state == "blocked":
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
 zombie = os.posix_spawn("/bin/true", ["true"], os.environ)
+if state == "pidfd":  # (held: the process watches it, and may reap it)
+    held = os.pidfd_open(zombie)
 if state.startswith("waiting"):
     waiter = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ, setpgroup=0)
     # A wait that may take children (a process group's: the doctor does not match
@@ -445,6 +478,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("waiting", "default", set()),
         ("waiting-one", "default", {"unreaped-zombies"}),  # (a wait for one pid reaps no other)
         ("waiting-stops", "default", {"unreaped-zombies"}),  # (nor does one without WEXITED)
+        ("pidfd", "default", set()),
     ],
 )
 def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps: set[str]) -> None:
@@ -456,7 +490,7 @@ def test_pid_reads_a_live_process_from_proc(state: str, disposition: str, traps:
     assert report.sigchld.disposition == disposition
     found = keys(report)
     assert traps <= found, found
-    if state in ("python", "c", "waiting"):
+    if state in ("python", "c", "waiting", "pidfd"):
         assert "unreaped-zombies" not in found  # something there may reap it
     if state == "ignored":
         assert report.zombies == ()  # the kernel reaped it at once
@@ -519,6 +553,9 @@ def test_cli_on_this_machine_and_on_a_missing_pid() -> None:
     assert data["pidfds"] is True and data["contexts"] == [] and data["wakeup_fd"] == WAKEUP_FD_NOT_READ
     missing = cli("--pid", "999999999")
     assert missing.returncode == 1 and "no process 999999999" in missing.stderr
+    for bad in ("0", "-1"):  # (a traceback before)
+        refused = cli("--pid", bad)
+        assert refused.returncode == 1 and refused.stderr.startswith("childproc doctor: pid must be")
 
 
 def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
@@ -549,3 +586,44 @@ def test_the_command_ends_quietly_when_its_reader_goes_away() -> None:
         os.close(w)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+
+
+@pytest.mark.timeout(30)
+def test_a_look_while_out_of_fds_leaves_pidfds_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe for pidfds took EMFILE for a kernel without them, for good: a doctor
+    call (or the first context) made while the process was out of fds turned pidfds
+    off for the rest of the process's life."""
+    monkeypatch.setattr(pidfd_mod, "_supported", None)
+    with fd_room(0):
+        childproc.doctor()
+    assert pidfd_mod.supported()
+    with Context(SigchldOwner.PIDFD) as ctx:
+        assert ctx.spawn(["true"]).wait(10) is not None
+
+
+@pytest.mark.timeout(30)
+def test_a_fork_server_this_process_started_is_named_among_its_children() -> None:
+    with forkserver.ForkServer.start() as server:
+        (info,) = [c for c in childproc.doctor().children if c.pid == server.pid]
+        assert info.watched_by == "not childproc: a childproc fork server"
+    assert server.pid not in forkserver.SERVERS
+
+
+@pytest.mark.timeout(30)
+def test_a_thread_waiting_for_any_child_beside_a_context_is_a_trap() -> None:
+    """A legacy reaper thread blocked in waitpid(-1) beside a SELECTIVE_REAP context
+    takes its children's statuses: the doctor saw the thread and said nothing."""
+    with Context() as ctx:
+        child = ctx.spawn(["sleep", "30"])
+        # (WNOWAIT: it returns at the exit without reaping, so childproc still reaps)
+        thread = threading.Thread(target=os.waitid, args=(os.P_ALL, 0, os.WEXITED | os.WNOWAIT))
+        thread.start()
+        try:
+            assert _wait_for(lambda: any(t.waiting_for_children for t in childproc.doctor().threads))
+            report = childproc.doctor()
+            (finding,) = [f for f in report.findings if f.trap == "reaper-thread"]
+            assert str(thread.native_id) in finding.message and "SELECTIVE_REAP" in finding.message
+        finally:
+            child.kill()
+            thread.join(10)
+        assert child.wait(10) is not None and child.returncode == -signal.SIGKILL
