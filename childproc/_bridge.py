@@ -161,8 +161,12 @@ class AsyncHandle(WaiterBase):
                 raise
             self._kill_on_cancel()  # cancelled or interrupted: as a cancelled wait
             with self._shielded(), contextlib.suppress(Exception):
-                await self.wait()  # (a SIGKILLed child's exit: promptly)
+                await self._wait_killed()  # (a SIGKILLed child's exit: promptly)
             raise
+
+    async def _wait_killed(self) -> None:
+        """Wait for the exit of the child just killed, whoever dispatches."""
+        await self.wait()
 
     def _shielded(self) -> contextlib.AbstractContextManager[object]:
         """A scope in which a wait is not cancelled again (asyncio cancels a task once:

@@ -156,14 +156,20 @@ class StructuredChild(AsyncHandle):
     """A child whose exit can be awaited (``await child.wait()``), whose pipes can
     be talked to (``communicate``, the streams), under trio or anyio."""
 
-    __slots__ = ("_done", "_error", "_streams")
+    __slots__ = ("_done", "_error", "_reaped_by", "_streams")
     _lib: Lib
 
-    def __init__(self, child: Child) -> None:
+    def __init__(self, child: Child, reaped_by: Callable[[Any], Awaitable[None]]) -> None:
         super().__init__(child)
         self._done = self._lib.event()
         self._error: BaseException | None = None
         self._streams: list[Any] = [None, None, None]
+        #: Its context's wait for a killed child, which dispatches itself once the
+        #: serving task has stopped (a callback raised: nothing else dispatches then).
+        self._reaped_by = reaped_by
+
+    async def _wait_killed(self) -> None:
+        await self._reaped_by(self)
 
     def _make_stream(self, io_: Any, target: int) -> Any:
         """The library's stream for ``target``'s pipe end (see the subclasses)."""
@@ -270,7 +276,7 @@ class StructuredContext(Bridge[C]):
     _child_type: type[C]
 
     def _new_waiter(self, child: Child) -> C:
-        return self._child_type(child)
+        return self._child_type(child, self._reap_killed)
 
     def _finish(self, waiter: C, event: ChildEvent) -> None:
         waiter._done.set()

@@ -707,3 +707,29 @@ def test_structured_communicate_to_a_child_that_leaves_input_unread(flavour: str
                     group.start_soon(worker)
 
     _run_structured(flavour, main)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flavour", STRUCTURED)
+def test_a_callback_error_ends_a_child_block_that_waits(flavour: str) -> None:
+    """A callback raises: the serving task ends and the block is cancelled. A child's
+    'async with' block then kills its child and waits for the exit, shielded: nobody
+    dispatched any more, and it waited for ever (it dispatches itself now)."""
+    host: Any = trio_host if flavour == "trio" else anyio_host
+    pids: list[int] = []
+
+    def boom(child: object, event: object) -> None:
+        raise RuntimeError("callback failed")
+
+    async def main() -> None:
+        async with host.open_context() as ctx:
+            ctx.spawn(["/bin/true"], on_event=boom)
+            async with ctx.spawn(["sleep", "30"]) as child:
+                pids.append(child.pid)
+                await child.wait()
+
+    t0 = time.monotonic()
+    with pytest.raises(BaseException) as info:  # (the nursery's group, holding it)
+        _run_structured(flavour, main)
+    assert "callback failed" in repr(info.value) and time.monotonic() - t0 < 10
+    assert not alive(pids[0])
