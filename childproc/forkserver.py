@@ -366,20 +366,33 @@ class _Connection:
             try:
                 self._reading = True
                 self._cv.release()
-                read = self._read_one()
+                self._read_one()
             finally:
                 # Whatever happened, someone else may read now; interrupted before the
                 # release or after it, the lock is this thread's again either way.
                 self._reading = False
-                if not self._cv._is_owned():  # type: ignore[attr-defined]
-                    self._cv.acquire()
+                self._relock()
                 self._cv.notify_all()
-            if read is not None:
-                if read[0] in self._abandoned:
-                    self._abandoned.discard(read[0])
-                    self._close_fds(read[1])
-                else:
-                    self._replies[read[0]] = read[1]
+            self._close_abandoned()
+
+    def _relock(self) -> None:
+        """Take ``_cv``'s lock back after a read, whatever interrupts the wait for it
+        (a signal handler's exception): that is raised once the lock is held, or the
+        caller's ``with`` would release a lock it does not hold."""
+        interrupted: BaseException | None = None
+        while not self._cv._is_owned():  # type: ignore[attr-defined]
+            try:
+                self._cv.acquire()
+            except BaseException as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+    def _close_abandoned(self) -> None:
+        """Close the fds of replies whose callers left before they came. ``_cv`` held."""
+        for rid in [rid for rid in self._abandoned if rid in self._replies]:
+            self._abandoned.discard(rid)
+            self._close_fds(self._replies.pop(rid))
 
     def _abandon(self, rid: int) -> None:
         """The caller of ``rid`` is leaving without its reply: close its fds when it comes."""
@@ -396,13 +409,15 @@ class _Connection:
         while fds:
             os.close(fds.pop())
 
-    def _read_one(self) -> tuple[int, _Reply] | None:
-        """Read one reply, or None if the connection is now dead (``_die`` says why).
+    def _read_one(self) -> None:
+        """Read one reply into ``_replies`` (called without ``_cv``'s lock), or find the
+        connection dead (``_die`` says why).
 
         A reply read is the reader's to hand over, maybe to another thread: if an
-        exception (KeyboardInterrupt) cuts in once it has arrived, it is lost, and
-        so is the connection, or its owner would wait for ever."""
+        exception (a KeyboardInterrupt) cuts in once it has arrived and before it is
+        stored, it is lost, and so is the connection, or its owner would wait for ever."""
         arrived: list[tuple[bytes, list[tuple[int, int, bytes]], int, Any]] = []
+        stored = False
         try:
             # Close-on-exec: the fds we are sent must not leak into programs spawned later.
             # The message lands in ``arrived`` from C: an interrupt right after the call
@@ -412,33 +427,36 @@ class _Connection:
             )
             data, ancdata, flags, _ = arrived[0]
             fds = fds_in_ancdata(ancdata) if ancdata else []
+            if not data:
+                stored = True  # (nothing to store: an end)
+                for fd in fds:
+                    os.close(fd)
+                self._die("the fork server died (its socket closed)")
+                return
+            try:
+                rid, reply = _parse_reply(data, fds, flags)
+            except ValueError as e:
+                stored = True  # (nothing to store: the connection goes)
+                for fd in fds:
+                    os.close(fd)
+                self._die(
+                    f"the fork server sent a reply this client cannot read ({e}), so no later "
+                    "reply can be trusted: stop this server and start another"
+                )
+                return
+            self._replies[rid] = reply
+            stored = True
         except OSError as e:
-            if arrived:
-                raise
-            self._die(f"the fork server connection failed ({e.strerror})")
-            return None
-        except BaseException:
-            if arrived:
+            if not arrived:
+                self._die(f"the fork server connection failed ({e.strerror})")
+                return
+            raise
+        finally:
+            if arrived and not stored:
                 self._die(
                     "a reply from the fork server was lost (the thread reading it was interrupted, "
                     "and it may have been another thread's): stop this server and start another"
                 )
-            raise
-        if not data:
-            for fd in fds:
-                os.close(fd)
-            self._die("the fork server died (its socket closed)")
-            return None
-        try:
-            return _parse_reply(data, fds, flags)
-        except ValueError as e:
-            for fd in fds:
-                os.close(fd)
-            self._die(
-                f"the fork server sent a reply this client cannot read ({e}), so no later reply can "
-                "be trusted: stop this server and start another"
-            )
-            return None
 
     def close(self) -> None:
         self._die("this fork server connection was closed")

@@ -16,12 +16,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from childproc import Context, Hooks, InvalidArgumentError, SigchldOwner, _fork_server, _forkserver_wire
+from childproc import forkserver as forkserver_mod
 from childproc._forkserver_wire import FORK, HAS_EXIT_FD, HAS_PIDFD, PING, REPLY, REQUEST
 from childproc.forkserver import (
     MAX_PACKET,
@@ -184,6 +186,78 @@ def test_a_fork_interrupted_once_its_reply_came_closes_its_fds(
     monkeypatch.undo()
     assert fired and open_fds() == before
     assert server.kill_all(signal.SIGKILL) == 1
+
+
+@pytest.mark.timeout(60)
+def test_an_interrupt_while_reading_another_thread_s_reply_never_leaves_it_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The main thread reads the connection; a reply for a worker arrives and a Ctrl-C
+    lands as it is parsed: the reply is lost, and the worker, which then read the
+    socket itself, waited for ever. The connection is declared dead: it gets
+    ForkServerDied. An interrupt while the reader took its lock back again made the
+    caller's 'with' release a lock it did not hold (RuntimeError): it is raised once
+    the lock is held."""
+    server = ForkServer.start()
+    worker_rids: set[int] = set()
+    real_parse, real_await = forkserver_mod._parse_reply, forkserver_mod._Connection._await
+
+    def parse(data: bytes, fds: list[int], flags: int) -> Any:
+        rid, reply = real_parse(data, fds, flags)
+        if threading.current_thread() is threading.main_thread() and rid in worker_rids:
+            raise KeyboardInterrupt("simulated: as another thread's reply is parsed")
+        return rid, reply
+
+    def slow_await(conn: Any, rid: int, got: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            worker_rids.add(rid)
+            time.sleep(0.3)  # (the main thread is the reader when the worker's reply comes)
+        return real_await(conn, rid, got)
+
+    monkeypatch.setattr(forkserver_mod, "_parse_reply", parse)
+    monkeypatch.setattr(forkserver_mod._Connection, "_await", slow_await)
+    outcome: list[BaseException | object] = []
+
+    def worker() -> None:
+        try:
+            outcome.append(server.eval("time:sleep", 0))
+        except BaseException as exc:  # (what it got is the assertion)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt, match="simulated"):
+            server.eval("time:sleep", 0.1)
+        thread.join(10)
+        assert not thread.is_alive() and isinstance(outcome[0], ForkServerDied), outcome
+    finally:
+        os.kill(server.pid, signal.SIGKILL)  # (EOF: a worker still in recvmsg wakes)
+        thread.join(10)
+        with contextlib.suppress(ForkServerDied):
+            server.stop()
+
+
+@pytest.mark.timeout(30)
+def test_an_interrupt_while_the_reader_takes_its_lock_back(server: ForkServer) -> None:
+    cv = server._conn._cv
+    real = cv.acquire
+    fired: list[bool] = []
+
+    def acquire(*args: Any) -> Any:
+        if not fired and not cv._is_owned():  # type: ignore[attr-defined]
+            fired.append(True)
+            raise KeyboardInterrupt("simulated: while the lock is taken back")
+        return real(*args)
+
+    cv.acquire = acquire  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt, match="simulated"):
+            server.ping()
+    finally:
+        cv.acquire = real  # type: ignore[method-assign]
+    assert fired and server.ping() == server.pid
 
 
 def test_entry_forms_and_exit_codes() -> None:
