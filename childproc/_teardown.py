@@ -176,6 +176,8 @@ def teardown_locked(kids: Children, orphans: list[int]) -> None:
     for child in ledger.running_handles():
         pid = child._pid
         child._defer_reap = False  # closing: reap now, no callback will run
+        for poke in child._exit_wakers:  # a communicate() on another thread: it raises ClosedError
+            poke()
         if child._pidfd is not None and not kids.wakeups.pidfd_is_ours(pid):
             # Handed to the orphanage already by an interrupted teardown, which then
             # reaped it and closed the fd (or someone else closed it): by pid from here.

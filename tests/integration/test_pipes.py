@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -694,24 +695,41 @@ def test_mainloop_a_late_report_is_logged(
 
 
 @pytest.mark.timeout(30)
-def test_closing_the_context_wakes_a_communicate() -> None:
+@pytest.mark.parametrize("dispatch_thread", [False, True], ids=["alone", "dispatch-thread"])
+@pytest.mark.parametrize("kill_on_close", [True, False])
+def test_closing_the_context_wakes_a_communicate(dispatch_thread: bool, kill_on_close: bool) -> None:
+    """A communicate() on another thread, for a child still running whose pipes are at
+    EOF: the close raises ClosedError in it at once. Beside a dispatch thread it noticed
+    only at its 1 s tick, then returned (b'', b'') for the running child."""
     ctx = Context(SigchldOwner.SELECTIVE_REAP)
-    child = ctx.spawn(["sleep", "30"], stdout=PIPE, kill_on_close=True)
-    errors: list[BaseException] = []
+    if dispatch_thread:
+        ctx.start_dispatch_thread()
+    script = "exec >&- 2>&-; sleep 30"
+    child = ctx.spawn(["/bin/sh", "-c", script], stdout=PIPE, stderr=PIPE, kill_on_close=kill_on_close)
+    outcome: list[object] = []
 
     def talk() -> None:
         try:
-            child.communicate()
+            outcome.append(child.communicate())
         except BaseException as exc:
-            errors.append(exc)
+            outcome.append(exc)
 
     t = threading.Thread(target=talk)
     t.start()
-    assert wait_until(lambda: bool(child._exit_wakers), timeout=5)
-    ctx.close()
-    t.join(5)
-    assert not t.is_alive()
-    assert len(errors) <= 1 and all(isinstance(e, childproc.ClosedError) for e in errors)
+    try:
+        assert wait_until(lambda: bool(child._exit_wakers), timeout=5)
+        time.sleep(0.2)  # (its pipes read to EOF)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # (without kill_on_close: it runs on)
+            ctx.close()
+        t0 = time.monotonic()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - t0 < 0.5
+        assert len(outcome) == 1 and isinstance(outcome[0], childproc.ClosedError), outcome
+    finally:
+        if not kill_on_close:
+            os.kill(child.pid, signal.SIGKILL)
+    assert wait_until(lambda: proc_state(child.pid) is None, timeout=10)
 
 
 # -- regressions found in review --------------------------------------------------------
