@@ -240,6 +240,9 @@ class _Reply(NamedTuple):
     fds: list[int]
 
 
+#: ``recvmsg``'s arguments (close-on-exec: the fds sent must not leak into later programs).
+_RECVMSG = ((MAX_PACKET, ANCDATA_SIZE, MSG_CMSG_CLOEXEC),)
+
 #: A send that fails with one of these lost the connection; others are the request's fault.
 _CONNECTION_LOST = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
 
@@ -422,9 +425,13 @@ class _Connection:
             # Close-on-exec: the fds we are sent must not leak into programs spawned later.
             # The message lands in ``arrived`` from C: an interrupt right after the call
             # still knows it came.
-            arrived.extend(
-                itertools.starmap(self.sock.recvmsg, ((MAX_PACKET, ANCDATA_SIZE, MSG_CMSG_CLOEXEC),))
-            )
+            try:
+                arrived.extend(itertools.starmap(self.sock.recvmsg, _RECVMSG))
+            except ConnectionResetError:
+                # A server that went with requests of ours unread (stop() while other
+                # threads' were in flight) resets the connection, which is reported
+                # once, before the replies it sent before it went: they are read on.
+                arrived.extend(itertools.starmap(self.sock.recvmsg, _RECVMSG))
             data, ancdata, flags, _ = arrived[0]
             fds = fds_in_ancdata(ancdata) if ancdata else []
             if not data:
