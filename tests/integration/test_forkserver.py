@@ -252,7 +252,7 @@ def test_an_interrupt_while_the_reader_takes_its_lock_back(server: ForkServer) -
             raise KeyboardInterrupt("simulated: while the lock is taken back")
         return real(*args)
 
-    cv.acquire = acquire  # type: ignore[method-assign]
+    cv.acquire = acquire  # type: ignore[method-assign, assignment]
     try:
         with pytest.raises(KeyboardInterrupt, match="simulated"):
             server.ping()

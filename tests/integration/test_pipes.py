@@ -139,7 +139,12 @@ def test_input_of_the_wrong_type_is_a_type_error_as_in_subprocess(
     ValueError only). No child starts (one did, and was killed)."""
     started: list[object] = []
     spawn = sel.spawn
-    monkeypatch.setattr(sel, "spawn", lambda *a, **k: started.append(a) or spawn(*a, **k))
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        started.append(args)
+        return spawn(*args, **kwargs)
+
+    monkeypatch.setattr(sel, "spawn", spy)
     for bad in ("text", 5):
         with pytest.raises(TypeError, match="input") as info:
             sel.run(["cat"], input=bad, stdout=PIPE)
