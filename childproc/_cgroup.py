@@ -90,12 +90,19 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
+#: A look that failed with one of these says nothing about cgroups: this process
+#: is out of fds, now. It is raised, so that no answer is kept from it.
+_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
 def _start_time(pid: int) -> str | None:
     """A process's start time (field 22 of ``/proc/<pid>/stat``), None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except OSError:
+    except OSError as exc:
+        if exc.errno in _OUT_OF_FDS:
+            raise
         return None
     return stat.rsplit(b")", 1)[1].split()[19].decode()
 
@@ -107,7 +114,9 @@ def _locate() -> tuple[str, str] | None:
             mounts = [line.split() for line in f]
         with open("/proc/self/cgroup", encoding="utf-8", errors="surrogateescape") as f:
             own = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in _OUT_OF_FDS:
+            raise
         return None
     mount = next((_unescape(m[1]) for m in mounts if len(m) > 2 and m[2] == "cgroup2"), None)
     if mount is None or own is None or own.endswith(" (deleted)"):
@@ -452,7 +461,10 @@ def why_not() -> str | None:
     found = _homes.get(os.getpid(), False)
     if found is not False:
         return None if found else "this process tried, and could not make its cgroup directory"
-    where = _locate()
+    try:
+        where = _locate()
+    except OSError as exc:
+        return f"this process is out of fds right now ({exc.strerror}): it could not look"
     if where is None:
         return "no cgroup2 hierarchy is mounted (or this process's cgroup is not in it)"
     parent = where[0] + where[1]
@@ -481,7 +493,13 @@ def home() -> Home | None:
         return found  # type: ignore[return-value]
     with _homes_lock:
         if pid not in _homes:
-            _homes[pid] = _make_home(pid)
+            try:
+                made = _make_home(pid)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_FDS:
+                    raise
+                return None  # (out of fds now: this tree is a process group; asked again later)
+            _homes[pid] = made
         return _homes[pid]
 
 

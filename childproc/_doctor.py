@@ -16,6 +16,7 @@ report says the slot was not read (:data:`~childproc._report.WAKEUP_FD_NOT_READ`
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import resource
@@ -163,6 +164,26 @@ def _fork_servers() -> dict[int, None]:
     return dict(getattr(module, "SERVERS", {}))
 
 
+def _refuse_out_of_fds(me: int) -> None:
+    """Raise ``OSError`` (EMFILE) if this process cannot open a file now: every fact
+    the doctor reads from ``/proc`` would read as "nothing there" (no threads, no
+    children, no cgroup2), which is worse than no report."""
+    try:
+        with open(f"/proc/{me}/status", "rb"):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        raise OSError(
+            exc.errno,
+            f"childproc doctor: this process is out of file descriptors (RLIMIT_NOFILE soft limit "
+            f"{soft}, all in use), so /proc cannot be read and every fact would be wrong: close some, "
+            "or raise the limit (resource.setrlimit, ulimit -n), and ask again; from another process, "
+            f"'python -m childproc doctor --pid {me}' reads it",
+        ) from None
+
+
 def doctor(pid: int | None = None) -> DoctorReport:
     """A report on this process (``pid`` None, or this process's pid), read from the
     inside; or on another process ``pid``, read from ``/proc`` alone."""
@@ -173,6 +194,7 @@ def doctor(pid: int | None = None) -> DoctorReport:
     if pid is not None and pid != os.getpid():
         return report_on(pid)
     me = os.getpid()
+    _refuse_out_of_fds(me)
     names = {t.native_id: t.name for t in threading.enumerate()}
     threads = tuple(
         ThreadInfo(tid, names.get(tid, comm), bool(blocked & SIGCHLD_BIT), waiting)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -592,10 +593,16 @@ def test_the_command_ends_quietly_when_its_reader_goes_away() -> None:
 def test_a_look_while_out_of_fds_leaves_pidfds_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe for pidfds took EMFILE for a kernel without them, for good: a doctor
     call (or the first context) made while the process was out of fds turned pidfds
-    off for the rest of the process's life."""
+    off for the rest of the process's life. The doctor itself, out of fds, read
+    "nothing there" everywhere (no threads, no children, no cgroup2): it says why it
+    cannot look instead."""
     monkeypatch.setattr(pidfd_mod, "_supported", None)
     with fd_room(0):
-        childproc.doctor()
+        assert pidfd_mod.supported()
+        with pytest.raises(OSError, match="out of file descriptors") as info:
+            childproc.doctor()
+        assert info.value.errno == errno.EMFILE
+    monkeypatch.setattr(pidfd_mod, "_supported", None)
     assert pidfd_mod.supported()
     with Context(SigchldOwner.PIDFD) as ctx:
         assert ctx.spawn(["true"]).wait(10) is not None

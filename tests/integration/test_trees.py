@@ -26,7 +26,7 @@ from childproc import (
     _reaping,
 )
 
-from .procutil import alive, children, stat_fields, wait_until
+from .procutil import alive, children, fd_room, stat_fields, wait_until
 from .test_hostile import default_sigint
 
 CGROUPS = _cgroup.home() is not None
@@ -360,6 +360,21 @@ def test_a_tree_removed_while_kill_tree_signals_it_is_no_error() -> None:
         tree.pids = members_then_removed
         child.kill_tree(signal.SIGTERM)
         assert child.wait(10) is not None and tree.wait_empty(0)
+
+
+@pytest.mark.timeout(30)
+@needs_cgroups
+def test_a_first_tree_while_out_of_fds_does_not_give_up_cgroups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first look for this process's cgroup home, made while the process was out of
+    fds, found "no cgroup2" and kept that answer: every later kill_tree=True child was a
+    process group, and the doctor said cgroups were not mounted. Now that look answers
+    for itself only, and says why."""
+    monkeypatch.setattr(_cgroup, "_homes", {})  # (as a process that made no tree yet)
+    with fd_room(0):
+        assert _cgroup.home() is None
+        assert "out of fds" in (_cgroup.why_not() or "")
+    assert _cgroup.home() is not None
+    assert _cgroup.why_not() is None
 
 
 @pytest.mark.timeout(30)
