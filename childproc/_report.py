@@ -195,6 +195,8 @@ class DoctorReport:
             )
         lines.append(f"  children            : {len(self.children)} ({len(self.zombies)} zombie(s))")
         lines.extend(f"    - {c.pid} {c.state} {c.command} ({c.watched_by})" for c in self.children[:20])
+        if len(self.children) > 20:
+            lines.append(f"    - ... and {len(self.children) - 20} more")
         lines.append(f"  may reap any child  : {', '.join(self.reapers) if self.reapers else 'nothing'}")
         if self.findings:
             lines.append("traps:")
@@ -245,7 +247,9 @@ def findings_for(
         add("foreign-handler", handler=sigchld.handler or "a handler")
     if not pidfds:
         add("no-pidfds")
-    if threads and all(t.sigchld_blocked for t in threads):
+    # (No matter to contexts that all watch pidfds: PIDFD, SELECTIVE_REAP with pidfds.)
+    pidfds_only = inside and bool(modes) and pidfds and not {"LIBXL", "LIBXL_ALWAYS"} & set(modes or ())
+    if threads and all(t.sigchld_blocked for t in threads) and not pidfds_only:
         add("sigchld-blocked")
     foreign = [c for c in children if c.watched_by != "childproc"]
     if foreign and modes and {"LIBXL", "LIBXL_ALWAYS"} & set(modes):
@@ -256,7 +260,7 @@ def findings_for(
         add("reaper-thread", tids=", ".join(waiting), modes=" or ".join(sorted(set(reaping))))
     zombies = [c.pid for c in foreign if c.state == "Z" and c.watched_by != HELD_BY_A_PIDFD]
     if zombies and not reapers:
-        add("unreaped-zombies", pids=", ".join(map(str, zombies[:10])))
+        add("unreaped-zombies", pids=", ".join(map(str, zombies[:10])) + ", ..." * (len(zombies) > 10))
     if unreported:
         dead = sorted(c.pid for c in children if c.pid in unreported and c.state == "Z")
         reaped = sorted(unreported - {c.pid for c in children})

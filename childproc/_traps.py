@@ -48,7 +48,8 @@ _LIST = [
         "SIGCHLD is {why} in the process, so the kernel discards every child's exit status",
         "SELECTIVE_REAP, PIDFD and MAINLOOP refuse to start children (SigchldIgnoredError); LIBXL "
         "works only from the main thread (its handler replaces the disposition while it has "
-        "children); LIBXL_ALWAYS replaces it while it runs; asyncio's own child watcher waits forever",
+        "children); LIBXL_ALWAYS replaces it while it runs; asyncio's subprocesses get no exit status "
+        "(returncode 255, 'unknown child process')",
         "Either restore the default (signal.signal(signal.SIGCHLD, signal.SIG_DFL)) while childproc "
         "has children, or use SigchldOwner.LIBXL_ALWAYS, which replaces the disposition while it runs "
         "(on the main thread) and reaps the host's children for it (see Hooks.reaped_callback)",
@@ -149,8 +150,9 @@ _LIST = [
     Trap(
         "sigchld-blocked",
         "SIGCHLD is blocked in every thread of this process",
-        "a SIGCHLD handler never runs, so LIBXL and LIBXL_ALWAYS (and a host's handler) never hear of "
-        "an exit; pidfds (PIDFD, SELECTIVE_REAP) still work",
+        "a SIGCHLD handler never runs: a host's handler never hears of an exit, and LIBXL and "
+        "LIBXL_ALWAYS learn of one only through their pidfds (without pidfds, only when a wait looks "
+        "again); PIDFD and SELECTIVE_REAP with pidfds need no signal",
         "Unblock SIGCHLD in at least one thread (signal.pthread_sigmask), or use PIDFD",
     ),
 ]
