@@ -46,6 +46,8 @@ import signal
 import threading
 import time
 
+from ._fds import OUT_OF_FDS
+
 __all__ = ["CgroupTree", "Home", "existing_home", "home", "why_not"]
 
 _PREFIX = "childproc-"
@@ -90,18 +92,13 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
-#: A look that failed with one of these says nothing about cgroups: this process
-#: is out of fds, now. It is raised, so that no answer is kept from it.
-_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
-
-
 def _start_time(pid: int) -> str | None:
     """A process's start time (field 22 of ``/proc/<pid>/stat``), None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError as exc:
-        if exc.errno in _OUT_OF_FDS:
+        if exc.errno in OUT_OF_FDS:
             raise
         return None
     return stat.rsplit(b")", 1)[1].split()[19].decode()
@@ -115,7 +112,7 @@ def _locate() -> tuple[str, str] | None:
         with open("/proc/self/cgroup", encoding="utf-8", errors="surrogateescape") as f:
             own = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
     except OSError as exc:
-        if exc.errno in _OUT_OF_FDS:
+        if exc.errno in OUT_OF_FDS:
             raise
         return None
     mount = next((_unescape(m[1]) for m in mounts if len(m) > 2 and m[2] == "cgroup2"), None)
@@ -496,7 +493,7 @@ def home() -> Home | None:
             try:
                 made = _make_home(pid)
             except OSError as exc:
-                if exc.errno not in _OUT_OF_FDS:
+                if exc.errno not in OUT_OF_FDS:
                     raise
                 return None  # (out of fds now: this tree is a process group; asked again later)
             _homes[pid] = made

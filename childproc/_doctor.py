@@ -16,7 +16,6 @@ report says the slot was not read (:data:`~childproc._report.WAKEUP_FD_NOT_READ`
 
 from __future__ import annotations
 
-import errno
 import os
 import platform
 import resource
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from . import _cgroup, _process
 from ._errors import InvalidArgumentError, StateError
+from ._fds import OUT_OF_FDS
 from ._orphans import ORPHANAGE
 from ._policy import SigchldOwner, rules_for
 from ._procfs import SIGCHLD_BIT, children_of, open_pidfds, process_stat, report_on, task_info
@@ -172,7 +172,7 @@ def _refuse_out_of_fds(me: int) -> None:
         with open(f"/proc/{me}/status", "rb"):
             pass
     except OSError as exc:
-        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        if exc.errno not in OUT_OF_FDS:
             raise
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         raise OSError(

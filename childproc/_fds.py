@@ -15,6 +15,7 @@ the freed number and be silently replaced by the host's ``dup2``. So:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -23,6 +24,7 @@ __all__ = [
     "CLOSED",
     "OTHER",
     "OURS",
+    "OUT_OF_FDS",
     "FdIdentity",
     "above_stdio",
     "close_if_ours",
@@ -31,6 +33,10 @@ __all__ = [
     "pid_of_pidfd",
     "still_ours",
 ]
+
+#: An open that failed with one of these says nothing about what was opened: this
+#: process (or the system) is out of fds, now. No answer may be kept from it.
+OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 
 FdIdentity = tuple[int, int, int, int]  # (st_dev, st_ino, file type, pid of a pidfd or 0)
 

@@ -15,6 +15,7 @@ import itertools
 import os
 from collections.abc import Sequence
 
+from .._fds import OUT_OF_FDS
 from .._policy import WatcherKind
 from ._base import Reaped, Watched, check_exit, check_stops
 from .scan import scan
@@ -35,7 +36,7 @@ def supported() -> bool:
             try:
                 opened.extend(itertools.starmap(os.pidfd_open, ((os.getpid(),),)))  # (from C: no leak)
             except OSError as exc:  # ENOSYS on old kernels, EPERM under seccomp
-                if exc.errno in _OUT_OF_FDS:
+                if exc.errno in OUT_OF_FDS or exc.errno == errno.ENOMEM:
                     return True  # (the kernel has them; each child's open copes with EMFILE)
                 ok = False
             finally:
@@ -43,9 +44,6 @@ def supported() -> bool:
                     os.close(opened[0])
         _supported = ok
     return _supported
-
-
-_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 class PidfdWatcher:
